@@ -1,0 +1,41 @@
+// A backend launches one rank per GPU of a topology, each with its own Fabric, and runs a function on each.
+// Backends register by name; an unknown or not-built-in name gets an error that says how to enable it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/fabric.hpp"
+
+namespace eplab {
+
+struct LaunchOptions {
+  bool phantom_payload = false;   // sim: sizes only
+  double timeout_s = 60;          // wall-clock limit for a blocked wait (emu) before it is reported
+  std::string sim_model;          // sim: network model name (empty = default)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual std::string description() const = 0;
+  virtual Caps caps() const = 0;
+  // Runs rank_main(fabric) once per rank and returns when all are done. The first exception thrown by any
+  // rank is rethrown here after the others are released.
+  virtual void launch(const Topology& topo, const LaunchOptions& opts,
+                      const std::function<void(Fabric&)>& rank_main) = 0;
+};
+
+using BackendFactory = std::function<std::unique_ptr<Backend>()>;
+void register_backend(const std::string& name, BackendFactory factory);
+// A backend that this build left out: create_backend() explains how to enable it.
+void register_missing_backend(const std::string& name, const std::string& how_to_enable);
+std::unique_ptr<Backend> create_backend(const std::string& name);
+std::vector<std::string> backend_names();          // built-in ones
+// Registers every backend this build has (generated at configure time).
+void register_builtin_backends();
+
+}  // namespace eplab

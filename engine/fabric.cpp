@@ -1,0 +1,39 @@
+#include "engine/fabric.hpp"
+
+#include <cstdio>
+#include <vector>
+
+namespace eplab {
+
+Deadline Deadline::after(const Fabric& f, double seconds) { return Deadline{f.now() + seconds}; }
+
+void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
+  std::vector<Request> reqs;
+  reqs.reserve(sends.size() + recvs.size());
+  for (auto& r : recvs) reqs.push_back(irecv(r.peer, tag, r.data));
+  for (auto& s : sends) reqs.push_back(isend(s.peer, tag, s.data));
+  wait_all(reqs, d);
+  for (size_t i = 0; i < recvs.size(); ++i) {
+    recvs[i].bytes = reqs[i].bytes();
+    recvs[i].total_bytes = reqs[i].total_bytes();
+  }
+}
+
+std::string describe_tag(Tag tag) {
+  const char* phase = "?";
+  switch (static_cast<Phase>(tag >> 56)) {
+    case Phase::kNotify: phase = "notify"; break;
+    case Phase::kDispatch: phase = "dispatch"; break;
+    case Phase::kCombine: phase = "combine"; break;
+    case Phase::kForward: phase = "forward"; break;
+    case Phase::kAllgather: phase = "allgather"; break;
+    case Phase::kUser: phase = "user"; break;
+  }
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "0x%016llx (%s, step %u, layer %u, round %u)", static_cast<unsigned long long>(tag),
+                phase, static_cast<unsigned>((tag >> 32) & 0xFFFFFF), static_cast<unsigned>((tag >> 16) & 0xFFFF),
+                static_cast<unsigned>(tag & 0xFFFF));
+  return buf;
+}
+
+}  // namespace eplab

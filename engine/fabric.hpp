@@ -1,0 +1,130 @@
+// The seam every backend implements: non-blocking point-to-point messages with completions, a clock, a
+// compute hook and a barrier. Collectives (engine/collectives.hpp) are built above it; a fabric may offer
+// a native all-to-all-v instead (the simulator runs one as a single parallel task).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/error.hpp"
+#include "engine/topology.hpp"
+
+namespace eplab {
+
+using Tag = uint64_t;
+
+// A send buffer: `bytes` real bytes at `ptr` plus `phantom_bytes` that are charged but never copied.
+// Only fabrics whose caps().phantom_payload is true accept phantom_bytes > 0 or ptr == nullptr with bytes > 0.
+struct ConstBuf {
+  const void* ptr = nullptr;
+  size_t bytes = 0;
+  size_t phantom_bytes = 0;
+  size_t total() const { return bytes + phantom_bytes; }
+};
+
+// A receive buffer of `capacity` bytes; the message may be shorter (Request::bytes() says how long).
+// A longer message is an error naming both sizes.
+struct MutBuf {
+  void* ptr = nullptr;
+  size_t capacity = 0;
+};
+
+struct Caps {
+  bool phantom_payload = false;   // accepts sizes without data (simulated backends)
+  bool real_payload = true;       // moves real bytes
+  bool modeled_time = false;      // now() is a model, not a wall clock
+  bool native_alltoallv = false;  // overrides Fabric::alltoallv
+  bool device_memory = false;     // buffers live on a GPU
+};
+
+// Completion state of one isend/irecv, owned by the caller through Request.
+struct RequestState {
+  virtual ~RequestState() = default;
+  bool done = false;
+  size_t bytes = 0;          // real bytes received (irecv) or sent (isend)
+  size_t total_bytes = 0;    // real + phantom bytes of the message
+  std::string error;         // first error seen, empty if none
+};
+
+class Request {
+ public:
+  Request() = default;
+  explicit Request(std::shared_ptr<RequestState> s) : state_(std::move(s)) {}
+  bool valid() const { return state_ != nullptr; }
+  bool done() const { return state_ && state_->done; }
+  size_t bytes() const { return state_ ? state_->bytes : 0; }
+  size_t total_bytes() const { return state_ ? state_->total_bytes : 0; }
+  RequestState* state() const { return state_.get(); }
+
+ private:
+  std::shared_ptr<RequestState> state_;
+};
+
+// Absolute deadline on the fabric's own clock (seconds of now()); infinite by default.
+struct Deadline {
+  double at_s = std::numeric_limits<double>::infinity();
+  static Deadline after(const class Fabric& f, double seconds);
+};
+
+// Model cost of a piece of local work; the simulator turns it into time, others ignore it.
+struct ComputeCost {
+  double flops = 0;
+  double hbm_bytes = 0;
+  double fixed_s = 0;   // already-known duration (e.g. a codec's measured time)
+  const char* what = "compute";
+};
+
+// One peer's part of an all-to-all-v. A send with data.total() == 0 still delivers an empty message.
+struct PeerSend {
+  int peer;
+  ConstBuf data;
+};
+struct PeerRecv {
+  int peer;
+  MutBuf data;
+  size_t bytes = 0;         // filled in: real bytes received
+  size_t total_bytes = 0;   // filled in: real + phantom bytes of the message
+};
+
+class Fabric {
+ public:
+  virtual ~Fabric() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const Topology& topology() const = 0;
+  virtual Caps caps() const = 0;
+  virtual Request isend(int peer, Tag tag, ConstBuf data) = 0;
+  virtual Request irecv(int peer, Tag tag, MutBuf data) = 0;
+  // Blocks until every request completes; throws FabricError (rank, peer, tag) on timeout or peer failure.
+  virtual void wait_all(std::span<Request> reqs, Deadline d) = 0;
+  virtual double now() const = 0;
+  virtual void compute(const ComputeCost& c) = 0;
+  virtual void barrier() = 0;
+
+  // Every rank calls it with the same tag; sends and receives name their peers. The default posts
+  // isend/irecv for each entry and waits; a fabric with caps().native_alltoallv runs it as one operation.
+  virtual void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d);
+
+  // Name of the phase now running, quoted by errors ("rank 3, peer 5, tag 0x..., phase dispatch").
+  void set_phase(std::string phase) { phase_ = std::move(phase); }
+  const std::string& phase() const { return phase_; }
+
+ protected:
+  std::string phase_ = "setup";
+};
+
+// Tags: a phase id in the top byte, then step, layer and a round counter.
+enum class Phase : uint8_t { kNotify = 1, kDispatch = 2, kCombine = 3, kForward = 4, kAllgather = 5, kUser = 100 };
+inline Tag make_tag(Phase p, int step, int layer, int round = 0) {
+  return (static_cast<Tag>(p) << 56) | (static_cast<Tag>(step & 0xFFFFFF) << 32) |
+         (static_cast<Tag>(layer & 0xFFFF) << 16) | static_cast<Tag>(round & 0xFFFF);
+}
+std::string describe_tag(Tag tag);
+
+}  // namespace eplab

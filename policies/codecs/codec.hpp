@@ -1,0 +1,44 @@
+// Codec: how token activations [tokens x hidden] travel on the wire. The engine encodes every dispatch and
+// combine message with one; the simulator charges encoded_size() bytes. Specs chain codecs with '+'.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace eplab {
+
+class Codec {
+ public:
+  virtual ~Codec() = default;
+  // The spec that recreates this codec, e.g. "fp8-e4m3-b128" or "topk:ratio=0.25+zstd".
+  virtual std::string name() const = 0;
+  virtual bool lossless() const = 0;
+  // Promised bound on ||decode(encode(x)) - x||_2 / ||x||_2 for finite x (0 for lossless codecs).
+  virtual double error_bound() const = 0;
+  // Appends the encoding of x (row-major fp32, tokens x hidden) to out. `stream` names the sequence of
+  // messages a stateful codec (delta, error feedback) keeps state for; stateless codecs ignore it.
+  virtual void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t stream = 0) = 0;
+  // Decodes exactly `size` bytes into out (tokens x hidden). Throws CodecError on a corrupt or short buffer.
+  virtual void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out,
+                      uint64_t stream = 0) = 0;
+  // Bytes encode() produces: exact for fixed-rate codecs, an estimate for data-dependent ones.
+  virtual size_t encoded_size(int tokens, int hidden) const = 0;
+  // Upper bound on what encode() can produce (receive buffers are sized with it).
+  virtual size_t max_encoded_size(int tokens, int hidden) const { return encoded_size(tokens, hidden); }
+  virtual bool fixed_rate() const { return true; }
+};
+
+class CodecError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Builds a codec from a spec; throws EplabError naming the spec and listing known codecs if unknown.
+std::unique_ptr<Codec> create_codec(const std::string& spec);
+std::vector<std::string> codec_names();
+
+}  // namespace eplab
