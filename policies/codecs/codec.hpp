@@ -23,13 +23,26 @@ class Codec {
   // messages a stateful codec (delta, error feedback) keeps state for; stateless codecs ignore it.
   virtual void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t stream = 0) = 0;
   // Decodes exactly `size` bytes into out (tokens x hidden). Throws CodecError on a corrupt or short buffer.
-  virtual void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out,
-                      uint64_t stream = 0) = 0;
+  virtual void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out, uint64_t stream = 0) = 0;
   // Bytes encode() produces: exact for fixed-rate codecs, an estimate for data-dependent ones.
   virtual size_t encoded_size(int tokens, int hidden) const = 0;
   // Upper bound on what encode() can produce (receive buffers are sized with it).
   virtual size_t max_encoded_size(int tokens, int hidden) const { return encoded_size(tokens, hidden); }
   virtual bool fixed_rate() const { return true; }
+
+  // The bound above for messages with this hidden size. Per-token scaling (int8-token) degrades with the
+  // row length, so its hidden-free error_bound() is the worst case over every hidden size (1: useless);
+  // the engine should verify with this one.
+  virtual double error_bound_for(int hidden) const { return error_bound(); }
+  // Forgets a stream's state (delta base frame, error-feedback residual) on both the encode and decode side.
+  virtual void reset(uint64_t stream) {}
+  // Lets a data-dependent codec refine encoded_size() from a representative sample (the simulator calls
+  // this once with generated or traced activations). Fixed-rate codecs ignore it.
+  virtual void calibrate(const float* sample, int tokens, int hidden) {}
+  double bits_per_element(int tokens, int hidden) const {
+    double n = static_cast<double>(tokens) * static_cast<double>(hidden);
+    return n > 0 ? 8.0 * static_cast<double>(encoded_size(tokens, hidden)) / n : 0.0;
+  }
 };
 
 class CodecError : public std::runtime_error {
@@ -40,5 +53,13 @@ class CodecError : public std::runtime_error {
 // Builds a codec from a spec; throws EplabError naming the spec and listing known codecs if unknown.
 std::unique_ptr<Codec> create_codec(const std::string& spec);
 std::vector<std::string> codec_names();
+
+// What `eplab codec list` shows: each registered name, its kind and a one-line summary.
+struct CodecInfo {
+  std::string name;
+  std::string kind;  // "quantizer", "transform" (sparsifier, delta) or "lossless" (byte compressor)
+  std::string summary;
+};
+std::vector<CodecInfo> codec_catalog();
 
 }  // namespace eplab

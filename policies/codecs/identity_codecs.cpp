@@ -1,0 +1,89 @@
+// Identity wire formats: fp32 (bit-exact copy) and bf16 (round-to-nearest-even, PyTorch's conversion).
+// These are what the engine sends when no compression is asked for, and the terminal stage of any chain
+// that names no quantizer.
+#include <cstring>
+
+#include "policies/codecs/codec_internal.hpp"
+#include "policies/codecs/float_formats.hpp"
+
+namespace eplab::codecs {
+namespace {
+
+class Fp32Codec final : public Codec {
+ public:
+  explicit Fp32Codec(std::string spec) : spec_(std::move(spec)) {}
+  std::string name() const override { return spec_; }
+  bool lossless() const override { return true; }
+  double error_bound() const override { return 0.0; }
+  void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t) override {
+    expect_shape(spec_, tokens, hidden);
+    size_t bytes = encoded_size(tokens, hidden);
+    size_t at = out.size();
+    out.resize(at + bytes);
+    if (bytes) std::memcpy(out.data() + at, x, bytes);
+  }
+  void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out, uint64_t) override {
+    expect_shape(spec_, tokens, hidden);
+    expect_size(spec_, size, encoded_size(tokens, hidden), tokens, hidden);
+    if (size) std::memcpy(out, data, size);
+  }
+  size_t encoded_size(int tokens, int hidden) const override {
+    return static_cast<size_t>(tokens) * static_cast<size_t>(hidden) * sizeof(float);
+  }
+
+ private:
+  std::string spec_;
+};
+
+class Bf16Codec final : public Codec {
+ public:
+  explicit Bf16Codec(std::string spec) : spec_(std::move(spec)) {}
+  std::string name() const override { return spec_; }
+  bool lossless() const override { return false; }
+  // RNE to an 8-bit significand: each normal element moves by at most 2^-8 of itself, so the L2 error
+  // does too. (Values below 2^-126 or above bf16's max 3.39e38 are outside the promise; see docs/codecs.md.)
+  double error_bound() const override { return 0x1p-8 * kBoundSlack; }
+  void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t) override {
+    expect_shape(spec_, tokens, hidden);
+    size_t n = static_cast<size_t>(tokens) * static_cast<size_t>(hidden);
+    size_t at = out.size();
+    out.resize(at + 2 * n);
+    convert(x, n, reinterpret_cast<uint16_t*>(out.data() + at));
+  }
+  void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out, uint64_t) override {
+    expect_shape(spec_, tokens, hidden);
+    expect_size(spec_, size, encoded_size(tokens, hidden), tokens, hidden);
+    size_t n = size / 2;
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(data);
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t v;
+      std::memcpy(&v, h + i, 2);  // the buffer may be unaligned
+      out[i] = bf16_to_float(v);
+    }
+  }
+  size_t encoded_size(int tokens, int hidden) const override {
+    return static_cast<size_t>(tokens) * static_cast<size_t>(hidden) * sizeof(uint16_t);
+  }
+
+ private:
+  static void convert(const float* x, size_t n, uint16_t* out) {
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t v = float_to_bf16(x[i]);
+      std::memcpy(out + i, &v, 2);
+    }
+  }
+  std::string spec_;
+};
+
+}  // namespace
+
+void add_identity_codecs(std::vector<CodecEntry>& entries) {
+  auto fp32 = [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<Fp32Codec>(p.spec()); };
+  auto bf16 = [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<Bf16Codec>(p.spec()); };
+  entries.push_back({"fp32", "fp32 wire, bit-exact (32 bits/element)", StageKind::kQuantizer, fp32, {}, {}});
+  entries.push_back({"identity", "alias of fp32", StageKind::kQuantizer, fp32, {}, {}});
+  entries.push_back(
+      {"bf16", "bfloat16 wire, round-to-nearest-even (16 bits/element)", StageKind::kQuantizer, bf16, {}, {}});
+}
+
+}  // namespace eplab::codecs
