@@ -369,6 +369,10 @@ const std::vector<CodecEntry>& codec_entries() {
   static const std::vector<CodecEntry> entries = [] {
     std::vector<CodecEntry> e;
     add_identity_codecs(e);
+    add_fp8_codecs(e);
+    add_int8_codecs(e);
+    add_mx_codecs(e);
+    add_lossless_codecs(e);
     return e;
   }();
   return entries;

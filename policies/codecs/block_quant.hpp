@@ -1,0 +1,66 @@
+// Inner loops shared by the block-scaled quantizers (fp8-*-b128, mxfp*, int8-token): finite amax of a
+// block and scale-multiply-round of a block into one code per byte. Kept as plain loops over integer bits
+// with no branches so that -O3 vectorizes them with baseline SSE2 (no -march flags).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "policies/codecs/float_formats.hpp"
+
+namespace eplab::codecs {
+
+// Largest |x| over the finite elements (NaN and Inf ignored, so one bad value does not wipe a block's
+// scale), and whether any element was non-finite. Compares magnitudes as integers: for non-negative
+// floats the bit patterns order like the values.
+struct BlockAmax {
+  float amax;
+  bool nonfinite;
+};
+inline BlockAmax block_amax(const float* x, size_t n) {
+  uint32_t best = 0;
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t a = bits_of(x[i]) & kAbsMask;
+    uint32_t finite = a < kInfBits ? a : 0u;
+    bad |= a >= kInfBits ? 1u : 0u;
+    best = best > finite ? best : finite;
+  }
+  return {float_of(best), bad != 0};
+}
+
+// codes[i] = sign | RNE magnitude code of min(|x[i] * scale|, max) in format Fmt, with the sign at bit
+// kSignBit. Non-finite inputs get `nan_code` (NaN) or `inf_code` (+-Inf, sign added).
+template <class Fmt, int kSignBit>
+inline void quantize_block(const float* x, size_t n, float scale, float max, uint8_t nan_code, uint8_t inf_code,
+                           uint8_t* codes) {
+  for (size_t i = 0; i < n; ++i) {
+    float v = x[i] * scale;
+    uint32_t b = bits_of(v);
+    uint32_t ab = b & kAbsMask;
+    float a = float_of(ab);
+    a = a < max ? a : max;
+    uint32_t code = Fmt::magnitude_code(a);
+    uint32_t sign = (b >> 31) << kSignBit;
+    uint32_t special = ab == kInfBits ? (sign | inf_code) : nan_code;
+    codes[i] = static_cast<uint8_t>(ab >= kInfBits ? special : (sign | code));
+  }
+}
+
+// Symmetric int8 with round-to-nearest-even: adding 1.5*2^23 leaves an integer ulp, so fp32's RNE rounds.
+// -128 is never produced by rounding (|v| <= 127) and marks a non-finite input.
+inline void quantize_int8(const float* x, size_t n, float scale, int8_t* codes) {
+  constexpr float kMagic = 12582912.0f;
+  for (size_t i = 0; i < n; ++i) {
+    float v = x[i] * scale;
+    float r = (v + kMagic) - kMagic;
+    r = r < 127.0f ? r : 127.0f;
+    r = r > -127.0f ? r : -127.0f;
+    uint32_t ab = bits_of(x[i]) & kAbsMask;
+    int32_t q = static_cast<int32_t>(r);
+    codes[i] = static_cast<int8_t>(ab >= kInfBits ? -128 : q);
+  }
+}
+
+}  // namespace eplab::codecs
