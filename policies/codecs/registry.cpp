@@ -372,6 +372,9 @@ const std::vector<CodecEntry>& codec_entries() {
     add_fp8_codecs(e);
     add_int8_codecs(e);
     add_mx_codecs(e);
+    add_logfmt_codecs(e);
+    add_sparse_codecs(e);
+    add_delta_codecs(e);
     add_lossless_codecs(e);
     return e;
   }();

@@ -1,0 +1,158 @@
+// delta[:period=N]: sends each message of a stream as its difference from what the receiver reconstructed
+// for the previous one, so the chain's quantizer (and sparsifier) see a small residual when consecutive
+// steps are alike. Every N-th message is a full frame, so a receiver that lost a message or was reset
+// recovers; the chain also falls back to a full frame whenever the delta would break its error bound.
+#include <algorithm>
+#include <mutex>
+#include <unordered_map>
+
+#include "engine/error.hpp"
+#include "policies/codecs/codec_internal.hpp"
+
+namespace eplab::codecs {
+namespace {
+
+constexpr uint8_t kFull = 0;
+constexpr uint8_t kDelta = 1;
+constexpr size_t kSideBytes = 1 + 4 + 4;  // u8 kind, u32 frame number, u32 base frame number
+
+struct StreamState {
+  std::vector<float> base;  // the receiver's reconstruction of frame `seq`
+  Shape shape;
+  uint32_t seq = 0;
+  uint32_t since_full = 0;
+  bool valid = false;
+};
+
+class DeltaTransform final : public Transform {
+ public:
+  DeltaTransform(std::string spec, int period) : spec_(std::move(spec)), period_(period) {}
+  std::string name() const override { return spec_; }
+  double error_bound(int) const override { return 0.0; }  // guarded by the chain, see ChainCodec::encode
+  bool is_delta() const override { return true; }
+  bool wants_commit() const override { return true; }
+  bool stateful() const override { return true; }
+
+  void reset(uint64_t stream) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    encoder_.erase(stream);
+    decoder_.erase(stream);
+    pending_.erase(stream);
+  }
+
+  void forward(const float* x, Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
+               std::vector<float>& y, Shape& y_shape) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    StreamState& s = encoder_[stream];
+    bool full = force_full || !s.valid || s.shape.tokens != shape.tokens || s.shape.hidden != shape.hidden ||
+                s.since_full + 1 >= static_cast<uint32_t>(period_);
+    uint32_t seq = s.valid ? s.seq + 1 : 0;
+    side.push_back(full ? kFull : kDelta);
+    append_value<uint32_t>(side, seq);
+    append_value<uint32_t>(side, full ? seq : s.seq);
+    y.assign(x, x + shape.elements());
+    if (!full) {
+      for (size_t i = 0; i < y.size(); ++i) y[i] -= s.base[i];
+    }
+    y_shape = shape;
+    pending_[stream] = {full, seq};
+  }
+
+  void reconstruct(const uint8_t* side, size_t size, const float* y, Shape shape, float* out,
+                   uint64_t stream) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Header h = read_header(side, size);
+    std::copy(y, y + shape.elements(), out);
+    if (h.kind == kDelta) {
+      const StreamState& s = encoder_[stream];
+      for (size_t i = 0; i < shape.elements(); ++i) out[i] += s.base[i];
+    }
+  }
+
+  void commit(uint64_t stream, const float* x_hat, Shape shape) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto p = pending_.find(stream);
+    if (p == pending_.end()) return;
+    StreamState& s = encoder_[stream];
+    s.base.assign(x_hat, x_hat + shape.elements());
+    s.shape = shape;
+    s.seq = p->second.seq;
+    s.since_full = p->second.full ? 0 : s.since_full + 1;
+    s.valid = true;
+    pending_.erase(p);
+  }
+
+  Shape parse(const uint8_t* side, size_t size, Shape shape) const override {
+    read_header(side, size);
+    return shape;
+  }
+
+  void inverse(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Header h = read_header(side, size);
+    StreamState& s = decoder_[stream];
+    if (h.kind == kDelta) {
+      if (!s.valid || s.seq != h.base || s.shape.tokens != shape.tokens || s.shape.hidden != shape.hidden) {
+        throw CodecError("codec " + spec_ + ": stream " + std::to_string(stream) + " frame " + std::to_string(h.seq) +
+                         " is a delta against frame " + std::to_string(h.base) + " but the decoder holds " +
+                         (s.valid ? "frame " + std::to_string(s.seq) : std::string("no frame")) +
+                         " (lost, reordered or reset stream); it recovers at the next full frame, at most " +
+                         std::to_string(period_) + " frames away");
+      }
+      for (size_t i = 0; i < shape.elements(); ++i) out[i] = y[i] + s.base[i];
+    } else {
+      std::copy(y, y + shape.elements(), out);
+    }
+    s.base.assign(out, out + shape.elements());
+    s.shape = shape;
+    s.seq = h.seq;
+    s.valid = true;
+  }
+
+  size_t side_size(Shape, bool) const override { return kSideBytes; }
+  Shape y_shape(Shape shape, bool) const override { return shape; }
+
+ private:
+  struct Header {
+    uint8_t kind;
+    uint32_t seq;
+    uint32_t base;
+  };
+  Header read_header(const uint8_t* side, size_t size) const {
+    ByteReader r(side, size, spec_);
+    Header h{r.read<uint8_t>(), r.read<uint32_t>(), r.read<uint32_t>()};
+    if (r.remaining() != 0 || h.kind > kDelta || (h.kind == kFull && h.base != h.seq)) {
+      throw CodecError("codec " + spec_ + ": corrupt frame header (" + std::to_string(size) + " bytes, kind " +
+                       std::to_string(h.kind) + ")");
+    }
+    return h;
+  }
+
+  struct Pending {
+    bool full;
+    uint32_t seq;
+  };
+  std::string spec_;
+  int period_;
+  std::mutex mu_;
+  std::unordered_map<uint64_t, StreamState> encoder_;
+  std::unordered_map<uint64_t, StreamState> decoder_;
+  std::unordered_map<uint64_t, Pending> pending_;
+};
+
+}  // namespace
+
+void add_delta_codecs(std::vector<CodecEntry>& entries) {
+  entries.push_back({"delta",
+                     "difference from the previous message of the stream; delta:period=16 (full frames)",
+                     StageKind::kTransform,
+                     {},
+                     [](const CodecParams& p) -> std::unique_ptr<Transform> {
+                       int period = p.get_int("period", 16);
+                       if (period < 1) throw EplabError("codec spec '" + p.spec() + "': period must be >= 1");
+                       return std::make_unique<DeltaTransform>(p.spec(), period);
+                     },
+                     {}});
+}
+
+}  // namespace eplab::codecs
