@@ -1,6 +1,7 @@
 // Routing decisions for one (step, layer, source rank): top-k expert ids and weights per token.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

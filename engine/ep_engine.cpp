@@ -1,0 +1,184 @@
+#include "engine/ep_engine.hpp"
+
+#include <cstring>
+#include <map>
+#include <sstream>
+
+#include "engine/error.hpp"
+
+namespace eplab {
+
+std::unique_ptr<Algorithm> make_flat_algorithm();
+std::unique_ptr<Algorithm> make_hierarchical_algorithm();
+
+namespace {
+
+using AlgorithmFactory = std::unique_ptr<Algorithm> (*)();
+
+const std::map<std::string, AlgorithmFactory>& algorithm_registry() {
+  static const std::map<std::string, AlgorithmFactory> r = {
+      {"flat", &make_flat_algorithm},
+      {"hierarchical", &make_hierarchical_algorithm},
+  };
+  return r;
+}
+
+}  // namespace
+
+void PhaseStats::add(const PhaseStats& o) {
+  time_s += o.time_s;
+  for (int i = 0; i < 3; ++i) bytes[i] += o.bytes[i];
+  logical_bytes += o.logical_bytes;
+  scaleout_logical_bytes += o.scaleout_logical_bytes;
+  messages += o.messages;
+  calls += o.calls;
+}
+
+std::vector<std::string> algorithm_names() {
+  std::vector<std::string> out;
+  for (auto& [n, _] : algorithm_registry()) out.push_back(n);
+  return out;
+}
+
+std::unique_ptr<Algorithm> create_algorithm(const std::string& name) {
+  const auto& r = algorithm_registry();
+  if (auto it = r.find(name); it != r.end()) return it->second();
+  std::ostringstream os;
+  os << "unknown algorithm '" << name << "' (known:";
+  for (auto& [n, _] : r) os << ' ' << n;
+  os << ')';
+  throw EplabError(os.str());
+}
+
+EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, const EngineOptions& o)
+    : fabric(f), topo(f.topology()), shape(s), placement(p), opts(o),
+      dispatch_codec(create_codec(o.dispatch_codec)), combine_codec(create_codec(o.combine_codec)) {
+  if (o.phantom && !f.caps().phantom_payload)
+    throw EplabError("phantom payloads (sizes only) need a simulated fabric; this one moves real bytes");
+}
+
+void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
+  for (auto& s : sends) {
+    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+    st.messages += 1;
+  }
+  fabric.alltoallv(tag, sends, recvs, deadline());
+}
+
+EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, const float* rows, Codec& codec,
+                                                          uint64_t stream) {
+  Message m;
+  if (phantom()) {
+    m.phantom_bytes = codec.encoded_size(b.size(), hidden());
+    pack_block(b, m.phantom_bytes, m.bytes);
+    return m;
+  }
+  std::vector<uint8_t> payload;
+  codec.encode(rows, b.size(), hidden(), payload, stream);
+  pack_block(b, payload.size(), m.bytes);
+  m.bytes.insert(m.bytes.end(), payload.begin(), payload.end());
+  return m;
+}
+
+EngineContext::Message EngineContext::make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream) {
+  Message m;
+  if (phantom())
+    m.phantom_bytes = codec.encoded_size(n, hidden());
+  else
+    codec.encode(rows, n, hidden(), m.bytes, stream);
+  return m;
+}
+
+size_t EngineContext::block_capacity(int tokens, int sels, const Codec& codec) const {
+  return block_meta_bytes(tokens, sels) + (phantom() ? 0 : codec.max_encoded_size(tokens, hidden()));
+}
+
+size_t EngineContext::rows_capacity(int n, const Codec& codec) const {
+  return phantom() ? 0 : codec.max_encoded_size(n, hidden());
+}
+
+void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
+                                       std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer) {
+  const std::string what = "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
+                           " in phase " + fabric.phase();
+  uint64_t payload = 0;
+  const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+  if (phantom()) return;
+  if (off + payload != real_bytes)
+    throw FabricError(what + ": block announces " + std::to_string(payload) + " payload bytes, message carries " +
+                      std::to_string(real_bytes - off));
+  rows_out.resize(static_cast<size_t>(b.size()) * hidden());
+  try {
+    codec.decode(msg.data() + off, payload, b.size(), hidden(), rows_out.data(), stream);
+  } catch (const std::exception& e) {
+    throw FabricError(what + ": " + e.what());
+  }
+}
+
+void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out,
+                                      Codec& codec, uint64_t stream, int peer) {
+  if (phantom()) return;
+  try {
+    codec.decode(msg.data(), real_bytes, n, hidden(), rows_out, stream);
+  } catch (const std::exception& e) {
+    throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
+                      fabric.phase() + ": " + e.what());
+  }
+}
+
+double EngineContext::bytes_per_elem(const Codec& codec) const {
+  return static_cast<double>(codec.encoded_size(1, hidden())) / hidden();
+}
+
+EpEngine::EpEngine(Fabric& fabric, const MoeShape& shape, const Placement& placement, EngineOptions opts)
+    : opts_(std::move(opts)), ctx_(fabric, shape, placement, opts_), algo_(create_algorithm(opts_.algorithm)) {
+  if (placement.num_ranks() != fabric.size())
+    throw EplabError("engine: placement covers " + std::to_string(placement.num_ranks()) + " ranks, fabric has " +
+                     std::to_string(fabric.size()));
+}
+
+double Algorithm::logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const {
+  return static_cast<double>(h.recv.size()) * c.hidden() * c.bytes_per_elem(codec);
+}
+
+double Algorithm::scaleout_logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const {
+  return static_cast<double>(h.token_node_pairs) * c.hidden() * c.bytes_per_elem(codec);
+}
+
+namespace {
+
+long count_token_node_pairs(const EngineContext& c, const DispatchArgs& a) {
+  std::vector<int> last(c.topo.nodes(), -1);
+  long pairs = 0;
+  for (int t = 0; t < a.num_tokens; ++t)
+    for (int k = 0; k < a.topk; ++k) {
+      const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
+      if (s < 0) continue;
+      const int n = c.topo.node_of(c.placement.rank_of_slot(s));
+      if (last[n] != t) {
+        last[n] = t;
+        ++pairs;
+      }
+    }
+  return pairs;
+}
+
+}  // namespace
+
+Handle EpEngine::dispatch(const DispatchArgs& a) {
+  if (!ctx_.phantom() && a.x == nullptr && a.num_tokens > 0)
+    throw EplabError("engine: dispatch without activations needs phantom mode");
+  Handle h = algo_->dispatch(ctx_, a);
+  h.token_node_pairs = count_token_node_pairs(ctx_, a);
+  ctx_.stats.dispatch.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.dispatch_codec);
+  ctx_.stats.dispatch.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.dispatch_codec);
+  return h;
+}
+
+void EpEngine::combine(Handle& h, const float* partials, float* out) {
+  algo_->combine(ctx_, h, partials, out);
+  ctx_.stats.combine.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.combine_codec);
+  ctx_.stats.combine.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.combine_codec);
+}
+
+}  // namespace eplab

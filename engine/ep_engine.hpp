@@ -1,0 +1,161 @@
+// The EP engine of one rank: dispatch (tokens to the ranks that hold their experts) returning a Handle, and
+// combine (expert outputs back, summed) taking it. Algorithms (flat, hierarchical, ...) plug in by name and
+// run on any Fabric; all of them exchange counts (notify) before payload.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/fabric.hpp"
+#include "engine/moe_shape.hpp"
+#include "engine/placement.hpp"
+#include "engine/wire.hpp"
+#include "policies/codecs/codec.hpp"
+
+namespace eplab {
+
+// What one rank moved and how long it took in one phase, accumulated over calls.
+struct PhaseStats {
+  double time_s = 0;
+  double bytes[3] = {0, 0, 0};       // wire bytes sent, by LinkClass (self, scaleup, scaleout)
+  double logical_bytes = 0;          // DeepEP intranode definition: received tokens x hidden x wire bytes/elem
+  double scaleout_logical_bytes = 0; // DeepEP internode definition: (token, node) pairs x hidden x bytes/elem
+  double messages = 0;
+  int calls = 0;
+  void add(const PhaseStats& o);
+};
+
+struct EngineStats {
+  PhaseStats notify, dispatch, combine;
+};
+
+// How combine sums partial results; the verification reference follows the same order so fp32 results can
+// be compared bit for bit.
+enum class ReductionOrder {
+  kRanks,       // source sums one partial per destination rank, ranks ascending
+  kNodes,       // each node sums its ranks' partials (ascending), source sums nodes ascending
+  kSelections,  // rows are unweighted per-selection outputs; the source weights and sums them in top-k order
+};
+
+struct EngineOptions {
+  std::string algorithm = "hierarchical";
+  std::string dispatch_codec = "bf16";
+  std::string combine_codec = "bf16";
+  bool phantom = false;       // sizes only: no activations travel (simulated fabrics)
+  double timeout_s = 60;      // limit for one blocked wait
+  int chunk_tokens = 0;       // algorithm-specific pipelining granularity (0 = one chunk)
+};
+
+struct DispatchArgs {
+  int step = 0;
+  int layer = 0;
+  int num_tokens = 0;
+  int topk = 0;
+  const int32_t* slots = nullptr;   // [tokens x topk] physical expert slots, -1 = unused
+  const float* weights = nullptr;   // [tokens x topk]
+  const float* x = nullptr;         // [tokens x hidden] activations; null in phantom mode
+};
+
+// Returned by dispatch, consumed by combine. `recv` lists every row this rank received: its origin
+// (source rank, token) and the selections (physical slot, weight) it must compute, in top-k order.
+struct Handle {
+  int step = 0;
+  int layer = 0;
+  int num_tokens = 0;             // tokens of this rank's own batch (combine's output rows)
+  long token_node_pairs = 0;      // (token, destination node) pairs of the own batch, own node included
+  TokenBlock recv;
+  std::vector<float> recv_x;      // [recv.size() x hidden]; empty in phantom mode
+  std::shared_ptr<void> state;    // the algorithm's private bookkeeping for combine
+};
+
+class EngineContext;
+
+class Algorithm {
+ public:
+  virtual ~Algorithm() = default;
+  virtual std::string name() const = 0;
+  virtual ReductionOrder reduction() const = 0;
+  virtual Handle dispatch(EngineContext& c, const DispatchArgs& a) = 0;
+  // partials: [handle.recv.size() x hidden] — per row the weighted sum of its selections' expert outputs, or
+  // (kSelections) the unweighted output of its single selection. out: [handle.num_tokens x hidden].
+  virtual void combine(EngineContext& c, Handle& h, const float* partials, float* out) = 0;
+  // DeepEP's logical bytes of one call for this rank: received rows x hidden x wire bytes per element
+  // (intranode definition) and (token, node) pairs x hidden x wire bytes per element (internode/RDMA).
+  virtual double logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const;
+  virtual double scaleout_logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const;
+};
+
+std::vector<std::string> algorithm_names();
+std::unique_ptr<Algorithm> create_algorithm(const std::string& name);
+
+// Everything an algorithm needs on one rank, and the helpers they share.
+class EngineContext {
+ public:
+  EngineContext(Fabric& fabric, const MoeShape& shape, const Placement& placement, const EngineOptions& opts);
+
+  Fabric& fabric;
+  const Topology& topo;
+  const MoeShape& shape;
+  const Placement& placement;
+  const EngineOptions& opts;
+  std::unique_ptr<Codec> dispatch_codec;
+  std::unique_ptr<Codec> combine_codec;
+  EngineStats stats;
+
+  int rank() const { return fabric.rank(); }
+  int hidden() const { return shape.hidden; }
+  bool phantom() const { return opts.phantom; }
+  Deadline deadline() const { return Deadline::after(fabric, opts.timeout_s); }
+
+  // Runs one all-to-all-v and counts what this rank sent.
+  void exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs);
+
+  // A message: block metadata followed by the block's rows encoded with `codec` (phantom: sizes only).
+  // `rows` may be null in phantom mode. The returned buffer owns the real bytes.
+  struct Message {
+    std::vector<uint8_t> bytes;
+    size_t phantom_bytes = 0;
+    ConstBuf buf() const { return ConstBuf{bytes.data(), bytes.size(), phantom_bytes}; }
+  };
+  Message make_block_message(const TokenBlock& b, const float* rows, Codec& codec, uint64_t stream);
+  // Rows only (combine).
+  Message make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream);
+  // Receive capacity for a block message / rows message.
+  size_t block_capacity(int tokens, int sels, const Codec& codec) const;
+  size_t rows_capacity(int n, const Codec& codec) const;
+  // Parses a received block message; decodes its rows into rows_out (resized to n x hidden) unless phantom.
+  void read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
+                          std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer);
+  void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
+                         uint64_t stream, int peer);
+
+  // Wire bytes per element of a codec (for DeepEP's logical bandwidth).
+  double bytes_per_elem(const Codec& codec) const;
+  // Stream id for stateful codecs: one per (phase, layer, sender, receiver).
+  static uint64_t stream_id(Phase p, int layer, int src, int dst) {
+    return (static_cast<uint64_t>(p) << 56) | (static_cast<uint64_t>(layer & 0xFFFF) << 40) |
+           (static_cast<uint64_t>(src & 0xFFFFF) << 20) | static_cast<uint64_t>(dst & 0xFFFFF);
+  }
+};
+
+class EpEngine {
+ public:
+  EpEngine(Fabric& fabric, const MoeShape& shape, const Placement& placement, EngineOptions opts);
+  Handle dispatch(const DispatchArgs& a);
+  void combine(Handle& h, const float* partials, float* out);
+  ReductionOrder reduction() const { return algo_->reduction(); }
+  const Algorithm& algorithm() const { return *algo_; }
+  EngineContext& context() { return ctx_; }
+  const EngineStats& stats() const { return ctx_.stats; }
+
+ private:
+  EngineOptions opts_;
+  EngineContext ctx_;
+  std::unique_ptr<Algorithm> algo_;
+};
+
+}  // namespace eplab

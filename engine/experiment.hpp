@@ -1,0 +1,49 @@
+// The experiment driver: builds the cluster, model, routing and placement a RunConfig names, launches one
+// engine per rank on a backend, runs steps x layers of dispatch -> expert compute -> combine, verifies the
+// result where real bytes moved, and returns the report (the JSON documented in README).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "traces/routing_source.hpp"
+
+namespace eplab {
+
+struct RunConfig {
+  std::string backend = "emu";
+  std::string cluster = "h800-cx7";
+  int nodes = 0;                 // 0: the preset's
+  int gpus_per_node = 0;         // 0: the preset's
+  std::string model = "deepseek-v3";
+  int tokens = 4096;             // per rank
+  std::string routing = "deepep";
+  std::string trace;             // a trace file instead of a generator
+  std::shared_ptr<RoutingSource> routing_source;  // set by code (tests, Python): used instead of both
+  int hidden = 0;                // 0: the model's hidden size
+  std::string algorithm = "hierarchical";
+  std::string dispatch_codec;    // empty: the model's
+  std::string combine_codec;     // empty: the model's
+  std::string transform = "scale";
+  std::string payload = "auto";  // real | phantom | auto (phantom on simulated backends, real elsewhere)
+  int steps = 1;
+  int layers = 1;
+  uint64_t seed = 1;
+  int redundant_experts = 0;
+  double timeout_s = 60;
+  bool verify = true;            // check delivery and combine where real bytes move
+};
+
+using ProgressFn = std::function<void(int done, int total)>;
+
+// Throws EplabError for bad configuration, FabricError if a rank fails; never hangs longer than timeout_s.
+nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress = {});
+
+// A few lines a person reads: phase times, bandwidths, bytes by link class, verification.
+std::string format_summary(const nlohmann::json& report);
+
+}  // namespace eplab

@@ -1,0 +1,169 @@
+// Flat dispatch/combine: one message per (source, destination) rank pair, straight over whatever link joins
+// them. Counts (tokens, selections) go first to every peer so receivers know whom to expect and how much.
+#include <cstring>
+
+#include "engine/ep_engine.hpp"
+
+namespace eplab {
+namespace {
+
+struct FlatState {
+  std::vector<int32_t> sent_tokens;   // [ranks] tokens this rank sent to each destination
+  std::vector<std::vector<int32_t>> sent_token_ids;  // [ranks] which of our tokens, in message order
+  std::vector<int32_t> recv_rows;     // [ranks] rows received from each source, in handle order
+};
+
+class Flat : public Algorithm {
+ public:
+  std::string name() const override { return "flat"; }
+  ReductionOrder reduction() const override { return ReductionOrder::kRanks; }
+
+  Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
+    const int R = c.topo.size(), me = c.rank(), H = c.hidden();
+    auto st = std::make_shared<FlatState>();
+    std::vector<TokenBlock> blocks(R);
+    std::vector<int> last(R, -1);
+    for (int t = 0; t < a.num_tokens; ++t)
+      for (int k = 0; k < a.topk; ++k) {
+        const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
+        if (s < 0) continue;
+        const int r = c.placement.rank_of_slot(s);
+        if (last[r] != t) {
+          last[r] = t;
+          blocks[r].add_token(me, t);
+        }
+        blocks[r].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
+      }
+
+    // Notify: (tokens, selections) to every rank, including ourselves.
+    PhaseStats notify;
+    c.fabric.set_phase("notify");
+    const double t0 = c.fabric.now();
+    std::vector<uint32_t> out_counts(2 * R), in_counts(2 * R);
+    std::vector<PeerSend> sends;
+    std::vector<PeerRecv> recvs;
+    for (int r = 0; r < R; ++r) {
+      out_counts[2 * r] = blocks[r].size();
+      out_counts[2 * r + 1] = blocks[r].num_sels();
+      sends.push_back({r, ConstBuf{&out_counts[2 * r], 8}});
+      recvs.push_back({r, MutBuf{&in_counts[2 * r], 8}});
+    }
+    c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer), sends, recvs);
+    const double t1 = c.fabric.now();
+    notify.time_s = t1 - t0;
+    notify.calls = 1;
+
+    // Payload.
+    PhaseStats disp;
+    c.fabric.set_phase("dispatch");
+    std::vector<EngineContext::Message> msgs(R);
+    std::vector<float> rows;
+    sends.clear();
+    recvs.clear();
+    st->sent_tokens.assign(R, 0);
+    st->sent_token_ids.assign(R, {});
+    for (int r = 0; r < R; ++r) {
+      const TokenBlock& b = blocks[r];
+      if (b.size() == 0) continue;
+      st->sent_tokens[r] = b.size();
+      st->sent_token_ids[r] = b.token;
+      if (!c.phantom()) {
+        rows.resize(static_cast<size_t>(b.size()) * H);
+        for (int i = 0; i < b.size(); ++i)
+          std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
+      }
+      msgs[r] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
+                                     EngineContext::stream_id(Phase::kDispatch, a.layer, me, r));
+      sends.push_back({r, msgs[r].buf()});
+    }
+    std::vector<std::vector<uint8_t>> inbox(R);
+    std::vector<int> from;
+    for (int r = 0; r < R; ++r) {
+      if (in_counts[2 * r] == 0) continue;
+      inbox[r].resize(c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec));
+      recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
+      from.push_back(r);
+    }
+    c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, recvs);
+
+    Handle h;
+    h.step = a.step;
+    h.layer = a.layer;
+    h.num_tokens = a.num_tokens;
+    st->recv_rows.assign(R, 0);
+    TokenBlock b;
+    std::vector<float> brows;
+    for (size_t i = 0; i < from.size(); ++i) {
+      const int r = from[i];
+      c.read_block_message(inbox[r], recvs[i].bytes, b, brows, *c.dispatch_codec,
+                           EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r);
+      st->recv_rows[r] = b.size();
+      for (int j = 0; j < b.size(); ++j) {
+        h.recv.add_token(b.src_rank[j], b.token[j]);
+        for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) h.recv.add_sel(b.sel_slot[s], b.sel_weight[s]);
+      }
+      h.recv_x.insert(h.recv_x.end(), brows.begin(), brows.end());
+    }
+    disp.time_s = c.fabric.now() - t1;
+    disp.calls = 1;
+    c.stats.notify.add(notify);
+    c.stats.dispatch.add(disp);
+    h.state = st;
+    return h;
+  }
+
+  void combine(EngineContext& c, Handle& h, const float* partials, float* out) override {
+    const int R = c.topo.size(), me = c.rank(), H = c.hidden();
+    auto& st = *static_cast<FlatState*>(h.state.get());
+    PhaseStats comb;
+    c.fabric.set_phase("combine");
+    const double t0 = c.fabric.now();
+    std::vector<EngineContext::Message> msgs(R);
+    std::vector<PeerSend> sends;
+    std::vector<PeerRecv> recvs;
+    size_t row = 0;
+    for (int r = 0; r < R; ++r) {
+      const int n = st.recv_rows[r];
+      if (n == 0) continue;
+      msgs[r] = c.make_rows_message(partials ? partials + row * H : nullptr, n, *c.combine_codec,
+                                    EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
+      row += n;
+      sends.push_back({r, msgs[r].buf()});
+    }
+    std::vector<std::vector<uint8_t>> inbox(R);
+    std::vector<int> from;
+    for (int r = 0; r < R; ++r) {
+      if (st.sent_tokens[r] == 0) continue;
+      inbox[r].resize(c.rows_capacity(st.sent_tokens[r], *c.combine_codec));
+      recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
+      from.push_back(r);
+    }
+    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);
+    if (!c.phantom()) {
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      std::vector<float> rows;
+      for (size_t i = 0; i < from.size(); ++i) {
+        const int r = from[i];
+        const auto& ids = st.sent_token_ids[r];
+        rows.resize(ids.size() * H);
+        c.read_rows_message(inbox[r], recvs[i].bytes, static_cast<int>(ids.size()), rows.data(), *c.combine_codec,
+                            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
+        for (size_t j = 0; j < ids.size(); ++j) {
+          float* o = out + static_cast<size_t>(ids[j]) * H;
+          const float* p = &rows[j * H];
+          for (int e = 0; e < H; ++e) o[e] += p[e];
+        }
+      }
+    }
+    comb.time_s = c.fabric.now() - t0;
+    comb.calls = 1;
+    c.stats.combine.add(comb);
+  }
+
+};
+
+}  // namespace
+
+std::unique_ptr<Algorithm> make_flat_algorithm() { return std::make_unique<Flat>(); }
+
+}  // namespace eplab

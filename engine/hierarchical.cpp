@@ -1,0 +1,306 @@
+// Hierarchical dispatch/combine (DeepEP's normal mode): a token crosses the scale-out network at most once per
+// destination node, to the GPU with the sender's local index (same rail), which forwards it over the scale-up
+// domain to the GPUs of its node that hold the token's experts. Combine runs the same path backwards and
+// reduces inside the node first, so one partial sum per (token, node) crosses the scale-out network.
+#include <cstring>
+
+#include "engine/ep_engine.hpp"
+
+namespace eplab {
+namespace {
+
+struct HierState {
+  // Source role: tokens sent to each destination node's forwarder (same rail), in message order.
+  std::vector<std::vector<int32_t>> sent_token_ids;   // [nodes]
+  // Forwarder role: rows received from each rail source (by node), and for each such row the rows it became
+  // in the per-local-rank forward blocks: (local rank, row index), local rank ascending.
+  std::vector<int32_t> fwd_in_rows;                   // [nodes]
+  std::vector<int32_t> fwd_map_begin{0};              // [total in rows + 1]
+  std::vector<std::pair<int32_t, int32_t>> fwd_map;   // (local q, row in block q)
+  std::vector<int32_t> fwd_out_rows;                  // [gpus per node] rows forwarded to each local rank
+  // Receiver role: rows received from each local forwarder.
+  std::vector<int32_t> recv_rows;                     // [gpus per node]
+};
+
+class Hierarchical : public Algorithm {
+ public:
+  std::string name() const override { return "hierarchical"; }
+  ReductionOrder reduction() const override { return ReductionOrder::kNodes; }
+
+  Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
+    const Topology& T = c.topo;
+    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
+    const int H = c.hidden();
+    auto st = std::make_shared<HierState>();
+
+    // Source side: one block per destination node, carrying that node's selections.
+    std::vector<TokenBlock> to_node(N);
+    std::vector<uint32_t> counts(static_cast<size_t>(N) * (2 + 2 * G), 0);  // per node: tokens, sels, then per q
+    std::vector<int> last_node(N, -1);
+    std::vector<int> last_q(static_cast<size_t>(N) * G, -1);
+    for (int t = 0; t < a.num_tokens; ++t)
+      for (int k = 0; k < a.topk; ++k) {
+        const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
+        if (s < 0) continue;
+        const int r = c.placement.rank_of_slot(s), n = T.node_of(r), q = T.local_of(r);
+        uint32_t* cn = &counts[static_cast<size_t>(n) * (2 + 2 * G)];
+        if (last_node[n] != t) {
+          last_node[n] = t;
+          to_node[n].add_token(me, t);
+          ++cn[0];
+        }
+        to_node[n].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
+        ++cn[1];
+        if (last_q[static_cast<size_t>(n) * G + q] != t) {
+          last_q[static_cast<size_t>(n) * G + q] = t;
+          ++cn[2 + 2 * q];
+        }
+        ++cn[3 + 2 * q];
+      }
+
+    // Notify, first across the rail (per-node and per-local-rank counts), then inside the node.
+    PhaseStats notify;
+    c.fabric.set_phase("notify");
+    const double t0 = c.fabric.now();
+    const size_t stride = 2 + 2 * G;
+    std::vector<uint32_t> rail_in(static_cast<size_t>(N) * stride, 0);
+    std::vector<PeerSend> sends;
+    std::vector<PeerRecv> recvs;
+    for (int n = 0; n < N; ++n) {
+      const int f = T.rank_of(n, my_local);
+      sends.push_back({f, ConstBuf{&counts[n * stride], stride * sizeof(uint32_t)}});
+      recvs.push_back({f, MutBuf{&rail_in[n * stride], stride * sizeof(uint32_t)}});
+    }
+    c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer, 0), sends, recvs);
+    // As forwarder: what each local rank q will get from us = sum over rail sources.
+    std::vector<uint32_t> fwd_counts(2 * G, 0), local_in(2 * G, 0);
+    for (int n = 0; n < N; ++n)
+      for (int q = 0; q < G; ++q) {
+        fwd_counts[2 * q] += rail_in[n * stride + 2 + 2 * q];
+        fwd_counts[2 * q + 1] += rail_in[n * stride + 3 + 2 * q];
+      }
+    sends.clear();
+    recvs.clear();
+    for (int q = 0; q < G; ++q) {
+      const int r = T.rank_of(my_node, q);
+      sends.push_back({r, ConstBuf{&fwd_counts[2 * q], 8}});
+      recvs.push_back({r, MutBuf{&local_in[2 * q], 8}});
+    }
+    c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer, 1), sends, recvs);
+    const double t1 = c.fabric.now();
+    notify.time_s = t1 - t0;
+    notify.calls = 1;
+
+    // Payload across the rail.
+    PhaseStats disp;
+    c.fabric.set_phase("dispatch");
+    std::vector<EngineContext::Message> msgs(N);
+    std::vector<float> rows;
+    sends.clear();
+    recvs.clear();
+    st->sent_token_ids.assign(N, {});
+    for (int n = 0; n < N; ++n) {
+      const TokenBlock& b = to_node[n];
+      if (b.size() == 0) continue;
+      const int f = T.rank_of(n, my_local);
+      st->sent_token_ids[n] = b.token;
+      if (!c.phantom()) {
+        rows.resize(static_cast<size_t>(b.size()) * H);
+        for (int i = 0; i < b.size(); ++i)
+          std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
+      }
+      msgs[n] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
+                                     EngineContext::stream_id(Phase::kDispatch, a.layer, me, f));
+      sends.push_back({f, msgs[n].buf()});
+    }
+    std::vector<std::vector<uint8_t>> inbox(N);
+    std::vector<int> from;
+    for (int n = 0; n < N; ++n) {
+      const uint32_t* cn = &rail_in[n * stride];
+      if (cn[0] == 0) continue;
+      inbox[n].resize(c.block_capacity(cn[0], cn[1], *c.dispatch_codec));
+      recvs.push_back({T.rank_of(n, my_local), MutBuf{inbox[n].data(), inbox[n].size()}});
+      from.push_back(n);
+    }
+    c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, 0), sends, recvs);
+
+    // Forward inside the node: split each received token by local rank, keeping top-k order.
+    std::vector<TokenBlock> to_local(G);
+    std::vector<std::vector<float>> local_rows(G);
+    st->fwd_in_rows.assign(N, 0);
+    st->fwd_out_rows.assign(G, 0);
+    TokenBlock b;
+    std::vector<float> brows;
+    std::vector<int> last_tok(G, -1);
+    for (size_t i = 0; i < from.size(); ++i) {
+      const int n = from[i], src = T.rank_of(n, my_local);
+      c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
+                           EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
+      st->fwd_in_rows[n] = b.size();
+      for (int j = 0; j < b.size(); ++j) {
+        std::fill(last_tok.begin(), last_tok.end(), -1);
+        for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
+          const int q = T.local_of(c.placement.rank_of_slot(b.sel_slot[s]));
+          if (last_tok[q] < 0) {
+            last_tok[q] = to_local[q].size();
+            to_local[q].add_token(b.src_rank[j], b.token[j]);
+            if (!c.phantom())
+              local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
+                                   brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
+          }
+          // Tokens are added one at a time, so the open token of block q is this one.
+          to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
+        }
+        for (int q = 0; q < G; ++q)
+          if (last_tok[q] >= 0) st->fwd_map.push_back({q, last_tok[q]});
+        st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
+      }
+    }
+    std::vector<EngineContext::Message> fmsgs(G);
+    sends.clear();
+    std::vector<PeerRecv> lrecvs;
+    for (int q = 0; q < G; ++q) {
+      st->fwd_out_rows[q] = to_local[q].size();
+      if (to_local[q].size() == 0) continue;
+      const int r = T.rank_of(my_node, q);
+      fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
+                                      EngineContext::stream_id(Phase::kForward, a.layer, me, r));
+      sends.push_back({r, fmsgs[q].buf()});
+    }
+    std::vector<std::vector<uint8_t>> linbox(G);
+    std::vector<int> lfrom;
+    for (int q = 0; q < G; ++q) {
+      if (local_in[2 * q] == 0) continue;
+      linbox[q].resize(c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec));
+      lrecvs.push_back({T.rank_of(my_node, q), MutBuf{linbox[q].data(), linbox[q].size()}});
+      lfrom.push_back(q);
+    }
+    c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
+
+    Handle h;
+    h.step = a.step;
+    h.layer = a.layer;
+    h.num_tokens = a.num_tokens;
+    st->recv_rows.assign(G, 0);
+    for (size_t i = 0; i < lfrom.size(); ++i) {
+      const int q = lfrom[i], f = T.rank_of(my_node, q);
+      c.read_block_message(linbox[q], lrecvs[i].bytes, b, brows, *c.dispatch_codec,
+                           EngineContext::stream_id(Phase::kForward, a.layer, f, me), f);
+      st->recv_rows[q] = b.size();
+      for (int j = 0; j < b.size(); ++j) {
+        h.recv.add_token(b.src_rank[j], b.token[j]);
+        for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) h.recv.add_sel(b.sel_slot[s], b.sel_weight[s]);
+      }
+      h.recv_x.insert(h.recv_x.end(), brows.begin(), brows.end());
+    }
+    disp.time_s = c.fabric.now() - t1;
+    disp.calls = 1;
+    c.stats.notify.add(notify);
+    c.stats.dispatch.add(disp);
+    h.state = st;
+    return h;
+  }
+
+  void combine(EngineContext& c, Handle& h, const float* partials, float* out) override {
+    const Topology& T = c.topo;
+    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
+    const int H = c.hidden();
+    auto& st = *static_cast<HierState*>(h.state.get());
+    PhaseStats comb;
+    c.fabric.set_phase("combine");
+    const double t0 = c.fabric.now();
+
+    // Back to the forwarders inside the node.
+    std::vector<EngineContext::Message> msgs(G);
+    std::vector<PeerSend> sends;
+    std::vector<PeerRecv> recvs;
+    size_t row = 0;
+    for (int q = 0; q < G; ++q) {
+      const int n = st.recv_rows[q];
+      if (n == 0) continue;
+      const int f = T.rank_of(my_node, q);
+      msgs[q] = c.make_rows_message(partials ? partials + row * H : nullptr, n, *c.combine_codec,
+                                    EngineContext::stream_id(Phase::kForward, h.layer, me, f));
+      row += n;
+      sends.push_back({f, msgs[q].buf()});
+    }
+    std::vector<std::vector<uint8_t>> inbox(G);
+    std::vector<int> from;
+    for (int q = 0; q < G; ++q) {
+      if (st.fwd_out_rows[q] == 0) continue;
+      inbox[q].resize(c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec));
+      recvs.push_back({T.rank_of(my_node, q), MutBuf{inbox[q].data(), inbox[q].size()}});
+      from.push_back(q);
+    }
+    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
+
+    // Reduce per received rail row over local ranks (ascending), then send one partial per token back.
+    std::vector<std::vector<float>> local(G);
+    if (!c.phantom())
+      for (size_t i = 0; i < from.size(); ++i) {
+        const int q = from[i], r = T.rank_of(my_node, q);
+        local[q].resize(static_cast<size_t>(st.fwd_out_rows[q]) * H);
+        c.read_rows_message(inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
+                            EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
+      }
+    std::vector<EngineContext::Message> rmsgs(N);
+    sends.clear();
+    std::vector<float> acc;
+    int in_row = 0;
+    for (int n = 0; n < N; ++n) {
+      const int rows_n = st.fwd_in_rows[n];
+      if (rows_n == 0) continue;
+      const int src = T.rank_of(n, my_local);
+      if (!c.phantom()) {
+        acc.assign(static_cast<size_t>(rows_n) * H, 0.f);
+        for (int j = 0; j < rows_n; ++j) {
+          float* o = &acc[static_cast<size_t>(j) * H];
+          for (int m = st.fwd_map_begin[in_row + j]; m < st.fwd_map_begin[in_row + j + 1]; ++m) {
+            const auto [q, idx] = st.fwd_map[m];
+            const float* p = &local[q][static_cast<size_t>(idx) * H];
+            for (int e = 0; e < H; ++e) o[e] += p[e];
+          }
+        }
+      }
+      in_row += rows_n;
+      rmsgs[n] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec,
+                                     EngineContext::stream_id(Phase::kCombine, h.layer, me, src));
+      sends.push_back({src, rmsgs[n].buf()});
+    }
+    std::vector<std::vector<uint8_t>> rinbox(N);
+    std::vector<int> rfrom;
+    std::vector<PeerRecv> rrecvs;
+    for (int n = 0; n < N; ++n) {
+      if (st.sent_token_ids[n].empty()) continue;
+      rinbox[n].resize(c.rows_capacity(static_cast<int>(st.sent_token_ids[n].size()), *c.combine_codec));
+      rrecvs.push_back({T.rank_of(n, my_local), MutBuf{rinbox[n].data(), rinbox[n].size()}});
+      rfrom.push_back(n);
+    }
+    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
+    if (!c.phantom()) {
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      std::vector<float> rows;
+      for (size_t i = 0; i < rfrom.size(); ++i) {
+        const int n = rfrom[i], f = T.rank_of(n, my_local);
+        const auto& ids = st.sent_token_ids[n];
+        rows.resize(ids.size() * H);
+        c.read_rows_message(rinbox[n], rrecvs[i].bytes, static_cast<int>(ids.size()), rows.data(), *c.combine_codec,
+                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f);
+        for (size_t j = 0; j < ids.size(); ++j) {
+          float* o = out + static_cast<size_t>(ids[j]) * H;
+          const float* p = &rows[j * H];
+          for (int e = 0; e < H; ++e) o[e] += p[e];
+        }
+      }
+    }
+    comb.time_s = c.fabric.now() - t0;
+    comb.calls = 1;
+    c.stats.combine.add(comb);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Algorithm> make_hierarchical_algorithm() { return std::make_unique<Hierarchical>(); }
+
+}  // namespace eplab

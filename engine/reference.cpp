@@ -1,0 +1,97 @@
+#include "engine/reference.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/error.hpp"
+
+namespace eplab {
+
+void reference_combine(const RoutingBatch& b, const std::vector<int32_t>& slots, const float* x,
+                       const Placement& placement, const Topology& topo, const ExpertTransform& f,
+                       ReductionOrder order, int hidden, float* out) {
+  const int k = b.topk;
+  std::vector<float> scratch(hidden), part(hidden), group(hidden);
+  for (int t = 0; t < b.num_tokens; ++t) {
+    const float* xt = x + static_cast<size_t>(t) * hidden;
+    float* o = out + static_cast<size_t>(t) * hidden;
+    std::fill(o, o + hidden, 0.f);
+    const int32_t* st = &slots[static_cast<size_t>(t) * k];
+    if (order == ReductionOrder::kSelections) {
+      for (int j = 0; j < k; ++j)
+        if (st[j] >= 0) {
+          f.apply(placement.expert_of_slot(st[j]), xt, scratch.data());
+          const float w = b.weight(t, j);
+          for (int h = 0; h < hidden; ++h) o[h] += w * scratch[h];
+        }
+      continue;
+    }
+    const int groups = order == ReductionOrder::kNodes ? topo.nodes() : topo.size();
+    const int per_group = order == ReductionOrder::kNodes ? topo.gpus_per_node() : 1;
+    for (int g = 0; g < groups; ++g) {
+      bool any_group = false;
+      std::fill(group.begin(), group.end(), 0.f);
+      for (int r = g * per_group; r < (g + 1) * per_group; ++r) {
+        bool any = false;
+        std::fill(part.begin(), part.end(), 0.f);
+        for (int j = 0; j < k; ++j)
+          if (st[j] >= 0 && placement.rank_of_slot(st[j]) == r) {
+            f.accumulate(placement.expert_of_slot(st[j]), b.weight(t, j), xt, part.data(), scratch.data());
+            any = true;
+          }
+        if (!any) continue;
+        any_group = true;
+        for (int h = 0; h < hidden; ++h) group[h] += part[h];
+      }
+      if (any_group)
+        for (int h = 0; h < hidden; ++h) o[h] += group[h];
+    }
+  }
+}
+
+void expert_partials(const Handle& h, const Placement& placement, const ExpertTransform& f, ReductionOrder order,
+                     int hidden, std::vector<float>& partials) {
+  const TokenBlock& r = h.recv;
+  partials.assign(static_cast<size_t>(r.size()) * hidden, 0.f);
+  std::vector<float> scratch(hidden);
+  for (int i = 0; i < r.size(); ++i) {
+    const float* xi = &h.recv_x[static_cast<size_t>(i) * hidden];
+    float* p = &partials[static_cast<size_t>(i) * hidden];
+    for (int s = r.sel_begin[i]; s < r.sel_begin[i + 1]; ++s) {
+      const int e = placement.expert_of_slot(r.sel_slot[s]);
+      if (order == ReductionOrder::kSelections)
+        f.apply(e, xi, p);
+      else
+        f.accumulate(e, r.sel_weight[s], xi, p, scratch.data());
+    }
+  }
+}
+
+void Comparison::merge(const Comparison& o) {
+  max_abs_err = std::max(max_abs_err, o.max_abs_err);
+  // rel_l2 is merged by the caller from sums; keep the worst here.
+  rel_l2 = std::max(rel_l2, o.rel_l2);
+  mismatches += o.mismatches;
+  nonfinite += o.nonfinite;
+}
+
+Comparison compare(const float* got, const float* want, size_t n) {
+  Comparison c;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(got[i])) {
+      ++c.nonfinite;
+      continue;
+    }
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) ++c.mismatches;
+    const double d = static_cast<double>(got[i]) - want[i];
+    c.max_abs_err = std::max(c.max_abs_err, std::fabs(d));
+    num += d * d;
+    den += static_cast<double>(want[i]) * want[i];
+  }
+  c.rel_l2 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return c;
+}
+
+}  // namespace eplab

@@ -1,0 +1,41 @@
+// Verification: what combine must return for one rank's tokens, computed without any messages and summed in
+// the order the algorithm sums, and the comparison of a result against it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/ep_engine.hpp"
+#include "engine/routing.hpp"
+#include "engine/transforms.hpp"
+
+namespace eplab {
+
+// out [tokens x hidden] = sum over the token's selections of weight x f_expert(x), grouped as `order` says.
+void reference_combine(const RoutingBatch& batch, const std::vector<int32_t>& slots, const float* x,
+                       const Placement& placement, const Topology& topo, const ExpertTransform& f,
+                       ReductionOrder order, int hidden, float* out);
+
+// What an expert GPU computes for the rows it received: per row the weighted sum of its selections'
+// outputs in the order they arrived, or (kSelections) the unweighted output of its one selection.
+void expert_partials(const Handle& h, const Placement& placement, const ExpertTransform& f, ReductionOrder order,
+                     int hidden, std::vector<float>& partials);
+
+struct Comparison {
+  double max_abs_err = 0;
+  double rel_l2 = 0;
+  size_t mismatches = 0;   // elements whose bits differ
+  size_t nonfinite = 0;
+  void merge(const Comparison& o);
+};
+Comparison compare(const float* got, const float* want, size_t n);
+
+// One delivered selection: (source rank, token, physical slot).
+struct Delivery {
+  int32_t src;
+  int32_t token;
+  int32_t slot;
+  auto operator<=>(const Delivery&) const = default;
+};
+
+}  // namespace eplab

@@ -1,0 +1,203 @@
+#include "engine/report.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+
+namespace eplab {
+namespace {
+
+PhaseStats delta(const PhaseStats& a, const PhaseStats& b) {
+  PhaseStats d;
+  d.time_s = b.time_s - a.time_s;
+  for (int i = 0; i < 3; ++i) d.bytes[i] = b.bytes[i] - a.bytes[i];
+  d.logical_bytes = b.logical_bytes - a.logical_bytes;
+  d.scaleout_logical_bytes = b.scaleout_logical_bytes - a.scaleout_logical_bytes;
+  d.messages = b.messages - a.messages;
+  d.calls = b.calls - a.calls;
+  return d;
+}
+
+double max_over_mean(const std::vector<double>& v) {
+  if (v.empty()) return 0;
+  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / v.size();
+  return mean > 0 ? *std::max_element(v.begin(), v.end()) / mean : 0;
+}
+
+// Phase figures: time is the slowest rank of each call, averaged over calls; bytes and logical bytes are
+// per call summed over ranks (bytes) or averaged over ranks (bandwidths, as DeepEP reports per rank).
+nlohmann::json phase_json(const std::vector<RankRecord>& ranks, std::vector<PhaseStats> RankRecord::*which, int calls) {
+  const size_t R = ranks.size();
+  double time = 0;
+  for (int c = 0; c < calls; ++c) {
+    double worst = 0;
+    for (auto& r : ranks) worst = std::max(worst, (r.*which)[c].time_s);
+    time += worst;
+  }
+  time /= std::max(calls, 1);
+  PhaseStats sum;
+  for (auto& r : ranks)
+    for (auto& p : r.*which) sum.add(p);
+  const double per_call = 1.0 / std::max(calls, 1);
+  const double per_rank_call = per_call / std::max<size_t>(R, 1);
+  auto bw = [&](double bytes_per_rank) { return time > 0 ? bytes_per_rank / time / 1e9 : 0.0; };
+  nlohmann::json j;
+  j["time_s"] = time;
+  j["logical_bw_GBps"] = bw(sum.logical_bytes * per_rank_call);
+  j["scaleout_bw_GBps"] = bw(sum.scaleout_logical_bytes * per_rank_call);
+  j["scaleup_bw_GBps"] = bw(sum.bytes[static_cast<int>(LinkClass::kScaleUp)] * per_rank_call);
+  j["bytes"] = {{"self", sum.bytes[0] * per_call},
+                {"scaleup", sum.bytes[1] * per_call},
+                {"scaleout", sum.bytes[2] * per_call},
+                {"total", (sum.bytes[0] + sum.bytes[1] + sum.bytes[2]) * per_call}};
+  j["logical_bytes_per_rank"] = sum.logical_bytes * per_rank_call;
+  j["messages"] = sum.messages * per_call;
+  return j;
+}
+
+}  // namespace
+
+void RankRecord::record_call(const EngineStats& before, const EngineStats& after) {
+  notify.push_back(delta(before.notify, after.notify));
+  dispatch.push_back(delta(before.dispatch, after.dispatch));
+  combine.push_back(delta(before.combine, after.combine));
+}
+
+void RankRecord::add_comparison(const float* got, const float* want, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    ++elements;
+    if (!std::isfinite(got[i])) {
+      ++nonfinite;
+      continue;
+    }
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) ++mismatches;
+    const double d = static_cast<double>(got[i]) - want[i];
+    max_abs_err = std::max(max_abs_err, std::fabs(d));
+    err_sq += d * d;
+    ref_sq += static_cast<double>(want[i]) * want[i];
+  }
+}
+
+nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord>& ranks, const VerifyResult& v) {
+  nlohmann::json j;
+  j["eplab_version"] = "0.1.0";
+  j["backend"] = in.backend;
+  j["cluster"] = {{"name", in.cluster.name},
+                  {"nodes", in.cluster.nodes},
+                  {"gpus_per_node", in.cluster.gpus_per_node},
+                  {"scaleup_GBps", in.cluster.scaleup_GBps},
+                  {"nic_GBps", in.cluster.nic_GBps}};
+  j["model"] = {{"name", in.shape.name},
+                {"experts", in.shape.num_experts},
+                {"topk", in.shape.topk},
+                {"hidden", in.shape.hidden},
+                {"max_nodes_per_token", in.shape.max_nodes_per_token}};
+  j["ranks"] = static_cast<int>(ranks.size());
+  j["algorithm"] = in.cfg.algorithm;
+  j["codec"] = {{"dispatch", in.dispatch_codec}, {"combine", in.combine_codec}};
+  j["routing"] = in.routing;
+  j["tokens_per_rank"] = in.cfg.tokens;
+  j["steps"] = in.cfg.steps;
+  j["layers"] = in.cfg.layers;
+  j["seed"] = in.cfg.seed;
+  j["payload"] = in.phantom ? "phantom" : "real";
+
+  nlohmann::json ver;
+  ver["ran"] = v.ran;
+  if (v.ran) {
+    double err_sq = 0, ref_sq = 0, max_abs = 0;
+    size_t mism = 0, nonf = 0, elems = 0;
+    for (auto& r : ranks) {
+      err_sq += r.err_sq;
+      ref_sq += r.ref_sq;
+      max_abs = std::max(max_abs, r.max_abs_err);
+      mism += r.mismatches;
+      nonf += r.nonfinite;
+      elems += r.elements;
+    }
+    const double rel = ref_sq > 0 ? std::sqrt(err_sq / ref_sq) : std::sqrt(err_sq);
+    const bool combine_ok = nonf == 0 && (v.lossless ? mism == 0 : rel <= v.tolerance);
+    ver["transform"] = v.transform;
+    ver["selections"] = v.selections;
+    ver["delivery_ok"] = v.delivery_ok;
+    ver["missing"] = v.missing;
+    ver["unexpected"] = v.extra;
+    ver["combine_ok"] = combine_ok;
+    ver["elements"] = elems;
+    ver["bit_exact"] = mism == 0 && nonf == 0;
+    ver["mismatched_elements"] = mism;
+    ver["nonfinite"] = nonf;
+    ver["max_abs_err"] = max_abs;
+    ver["rel_l2_err"] = rel;
+    ver["check"] = v.lossless ? "bit-exact" : "rel_l2_err <= tolerance";
+    ver["tolerance"] = v.tolerance;
+    j["verified"] = v.delivery_ok && combine_ok;
+  } else {
+    ver["reason"] = in.phantom ? "phantom payload: sizes only, no bytes to check" : "verification turned off";
+    j["verified"] = false;
+  }
+  j["verification"] = ver;
+
+  nlohmann::json phases;
+  phases["notify"] = phase_json(ranks, &RankRecord::notify, in.calls);
+  phases["dispatch"] = phase_json(ranks, &RankRecord::dispatch, in.calls);
+  phases["combine"] = phase_json(ranks, &RankRecord::combine, in.calls);
+  j["phases"] = phases;
+
+  // Imbalance: rows received per rank (per call, averaged over calls) and selections per expert slot.
+  double rank_imb = 0;
+  for (int c = 0; c < in.calls; ++c) {
+    std::vector<double> rows;
+    for (auto& r : ranks) rows.push_back(static_cast<double>(r.recv_rows[c]));
+    rank_imb += max_over_mean(rows);
+  }
+  std::vector<double> slots(ranks.empty() ? 0 : ranks[0].slot_load.size(), 0.0);
+  for (auto& r : ranks)
+    for (size_t s = 0; s < slots.size(); ++s) slots[s] += static_cast<double>(r.slot_load[s]);
+  j["imbalance"] = {{"rank_max_over_mean", rank_imb / std::max(in.calls, 1)},
+                    {"slot_max_over_mean", max_over_mean(slots)}};
+  j["wall_s"] = in.wall_s;
+  return j;
+}
+
+std::string format_summary(const nlohmann::json& r) {
+  std::ostringstream os;
+  char line[256];
+  std::snprintf(line, sizeof line, "eplab %s | %s, %d nodes x %d GPUs = %d ranks | %s | %s | %d tokens/rank | %s\n",
+                r["backend"].get<std::string>().c_str(), r["cluster"]["name"].get<std::string>().c_str(),
+                r["cluster"]["nodes"].get<int>(), r["cluster"]["gpus_per_node"].get<int>(), r["ranks"].get<int>(),
+                r["model"]["name"].get<std::string>().c_str(), r["algorithm"].get<std::string>().c_str(),
+                r["tokens_per_rank"].get<int>(), r["routing"].get<std::string>().c_str());
+  os << line;
+  std::snprintf(line, sizeof line, "%-9s %12s %13s %13s %13s %14s %14s\n", "phase", "time (us)", "logical GB/s",
+                "scale-out GB/s", "scale-up GB/s", "scale-up MB", "scale-out MB");
+  os << line;
+  for (const char* p : {"notify", "dispatch", "combine"}) {
+    const auto& ph = r["phases"][p];
+    std::snprintf(line, sizeof line, "%-9s %12.1f %13.1f %14.1f %13.1f %14.2f %14.2f\n", p,
+                  ph["time_s"].get<double>() * 1e6, ph["logical_bw_GBps"].get<double>(),
+                  ph["scaleout_bw_GBps"].get<double>(), ph["scaleup_bw_GBps"].get<double>(),
+                  ph["bytes"]["scaleup"].get<double>() / 1e6, ph["bytes"]["scaleout"].get<double>() / 1e6);
+    os << line;
+  }
+  const auto& v = r["verification"];
+  if (v["ran"].get<bool>()) {
+    std::snprintf(line, sizeof line, "verified: %s (%zu selections delivered %s; combine %s, max abs err %.3g, rel L2 %.3g)\n",
+                  r["verified"].get<bool>() ? "true" : "FALSE", v["selections"].get<size_t>(),
+                  v["delivery_ok"].get<bool>() ? "exactly once" : "WRONG", v["check"].get<std::string>().c_str(),
+                  v["max_abs_err"].get<double>(), v["rel_l2_err"].get<double>());
+  } else {
+    std::snprintf(line, sizeof line, "verified: false (%s)\n", v["reason"].get<std::string>().c_str());
+  }
+  os << line;
+  std::snprintf(line, sizeof line, "imbalance: rank max/mean %.3f, slot max/mean %.3f | wall %.2f s\n",
+                r["imbalance"]["rank_max_over_mean"].get<double>(), r["imbalance"]["slot_max_over_mean"].get<double>(),
+                r["wall_s"].get<double>());
+  os << line;
+  return os.str();
+}
+
+}  // namespace eplab

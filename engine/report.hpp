@@ -1,0 +1,51 @@
+// The run report: per-rank records gathered during a run, and the JSON built from them (keys documented in
+// README: backend, cluster, model, ranks, algorithm, codec, verified, phases.*, imbalance, wall_s).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/ep_engine.hpp"
+#include "engine/experiment.hpp"
+#include "engine/moe_shape.hpp"
+#include "engine/topology.hpp"
+
+namespace eplab {
+
+struct RankRecord {
+  std::vector<PhaseStats> notify, dispatch, combine;  // one entry per (step, layer) call
+  std::vector<int64_t> recv_rows;                     // rows received per call
+  std::vector<int64_t> slot_load;                     // selections this rank sent to each slot, all calls
+  double err_sq = 0, ref_sq = 0, max_abs_err = 0;
+  size_t mismatches = 0, nonfinite = 0, elements = 0;
+
+  void record_call(const EngineStats& before, const EngineStats& after);
+  void add_comparison(const float* got, const float* want, size_t n);
+};
+
+struct VerifyResult {
+  bool ran = false;
+  bool lossless = false;
+  bool delivery_ok = false;
+  double tolerance = 0;
+  size_t selections = 0, missing = 0, extra = 0;
+  std::string transform;
+};
+
+struct ReportInputs {
+  RunConfig cfg;
+  ClusterSpec cluster;
+  MoeShape shape;
+  std::string dispatch_codec, combine_codec, routing;
+  bool phantom = false;
+  std::string backend;
+  int calls = 0;
+  double wall_s = 0;
+};
+
+nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord>& ranks, const VerifyResult& v);
+
+}  // namespace eplab

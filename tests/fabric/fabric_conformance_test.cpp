@@ -1,0 +1,185 @@
+// One suite written against the Fabric interface, instantiated for every backend this build has: message
+// matching by peer and tag, zero-byte messages, many outstanding requests, all-to-all-v, barriers, deadlines
+// that expire, and errors that name rank, peer and tag.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <numeric>
+
+#include "engine/backend.hpp"
+
+namespace eplab {
+namespace {
+
+class FabricConformance : public ::testing::TestWithParam<std::string> {
+ protected:
+  // 2 nodes x 2 GPUs unless a test asks otherwise.
+  void run(const std::function<void(Fabric&)>& fn, int nodes = 2, int gpus = 2) {
+    ClusterSpec spec = cluster_preset("h800-cx7");
+    spec.nodes = nodes;
+    spec.gpus_per_node = gpus;
+    auto backend = create_backend(GetParam());
+    LaunchOptions opts;
+    opts.timeout_s = 20;
+    backend->launch(Topology(spec), opts, fn);
+  }
+};
+
+TEST_P(FabricConformance, MatchesByPeerAndTagNotArrivalOrder) {
+  run([](Fabric& f) {
+    const int me = f.rank(), n = f.size();
+    // Every rank sends tag 1 then tag 2 to its right neighbour; receives tag 2 first from its left one.
+    const int right = (me + 1) % n, left = (me + n - 1) % n;
+    int a = 100 + me, b = 200 + me, got_a = -1, got_b = -1;
+    std::vector<Request> reqs;
+    reqs.push_back(f.irecv(left, 2, MutBuf{&got_b, sizeof got_b}));
+    reqs.push_back(f.isend(right, 1, ConstBuf{&a, sizeof a}));
+    reqs.push_back(f.isend(right, 2, ConstBuf{&b, sizeof b}));
+    reqs.push_back(f.irecv(left, 1, MutBuf{&got_a, sizeof got_a}));
+    f.wait_all(reqs, Deadline{});
+    EXPECT_EQ(got_a, 100 + left);
+    EXPECT_EQ(got_b, 200 + left);
+    EXPECT_EQ(reqs[0].bytes(), sizeof(int));
+  });
+}
+
+TEST_P(FabricConformance, SameTagFromTwoPeersStaysApart) {
+  run([](Fabric& f) {
+    if (f.rank() == 0) {
+      int x1 = -1, x2 = -1;
+      std::vector<Request> reqs{f.irecv(2, 7, MutBuf{&x2, 4}), f.irecv(1, 7, MutBuf{&x1, 4})};
+      f.wait_all(reqs, Deadline{});
+      EXPECT_EQ(x1, 11);
+      EXPECT_EQ(x2, 22);
+    } else if (f.rank() <= 2) {
+      int v = f.rank() * 11;
+      std::vector<Request> reqs{f.isend(0, 7, ConstBuf{&v, 4})};
+      f.wait_all(reqs, Deadline{});
+    }
+  });
+}
+
+TEST_P(FabricConformance, ZeroByteMessagesComplete) {
+  run([](Fabric& f) {
+    const int peer = f.rank() ^ 1;
+    std::vector<Request> reqs{f.irecv(peer, 5, MutBuf{nullptr, 0}), f.isend(peer, 5, ConstBuf{nullptr, 0})};
+    f.wait_all(reqs, Deadline{});
+    EXPECT_TRUE(reqs[0].done());
+    EXPECT_EQ(reqs[0].bytes(), 0u);
+  });
+}
+
+TEST_P(FabricConformance, ManyOutstandingRequests) {
+  run([](Fabric& f) {
+    constexpr int kPerPeer = 64;
+    const int n = f.size(), me = f.rank();
+    std::vector<int> out(static_cast<size_t>(n) * kPerPeer), in(static_cast<size_t>(n) * kPerPeer, -1);
+    std::vector<Request> reqs;
+    for (int p = 0; p < n; ++p)
+      for (int i = 0; i < kPerPeer; ++i) {
+        out[p * kPerPeer + i] = me * 100000 + p * 1000 + i;
+        reqs.push_back(f.irecv(p, 1000 + i, MutBuf{&in[p * kPerPeer + i], 4}));
+      }
+    for (int p = n - 1; p >= 0; --p)
+      for (int i = kPerPeer - 1; i >= 0; --i) reqs.push_back(f.isend(p, 1000 + i, ConstBuf{&out[p * kPerPeer + i], 4}));
+    f.wait_all(reqs, Deadline{});
+    for (int p = 0; p < n; ++p)
+      for (int i = 0; i < kPerPeer; ++i) EXPECT_EQ(in[p * kPerPeer + i], p * 100000 + me * 1000 + i);
+  });
+}
+
+TEST_P(FabricConformance, AllToAllVDeliversEveryPairIncludingSelf) {
+  run(
+      [](Fabric& f) {
+        const int n = f.size(), me = f.rank();
+        std::vector<std::vector<uint8_t>> out(n), in(n);
+        std::vector<PeerSend> sends;
+        std::vector<PeerRecv> recvs;
+        for (int p = 0; p < n; ++p) {
+          out[p].assign(static_cast<size_t>((me * 7 + p * 3) % 11) * 100, static_cast<uint8_t>(me * 16 + p));
+          sends.push_back({p, ConstBuf{out[p].data(), out[p].size()}});
+          in[p].assign(2000, 0xFF);
+          recvs.push_back({p, MutBuf{in[p].data(), in[p].size()}});
+        }
+        f.alltoallv(42, sends, recvs, Deadline{});
+        for (int p = 0; p < n; ++p) {
+          const size_t want = static_cast<size_t>((p * 7 + me * 3) % 11) * 100;
+          ASSERT_EQ(recvs[p].bytes, want) << "from " << p;
+          for (size_t i = 0; i < want; ++i) ASSERT_EQ(in[p][i], static_cast<uint8_t>(p * 16 + me));
+        }
+      },
+      2, 4);
+}
+
+TEST_P(FabricConformance, BarrierHoldsEveryoneUntilAllArrive) {
+  std::atomic<int> arrived{0};
+  run([&](Fabric& f) {
+    arrived.fetch_add(1);
+    f.barrier();
+    EXPECT_EQ(arrived.load(), f.size());
+    f.barrier();
+  });
+}
+
+TEST_P(FabricConformance, DeadlineExpiresWithContext) {
+  run([](Fabric& f) {
+    if (f.rank() != 1) return;
+    int x = 0;
+    std::vector<Request> reqs{f.irecv(0, 99, MutBuf{&x, 4})};
+    f.set_phase("conformance");
+    try {
+      f.wait_all(reqs, Deadline::after(f, 0.05));
+      ADD_FAILURE() << "a receive nobody sends must not complete";
+    } catch (const FabricError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("rank 1"), std::string::npos) << m;
+      EXPECT_NE(m.find("peer 0"), std::string::npos) << m;
+      EXPECT_NE(m.find("conformance"), std::string::npos) << m;
+    }
+  });
+}
+
+TEST_P(FabricConformance, OversizedMessageIsAnErrorNotAnOverflow) {
+  run([](Fabric& f) {
+    if (f.rank() > 1) return;
+    std::vector<uint8_t> big(64, 1), small(16, 0);
+    if (f.rank() == 0) {
+      std::vector<Request> reqs{f.isend(1, 3, ConstBuf{big.data(), big.size()})};
+      f.wait_all(reqs, Deadline{});
+    } else {
+      std::vector<Request> reqs{f.irecv(0, 3, MutBuf{small.data(), small.size()})};
+      EXPECT_THROW(f.wait_all(reqs, Deadline{}), FabricError);
+      for (uint8_t b : small) EXPECT_EQ(b, 0);
+    }
+  });
+}
+
+TEST_P(FabricConformance, PeerOutOfRangeIsRejected) {
+  run([](Fabric& f) {
+    int x = 0;
+    EXPECT_THROW(f.isend(f.size(), 1, ConstBuf{&x, 4}), FabricError);
+    EXPECT_THROW(f.irecv(-1, 1, MutBuf{&x, 4}), FabricError);
+  });
+}
+
+TEST_P(FabricConformance, RankFailureReachesTheLauncher) {
+  EXPECT_THROW(run([](Fabric& f) {
+                 if (f.rank() == 2) throw EplabError("rank 2 gives up");
+                 f.barrier();  // the others must be released, not hang
+               }),
+               EplabError);
+}
+
+std::vector<std::string> real_byte_backends() {
+  std::vector<std::string> out;
+  for (auto& n : backend_names())
+    if (create_backend(n)->caps().real_payload) out.push_back(n);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryBackend, FabricConformance, ::testing::ValuesIn(real_byte_backends()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace eplab
