@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/moe_shape.hpp"
 #include "engine/routing.hpp"
@@ -18,8 +19,14 @@ struct RoutingParams {
   Topology topology;
   int tokens_per_rank = 4096;
   uint64_t seed = 1;
+  // What the run will ask for; 0 = not known. A trace file checks on open that it covers them, so a short
+  // trace fails before the run starts rather than half-way through it.
+  int steps = 0;
+  int layers = 0;
 };
 
+// batch() does not change what later calls return, and the built-in sources allow concurrent calls (one
+// thread per emulated rank).
 class RoutingSource {
  public:
   virtual ~RoutingSource() = default;
@@ -29,7 +36,12 @@ class RoutingSource {
   virtual int num_layers() const { return -1; }
 };
 
-// A generator by spec; throws EplabError naming the spec and listing the known ones if it is unknown.
+// A generator by spec (uniform, deepep, zipf:S, hotset:k=K,frac=F,every=N, correlated:rho=R) or a trace file
+// (trace:PATH); throws EplabError naming the spec and listing the known ones if it is unknown, and naming the
+// parameter if one is malformed. docs/traces.md describes each generator.
 std::unique_ptr<RoutingSource> make_routing(const std::string& spec, const RoutingParams& params);
+
+// The specs make_routing accepts, as shown in help and error messages.
+std::vector<std::string> routing_spec_names();
 
 }  // namespace eplab
