@@ -1,0 +1,3 @@
+add_executable(bench_emu_throughput ${CMAKE_CURRENT_SOURCE_DIR}/emu_throughput.cpp)
+target_link_libraries(bench_emu_throughput PRIVATE eplab eplab_warnings)
+set_target_properties(bench_emu_throughput PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
