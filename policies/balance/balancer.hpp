@@ -1,0 +1,84 @@
+// Balancers: place logical experts onto physical slots (with redundant slots for hot experts) from a heat
+// forecast. `none` is the static id-order placement, `eplb` DeepSeek's EPLB, `migration-aware` eplab's
+// EPLB that only moves expert weights when the forecast gain over a horizon beats the cost of moving them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/moe_shape.hpp"
+#include "engine/placement.hpp"
+#include "engine/topology.hpp"
+
+namespace eplab {
+
+struct BalanceInput {
+  std::vector<double> heat;            // forecast load (selections) per logical expert, for one layer
+  Topology topology;                   // ranks, nodes and the scale-out bandwidth weights move over
+  MoeShape shape;                      // expert count and the size of an expert's weights
+  int redundant = 0;                   // extra slots beyond one per expert, a multiple of the rank count
+  const Placement* current = nullptr;  // what is deployed now; null at startup
+};
+
+struct BalanceResult {
+  Placement placement;
+  bool rebalanced = false;      // false: `placement` is the current one, nothing moves
+  int slots_moved = 0;          // slots whose expert changes
+  double migration_bytes = 0;   // expert weights that cross the fabric
+  double migration_s = 0;       // the busiest receiver's bytes over the move bandwidth
+  double predicted_gain_s = 0;  // forecast straggler time saved over the horizon (migration-aware only)
+  std::string decision;         // one line saying why, for reports
+};
+
+class Balancer {
+ public:
+  virtual ~Balancer() = default;
+  virtual std::string name() const = 0;
+  virtual BalanceResult balance(const BalanceInput& in) = 0;
+};
+
+// Specs: none | eplb[:mode=auto|hierarchical|global,groups=G] |
+// migration-aware[:horizon=H,bw=GBps,token_us=U,weight_bytes=B,mode=...,groups=G] (docs/policies.md).
+// Throws EplabError naming the spec and listing the known names, or naming a malformed parameter.
+std::unique_ptr<Balancer> create_balancer(const std::string& spec);
+std::vector<std::string> balancer_names();
+
+// ---- EPLB building blocks, exposed for tests and Python ----
+
+// Balanced packing: items sorted by weight, descending (ties: lower index first), each to the lightest pack
+// (ties: lower pack id) that still has room; every pack gets items / packs items. pack[i], rank_in_pack[i].
+struct Packing {
+  std::vector<int> pack;
+  std::vector<int> rank_in_pack;
+};
+Packing balanced_packing(const std::vector<double>& weight, int num_packs);
+
+// Replication: each of the num_phy - num_log extra replicas in turn goes to the expert with the largest load
+// per replica (ties: lower id). phy_to_log[p] (the first num_log are the experts themselves), count[e].
+struct Replication {
+  std::vector<int> phy_to_log;
+  std::vector<int> count;
+};
+Replication replicate_experts(const std::vector<double>& weight, int num_phy);
+
+// EPLB over nodes x gpus_per_node ranks. Hierarchical: `groups` contiguous expert groups packed onto nodes,
+// replicas made within each node, physical experts packed onto the node's GPUs. Global: the same with one
+// node and one group. Returns slot_expert for Placement (rank-major, (E + redundant) / ranks slots each).
+std::vector<int32_t> eplb_slots(const std::vector<double>& heat, int nodes, int gpus_per_node, int redundant,
+                                int groups, bool hierarchical);
+
+// Each rank's forecast load when every expert's load splits evenly over its replicas.
+std::vector<double> rank_load(const Placement& placement, const std::vector<double>& heat);
+double max_over_mean(const std::vector<double>& v);
+
+// Bytes of one expert's weights: gate, up and down projections, 3 * hidden * ffn * bytes_per_param.
+double expert_weight_bytes(const MoeShape& shape, double bytes_per_param);
+
+// `candidate` with its ranks relabelled (greedily, most shared experts first) and each rank's slots reordered
+// so that as many slots as possible keep the expert they hold in `current`. Per-rank loads are unchanged.
+Placement align_placement(const Placement& current, const Placement& candidate);
+int slots_changed(const Placement& a, const Placement& b);
+
+}  // namespace eplab

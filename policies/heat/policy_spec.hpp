@@ -1,0 +1,31 @@
+// Parsing of policy specs shared by the heat, balance and replica registries: "name" or
+// "name:key=value,key=value". Errors name the spec, the key and what was expected.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace eplab {
+
+class PolicySpec {
+ public:
+  // `kind` ("heat predictor", "balancer", ...) only labels error messages.
+  PolicySpec(std::string kind, const std::string& text);
+
+  const std::string& name() const { return name_; }
+  const std::string& text() const { return text_; }
+  // Throws EplabError if any key outside `known` was given: a typo must not silently fall back to a default.
+  void allow_only(const std::vector<std::string>& known) const;
+  double number(const std::string& key, double fallback) const;
+  std::string string(const std::string& key, const std::string& fallback) const;
+
+ private:
+  std::string kind_, text_, name_;
+  std::map<std::string, std::string> kv_;
+};
+
+// "a, b, c" for error messages listing known names.
+std::string join_names(const std::vector<std::string>& names);
+
+}  // namespace eplab
