@@ -10,6 +10,8 @@ namespace eplab {
 
 std::unique_ptr<Algorithm> make_flat_algorithm();
 std::unique_ptr<Algorithm> make_hierarchical_algorithm();
+std::unique_ptr<Algorithm> make_low_latency_algorithm();
+std::unique_ptr<Algorithm> make_allgather_algorithm();
 
 namespace {
 
@@ -19,6 +21,8 @@ const std::map<std::string, AlgorithmFactory>& algorithm_registry() {
   static const std::map<std::string, AlgorithmFactory> r = {
       {"flat", &make_flat_algorithm},
       {"hierarchical", &make_hierarchical_algorithm},
+      {"low-latency", &make_low_latency_algorithm},
+      {"allgather", &make_allgather_algorithm},
   };
   return r;
 }
