@@ -24,8 +24,10 @@ Topology make_topology(const std::string& cluster, int nodes, int gpus_per_node)
 // Args knows long options only; -o FILE is the conventional spelling for an output file.
 std::vector<std::string> with_short_output(std::vector<std::string> argv) {
   for (auto& a : argv)
-    if (a == "-o") a = "--output";
-    else if (a.rfind("-o=", 0) == 0) a = "--output=" + a.substr(3);
+    if (a == "-o")
+      a = "--output";
+    else if (a.rfind("-o=", 0) == 0)
+      a = "--output=" + a.substr(3);
   return argv;
 }
 

@@ -404,7 +404,8 @@ class CorrelatedRouting : public Generator {
   void fill(RoutingBatch& b) const override {
     for (int t = 0; t < b.num_tokens; ++t) {
       int j = b.layer;
-      while (j > 0 && SplitMix64(stream_seed(p_.seed, kCorrelatedCoinStream, b.step, j, b.src_rank, t)).uniform() < rho_)
+      while (j > 0 &&
+             SplitMix64(stream_seed(p_.seed, kCorrelatedCoinStream, b.step, j, b.src_rank, t)).uniform() < rho_)
         --j;
       SplitMix64 rng(stream_seed(p_.seed, kCorrelatedDrawStream, b.step, j, b.src_rank, t));
       draw_distinct(rng, num_experts_, topk_, ids(b, t));

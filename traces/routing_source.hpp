@@ -32,7 +32,7 @@ class RoutingSource {
   virtual ~RoutingSource() = default;
   virtual std::string name() const = 0;
   virtual RoutingBatch batch(int step, int layer, int rank) = 0;
-  virtual int num_steps() const { return -1; }   // -1: unbounded (generators)
+  virtual int num_steps() const { return -1; }  // -1: unbounded (generators)
   virtual int num_layers() const { return -1; }
 };
 

@@ -31,8 +31,7 @@ std::string trace_name(const std::string& path) { return "trace '" + path + "'";
 
 std::string open_error(const std::string& path, const char* mode) {
   std::error_code ec;
-  if (std::string(mode) == "reading" && !std::filesystem::exists(path, ec))
-    return trace_name(path) + ": no such file";
+  if (std::string(mode) == "reading" && !std::filesystem::exists(path, ec)) return trace_name(path) + ": no such file";
   return trace_name(path) + ": cannot open for " + mode + " (" + std::strerror(errno) + ")";
 }
 
@@ -143,9 +142,9 @@ void check_batch(const RoutingBatch& b, const TraceHeader& h, int num_experts, c
   grid("layer", b.layer, h.num_layers);
   grid("src_rank", b.src_rank, h.num_ranks);
   if (b.topk != h.shape.topk)
-    throw EplabError(where + " (step " + std::to_string(b.step) + ", layer " + std::to_string(b.layer) +
-                     ", rank " + std::to_string(b.src_rank) + "): top-k is " + std::to_string(b.topk) +
-                     " but the header says " + std::to_string(h.shape.topk));
+    throw EplabError(where + " (step " + std::to_string(b.step) + ", layer " + std::to_string(b.layer) + ", rank " +
+                     std::to_string(b.src_rank) + "): top-k is " + std::to_string(b.topk) + " but the header says " +
+                     std::to_string(h.shape.topk));
   validate_batch(b, num_experts, where.c_str());
   if (!b.gate_scores.empty() &&
       b.gate_scores.size() != static_cast<size_t>(b.num_tokens) * static_cast<size_t>(h.shape.num_experts))
@@ -155,8 +154,8 @@ void check_batch(const RoutingBatch& b, const TraceHeader& h, int num_experts, c
 
 // Reads one varint length prefix and the message body it announces, starting at `offset`.
 // Returns false only at a clean end of file (no byte of a new record present).
-bool read_framed(std::istream& in, uint64_t& offset, uint64_t file_size, const std::string& path,
-                 std::string& body, const char* what) {
+bool read_framed(std::istream& in, uint64_t& offset, uint64_t file_size, const std::string& path, std::string& body,
+                 const char* what) {
   const uint64_t start = offset;
   if (start >= file_size) return false;
   uint64_t len = 0;
@@ -350,24 +349,25 @@ class TraceFileSource : public RoutingSource {
                        std::to_string(params.layers) + "; missing layers " + std::to_string(h.num_layers) + ".." +
                        std::to_string(params.layers - 1));
     if (h.shape.topk != params.shape.topk)
-      throw EplabError(trace_name(path) + " was recorded with top-" + std::to_string(h.shape.topk) + " routing (model '" +
-                       h.shape.name + "'), but the run's model '" + params.shape.name + "' routes top-" +
-                       std::to_string(params.shape.topk) + "; run it with the trace's model");
+      throw EplabError(trace_name(path) + " was recorded with top-" + std::to_string(h.shape.topk) +
+                       " routing (model '" + h.shape.name + "'), but the run's model '" + params.shape.name +
+                       "' routes top-" + std::to_string(params.shape.topk) + "; run it with the trace's model");
     offsets_.assign(static_cast<size_t>(h.num_batches()), kMissing);
     // One pass over the file: framing, grid coverage and expert ids are all checked before the run starts.
     while (auto b = reader.next()) {
       const uint64_t at = reader.batch_offset();
       try {
-        validate_batch(*b, params.shape.num_experts, (trace_name(path) + " (batch at byte " + std::to_string(at) + ")").c_str());
+        validate_batch(*b, params.shape.num_experts,
+                       (trace_name(path) + " (batch at byte " + std::to_string(at) + ")").c_str());
       } catch (const EplabError& e) {
         throw EplabError(std::string(e.what()) + " (the trace header says model '" + h.shape.name + "' with " +
                          std::to_string(h.shape.num_experts) + " experts; the run uses '" + params.shape.name + "')");
       }
       uint64_t& slot = offsets_[index(b->step, b->layer, b->src_rank)];
       if (slot != kMissing)
-        throw EplabError(trace_name(path) + ": step " + std::to_string(b->step) + ", layer " + std::to_string(b->layer) +
-                         ", rank " + std::to_string(b->src_rank) + " appears twice (bytes " + std::to_string(slot) +
-                         " and " + std::to_string(at) + ")");
+        throw EplabError(trace_name(path) + ": step " + std::to_string(b->step) + ", layer " +
+                         std::to_string(b->layer) + ", rank " + std::to_string(b->src_rank) + " appears twice (bytes " +
+                         std::to_string(slot) + " and " + std::to_string(at) + ")");
       slot = at;
     }
     for (int s = 0; s < h.num_steps; ++s)
@@ -390,8 +390,8 @@ class TraceFileSource : public RoutingSource {
   RoutingBatch batch(int step, int layer, int rank) override {
     auto missing = [&](const char* what, int v, int n) {
       if (v < 0 || v >= n)
-        throw EplabError(trace_name(path_) + " has no " + what + " " + std::to_string(v) + " (it holds " + what + "s 0.." +
-                         std::to_string(n - 1) + ")");
+        throw EplabError(trace_name(path_) + " has no " + what + " " + std::to_string(v) + " (it holds " + what +
+                         "s 0.." + std::to_string(n - 1) + ")");
     };
     missing("step", step, header_.num_steps);
     missing("layer", layer, header_.num_layers);
@@ -408,7 +408,8 @@ class TraceFileSource : public RoutingSource {
     }
     pb::Record rec;
     if (!rec.ParseFromString(body) || !rec.has_batch())
-      throw EplabError(trace_name(path_) + ": corrupt record at byte " + std::to_string(start) + " (file changed since open?)");
+      throw EplabError(trace_name(path_) + ": corrupt record at byte " + std::to_string(start) +
+                       " (file changed since open?)");
     return from_proto(rec.batch());
   }
 

@@ -23,18 +23,18 @@ inline constexpr uint32_t kTraceFormatVersion = 1;
 const char* eplab_version();
 
 struct TraceProvenance {
-  std::string generator;    // routing spec, or "import:jsonl"
+  std::string generator;  // routing spec, or "import:jsonl"
   uint64_t seed = 0;
   std::string tool_version;  // filled in by TraceWriter when empty
   std::string created_by;
-  std::string source;        // imported file, if any
-  std::string source_meta;   // the importer's meta line, verbatim
+  std::string source;       // imported file, if any
+  std::string source_meta;  // the importer's meta line, verbatim
 };
 
 struct TraceHeader {
   uint32_t format_version = kTraceFormatVersion;
   MoeShape shape;
-  std::string cluster;       // preset name, informative
+  std::string cluster;  // preset name, informative
   int nodes = 1;
   int gpus_per_node = 1;
   int num_steps = 0;
@@ -84,7 +84,7 @@ class TraceReader {
 
   const TraceHeader& header() const { return header_; }
   std::optional<RoutingBatch> next();
-  uint64_t offset() const { return offset_; }     // byte offset of the next record
+  uint64_t offset() const { return offset_; }             // byte offset of the next record
   uint64_t batch_offset() const { return last_offset_; }  // byte offset of the batch next() returned last
   uint64_t file_size() const { return file_size_; }
   const std::string& path() const { return path_; }

@@ -105,17 +105,19 @@ std::string format_trace_summary(const TraceSummary& s) {
   const TraceHeader& h = s.header;
   std::ostringstream os;
   char buf[256];
-  auto row = [&](const char* key, const std::string& value) { os << "  " << key << std::string(14 - std::min<size_t>(13, std::strlen(key)), ' ') << value << '\n'; };
+  auto row = [&](const char* key, const std::string& value) {
+    os << "  " << key << std::string(14 - std::min<size_t>(13, std::strlen(key)), ' ') << value << '\n';
+  };
   std::snprintf(buf, sizeof buf, "%s (%.1f KiB, format v%u)", s.path.c_str(), s.file_bytes / 1024.0, h.format_version);
   row("trace", buf);
   std::snprintf(buf, sizeof buf, "%s: %d experts, top-%d, hidden %d, %s", h.shape.name.c_str(), h.shape.num_experts,
                 h.shape.topk, h.shape.hidden,
-                h.shape.max_nodes_per_token > 0 ? ("at most " + std::to_string(h.shape.max_nodes_per_token) +
-                                                   " nodes per token").c_str()
-                                                : "no node limit");
+                h.shape.max_nodes_per_token > 0
+                    ? ("at most " + std::to_string(h.shape.max_nodes_per_token) + " nodes per token").c_str()
+                    : "no node limit");
   row("model", buf);
-  std::snprintf(buf, sizeof buf, "%s: %d nodes x %d GPUs", h.cluster.empty() ? "(unnamed)" : h.cluster.c_str(),
-                h.nodes, h.gpus_per_node);
+  std::snprintf(buf, sizeof buf, "%s: %d nodes x %d GPUs", h.cluster.empty() ? "(unnamed)" : h.cluster.c_str(), h.nodes,
+                h.gpus_per_node);
   row("cluster", buf);
   std::snprintf(buf, sizeof buf, "%d steps x %d layers x %d ranks = %llu batches, %d tokens per rank", h.num_steps,
                 h.num_layers, h.num_ranks, static_cast<unsigned long long>(s.num_batches), h.tokens_per_rank);
@@ -130,8 +132,8 @@ std::string format_trace_summary(const TraceSummary& s) {
                 static_cast<unsigned long long>(s.selections), static_cast<unsigned long long>(s.empty_slots));
   row("tokens", buf);
   row("gate scores", h.has_gate_scores ? "yes" : "no");
-  std::string prov = h.provenance.generator + ", seed " + std::to_string(h.provenance.seed) + ", eplab " +
-                     h.provenance.tool_version;
+  std::string prov =
+      h.provenance.generator + ", seed " + std::to_string(h.provenance.seed) + ", eplab " + h.provenance.tool_version;
   if (!h.provenance.created_by.empty()) prov += ", by \"" + h.provenance.created_by + "\"";
   if (!h.provenance.source.empty()) prov += ", from " + h.provenance.source;
   row("provenance", prov);
@@ -180,8 +182,8 @@ TraceHeader import_jsonl(const JsonlImportOptions& opts, const std::string& out_
   std::ifstream in(path);
   if (!in) {
     std::error_code ec;
-    throw EplabError("routing log '" + path + "': " +
-                     (std::filesystem::exists(path, ec) ? "cannot open for reading" : "no such file"));
+    throw EplabError("routing log '" + path +
+                     "': " + (std::filesystem::exists(path, ec) ? "cannot open for reading" : "no such file"));
   }
   const int k = opts.shape.topk;
   const int e_count = opts.shape.num_experts;
@@ -205,7 +207,8 @@ TraceHeader import_jsonl(const JsonlImportOptions& opts, const std::string& out_
     } catch (const json::parse_error& e) {
       throw EplabError(where + ": not valid JSON (" + e.what() + ")");
     }
-    if (!j.is_object()) throw EplabError(where + ": expected a JSON object per line, got " + std::string(j.type_name()));
+    if (!j.is_object())
+      throw EplabError(where + ": expected a JSON object per line, got " + std::string(j.type_name()));
     if (auto t = j.find("type"); t != j.end() && *t == "meta") {
       const size_t first = line.find_first_not_of(" \t"), last = line.find_last_not_of(" \t\r");
       meta += (meta.empty() ? "" : "\n") + line.substr(first, last - first + 1);
@@ -232,8 +235,8 @@ TraceHeader import_jsonl(const JsonlImportOptions& opts, const std::string& out_
     if (w_it == j.end() || !w_it->is_array())
       throw EplabError(where + ": missing \"topk_weights\" (expected an array of numbers)");
     if (ids_it->size() != w_it->size())
-      throw EplabError(where + ": " + std::to_string(ids_it->size()) + " topk_ids but " +
-                       std::to_string(w_it->size()) + " topk_weights");
+      throw EplabError(where + ": " + std::to_string(ids_it->size()) + " topk_ids but " + std::to_string(w_it->size()) +
+                       " topk_weights");
     if (static_cast<int>(ids_it->size()) > k)
       throw EplabError(where + ": " + std::to_string(ids_it->size()) + " expert ids, but model '" + opts.shape.name +
                        "' routes top-" + std::to_string(k));
@@ -286,9 +289,10 @@ TraceHeader import_jsonl(const JsonlImportOptions& opts, const std::string& out_
   if (tpr > INT32_MAX) throw EplabError("trace import: token_idx " + std::to_string(max_token) + " is too large");
   for (auto& r : rows)
     if (r.token / tpr >= ranks)
-      throw EplabError(path + ":" + std::to_string(r.line) + ": token_idx " + std::to_string(r.token) + " falls on rank " +
-                       std::to_string(r.token / tpr) + ", but the cluster has " + std::to_string(ranks) + " ranks of " +
-                       std::to_string(tpr) + " tokens each (raise tokens per rank or the cluster size)");
+      throw EplabError(path + ":" + std::to_string(r.line) + ": token_idx " + std::to_string(r.token) +
+                       " falls on rank " + std::to_string(r.token / tpr) + ", but the cluster has " +
+                       std::to_string(ranks) + " ranks of " + std::to_string(tpr) +
+                       " tokens each (raise tokens per rank or the cluster size)");
   std::stable_sort(rows.begin(), rows.end(), [&](const TokenRow& a, const TokenRow& b) {
     return std::tie(a.step, a.layer, a.token) < std::tie(b.step, b.layer, b.token);
   });

@@ -33,13 +33,13 @@ struct TraceSummary {
   uint64_t num_tokens = 0;
   int min_batch_tokens = 0;
   int max_batch_tokens = 0;
-  uint64_t selections = 0;    // (token, slot) pairs with an expert
-  uint64_t empty_slots = 0;   // slots holding -1
-  std::vector<uint64_t> expert_load;          // selections per expert, whole trace
-  std::vector<double> layer_max_over_mean;    // per trace layer: hottest expert / mean expert load
+  uint64_t selections = 0;                  // (token, slot) pairs with an expert
+  uint64_t empty_slots = 0;                 // slots holding -1
+  std::vector<uint64_t> expert_load;        // selections per expert, whole trace
+  std::vector<double> layer_max_over_mean;  // per trace layer: hottest expert / mean expert load
   double load_mean = 0;
   double load_max_over_mean = 0;
-  double load_cv = 0;         // coefficient of variation of expert_load
+  double load_cv = 0;  // coefficient of variation of expert_load
   int unused_experts = 0;
   std::vector<std::pair<int, uint64_t>> hottest;  // top 5 (expert, load), hottest first
 };

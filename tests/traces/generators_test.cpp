@@ -1,5 +1,7 @@
 // Generators: determinism under any call order, valid batches, and each generator's statistical signature
 // (uniform spread, DeepEP's node limit, Zipf skew ordering, the hot set's moves, layer correlation).
+#include "traces/generators.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +11,6 @@
 
 #include "engine/error.hpp"
 #include "tests/traces/test_util.hpp"
-#include "traces/generators.hpp"
 
 namespace eplab {
 namespace {
@@ -116,7 +117,8 @@ TEST(Generators, DeepepKeepsTokensWithinMNodes) {
         for (int k = 0; k < 8; ++k)
           worst_chosen = std::min(worst_chosen, b.gate_scores[static_cast<size_t>(t) * 256 + b.expert(t, k)]);
         for (int e = 0; e < 256; ++e)
-          if (used.count(e / per_node) && std::find(&b.topk_idx[t * 8], &b.topk_idx[t * 8] + 8, e) == &b.topk_idx[t * 8] + 8)
+          if (used.count(e / per_node) &&
+              std::find(&b.topk_idx[t * 8], &b.topk_idx[t * 8] + 8, e) == &b.topk_idx[t * 8] + 8)
             ASSERT_LE(b.gate_scores[static_cast<size_t>(t) * 256 + e], worst_chosen);
       }
     }
@@ -205,7 +207,8 @@ double repeat_fraction(RoutingSource& src, int layers) {
     for (int l = 1; l < layers; ++l) {
       RoutingBatch cur = src.batch(0, l, r);
       for (int t = 0; t < cur.num_tokens; ++t) {
-        same += std::equal(&cur.topk_idx[t * cur.topk], &cur.topk_idx[(t + 1) * cur.topk], &prev.topk_idx[t * cur.topk]);
+        same +=
+            std::equal(&cur.topk_idx[t * cur.topk], &cur.topk_idx[(t + 1) * cur.topk], &prev.topk_idx[t * cur.topk]);
         ++total;
       }
       prev = std::move(cur);

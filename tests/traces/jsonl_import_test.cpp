@@ -24,13 +24,14 @@ JsonlImportOptions mixtral_on(int ranks, const std::string& jsonl, int tokens_pe
 
 TEST(JsonlImport, MetaLineExtraKeysBlocksAndPadding) {
   const std::string jsonl = temp_path("log.jsonl");
-  testing::write_text(jsonl,
-                      "{\"type\": \"meta\", \"model\": \"mixtral\", \"note\": \"from vllm\"}\n"
-                      "{\"layer\": 5, \"token_idx\": 0, \"topk_ids\": [1, 2], \"topk_weights\": [0.75, 0.25], \"x\": [1]}\n"
-                      "{\"layer\": 5, \"token_idx\": 3, \"topk_ids\": [7, 0], \"topk_weights\": [0.5, 0.5]}\n"
-                      "\n"
-                      "{\"token_idx\": 1, \"layer\": 5, \"topk_ids\": [4], \"topk_weights\": [1.0], \"prompt\": \"hi\"}\n"
-                      "{\"layer\": 9, \"token_idx\": 2, \"topk_ids\": [3, 6], \"topk_weights\": [0.6, 0.4]}\n");
+  testing::write_text(
+      jsonl,
+      "{\"type\": \"meta\", \"model\": \"mixtral\", \"note\": \"from vllm\"}\n"
+      "{\"layer\": 5, \"token_idx\": 0, \"topk_ids\": [1, 2], \"topk_weights\": [0.75, 0.25], \"x\": [1]}\n"
+      "{\"layer\": 5, \"token_idx\": 3, \"topk_ids\": [7, 0], \"topk_weights\": [0.5, 0.5]}\n"
+      "\n"
+      "{\"token_idx\": 1, \"layer\": 5, \"topk_ids\": [4], \"topk_weights\": [1.0], \"prompt\": \"hi\"}\n"
+      "{\"layer\": 9, \"token_idx\": 2, \"topk_ids\": [3, 6], \"topk_weights\": [0.6, 0.4]}\n");
   const std::string out = temp_path("log.eptrace");
   const TraceHeader h = import_jsonl(mixtral_on(2, jsonl), out);
   EXPECT_EQ(h.num_steps, 1);
@@ -62,9 +63,10 @@ TEST(JsonlImport, MetaLineExtraKeysBlocksAndPadding) {
 
 TEST(JsonlImport, StepsAndExplicitTokensPerRank) {
   const std::string jsonl = temp_path("steps.jsonl");
-  testing::write_text(jsonl,
-                      "{\"step\": 10, \"layer\": 0, \"token_idx\": 0, \"topk_ids\": [1, 2], \"topk_weights\": [0.5, 0.5]}\n"
-                      "{\"step\": 11, \"layer\": 0, \"token_idx\": 5, \"topk_ids\": [3, 4], \"topk_weights\": [0.5, 0.5]}\n");
+  testing::write_text(
+      jsonl,
+      "{\"step\": 10, \"layer\": 0, \"token_idx\": 0, \"topk_ids\": [1, 2], \"topk_weights\": [0.5, 0.5]}\n"
+      "{\"step\": 11, \"layer\": 0, \"token_idx\": 5, \"topk_ids\": [3, 4], \"topk_weights\": [0.5, 0.5]}\n");
   const TraceHeader h = import_jsonl(mixtral_on(4, jsonl, 4), temp_path("steps.eptrace"));
   EXPECT_EQ(h.num_steps, 2);
   EXPECT_EQ(h.tokens_per_rank, 4);
@@ -92,9 +94,10 @@ class JsonlImportErrors : public ::testing::TestWithParam<BadCase> {};
 TEST_P(JsonlImportErrors, NamesFileLineAndProblem) {
   const BadCase& c = GetParam();
   const std::string jsonl = temp_path("bad.jsonl");
-  testing::write_text(jsonl, std::string("{\"type\": \"meta\"}\n"
-                                         "{\"layer\": 0, \"token_idx\": 0, \"topk_ids\": [1, 2], \"topk_weights\": [0.5, 0.5]}\n") +
-                                 c.text);
+  testing::write_text(
+      jsonl, std::string("{\"type\": \"meta\"}\n"
+                         "{\"layer\": 0, \"token_idx\": 0, \"topk_ids\": [1, 2], \"topk_weights\": [0.5, 0.5]}\n") +
+                 c.text);
   const std::string msg = error_of([&] { import_jsonl(mixtral_on(2, jsonl, 4), temp_path("bad.eptrace")); });
   EXPECT_NE(msg.find(jsonl + ":" + std::to_string(c.line) + ":"), std::string::npos) << msg;
   EXPECT_NE(msg.find(c.expect), std::string::npos) << msg;
@@ -105,18 +108,22 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         BadCase{"NotJson", "{\"layer\": 0, \"token_idx\": 1,\n", "not valid JSON", 3},
         BadCase{"NotAnObject", "[1, 2]\n", "expected a JSON object", 3},
-        BadCase{"MissingLayer", "{\"token_idx\": 1, \"topk_ids\": [1], \"topk_weights\": [1]}\n", "missing \"layer\"", 3},
+        BadCase{"MissingLayer", "{\"token_idx\": 1, \"topk_ids\": [1], \"topk_weights\": [1]}\n", "missing \"layer\"",
+                3},
         BadCase{"FloatTokenIdx", "{\"layer\": 0, \"token_idx\": 1.5, \"topk_ids\": [1], \"topk_weights\": [1]}\n",
                 "\"token_idx\" is 1.5", 3},
-        BadCase{"MissingWeights", "{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1]}\n", "missing \"topk_weights\"", 3},
+        BadCase{"MissingWeights", "{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1]}\n", "missing \"topk_weights\"",
+                3},
         BadCase{"LengthMismatch", "{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1, 2], \"topk_weights\": [1]}\n",
                 "2 topk_ids but 1 topk_weights", 3},
         BadCase{"TooManyIds",
                 "{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1, 2, 3], \"topk_weights\": [1, 1, 1]}\n",
                 "3 expert ids, but model 'mixtral-8x7b' routes top-2", 3},
-        BadCase{"IdBeyondExperts", "\n{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1, 8], \"topk_weights\": [1, 1]}\n",
+        BadCase{"IdBeyondExperts",
+                "\n{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1, 8], \"topk_weights\": [1, 1]}\n",
                 "topk_ids[1] is 8, but model 'mixtral-8x7b' has experts 0..7", 4},
-        BadCase{"NonFiniteWeight", "{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1, 2], \"topk_weights\": [1, \"x\"]}\n",
+        BadCase{"NonFiniteWeight",
+                "{\"layer\": 0, \"token_idx\": 1, \"topk_ids\": [1, 2], \"topk_weights\": [1, \"x\"]}\n",
                 "topk_weights[1] is \"x\"", 3},
         BadCase{"Duplicate", "{\"layer\": 0, \"token_idx\": 0, \"topk_ids\": [3, 4], \"topk_weights\": [1, 1]}\n",
                 "already appeared on line 2", 3},

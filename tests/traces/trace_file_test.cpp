@@ -1,5 +1,7 @@
 // The trace file format: bit-exact round trips, random access through open_trace, and every way a file can
 // be wrong (missing, truncated at any byte, corrupt, unfinished, too small for the run, ids beyond the model).
+#include "traces/trace_file.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,7 +9,6 @@
 
 #include "engine/error.hpp"
 #include "tests/traces/test_util.hpp"
-#include "traces/trace_file.hpp"
 #include "traces/trace_tools.hpp"
 
 namespace eplab {
