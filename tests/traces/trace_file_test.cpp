@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "engine/error.hpp"
 #include "tests/traces/test_util.hpp"
@@ -129,6 +131,25 @@ TEST(TraceFile, OpenTraceServesBatchesInAnyOrder) {
   const std::string msg = error_of([&] { src->batch(2, 0, 0); });
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
   EXPECT_NE(msg.find("no step 2"), std::string::npos) << msg;
+}
+
+// Emulated ranks are threads that each ask the same source for their own batches.
+TEST(TraceFile, OpenTraceIsSafeAcrossThreads) {
+  const std::string path = write_handmade(temp_path("mt.eptrace"), 3, 3, 4);
+  auto src = open_trace(path, mixtral_params(4));
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int r = 0; r < 4; ++r)
+    threads.emplace_back([&, r] {
+      for (int rep = 0; rep < 20; ++rep)
+        for (int s = 0; s < 3; ++s)
+          for (int l = 0; l < 3; ++l) {
+            const RoutingBatch got = src->batch(s, l, r), want = handmade_batch(s, l, r, true);
+            mismatches += got.topk_idx != want.topk_idx || got.topk_weights != want.topk_weights;
+          }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 TEST(TraceFile, GeneratedTraceMatchesItsGenerator) {
