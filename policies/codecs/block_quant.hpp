@@ -19,15 +19,16 @@ struct BlockAmax {
   bool nonfinite;
 };
 inline BlockAmax block_amax(const float* x, size_t n) {
-  uint32_t best = 0;
-  uint32_t bad = 0;
+  // Signed 32-bit max reductions: SSE2 vectorizes them, unsigned ones it does not.
+  int32_t best = 0;
+  int32_t worst = 0;
   for (size_t i = 0; i < n; ++i) {
-    uint32_t a = bits_of(x[i]) & kAbsMask;
-    uint32_t finite = a < kInfBits ? a : 0u;
-    bad |= a >= kInfBits ? 1u : 0u;
+    int32_t a = static_cast<int32_t>(bits_of(x[i]) & kAbsMask);
+    int32_t finite = a < static_cast<int32_t>(kInfBits) ? a : 0;
     best = best > finite ? best : finite;
+    worst = worst > a ? worst : a;
   }
-  return {float_of(best), bad != 0};
+  return {float_of(static_cast<uint32_t>(best)), worst >= static_cast<int32_t>(kInfBits)};
 }
 
 // codes[i] = sign | RNE magnitude code of min(|x[i] * scale|, max) in format Fmt, with the sign at bit
@@ -38,13 +39,13 @@ inline void quantize_block(const float* x, size_t n, float scale, float max, uin
   for (size_t i = 0; i < n; ++i) {
     float v = x[i] * scale;
     uint32_t b = bits_of(v);
-    uint32_t ab = b & kAbsMask;
-    float a = float_of(ab);
+    int32_t ab = static_cast<int32_t>(b & kAbsMask);
+    float a = float_of(static_cast<uint32_t>(ab));
     a = a < max ? a : max;
-    uint32_t code = Fmt::magnitude_code(a);
-    uint32_t sign = (b >> 31) << kSignBit;
-    uint32_t special = ab == kInfBits ? (sign | inf_code) : nan_code;
-    codes[i] = static_cast<uint8_t>(ab >= kInfBits ? special : (sign | code));
+    int32_t code = static_cast<int32_t>(Fmt::magnitude_code(a));
+    int32_t sign = static_cast<int32_t>(b >> 31) << kSignBit;
+    int32_t special = ab == static_cast<int32_t>(kInfBits) ? (sign | inf_code) : nan_code;
+    codes[i] = static_cast<uint8_t>(ab >= static_cast<int32_t>(kInfBits) ? special : (sign | code));
   }
 }
 

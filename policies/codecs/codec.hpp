@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -53,6 +54,14 @@ class CodecError : public std::runtime_error {
 // Builds a codec from a spec; throws EplabError naming the spec and listing known codecs if unknown.
 std::unique_ptr<Codec> create_codec(const std::string& spec);
 std::vector<std::string> codec_names();
+
+// Codecs supplied at run time (Python subclasses of eplab.Codec): create_codec(name) with exactly this name
+// calls the factory before any spec parsing, so the engine builds them per rank like a built-in. Registering
+// a name again replaces its factory; built-in names cannot be shadowed.
+using CodecFactory = std::function<std::unique_ptr<Codec>()>;
+void register_codec_factory(const std::string& name, CodecFactory factory);
+void unregister_codec_factory(const std::string& name);
+std::vector<std::string> registered_codec_factories();
 
 // What `eplab codec list` shows: each registered name, its kind and a one-line summary.
 struct CodecInfo {

@@ -37,12 +37,12 @@ struct MiniFloat {
 
   // a: finite, >= 0 and already clamped to the format's max. Returns the RNE magnitude code.
   static uint32_t magnitude_code(float a) {
-    uint32_t b = bits_of(a);
-    uint32_t normal = ((b + ((1u << (kShift - 1)) - 1u) + ((b >> kShift) & 1u)) >> kShift) -
-                      (static_cast<uint32_t>(127 - kBias) << kMant);
+    // Signed arithmetic throughout: a is non-negative so its bits fit, and SSE2 has signed compares only.
+    int32_t b = static_cast<int32_t>(bits_of(a));
+    int32_t normal = ((b + ((1 << (kShift - 1)) - 1) + ((b >> kShift) & 1)) >> kShift) - ((127 - kBias) << kMant);
     float magic = float_of(kMagicBits);
-    uint32_t sub = bits_of(a + magic) - kMagicBits;
-    return b >= kMinNormalBits ? normal : sub;
+    int32_t sub = static_cast<int32_t>(bits_of(a + magic)) - static_cast<int32_t>(kMagicBits);
+    return static_cast<uint32_t>(b >= static_cast<int32_t>(kMinNormalBits) ? normal : sub);
   }
   // Value of a magnitude code (no specials).
   static float magnitude_value(uint32_t code) {

@@ -7,6 +7,7 @@
 #include "policies/codecs/block_quant.hpp"
 #include "policies/codecs/codec_internal.hpp"
 #include "policies/codecs/float_formats.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab::codecs {
 namespace {
@@ -59,7 +60,7 @@ class Fp8BlockCodec final : public Codec {
       uint8_t* scales = p + hidden;
       for (int b0 = 0, blk = 0; b0 < hidden; b0 += kBlock, ++blk) {
         size_t n = std::min(kBlock, hidden - b0);
-        float amax = std::max(block_amax(row + b0, n).amax, kAmaxFloor);
+        float amax = std::max(amax_kernel(row + b0, n).amax, kAmaxFloor);
         float scale;
         if (ue8m0_) {
           uint8_t e = ceil_to_e8m0(amax / fmax_);
@@ -71,9 +72,9 @@ class Fp8BlockCodec final : public Codec {
           scale = fmax_ / amax;  // as DeepEP: x * (448 / amax), not x / scale_inv
         }
         if (kind_ == Fp8Kind::kE4M3) {
-          quantize_block<E4M3, 7>(row + b0, n, scale, kE4M3Max, kE4M3NaN, kE4M3NaN, codes + b0);
+          quantize_e4m3_kernel(row + b0, n, scale, codes + b0);
         } else {
-          quantize_block<E5M2, 7>(row + b0, n, scale, kE5M2Max, kE5M2NaN, kE5M2Inf, codes + b0);
+          quantize_e5m2_kernel(row + b0, n, scale, codes + b0);
         }
       }
       p += token_bytes(hidden);
@@ -96,7 +97,7 @@ class Fp8BlockCodec final : public Codec {
           std::memcpy(&scale_inv, scales + 4 * blk, 4);
         }
         const uint8_t* codes = p + b0;
-        for (int i = 0; i < n; ++i) row[b0 + i] = table_[codes[i]] * scale_inv;
+        dequantize_kernel(codes, n, table_.data(), scale_inv, row + b0);
       }
       p += token_bytes(hidden);
     }

@@ -5,6 +5,7 @@
 
 #include "policies/codecs/block_quant.hpp"
 #include "policies/codecs/codec_internal.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab::codecs {
 namespace {
@@ -31,10 +32,10 @@ class Int8TokenCodec final : public Codec {
     uint8_t* p = out.data() + at;
     for (int t = 0; t < tokens; ++t) {
       const float* row = x + static_cast<size_t>(t) * hidden;
-      float amax = block_amax(row, hidden).amax;
+      float amax = amax_kernel(row, hidden).amax;
       float scale = amax / 127.0f;
       float inv = amax > 0 ? 127.0f / amax : 0.0f;  // an all-zero token encodes as zeros with scale 0
-      quantize_int8(row, hidden, inv, reinterpret_cast<int8_t*>(p));
+      quantize_int8_kernel(row, hidden, inv, reinterpret_cast<int8_t*>(p));
       std::memcpy(p + hidden, &scale, 4);
       p += hidden + sizeof(float);
     }

@@ -8,6 +8,7 @@
 #include "policies/codecs/block_quant.hpp"
 #include "policies/codecs/codec_internal.hpp"
 #include "policies/codecs/float_formats.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab::codecs {
 namespace {
@@ -93,7 +94,7 @@ class MxCodec final : public Codec {
       uint8_t* scales = p + payload;
       for (int b0 = 0, blk = 0; b0 < hidden; b0 += kBlock, ++blk) {
         size_t n = std::min(kBlock, hidden - b0);
-        BlockAmax am = block_amax(row + b0, n);
+        BlockAmax am = amax_kernel(row + b0, n);
         if (am.nonfinite) {
           scales[blk] = kE8M0NaN;
           std::memset(codes.data() + b0, 0, n);
@@ -105,13 +106,13 @@ class MxCodec final : public Codec {
         float inv = std::ldexp(1.0f, -e);  // exact power of two: 2^127 at most
         switch (kind_) {
           case MxKind::kFp8:
-            quantize_block<E4M3, 7>(row + b0, n, inv, kE4M3Max, 0, 0, codes.data() + b0);
+            quantize_e4m3_kernel(row + b0, n, inv, codes.data() + b0);
             break;
           case MxKind::kFp6:
-            quantize_block<E2M3, 5>(row + b0, n, inv, kE2M3Max, 0, 0, codes.data() + b0);
+            quantize_e2m3_kernel(row + b0, n, inv, codes.data() + b0);
             break;
           case MxKind::kFp4:
-            quantize_block<E2M1, 3>(row + b0, n, inv, kE2M1Max, 0, 0, codes.data() + b0);
+            quantize_e2m1_kernel(row + b0, n, inv, codes.data() + b0);
             break;
         }
       }
@@ -132,7 +133,7 @@ class MxCodec final : public Codec {
       for (int b0 = 0, blk = 0; b0 < hidden; b0 += kBlock, ++blk) {
         int n = std::min(kBlock, hidden - b0);
         float scale = e8m0_to_float(scales[blk]);
-        for (int i = 0; i < n; ++i) row[b0 + i] = table_[codes[b0 + i]] * scale;
+        dequantize_kernel(codes.data() + b0, n, table_.data(), scale, row + b0);
       }
     }
   }

@@ -381,10 +381,52 @@ const std::vector<CodecEntry>& codec_entries() {
   return entries;
 }
 
+// Run-time factories; a mutex because ranks create codecs from their own threads.
+std::mutex& factory_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::map<std::string, CodecFactory>& factories() {
+  static std::map<std::string, CodecFactory> f;
+  return f;
+}
+
 }  // namespace codecs
+
+void register_codec_factory(const std::string& name, CodecFactory factory) {
+  using namespace codecs;
+  if (name.empty() || name.find('+') != std::string::npos)
+    throw EplabError("codec name '" + name + "': a registered codec needs a non-empty name without '+'");
+  for (const auto& e : codec_entries())
+    if (e.name == name) throw EplabError("codec name '" + name + "' is a built-in codec; choose another name");
+  std::lock_guard<std::mutex> lock(factory_mutex());
+  factories()[name] = std::move(factory);
+}
+
+void unregister_codec_factory(const std::string& name) {
+  std::lock_guard<std::mutex> lock(codecs::factory_mutex());
+  codecs::factories().erase(name);
+}
+
+std::vector<std::string> registered_codec_factories() {
+  std::lock_guard<std::mutex> lock(codecs::factory_mutex());
+  std::vector<std::string> names;
+  for (const auto& [name, f] : codecs::factories()) names.push_back(name);
+  return names;
+}
 
 std::unique_ptr<Codec> create_codec(const std::string& spec) {
   using namespace codecs;
+  {
+    CodecFactory factory;
+    {
+      std::lock_guard<std::mutex> lock(factory_mutex());
+      auto it = factories().find(spec);
+      if (it != factories().end()) factory = it->second;
+    }
+    // Called outside the lock: a factory may itself create codecs.
+    if (factory) return factory();
+  }
   std::vector<ParsedStage> stages;
   std::string normalized;
   std::stringstream ss(spec);
