@@ -103,7 +103,7 @@ class MxCodec final : public Codec {
         int e = am.amax > 0 ? floor_log2(am.amax) - fmt_.emax : -127;
         e = std::clamp(e, -127, 127);
         scales[blk] = static_cast<uint8_t>(e + 127);
-        float inv = std::ldexp(1.0f, -e);  // exact power of two: 2^127 at most
+        float inv = float_of(static_cast<uint32_t>(127 - e) << 23);  // 2^-e exactly; e in [-127, 125]
         switch (kind_) {
           case MxKind::kFp8:
             quantize_e4m3_kernel(row + b0, n, inv, codes.data() + b0);
