@@ -41,6 +41,7 @@ class Balancer {
 
 // Specs: none | eplb[:mode=auto|hierarchical|global,groups=G] |
 // migration-aware[:horizon=H,bw=GBps,token_us=U,weight_bytes=B,mode=...,groups=G] (docs/policies.md).
+// eplb's auto mode is hierarchical only when groups= is given and divides over the nodes, global otherwise.
 // Throws EplabError naming the spec and listing the known names, or naming a malformed parameter.
 std::unique_ptr<Balancer> create_balancer(const std::string& spec);
 std::vector<std::string> balancer_names();

@@ -50,10 +50,12 @@ class EplbBalancer : public Balancer {
   Placement candidate(const BalanceInput& in) const {
     const int experts = in.shape.num_experts, nodes = in.topology.nodes();
     const int groups = groups_ > 0 ? groups_ : experts;
-    // As published: hierarchical when the groups divide over the nodes, global otherwise.
+    // As published, hierarchical when the model's expert groups divide over the nodes, global otherwise. The
+    // groups are a model property, so auto without groups= is global: confining a hot expert's replicas to one
+    // node costs balance (Zipf(1.2) on EP64: rank max/mean 1.74 hierarchical vs 1.04 global, bench/results).
     bool hier = mode_ == Mode::kHierarchical;
     if (mode_ == Mode::kAuto)
-      hier = experts % groups == 0 && groups % nodes == 0 && (experts + in.redundant) % nodes == 0;
+      hier = groups_ > 0 && experts % groups == 0 && groups % nodes == 0 && (experts + in.redundant) % nodes == 0;
     Placement p(experts, in.topology.size(),
                 eplb_slots(in.heat, nodes, in.topology.gpus_per_node(), in.redundant, groups, hier));
     return in.current ? align_placement(*in.current, p) : p;

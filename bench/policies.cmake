@@ -1,0 +1,4 @@
+# Load-balancing figures (bench/results/policy_balance.json is regenerated with
+#   build/bench/policy_balance --json bench/results/policy_balance.json).
+add_executable(policy_balance ${CMAKE_CURRENT_SOURCE_DIR}/policy_balance.cpp)
+target_link_libraries(policy_balance PRIVATE eplab_core eplab_warnings)
