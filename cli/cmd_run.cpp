@@ -3,14 +3,77 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "cli/args.hpp"
 #include "engine/backend.hpp"
+#include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "engine/experiment.hpp"
+#include "engine/moe_shape.hpp"
+#include "traces/routing_source.hpp"
 
 namespace eplab::cli {
 namespace {
+
+// Serves each (step, layer, rank) batch from memory after the first request, so that comparing algorithms
+// generates the routing once instead of once per algorithm.
+class CachedSource : public RoutingSource {
+ public:
+  explicit CachedSource(std::unique_ptr<RoutingSource> in) : in_(std::move(in)) {}
+  std::string name() const override { return in_->name(); }
+  RoutingBatch batch(int step, int layer, int rank) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto [it, fresh] = cache_.try_emplace(std::tuple{step, layer, rank});
+    if (fresh) it->second = in_->batch(step, layer, rank);
+    return it->second;
+  }
+  int num_steps() const override { return in_->num_steps(); }
+  int num_layers() const override { return in_->num_layers(); }
+
+ private:
+  std::unique_ptr<RoutingSource> in_;
+  std::mutex mu_;
+  std::map<std::tuple<int, int, int>, RoutingBatch> cache_;
+};
+
+std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
+  ClusterSpec spec = cluster_preset(cfg.cluster);
+  if (cfg.nodes > 0) spec.nodes = cfg.nodes;
+  if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
+  MoeShape shape = model_preset(cfg.model);
+  if (cfg.hidden > 0) shape.hidden = cfg.hidden;
+  RoutingParams rp{shape, Topology(spec), cfg.tokens, cfg.seed};
+  return std::make_shared<CachedSource>(make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp));
+}
+
+// One row per algorithm on the same cluster and workload: what `eplab run` prints when it compares them.
+void print_comparison(const std::vector<nlohmann::json>& reports) {
+  const auto& r0 = reports.front();
+  std::printf("eplab %s | %s, %d nodes x %d GPUs = %d ranks | %s | %d tokens/rank | routing %s | %s payload\n",
+              r0["backend"].get<std::string>().c_str(), r0["cluster"]["name"].get<std::string>().c_str(),
+              r0["cluster"]["nodes"].get<int>(), r0["cluster"]["gpus_per_node"].get<int>(), r0["ranks"].get<int>(),
+              r0["model"]["name"].get<std::string>().c_str(), r0["tokens_per_rank"].get<int>(),
+              r0["routing"].get<std::string>().c_str(), r0["payload"].get<std::string>().c_str());
+  std::printf("%-13s %10s %10s %10s %10s %10s %10s %11s %11s %7s\n", "algorithm", "notify us", "disp us",
+              "comb us", "disp GB/s", "comb GB/s", "RDMA GB/s", "scale-up MB", "scale-out MB", "wall s");
+  for (const auto& r : reports) {
+    const auto& p = r["phases"];
+    auto mb = [&](const char* cls) {
+      return (p["dispatch"]["bytes"][cls].get<double>() + p["combine"]["bytes"][cls].get<double>()) / 1e6;
+    };
+    std::printf("%-13s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %11.0f %11.0f %7.2f\n",
+                r["algorithm"].get<std::string>().c_str(), p["notify"]["time_s"].get<double>() * 1e6,
+                p["dispatch"]["time_s"].get<double>() * 1e6, p["combine"]["time_s"].get<double>() * 1e6,
+                p["dispatch"]["logical_bw_GBps"].get<double>(), p["combine"]["logical_bw_GBps"].get<double>(),
+                p["dispatch"]["scaleout_bw_GBps"].get<double>(), mb("scaleup"), mb("scaleout"),
+                r["wall_s"].get<double>());
+  }
+  std::printf("times are per layer (simulated); GB/s follow DeepEP's definitions (logical: received tokens; RDMA:\n"
+              "(token, node) pairs); MB are wire bytes summed over all ranks, dispatch + combine\n");
+}
 
 int cmd_run(const std::vector<std::string>& argv) {
   RunConfig cfg;
@@ -18,7 +81,7 @@ int cmd_run(const std::vector<std::string>& argv) {
   const bool have_sim = std::find(built.begin(), built.end(), "sim") != built.end();
   cfg.backend = have_sim ? "sim" : "emu";
   std::string report_path;
-  bool quiet = false, no_verify = false;
+  bool quiet = false, no_verify = false, compare = false;
   Args args("eplab run [options]",
             "Run dispatch -> expert compute -> combine for steps x layers on a backend and report phase times,\n"
             "bandwidths (DeepEP's definitions), bytes by link class, imbalance and verification.");
@@ -43,7 +106,10 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("timeout", &cfg.timeout_s, "seconds a rank may wait for a peer before the run fails")
       .opt("report", &report_path, "write the JSON report to this file")
       .flag("no-verify", &no_verify, "skip the delivery and combine check")
+      .flag("compare", &compare, "run every algorithm on the same workload and print one table")
       .flag("quiet", &quiet, "no progress line");
+  // With no options at all: the 256-GPU default cluster, every algorithm, one comparison table.
+  if (argv.empty() && have_sim) compare = true;
   if (!args.parse(argv)) return 0;
   if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   if (cfg.backend == "emu" && !args.given("nodes")) cfg.nodes = 2;
@@ -51,6 +117,26 @@ int cmd_run(const std::vector<std::string>& argv) {
   if (!report_path.empty()) {
     std::ofstream probe(report_path, std::ios::app);
     if (!probe) throw EplabError("cannot write the report to '" + report_path + "'");
+  }
+  if (compare) {
+    std::vector<nlohmann::json> reports;
+    const auto names = algorithm_names();
+    Progress progress("eplab run: algorithm", quiet);
+    if (!cfg.routing_source) cfg.routing_source = shared_routing(cfg);
+    for (size_t i = 0; i < names.size(); ++i) {
+      RunConfig c = cfg;
+      c.algorithm = names[i];
+      reports.push_back(run_experiment(c));
+      progress.update(static_cast<int>(i + 1), static_cast<int>(names.size()));
+    }
+    progress.finish();
+    print_comparison(reports);
+    if (!report_path.empty()) {
+      std::ofstream out(report_path);
+      out << nlohmann::json(reports).dump(2) << "\n";
+      if (!out) throw EplabError("writing the report to '" + report_path + "' failed");
+    }
+    return 0;
   }
   Progress progress("eplab run: layer", quiet);
   auto report = run_experiment(cfg, [&](int d, int t) { progress.update(d, t); });

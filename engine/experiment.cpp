@@ -68,7 +68,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const Caps caps = backend->caps();
   bool phantom;
   if (cfg.payload == "auto")
-    phantom = !caps.real_payload;
+    phantom = caps.modeled_time;  // sizes only where time is a model; real bytes where it is measured
   else if (cfg.payload == "phantom")
     phantom = true;
   else if (cfg.payload == "real")

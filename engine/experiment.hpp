@@ -29,7 +29,7 @@ struct RunConfig {
   std::string dispatch_codec;    // empty: the model's
   std::string combine_codec;     // empty: the model's
   std::string transform = "scale";
-  std::string payload = "auto";  // real | phantom | auto (phantom on simulated backends, real elsewhere)
+  std::string payload = "auto";  // real | phantom | auto (phantom where time is modeled, real elsewhere)
   int steps = 1;
   int layers = 1;
   uint64_t seed = 1;

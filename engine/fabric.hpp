@@ -111,6 +111,12 @@ class Fabric {
   // isend/irecv for each entry and waits; a fabric with caps().native_alltoallv runs it as one operation.
   virtual void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d);
 
+  // Hint: the alltoallv calls until end_pipeline() form a chain of stages, each consuming the previous one's data
+  // in `chunks` pieces (DeepEP overlaps its RDMA and NVLink stages this way). Data semantics do not change; a
+  // fabric that models time may overlap the stages, and end_pipeline() (collective) waits until all are done.
+  virtual void begin_pipeline(int chunks) {}
+  virtual void end_pipeline() {}
+
   // Name of the phase now running, quoted by errors ("rank 3, peer 5, tag 0x..., phase dispatch").
   void set_phase(std::string phase) { phase_ = std::move(phase); }
   const std::string& phase() const { return phase_; }

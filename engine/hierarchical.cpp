@@ -2,6 +2,7 @@
 // destination node, to the GPU with the sender's local index (same rail), which forwards it over the scale-up
 // domain to the GPUs of its node that hold the token's experts. Combine runs the same path backwards and
 // reduces inside the node first, so one partial sum per (token, node) crosses the scale-out network.
+#include <algorithm>
 #include <cstring>
 
 #include "engine/ep_engine.hpp"
@@ -21,6 +22,13 @@ struct HierState {
   // Receiver role: rows received from each local forwarder.
   std::vector<int32_t> recv_rows;                     // [gpus per node]
 };
+
+// DeepEP streams each stage in chunks of tokens so the RDMA and NVLink stages overlap; EngineOptions::chunk_tokens
+// sets the chunk (0: 16 tokens), at most 64 chunks per call.
+int pipeline_chunks(const EngineContext& c, int tokens) {
+  const int chunk = c.opts.chunk_tokens > 0 ? c.opts.chunk_tokens : 16;
+  return std::clamp((tokens + chunk - 1) / chunk, 1, 64);
+}
 
 class Hierarchical : public Algorithm {
  public:
@@ -91,9 +99,10 @@ class Hierarchical : public Algorithm {
     notify.time_s = t1 - t0;
     notify.calls = 1;
 
-    // Payload across the rail.
+    // Payload across the rail, then forwarded inside the node; the two stages overlap chunk by chunk.
     PhaseStats disp;
     c.fabric.set_phase("dispatch");
+    c.fabric.begin_pipeline(pipeline_chunks(c, a.num_tokens));
     std::vector<EngineContext::Message> msgs(N);
     std::vector<float> rows;
     sends.clear();
@@ -176,6 +185,7 @@ class Hierarchical : public Algorithm {
       lfrom.push_back(q);
     }
     c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
+    c.fabric.end_pipeline();
 
     Handle h;
     h.step = a.step;
@@ -209,6 +219,7 @@ class Hierarchical : public Algorithm {
     PhaseStats comb;
     c.fabric.set_phase("combine");
     const double t0 = c.fabric.now();
+    c.fabric.begin_pipeline(pipeline_chunks(c, h.num_tokens));
 
     // Back to the forwarders inside the node.
     std::vector<EngineContext::Message> msgs(G);
@@ -277,6 +288,7 @@ class Hierarchical : public Algorithm {
       rfrom.push_back(n);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
+    c.fabric.end_pipeline();
     if (!c.phantom()) {
       std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       std::vector<float> rows;

@@ -37,6 +37,12 @@ struct ClusterSpec {
   ScaleOutKind scaleout = ScaleOutKind::kRailOptimized;
   double oversubscription = 1.0;   // fat-tree only: leaf down / up bandwidth ratio
   double switch_latency_s = 0.5e-6;
+  // Calibrated physical parameters, shared by every preset and every algorithm (docs/sim.md gives the source of
+  // each value and the calibration against DeepEP's published figures). Only simulated backends read them.
+  double scaleup_efficiency = 0.67;   // fraction of nominal scale-up bandwidth that SM-driven copies reach
+  double nic_efficiency = 0.9;        // RDMA goodput over the NIC's signalling rate (headers, CQ handling)
+  double round_overhead_s = 5e-6;     // fixed cost of one exchange round: kernel launch + completion signalling
+  double compute_efficiency = 0.6;    // fraction of peak FLOP/s and HBM bandwidth an expert FFN reaches
 
   int size() const { return nodes * gpus_per_node; }
 };

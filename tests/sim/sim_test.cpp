@@ -1,0 +1,270 @@
+// The simulated backend against closed-form answers (one message over one link takes L + S/B; two flows on
+// one link each get half; routes cross the expected links), real-byte runs verified like emu, and
+// determinism (the same run twice gives the same report).
+#include <gtest/gtest.h>
+
+#include <simgrid/s4u/Engine.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "engine/ep_engine.hpp"
+#include "engine/experiment.hpp"
+#include "sim/platform.hpp"
+#include "sim/sim_backend.hpp"
+#include "sim/sim_fabric.hpp"
+
+namespace eplab {
+namespace {
+
+ClusterSpec cluster(int nodes, int gpus) {
+  ClusterSpec s = cluster_preset("h800-cx7");
+  s.nodes = nodes;
+  s.gpus_per_node = gpus;
+  s.round_overhead_s = 0;  // the analytic cases check the network model alone
+  return s;
+}
+
+// Runs fn on every rank of a simulated cluster.
+void launch(const ClusterSpec& spec, const std::function<void(Fabric&)>& fn) {
+  make_sim_backend()->launch(Topology(spec), LaunchOptions{true, 60, ""}, fn);
+}
+
+double scaleup_Bps(const ClusterSpec& s) { return s.scaleup_GBps * 1e9 * s.scaleup_efficiency; }
+double nic_Bps(const ClusterSpec& s) { return s.nic_GBps * 1e9 * s.nic_efficiency; }
+
+TEST(SimAnalytic, OneMessageOverScaleUpTakesLatencyPlusSizeOverBandwidth) {
+  const ClusterSpec s = cluster(1, 2);
+  constexpr double kBytes = 64e6;
+  double t = -1;
+  launch(s, [&](Fabric& f) {
+    std::vector<Request> reqs;
+    if (f.rank() == 0) reqs.push_back(f.isend(1, 1, ConstBuf{nullptr, 0, static_cast<size_t>(kBytes)}));
+    if (f.rank() == 1) reqs.push_back(f.irecv(0, 1, MutBuf{}));
+    f.wait_all(reqs, Deadline{});
+    if (f.rank() == 1) t = f.now();
+  });
+  const double want = s.scaleup_latency_s + kBytes / scaleup_Bps(s);
+  EXPECT_NEAR(t, want, 0.01 * want);
+}
+
+TEST(SimAnalytic, OneMessageOverTheRailTakesLatencyPlusSizeOverBandwidth) {
+  const ClusterSpec s = cluster(2, 1);
+  constexpr double kBytes = 1e6;  // small, so a wrong latency would show
+  double t = -1;
+  launch(s, [&](Fabric& f) {
+    std::vector<Request> reqs;
+    if (f.rank() == 0) reqs.push_back(f.isend(1, 1, ConstBuf{nullptr, 0, static_cast<size_t>(kBytes)}));
+    if (f.rank() == 1) reqs.push_back(f.irecv(0, 1, MutBuf{}));
+    f.wait_all(reqs, Deadline{});
+    if (f.rank() == 1) t = f.now();
+  });
+  const double want = s.nic_latency_s + s.switch_latency_s + kBytes / nic_Bps(s);
+  EXPECT_NEAR(t, want, 0.01 * want);
+}
+
+TEST(SimAnalytic, TwoFlowsIntoOneLinkEachGetHalf) {
+  const ClusterSpec s = cluster(1, 3);
+  constexpr double kBytes = 64e6;
+  std::vector<double> done(3, -1);
+  launch(s, [&](Fabric& f) {
+    std::vector<Request> reqs;
+    if (f.rank() < 2) {
+      reqs.push_back(f.isend(2, 1, ConstBuf{nullptr, 0, static_cast<size_t>(kBytes)}));
+    } else {
+      reqs.push_back(f.irecv(0, 1, MutBuf{}));
+      reqs.push_back(f.irecv(1, 1, MutBuf{}));
+    }
+    f.wait_all(reqs, Deadline{});
+    done[f.rank()] = f.now();
+  });
+  const double want = s.scaleup_latency_s + 2 * kBytes / scaleup_Bps(s);
+  EXPECT_NEAR(done[2], want, 0.01 * want);
+}
+
+TEST(SimAnalytic, AllToAllRoundEndsWhenItsBusiestLinkDrains) {
+  // Rank 0 sends S to each of 3 peers over its one scale-up link: 3S / B; the others send nothing.
+  const ClusterSpec s = cluster(1, 4);
+  constexpr size_t kBytes = 10'000'000;
+  std::vector<double> t(4, -1);
+  launch(s, [&](Fabric& f) {
+    std::vector<PeerSend> sends;
+    std::vector<PeerRecv> recvs;
+    if (f.rank() == 0) {
+      for (int p = 1; p < 4; ++p) sends.push_back({p, ConstBuf{nullptr, 0, kBytes}});
+    } else {
+      recvs.push_back({0, MutBuf{}});
+    }
+    f.alltoallv(7, sends, recvs, Deadline{});
+    t[f.rank()] = f.now();
+    if (f.rank() > 0) {
+      EXPECT_EQ(recvs[0].total_bytes, kBytes);
+    }
+  });
+  const double want = s.scaleup_latency_s + 3.0 * kBytes / scaleup_Bps(s);
+  for (double x : t) EXPECT_NEAR(x, want, 0.01 * want);
+}
+
+TEST(SimAnalytic, ComputeFollowsTheRoofline) {
+  const ClusterSpec s = cluster(1, 1);
+  ComputeCost c;
+  c.flops = 1e12;
+  c.hbm_bytes = 1e6;
+  double t = -1;
+  launch(s, [&](Fabric& f) {
+    f.compute(c);
+    t = f.now();
+  });
+  EXPECT_NEAR(t, 1e12 / (s.gpu.bf16_tflops * 1e12 * s.compute_efficiency), 1e-9);
+}
+
+class SimRoutes : public ::testing::Test {
+ protected:
+  std::vector<std::string> route(ClusterSpec s, int a, int b, double* lat = nullptr) {
+    int argc = 1;
+    char name[] = "sim_test";
+    char* argv[] = {name, nullptr};
+    simgrid::s4u::Engine engine(&argc, argv);
+    sim::configure_simgrid_once();
+    const Topology topo(s);
+    const sim::Platform p = sim::build_platform(topo);
+    return sim::route_link_names(p, a, b, lat);
+  }
+};
+
+TEST_F(SimRoutes, InsideANodeThroughBothGpusScaleUpLinks) {
+  const ClusterSpec s = cluster(2, 8);
+  double lat = 0;
+  EXPECT_EQ(route(s, 1, 6, &lat), (std::vector<std::string>{"gpu1-scaleup-up", "gpu6-scaleup-down"}));
+  EXPECT_NEAR(lat, s.scaleup_latency_s, 1e-12);
+}
+
+TEST_F(SimRoutes, SameRailThroughBothNicsOnly) {
+  const ClusterSpec s = cluster(4, 8);
+  double lat = 0;
+  EXPECT_EQ(route(s, 3, 27, &lat), (std::vector<std::string>{"gpu3-nic-up", "gpu27-nic-down"}));
+  EXPECT_NEAR(lat, s.nic_latency_s + s.switch_latency_s, 1e-12);
+}
+
+TEST_F(SimRoutes, CrossRailThroughTheSpine) {
+  EXPECT_EQ(route(cluster(4, 8), 3, 26),
+            (std::vector<std::string>{"gpu3-nic-up", "rail3-spine-up", "rail2-spine-down", "gpu26-nic-down"}));
+}
+
+TEST_F(SimRoutes, FatTreeThroughNodeLeaves) {
+  ClusterSpec s = cluster(4, 8);
+  s.scaleout = ScaleOutKind::kFatTree;
+  s.oversubscription = 2;
+  EXPECT_EQ(route(s, 3, 27),
+            (std::vector<std::string>{"gpu3-nic-up", "leaf0-spine-up", "leaf3-spine-down", "gpu27-nic-down"}));
+}
+
+RunConfig small(int nodes, int gpus, const std::string& algorithm) {
+  RunConfig c;
+  c.backend = "sim";
+  c.nodes = nodes;
+  c.gpus_per_node = gpus;
+  c.tokens = 64;
+  c.hidden = 256;
+  c.algorithm = algorithm;
+  c.routing = "deepep";
+  c.timeout_s = 30;
+  return c;
+}
+
+class SimAlgorithms : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SimAlgorithms, RealPayloadIsVerifiedLikeEmu) {
+  for (auto [nodes, gpus] : {std::pair{1, 8}, std::pair{2, 4}, std::pair{4, 4}}) {
+    RunConfig c = small(nodes, gpus, GetParam());
+    c.payload = "real";
+    c.dispatch_codec = "fp32";
+    c.combine_codec = "fp32";
+    c.steps = 2;
+    const auto r = run_experiment(c);
+    EXPECT_EQ(r["payload"], "real");
+    EXPECT_TRUE(r["verified"].get<bool>()) << nodes << "x" << gpus << ": " << r["verification"].dump();
+    EXPECT_GT(r["phases"]["dispatch"]["time_s"].get<double>(), 0);
+  }
+}
+
+TEST_P(SimAlgorithms, PhantomIsTheDefaultAndCostsTime) {
+  RunConfig c = small(4, 8, GetParam());
+  c.hidden = 0;
+  c.tokens = 512;
+  const auto r = run_experiment(c);
+  EXPECT_EQ(r["payload"], "phantom");
+  EXPECT_GT(r["phases"]["dispatch"]["time_s"].get<double>(), 1e-6);
+  EXPECT_GT(r["phases"]["combine"]["time_s"].get<double>(), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Every, SimAlgorithms, ::testing::ValuesIn(algorithm_names()),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+// Each run in its own process, as two invocations of `eplab run` would be (SimGrid's clock is process-wide).
+std::string report_in_child(const RunConfig& c) {
+  int fd[2];
+  if (pipe(fd) != 0) return "pipe failed";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fd[0]);
+    auto r = run_experiment(c);
+    r.erase("wall_s");
+    const std::string s = r.dump();
+    size_t off = 0;
+    while (off < s.size()) {
+      const ssize_t n = write(fd[1], s.data() + off, s.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fd[1]);
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return out;
+}
+
+TEST(SimDeterminism, TwoIdenticalRunsGiveIdenticalReports) {
+  RunConfig c = small(4, 8, "hierarchical");
+  c.hidden = 0;
+  c.tokens = 256;
+  const std::string a = report_in_child(c), b = report_in_child(c);
+  ASSERT_GT(a.size(), 100u);
+  EXPECT_EQ(a, b);
+}
+
+TEST(SimDeterminism, RepeatedInOneProcessToo) {
+  RunConfig c = small(2, 8, "flat");
+  c.hidden = 0;
+  auto a = run_experiment(c), b = run_experiment(c);
+  a.erase("wall_s");
+  b.erase("wall_s");
+  EXPECT_EQ(a.dump(), b.dump());
+}
+
+TEST(SimFailure, ARankThatThrowsEndsTheSimulation) {
+  EXPECT_THROW(launch(cluster(2, 4),
+                      [](Fabric& f) {
+                        if (f.rank() == 5) throw EplabError("rank 5 gives up");
+                        std::vector<PeerSend> s;
+                        std::vector<PeerRecv> r;
+                        f.alltoallv(1, s, r, Deadline{});
+                      }),
+               EplabError);
+}
+
+}  // namespace
+}  // namespace eplab
