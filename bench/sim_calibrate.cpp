@@ -1,6 +1,6 @@
 // Calibration: runs DeepEP's V1 normal-kernel workload on the simulated h800-cx7 cluster and prints each of
 // the eight published figures next to the simulated one with the error per row; writes JSON with --json FILE.
-//   bench_sim_calibrate [--json FILE] [--max-error PCT]     (exit 1 when a row misses by more than PCT)
+//   bench_sim_calibrate [--json FILE] [--max-error PCT] [--model ptask|flows]   (exit 1: a row misses by > PCT)
 // The published figures are copied from DeepEP's README (docs/legacy.md; calibration/deepep_v1_normal.csv).
 #include <cmath>
 #include <cstdio>
@@ -34,19 +34,21 @@ constexpr Published kRows[] = {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
+  std::string json_path, model;
   double max_error = 10;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--max-error") && i + 1 < argc) max_error = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--max-error PCT]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--json FILE] [--max-error PCT] [--model ptask|flows]\n", argv[0]);
       return 2;
     }
   }
   nlohmann::json out = nlohmann::json::array();
   std::printf("DeepEP V1 normal kernels vs eplab sim (h800-cx7, deepseek-v3, 4096 tokens/rank, routing deepep,\n"
-              "fp8-e4m3-b128 dispatch, bf16 combine, hierarchical)\n");
+              "fp8-e4m3-b128 dispatch, bf16 combine, hierarchical), exchange model %s\n",
+              model.empty() ? "ptask" : model.c_str());
   std::printf("%-10s %4s %-9s %-7s %14s %14s %9s %11s\n", "type", "EP", "phase", "bound", "published GB/s",
               "simulated GB/s", "error %", "time (us)");
   int bad = 0;
@@ -63,6 +65,7 @@ int main(int argc, char** argv) {
     c.dispatch_codec = "fp8-e4m3-b128";
     c.combine_codec = "bf16";
     c.payload = "phantom";
+    c.sim_model = model;
     const auto r = eplab::run_experiment(c);
     const auto& ph = r["phases"][row.phase];
     const bool intra = !std::strcmp(row.type, "intranode");

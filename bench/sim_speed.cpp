@@ -1,7 +1,8 @@
 // Simulator speed and memory: one layer of dispatch + combine (phantom payload, deepseek-v3, 4096 tokens per
 // rank, h800-cx7) for 64 to 2048 GPUs per algorithm. Each run is a child process, so its peak resident memory
 // (getrusage ru_maxrss) is its own. Prints a table; writes JSON with --json FILE.
-//   bench_sim_speed [--max-ranks N] [--algorithm NAME ...] [--json FILE]
+// Past 256 GPUs every GPU holds one expert (DeepSeek-V3 has 256).
+//   bench_sim_speed [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,6 +52,7 @@ struct Result {
 Result run_child(int ranks, const std::string& algorithm) {
   int fd[2];
   if (pipe(fd) != 0) return {};
+  std::fflush(stdout);  // the child must not inherit (and later print) the parent's buffered lines
   const pid_t pid = fork();
   if (pid == 0) {
     close(fd[0]);
@@ -66,11 +68,15 @@ Result run_child(int ranks, const std::string& algorithm) {
       c.algorithm = algorithm;
       c.payload = "phantom";
       c.timeout_s = 600;
+      // DeepSeek-V3 has 256 experts; past 256 GPUs every GPU keeps one expert (the shape is otherwise the same).
+      if (ranks > 256) c.experts = ranks;
       eplab::ClusterSpec spec = eplab::cluster_preset(c.cluster);
       spec.nodes = c.nodes;
       spec.gpus_per_node = c.gpus_per_node;
-      auto timed = std::make_shared<TimedSource>(eplab::make_routing(
-          c.routing, eplab::RoutingParams{eplab::model_preset(c.model), eplab::Topology(spec), c.tokens, c.seed}));
+      eplab::MoeShape shape = eplab::model_preset(c.model);
+      if (c.experts > 0) shape.num_experts = c.experts;
+      auto timed = std::make_shared<TimedSource>(
+          eplab::make_routing(c.routing, eplab::RoutingParams{shape, eplab::Topology(spec), c.tokens, c.seed}));
       c.routing_source = timed;
       const auto t0 = std::chrono::steady_clock::now();
       const auto r = eplab::run_experiment(c);
@@ -100,15 +106,16 @@ Result run_child(int ranks, const std::string& algorithm) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int max_ranks = 2048;
+  int min_ranks = 64, max_ranks = 2048;
   std::vector<std::string> algorithms;
   std::string json_path;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-ranks") && i + 1 < argc) max_ranks = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--min-ranks") && i + 1 < argc) min_ranks = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc) algorithms.push_back(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--max-ranks N] [--algorithm NAME ...] [--json FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]\n", argv[0]);
       return 2;
     }
   }
@@ -118,7 +125,7 @@ int main(int argc, char** argv) {
   std::printf("wall = whole run_experiment; routing = time inside the deepep routing generator; sim = wall - routing\n");
   std::printf("%6s %-14s %10s %11s %10s %12s %14s %14s\n", "GPUs", "algorithm", "wall (s)", "routing (s)", "sim (s)",
               "peak RSS MB", "sim disp (us)", "sim comb (us)");
-  for (int ranks = 64; ranks <= max_ranks; ranks *= 2)
+  for (int ranks = min_ranks; ranks <= max_ranks; ranks *= 2)
     for (const auto& a : algorithms) {
       const Result r = run_child(ranks, a);
       std::printf("%6d %-14s %10.2f %11.2f %10.2f %12.0f %14.1f %14.1f%s\n", ranks, a.c_str(), r.wall_s, r.routing_s,

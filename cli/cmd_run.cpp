@@ -45,6 +45,7 @@ std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
   if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
   MoeShape shape = model_preset(cfg.model);
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
+  if (cfg.experts > 0) shape.num_experts = cfg.experts;
   RoutingParams rp{shape, Topology(spec), cfg.tokens, cfg.seed};
   return std::make_shared<CachedSource>(make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp));
 }
@@ -92,6 +93,7 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("model", &cfg.model, "model preset")
       .opt("tokens", &cfg.tokens, "tokens per rank")
       .opt("hidden", &cfg.hidden, "hidden size (0: the model's)")
+      .opt("experts", &cfg.experts, "routed experts (0: the model's)")
       .opt("routing", &cfg.routing, "uniform | deepep | zipf:S | hotset:... | correlated:...")
       .opt("trace", &cfg.trace, "routing trace file (instead of --routing)")
       .opt("algorithm", &cfg.algorithm, "flat | hierarchical | ...")
@@ -103,6 +105,7 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("steps", &cfg.steps, "steps")
       .opt("layers", &cfg.layers, "MoE layers per step")
       .opt("seed", &cfg.seed, "seed for routing and activations")
+      .opt("sim-model", &cfg.sim_model, "sim: exchanges as one parallel task per round (ptask) or per-message flows")
       .opt("timeout", &cfg.timeout_s, "seconds a rank may wait for a peer before the run fails")
       .opt("report", &report_path, "write the JSON report to this file")
       .flag("no-verify", &no_verify, "skip the delivery and combine check")

@@ -52,6 +52,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   MoeShape shape = model_preset(cfg.model);
   if (cfg.hidden < 0) throw EplabError("--hidden must be positive, got " + std::to_string(cfg.hidden));
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
+  if (cfg.experts < 0) throw EplabError("--experts must be positive, got " + std::to_string(cfg.experts));
+  if (cfg.experts > 0) shape.num_experts = cfg.experts;
   if (cfg.tokens < 1) throw EplabError("--tokens must be at least 1 per rank, got " + std::to_string(cfg.tokens));
   if (cfg.steps < 1 || cfg.layers < 1) throw EplabError("--steps and --layers must be at least 1");
   if (shape.num_experts % topo.size() != 0 && topo.size() % shape.num_experts != 0)
@@ -117,7 +119,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   std::vector<std::vector<Delivery5>> expected(R), received(R);
   std::atomic<int> done_calls{0};
 
-  backend->launch(topo, LaunchOptions{phantom, cfg.timeout_s, ""}, [&](Fabric& f) {
+  backend->launch(topo, LaunchOptions{phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
     const int me = f.rank();
     RankRecord& rec = records[me];
     rec.slot_load.assign(placement.num_slots(), 0);

@@ -25,6 +25,7 @@ struct RunConfig {
   std::string trace;             // a trace file instead of a generator
   std::shared_ptr<RoutingSource> routing_source;  // set by code (tests, Python): used instead of both
   int hidden = 0;                // 0: the model's hidden size
+  int experts = 0;               // 0: the model's routed experts (more let a shape scale past its expert count)
   std::string algorithm = "hierarchical";
   std::string dispatch_codec;    // empty: the model's
   std::string combine_codec;     // empty: the model's
@@ -36,6 +37,7 @@ struct RunConfig {
   int redundant_experts = 0;
   double timeout_s = 60;
   bool verify = true;            // check delivery and combine where real bytes move
+  std::string sim_model;         // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
 };
 
 using ProgressFn = std::function<void(int done, int total)>;

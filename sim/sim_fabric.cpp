@@ -223,6 +223,8 @@ void SimFabric::wait_all(std::span<Request> reqs, Deadline d) {
 }
 
 void SimFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
+  // Per-flow mode: every message its own SimGrid communication (the generic isend/irecv exchange).
+  if (world_.per_flow_) return Fabric::alltoallv(tag, sends, recvs, d);
   const int R = size();
   for (auto& s : sends) check_peer(s.peer, "alltoallv", tag);
   for (auto& r : recvs) check_peer(r.peer, "alltoallv", tag);
@@ -269,6 +271,9 @@ void configure_simgrid_once() {
   done = true;
   xbt_log_control_set("root.thresh:warning");
   s4u::Engine::set_config("host/model:ptask_L07");
+  // One actor per GPU: 2048 default 8 MiB stacks are 16 GiB of address space. The engine's frames are shallow
+  // (its data lives on the heap), so 1 MiB is ample.
+  s4u::Engine::set_config("contexts/stack-size", 1024);
 }
 
 double roofline_seconds(const ClusterSpec& spec, const ComputeCost& c) {
@@ -332,8 +337,8 @@ class SimBackend : public Backend {
     return c;
   }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
-    if (!opts.sim_model.empty() && opts.sim_model != "ptask_L07")
-      throw EplabError("backend 'sim': unknown network model '" + opts.sim_model + "' (known: ptask_L07)");
+    if (!opts.sim_model.empty() && opts.sim_model != "ptask" && opts.sim_model != "flows")
+      throw EplabError("backend 'sim': unknown exchange model '" + opts.sim_model + "' (known: ptask, flows)");
     int argc = 1;
     char name[] = "eplab";
     char* argv[] = {name, nullptr};
@@ -342,6 +347,7 @@ class SimBackend : public Backend {
     s4u::Engine engine(&argc, argv);
     configure_simgrid_once();
     SimWorld world(topo, opts.timeout_s, opts.phantom_payload);
+    world.per_flow_ = opts.sim_model == "flows";
     std::vector<std::exception_ptr> errors(topo.size());
     for (int r = 0; r < topo.size(); ++r)
       s4u::Actor::create("rank" + std::to_string(r), world.platform().hosts[r], [&world, &errors, &rank_main, r] {

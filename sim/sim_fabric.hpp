@@ -37,6 +37,8 @@ class SimWorld {
   // Marks the world failed and wakes every blocked rank, which then throws with this message.
   void abort(const std::string& why);
   const std::string& failure() const { return failure_; }
+  // "flows" exchange model: alltoallv as one SimGrid communication per message, not one parallel task.
+  bool per_flow_ = false;
 
  private:
   friend class SimFabric;
