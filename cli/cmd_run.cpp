@@ -1,5 +1,9 @@
 // `eplab run`: one experiment on a backend; prints a summary table and writes the JSON report.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -50,9 +54,63 @@ std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
   return std::make_shared<CachedSource>(make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp));
 }
 
+int RunConfig_ranks(const RunConfig& cfg) {
+  const ClusterSpec spec = cluster_preset(cfg.cluster);
+  return (cfg.nodes > 0 ? cfg.nodes : spec.nodes) * (cfg.gpus_per_node > 0 ? cfg.gpus_per_node : spec.gpus_per_node);
+}
+
+// Runs one experiment in a child process: an algorithm that runs out of memory or fails takes only its own row
+// with it, and each run's memory is returned before the next starts.
+nlohmann::json run_isolated(const RunConfig& cfg) {
+  int fd[2];
+  if (pipe(fd) != 0) throw EplabError("eplab run: pipe() failed");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) throw EplabError("eplab run: fork() failed");
+  if (pid == 0) {
+    close(fd[0]);
+    std::string out;
+    try {
+      out = run_experiment(cfg).dump();
+    } catch (const std::exception& e) {
+      out = nlohmann::json{{"algorithm", cfg.algorithm}, {"error", e.what()}}.dump();
+    }
+    size_t off = 0;
+    while (off < out.size()) {
+      const ssize_t n = write(fd[1], out.data() + off, out.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fd[1]);
+  std::string in;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd[0], buf, sizeof buf)) > 0) in.append(buf, static_cast<size_t>(n));
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (in.empty()) {
+    const std::string why = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status)) +
+                                                      (WTERMSIG(status) == SIGKILL ? " (out of memory?)" : "")
+                                                : "exited with status " + std::to_string(WEXITSTATUS(status));
+    return nlohmann::json{{"algorithm", cfg.algorithm}, {"error", why}};
+  }
+  return nlohmann::json::parse(in);
+}
+
 // One row per algorithm on the same cluster and workload: what `eplab run` prints when it compares them.
 void print_comparison(const std::vector<nlohmann::json>& reports) {
-  const auto& r0 = reports.front();
+  nlohmann::json r0 = reports.front();
+  for (const auto& r : reports)
+    if (!r.contains("error")) r0 = r;
+  if (r0.contains("error")) {
+    for (const auto& r : reports) std::printf("%s failed: %s\n", r["algorithm"].get<std::string>().c_str(),
+                                              r["error"].get<std::string>().c_str());
+    return;
+  }
   std::printf("eplab %s | %s, %d nodes x %d GPUs = %d ranks | %s | %d tokens/rank | routing %s | %s payload\n",
               r0["backend"].get<std::string>().c_str(), r0["cluster"]["name"].get<std::string>().c_str(),
               r0["cluster"]["nodes"].get<int>(), r0["cluster"]["gpus_per_node"].get<int>(), r0["ranks"].get<int>(),
@@ -61,6 +119,10 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
   std::printf("%-13s %10s %10s %10s %10s %10s %10s %11s %11s %7s\n", "algorithm", "notify us", "disp us",
               "comb us", "disp GB/s", "comb GB/s", "RDMA GB/s", "scale-up MB", "scale-out MB", "wall s");
   for (const auto& r : reports) {
+    if (r.contains("error")) {
+      std::printf("%-13s failed: %s\n", r["algorithm"].get<std::string>().c_str(), r["error"].get<std::string>().c_str());
+      continue;
+    }
     const auto& p = r["phases"];
     auto mb = [&](const char* cls) {
       return (p["dispatch"]["bytes"][cls].get<double>() + p["combine"]["bytes"][cls].get<double>()) / 1e6;
@@ -126,10 +188,14 @@ int cmd_run(const std::vector<std::string>& argv) {
     const auto names = algorithm_names();
     Progress progress("eplab run: algorithm", quiet);
     if (!cfg.routing_source) cfg.routing_source = shared_routing(cfg);
+    // Generate the routing once, here, so every child below inherits it.
+    for (int step = 0; step < cfg.steps; ++step)
+      for (int layer = 0; layer < cfg.layers; ++layer)
+        for (int r = 0; r < RunConfig_ranks(cfg); ++r) cfg.routing_source->batch(step, layer, r);
     for (size_t i = 0; i < names.size(); ++i) {
       RunConfig c = cfg;
       c.algorithm = names[i];
-      reports.push_back(run_experiment(c));
+      reports.push_back(run_isolated(c));
       progress.update(static_cast<int>(i + 1), static_cast<int>(names.size()));
     }
     progress.finish();
