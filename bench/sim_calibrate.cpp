@@ -6,16 +6,15 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "engine/experiment.hpp"
 
 namespace {
 
 struct Published {
-  const char* type;   // intranode: logical bandwidth (whole call); internode: RDMA bandwidth (kernel, no notify)
+  const char* type;  // intranode: logical bandwidth (whole call); internode: RDMA bandwidth (kernel, no notify)
   int ep;
   const char* phase;
   const char* bottleneck;
@@ -37,18 +36,22 @@ int main(int argc, char** argv) {
   std::string json_path, model;
   double max_error = 10;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--max-error") && i + 1 < argc) max_error = std::atof(argv[++i]);
-    else if (!std::strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
+      json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--max-error") && i + 1 < argc)
+      max_error = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--model") && i + 1 < argc)
+      model = argv[++i];
     else {
       std::fprintf(stderr, "usage: %s [--json FILE] [--max-error PCT] [--model ptask|flows]\n", argv[0]);
       return 2;
     }
   }
   nlohmann::json out = nlohmann::json::array();
-  std::printf("DeepEP V1 normal kernels vs eplab sim (h800-cx7, deepseek-v3, 4096 tokens/rank, routing deepep,\n"
-              "fp8-e4m3-b128 dispatch, bf16 combine, hierarchical), exchange model %s\n",
-              model.empty() ? "ptask" : model.c_str());
+  std::printf(
+      "DeepEP V1 normal kernels vs eplab sim (h800-cx7, deepseek-v3, 4096 tokens/rank, routing deepep,\n"
+      "fp8-e4m3-b128 dispatch, bf16 combine, hierarchical), exchange model %s\n",
+      model.empty() ? "ptask" : model.c_str());
   std::printf("%-10s %4s %-9s %-7s %14s %14s %9s %11s\n", "type", "EP", "phase", "bound", "published GB/s",
               "simulated GB/s", "error %", "time (us)");
   int bad = 0;
@@ -74,9 +77,15 @@ int main(int argc, char** argv) {
     if (std::fabs(err) > max_error) ++bad;
     std::printf("%-10s %4d %-9s %-7s %14.1f %14.1f %+9.1f %11.1f\n", row.type, row.ep, row.phase, row.bottleneck,
                 row.GBps, sim, err, ph["time_s"].get<double>() * 1e6);
-    out.push_back({{"type", row.type}, {"ep", row.ep}, {"phase", row.phase}, {"bottleneck", row.bottleneck},
-                   {"published_GBps", row.GBps}, {"simulated_GBps", sim}, {"error_pct", err},
-                   {"time_s", ph["time_s"]}, {"wall_s", r["wall_s"]}});
+    out.push_back({{"type", row.type},
+                   {"ep", row.ep},
+                   {"phase", row.phase},
+                   {"bottleneck", row.bottleneck},
+                   {"published_GBps", row.GBps},
+                   {"simulated_GBps", sim},
+                   {"error_pct", err},
+                   {"time_s", ph["time_s"]},
+                   {"wall_s", r["wall_s"]}});
   }
   std::printf("%d of %zu rows outside +-%.0f%%\n", bad, std::size(kRows), max_error);
   if (!json_path.empty()) {

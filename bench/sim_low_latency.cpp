@@ -5,23 +5,24 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "engine/experiment.hpp"
 
 int main(int argc, char** argv) {
   std::string json_path;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
+      json_path = argv[++i];
     else {
       std::fprintf(stderr, "usage: %s [--json FILE]\n", argv[0]);
       return 2;
     }
   }
   nlohmann::json out = nlohmann::json::array();
-  std::printf("eplab sim, low-latency mode: h800-cx7, deepseek-v3 (hidden 7168, top-8), 128 tokens/rank, deepep routing\n");
+  std::printf(
+      "eplab sim, low-latency mode: h800-cx7, deepseek-v3 (hidden 7168, top-8), 128 tokens/rank, deepep routing\n");
   std::printf("%5s %16s %16s %16s %16s\n", "EP", "dispatch (us)", "dispatch GB/s", "combine (us)", "combine GB/s");
   for (int ep : {8, 16, 32, 64, 128, 256}) {
     eplab::RunConfig c;
@@ -39,9 +40,13 @@ int main(int argc, char** argv) {
     const auto& d = r["phases"]["dispatch"];
     const auto& k = r["phases"]["combine"];
     std::printf("%5d %16.1f %16.1f %16.1f %16.1f\n", ep, d["time_s"].get<double>() * 1e6,
-                d["logical_bw_GBps"].get<double>(), k["time_s"].get<double>() * 1e6, k["logical_bw_GBps"].get<double>());
-    out.push_back({{"ep", ep}, {"dispatch_time_s", d["time_s"]}, {"dispatch_GBps", d["logical_bw_GBps"]},
-                   {"combine_time_s", k["time_s"]}, {"combine_GBps", k["logical_bw_GBps"]}});
+                d["logical_bw_GBps"].get<double>(), k["time_s"].get<double>() * 1e6,
+                k["logical_bw_GBps"].get<double>());
+    out.push_back({{"ep", ep},
+                   {"dispatch_time_s", d["time_s"]},
+                   {"dispatch_GBps", d["logical_bw_GBps"]},
+                   {"combine_time_s", k["time_s"]},
+                   {"combine_GBps", k["logical_bw_GBps"]}});
   }
   if (!json_path.empty()) {
     std::ofstream f(json_path);

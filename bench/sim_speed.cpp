@@ -11,10 +11,9 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/ep_engine.hpp"
 #include "engine/experiment.hpp"
@@ -110,10 +109,14 @@ int main(int argc, char** argv) {
   std::vector<std::string> algorithms;
   std::string json_path;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--max-ranks") && i + 1 < argc) max_ranks = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--min-ranks") && i + 1 < argc) min_ranks = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc) algorithms.push_back(argv[++i]);
-    else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    if (!std::strcmp(argv[i], "--max-ranks") && i + 1 < argc)
+      max_ranks = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--min-ranks") && i + 1 < argc)
+      min_ranks = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc)
+      algorithms.push_back(argv[++i]);
+    else if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
+      json_path = argv[++i];
     else {
       std::fprintf(stderr, "usage: %s [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]\n", argv[0]);
       return 2;
@@ -122,19 +125,25 @@ int main(int argc, char** argv) {
   if (algorithms.empty()) algorithms = eplab::algorithm_names();
   nlohmann::json out = nlohmann::json::array();
   std::printf("eplab sim speed: one layer dispatch + combine, h800-cx7, deepseek-v3, 4096 tokens/rank, deepep\n");
-  std::printf("wall = whole run_experiment; routing = time inside the deepep routing generator; sim = wall - routing\n");
+  std::printf(
+      "wall = whole run_experiment; routing = time inside the deepep routing generator; sim = wall - routing\n");
   std::printf("%6s %-14s %10s %11s %10s %12s %14s %14s\n", "GPUs", "algorithm", "wall (s)", "routing (s)", "sim (s)",
               "peak RSS MB", "sim disp (us)", "sim comb (us)");
   for (int ranks = min_ranks; ranks <= max_ranks; ranks *= 2)
     for (const auto& a : algorithms) {
       const Result r = run_child(ranks, a);
       std::printf("%6d %-14s %10.2f %11.2f %10.2f %12.0f %14.1f %14.1f%s\n", ranks, a.c_str(), r.wall_s, r.routing_s,
-                  r.wall_s - r.routing_s, r.maxrss_kb / 1024.0,
-                  r.sim_dispatch_s * 1e6, r.sim_combine_s * 1e6, r.ok ? "" : "  FAILED");
+                  r.wall_s - r.routing_s, r.maxrss_kb / 1024.0, r.sim_dispatch_s * 1e6, r.sim_combine_s * 1e6,
+                  r.ok ? "" : "  FAILED");
       std::fflush(stdout);
-      out.push_back({{"gpus", ranks}, {"algorithm", a}, {"ok", r.ok}, {"wall_s", r.wall_s}, {"routing_s", r.routing_s},
+      out.push_back({{"gpus", ranks},
+                     {"algorithm", a},
+                     {"ok", r.ok},
+                     {"wall_s", r.wall_s},
+                     {"routing_s", r.routing_s},
                      {"sim_wall_s", r.wall_s - r.routing_s},
-                     {"peak_rss_MB", r.maxrss_kb / 1024.0}, {"sim_dispatch_s", r.sim_dispatch_s},
+                     {"peak_rss_MB", r.maxrss_kb / 1024.0},
+                     {"sim_dispatch_s", r.sim_dispatch_s},
                      {"sim_combine_s", r.sim_combine_s}});
     }
   if (!json_path.empty()) {

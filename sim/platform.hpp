@@ -16,7 +16,7 @@ class Link;
 namespace eplab::sim {
 
 struct Platform {
-  std::vector<simgrid::s4u::Host*> hosts;   // index = rank
+  std::vector<simgrid::s4u::Host*> hosts;  // index = rank
 };
 
 // Builds the platform into the running s4u::Engine, which must not have one yet.

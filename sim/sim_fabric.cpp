@@ -1,15 +1,15 @@
 #include "sim/sim_fabric.hpp"
 
-#include <simgrid/Exception.hpp>
-#include <simgrid/s4u/Actor.hpp>
-#include <simgrid/s4u/Engine.hpp>
-#include <simgrid/s4u/Host.hpp>
 #include <xbt/log.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <simgrid/Exception.hpp>
+#include <simgrid/s4u/Actor.hpp>
+#include <simgrid/s4u/Engine.hpp>
+#include <simgrid/s4u/Host.hpp>
 
 #include "sim/sim_backend.hpp"
 
@@ -41,8 +41,8 @@ void SimWorld::match(RecvState& r, const Message& m, int me) {
   r.total_bytes = m.total;
   if (m.data.size() > r.buf.capacity) {
     r.error = "irecv: rank " + std::to_string(me) + ", peer " + std::to_string(m.src) + ", tag " + describe_tag(m.tag) +
-              ": message of " + std::to_string(m.data.size()) + " bytes exceeds the " +
-              std::to_string(r.buf.capacity) + "-byte receive buffer";
+              ": message of " + std::to_string(m.data.size()) + " bytes exceeds the " + std::to_string(r.buf.capacity) +
+              "-byte receive buffer";
     r.bytes = 0;
     return;
   }
@@ -193,9 +193,10 @@ void SimFabric::wait_all(std::span<Request> reqs, Deadline d) {
   bool caller = false;
   const double limit = limit_of(d, &caller);
   auto expired = [&](int peer, Tag tag) {
-    const std::string msg = "wait: " + where(peer, tag) + ": deadline passed (" +
-                            (caller ? std::string("the caller's") : std::to_string(world_.timeout_s()) + " s simulated") +
-                            ") with the message not yet received";
+    const std::string msg =
+        "wait: " + where(peer, tag) + ": deadline passed (" +
+        (caller ? std::string("the caller's") : std::to_string(world_.timeout_s()) + " s simulated") +
+        ") with the message not yet received";
     // The world's own limit means a hang: fail the run so that no other rank waits forever.
     if (!caller) world_.abort(msg);
     return FabricError(msg);
@@ -206,7 +207,8 @@ void SimFabric::wait_all(std::span<Request> reqs, Deadline d) {
     if (!r->matched) {
       std::unique_lock<s4u::Mutex> lock(*world_.mu_);
       while (!r->matched && world_.failure_.empty())
-        if (world_.cv_->wait_until(lock, limit) == std::cv_status::timeout && !r->matched) throw expired(r->peer, r->tag);
+        if (world_.cv_->wait_until(lock, limit) == std::cv_status::timeout && !r->matched)
+          throw expired(r->peer, r->tag);
       if (!r->matched) throw FabricError("rank " + std::to_string(rank_) + " stopped waiting: " + world_.failure_);
     }
     if (r->comm) {
@@ -374,7 +376,6 @@ class SimBackend : public Backend {
     for (auto& e : errors)
       if (e) std::rethrow_exception(e);
   }
-
 };
 
 }  // namespace

@@ -3,17 +3,16 @@
 // exchange round as ONE parallel task over the bytes matrix, which is what makes 1024+ ranks fast.
 #pragma once
 
-#include <simgrid/s4u/ConditionVariable.hpp>
-#include <simgrid/s4u/Mutex.hpp>
-#include <simgrid/s4u/Comm.hpp>
-#include <simgrid/s4u/Exec.hpp>
-
 #include <algorithm>
 #include <deque>
 #include <functional>
 #include <list>
 #include <map>
 #include <memory>
+#include <simgrid/s4u/Comm.hpp>
+#include <simgrid/s4u/ConditionVariable.hpp>
+#include <simgrid/s4u/Exec.hpp>
+#include <simgrid/s4u/Mutex.hpp>
 #include <string>
 #include <vector>
 
@@ -47,7 +46,7 @@ class SimWorld {
     Tag tag = 0;
     MutBuf buf;
     bool matched = false;
-    simgrid::s4u::CommPtr comm;   // the modeled transfer, started when send and receive have both been posted
+    simgrid::s4u::CommPtr comm;  // the modeled transfer, started when send and receive have both been posted
   };
   struct Message {
     int src;
@@ -64,10 +63,10 @@ class SimWorld {
   struct Round {
     int arrived = 0;
     bool done = false;
-    std::vector<double> bytes;                         // [src * R + dst] modeled bytes
-    std::vector<std::vector<PeerSend>> sends;          // by source rank
-    std::vector<std::span<PeerRecv>> recvs;            // by destination rank
-    std::vector<std::string> errors;                   // by rank
+    std::vector<double> bytes;                 // [src * R + dst] modeled bytes
+    std::vector<std::vector<PeerSend>> sends;  // by source rank
+    std::vector<std::span<PeerRecv>> recvs;    // by destination rank
+    std::vector<std::string> errors;           // by rank
   };
   void match(RecvState& r, const Message& m, int me);
   // Copies the round's real bytes and charges its bytes matrix: blocking, or started and left running when
@@ -89,7 +88,7 @@ class SimWorld {
   long barrier_gen_ = 0;
   int pipeline_count_ = 0;
   long pipeline_gen_ = 0;
-  double pipeline_start_ = -1;                       // SimGrid date the open pipeline's first round started
+  double pipeline_start_ = -1;  // SimGrid date the open pipeline's first round started
   std::vector<simgrid::s4u::ExecPtr> pipeline_tasks_;
 };
 
@@ -121,7 +120,7 @@ class SimFabric : public Fabric {
   void rendezvous(int& count, long& gen, const char* what, const std::function<void()>& last);
   SimWorld& world_;
   int rank_;
-  int pipeline_chunks_ = 0;   // > 0 between begin_pipeline and end_pipeline
+  int pipeline_chunks_ = 0;  // > 0 between begin_pipeline and end_pipeline
 };
 
 // Process-wide SimGrid settings (network model, log level); call after creating an s4u::Engine and before

@@ -2,13 +2,11 @@
 // one link each get half; routes cross the expected links), real-byte runs verified like emu, and
 // determinism (the same run twice gives the same report).
 #include <gtest/gtest.h>
-
-#include <simgrid/s4u/Engine.hpp>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <simgrid/s4u/Engine.hpp>
 
 #include "engine/ep_engine.hpp"
 #include "engine/experiment.hpp"
@@ -200,13 +198,12 @@ TEST_P(SimAlgorithms, PhantomIsTheDefaultAndCostsTime) {
   EXPECT_GT(r["phases"]["combine"]["time_s"].get<double>(), 1e-6);
 }
 
-INSTANTIATE_TEST_SUITE_P(Every, SimAlgorithms, ::testing::ValuesIn(algorithm_names()),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (auto& ch : n)
-                             if (ch == '-') ch = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Every, SimAlgorithms, ::testing::ValuesIn(algorithm_names()), [](const auto& info) {
+  std::string n = info.param;
+  for (auto& ch : n)
+    if (ch == '-') ch = '_';
+  return n;
+});
 
 // Each run in its own process, as two invocations of `eplab run` would be (SimGrid's clock is process-wide).
 std::string report_in_child(const RunConfig& c) {
