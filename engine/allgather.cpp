@@ -40,19 +40,37 @@ public:
       }
     }
 
-    // Notify: batch sizes, so every receive buffer fits (the same two counts go
-    // to everyone).
+    // What each destination keeps: its own slots' selections. Real payloads carry
+    // the whole batch to everyone; phantom ones copy only this part.
+    std::vector<TokenBlock> keep(R);
+    {
+      std::vector<int> last(R, -1);
+      for (int t = 0; t < all.size(); ++t)
+        for (int s = all.sel_begin[t]; s < all.sel_begin[t + 1]; ++s) {
+          const int r = c.placement.rank_of_slot(all.sel_slot[s]);
+          if (last[r] != t) {
+            last[r] = t;
+            keep[r].add_token(me, all.token[t]);
+          }
+          keep[r].add_sel(all.sel_slot[s], all.sel_weight[s]);
+        }
+    }
+
+    // Notify: the batch size, and the metadata each destination will receive
+    // as real bytes, so every receive buffer fits.
     PhaseStats notify;
     c.fabric.set_phase("notify");
     const double t0 = c.fabric.now();
-    const uint32_t out_counts[2] = {static_cast<uint32_t>(all.size()),
-                                    static_cast<uint32_t>(all.num_sels())};
-    std::vector<uint32_t> in_counts(2 * R);
+    std::vector<uint32_t> out_counts(3 * R), in_counts(3 * R);
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
     for (int r = 0; r < R; ++r) {
-      sends.push_back({r, ConstBuf{out_counts, sizeof(out_counts)}});
-      recvs.push_back({r, MutBuf{&in_counts[2 * r], 8}});
+      const TokenBlock &real = c.phantom() ? keep[r] : all;
+      out_counts[3 * r] = static_cast<uint32_t>(all.size());
+      out_counts[3 * r + 1] = static_cast<uint32_t>(real.size());
+      out_counts[3 * r + 2] = static_cast<uint32_t>(real.num_sels());
+      sends.push_back({r, ConstBuf{&out_counts[3 * r], 12}});
+      recvs.push_back({r, MutBuf{&in_counts[3 * r], 12}});
     }
     c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer), sends, recvs);
     const double t1 = c.fabric.now();
@@ -66,21 +84,35 @@ public:
     sends.clear();
     recvs.clear();
     EngineContext::Message msg;
-    if (all.size() > 0) {
+    std::vector<EngineContext::Message> sized(c.phantom() ? R : 0);
+    if (all.size() > 0 && !c.phantom()) {
       msg = c.make_block_message(
           all, a.x, *c.dispatch_codec,
           EngineContext::stream_id(Phase::kAllgather, a.layer, me, me));
       for (int r = 0; r < R; ++r)
         sends.push_back({r, msg.buf()});
+    } else if (all.size() > 0) {
+      // Sizes only: every destination is charged the whole batch, but only the
+      // metadata it keeps is copied, so a large simulated cluster does not copy
+      // every rank's metadata to every rank.
+      const size_t full =
+          block_meta_bytes(all.size(), all.num_sels()) +
+          c.dispatch_codec->encoded_size(all.size(), c.hidden());
+      for (int r = 0; r < R; ++r) {
+        pack_block(keep[r], 0, sized[r].bytes);
+        sized[r].phantom_bytes = full - sized[r].bytes.size();
+        sends.push_back({r, sized[r].buf()});
+      }
     }
     st->src_tokens.assign(R, 0);
     std::vector<std::vector<uint8_t>> inbox(R);
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
-      st->src_tokens[r] = static_cast<int32_t>(in_counts[2 * r]);
-      if (in_counts[2 * r] == 0)
+      st->src_tokens[r] = static_cast<int32_t>(in_counts[3 * r]);
+      if (in_counts[3 * r] == 0)
         continue;
-      inbox[r].resize(c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1],
+      inbox[r].resize(c.block_capacity(in_counts[3 * r + 1],
+                                       in_counts[3 * r + 2],
                                        *c.dispatch_codec));
       recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       from.push_back(r);
