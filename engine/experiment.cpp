@@ -82,7 +82,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   if (!phantom && !caps.real_payload)
     throw EplabError("backend '" + cfg.backend + "' cannot move real bytes");
 
-  RoutingParams rp{shape, topo, cfg.tokens, cfg.seed};
+  RoutingParams rp{shape, topo, cfg.tokens, cfg.seed, cfg.steps, cfg.layers};
   std::shared_ptr<RoutingSource> routing = cfg.routing_source;
   if (!routing) routing = make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp);
   const std::string routing_name = routing->name();
@@ -109,9 +109,9 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   bool lossless = true;
   {
     auto d = create_codec(dcodec), c = create_codec(ccodec);
-    lossless = d->lossless() && c->lossless() && d->name() != "bf16" && c->name() != "bf16";
+    lossless = d->lossless() && c->lossless();
     // Combine may re-encode a partial sum once on its way back (hierarchical), hence the factor 2.
-    tolerance = 2.0 * (d->error_bound() + 2.0 * c->error_bound()) + 1e-6;
+    tolerance = 2.0 * (d->error_bound_for(shape.hidden) + 2.0 * c->error_bound_for(shape.hidden)) + 1e-6;
   }
 
   const int R = topo.size(), calls = cfg.steps * cfg.layers;
