@@ -7,58 +7,15 @@
 
 #include "engine/error.hpp"
 #include "engine/experiment.hpp"
+#include "tests/emu/emu_test_util.hpp"
 
 namespace eplab {
 namespace {
 
-// Routing written by a test: fn(step, layer, rank) -> batch.
-class FnSource : public RoutingSource {
- public:
-  explicit FnSource(std::function<RoutingBatch(int, int, int)> fn) : fn_(std::move(fn)) {}
-  std::string name() const override { return "test routing"; }
-  RoutingBatch batch(int step, int layer, int rank) override { return fn_(step, layer, rank); }
-
- private:
-  std::function<RoutingBatch(int, int, int)> fn_;
-};
-
-RoutingBatch make_batch(int step, int layer, int rank, int tokens, int topk) {
-  RoutingBatch b;
-  b.step = step;
-  b.layer = layer;
-  b.src_rank = rank;
-  b.num_tokens = tokens;
-  b.topk = topk;
-  b.topk_idx.assign(static_cast<size_t>(tokens) * topk, -1);
-  b.topk_weights.assign(static_cast<size_t>(tokens) * topk, 0.f);
-  return b;
-}
-
-RunConfig small(int nodes, int gpus, const std::string& algorithm) {
-  RunConfig c;
-  c.backend = "emu";
-  c.nodes = nodes;
-  c.gpus_per_node = gpus;
-  c.model = "qwen-moe";  // 128 experts, top-8
-  c.hidden = 256;
-  c.tokens = 48;
-  c.routing = "uniform";
-  c.algorithm = algorithm;
-  c.dispatch_codec = "fp32";
-  c.combine_codec = "fp32";
-  c.timeout_s = 30;
-  return c;
-}
-
-void expect_verified(const nlohmann::json& r, bool bit_exact) {
-  ASSERT_TRUE(r["verification"]["ran"].get<bool>());
-  EXPECT_TRUE(r["verification"]["delivery_ok"].get<bool>()) << r["verification"].dump();
-  EXPECT_TRUE(r["verification"]["combine_ok"].get<bool>()) << r["verification"].dump();
-  if (bit_exact) {
-    EXPECT_TRUE(r["verification"]["bit_exact"].get<bool>()) << r["verification"].dump();
-  }
-  EXPECT_TRUE(r["verified"].get<bool>());
-}
+using testing_util::expect_verified;
+using testing_util::FnSource;
+using testing_util::make_batch;
+using testing_util::small;
 
 struct Shape {
   int nodes, gpus;
