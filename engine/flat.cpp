@@ -8,9 +8,9 @@ namespace eplab {
 namespace {
 
 struct FlatState {
-  std::vector<int32_t> sent_tokens;   // [ranks] tokens this rank sent to each destination
+  std::vector<int32_t> sent_tokens;                  // [ranks] tokens this rank sent to each destination
   std::vector<std::vector<int32_t>> sent_token_ids;  // [ranks] which of our tokens, in message order
-  std::vector<int32_t> recv_rows;     // [ranks] rows received from each source, in handle order
+  std::vector<int32_t> recv_rows;                    // [ranks] rows received from each source, in handle order
 };
 
 class Flat : public Algorithm {
@@ -66,7 +66,6 @@ class Flat : public Algorithm {
       const TokenBlock& b = blocks[r];
       if (b.size() == 0) continue;
       st->sent_tokens[r] = b.size();
-      st->sent_token_ids[r] = b.token;
       if (!c.phantom()) {
         rows.resize(static_cast<size_t>(b.size()) * H);
         for (int i = 0; i < b.size(); ++i)
@@ -75,6 +74,9 @@ class Flat : public Algorithm {
       msgs[r] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
                                      EngineContext::stream_id(Phase::kDispatch, a.layer, me, r));
       sends.push_back({r, msgs[r].buf()});
+      // The message holds the block now; combine needs only the token ids.
+      st->sent_token_ids[r] = std::move(blocks[r].token);
+      blocks[r].release();
     }
     std::vector<std::vector<uint8_t>> inbox(R);
     std::vector<int> from;
@@ -85,23 +87,28 @@ class Flat : public Algorithm {
       from.push_back(r);
     }
     c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, recvs);
+    std::vector<EngineContext::Message>().swap(msgs);
 
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
     st->recv_rows.assign(R, 0);
+    {
+      size_t tokens = 0, sels = 0;
+      for (int r : from) tokens += in_counts[2 * r], sels += in_counts[2 * r + 1];
+      h.recv.reserve(tokens, sels);
+      if (!c.phantom()) h.recv_x.reserve(tokens * H);
+    }
     TokenBlock b;
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
       c.read_block_message(inbox[r], recvs[i].bytes, b, brows, *c.dispatch_codec,
                            EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r);
+      std::vector<uint8_t>().swap(inbox[r]);
       st->recv_rows[r] = b.size();
-      for (int j = 0; j < b.size(); ++j) {
-        h.recv.add_token(b.src_rank[j], b.token[j]);
-        for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) h.recv.add_sel(b.sel_slot[s], b.sel_weight[s]);
-      }
+      h.recv.append(b);
       h.recv_x.insert(h.recv_x.end(), brows.begin(), brows.end());
     }
     disp.time_s = c.fabric.now() - t1;
@@ -159,7 +166,6 @@ class Flat : public Algorithm {
     comb.calls = 1;
     c.stats.combine.add(comb);
   }
-
 };
 
 }  // namespace

@@ -12,15 +12,15 @@ namespace {
 
 struct HierState {
   // Source role: tokens sent to each destination node's forwarder (same rail), in message order.
-  std::vector<std::vector<int32_t>> sent_token_ids;   // [nodes]
+  std::vector<std::vector<int32_t>> sent_token_ids;  // [nodes]
   // Forwarder role: rows received from each rail source (by node), and for each such row the rows it became
   // in the per-local-rank forward blocks: (local rank, row index), local rank ascending.
-  std::vector<int32_t> fwd_in_rows;                   // [nodes]
-  std::vector<int32_t> fwd_map_begin{0};              // [total in rows + 1]
-  std::vector<std::pair<int32_t, int32_t>> fwd_map;   // (local q, row in block q)
-  std::vector<int32_t> fwd_out_rows;                  // [gpus per node] rows forwarded to each local rank
+  std::vector<int32_t> fwd_in_rows;                  // [nodes]
+  std::vector<int32_t> fwd_map_begin{0};             // [total in rows + 1]
+  std::vector<std::pair<int32_t, int32_t>> fwd_map;  // (local q, row in block q)
+  std::vector<int32_t> fwd_out_rows;                 // [gpus per node] rows forwarded to each local rank
   // Receiver role: rows received from each local forwarder.
-  std::vector<int32_t> recv_rows;                     // [gpus per node]
+  std::vector<int32_t> recv_rows;  // [gpus per node]
 };
 
 // DeepEP streams each stage in chunks of tokens so the RDMA and NVLink stages overlap; EngineOptions::chunk_tokens
@@ -112,7 +112,6 @@ class Hierarchical : public Algorithm {
       const TokenBlock& b = to_node[n];
       if (b.size() == 0) continue;
       const int f = T.rank_of(n, my_local);
-      st->sent_token_ids[n] = b.token;
       if (!c.phantom()) {
         rows.resize(static_cast<size_t>(b.size()) * H);
         for (int i = 0; i < b.size(); ++i)
@@ -121,6 +120,9 @@ class Hierarchical : public Algorithm {
       msgs[n] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
                                      EngineContext::stream_id(Phase::kDispatch, a.layer, me, f));
       sends.push_back({f, msgs[n].buf()});
+      // The message holds the block now; combine needs only the token ids.
+      st->sent_token_ids[n] = std::move(to_node[n].token);
+      to_node[n].release();
     }
     std::vector<std::vector<uint8_t>> inbox(N);
     std::vector<int> from;
@@ -132,10 +134,21 @@ class Hierarchical : public Algorithm {
       from.push_back(n);
     }
     c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, 0), sends, recvs);
+    std::vector<EngineContext::Message>().swap(msgs);
+    std::vector<float>().swap(rows);
 
     // Forward inside the node: split each received token by local rank, keeping top-k order.
     std::vector<TokenBlock> to_local(G);
+    for (int q = 0; q < G; ++q) to_local[q].reserve(fwd_counts[2 * q], fwd_counts[2 * q + 1]);
     std::vector<std::vector<float>> local_rows(G);
+    {
+      size_t in_rows = 0;
+      for (int n : from) in_rows += rail_in[n * stride];
+      st->fwd_map_begin.reserve(in_rows + 1);
+      size_t out_rows = 0;
+      for (int q = 0; q < G; ++q) out_rows += fwd_counts[2 * q];
+      st->fwd_map.reserve(out_rows);
+    }
     st->fwd_in_rows.assign(N, 0);
     st->fwd_out_rows.assign(G, 0);
     TokenBlock b;
@@ -145,6 +158,7 @@ class Hierarchical : public Algorithm {
       const int n = from[i], src = T.rank_of(n, my_local);
       c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
                            EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
+      std::vector<uint8_t>().swap(inbox[n]);
       st->fwd_in_rows[n] = b.size();
       for (int j = 0; j < b.size(); ++j) {
         std::fill(last_tok.begin(), last_tok.end(), -1);
@@ -175,6 +189,8 @@ class Hierarchical : public Algorithm {
       fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
                                       EngineContext::stream_id(Phase::kForward, a.layer, me, r));
       sends.push_back({r, fmsgs[q].buf()});
+      to_local[q].release();
+      std::vector<float>().swap(local_rows[q]);
     }
     std::vector<std::vector<uint8_t>> linbox(G);
     std::vector<int> lfrom;
@@ -186,21 +202,26 @@ class Hierarchical : public Algorithm {
     }
     c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
     c.fabric.end_pipeline();
+    std::vector<EngineContext::Message>().swap(fmsgs);
 
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
     st->recv_rows.assign(G, 0);
+    {
+      size_t tokens = 0, sels = 0;
+      for (int q : lfrom) tokens += local_in[2 * q], sels += local_in[2 * q + 1];
+      h.recv.reserve(tokens, sels);
+      if (!c.phantom()) h.recv_x.reserve(tokens * H);
+    }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
       c.read_block_message(linbox[q], lrecvs[i].bytes, b, brows, *c.dispatch_codec,
                            EngineContext::stream_id(Phase::kForward, a.layer, f, me), f);
+      std::vector<uint8_t>().swap(linbox[q]);
       st->recv_rows[q] = b.size();
-      for (int j = 0; j < b.size(); ++j) {
-        h.recv.add_token(b.src_rank[j], b.token[j]);
-        for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) h.recv.add_sel(b.sel_slot[s], b.sel_weight[s]);
-      }
+      h.recv.append(b);
       h.recv_x.insert(h.recv_x.end(), brows.begin(), brows.end());
     }
     disp.time_s = c.fabric.now() - t1;

@@ -42,6 +42,23 @@ void TokenBlock::clear() {
   sel_weight.clear();
 }
 
+void TokenBlock::reserve(size_t tokens, size_t sels) {
+  src_rank.reserve(tokens);
+  token.reserve(tokens);
+  sel_begin.reserve(tokens + 1);
+  sel_slot.reserve(sels);
+  sel_weight.reserve(sels);
+}
+
+void TokenBlock::append(const TokenBlock& o) {
+  const int32_t base = sel_begin.back();
+  src_rank.insert(src_rank.end(), o.src_rank.begin(), o.src_rank.end());
+  token.insert(token.end(), o.token.begin(), o.token.end());
+  for (size_t i = 1; i < o.sel_begin.size(); ++i) sel_begin.push_back(base + o.sel_begin[i]);
+  sel_slot.insert(sel_slot.end(), o.sel_slot.begin(), o.sel_slot.end());
+  sel_weight.insert(sel_weight.end(), o.sel_weight.begin(), o.sel_weight.end());
+}
+
 size_t block_meta_bytes(int tokens, int sels) {
   return sizeof(BlockHeader) + static_cast<size_t>(tokens) * (3 * sizeof(int32_t)) + sizeof(int32_t) +
          static_cast<size_t>(sels) * (sizeof(int32_t) + sizeof(float));
@@ -50,6 +67,7 @@ size_t block_meta_bytes(int tokens, int sels) {
 void pack_block(const TokenBlock& b, uint64_t payload_bytes, std::vector<uint8_t>& out) {
   BlockHeader h{kBlockMagic, static_cast<uint32_t>(b.size()), static_cast<uint32_t>(b.num_sels()), 0, payload_bytes};
   const size_t at = out.size();
+  out.reserve(at + block_meta_bytes(b.size(), b.num_sels()));
   out.resize(at + sizeof h);
   std::memcpy(out.data() + at, &h, sizeof h);
   append(out, b.src_rank, b.size());
@@ -62,7 +80,8 @@ void pack_block(const TokenBlock& b, uint64_t payload_bytes, std::vector<uint8_t
 size_t unpack_block(const uint8_t* data, size_t size, TokenBlock& b, uint64_t& payload_bytes, const char* what) {
   BlockHeader h;
   if (size < sizeof h)
-    throw FabricError(std::string(what) + ": message of " + std::to_string(size) + " bytes is shorter than a block header");
+    throw FabricError(std::string(what) + ": message of " + std::to_string(size) +
+                      " bytes is shorter than a block header");
   std::memcpy(&h, data, sizeof h);
   if (h.magic != kBlockMagic) throw FabricError(std::string(what) + ": message does not start with a token block");
   const size_t meta = block_meta_bytes(static_cast<int>(h.tokens), static_cast<int>(h.sels));

@@ -12,7 +12,7 @@ namespace eplab {
 struct TokenBlock {
   std::vector<int32_t> src_rank;
   std::vector<int32_t> token;
-  std::vector<int32_t> sel_begin{0};   // [tokens + 1] offsets into sel_slot / sel_weight
+  std::vector<int32_t> sel_begin{0};  // [tokens + 1] offsets into sel_slot / sel_weight
   std::vector<int32_t> sel_slot;
   std::vector<float> sel_weight;
 
@@ -29,6 +29,11 @@ struct TokenBlock {
     sel_weight.push_back(weight);
     ++sel_begin.back();
   }
+  void reserve(size_t tokens, size_t sels);
+  // Appends every token of `o` (bulk copies, not token by token).
+  void append(const TokenBlock& o);
+  // Frees the storage, not just the contents: a simulated cluster keeps every rank's blocks alive at once.
+  void release() { *this = TokenBlock{}; }
 };
 
 // Bytes the metadata of a block with this many tokens and selections occupies.
