@@ -114,6 +114,19 @@ void ThreadFabric::wait_all(std::span<Request> reqs, Deadline d) {
   }
 }
 
+void ThreadFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
+  std::vector<Request> reqs;
+  reqs.reserve(sends.size() + recvs.size());
+  for (auto& r : recvs) reqs.push_back(irecv(r.peer, tag, r.data));
+  barrier();
+  for (auto& s : sends) reqs.push_back(isend(s.peer, tag, s.data));
+  wait_all(reqs, d);
+  for (size_t i = 0; i < recvs.size(); ++i) {
+    recvs[i].bytes = reqs[i].bytes();
+    recvs[i].total_bytes = reqs[i].total_bytes();
+  }
+}
+
 double ThreadFabric::now() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - world_.t0_).count();
 }

@@ -57,13 +57,20 @@ class ThreadFabric : public Fabric {
   int rank() const override { return rank_; }
   int size() const override { return world_.size(); }
   const Topology& topology() const override { return world_.topology(); }
-  Caps caps() const override { return Caps{}; }
+  Caps caps() const override {
+    Caps c;
+    c.native_alltoallv = true;
+    return c;
+  }
   Request isend(int peer, Tag tag, ConstBuf data) override;
   Request irecv(int peer, Tag tag, MutBuf data) override;
   void wait_all(std::span<Request> reqs, Deadline d) override;
   double now() const override;
   void compute(const ComputeCost&) override {}
   void barrier() override;
+  // Posts every receive, waits until all ranks have, then sends: each message is copied once, straight into
+  // its receive buffer, never into the unexpected queue.
+  void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) override;
 
  private:
   void check_peer(int peer, const char* op, Tag tag) const;
