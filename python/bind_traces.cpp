@@ -1,0 +1,159 @@
+// Routing: generators and trace files. Batches come back as dicts of numpy arrays ([tokens, topk] expert ids
+// and weights) so a notebook can histogram them without knowing the C++ types.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "engine/error.hpp"
+#include "python/bindings.hpp"
+#include "traces/routing_source.hpp"
+#include "traces/trace_file.hpp"
+#include "traces/trace_tools.hpp"
+
+namespace eplab::py_bind {
+
+namespace {
+
+RoutingParams make_params(const std::string& model, const std::string& cluster, int nodes, int gpus_per_node,
+                          int tokens, uint64_t seed) {
+  ClusterSpec spec = cluster_preset(cluster);
+  if (nodes > 0) spec.nodes = nodes;
+  if (gpus_per_node > 0) spec.gpus_per_node = gpus_per_node;
+  if (tokens < 1) throw EplabError("tokens must be at least 1 per rank, got " + std::to_string(tokens));
+  RoutingParams p;
+  p.shape = model_preset(model);
+  p.topology = Topology(spec);
+  p.tokens_per_rank = tokens;
+  p.seed = seed;
+  return p;
+}
+
+py::dict batch_dict(const RoutingBatch& b) {
+  py::dict d;
+  d["step"] = b.step;
+  d["layer"] = b.layer;
+  d["src_rank"] = b.src_rank;
+  d["num_tokens"] = b.num_tokens;
+  d["topk"] = b.topk;
+  const std::vector<py::ssize_t> shape{b.num_tokens, b.topk};
+  d["topk_idx"] = py::array_t<int32_t>(shape, b.topk_idx.data());
+  d["topk_weights"] = py::array_t<float>(shape, b.topk_weights.data());
+  return d;
+}
+
+py::dict header_dict(const TraceHeader& h) {
+  py::dict d;
+  d["format_version"] = h.format_version;
+  d["model"] = h.shape.name;
+  d["num_experts"] = h.shape.num_experts;
+  d["topk"] = h.shape.topk;
+  d["cluster"] = h.cluster;
+  d["nodes"] = h.nodes;
+  d["gpus_per_node"] = h.gpus_per_node;
+  d["num_steps"] = h.num_steps;
+  d["num_layers"] = h.num_layers;
+  d["num_ranks"] = h.num_ranks;
+  d["tokens_per_rank"] = h.tokens_per_rank;
+  d["generator"] = h.provenance.generator;
+  d["seed"] = h.provenance.seed;
+  d["created_by"] = h.provenance.created_by;
+  return d;
+}
+
+// A routing source kept open between calls: the generator or the scanned trace index is built once.
+class SourceHandle {
+ public:
+  explicit SourceHandle(std::unique_ptr<RoutingSource> s) : src_(std::move(s)) {}
+  std::string name() const { return src_->name(); }
+  int num_steps() const { return src_->num_steps(); }
+  int num_layers() const { return src_->num_layers(); }
+  RoutingBatch batch(int step, int layer, int rank) { return src_->batch(step, layer, rank); }
+
+ private:
+  std::unique_ptr<RoutingSource> src_;
+};
+
+}  // namespace
+
+void bind_traces(py::module_& m) {
+  py::class_<SourceHandle>(m, "RoutingSource", "Routing decisions by (step, layer, rank): a generator or a trace.")
+      .def_property_readonly("name", &SourceHandle::name)
+      .def_property_readonly("num_steps", &SourceHandle::num_steps, "-1 for generators (unbounded)")
+      .def_property_readonly("num_layers", &SourceHandle::num_layers, "-1 for generators (unbounded)")
+      .def(
+          "batch",
+          [](SourceHandle& s, int step, int layer, int rank) {
+            RoutingBatch b = call_without_gil([&] { return s.batch(step, layer, rank); });
+            return batch_dict(b);
+          },
+          py::arg("step") = 0, py::arg("layer") = 0, py::arg("rank") = 0,
+          "One batch as a dict: topk_idx and topk_weights are [tokens, topk] arrays (-1: no expert).");
+
+  m.def(
+      "routing_source",
+      [](const std::string& spec, const std::string& model, const std::string& cluster, int nodes, int gpus_per_node,
+         int tokens, uint64_t seed) {
+        RoutingParams p = make_params(model, cluster, nodes, gpus_per_node, tokens, seed);
+        return SourceHandle(make_routing(spec, p));
+      },
+      py::arg("routing") = "uniform", py::arg("model") = "deepseek-v3", py::arg("cluster") = "h800-cx7",
+      py::arg("nodes") = 0, py::arg("gpus_per_node") = 0, py::arg("tokens") = 4096, py::arg("seed") = 1,
+      "A routing generator (uniform, deepep, zipf:S, hotset:..., correlated:...) or trace:PATH.");
+
+  m.def(
+      "write_trace",
+      [](const std::string& path, const std::string& routing, const std::string& model, const std::string& cluster,
+         int nodes, int gpus_per_node, int tokens, uint64_t seed, int steps, int layers) {
+        TraceGenOptions o;
+        o.routing = routing;
+        o.params = make_params(model, cluster, nodes, gpus_per_node, tokens, seed);
+        o.steps = steps;
+        o.layers = layers;
+        o.created_by = "eplab python";
+        TraceHeader h = call_without_gil([&] { return generate_trace(o, path); });
+        return header_dict(h);
+      },
+      py::arg("path"), py::arg("routing") = "uniform", py::arg("model") = "deepseek-v3",
+      py::arg("cluster") = "h800-cx7", py::arg("nodes") = 0, py::arg("gpus_per_node") = 0, py::arg("tokens") = 4096,
+      py::arg("seed") = 1, py::arg("steps") = 1, py::arg("layers") = 1,
+      "Writes a generator's routing (steps x layers x ranks batches) to a trace file; returns its header.");
+
+  m.def(
+      "trace_header", [](const std::string& path) { return header_dict(read_trace_header(path)); }, py::arg("path"),
+      "A trace file's header (model, cluster, grid, provenance) without reading the batches.");
+
+  m.def(
+      "read_trace",
+      [](const std::string& path) {
+        std::vector<RoutingBatch> batches = call_without_gil([&] {
+          TraceReader r(path);
+          std::vector<RoutingBatch> out;
+          while (auto b = r.next()) out.push_back(std::move(*b));
+          return out;
+        });
+        py::list out;
+        for (const auto& b : batches) out.append(batch_dict(b));
+        return out;
+      },
+      py::arg("path"), "Every batch of a trace file, in file order (meant for small traces).");
+
+  m.def(
+      "trace_summary",
+      [](const std::string& path) {
+        TraceSummary s = call_without_gil([&] { return summarize_trace(path); });
+        py::dict d;
+        d["header"] = header_dict(s.header);
+        d["file_bytes"] = s.file_bytes;
+        d["num_batches"] = s.num_batches;
+        d["num_tokens"] = s.num_tokens;
+        d["selections"] = s.selections;
+        d["expert_load"] = py::array_t<uint64_t>(s.expert_load.size(), s.expert_load.data());
+        d["load_max_over_mean"] = s.load_max_over_mean;
+        d["load_cv"] = s.load_cv;
+        d["unused_experts"] = s.unused_experts;
+        d["text"] = format_trace_summary(s);
+        return d;
+      },
+      py::arg("path"), "Tallies a trace: per-expert load, hottest experts, skew (what `eplab trace info` shows).");
+}
+
+}  // namespace eplab::py_bind

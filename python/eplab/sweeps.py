@@ -1,0 +1,103 @@
+"""Sweeps: a grid of run configurations, run in parallel processes (or on a Dask cluster), as one DataFrame.
+
+    df = eplab.sweep(eplab.grid(routing=["uniform", "zipf:1.2"], redundant_experts=[0, 16]),
+                     base=dict(backend="sim", nodes=4, gpus_per_node=8, tokens=512))
+
+Each configuration runs in a worker process, so runs proceed in parallel and a crash in one cannot take the
+notebook down. With ``client=`` (a dask.distributed Client) the grid is spread over that cluster's workers.
+"""
+
+import concurrent.futures as cf
+import itertools
+import multiprocessing
+import sys
+
+__all__ = ["grid", "sweep"]
+
+
+def grid(**axes):
+    """The cartesian product of the axes: grid(a=[1, 2], b=["x"]) -> [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]."""
+    keys = list(axes)
+    for k in keys:
+        if isinstance(axes[k], (str, bytes)) or not hasattr(axes[k], "__iter__"):
+            axes[k] = [axes[k]]
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def _label(value):
+    """What a configuration value looks like in the DataFrame: codec objects by name."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) else repr(value)
+
+
+def _run_one(config, errors):
+    """Runs one configuration in a worker; returns the row (configuration columns first, then the report)."""
+    from .result import run
+
+    row = {k: _label(v) for k, v in config.items()}
+    try:
+        result = run(**config)
+    except Exception as e:  # noqa: BLE001 - recorded per row when errors="record"
+        if errors == "raise":
+            raise
+        row["error"] = f"{type(e).__name__}: {e}"
+        return row
+    for k, v in result.row().items():
+        row.setdefault(k, v)
+    if errors == "record":
+        row.setdefault("error", None)
+    return row
+
+
+def _configs(grid_or_list, base):
+    if isinstance(grid_or_list, dict):
+        grid_or_list = grid(**grid_or_list)
+    base = dict(base or {})
+    return [{**base, **c} for c in grid_or_list]
+
+
+def sweep(configs, base=None, *, processes=None, client=None, progress=True, errors="raise", mp_context=None):
+    """Runs every configuration and returns a pandas DataFrame, one row per configuration, in grid order.
+
+    configs: a list of option dicts (see eplab.grid) or a dict of axes; base: options shared by all.
+    processes: worker processes (default: CPU count, at most the grid size); client: a dask.distributed
+    Client to run on instead; progress: a tqdm progress bar; errors: "raise" (the first failure is raised) or
+    "record" (an ``error`` column). Python codecs given as objects must be picklable; with Dask, their class
+    must be importable on the workers.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    if errors not in ("raise", "record"):
+        raise ValueError("errors must be 'raise' or 'record'")
+    todo = _configs(configs, base)
+    rows = [None] * len(todo)
+    bar = tqdm(total=len(todo), desc="eplab sweep", disable=not progress, file=sys.stderr)
+    try:
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.map(_run_one, todo, [errors] * len(todo), pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            for fut in as_completed(futures):
+                rows[index[fut.key]] = fut.result()
+                bar.update(1)
+        elif todo:
+            workers = processes or min(len(todo), multiprocessing.cpu_count())
+            # fork keeps classes defined in a notebook's __main__ (Python codecs) usable in the workers.
+            ctx = multiprocessing.get_context(mp_context or ("fork" if sys.platform == "linux" else "spawn"))
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_run_one, c, errors): i for i, c in enumerate(todo)}
+                try:
+                    for fut in cf.as_completed(futures):
+                        rows[futures[fut]] = fut.result()
+                        bar.update(1)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    return pd.DataFrame(rows)
