@@ -5,3 +5,7 @@ target_link_libraries(policy_balance PRIVATE eplab_core eplab_warnings)
 # Rebalancing over time (bench/results/policy_migration.json: build/bench/policy_migration --json ...).
 add_executable(policy_migration ${CMAKE_CURRENT_SOURCE_DIR}/policy_migration.cpp)
 target_link_libraries(policy_migration PRIVATE eplab_core eplab_warnings)
+# Policies on the simulator: full runs with migration as traffic (bench/results/policy_sim.json:
+#   build/bench/policy_sim --json bench/results/policy_sim.json).
+add_executable(policy_sim ${CMAKE_CURRENT_SOURCE_DIR}/policy_sim.cpp)
+target_link_libraries(policy_sim PRIVATE eplab eplab_warnings)

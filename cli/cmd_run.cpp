@@ -164,6 +164,11 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("transform", &cfg.transform, "expert transform checked on real bytes: identity | scale | ffn")
       .opt("payload", &cfg.payload, "real | phantom | auto")
       .opt("redundant-experts", &cfg.redundant_experts, "extra expert slots (a multiple of the rank count)")
+      .opt("balancer", &cfg.balancer, "expert placement: none | eplb[:...] | migration-aware[:...] (docs/policies.md)")
+      .opt("heat", &cfg.heat, "heat predictor for rebalancing: last | ema:alpha=A | window:w=W | trend:... | oracle")
+      .opt("rebalance-every", &cfg.rebalance_every, "re-place experts every N steps, moving weights (0: never)")
+      .opt("replica-selection", &cfg.replica_selection,
+           "round-robin | least-loaded | topology-aware[:costs=FILE from eplab probe]")
       .opt("steps", &cfg.steps, "steps")
       .opt("layers", &cfg.layers, "MoE layers per step")
       .opt("seed", &cfg.seed, "seed for routing and activations")
@@ -211,6 +216,14 @@ int cmd_run(const std::vector<std::string>& argv) {
   auto report = run_experiment(cfg, [&](int d, int t) { progress.update(d, t); });
   progress.finish();
   std::cout << format_summary(report);
+  if (cfg.rebalance_every > 0) {
+    const auto& m = report["migration"];
+    std::printf("policies: %s, heat %s every %d steps, %s | migration %d rebalances, %ld slots, %.3f GB%s\n",
+                cfg.balancer.c_str(), cfg.heat.c_str(), cfg.rebalance_every, cfg.replica_selection.c_str(),
+                m["rebalances"].get<int>(), m["slots_moved"].get<long>(), m["bytes"].get<double>() / 1e9,
+                m["timed"].get<bool>() ? (", " + std::to_string(m["time_s"].get<double>() * 1e3) + " ms").c_str()
+                                       : " (not timed: real-byte backend)");
+  }
   if (!report_path.empty()) {
     std::ofstream out(report_path);
     out << report.dump(2) << "\n";

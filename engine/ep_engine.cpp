@@ -172,7 +172,15 @@ long count_token_node_pairs(const EngineContext& c, const DispatchArgs& a) {
 Handle EpEngine::dispatch(const DispatchArgs& a) {
   if (!ctx_.phantom() && a.x == nullptr && a.num_tokens > 0)
     throw EplabError("engine: dispatch without activations needs phantom mode");
+  if (a.placement && (a.placement->num_ranks() != ctx_.placement.num_ranks() ||
+                      a.placement->slots_per_rank() != ctx_.placement.slots_per_rank()))
+    throw EplabError("engine: rank " + std::to_string(ctx_.rank()) + ", step " + std::to_string(a.step) + ", layer " +
+                     std::to_string(a.layer) + ": dispatch placement has " + std::to_string(a.placement->num_ranks()) +
+                     " ranks x " + std::to_string(a.placement->slots_per_rank()) + " slots, the engine's " +
+                     std::to_string(ctx_.placement.num_ranks()) + " x " +
+                     std::to_string(ctx_.placement.slots_per_rank()));
   Handle h = algo_->dispatch(ctx_, a);
+  h.placement = a.placement ? a.placement : &ctx_.placement;
   h.token_node_pairs = count_token_node_pairs(ctx_, a);
   ctx_.stats.dispatch.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.dispatch_codec);
   ctx_.stats.dispatch.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.dispatch_codec);

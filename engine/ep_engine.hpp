@@ -58,6 +58,10 @@ struct DispatchArgs {
   const int32_t* slots = nullptr;   // [tokens x topk] physical expert slots, -1 = unused
   const float* weights = nullptr;   // [tokens x topk]
   const float* x = nullptr;         // [tokens x hidden] activations; null in phantom mode
+  // Which expert each slot holds for this call (rebalancing changes it between steps); null: the engine's.
+  // It must have the engine placement's geometry (ranks x slots per rank): algorithms route by slot -> rank
+  // only, so the per-call placement changes what a slot computes, never where its tokens travel.
+  const Placement* placement = nullptr;
 };
 
 // Returned by dispatch, consumed by combine. `recv` lists every row this rank received: its origin
@@ -70,6 +74,7 @@ struct Handle {
   TokenBlock recv;
   std::vector<float> recv_x;      // [recv.size() x hidden]; empty in phantom mode
   std::shared_ptr<void> state;    // the algorithm's private bookkeeping for combine
+  const Placement* placement = nullptr;  // the placement dispatch ran with (never null after dispatch)
 };
 
 class EngineContext;

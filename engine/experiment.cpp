@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <mutex>
 
 #include "engine/backend.hpp"
@@ -10,6 +11,10 @@
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 #include "engine/report.hpp"
+#include "policies/balance/balancer.hpp"
+#include "policies/heat/heat_predictor.hpp"
+#include "policies/heat/policy_spec.hpp"
+#include "policies/replica/replica_selector.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab {
@@ -38,6 +43,80 @@ ComputeCost expert_cost(const Handle& h, const Placement& placement, const MoeSh
   c.hbm_bytes = active * 3.0 * shape.hidden * shape.expert_ffn * weight_bytes + sels * shape.hidden * 2.0 * 2.0;
   c.what = "expert";
   return c;
+}
+
+// `topology-aware:costs=FILE[,metric=latency|bandwidth]` reads the matrix `eplab probe` wrote; other specs go
+// to the registry. One selector per rank, so stateful selectors never share state across threads.
+std::function<std::unique_ptr<ReplicaSelector>()> replica_selector_factory(const std::string& text, int ranks) {
+  if (text.rfind("topology-aware:", 0) != 0) {
+    create_replica_selector(text);  // fail early on an unknown name
+    return [text] { return create_replica_selector(text); };
+  }
+  const PolicySpec spec("replica selector", text);
+  spec.allow_only({"costs", "metric"});
+  const std::string path = spec.string("costs", ""), metric = spec.string("metric", "latency");
+  if (path.empty()) throw EplabError("replica selector '" + text + "': costs=FILE is required (from eplab probe)");
+  if (metric != "latency" && metric != "bandwidth")
+    throw EplabError("replica selector '" + text + "': metric must be latency or bandwidth, got '" + metric + "'");
+  std::ifstream in(path);
+  if (!in) throw EplabError("replica selector '" + text + "': cannot open cost matrix '" + path + "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw EplabError("cost matrix '" + path + "': not JSON: " + e.what());
+  }
+  const char* key = metric == "latency" ? "latency_s" : "bandwidth_GBps";
+  if (!j.contains("ranks") || j["ranks"].get<int>() != ranks || !j.contains(key) || j[key].size() != size_t(ranks))
+    throw EplabError("cost matrix '" + path + "': expected \"ranks\": " + std::to_string(ranks) + " and a " +
+                     std::to_string(ranks) + " x " + std::to_string(ranks) + " \"" + key + "\" matrix");
+  std::vector<double> cost(static_cast<size_t>(ranks) * ranks);
+  for (int a = 0; a < ranks; ++a) {
+    if (j[key][a].size() != size_t(ranks))
+      throw EplabError("cost matrix '" + path + "': row " + std::to_string(a) + " of \"" + key + "\" has " +
+                       std::to_string(j[key][a].size()) + " entries, expected " + std::to_string(ranks));
+    for (int b = 0; b < ranks; ++b) {
+      const double v = j[key][a][b].get<double>();
+      // Cheaper = lower latency, or higher bandwidth (self has infinite bandwidth: cost 0).
+      cost[static_cast<size_t>(a) * ranks + b] = metric == "latency" ? v : (a == b || v <= 0 ? 0.0 : 1.0 / v);
+    }
+  }
+  return [ranks, cost] { return std::make_unique<TopologyAwareSelector>(ranks, cost); };
+}
+
+// One expert's weights moving to a slot's new rank from a rank that held the expert before.
+struct Transfer {
+  int src, dst;
+};
+
+// What the planner decided for one (step, layer): the placement to run with and the weights to move first.
+struct LayerPlan {
+  std::shared_ptr<const Placement> placement;
+  std::vector<Transfer> moves;  // empty: nothing migrates before this call
+  int slots_moved = 0;
+  double forecast_mape = -1;    // predicted vs actual load; < 0 without a forecast
+};
+
+// Each changed slot fetches its new expert from an old holder: its own rank if it already held a replica
+// (a local copy, nothing crosses the fabric), else one in its node, else the lowest old slot.
+std::vector<Transfer> plan_moves(const Placement& old_p, const Placement& new_p, const Topology& topo) {
+  std::vector<Transfer> moves;
+  for (int s = 0; s < new_p.num_slots(); ++s) {
+    const int32_t e = new_p.expert_of_slot(s);
+    if (e == old_p.expert_of_slot(s)) continue;
+    const int dst = new_p.rank_of_slot(s);
+    int src = -1;
+    for (int32_t o : old_p.replicas(e)) {
+      const int r = old_p.rank_of_slot(o);
+      if (r == dst) {
+        src = dst;
+        break;
+      }
+      if (src < 0 || (topo.node_of(r) == topo.node_of(dst) && topo.node_of(src) != topo.node_of(dst))) src = r;
+    }
+    if (src >= 0 && src != dst) moves.push_back({src, dst});
+  }
+  return moves;
 }
 
 }  // namespace
@@ -94,7 +173,62 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
                      std::to_string(cfg.layers));
   std::mutex routing_mu;
 
-  const Placement placement = Placement::contiguous(shape.num_experts, topo.size(), cfg.redundant_experts);
+  // Placements per (step, layer), planned here so every rank (thread or simulated actor) runs each call
+  // with the same one. The measured load the predictors learn from is the routing's selections per expert
+  // summed over all ranks' batches, which does not depend on the run, so planning ahead is exact.
+  if (cfg.rebalance_every < 0)
+    throw EplabError("--rebalance-every must be 0 (never) or a number of steps, got " +
+                     std::to_string(cfg.rebalance_every));
+  const bool oracle = cfg.heat == "oracle";
+  if (!oracle) create_heat_predictor(cfg.heat);  // fail early on a typo even when nothing rebalances
+  const auto make_selector = replica_selector_factory(cfg.replica_selection, topo.size());
+  const int E = shape.num_experts, R = topo.size(), calls = cfg.steps * cfg.layers;
+  std::vector<LayerPlan> plan(calls);
+  std::vector<RoutingBatch> planned_batches;  // [call x rank], moved out by the rank that runs it
+  {
+    std::vector<std::unique_ptr<Balancer>> balancers;
+    std::vector<std::unique_ptr<HeatPredictor>> predictors;
+    std::vector<std::shared_ptr<const Placement>> current;
+    for (int l = 0; l < cfg.layers; ++l) {
+      balancers.push_back(create_balancer(cfg.balancer));
+      if (!oracle) predictors.push_back(create_heat_predictor(cfg.heat));
+      BalanceResult r = balancers[l]->balance({std::vector<double>(E, 0.0), topo, shape, cfg.redundant_experts, nullptr});
+      current.push_back(std::make_shared<const Placement>(std::move(r.placement)));
+    }
+    const bool learn = cfg.rebalance_every > 0;
+    // Keep the batches planning generated when they fit comfortably, so the run does not generate them twice.
+    const double batch_bytes = static_cast<double>(calls) * R * cfg.tokens * shape.topk * 8.0;
+    if (learn && batch_bytes < 1e9) planned_batches.resize(static_cast<size_t>(calls) * R);
+    std::vector<double> load;
+    for (int step = 0; step < cfg.steps; ++step)
+      for (int l = 0; l < cfg.layers; ++l) {
+        LayerPlan& lp = plan[step * cfg.layers + l];
+        if (learn) {
+          load.assign(E, 0.0);
+          for (int r = 0; r < R; ++r) {
+            RoutingBatch b = routing->batch(step, l, r);
+            validate_batch(b, E, routing_name.c_str());
+            add_expert_load(b, load);
+            if (!planned_batches.empty()) planned_batches[static_cast<size_t>(step * cfg.layers + l) * R + r] = std::move(b);
+          }
+          const std::vector<double> forecast = oracle ? load : predictors[l]->predict();
+          if (!forecast.empty()) lp.forecast_mape = forecast_mape(forecast, load);
+          if (step % cfg.rebalance_every == 0 && !forecast.empty()) {
+            BalanceResult r = balancers[l]->balance({forecast, topo, shape, cfg.redundant_experts, current[l].get()});
+            const int moved = slots_changed(*current[l], r.placement);
+            if (moved > 0) {
+              lp.slots_moved = moved;
+              lp.moves = plan_moves(*current[l], r.placement, topo);
+              current[l] = std::make_shared<const Placement>(std::move(r.placement));
+            }
+          }
+          if (!oracle) predictors[l]->observe(load);
+        }
+        lp.placement = current[l];
+      }
+  }
+  // Weights are fp8 where the model's wire format is (DeepSeek-V3), bf16 otherwise.
+  const double expert_bytes = expert_weight_bytes(shape, shape.dispatch_codec.rfind("fp8", 0) == 0 ? 1.0 : 2.0);
   const bool verify = cfg.verify && !phantom;
   const ExpertTransform transform(cfg.transform, shape.num_experts, shape.hidden, cfg.seed);
 
@@ -114,24 +248,55 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     tolerance = 2.0 * (d->error_bound_for(shape.hidden) + 2.0 * c->error_bound_for(shape.hidden)) + 1e-6;
   }
 
-  const int R = topo.size(), calls = cfg.steps * cfg.layers;
   std::vector<RankRecord> records(R);
+  // Per call: selections per slot (all sources), each rank's layer time and migration time.
+  const int S = plan[0].placement->num_slots();
+  std::vector<std::atomic<int64_t>> call_slot_load(static_cast<size_t>(calls) * S);
+  std::vector<std::vector<double>> layer_time(R, std::vector<double>(calls, 0.0)), migration_time = layer_time;
   std::vector<std::vector<Delivery5>> expected(R), received(R);
   std::atomic<int> done_calls{0};
 
   backend->launch(topo, LaunchOptions{phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
     const int me = f.rank();
     RankRecord& rec = records[me];
-    rec.slot_load.assign(placement.num_slots(), 0);
-    EpEngine engine(f, shape, placement, eopts);
-    RoundRobinSelector selector;
+    rec.slot_load.assign(S, 0);
+    EpEngine engine(f, shape, *plan[0].placement, eopts);
+    const std::unique_ptr<ReplicaSelector> selector = make_selector();
     std::vector<int32_t> slots;
+    std::vector<uint8_t> move_hdr(8 * R, 0), move_in(8 * R, 0);
     std::vector<float> x, partials, out, ref;
     for (int step = 0; step < cfg.steps; ++step)
       for (int layer = 0; layer < cfg.layers; ++layer) {
         const int call = step * cfg.layers + layer;
+        const Placement& placement = *plan[call].placement;
+        if (!plan[call].moves.empty()) {
+          // Migration: one all-to-all-v round carrying each (old holder -> new holder) pair's expert weights.
+          // Simulated fabrics charge the bytes as phantom payload; real-byte fabrics get an 8-byte placeholder
+          // per pair and no time is reported (eplab does not hold expert weights to move).
+          std::vector<double> bytes_to(R, 0.0), bytes_from(R, 0.0);
+          for (const Transfer& t : plan[call].moves) {
+            if (t.src == me) bytes_to[t.dst] += expert_bytes;
+            if (t.dst == me) bytes_from[t.src] += expert_bytes;
+          }
+          std::vector<PeerSend> sends;
+          std::vector<PeerRecv> recvs;
+          for (int p = 0; p < R; ++p) {
+            if (bytes_to[p] > 0)
+              sends.push_back(
+                  {p, ConstBuf{move_hdr.data() + 8 * p, 8, phantom ? static_cast<size_t>(bytes_to[p]) - 8 : 0}});
+            if (bytes_from[p] > 0) recvs.push_back({p, MutBuf{move_in.data() + 8 * p, 8}});
+          }
+          f.set_phase("migration");
+          f.barrier();
+          const double t0 = f.now();
+          f.alltoallv(make_tag(Phase::kUser, step, layer, 1), sends, recvs, Deadline::after(f, cfg.timeout_s));
+          f.barrier();
+          if (phantom) migration_time[me][call] = f.now() - t0;
+        }
         RoutingBatch batch;
-        {
+        if (!planned_batches.empty()) {
+          batch = std::move(planned_batches[static_cast<size_t>(call) * R + me]);
+        } else {
           std::lock_guard<std::mutex> lock(routing_mu);
           batch = routing->batch(step, layer, me);
         }
@@ -139,17 +304,21 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         if (batch.topk != shape.topk)
           throw EplabError(routing_name + ": batch has top-" + std::to_string(batch.topk) + ", model '" + shape.name +
                            "' uses top-" + std::to_string(shape.topk));
-        selector.select(batch, placement, topo, slots);
+        selector->select(batch, placement, topo, slots);
         for (int32_t s : slots)
-          if (s >= 0) ++rec.slot_load[s];
+          if (s >= 0) {
+            ++rec.slot_load[s];
+            call_slot_load[static_cast<size_t>(call) * S + s].fetch_add(1, std::memory_order_relaxed);
+          }
         if (!phantom) {
           x.resize(static_cast<size_t>(batch.num_tokens) * shape.hidden);
           make_activations(cfg.seed, step, layer, me, batch.num_tokens, shape.hidden, x.data());
         }
         DispatchArgs args{step, layer, batch.num_tokens, batch.topk, slots.data(), batch.topk_weights.data(),
-                          phantom ? nullptr : x.data()};
+                          phantom ? nullptr : x.data(), &placement};
         const EngineStats before = engine.stats();
         f.barrier();
+        const double call_t0 = f.now();
         Handle h = engine.dispatch(args);
         rec.recv_rows.push_back(h.recv.size());
         // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
@@ -170,6 +339,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         f.barrier();
         engine.combine(h, phantom ? nullptr : partials.data(), phantom ? nullptr : out.data());
         rec.record_call(before, engine.stats());
+        layer_time[me][call] = f.now() - call_t0;
         if (verify) {
           ref.resize(out.size());
           reference_combine(batch, slots, x.data(), placement, topo, transform, engine.reduction(), shape.hidden,
@@ -209,7 +379,64 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
 
   ReportInputs in{cfg, spec, shape, dcodec, ccodec, routing_name, phantom, backend->name(), calls};
   in.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
-  return build_report(in, records, vr);
+  nlohmann::json report = build_report(in, records, vr);
+
+  // Policies: per-step imbalance, forecast error, migration and layer time (maxima over ranks).
+  nlohmann::json per_step = nlohmann::json::array();
+  double total_bytes = 0, total_mig_s = 0, total_layer_s = 0;
+  int rebalances = 0;
+  long total_moved = 0;
+  for (int step = 0; step < cfg.steps; ++step) {
+    double rank_imb = 0, slot_imb = 0, mape = 0, bytes = 0, mig_s = 0, layer_s = 0;
+    int mape_n = 0, moved = 0;
+    for (int l = 0; l < cfg.layers; ++l) {
+      const int call = step * cfg.layers + l;
+      const LayerPlan& lp = plan[call];
+      std::vector<double> slot(S), rank(R, 0.0);
+      for (int s = 0; s < S; ++s) {
+        slot[s] = static_cast<double>(call_slot_load[static_cast<size_t>(call) * S + s].load());
+        rank[lp.placement->rank_of_slot(s)] += slot[s];
+      }
+      rank_imb += max_over_mean(rank) / cfg.layers;
+      slot_imb += max_over_mean(slot) / cfg.layers;
+      if (lp.forecast_mape >= 0) mape += lp.forecast_mape, ++mape_n;
+      bytes += static_cast<double>(lp.moves.size()) * expert_bytes;
+      moved += lp.slots_moved;
+      rebalances += lp.slots_moved > 0;
+      double lt = 0, mt = 0;
+      for (int r = 0; r < R; ++r) lt = std::max(lt, layer_time[r][call]), mt = std::max(mt, migration_time[r][call]);
+      layer_s += lt;
+      mig_s += mt;
+    }
+    nlohmann::json row = {{"step", step},
+                          {"rank_max_over_mean", rank_imb},
+                          {"slot_max_over_mean", slot_imb},
+                          {"forecast_mape_pct", mape_n ? nlohmann::json(mape / mape_n) : nlohmann::json(nullptr)},
+                          {"slots_moved", moved},
+                          {"migration_bytes", bytes},
+                          {"migration_time_s", mig_s},
+                          {"layer_time_s", layer_s}};
+    per_step.push_back(std::move(row));
+    total_bytes += bytes;
+    total_mig_s += mig_s;
+    total_layer_s += layer_s;
+    total_moved += moved;
+  }
+  report["policies"] = {{"balancer", cfg.balancer},
+                        {"heat", cfg.heat},
+                        {"rebalance_every", cfg.rebalance_every},
+                        {"replica_selection", cfg.replica_selection},
+                        {"redundant_experts", cfg.redundant_experts}};
+  report["migration"] = {{"bytes", total_bytes},
+                         {"time_s", total_mig_s},
+                         {"rebalances", rebalances},
+                         {"slots_moved", total_moved},
+                         {"expert_weight_bytes", expert_bytes},
+                         {"timed", phantom}};
+  report["step_time"] = {{"layers_s", total_layer_s}, {"migration_s", total_mig_s},
+                         {"total_s", total_layer_s + total_mig_s}};
+  report["per_step"] = std::move(per_step);
+  return report;
 }
 
 }  // namespace eplab

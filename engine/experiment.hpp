@@ -35,6 +35,14 @@ struct RunConfig {
   int layers = 1;
   uint64_t seed = 1;
   int redundant_experts = 0;
+  // Policies (docs/policies.md). Placements are planned centrally, per (step, layer), before ranks start:
+  // the initial one from `balancer` with zero heat; every `rebalance_every` steps (0: never) the balancer
+  // re-places each layer from `heat`'s forecast ("oracle": the step's own load), moving expert weights over
+  // the fabric. `replica_selection` picks which replica serves each selection.
+  std::string balancer = "none";
+  std::string heat = "last";
+  int rebalance_every = 0;
+  std::string replica_selection = "round-robin";
   double timeout_s = 60;
   bool verify = true;            // check delivery and combine where real bytes move
   std::string sim_model;         // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
