@@ -145,6 +145,7 @@ int cmd_run(const std::vector<std::string>& argv) {
   cfg.backend = have_sim ? "sim" : "emu";
   std::string report_path;
   bool quiet = false, no_verify = false, compare = false;
+  int overlap_allreduce = 1;
   Args args("eplab run [options]",
             "Run dispatch -> expert compute -> combine for steps x layers on a backend and report phase times,\n"
             "bandwidths (DeepEP's definitions), bytes by link class, imbalance and verification.");
@@ -175,6 +176,9 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("sim-model", &cfg.sim_model, "sim: exchanges as one parallel task per round (ptask) or per-message flows")
       .opt("timeout", &cfg.timeout_s, "seconds a rank may wait for a peer before the run fails")
       .opt("report", &report_path, "write the JSON report to this file")
+      .opt("mode", &cfg.mode, "inference | training (backward pass and dense-gradient all-reduce)")
+      .opt("overlap-allreduce", &overlap_allreduce, "training: 1 overlaps the all-reduce with backward compute, 0 not")
+      .opt("timeline", &cfg.timeline, "write a Chrome trace-event timeline (Perfetto) to this file")
       .flag("no-verify", &no_verify, "skip the delivery and combine check")
       .flag("compare", &compare, "run every algorithm on the same workload and print one table")
       .flag("quiet", &quiet, "no progress line");
@@ -184,6 +188,11 @@ int cmd_run(const std::vector<std::string>& argv) {
   if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   if (cfg.backend == "emu" && !args.given("nodes")) cfg.nodes = 2;
   cfg.verify = !no_verify;
+  if (overlap_allreduce != 0 && overlap_allreduce != 1)
+    throw EplabError("--overlap-allreduce must be 0 or 1, got " + std::to_string(overlap_allreduce));
+  cfg.overlap_allreduce = overlap_allreduce == 1;
+  if (compare && !cfg.timeline.empty())
+    throw EplabError("--timeline records one run; drop --compare (or pick one --algorithm)");
   if (!report_path.empty()) {
     std::ofstream probe(report_path, std::ios::app);
     if (!probe) throw EplabError("cannot write the report to '" + report_path + "'");

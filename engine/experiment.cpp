@@ -11,6 +11,8 @@
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 #include "engine/report.hpp"
+#include "engine/timeline.hpp"
+#include "engine/training.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/heat/heat_predictor.hpp"
 #include "policies/heat/policy_spec.hpp"
@@ -255,12 +257,18 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   std::vector<std::vector<double>> layer_time(R, std::vector<double>(calls, 0.0)), migration_time = layer_time;
   std::vector<std::vector<Delivery5>> expected(R), received(R);
   std::atomic<int> done_calls{0};
+  if (cfg.mode != "inference" && cfg.mode != "training")
+    throw EplabError("--mode must be inference or training, got '" + cfg.mode + "'");
+  Timeline timeline(topo, !cfg.timeline.empty());
+  std::vector<StepRecord> step_records(R);
 
   backend->launch(topo, LaunchOptions{phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
     const int me = f.rank();
     RankRecord& rec = records[me];
     rec.slot_load.assign(S, 0);
     EpEngine engine(f, shape, *plan[0].placement, eopts);
+    f.record_links(&timeline);
+    StepDriver steps({f, engine, shape, cfg, timeline, phantom}, step_records[me]);
     const std::unique_ptr<ReplicaSelector> selector = make_selector();
     std::vector<int32_t> slots;
     std::vector<uint8_t> move_hdr(8 * R, 0), move_in(8 * R, 0);
@@ -268,6 +276,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     for (int step = 0; step < cfg.steps; ++step)
       for (int layer = 0; layer < cfg.layers; ++layer) {
         const int call = step * cfg.layers + layer;
+        if (layer == 0) steps.begin_step(step);
         const Placement& placement = *plan[call].placement;
         if (!plan[call].moves.empty()) {
           // Migration: one all-to-all-v round carrying each (old holder -> new holder) pair's expert weights.
@@ -320,10 +329,13 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         f.barrier();
         const double call_t0 = f.now();
         Handle h = engine.dispatch(args);
+        ForwardTimes ft{call_t0, f.now()};
         rec.recv_rows.push_back(h.recv.size());
         // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
         f.set_phase("expert");
-        f.compute(expert_cost(h, placement, shape, dcodec));
+        const ComputeCost ecost = expert_cost(h, placement, shape, dcodec);
+        f.compute(ecost);
+        ft.expert1 = f.now();
         if (!phantom) expert_partials(h, placement, transform, engine.reduction(), shape.hidden, partials);
         if (verify) {
           for (int i = 0; i < h.recv.size(); ++i)
@@ -337,15 +349,20 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         }
         out.resize(phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
         f.barrier();
+        ft.combine0 = f.now();
         engine.combine(h, phantom ? nullptr : partials.data(), phantom ? nullptr : out.data());
         rec.record_call(before, engine.stats());
         layer_time[me][call] = f.now() - call_t0;
+        ft.combine1 = f.now();
+        ft.notify_s = rec.notify.back().time_s;
+        steps.forward_layer(args, ecost, ft);
         if (verify) {
           ref.resize(out.size());
           reference_combine(batch, slots, x.data(), placement, topo, transform, engine.reduction(), shape.hidden,
                             ref.data());
           rec.add_comparison(out.data(), ref.data(), out.size());
         }
+        if (layer == cfg.layers - 1) steps.end_step(step);
         if (me == 0 && progress) progress(++done_calls, calls);
       }
   });
@@ -380,6 +397,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   ReportInputs in{cfg, spec, shape, dcodec, ccodec, routing_name, phantom, backend->name(), calls};
   in.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   nlohmann::json report = build_report(in, records, vr);
+  add_step_report(report, in, step_records, timeline.link_summary());
+  if (!cfg.timeline.empty()) timeline.write(cfg.timeline, {{"mode", cfg.mode}, {"backend", in.backend}});
 
   // Policies: per-step imbalance, forecast error, migration and layer time (maxima over ranks).
   nlohmann::json per_step = nlohmann::json::array();

@@ -46,6 +46,9 @@ struct RunConfig {
   double timeout_s = 60;
   bool verify = true;            // check delivery and combine where real bytes move
   std::string sim_model;         // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
+  std::string mode = "inference";  // inference | training (backward pass and dense all-reduce; README)
+  bool overlap_allreduce = true;     // training: all-reduce dense gradients during the next layer's backward compute
+  std::string timeline;              // write a Chrome trace-event timeline to this file (empty: none)
 };
 
 using ProgressFn = std::function<void(int done, int total)>;

@@ -18,6 +18,7 @@
 namespace eplab {
 
 using Tag = uint64_t;
+class LinkRecorder;  // engine/timeline.hpp
 
 // A send buffer: `bytes` real bytes at `ptr` plus `phantom_bytes` that are charged but never copied.
 // Only fabrics whose caps().phantom_payload is true accept phantom_bytes > 0 or ptr == nullptr with bytes > 0.
@@ -116,6 +117,10 @@ class Fabric {
   // fabric that models time may overlap the stages, and end_pipeline() (collective) waits until all are done.
   virtual void begin_pipeline(int chunks) {}
   virtual void end_pipeline() {}
+
+  // Asks a fabric that models links (sim) to report each exchange round's bytes per link to `r` (null stops it);
+  // every rank passes the same recorder. Others have no links to report and ignore it.
+  virtual void record_links(LinkRecorder* r) {}
 
   // Name of the phase now running, quoted by errors ("rank 3, peer 5, tag 0x..., phase dispatch").
   void set_phase(std::string phase) { phase_ = std::move(phase); }

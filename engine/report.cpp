@@ -163,6 +163,36 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
   return j;
 }
 
+void add_step_report(nlohmann::json& j, const ReportInputs& in, const std::vector<StepRecord>& steps,
+                     const nlohmann::json& links) {
+  // Per step the slowest rank's time and the largest compute any rank did (the critical path's compute), then
+  // the mean over steps; exposed communication is whatever of the step that compute does not fill.
+  const int n = steps.empty() ? 0 : static_cast<int>(steps[0].step_s.size());
+  double step = 0, compute = 0, allreduce = 0;
+  for (int s = 0; s < n; ++s) {
+    double st = 0, co = 0, ar = 0;
+    for (auto& r : steps) {
+      st = std::max(st, r.step_s[s]);
+      co = std::max(co, r.compute_s[s]);
+      ar = std::max(ar, r.allreduce_s[s]);
+    }
+    step += st / n;
+    compute += co / n;
+    allreduce += ar / n;
+  }
+  j["mode"] = in.cfg.mode;
+  j["step_time_s"] = step;
+  j["compute_s"] = compute;
+  j["comm_fraction"] = step > 0 ? std::clamp((step - compute) / step, 0.0, 1.0) : 0.0;
+  j["tokens_per_s"] = step > 0 ? static_cast<double>(in.cfg.tokens) * steps.size() / step : 0.0;
+  if (in.cfg.mode == "training")
+    j["training"] = {{"overlap_allreduce", in.cfg.overlap_allreduce},
+                     {"dense_grad_bytes_per_layer", StepDriver::dense_grad_bytes(in.shape)},
+                     {"allreduce_exposed_s", allreduce},
+                     {"allreduce", "ring over all ranks, 2(N-1) steps of bytes/N, bf16"}};
+  if (!links.is_null()) j["links"] = links;
+}
+
 std::string format_summary(const nlohmann::json& r) {
   std::ostringstream os;
   char line[256];
@@ -197,6 +227,12 @@ std::string format_summary(const nlohmann::json& r) {
                 r["imbalance"]["rank_max_over_mean"].get<double>(), r["imbalance"]["slot_max_over_mean"].get<double>(),
                 r["wall_s"].get<double>());
   os << line;
+  if (r.contains("step_time_s") && r.value("mode", "") == "training") {
+    std::snprintf(line, sizeof line, "training step: %.3f ms, compute %.3f ms, comm_fraction %.3f, %.0f tokens/s\n",
+                  r["step_time_s"].get<double>() * 1e3, r["compute_s"].get<double>() * 1e3,
+                  r["comm_fraction"].get<double>(), r["tokens_per_s"].get<double>());
+    os << line;
+  }
   return os.str();
 }
 

@@ -12,6 +12,7 @@
 #include "engine/experiment.hpp"
 #include "engine/moe_shape.hpp"
 #include "engine/topology.hpp"
+#include "engine/training.hpp"
 
 namespace eplab {
 
@@ -47,5 +48,10 @@ struct ReportInputs {
 };
 
 nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord>& ranks, const VerifyResult& v);
+
+// Adds the step keys (mode, step_time_s, compute_s, comm_fraction, tokens_per_s, training.*) and, where the
+// fabric recorded links, the `links` utilization summary (Timeline::link_summary).
+void add_step_report(nlohmann::json& report, const ReportInputs& in, const std::vector<StepRecord>& steps,
+                     const nlohmann::json& links);
 
 }  // namespace eplab

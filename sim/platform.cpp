@@ -106,4 +106,48 @@ std::vector<std::string> route_link_names(const Platform& p, int a, int b, doubl
   return names;
 }
 
+std::vector<LinkInfo> platform_links(const Topology& topo) {
+  const ClusterSpec& s = topo.spec();
+  const double up_Bps = s.scaleup_GBps * 1e9 * s.scaleup_efficiency;
+  const double nic_Bps = s.nic_GBps * 1e9 * s.nic_efficiency * s.nics_per_gpu;
+  const std::string up_cls = s.scaleup == ScaleUpKind::kPcie ? "pcie" : "nvlink";
+  std::vector<LinkInfo> links;
+  for (int r = 0; r < topo.size(); ++r) {
+    const std::string g = "gpu" + std::to_string(r);
+    links.push_back({g + "-scaleup-up", up_cls, up_Bps});
+    links.push_back({g + "-scaleup-down", up_cls, up_Bps});
+    links.push_back({g + "-nic-up", "nic", nic_Bps});
+    links.push_back({g + "-nic-down", "nic", nic_Bps});
+  }
+  const bool rail = s.scaleout == ScaleOutKind::kRailOptimized;
+  const int groups = rail ? topo.gpus_per_node() : topo.nodes();
+  const int members = rail ? topo.nodes() : topo.gpus_per_node();
+  const double group_Bps = members * nic_Bps / s.oversubscription;
+  for (int g = 0; g < groups; ++g) {
+    const std::string n = std::string(rail ? "rail" : "leaf") + std::to_string(g);
+    links.push_back({n + "-spine-up", "spine", group_Bps});
+    links.push_back({n + "-spine-down", "spine", group_Bps});
+  }
+  return links;
+}
+
+int route_link_ids(const Topology& topo, int a, int b, int out[4]) {
+  if (a == b) return 0;
+  if (topo.node_of(a) == topo.node_of(b)) {
+    out[0] = 4 * a;
+    out[1] = 4 * b + 1;
+    return 2;
+  }
+  const bool rail = topo.spec().scaleout == ScaleOutKind::kRailOptimized;
+  const int ga = rail ? topo.local_of(a) : topo.node_of(a), gb = rail ? topo.local_of(b) : topo.node_of(b);
+  int n = 0;
+  out[n++] = 4 * a + 2;
+  if (ga != gb) {
+    out[n++] = 4 * topo.size() + 2 * ga;
+    out[n++] = 4 * topo.size() + 2 * gb + 1;
+  }
+  out[n++] = 4 * b + 3;
+  return n;
+}
+
 }  // namespace eplab::sim

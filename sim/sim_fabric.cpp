@@ -52,6 +52,29 @@ void SimWorld::match(RecvState& r, const Message& m, int me) {
     r.comm = s4u::Comm::sendto_async(platform_.hosts[m.src], platform_.hosts[me], std::max<uint64_t>(m.total, 1));
 }
 
+void SimWorld::set_recorder(LinkRecorder* r) {
+  if (r == recorder_) return;  // every rank passes the same one
+  recorder_ = r;
+  if (r) r->set_links(platform_links(topo_));
+}
+
+// Spreads a round's bytes matrix over the links of each pair's route; O(nonzero pairs), next to the O(ranks²)
+// the round itself costs.
+std::vector<double> SimWorld::link_bytes(const std::vector<double>& bytes) const {
+  const int R = size();
+  const int groups = topo_.spec().scaleout == ScaleOutKind::kRailOptimized ? topo_.gpus_per_node() : topo_.nodes();
+  std::vector<double> per_link(4 * static_cast<size_t>(R) + 2 * static_cast<size_t>(groups), 0.0);
+  int ids[4];
+  for (int a = 0; a < R; ++a)
+    for (int b = 0; b < R; ++b) {
+      const double x = bytes[static_cast<size_t>(a) * R + b];
+      if (x <= 0) continue;
+      const int n = route_link_ids(topo_, a, b, ids);
+      for (int i = 0; i < n; ++i) per_link[ids[i]] += x;
+    }
+  return per_link;
+}
+
 void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
   const int R = size();
   // Sends to each destination, in source order (every source appended in rank order), for binary search.
@@ -94,10 +117,14 @@ void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
       auto task = s4u::this_actor::exec_init(platform_.hosts, flops, round.bytes);
       task->start();
       pipeline_tasks_.push_back(task);
+      if (recorder_) pipeline_records_.push_back({round_phase_, s4u::Engine::get_clock(), link_bytes(round.bytes)});
     }
     return;
   }
+  const double start = s4u::Engine::get_clock();
   if (any) s4u::this_actor::parallel_execute(platform_.hosts, flops, round.bytes);
+  if (any && recorder_)
+    recorder_->link_round(round_phase_, start - t0_, s4u::Engine::get_clock() - t0_, link_bytes(round.bytes));
   if (topo_.spec().round_overhead_s > 0) s4u::this_actor::sleep_for(topo_.spec().round_overhead_s);
 }
 
@@ -106,9 +133,13 @@ void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
 // min(stage durations) / chunks, then one round overhead for the chain.
 void SimWorld::finish_pipeline(int chunks) {
   double last_end = s4u::Engine::get_clock(), shortest = -1;
-  for (auto& task : pipeline_tasks_) {
-    task->wait();
+  for (size_t i = 0; i < pipeline_tasks_.size(); ++i) {
+    pipeline_tasks_[i]->wait();
     const double end = s4u::Engine::get_clock();
+    if (i < pipeline_records_.size()) {
+      const PendingRound& p = pipeline_records_[i];
+      recorder_->link_round(p.phase, p.start - t0_, end - t0_, p.link_bytes);
+    }
     last_end = std::max(last_end, end);
     const double dur = end - pipeline_start_;
     shortest = shortest < 0 ? dur : std::min(shortest, dur);
@@ -118,6 +149,7 @@ void SimWorld::finish_pipeline(int chunks) {
   end += topo_.spec().round_overhead_s;
   if (end > s4u::Engine::get_clock()) s4u::this_actor::sleep_until(end);
   pipeline_tasks_.clear();
+  pipeline_records_.clear();
   pipeline_start_ = -1;
 }
 
@@ -242,6 +274,7 @@ void SimFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<Pe
   for (auto& s : sends)
     if (s.peer != rank_) round.bytes[static_cast<size_t>(rank_) * R + s.peer] += static_cast<double>(s.data.total());
   if (++round.arrived == R) {
+    world_.round_phase_ = phase_;
     world_.run_round(tag, round, pipeline_chunks_ > 0);
     round.done = true;
     world_.cv_->notify_all();

@@ -38,6 +38,8 @@ class SimWorld {
   const std::string& failure() const { return failure_; }
   // "flows" exchange model: alltoallv as one SimGrid communication per message, not one parallel task.
   bool per_flow_ = false;
+  // Where rounds report their bytes per link (timeline, link utilization); null: not recorded.
+  void set_recorder(LinkRecorder* r);
 
  private:
   friend class SimFabric;
@@ -90,6 +92,16 @@ class SimWorld {
   long pipeline_gen_ = 0;
   double pipeline_start_ = -1;  // SimGrid date the open pipeline's first round started
   std::vector<simgrid::s4u::ExecPtr> pipeline_tasks_;
+  // Link recording: the phase of the round being run, and a pipeline's rounds until their tasks end.
+  std::vector<double> link_bytes(const std::vector<double>& bytes) const;
+  LinkRecorder* recorder_ = nullptr;
+  std::string round_phase_;
+  struct PendingRound {
+    std::string phase;
+    double start;
+    std::vector<double> link_bytes;  // per link, not the ranks² matrix: bounded memory at scale
+  };
+  std::vector<PendingRound> pipeline_records_;  // parallel to pipeline_tasks_ while recording
 };
 
 class SimFabric : public Fabric {
@@ -108,6 +120,7 @@ class SimFabric : public Fabric {
   void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) override;
   void begin_pipeline(int chunks) override { pipeline_chunks_ = std::max(chunks, 1); }
   void end_pipeline() override;
+  void record_links(LinkRecorder* r) override { world_.set_recorder(r); }
 
  private:
   void check_peer(int peer, const char* op, Tag tag) const;

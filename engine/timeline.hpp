@@ -1,0 +1,93 @@
+// Timeline of a run: per-rank phase spans and, where a fabric models links (sim), every exchange round's bytes
+// per link. Written as Chrome trace-event JSON (Perfetto, chrome://tracing); the same link records give the
+// report's per-link utilization summary, so they are kept (aggregated per phase) even when no file is asked for.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/topology.hpp"
+
+namespace eplab {
+
+// One modeled link: its name in the platform, its class ("nvlink", "nic", "spine") and its modeled capacity.
+struct LinkInfo {
+  std::string name;
+  std::string cls;
+  double Bps = 0;
+};
+
+// What a fabric that models links reports to (Fabric::record_links). Calls may come from any thread.
+class LinkRecorder {
+ public:
+  virtual ~LinkRecorder() = default;
+  // Once, before any round: the links, in the order link_round indexes them.
+  virtual void set_links(std::vector<LinkInfo> links) = 0;
+  // One exchange round of phase `phase` (the fabric's phase name) ran from t0 to t1 (seconds of Fabric::now())
+  // and carried link_bytes[i] bytes over link i.
+  virtual void link_round(const std::string& phase, double t0, double t1, const std::vector<double>& link_bytes) = 0;
+};
+
+class Timeline : public LinkRecorder {
+ public:
+  // Past this many ranks the file keeps a sample of ranks and per-class link aggregates, so that a 2048-GPU run
+  // still writes a file a viewer opens.
+  static constexpr int kMaxDetailedRanks = 64;
+
+  // `events`: keep spans and counters for write(); off, only the per-phase link totals are kept.
+  Timeline(const Topology& topo, bool events);
+
+  bool events() const { return events_; }
+  // Whether spans of this rank go into the file (all ranks up to kMaxDetailedRanks, then an even sample).
+  bool records_rank(int rank) const { return events_ && rank % rank_stride_ == 0; }
+  // A phase span of one rank, in seconds of Fabric::now(). Cheap no-op when off or the rank is not sampled.
+  void span(int rank, const std::string& name, double t0, double t1);
+
+  // Prefix for the phase names of the rounds that follow ("bwd-" during a backward pass): the engine's
+  // algorithms name their phases dispatch/combine whichever direction the gradients travel.
+  void set_phase_prefix(std::string prefix);
+
+  void set_links(std::vector<LinkInfo> links) override;
+  void link_round(const std::string& phase, double t0, double t1, const std::vector<double>& link_bytes) override;
+
+  // Report key `links`: per phase and link class, max and mean utilization = bytes a link carried in the phase
+  // over (its capacity x the phase's time), the phase's time being the union of its rounds' intervals. Null
+  // when no fabric recorded links.
+  nlohmann::json link_summary() const;
+
+  // Writes the Chrome trace-event JSON; `meta` goes into its otherData with what was sampled or aggregated.
+  void write(const std::string& path, const nlohmann::json& meta) const;
+
+ private:
+  struct Span {
+    int rank;
+    std::string name;
+    double t0, t1;
+  };
+  struct Round {
+    double t0, t1;
+    std::vector<std::pair<int, double>> bytes;  // (track, bytes): per link, or per class aggregate at scale
+  };
+  struct PhaseLinks {
+    std::vector<double> bytes;                     // per link, all rounds of the phase
+    std::vector<std::pair<double, double>> spans;  // round intervals
+  };
+
+  const Topology topo_;
+  const bool events_;
+  int rank_stride_ = 1;
+  bool per_link_tracks_ = true;
+  mutable std::mutex mu_;
+  std::string prefix_;
+  std::vector<Span> spans_;
+  std::vector<LinkInfo> links_;
+  std::vector<std::string> track_names_;  // counter tracks: a link each, or "<class> mean" / "<class> max"
+  std::vector<double> track_Bps_;         // capacity behind each track (for utilization in the plot)
+  std::vector<Round> rounds_;
+  std::vector<std::pair<std::string, PhaseLinks>> phases_;  // in first-seen order
+};
+
+}  // namespace eplab

@@ -1,0 +1,168 @@
+#include "engine/training.hpp"
+
+#include <algorithm>
+
+#include "engine/error.hpp"
+
+namespace eplab {
+namespace {
+
+// The ring's 2(N-1) steps are charged as at most this many exchange rounds (each carrying several steps'
+// bytes): they run back to back on the same links, so the bandwidth they need is the same, and a bounded
+// round count keeps the simulator's work (and, overlapped, its concurrent tasks) independent of N.
+constexpr int kMaxAllreduceRounds = 8;
+// The overlapped all-reduce rides on the fabric's pipeline hint (the one way the engine has to leave exchange
+// rounds running while the rank computes). Its rounds are not a chain of dependent stages, so the hint's
+// "last chunk crosses the shortest stage" term must vanish: many chunks.
+constexpr int kOverlapChunks = 1 << 20;
+
+}  // namespace
+
+void StepDriver::begin_step(int) {
+  c_.f.barrier();
+  step0_ = c_.f.now();
+  compute_ = 0;
+  allreduce_ = 0;
+  layers_.clear();
+}
+
+double StepDriver::timed_compute(const ComputeCost& cost, const char* span) {
+  const double t0 = c_.f.now();
+  c_.f.compute(cost);
+  const double t1 = c_.f.now();
+  c_.timeline.span(c_.f.rank(), span, t0, t1);
+  compute_ += t1 - t0;
+  return t1;
+}
+
+ComputeCost StepDriver::dense_cost(double flops_per_param_token, double hbm_bytes) const {
+  ComputeCost c;
+  c.flops = flops_per_param_token * c_.shape.dense_params * c_.cfg.tokens;
+  c.hbm_bytes = hbm_bytes;
+  c.what = "dense";
+  return c;
+}
+
+void StepDriver::forward_layer(const DispatchArgs& args, const ComputeCost& expert, const ForwardTimes& t) {
+  const int me = c_.f.rank();
+  c_.timeline.span(me, "notify", t.dispatch0, t.dispatch0 + t.notify_s);
+  c_.timeline.span(me, "dispatch", t.dispatch0 + t.notify_s, t.expert0);
+  c_.timeline.span(me, "expert", t.expert0, t.expert1);
+  c_.timeline.span(me, "combine", t.combine0, t.combine1);
+  compute_ += t.expert1 - t.expert0;
+  if (c_.cfg.mode != "training") return;
+  Layer l;
+  l.num_tokens = args.num_tokens;
+  l.topk = args.topk;
+  const size_t sel = static_cast<size_t>(args.num_tokens) * args.topk;
+  l.slots.assign(args.slots, args.slots + sel);
+  l.weights.assign(args.weights, args.weights + sel);
+  if (args.x) l.x.assign(args.x, args.x + static_cast<size_t>(args.num_tokens) * c_.shape.hidden);
+  l.expert = expert;
+  layers_.push_back(std::move(l));
+  // The layer's dense part (attention, norms): 2 FLOPs per parameter and token, weights read once.
+  timed_compute(dense_cost(2.0, c_.shape.dense_params * 2.0), "dense");
+}
+
+void StepDriver::allreduce(int step, int id, double bytes) {
+  Fabric& f = c_.f;
+  const int n = f.size(), me = f.rank();
+  if (n < 2 || bytes <= 0) return;
+  f.set_phase("allreduce");
+  const int ring_steps = 2 * (n - 1), rounds = std::min(ring_steps, kMaxAllreduceRounds);
+  const double chunk = bytes / n;
+  for (int r = 0; r < rounds; ++r) {
+    const int k = ring_steps / rounds + (r < ring_steps % rounds ? 1 : 0);
+    const size_t b = static_cast<size_t>(chunk * k);
+    ConstBuf out;
+    MutBuf in;
+    if (c_.phantom) {
+      out.phantom_bytes = b;
+    } else {
+      // Real bytes travel (the emulator measures their time); their values are not summed.
+      send_buf_.resize(b);
+      recv_buf_.resize(b);
+      out = ConstBuf{send_buf_.data(), b, 0};
+      in = MutBuf{recv_buf_.data(), b};
+    }
+    PeerSend s{(me + 1) % n, out};
+    PeerRecv rv{(me + n - 1) % n, in};
+    f.alltoallv(make_tag(Phase::kUser, step, id, r), std::span<const PeerSend>(&s, 1), std::span<PeerRecv>(&rv, 1),
+                Deadline::after(f, c_.cfg.timeout_s));
+  }
+}
+
+void StepDriver::end_step(int step) {
+  Fabric& f = c_.f;
+  const int me = f.rank();
+  if (c_.cfg.mode == "training") {
+    const int L = static_cast<int>(layers_.size());
+    const bool overlap = c_.cfg.overlap_allreduce;
+    const double layer_grads = dense_grad_bytes(c_.shape);
+    int pending = -1;  // overlap: the layer whose dense gradients wait for the next compute window
+    for (int layer = L - 1; layer >= 0; --layer) {
+      Layer& l = layers_[layer];
+      // Backward tags use layer ids past the forward ones, so the two directions never match each other.
+      const int bl = L + (L - 1 - layer);
+      // Combine's backward: output gradients go to the experts that produced the outputs (dispatch-shaped).
+      f.barrier();
+      c_.timeline.set_phase_prefix("bwd-");
+      const double notify0 = c_.engine.stats().notify.time_s;
+      const double d0 = f.now();
+      DispatchArgs a{
+          step, bl, l.num_tokens, l.topk, l.slots.data(), l.weights.data(), l.x.empty() ? nullptr : l.x.data()};
+      Handle h = c_.engine.dispatch(a);
+      const double d1 = f.now(), notify_s = c_.engine.stats().notify.time_s - notify0;
+      c_.timeline.set_phase_prefix("");
+      c_.timeline.span(me, "bwd-notify", d0, d0 + notify_s);
+      c_.timeline.span(me, "bwd-dispatch", d0 + notify_s, d1);
+      // Expert backward: input and weight gradients, twice the forward FLOPs; the previous layer's dense
+      // gradients are all-reduced meanwhile when overlapped.
+      const double ar0 = f.now();
+      if (pending >= 0) {
+        f.begin_pipeline(kOverlapChunks);
+        allreduce(step, 2 * L + pending, layer_grads);
+      }
+      ComputeCost bwd = l.expert;
+      bwd.flops *= 2;
+      bwd.hbm_bytes *= 2;
+      const double tc = timed_compute(bwd, "bwd-expert");
+      if (pending >= 0) {
+        f.end_pipeline();
+        const double ar1 = f.now();
+        c_.timeline.span(me, "allreduce", ar0, ar1);
+        allreduce_ += ar1 - tc;
+        pending = -1;
+      }
+      // Dispatch's backward: input gradients return to the tokens' ranks and are summed (combine-shaped).
+      f.barrier();
+      c_.timeline.set_phase_prefix("bwd-");
+      const double b0 = f.now();
+      if (!c_.phantom) {
+        partials_.assign(h.recv_x.begin(), h.recv_x.end());
+        out_.resize(static_cast<size_t>(l.num_tokens) * c_.shape.hidden);
+      }
+      c_.engine.combine(h, c_.phantom ? nullptr : partials_.data(), c_.phantom ? nullptr : out_.data());
+      c_.timeline.set_phase_prefix("");
+      c_.timeline.span(me, "bwd-combine", b0, f.now());
+      // Dense backward: 4 FLOPs per parameter and token; weights read and gradients written.
+      timed_compute(dense_cost(4.0, c_.shape.dense_params * 4.0), "bwd-dense");
+      if (overlap) pending = layer;
+    }
+    // What no compute is left to hide: the last layer's gradients (overlapped) or all of them (not).
+    const double bytes = overlap ? (pending >= 0 ? layer_grads : 0) : layer_grads * L;
+    f.barrier();
+    const double ar0 = f.now();
+    allreduce(step, 2 * L + (overlap ? pending : L), bytes);
+    const double ar1 = f.now();
+    c_.timeline.span(me, "allreduce", ar0, ar1);
+    allreduce_ += ar1 - ar0;
+    layers_.clear();
+  }
+  f.barrier();
+  rec_.step_s.push_back(f.now() - step0_);
+  rec_.compute_s.push_back(compute_);
+  rec_.allreduce_s.push_back(allreduce_);
+}
+
+}  // namespace eplab

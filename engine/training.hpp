@@ -1,0 +1,72 @@
+// Step driver of one rank: times each step (inference or training), records its phase spans on the timeline,
+// and in training mode runs the backward pass (gradients travel the reverse way through the same engine) and
+// the ring all-reduce of the dense gradients, overlapped with backward compute when asked.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/ep_engine.hpp"
+#include "engine/experiment.hpp"
+#include "engine/fabric.hpp"
+#include "engine/moe_shape.hpp"
+#include "engine/timeline.hpp"
+
+namespace eplab {
+
+// What one rank measured per step (seconds of Fabric::now()).
+struct StepRecord {
+  std::vector<double> step_s;       // from the step's start to the barrier after its last phase
+  std::vector<double> compute_s;    // modeled compute inside the step (expert, and in training dense layers)
+  std::vector<double> allreduce_s;  // dense-gradient all-reduce time the rank waited for (not hidden by compute)
+};
+
+// When a forward layer's phases began and ended on this rank.
+struct ForwardTimes {
+  double dispatch0 = 0, expert0 = 0, expert1 = 0, combine0 = 0, combine1 = 0;
+  double notify_s = 0;  // the notify round inside dispatch (EngineStats)
+};
+
+struct StepContext {
+  Fabric& f;
+  EpEngine& engine;
+  const MoeShape& shape;
+  const RunConfig& cfg;
+  Timeline& timeline;
+  bool phantom = true;
+};
+
+class StepDriver {
+ public:
+  StepDriver(const StepContext& c, StepRecord& rec) : c_(c), rec_(rec) {}
+  void begin_step(int step);
+  // After a forward layer's combine. Training keeps the layer's routing for the backward pass and charges the
+  // dense (attention) forward compute.
+  void forward_layer(const DispatchArgs& args, const ComputeCost& expert, const ForwardTimes& t);
+  // Training: backward over the layers in reverse and the dense all-reduce; then closes the step's timing.
+  void end_step(int step);
+
+  // Bytes of one layer's dense gradients (bf16) and the all-reduce rounds a ring of n ranks needs.
+  static double dense_grad_bytes(const MoeShape& s) { return s.dense_params * 2.0; }
+
+ private:
+  struct Layer {
+    int num_tokens = 0, topk = 0;
+    std::vector<int32_t> slots;
+    std::vector<float> weights, x;
+    ComputeCost expert;
+  };
+  double timed_compute(const ComputeCost& cost, const char* span);
+  // Ring all-reduce (reduce-scatter then all-gather) of `bytes` over all ranks as alltoallv rounds.
+  void allreduce(int step, int id, double bytes);
+  ComputeCost dense_cost(double flops_per_param_token, double hbm_bytes) const;
+
+  StepContext c_;
+  StepRecord& rec_;
+  std::vector<Layer> layers_;
+  double step0_ = 0, compute_ = 0, allreduce_ = 0;
+  std::vector<uint8_t> send_buf_, recv_buf_;
+  std::vector<float> partials_, out_;
+};
+
+}  // namespace eplab
