@@ -83,7 +83,14 @@ Request ThreadFabric::irecv(int peer, Tag tag, MutBuf data) {
     return Request(st);
   }
   box.posted.push_back(st);
-  return Request(st);
+  // Withdraw the receive if every handle to it is dropped before a message matched it (the rank is unwinding).
+  ThreadWorld* world = &world_;
+  const int me = rank_;
+  std::shared_ptr<void> withdraw(nullptr, [world, me, weak = std::weak_ptr<ThreadWorld::RecvState>(st)](void*) {
+    std::lock_guard<std::mutex> guard(world->mu_);
+    if (auto s = weak.lock()) world->boxes_[me].posted.remove(s);
+  });
+  return Request(st, std::move(withdraw));
 }
 
 void ThreadFabric::wait_all(std::span<Request> reqs, Deadline d) {

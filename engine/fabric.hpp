@@ -57,6 +57,10 @@ class Request {
  public:
   Request() = default;
   explicit Request(std::shared_ptr<RequestState> s) : state_(std::move(s)) {}
+  // `on_drop` runs when the last copy of this Request goes away: a fabric uses it to withdraw a receive that
+  // never completed, so a rank unwinding after an error cannot leave a peer writing into freed memory.
+  Request(std::shared_ptr<RequestState> s, std::shared_ptr<void> on_drop)
+      : state_(std::move(s)), on_drop_(std::move(on_drop)) {}
   bool valid() const { return state_ != nullptr; }
   bool done() const { return state_ && state_->done; }
   size_t bytes() const { return state_ ? state_->bytes : 0; }
@@ -65,6 +69,7 @@ class Request {
 
  private:
   std::shared_ptr<RequestState> state_;
+  std::shared_ptr<void> on_drop_;
 };
 
 // Absolute deadline on the fabric's own clock (seconds of now()); infinite by default.
