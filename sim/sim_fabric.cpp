@@ -124,7 +124,8 @@ void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
   const double start = s4u::Engine::get_clock();
   if (any) s4u::this_actor::parallel_execute(platform_.hosts, flops, round.bytes);
   if (any && recorder_)
-    recorder_->link_round(round_phase_, start - t0_, s4u::Engine::get_clock() - t0_, link_bytes(round.bytes));
+    recorder_->link_round(round_phase_, since_start(start), since_start(s4u::Engine::get_clock()),
+                          link_bytes(round.bytes));
   if (topo_.spec().round_overhead_s > 0) s4u::this_actor::sleep_for(topo_.spec().round_overhead_s);
 }
 
@@ -138,7 +139,7 @@ void SimWorld::finish_pipeline(int chunks) {
     const double end = s4u::Engine::get_clock();
     if (i < pipeline_records_.size()) {
       const PendingRound& p = pipeline_records_[i];
-      recorder_->link_round(p.phase, p.start - t0_, end - t0_, p.link_bytes);
+      recorder_->link_round(p.phase, since_start(p.start), since_start(end), p.link_bytes);
     }
     last_end = std::max(last_end, end);
     const double dur = end - pipeline_start_;
@@ -181,7 +182,7 @@ double SimFabric::limit_of(Deadline d, bool* caller) const {
 
 // SimGrid's clock runs on across the engines of one process, so a launch's start date differs between runs and
 // the subtraction leaves last-bit noise; rounding to whole picoseconds makes the same run give the same times.
-double SimFabric::now() const { return std::round((s4u::Engine::get_clock() - world_.t0()) * 1e12) * 1e-12; }
+double SimFabric::now() const { return world_.since_start(s4u::Engine::get_clock()); }
 
 Request SimFabric::isend(int peer, Tag tag, ConstBuf data) {
   check_peer(peer, "isend", tag);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <functional>
 #include <list>
@@ -32,6 +33,9 @@ class SimWorld {
   bool phantom() const { return phantom_; }
   Platform& platform() { return platform_; }
   double t0() const { return t0_; }
+  // A SimGrid date as seconds since this world's start, rounded to whole picoseconds: SimGrid's clock runs on
+  // across the engines of one process, and the rounding removes the last-bit noise of the subtraction.
+  double since_start(double date) const { return std::round((date - t0_) * 1e12) * 1e-12; }
   void start_clock();
   // Marks the world failed and wakes every blocked rank, which then throws with this message.
   void abort(const std::string& why);
