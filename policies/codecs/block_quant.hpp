@@ -34,19 +34,29 @@ inline BlockAmax block_amax(const float* x, size_t n) {
 // codes[i] = sign | RNE magnitude code of min(|x[i] * scale|, max) in format Fmt, with the sign at bit
 // kSignBit. Non-finite inputs get `nan_code` (NaN) or `inf_code` (+-Inf, sign added).
 template <class Fmt, int kSignBit>
-inline void quantize_block(const float* x, size_t n, float scale, float max, uint8_t nan_code, uint8_t inf_code,
-                           uint8_t* codes) {
-  for (size_t i = 0; i < n; ++i) {
-    float v = x[i] * scale;
-    uint32_t b = bits_of(v);
-    int32_t ab = static_cast<int32_t>(b & kAbsMask);
-    float a = float_of(static_cast<uint32_t>(ab));
-    a = a < max ? a : max;
-    int32_t code = static_cast<int32_t>(Fmt::magnitude_code(a));
-    int32_t sign = static_cast<int32_t>(b >> 31) << kSignBit;
-    int32_t special = ab == static_cast<int32_t>(kInfBits) ? (sign | inf_code) : nan_code;
-    codes[i] = static_cast<uint8_t>(ab >= static_cast<int32_t>(kInfBits) ? special : (sign | code));
-  }
+inline uint8_t quantize_one(float x, float scale, float max, uint8_t nan_code, uint8_t inf_code) {
+  float v = x * scale;
+  uint32_t b = bits_of(v);
+  int32_t ab = static_cast<int32_t>(b & kAbsMask);
+  float a = float_of(static_cast<uint32_t>(ab));
+  a = a < max ? a : max;
+  int32_t code = static_cast<int32_t>(Fmt::magnitude_code(a));
+  int32_t sign = static_cast<int32_t>(b >> 31) << kSignBit;
+  int32_t special = ab == static_cast<int32_t>(kInfBits) ? (sign | inf_code) : nan_code;
+  return static_cast<uint8_t>(ab >= static_cast<int32_t>(kInfBits) ? special : (sign | code));
+}
+
+// The codes never overlap x: __restrict spares the vectorized loop a run-time overlap check.
+template <class Fmt, int kSignBit>
+inline void quantize_block(const float* __restrict x, size_t n, float scale, float max, uint8_t nan_code,
+                           uint8_t inf_code, uint8_t* __restrict codes) {
+  for (size_t i = 0; i < n; ++i) codes[i] = quantize_one<Fmt, kSignBit>(x[i], scale, max, nan_code, inf_code);
+}
+// As above with one scale per element (MX: the block's scale spread over its 32 elements).
+template <class Fmt, int kSignBit>
+inline void quantize_block(const float* __restrict x, size_t n, const float* __restrict scale, float max,
+                           uint8_t nan_code, uint8_t inf_code, uint8_t* __restrict codes) {
+  for (size_t i = 0; i < n; ++i) codes[i] = quantize_one<Fmt, kSignBit>(x[i], scale[i], max, nan_code, inf_code);
 }
 
 // Symmetric int8 with round-to-nearest-even: adding 1.5*2^23 leaves an integer ulp, so fp32's RNE rounds.

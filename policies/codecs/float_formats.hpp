@@ -29,6 +29,8 @@ inline float bf16_to_float(uint16_t h) { return float_of(static_cast<uint32_t>(h
 // magnitude code is computed here; callers handle sign, saturation and the formats' NaN/Inf codes.
 template <int kMant, int kBias>
 struct MiniFloat {
+  static constexpr int kMantissa = kMant;
+  static constexpr int kExpBias = kBias;
   static constexpr int kShift = 23 - kMant;
   // Smallest normal 2^(1-bias); below it the format is uniform with step 2^(1-bias-mant).
   static constexpr uint32_t kMinNormalBits = static_cast<uint32_t>(127 + 1 - kBias) << 23;

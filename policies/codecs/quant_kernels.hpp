@@ -7,6 +7,12 @@
 
 #include "policies/codecs/block_quant.hpp"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EPLAB_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EPLAB_CLONES
+#endif
+
 namespace eplab::codecs {
 
 BlockAmax amax_kernel(const float* x, size_t n);
@@ -18,5 +24,19 @@ void quantize_e2m1_kernel(const float* x, size_t n, float scale, uint8_t* codes)
 void quantize_int8_kernel(const float* x, size_t n, float scale, int8_t* codes);
 // out[i] = table[codes[i]] * scale
 void dequantize_kernel(const uint8_t* codes, size_t n, const float* table, float scale, float* out);
+
+// One token of an MX format in one call (a call per 32-element block cost more than the block's work):
+// payload holds the packed elements (element i at bits [i*w, (i+1)*w), little-endian), scales one E8M0 code
+// per block. The element width w is 8, 6 or 4 for E4M3, E2M3 and E2M1.
+enum class MxElem { kE4M3, kE2M3, kE2M1 };
+// mult (hidden floats) and codes (hidden bytes) are scratch space.
+void mx_encode_row_kernel(MxElem elem, const float* row, int hidden, uint8_t* payload, uint8_t* scales, float* mult,
+                          uint8_t* codes);
+void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* scales, int hidden, float* row);
+
+// Little-endian bit packing of narrow codes (one per byte in `codes`), shared by the MX and logfmt codecs:
+// w-bit code i occupies bits [i*w, (i+1)*w) of out.
+void pack_bits(const uint8_t* codes, int n, int bits, uint8_t* out);
+void unpack_bits(const uint8_t* in, int n, int bits, uint8_t* codes);
 
 }  // namespace eplab::codecs
