@@ -69,9 +69,18 @@ void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> 
   fabric.alltoallv(tag, sends, recvs, deadline());
 }
 
+// The GPU encodes each message before its send and decodes it after its receive; on a fabric whose time is
+// a model (sim) that work is charged as compute from the codec's throughput model (Codec::gpu_seconds).
+static void charge_codec(Fabric& fabric, const Codec& codec, int tokens, int hidden, bool encode) {
+  if (tokens == 0 || !fabric.caps().modeled_time) return;
+  double s = codec.gpu_seconds(tokens, hidden, encode);
+  if (s > 0) fabric.compute(ComputeCost{.fixed_s = s, .what = encode ? "codec encode" : "codec decode"});
+}
+
 EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, const float* rows, Codec& codec,
                                                           uint64_t stream) {
   Message m;
+  charge_codec(fabric, codec, b.size(), hidden(), true);
   if (phantom()) {
     m.phantom_bytes = codec.encoded_size(b.size(), hidden());
     pack_block(b, m.phantom_bytes, m.bytes);
@@ -86,6 +95,7 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
 
 EngineContext::Message EngineContext::make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream) {
   Message m;
+  charge_codec(fabric, codec, n, hidden(), true);
   if (phantom())
     m.phantom_bytes = codec.encoded_size(n, hidden());
   else
@@ -107,6 +117,7 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
                            " in phase " + fabric.phase();
   uint64_t payload = 0;
   const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+  charge_codec(fabric, codec, b.size(), hidden(), false);
   if (phantom()) return;
   if (off + payload != real_bytes)
     throw FabricError(what + ": block announces " + std::to_string(payload) + " payload bytes, message carries " +
@@ -121,6 +132,7 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
 
 void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out,
                                       Codec& codec, uint64_t stream, int peer) {
+  charge_codec(fabric, codec, n, hidden(), false);
   if (phantom()) return;
   try {
     codec.decode(msg.data(), real_bytes, n, hidden(), rows_out, stream);

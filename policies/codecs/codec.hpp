@@ -40,11 +40,26 @@ class Codec {
   // Lets a data-dependent codec refine encoded_size() from a representative sample (the simulator calls
   // this once with generated or traced activations). Fixed-rate codecs ignore it.
   virtual void calibrate(const float* sample, int tokens, int hidden) {}
+  // Modeled time for one GPU to encode (or decode) tokens x hidden activations: the simulator charges it as
+  // compute before each send and after each receive. The default is a memory-bound quantizer pass at the rate
+  // measured on an H200 (see kGpuQuantizeElementsPerS); codecs that do more or less work override it.
+  virtual double gpu_seconds(int tokens, int hidden, bool encode) const;
   double bits_per_element(int tokens, int hidden) const {
     double n = static_cast<double>(tokens) * static_cast<double>(hidden);
     return n > 0 ? 8.0 * static_cast<double>(encoded_size(tokens, hidden)) / n : 0.0;
   }
 };
+
+// GPU throughput figures behind Codec::gpu_seconds, in activation elements per second on one GPU.
+// Measured: eplab's fp8-e4m3-b128 kernels on one H200, 4096 tokens x 7168 (bench/results/gpu/gpu_bench.json):
+// quantize 60.13 Mtokens/s, dequantize 59.58 Mtokens/s. The block quantizers (fp8, int8, MX, logfmt) are all one
+// read-and-write pass like it and share the figure.
+inline constexpr double kGpuQuantizeElementsPerS = 60.13e6 * 7168;
+inline constexpr double kGpuDequantizeElementsPerS = 59.58e6 * 7168;
+// Assumed, not measured: a sparsifier or delta stage reads its input twice (select, then gather or subtract),
+// so half the quantize rate; a lossless byte stage (zstd, lz4 as GPU nvCOMP-class kernels) 50 GB/s of input.
+inline constexpr double kGpuTransformElementsPerS = kGpuQuantizeElementsPerS / 2;
+inline constexpr double kGpuLosslessBytesPerS = 50e9;
 
 class CodecError : public std::runtime_error {
  public:

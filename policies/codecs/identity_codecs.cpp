@@ -14,6 +14,8 @@ class Fp32Codec final : public Codec {
   explicit Fp32Codec(std::string spec) : spec_(std::move(spec)) {}
   std::string name() const override { return spec_; }
   bool lossless() const override { return true; }
+  // Activations are sent from GPU memory as they are: no codec pass to charge.
+  double gpu_seconds(int, int, bool) const override { return 0; }
   double error_bound() const override { return 0.0; }
   void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t) override {
     expect_shape(spec_, tokens, hidden);
@@ -40,6 +42,8 @@ class Bf16Codec final : public Codec {
   explicit Bf16Codec(std::string spec) : spec_(std::move(spec)) {}
   std::string name() const override { return spec_; }
   bool lossless() const override { return false; }
+  // The GPU already holds BF16 activations (the engine's fp32 buffers stand in for them): nothing to charge.
+  double gpu_seconds(int, int, bool) const override { return 0; }
   // RNE to an 8-bit significand: each normal element moves by at most 2^-8 of itself, so the L2 error
   // does too. (Values below 2^-126 or above bf16's max 3.39e38 are outside the promise; see docs/codecs.md.)
   double error_bound() const override { return 0x1p-8 * kBoundSlack; }

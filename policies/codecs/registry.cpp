@@ -187,6 +187,21 @@ class ChainCodec final : public Codec {
     return limits.back();
   }
 
+  // Each stage on the shape it sees (expected sizes): transforms on their input, the quantizer on what the
+  // transforms leave, byte codecs on the quantizer's output.
+  double gpu_seconds(int tokens, int hidden, bool encode) const override {
+    double s = 0;
+    Shape shape{tokens, hidden};
+    for (const auto& t : transforms_) {
+      s += static_cast<double>(shape.elements()) / kGpuTransformElementsPerS;
+      shape = t->y_shape(shape, false);
+    }
+    s += terminal_->gpu_seconds(shape.tokens, shape.hidden, encode);
+    double raw = static_cast<double>(terminal_->encoded_size(shape.tokens, shape.hidden));
+    for (size_t i = 0; i < bytes_.size(); ++i) s += raw / kGpuLosslessBytesPerS;
+    return s;
+  }
+
   void calibrate(const float* sample, int tokens, int hidden) override {
     for (auto& t : transforms_) t->reset(kCalibrationStream);
     std::vector<uint8_t> out;
@@ -478,6 +493,11 @@ std::vector<CodecInfo> codec_catalog() {
     out.push_back({e.name, kind, e.summary});
   }
   return out;
+}
+
+double Codec::gpu_seconds(int tokens, int hidden, bool encode) const {
+  double n = static_cast<double>(tokens) * static_cast<double>(hidden);
+  return n / (encode ? kGpuQuantizeElementsPerS : kGpuDequantizeElementsPerS);
 }
 
 }  // namespace eplab
