@@ -15,6 +15,9 @@ constexpr int kMaxAllreduceRounds = 8;
 // rounds running while the rank computes). Its rounds are not a chain of dependent stages, so the hint's
 // "last chunk crosses the shortest stage" term must vanish: many chunks.
 constexpr int kOverlapChunks = 1 << 20;
+// Real-byte fabrics move a round in pieces of at most this size, so that a model's dense gradients (374 MB per
+// DeepSeek-V3 layer) need only two such buffers per rank.
+constexpr size_t kMaxRealPiece = size_t{8} << 20;
 
 }  // namespace
 
@@ -74,21 +77,24 @@ void StepDriver::allreduce(int step, int id, double bytes) {
   for (int r = 0; r < rounds; ++r) {
     const int k = ring_steps / rounds + (r < ring_steps % rounds ? 1 : 0);
     const size_t b = static_cast<size_t>(chunk * k);
-    ConstBuf out;
-    MutBuf in;
     if (c_.phantom) {
-      out.phantom_bytes = b;
-    } else {
-      // Real bytes travel (the emulator measures their time); their values are not summed.
-      send_buf_.resize(b);
-      recv_buf_.resize(b);
-      out = ConstBuf{send_buf_.data(), b, 0};
-      in = MutBuf{recv_buf_.data(), b};
+      PeerSend s{(me + 1) % n, ConstBuf{nullptr, 0, b}};
+      PeerRecv rv{(me + n - 1) % n, MutBuf{}};
+      f.alltoallv(make_tag(Phase::kUser, step, id, r), std::span<const PeerSend>(&s, 1), std::span<PeerRecv>(&rv, 1),
+                  Deadline::after(f, c_.cfg.timeout_s));
+      continue;
     }
-    PeerSend s{(me + 1) % n, out};
-    PeerRecv rv{(me + n - 1) % n, in};
-    f.alltoallv(make_tag(Phase::kUser, step, id, r), std::span<const PeerSend>(&s, 1), std::span<PeerRecv>(&rv, 1),
-                Deadline::after(f, c_.cfg.timeout_s));
+    // Real bytes travel (the emulator measures their time); their values are not summed.
+    const size_t piece = std::min(b, kMaxRealPiece);
+    send_buf_.resize(piece);
+    recv_buf_.resize(piece);
+    for (size_t off = 0, p = 0; off < b || p == 0; off += piece, ++p) {
+      const size_t len = std::min(piece, b - off);
+      PeerSend s{(me + 1) % n, ConstBuf{send_buf_.data(), len, 0}};
+      PeerRecv rv{(me + n - 1) % n, MutBuf{recv_buf_.data(), len}};
+      f.alltoallv(make_tag(Phase::kUser, step, id, r * 4096 + static_cast<int>(p)), std::span<const PeerSend>(&s, 1),
+                  std::span<PeerRecv>(&rv, 1), Deadline::after(f, c_.cfg.timeout_s));
+    }
   }
 }
 
