@@ -1,6 +1,7 @@
 #include "engine/training.hpp"
 
 #include <algorithm>
+#include <map>
 
 #include "engine/error.hpp"
 
@@ -67,33 +68,76 @@ void StepDriver::forward_layer(const DispatchArgs& args, const ComputeCost& expe
   timed_compute(dense_cost(2.0, c_.shape.dense_params * 2.0), "dense");
 }
 
+// NCCL-style rings, one per local GPU index when there are several nodes: ring c visits each node's GPUs from
+// local (c - node) mod G onwards and leaves the node from the GPU whose local index the next node starts with,
+// so every hop between nodes stays on one rail and each GPU's NIC carries one ring. One ring within a node.
+std::vector<std::pair<int, int>> StepDriver::ring_neighbours(const Topology& topo, int rank) {
+  const int gpn = topo.gpus_per_node(), nodes = topo.nodes();
+  const int channels = nodes > 1 ? gpn : 1, node = rank / gpn, local = rank % gpn;
+  std::vector<std::pair<int, int>> out;  // (next, prev) per channel
+  for (int c = 0; c < channels; ++c) {
+    auto s = [&](int m) { return ((c - m) % gpn + gpn) % gpn; };
+    const int pos = ((local - s(node)) % gpn + gpn) % gpn;
+    int next, prev;
+    if (pos < gpn - 1) {
+      next = node * gpn + (local + 1) % gpn;
+    } else {
+      const int nn = (node + 1) % nodes;
+      next = nn * gpn + s(nn);
+    }
+    if (pos > 0) {
+      prev = node * gpn + (local + gpn - 1) % gpn;
+    } else {
+      const int pn = (node + nodes - 1) % nodes;
+      prev = pn * gpn + (s(pn) + gpn - 1) % gpn;
+    }
+    out.push_back({next, prev});
+  }
+  return out;
+}
+
 void StepDriver::allreduce(int step, int id, double bytes) {
   Fabric& f = c_.f;
   const int n = f.size(), me = f.rank();
   if (n < 2 || bytes <= 0) return;
   f.set_phase("allreduce");
+  const auto rings = ring_neighbours(f.topology(), me);
+  const int channels = static_cast<int>(rings.size());
   const int ring_steps = 2 * (n - 1), rounds = std::min(ring_steps, kMaxAllreduceRounds);
   const double chunk = bytes / n;
   for (int r = 0; r < rounds; ++r) {
     const int k = ring_steps / rounds + (r < ring_steps % rounds ? 1 : 0);
-    const size_t b = static_cast<size_t>(chunk * k);
+    // Each ring carries 1/channels of the data; the rings whose next (previous) GPU coincide share a message.
+    const size_t per_ring = static_cast<size_t>(chunk * k / channels);
+    std::map<int, size_t> to, from;
+    for (auto [next, prev] : rings) {
+      to[next] += per_ring;
+      from[prev] += per_ring;
+    }
+    const Deadline d = Deadline::after(f, c_.cfg.timeout_s);
     if (c_.phantom) {
-      PeerSend s{(me + 1) % n, ConstBuf{nullptr, 0, b}};
-      PeerRecv rv{(me + n - 1) % n, MutBuf{}};
-      f.alltoallv(make_tag(Phase::kUser, step, id, r), std::span<const PeerSend>(&s, 1), std::span<PeerRecv>(&rv, 1),
-                  Deadline::after(f, c_.cfg.timeout_s));
+      std::vector<PeerSend> sends;
+      std::vector<PeerRecv> recvs;
+      for (auto [peer, b] : to) sends.push_back({peer, ConstBuf{nullptr, 0, b}});
+      for (auto [peer, b] : from) recvs.push_back({peer, MutBuf{}});
+      f.alltoallv(make_tag(Phase::kUser, step, id, r), sends, recvs, d);
       continue;
     }
-    // Real bytes travel (the emulator measures their time); their values are not summed.
-    const size_t piece = std::min(b, kMaxRealPiece);
+    // Real bytes travel (the emulator measures their time); their values are not summed. Pieces of at most
+    // kMaxRealPiece per peer; every rank runs the same number of pieces (from the round's total, the largest
+    // any pair can carry), an exhausted pair sending empty messages.
+    const size_t total = per_ring * channels, piece = std::max<size_t>(1, std::min(total, kMaxRealPiece));
+    const size_t pieces = std::max<size_t>(1, (total + piece - 1) / piece);
     send_buf_.resize(piece);
-    recv_buf_.resize(piece);
-    for (size_t off = 0, p = 0; off < b || p == 0; off += piece, ++p) {
-      const size_t len = std::min(piece, b - off);
-      PeerSend s{(me + 1) % n, ConstBuf{send_buf_.data(), len, 0}};
-      PeerRecv rv{(me + n - 1) % n, MutBuf{recv_buf_.data(), len}};
-      f.alltoallv(make_tag(Phase::kUser, step, id, r * 4096 + static_cast<int>(p)), std::span<const PeerSend>(&s, 1),
-                  std::span<PeerRecv>(&rv, 1), Deadline::after(f, c_.cfg.timeout_s));
+    recv_buf_.resize(piece * from.size());
+    for (size_t p = 0; p < pieces; ++p) {
+      auto len = [&](size_t b) { return b > p * piece ? std::min(piece, b - p * piece) : size_t{0}; };
+      std::vector<PeerSend> sends;
+      std::vector<PeerRecv> recvs;
+      for (auto [peer, b] : to) sends.push_back({peer, ConstBuf{send_buf_.data(), len(b), 0}});
+      size_t slot = 0;
+      for (auto [peer, b] : from) recvs.push_back({peer, MutBuf{recv_buf_.data() + piece * slot++, len(b)}});
+      f.alltoallv(make_tag(Phase::kUser, step, id, r * 4096 + static_cast<int>(p)), sends, recvs, d);
     }
   }
 }

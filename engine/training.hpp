@@ -46,8 +46,10 @@ class StepDriver {
   // Training: backward over the layers in reverse and the dense all-reduce; then closes the step's timing.
   void end_step(int step);
 
-  // Bytes of one layer's dense gradients (bf16) and the all-reduce rounds a ring of n ranks needs.
+  // Bytes of one layer's dense gradients (bf16).
   static double dense_grad_bytes(const MoeShape& s) { return s.dense_params * 2.0; }
+  // The all-reduce's rings: (next, previous) rank of `rank` in each (one per rail across nodes).
+  static std::vector<std::pair<int, int>> ring_neighbours(const Topology& topo, int rank);
 
  private:
   struct Layer {

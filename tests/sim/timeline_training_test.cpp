@@ -11,6 +11,7 @@
 #include <simgrid/s4u/Engine.hpp>
 
 #include "engine/experiment.hpp"
+#include "engine/training.hpp"
 #include "sim/platform.hpp"
 #include "sim/sim_fabric.hpp"
 
@@ -58,6 +59,32 @@ TEST(SimLinks, RouteIdsNameTheLinksThePlatformRoutesThrough) {
         for (int i = 0; i < n; ++i) got.push_back(links.at(ids[i]).name);
         EXPECT_EQ(got, sim::route_link_names(p, a, b)) << a << " -> " << b << (rail ? " rail" : " fat-tree");
       }
+  }
+}
+
+TEST(Training, AllreduceRingsAreCyclesOverEveryRankOnRails) {
+  for (auto [nodes, gpus] : {std::pair{1, 8}, std::pair{2, 8}, std::pair{3, 4}, std::pair{5, 1}, std::pair{4, 8}}) {
+    ClusterSpec s = cluster_preset("h800-cx7");
+    s.nodes = nodes;
+    s.gpus_per_node = gpus;
+    const Topology topo(s);
+    const int n = topo.size();
+    std::vector<std::vector<std::pair<int, int>>> nb(n);
+    for (int r = 0; r < n; ++r) nb[r] = StepDriver::ring_neighbours(topo, r);
+    const size_t channels = nb[0].size();
+    EXPECT_EQ(channels, static_cast<size_t>(nodes > 1 ? gpus : 1));
+    for (size_t c = 0; c < channels; ++c) {
+      int r = 0, len = 0, off_rail = 0;
+      do {
+        const int next = nb[r][c].first;
+        EXPECT_EQ(nb[next][c].second, r) << nodes << "x" << gpus << " ring " << c;
+        if (topo.node_of(next) != topo.node_of(r) && topo.local_of(next) != topo.local_of(r)) ++off_rail;
+        r = next;
+        ++len;
+      } while (r != 0 && len <= n);
+      EXPECT_EQ(len, n) << nodes << "x" << gpus << " ring " << c << " is not one cycle over every rank";
+      EXPECT_LE(off_rail, 1) << "only the hop that closes the ring may change rails";
+    }
   }
 }
 
