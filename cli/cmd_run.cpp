@@ -179,6 +179,8 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("mode", &cfg.mode, "inference | training (backward pass and dense-gradient all-reduce)")
       .opt("overlap-allreduce", &overlap_allreduce, "training: 1 overlaps the all-reduce with backward compute, 0 not")
       .opt("timeline", &cfg.timeline, "write a Chrome trace-event timeline (Perfetto) to this file")
+      .opt("layout-cache", &cfg.layout_cache,
+           "cached layouts: LRU capacity; a repeated routing skips the count exchange (0: off; docs/policies.md)")
       .flag("no-verify", &no_verify, "skip the delivery and combine check")
       .flag("compare", &compare, "run every algorithm on the same workload and print one table")
       .flag("quiet", &quiet, "no progress line");
@@ -232,6 +234,14 @@ int cmd_run(const std::vector<std::string>& argv) {
                 m["rebalances"].get<int>(), m["slots_moved"].get<long>(), m["bytes"].get<double>() / 1e9,
                 m["timed"].get<bool>() ? (", " + std::to_string(m["time_s"].get<double>() * 1e3) + " ms").c_str()
                                        : " (not timed: real-byte backend)");
+  }
+  if (cfg.layout_cache > 0) {
+    const auto& lc = report["layout_cache"];
+    std::printf("layout cache: %ld hits, %ld misses (hit rate %.1f%%), notify time saved %s\n",
+                lc["hits"].get<long>(), lc["misses"].get<long>(), 100.0 * lc["hit_rate"].get<double>(),
+                lc["timed"].get<bool>() ? (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) + " us").c_str()
+                                        : (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) +
+                                           " us wall (emu threads)").c_str());
   }
   if (!report_path.empty()) {
     std::ofstream out(report_path);

@@ -97,7 +97,22 @@ struct LayerPlan {
   std::vector<Transfer> moves;  // empty: nothing migrates before this call
   int slots_moved = 0;
   double forecast_mape = -1;    // predicted vs actual load; < 0 without a forecast
+  uint64_t layout_key = 0;      // cluster-wide routing key for the layout cache (0: cache off)
+  bool layout_cached = false;   // the driver's LRU holds layout_key: every rank skips notify
 };
+
+// The cluster-wide key of one call's layout: everything its notify counts depend on, i.e. the layer, the
+// placement (replica selection reads it) and every rank's routing in rank order (selectors are pure functions
+// of batch, placement and source rank). Weights and activations do not change counts and are left out.
+uint64_t layout_key(int layer, const Placement& placement, const std::vector<const RoutingBatch*>& batches) {
+  uint64_t h = LayoutCache::mix(0x6c61796f7574ull ^ static_cast<uint64_t>(layer));
+  for (int32_t e : placement.slot_expert()) h = LayoutCache::mix(h ^ static_cast<uint32_t>(e));
+  for (const RoutingBatch* b : batches) {
+    h = LayoutCache::mix(h ^ (static_cast<uint64_t>(b->num_tokens) << 8) ^ static_cast<uint64_t>(b->topk));
+    for (int32_t e : b->topk_idx) h = LayoutCache::mix(h ^ static_cast<uint32_t>(e));
+  }
+  return h == 0 ? 1 : h;  // 0 means "not cached"
+}
 
 // Each changed slot fetches its new expert from an old holder: its own rank if it already held a replica
 // (a local copy, nothing crosses the fabric), else one in its node, else the lowest old slot.
@@ -229,6 +244,30 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         lp.placement = current[l];
       }
   }
+  // Cached layouts: the driver runs the LRU the ranks' engines will run, over the same keys in the same order,
+  // and vouches for a call exactly when its key is still cached; engines then skip notify together.
+  if (cfg.layout_cache < 0)
+    throw EplabError("--layout-cache must be 0 (off) or an LRU capacity, got " + std::to_string(cfg.layout_cache));
+  if (cfg.layout_cache > 0) {
+    LayoutCache driver_lru(cfg.layout_cache);
+    std::vector<RoutingBatch> generated(R);
+    std::vector<const RoutingBatch*> batches(R);
+    for (int call = 0; call < calls; ++call) {
+      const int step = call / cfg.layers, l = call % cfg.layers;
+      for (int r = 0; r < R; ++r) {
+        if (!planned_batches.empty()) {
+          batches[r] = &planned_batches[static_cast<size_t>(call) * R + r];
+        } else {
+          generated[r] = routing->batch(step, l, r);
+          batches[r] = &generated[r];
+        }
+      }
+      LayerPlan& lp = plan[call];
+      lp.layout_key = layout_key(l, *lp.placement, batches);
+      lp.layout_cached = driver_lru.find(lp.layout_key) != nullptr;
+      if (!lp.layout_cached) driver_lru.insert({lp.layout_key, 0, {}, 0});
+    }
+  }
   // Weights are fp8 where the model's wire format is (DeepSeek-V3), bf16 otherwise.
   const double expert_bytes = expert_weight_bytes(shape, shape.dispatch_codec.rfind("fp8", 0) == 0 ? 1.0 : 2.0);
   const bool verify = cfg.verify && !phantom;
@@ -240,6 +279,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   eopts.combine_codec = ccodec;
   eopts.phantom = phantom;
   eopts.timeout_s = cfg.timeout_s;
+  eopts.layout_cache = cfg.layout_cache;
   create_algorithm(cfg.algorithm);  // fail early on an unknown name
   double tolerance = 0;
   bool lossless = true;
@@ -261,6 +301,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     throw EplabError("--mode must be inference or training, got '" + cfg.mode + "'");
   Timeline timeline(topo, !cfg.timeline.empty());
   std::vector<StepRecord> step_records(R);
+  std::vector<LayoutCacheStats> layout_stats(R);
 
   backend->launch(topo, LaunchOptions{phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
     const int me = f.rank();
@@ -325,6 +366,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         }
         DispatchArgs args{step, layer, batch.num_tokens, batch.topk, slots.data(), batch.topk_weights.data(),
                           phantom ? nullptr : x.data(), &placement};
+        args.layout_key = plan[call].layout_key;
+        args.layout_cached = plan[call].layout_cached;
         const EngineStats before = engine.stats();
         f.barrier();
         const double call_t0 = f.now();
@@ -365,6 +408,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         if (layer == cfg.layers - 1) steps.end_step(step);
         if (me == 0 && progress) progress(++done_calls, calls);
       }
+    layout_stats[me] = engine.context().layout_cache.stats;
   });
 
   // Every selection reached exactly the rank holding its slot, exactly once.
@@ -455,6 +499,20 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   report["step_time"] = {{"layers_s", total_layer_s}, {"migration_s", total_mig_s},
                          {"total_s", total_layer_s + total_mig_s}};
   report["per_step"] = std::move(per_step);
+  // Every rank hits and misses on the same calls (the driver vouches for all), so counts are rank 0's. Time
+  // saved: per hit, the notify time the miss that filled its entry measured on that rank (modeled time on sim,
+  // wall time on emu), then the maximum over ranks, as a layer waits for its slowest rank.
+  double saved_s = 0, missed_s = 0;
+  for (const LayoutCacheStats& ls : layout_stats)
+    saved_s = std::max(saved_s, ls.notify_time_saved_s), missed_s = std::max(missed_s, ls.notify_time_missed_s);
+  const LayoutCacheStats& ls0 = layout_stats[0];
+  report["layout_cache"] = {{"capacity", cfg.layout_cache},
+                            {"hits", ls0.hits},
+                            {"misses", ls0.misses},
+                            {"hit_rate", ls0.hit_rate()},
+                            {"notify_time_saved_s", saved_s},
+                            {"notify_time_on_misses_s", missed_s},
+                            {"timed", phantom}};
   return report;
 }
 

@@ -49,6 +49,9 @@ struct RunConfig {
   std::string mode = "inference";  // inference | training (backward pass and dense all-reduce; README)
   bool overlap_allreduce = true;     // training: all-reduce dense gradients during the next layer's backward compute
   std::string timeline;              // write a Chrome trace-event timeline to this file (empty: none)
+  // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The driver hashes every rank's
+  // batch per (step, layer) before the run, and a call whose layout is still cached skips notify on all ranks.
+  int layout_cache = 0;
 };
 
 using ProgressFn = std::function<void(int done, int total)>;

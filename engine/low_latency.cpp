@@ -218,13 +218,21 @@ private:
     box.in_counts.assign(static_cast<size_t>(R) * C, 0);
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
-    for (int r = 0; r < R; ++r) {
-      sends.push_back({r, ConstBuf{&out_counts[static_cast<size_t>(r) * C],
-                                   C * sizeof(uint32_t)}});
-      recvs.push_back({r, MutBuf{&box.in_counts[static_cast<size_t>(r) * C],
-                                 C * sizeof(uint32_t)}});
+    // A vouched cached layout already holds the per-expert counts: no signals.
+    if (const std::vector<uint32_t> *cached = c.cached_counts(a)) {
+      box.in_counts = *cached;
+    } else {
+      for (int r = 0; r < R; ++r) {
+        sends.push_back({r, ConstBuf{&out_counts[static_cast<size_t>(r) * C],
+                                     C * sizeof(uint32_t)}});
+        recvs.push_back(
+            {r, MutBuf{&box.in_counts[static_cast<size_t>(r) * C],
+                       C * sizeof(uint32_t)}});
+      }
+      c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer), sends,
+                 recvs);
+      c.store_counts(a, box.in_counts, c.fabric.now() - t0);
     }
-    c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer), sends, recvs);
     box.t_payload = c.fabric.now();
     notify.time_s = box.t_payload - t0;
     notify.calls = 1;
