@@ -31,6 +31,7 @@ const std::map<std::string, AlgorithmFactory>& algorithm_registry() {
 
 void PhaseStats::add(const PhaseStats& o) {
   time_s += o.time_s;
+  codec_s += o.codec_s;
   for (int i = 0; i < 3; ++i) bytes[i] += o.bytes[i];
   logical_bytes += o.logical_bytes;
   scaleout_logical_bytes += o.scaleout_logical_bytes;
@@ -62,7 +63,6 @@ EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, c
     throw EplabError("phantom payloads (sizes only) need a simulated fabric; this one moves real bytes");
 }
 
-void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
 const std::vector<uint32_t>* EngineContext::cached_counts(const DispatchArgs& a) {
   if (!a.layout_cached) return nullptr;
   const std::string where = "engine: rank " + std::to_string(rank()) + ", step " + std::to_string(a.step) +
@@ -91,6 +91,7 @@ void EngineContext::store_counts(const DispatchArgs& a, std::vector<uint32_t> co
                        notify_time_s});
 }
 
+void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
   for (auto& s : sends) {
     st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
     st.messages += 1;
@@ -98,18 +99,23 @@ void EngineContext::store_counts(const DispatchArgs& a, std::vector<uint32_t> co
   fabric.alltoallv(tag, sends, recvs, deadline());
 }
 
-// The GPU encodes each message before its send and decodes it after its receive; on a fabric whose time is
-// a model (sim) that work is charged as compute from the codec's throughput model (Codec::gpu_seconds).
-static void charge_codec(Fabric& fabric, const Codec& codec, int tokens, int hidden, bool encode) {
-  if (tokens == 0 || !fabric.caps().modeled_time) return;
-  double s = codec.gpu_seconds(tokens, hidden, encode);
-  if (s > 0) fabric.compute(ComputeCost{.fixed_s = s, .what = encode ? "codec encode" : "codec decode"});
+// Codec work on a fabric whose time is a model (sim), from the codec's GPU throughput model
+// (Codec::gpu_seconds): a source encodes its batch once (a token bound for several ranks is not cast again per
+// message, and a forwarder passes encoded rows on), a receiver decodes what it received unless the expert GEMM
+// consumes the encoded form. It is charged outside the phase timers — DeepEP's dispatch kernel takes
+// activations already cast to FP8, and its published times exclude that cast — and reported as codec_s.
+static double charge_codec(Fabric& fabric, const Codec& codec, int tokens, int hidden, bool encode) {
+  if (tokens == 0 || !fabric.caps().modeled_time || (!encode && codec.gemm_native())) return 0;
+  const double s = codec.gpu_seconds(tokens, hidden, encode);
+  if (s <= 0) return 0;
+  const double t0 = fabric.now();
+  fabric.compute(ComputeCost{.fixed_s = s, .what = encode ? "codec encode" : "codec decode"});
+  return fabric.now() - t0;
 }
 
 EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, const float* rows, Codec& codec,
                                                           uint64_t stream) {
   Message m;
-  charge_codec(fabric, codec, b.size(), hidden(), true);
   if (phantom()) {
     m.phantom_bytes = codec.encoded_size(b.size(), hidden());
     pack_block(b, m.phantom_bytes, m.bytes);
@@ -124,7 +130,6 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
 
 EngineContext::Message EngineContext::make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream) {
   Message m;
-  charge_codec(fabric, codec, n, hidden(), true);
   if (phantom())
     m.phantom_bytes = codec.encoded_size(n, hidden());
   else
@@ -146,7 +151,6 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
                            " in phase " + fabric.phase();
   uint64_t payload = 0;
   const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
-  charge_codec(fabric, codec, b.size(), hidden(), false);
   if (phantom()) return;
   if (off + payload != real_bytes)
     throw FabricError(what + ": block announces " + std::to_string(payload) + " payload bytes, message carries " +
@@ -161,7 +165,6 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
 
 void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out,
                                       Codec& codec, uint64_t stream, int peer) {
-  charge_codec(fabric, codec, n, hidden(), false);
   if (phantom()) return;
   try {
     codec.decode(msg.data(), real_bytes, n, hidden(), rows_out, stream);
@@ -220,7 +223,9 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
                      " ranks x " + std::to_string(a.placement->slots_per_rank()) + " slots, the engine's " +
                      std::to_string(ctx_.placement.num_ranks()) + " x " +
                      std::to_string(ctx_.placement.slots_per_rank()));
+  ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, a.num_tokens, ctx_.hidden(), true);
   Handle h = algo_->dispatch(ctx_, a);
+  ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, h.recv.size(), ctx_.hidden(), false);
   h.placement = a.placement ? a.placement : &ctx_.placement;
   h.token_node_pairs = count_token_node_pairs(ctx_, a);
   ctx_.stats.dispatch.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.dispatch_codec);
@@ -229,7 +234,9 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
 }
 
 void EpEngine::combine(Handle& h, const float* partials, float* out) {
+  ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.recv.size(), ctx_.hidden(), true);
   algo_->combine(ctx_, h, partials, out);
+  ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.num_tokens, ctx_.hidden(), false);
   ctx_.stats.combine.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.combine_codec);
   ctx_.stats.combine.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.combine_codec);
 }

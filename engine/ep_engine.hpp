@@ -22,6 +22,7 @@ namespace eplab {
 // What one rank moved and how long it took in one phase, accumulated over calls.
 struct PhaseStats {
   double time_s = 0;
+  double codec_s = 0;                // modeled encode/decode time, outside time_s (sim only)
   double bytes[3] = {0, 0, 0};       // wire bytes sent, by LinkClass (self, scaleup, scaleout)
   double logical_bytes = 0;          // DeepEP intranode definition: received tokens x hidden x wire bytes/elem
   double scaleout_logical_bytes = 0; // DeepEP internode definition: (token, node) pairs x hidden x bytes/elem
@@ -49,8 +50,8 @@ struct EngineOptions {
   bool phantom = false;       // sizes only: no activations travel (simulated fabrics)
   double timeout_s = 60;      // limit for one blocked wait
   int chunk_tokens = 0;       // algorithm-specific pipelining granularity (0 = one chunk)
-};
   int layout_cache = 0;       // capacity of the cached-layout LRU (engine/layout_cache.hpp); 0 = off
+};
 
 struct DispatchArgs {
   int step = 0;
@@ -64,12 +65,12 @@ struct DispatchArgs {
   // It must have the engine placement's geometry (ranks x slots per rank): algorithms route by slot -> rank
   // only, so the per-call placement changes what a slot computes, never where its tokens travel.
   const Placement* placement = nullptr;
-};
   // Cached layout (engine/layout_cache.hpp): the cluster-wide key of this call's routing, the same on every
   // rank (0: not cached), and whether the caller vouches that it repeats a cached layout, so every rank
   // takes its counts from its cache and skips notify. Without the vouch, notify runs and fills the entry.
   uint64_t layout_key = 0;
   bool layout_cached = false;
+};
 
 // Returned by dispatch, consumed by combine. `recv` lists every row this rank received: its origin
 // (source rank, token) and the selections (physical slot, weight) it must compute, in top-k order.
@@ -117,13 +118,13 @@ class EngineContext {
   std::unique_ptr<Codec> dispatch_codec;
   std::unique_ptr<Codec> combine_codec;
   EngineStats stats;
-
   LayoutCache layout_cache;
 
   // Cached layouts: the counts this rank's notify delivered for the vouched call `a`, or null when `a` is not
   // vouched (run notify, then store_counts). Throws if the caller vouched and the cache disagrees.
   const std::vector<uint32_t>* cached_counts(const DispatchArgs& a);
   void store_counts(const DispatchArgs& a, std::vector<uint32_t> counts, double notify_time_s);
+
   int rank() const { return fabric.rank(); }
   int hidden() const { return shape.hidden; }
   bool phantom() const { return opts.phantom; }

@@ -13,6 +13,7 @@ namespace {
 PhaseStats delta(const PhaseStats& a, const PhaseStats& b) {
   PhaseStats d;
   d.time_s = b.time_s - a.time_s;
+  d.codec_s = b.codec_s - a.codec_s;
   for (int i = 0; i < 3; ++i) d.bytes[i] = b.bytes[i] - a.bytes[i];
   d.logical_bytes = b.logical_bytes - a.logical_bytes;
   d.scaleout_logical_bytes = b.scaleout_logical_bytes - a.scaleout_logical_bytes;
@@ -46,6 +47,7 @@ nlohmann::json phase_json(const std::vector<RankRecord>& ranks, std::vector<Phas
   auto bw = [&](double bytes_per_rank) { return time > 0 ? bytes_per_rank / time / 1e9 : 0.0; };
   nlohmann::json j;
   j["time_s"] = time;
+  j["codec_s"] = sum.codec_s * per_rank_call;
   j["logical_bw_GBps"] = bw(sum.logical_bytes * per_rank_call);
   j["scaleout_bw_GBps"] = bw(sum.scaleout_logical_bytes * per_rank_call);
   j["scaleup_bw_GBps"] = bw(sum.bytes[static_cast<int>(LinkClass::kScaleUp)] * per_rank_call);

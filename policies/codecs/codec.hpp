@@ -44,6 +44,9 @@ class Codec {
   // compute before each send and after each receive. The default is a memory-bound quantizer pass at the rate
   // measured on an H200 (see kGpuQuantizeElementsPerS); codecs that do more or less work override it.
   virtual double gpu_seconds(int tokens, int hidden, bool encode) const;
+  // True when an expert GEMM consumes the encoded form directly (DeepGEMM takes per-128 FP8 with its scales;
+  // block-scaled MMA takes MX), so the receiver never decodes: the simulator then charges no decode time.
+  virtual bool gemm_native() const { return false; }
   double bits_per_element(int tokens, int hidden) const {
     double n = static_cast<double>(tokens) * static_cast<double>(hidden);
     return n > 0 ? 8.0 * static_cast<double>(encoded_size(tokens, hidden)) / n : 0.0;

@@ -19,6 +19,9 @@ enum class Fp8Kind { kE4M3, kE5M2 };
 
 class Fp8BlockCodec final : public Codec {
  public:
+  bool gemm_native() const override { return true; }
+
+ public:
   Fp8BlockCodec(std::string spec, Fp8Kind kind, bool ue8m0)
       : spec_(std::move(spec)),
         kind_(kind),

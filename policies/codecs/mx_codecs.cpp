@@ -39,6 +39,9 @@ MxFormat format_of(MxKind k) {
 
 class MxCodec final : public Codec {
  public:
+  bool gemm_native() const override { return true; }
+
+ public:
   MxCodec(std::string spec, MxKind kind) : spec_(std::move(spec)), kind_(kind), fmt_(format_of(kind)) {}
 
   std::string name() const override { return spec_; }
