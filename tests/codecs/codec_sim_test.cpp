@@ -1,5 +1,5 @@
-// The simulator charges codec compute: the same run with a codec whose modeled GPU time is zero and with the
-// real one differs by the encode and decode time, and a bigger throughput model gives a longer dispatch.
+// The simulator charges codec compute beside the dispatch timer (codec_s): one encode of a rank's batch, and one
+// decode of what it received unless the expert GEMM takes the encoded form; the exchange time does not change.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -31,7 +31,11 @@ class ScaledTimeCodec final : public Codec {
   double factor_;
 };
 
-double dispatch_time(const std::string& codec) {
+struct DispatchTimes {
+  double time_s, codec_s;
+};
+
+DispatchTimes dispatch_times(const std::string& codec) {
   RunConfig c;
   c.backend = "sim";
   c.nodes = 2;
@@ -40,22 +44,27 @@ double dispatch_time(const std::string& codec) {
   c.algorithm = "flat";
   c.dispatch_codec = codec;
   c.combine_codec = "bf16";
-  return run_experiment(c)["phases"]["dispatch"]["time_s"].get<double>();
+  const auto d = run_experiment(c)["phases"]["dispatch"];
+  return {d["time_s"].get<double>(), d["codec_s"].get<double>()};
 }
 
-TEST(SimCodecCompute, DispatchTimeIncludesModeledEncodeAndDecode) {
+TEST(SimCodecCompute, EncodeOnceAndDecodeOnceBesideTheDispatchTimer) {
   register_codec_factory("test-fp8-free", [] { return std::make_unique<ScaledTimeCodec>(0.0); });
   register_codec_factory("test-fp8-slow", [] { return std::make_unique<ScaledTimeCodec>(100.0); });
-  const double free = dispatch_time("test-fp8-free");
-  const double real = dispatch_time("fp8-e4m3-b128");
-  const double slow = dispatch_time("test-fp8-slow");
+  const DispatchTimes free = dispatch_times("test-fp8-free");
+  const DispatchTimes real = dispatch_times("fp8-e4m3-b128");
+  const DispatchTimes slow = dispatch_times("test-fp8-slow");
   unregister_codec_factory("test-fp8-free");
   unregister_codec_factory("test-fp8-slow");
-  // Same bytes on the wire; only the charged compute differs. One rank encodes its 256 tokens at least once.
   const double encode_once = create_codec("fp8-e4m3-b128")->gpu_seconds(256, 7168, true);
-  EXPECT_GT(real, free);
-  EXPECT_GE(slow - free, 100 * encode_once * 0.99);
-  EXPECT_NEAR(real - free, (slow - free) / 100, 0.05 * (slow - free) / 100 + 1e-9);
+  // Same bytes on the wire: the exchange itself takes the same time whatever the codec costs.
+  EXPECT_NEAR(real.time_s, free.time_s, 1e-3 * free.time_s);
+  EXPECT_NEAR(slow.time_s, free.time_s, 1e-3 * free.time_s);
+  EXPECT_EQ(free.codec_s, 0.0);
+  // fp8-e4m3-b128 feeds the expert GEMM as it is: each rank pays one encode of its own batch, no decode.
+  EXPECT_NEAR(real.codec_s, encode_once, 1e-3 * encode_once);
+  // The stand-in is not GEMM-native, so it also pays a decode of every received row.
+  EXPECT_GT(slow.codec_s, 100 * encode_once * 1.5);
 }
 
 TEST(SimCodecCompute, Bf16IsFree) {
