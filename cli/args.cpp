@@ -66,7 +66,8 @@ Args& Args::opt(const std::string& name, double* t, const std::string& help) {
                       } catch (...) {
                         pos = 0;
                       }
-                      if (pos != v.size() || v.empty()) throw EplabError("--" + name + " expects a number, got '" + v + "'");
+                      if (pos != v.size() || v.empty())
+                        throw EplabError("--" + name + " expects a number, got '" + v + "'");
                       *t = x;
                     }});
 }
@@ -114,8 +115,10 @@ std::string Args::help() const {
     const Opt& o = opts_.at(n);
     std::string left = "  --" + n + (o.is_flag ? "" : " VALUE");
     os << left;
-    if (left.size() < 28) os << std::string(28 - left.size(), ' ');
-    else os << "\n" << std::string(28, ' ');
+    if (left.size() < 28)
+      os << std::string(28 - left.size(), ' ');
+    else
+      os << "\n" << std::string(28, ' ');
     os << o.help;
     if (!o.is_flag && !o.default_text.empty()) os << " (default: " << o.default_text << ")";
     os << "\n";

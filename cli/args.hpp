@@ -53,7 +53,8 @@ std::map<std::string, Command>& commands();
 struct CommandRegistrar {
   CommandRegistrar(const char* name, const char* summary, CommandFn fn) { commands()[name] = {name, summary, fn}; }
 };
-#define EPLAB_COMMAND(name, summary, fn) static ::eplab::cli::CommandRegistrar eplab_command_registrar_(name, summary, fn)
+#define EPLAB_COMMAND(name, summary, fn) \
+  static ::eplab::cli::CommandRegistrar eplab_command_registrar_(name, summary, fn)
 
 // A progress line on stderr when it is a terminal: "\r<what> 3/10 (30%)". Silent otherwise or when quiet.
 class Progress {

@@ -107,8 +107,8 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
   for (const auto& r : reports)
     if (!r.contains("error")) r0 = r;
   if (r0.contains("error")) {
-    for (const auto& r : reports) std::printf("%s failed: %s\n", r["algorithm"].get<std::string>().c_str(),
-                                              r["error"].get<std::string>().c_str());
+    for (const auto& r : reports)
+      std::printf("%s failed: %s\n", r["algorithm"].get<std::string>().c_str(), r["error"].get<std::string>().c_str());
     return;
   }
   std::printf("eplab %s | %s, %d nodes x %d GPUs = %d ranks | %s | %d tokens/rank | routing %s | %s payload\n",
@@ -116,11 +116,12 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
               r0["cluster"]["nodes"].get<int>(), r0["cluster"]["gpus_per_node"].get<int>(), r0["ranks"].get<int>(),
               r0["model"]["name"].get<std::string>().c_str(), r0["tokens_per_rank"].get<int>(),
               r0["routing"].get<std::string>().c_str(), r0["payload"].get<std::string>().c_str());
-  std::printf("%-13s %10s %10s %10s %10s %10s %10s %11s %11s %7s\n", "algorithm", "notify us", "disp us",
-              "comb us", "disp GB/s", "comb GB/s", "RDMA GB/s", "scale-up MB", "scale-out MB", "wall s");
+  std::printf("%-13s %10s %10s %10s %10s %10s %10s %11s %11s %7s\n", "algorithm", "notify us", "disp us", "comb us",
+              "disp GB/s", "comb GB/s", "RDMA GB/s", "scale-up MB", "scale-out MB", "wall s");
   for (const auto& r : reports) {
     if (r.contains("error")) {
-      std::printf("%-13s failed: %s\n", r["algorithm"].get<std::string>().c_str(), r["error"].get<std::string>().c_str());
+      std::printf("%-13s failed: %s\n", r["algorithm"].get<std::string>().c_str(),
+                  r["error"].get<std::string>().c_str());
       continue;
     }
     const auto& p = r["phases"];
@@ -134,8 +135,9 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
                 p["dispatch"]["scaleout_bw_GBps"].get<double>(), mb("scaleup"), mb("scaleout"),
                 r["wall_s"].get<double>());
   }
-  std::printf("times are per layer (simulated); GB/s follow DeepEP's definitions (logical: received tokens; RDMA:\n"
-              "(token, node) pairs); MB are wire bytes summed over all ranks, dispatch + combine\n");
+  std::printf(
+      "times are per layer (simulated); GB/s follow DeepEP's definitions (logical: received tokens; RDMA:\n"
+      "(token, node) pairs); MB are wire bytes summed over all ranks, dispatch + combine\n");
 }
 
 int cmd_run(const std::vector<std::string>& argv) {
@@ -237,11 +239,12 @@ int cmd_run(const std::vector<std::string>& argv) {
   }
   if (cfg.layout_cache > 0) {
     const auto& lc = report["layout_cache"];
-    std::printf("layout cache: %ld hits, %ld misses (hit rate %.1f%%), notify time saved %s\n",
-                lc["hits"].get<long>(), lc["misses"].get<long>(), 100.0 * lc["hit_rate"].get<double>(),
-                lc["timed"].get<bool>() ? (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) + " us").c_str()
-                                        : (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) +
-                                           " us wall (emu threads)").c_str());
+    std::printf(
+        "layout cache: %ld hits, %ld misses (hit rate %.1f%%), notify time saved %s\n", lc["hits"].get<long>(),
+        lc["misses"].get<long>(), 100.0 * lc["hit_rate"].get<double>(),
+        lc["timed"].get<bool>()
+            ? (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) + " us").c_str()
+            : (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) + " us wall (emu threads)").c_str());
   }
   if (!report_path.empty()) {
     std::ofstream out(report_path);

@@ -30,7 +30,8 @@ void ThreadFabric::check_peer(int peer, const char* op, Tag tag) const {
 Request ThreadFabric::isend(int peer, Tag tag, ConstBuf data) {
   check_peer(peer, "isend", tag);
   if (data.phantom_bytes > 0 || (data.ptr == nullptr && data.bytes > 0))
-    throw FabricError("isend: " + where(peer, tag) + ": the emulated fabric moves real bytes only (phantom payload of " +
+    throw FabricError("isend: " + where(peer, tag) +
+                      ": the emulated fabric moves real bytes only (phantom payload of " +
                       std::to_string(data.total()) + " bytes)");
   auto st = std::make_shared<RequestState>();
   st->bytes = st->total_bytes = data.bytes;
@@ -40,9 +41,9 @@ Request ThreadFabric::isend(int peer, Tag tag, ConstBuf data) {
     auto& r = **it;
     if (r.peer != rank_ || r.tag != tag) continue;
     if (data.bytes > r.buf.capacity) {
-      r.error = "irecv: rank " + std::to_string(peer) + ", peer " + std::to_string(rank_) + ", tag " + describe_tag(tag) +
-                ": message of " + std::to_string(data.bytes) + " bytes exceeds the " + std::to_string(r.buf.capacity) +
-                "-byte receive buffer";
+      r.error = "irecv: rank " + std::to_string(peer) + ", peer " + std::to_string(rank_) + ", tag " +
+                describe_tag(tag) + ": message of " + std::to_string(data.bytes) + " bytes exceeds the " +
+                std::to_string(r.buf.capacity) + "-byte receive buffer";
     } else if (data.bytes) {
       std::memcpy(r.buf.ptr, data.ptr, data.bytes);
     }
@@ -107,9 +108,10 @@ void ThreadFabric::wait_all(std::span<Request> reqs, Deadline d) {
       const double left = limit - now();
       if (left <= 0) {
         auto* rs = dynamic_cast<ThreadWorld::RecvState*>(s);
-        const std::string msg = "wait: " + where(rs ? rs->peer : -1, rs ? rs->tag : 0) + ": deadline passed (" +
-                                (caller_limit ? std::string("the caller's") : std::to_string(world_.timeout_s()) + " s") +
-                                ") with the message not yet received";
+        const std::string msg =
+            "wait: " + where(rs ? rs->peer : -1, rs ? rs->tag : 0) + ": deadline passed (" +
+            (caller_limit ? std::string("the caller's") : std::to_string(world_.timeout_s()) + " s") +
+            ") with the message not yet received";
         if (!caller_limit && world_.failure_.empty()) world_.failure_ = msg;
         world_.cv_.notify_all();
         throw FabricError(msg);
@@ -157,7 +159,8 @@ void ThreadFabric::barrier() {
       throw FabricError(msg);
     }
   }
-  if (world_.barrier_gen_ == gen) throw FabricError("rank " + std::to_string(rank_) + " left the barrier: " + world_.failure_);
+  if (world_.barrier_gen_ == gen)
+    throw FabricError("rank " + std::to_string(rank_) + " left the barrier: " + world_.failure_);
 }
 
 namespace {

@@ -15,13 +15,12 @@ namespace eplab {
 namespace {
 
 struct AllgatherState {
-  std::vector<int32_t> src_tokens; // [ranks] batch size of each source
-  std::vector<std::vector<int32_t>>
-      kept; // [ranks] tokens of each source kept here, in handle order
+  std::vector<int32_t> src_tokens;         // [ranks] batch size of each source
+  std::vector<std::vector<int32_t>> kept;  // [ranks] tokens of each source kept here, in handle order
 };
 
 class Allgather : public Algorithm {
-public:
+ public:
   std::string name() const override { return "allgather"; }
   ReductionOrder reduction() const override { return ReductionOrder::kRanks; }
 
@@ -35,8 +34,7 @@ public:
       all.add_token(me, t);
       for (int k = 0; k < a.topk; ++k) {
         const size_t i = static_cast<size_t>(t) * a.topk + k;
-        if (a.slots[i] >= 0)
-          all.add_sel(a.slots[i], a.weights[i]);
+        if (a.slots[i] >= 0) all.add_sel(a.slots[i], a.weights[i]);
       }
     }
 
@@ -86,18 +84,15 @@ public:
     EngineContext::Message msg;
     std::vector<EngineContext::Message> sized(c.phantom() ? R : 0);
     if (all.size() > 0 && !c.phantom()) {
-      msg = c.make_block_message(
-          all, a.x, *c.dispatch_codec,
-          EngineContext::stream_id(Phase::kAllgather, a.layer, me, me));
-      for (int r = 0; r < R; ++r)
-        sends.push_back({r, msg.buf()});
+      msg = c.make_block_message(all, a.x, *c.dispatch_codec,
+                                 EngineContext::stream_id(Phase::kAllgather, a.layer, me, me));
+      for (int r = 0; r < R; ++r) sends.push_back({r, msg.buf()});
     } else if (all.size() > 0) {
       // Sizes only: every destination is charged the whole batch, but only the
       // metadata it keeps is copied, so a large simulated cluster does not copy
       // every rank's metadata to every rank.
       const size_t full =
-          block_meta_bytes(all.size(), all.num_sels()) +
-          c.dispatch_codec->encoded_size(all.size(), c.hidden());
+          block_meta_bytes(all.size(), all.num_sels()) + c.dispatch_codec->encoded_size(all.size(), c.hidden());
       for (int r = 0; r < R; ++r) {
         pack_block(keep[r], 0, sized[r].bytes);
         sized[r].phantom_bytes = full - sized[r].bytes.size();
@@ -109,16 +104,12 @@ public:
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
       st->src_tokens[r] = static_cast<int32_t>(in_counts[3 * r]);
-      if (in_counts[3 * r] == 0)
-        continue;
-      inbox[r].resize(c.block_capacity(in_counts[3 * r + 1],
-                                       in_counts[3 * r + 2],
-                                       *c.dispatch_codec));
+      if (in_counts[3 * r] == 0) continue;
+      inbox[r].resize(c.block_capacity(in_counts[3 * r + 1], in_counts[3 * r + 2], *c.dispatch_codec));
       recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       from.push_back(r);
     }
-    c.exchange(disp, make_tag(Phase::kAllgather, a.step, a.layer), sends,
-               recvs);
+    c.exchange(disp, make_tag(Phase::kAllgather, a.step, a.layer), sends, recvs);
 
     // Keep the tokens with at least one selection on this rank's slots, with
     // only those selections.
@@ -132,14 +123,12 @@ public:
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
-      c.read_block_message(
-          inbox[r], recvs[i].bytes, b, brows, *c.dispatch_codec,
-          EngineContext::stream_id(Phase::kAllgather, a.layer, r, r), r);
+      c.read_block_message(inbox[r], recvs[i].bytes, b, brows, *c.dispatch_codec,
+                           EngineContext::stream_id(Phase::kAllgather, a.layer, r, r), r);
       for (int j = 0; j < b.size(); ++j) {
         bool any = false;
         for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
-          if (c.placement.rank_of_slot(b.sel_slot[s]) != me)
-            continue;
+          if (c.placement.rank_of_slot(b.sel_slot[s]) != me) continue;
           if (!any) {
             h.recv.add_token(b.src_rank[j], b.token[j]);
             st->kept[r].push_back(b.token[j]);
@@ -163,8 +152,7 @@ public:
 
   // Dense reduce-scatter: every rank sends each source a full [tokens x hidden]
   // partial, zeros included.
-  void combine(EngineContext &c, Handle &h, const float *partials,
-               float *out) override {
+  void combine(EngineContext &c, Handle &h, const float *partials, float *out) override {
     const int R = c.topo.size(), me = c.rank(), H = c.hidden();
     auto &st = *static_cast<AllgatherState *>(h.state.get());
     PhaseStats comb;
@@ -177,17 +165,14 @@ public:
     size_t row = 0;
     for (int r = 0; r < R; ++r) {
       const int n = st.src_tokens[r];
-      if (n == 0)
-        continue;
+      if (n == 0) continue;
       if (!c.phantom()) {
         dense.assign(static_cast<size_t>(n) * H, 0.f);
         for (int32_t t : st.kept[r])
-          std::memcpy(&dense[static_cast<size_t>(t) * H],
-                      partials + (row++) * H, sizeof(float) * H);
+          std::memcpy(&dense[static_cast<size_t>(t) * H], partials + (row++) * H, sizeof(float) * H);
       }
-      msgs[r] = c.make_rows_message(
-          c.phantom() ? nullptr : dense.data(), n, *c.combine_codec,
-          EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
+      msgs[r] = c.make_rows_message(c.phantom() ? nullptr : dense.data(), n, *c.combine_codec,
+                                    EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
       sends.push_back({r, msgs[r].buf()});
     }
     std::vector<std::vector<uint8_t>> inbox(R);
@@ -198,17 +183,13 @@ public:
       }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);
     if (!c.phantom()) {
-      std::memset(out, 0,
-                  sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       std::vector<float> rows(static_cast<size_t>(h.num_tokens) * H);
       for (size_t i = 0; i < recvs.size(); ++i) {
         const int r = recvs[i].peer;
-        c.read_rows_message(
-            inbox[r], recvs[i].bytes, h.num_tokens, rows.data(),
-            *c.combine_codec,
-            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
-        for (size_t e = 0; e < rows.size(); ++e)
-          out[e] += rows[e];
+        c.read_rows_message(inbox[r], recvs[i].bytes, h.num_tokens, rows.data(), *c.combine_codec,
+                            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
+        for (size_t e = 0; e < rows.size(); ++e) out[e] += rows[e];
       }
     }
     comb.time_s = c.fabric.now() - t0;
@@ -217,10 +198,8 @@ public:
   }
 };
 
-} // namespace
+}  // namespace
 
-std::unique_ptr<Algorithm> make_allgather_algorithm() {
-  return std::make_unique<Allgather>();
-}
+std::unique_ptr<Algorithm> make_allgather_algorithm() { return std::make_unique<Allgather>(); }
 
-} // namespace eplab
+}  // namespace eplab

@@ -12,9 +12,9 @@
 namespace eplab {
 
 struct LaunchOptions {
-  bool phantom_payload = false;   // sim: sizes only
-  double timeout_s = 60;          // wall-clock limit for a blocked wait (emu) before it is reported
-  std::string sim_model;          // sim: network model name (empty = default)
+  bool phantom_payload = false;  // sim: sizes only
+  double timeout_s = 60;         // wall-clock limit for a blocked wait (emu) before it is reported
+  std::string sim_model;         // sim: network model name (empty = default)
 };
 
 class Backend {
@@ -34,7 +34,7 @@ void register_backend(const std::string& name, BackendFactory factory);
 // A backend that this build left out: create_backend() explains how to enable it.
 void register_missing_backend(const std::string& name, const std::string& how_to_enable);
 std::unique_ptr<Backend> create_backend(const std::string& name);
-std::vector<std::string> backend_names();          // built-in ones
+std::vector<std::string> backend_names();  // built-in ones
 // Registers every backend this build has (generated at configure time).
 void register_builtin_backends();
 

@@ -56,8 +56,13 @@ std::unique_ptr<Algorithm> create_algorithm(const std::string& name) {
 }
 
 EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, const EngineOptions& o)
-    : fabric(f), topo(f.topology()), shape(s), placement(p), opts(o),
-      dispatch_codec(create_codec(o.dispatch_codec)), combine_codec(create_codec(o.combine_codec)),
+    : fabric(f),
+      topo(f.topology()),
+      shape(s),
+      placement(p),
+      opts(o),
+      dispatch_codec(create_codec(o.dispatch_codec)),
+      combine_codec(create_codec(o.combine_codec)),
       layout_cache(o.layout_cache) {
   if (o.phantom && !f.caps().phantom_payload)
     throw EplabError("phantom payloads (sizes only) need a simulated fabric; this one moves real bytes");
@@ -65,8 +70,8 @@ EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, c
 
 const std::vector<uint32_t>* EngineContext::cached_counts(const DispatchArgs& a) {
   if (!a.layout_cached) return nullptr;
-  const std::string where = "engine: rank " + std::to_string(rank()) + ", step " + std::to_string(a.step) +
-                            ", layer " + std::to_string(a.layer) + ", " + opts.algorithm + ": ";
+  const std::string where = "engine: rank " + std::to_string(rank()) + ", step " + std::to_string(a.step) + ", layer " +
+                            std::to_string(a.layer) + ", " + opts.algorithm + ": ";
   if (a.layout_key == 0 || layout_cache.capacity() == 0)
     throw EplabError(where + "the caller vouched for a cached layout, but " +
                      (a.layout_key == 0 ? "gave no layout key" : "the layout cache is off (capacity 0)"));
@@ -87,8 +92,8 @@ void EngineContext::store_counts(const DispatchArgs& a, std::vector<uint32_t> co
   if (a.layout_key == 0 || layout_cache.capacity() == 0) return;
   ++layout_cache.stats.misses;
   layout_cache.stats.notify_time_missed_s += notify_time_s;
-  layout_cache.insert({a.layout_key, LayoutCache::routing_hash(a.num_tokens, a.topk, a.slots), std::move(counts),
-                       notify_time_s});
+  layout_cache.insert(
+      {a.layout_key, LayoutCache::routing_hash(a.num_tokens, a.topk, a.slots), std::move(counts), notify_time_s});
 }
 
 void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
@@ -114,7 +119,7 @@ static double charge_codec(Fabric& fabric, const Codec& codec, int tokens, int h
 }
 
 EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, const float* rows, Codec& codec,
-                                                          uint64_t stream) {
+                                                         uint64_t stream) {
   Message m;
   if (phantom()) {
     m.phantom_bytes = codec.encoded_size(b.size(), hidden());
@@ -147,8 +152,8 @@ size_t EngineContext::rows_capacity(int n, const Codec& codec) const {
 
 void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
                                        std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer) {
-  const std::string what = "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
-                           " in phase " + fabric.phase();
+  const std::string what =
+      "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " + fabric.phase();
   uint64_t payload = 0;
   const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
   if (phantom()) return;

@@ -22,10 +22,10 @@ namespace eplab {
 // What one rank moved and how long it took in one phase, accumulated over calls.
 struct PhaseStats {
   double time_s = 0;
-  double codec_s = 0;                // modeled encode/decode time, outside time_s (sim only)
-  double bytes[3] = {0, 0, 0};       // wire bytes sent, by LinkClass (self, scaleup, scaleout)
-  double logical_bytes = 0;          // DeepEP intranode definition: received tokens x hidden x wire bytes/elem
-  double scaleout_logical_bytes = 0; // DeepEP internode definition: (token, node) pairs x hidden x bytes/elem
+  double codec_s = 0;                 // modeled encode/decode time, outside time_s (sim only)
+  double bytes[3] = {0, 0, 0};        // wire bytes sent, by LinkClass (self, scaleup, scaleout)
+  double logical_bytes = 0;           // DeepEP intranode definition: received tokens x hidden x wire bytes/elem
+  double scaleout_logical_bytes = 0;  // DeepEP internode definition: (token, node) pairs x hidden x bytes/elem
   double messages = 0;
   int calls = 0;
   void add(const PhaseStats& o);
@@ -47,10 +47,10 @@ struct EngineOptions {
   std::string algorithm = "hierarchical";
   std::string dispatch_codec = "bf16";
   std::string combine_codec = "bf16";
-  bool phantom = false;       // sizes only: no activations travel (simulated fabrics)
-  double timeout_s = 60;      // limit for one blocked wait
-  int chunk_tokens = 0;       // algorithm-specific pipelining granularity (0 = one chunk)
-  int layout_cache = 0;       // capacity of the cached-layout LRU (engine/layout_cache.hpp); 0 = off
+  bool phantom = false;   // sizes only: no activations travel (simulated fabrics)
+  double timeout_s = 60;  // limit for one blocked wait
+  int chunk_tokens = 0;   // algorithm-specific pipelining granularity (0 = one chunk)
+  int layout_cache = 0;   // capacity of the cached-layout LRU (engine/layout_cache.hpp); 0 = off
 };
 
 struct DispatchArgs {
@@ -58,9 +58,9 @@ struct DispatchArgs {
   int layer = 0;
   int num_tokens = 0;
   int topk = 0;
-  const int32_t* slots = nullptr;   // [tokens x topk] physical expert slots, -1 = unused
-  const float* weights = nullptr;   // [tokens x topk]
-  const float* x = nullptr;         // [tokens x hidden] activations; null in phantom mode
+  const int32_t* slots = nullptr;  // [tokens x topk] physical expert slots, -1 = unused
+  const float* weights = nullptr;  // [tokens x topk]
+  const float* x = nullptr;        // [tokens x hidden] activations; null in phantom mode
   // Which expert each slot holds for this call (rebalancing changes it between steps); null: the engine's.
   // It must have the engine placement's geometry (ranks x slots per rank): algorithms route by slot -> rank
   // only, so the per-call placement changes what a slot computes, never where its tokens travel.
@@ -77,11 +77,11 @@ struct DispatchArgs {
 struct Handle {
   int step = 0;
   int layer = 0;
-  int num_tokens = 0;             // tokens of this rank's own batch (combine's output rows)
-  long token_node_pairs = 0;      // (token, destination node) pairs of the own batch, own node included
+  int num_tokens = 0;         // tokens of this rank's own batch (combine's output rows)
+  long token_node_pairs = 0;  // (token, destination node) pairs of the own batch, own node included
   TokenBlock recv;
-  std::vector<float> recv_x;      // [recv.size() x hidden]; empty in phantom mode
-  std::shared_ptr<void> state;    // the algorithm's private bookkeeping for combine
+  std::vector<float> recv_x;             // [recv.size() x hidden]; empty in phantom mode
+  std::shared_ptr<void> state;           // the algorithm's private bookkeeping for combine
   const Placement* placement = nullptr;  // the placement dispatch ran with (never null after dispatch)
 };
 

@@ -96,9 +96,9 @@ struct LayerPlan {
   std::shared_ptr<const Placement> placement;
   std::vector<Transfer> moves;  // empty: nothing migrates before this call
   int slots_moved = 0;
-  double forecast_mape = -1;    // predicted vs actual load; < 0 without a forecast
-  uint64_t layout_key = 0;      // cluster-wide routing key for the layout cache (0: cache off)
-  bool layout_cached = false;   // the driver's LRU holds layout_key: every rank skips notify
+  double forecast_mape = -1;   // predicted vs actual load; < 0 without a forecast
+  uint64_t layout_key = 0;     // cluster-wide routing key for the layout cache (0: cache off)
+  bool layout_cached = false;  // the driver's LRU holds layout_key: every rank skips notify
 };
 
 // The cluster-wide key of one call's layout: everything its notify counts depend on, i.e. the layer, the
@@ -153,12 +153,13 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   if (cfg.tokens < 1) throw EplabError("--tokens must be at least 1 per rank, got " + std::to_string(cfg.tokens));
   if (cfg.steps < 1 || cfg.layers < 1) throw EplabError("--steps and --layers must be at least 1");
   if (shape.num_experts % topo.size() != 0 && topo.size() % shape.num_experts != 0)
-    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) + " experts, which do not divide over " +
-                     std::to_string(topo.size()) + " ranks (" + std::to_string(spec.nodes) + " nodes x " +
-                     std::to_string(spec.gpus_per_node) + " GPUs)");
+    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) +
+                     " experts, which do not divide over " + std::to_string(topo.size()) + " ranks (" +
+                     std::to_string(spec.nodes) + " nodes x " + std::to_string(spec.gpus_per_node) + " GPUs)");
   if (topo.size() > shape.num_experts)
-    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) + " experts, fewer than the " +
-                     std::to_string(topo.size()) + " ranks; every rank needs at least one expert");
+    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) +
+                     " experts, fewer than the " + std::to_string(topo.size()) +
+                     " ranks; every rank needs at least one expert");
   const std::string dcodec = cfg.dispatch_codec.empty() ? shape.dispatch_codec : cfg.dispatch_codec;
   const std::string ccodec = cfg.combine_codec.empty() ? shape.combine_codec : cfg.combine_codec;
 
@@ -175,8 +176,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     throw EplabError("--payload must be real, phantom or auto, got '" + cfg.payload + "'");
   if (phantom && !caps.phantom_payload)
     throw EplabError("backend '" + cfg.backend + "' moves real bytes only; --payload=phantom needs --backend=sim");
-  if (!phantom && !caps.real_payload)
-    throw EplabError("backend '" + cfg.backend + "' cannot move real bytes");
+  if (!phantom && !caps.real_payload) throw EplabError("backend '" + cfg.backend + "' cannot move real bytes");
 
   RoutingParams rp{shape, topo, cfg.tokens, cfg.seed, cfg.steps, cfg.layers};
   std::shared_ptr<RoutingSource> routing = cfg.routing_source;
@@ -209,7 +209,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     for (int l = 0; l < cfg.layers; ++l) {
       balancers.push_back(create_balancer(cfg.balancer));
       if (!oracle) predictors.push_back(create_heat_predictor(cfg.heat));
-      BalanceResult r = balancers[l]->balance({std::vector<double>(E, 0.0), topo, shape, cfg.redundant_experts, nullptr});
+      BalanceResult r =
+          balancers[l]->balance({std::vector<double>(E, 0.0), topo, shape, cfg.redundant_experts, nullptr});
       current.push_back(std::make_shared<const Placement>(std::move(r.placement)));
     }
     const bool learn = cfg.rebalance_every > 0;
@@ -226,7 +227,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
             RoutingBatch b = routing->batch(step, l, r);
             validate_batch(b, E, routing_name.c_str());
             add_expert_load(b, load);
-            if (!planned_batches.empty()) planned_batches[static_cast<size_t>(step * cfg.layers + l) * R + r] = std::move(b);
+            if (!planned_batches.empty())
+              planned_batches[static_cast<size_t>(step * cfg.layers + l) * R + r] = std::move(b);
           }
           const std::vector<double> forecast = oracle ? load : predictors[l]->predict();
           if (!forecast.empty()) lp.forecast_mape = forecast_mape(forecast, load);
@@ -364,8 +366,14 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
           x.resize(static_cast<size_t>(batch.num_tokens) * shape.hidden);
           make_activations(cfg.seed, step, layer, me, batch.num_tokens, shape.hidden, x.data());
         }
-        DispatchArgs args{step, layer, batch.num_tokens, batch.topk, slots.data(), batch.topk_weights.data(),
-                          phantom ? nullptr : x.data(), &placement};
+        DispatchArgs args{step,
+                          layer,
+                          batch.num_tokens,
+                          batch.topk,
+                          slots.data(),
+                          batch.topk_weights.data(),
+                          phantom ? nullptr : x.data(),
+                          &placement};
         args.layout_key = plan[call].layout_key;
         args.layout_cached = plan[call].layout_cached;
         const EngineStats before = engine.stats();
@@ -496,8 +504,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
                          {"slots_moved", total_moved},
                          {"expert_weight_bytes", expert_bytes},
                          {"timed", phantom}};
-  report["step_time"] = {{"layers_s", total_layer_s}, {"migration_s", total_mig_s},
-                         {"total_s", total_layer_s + total_mig_s}};
+  report["step_time"] = {
+      {"layers_s", total_layer_s}, {"migration_s", total_mig_s}, {"total_s", total_layer_s + total_mig_s}};
   report["per_step"] = std::move(per_step);
   // Every rank hits and misses on the same calls (the driver vouches for all), so counts are rank 0's. Time
   // saved: per hit, the notify time the miss that filled its entry measured on that rank (modeled time on sim,

@@ -6,9 +6,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "traces/routing_source.hpp"
 
@@ -17,18 +16,18 @@ namespace eplab {
 struct RunConfig {
   std::string backend = "emu";
   std::string cluster = "h800-cx7";
-  int nodes = 0;                 // 0: the preset's
-  int gpus_per_node = 0;         // 0: the preset's
+  int nodes = 0;          // 0: the preset's
+  int gpus_per_node = 0;  // 0: the preset's
   std::string model = "deepseek-v3";
-  int tokens = 4096;             // per rank
+  int tokens = 4096;  // per rank
   std::string routing = "deepep";
-  std::string trace;             // a trace file instead of a generator
+  std::string trace;                              // a trace file instead of a generator
   std::shared_ptr<RoutingSource> routing_source;  // set by code (tests, Python): used instead of both
-  int hidden = 0;                // 0: the model's hidden size
-  int experts = 0;               // 0: the model's routed experts (more let a shape scale past its expert count)
+  int hidden = 0;                                 // 0: the model's hidden size
+  int experts = 0;  // 0: the model's routed experts (more let a shape scale past its expert count)
   std::string algorithm = "hierarchical";
-  std::string dispatch_codec;    // empty: the model's
-  std::string combine_codec;     // empty: the model's
+  std::string dispatch_codec;  // empty: the model's
+  std::string combine_codec;   // empty: the model's
   std::string transform = "scale";
   std::string payload = "auto";  // real | phantom | auto (phantom where time is modeled, real elsewhere)
   int steps = 1;
@@ -44,11 +43,11 @@ struct RunConfig {
   int rebalance_every = 0;
   std::string replica_selection = "round-robin";
   double timeout_s = 60;
-  bool verify = true;            // check delivery and combine where real bytes move
-  std::string sim_model;         // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
+  bool verify = true;              // check delivery and combine where real bytes move
+  std::string sim_model;           // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
   std::string mode = "inference";  // inference | training (backward pass and dense all-reduce; README)
-  bool overlap_allreduce = true;     // training: all-reduce dense gradients during the next layer's backward compute
-  std::string timeline;              // write a Chrome trace-event timeline to this file (empty: none)
+  bool overlap_allreduce = true;   // training: all-reduce dense gradients during the next layer's backward compute
+  std::string timeline;            // write a Chrome trace-event timeline to this file (empty: none)
   // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The driver hashes every rank's
   // batch per (step, layer) before the run, and a call whose layout is still cached skips notify on all ranks.
   int layout_cache = 0;

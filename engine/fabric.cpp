@@ -22,12 +22,24 @@ void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerR
 std::string describe_tag(Tag tag) {
   const char* phase = "?";
   switch (static_cast<Phase>(tag >> 56)) {
-    case Phase::kNotify: phase = "notify"; break;
-    case Phase::kDispatch: phase = "dispatch"; break;
-    case Phase::kCombine: phase = "combine"; break;
-    case Phase::kForward: phase = "forward"; break;
-    case Phase::kAllgather: phase = "allgather"; break;
-    case Phase::kUser: phase = "user"; break;
+    case Phase::kNotify:
+      phase = "notify";
+      break;
+    case Phase::kDispatch:
+      phase = "dispatch";
+      break;
+    case Phase::kCombine:
+      phase = "combine";
+      break;
+    case Phase::kForward:
+      phase = "forward";
+      break;
+    case Phase::kAllgather:
+      phase = "allgather";
+      break;
+    case Phase::kUser:
+      phase = "user";
+      break;
   }
   char buf[128];
   std::snprintf(buf, sizeof buf, "0x%016llx (%s, step %u, layer %u, round %u)", static_cast<unsigned long long>(tag),

@@ -48,9 +48,9 @@ struct Caps {
 struct RequestState {
   virtual ~RequestState() = default;
   bool done = false;
-  size_t bytes = 0;          // real bytes received (irecv) or sent (isend)
-  size_t total_bytes = 0;    // real + phantom bytes of the message
-  std::string error;         // first error seen, empty if none
+  size_t bytes = 0;        // real bytes received (irecv) or sent (isend)
+  size_t total_bytes = 0;  // real + phantom bytes of the message
+  std::string error;       // first error seen, empty if none
 };
 
 class Request {
@@ -82,7 +82,7 @@ struct Deadline {
 struct ComputeCost {
   double flops = 0;
   double hbm_bytes = 0;
-  double fixed_s = 0;   // already-known duration (e.g. a codec's measured time)
+  double fixed_s = 0;  // already-known duration (e.g. a codec's measured time)
   const char* what = "compute";
 };
 
@@ -94,8 +94,8 @@ struct PeerSend {
 struct PeerRecv {
   int peer;
   MutBuf data;
-  size_t bytes = 0;         // filled in: real bytes received
-  size_t total_bytes = 0;   // filled in: real + phantom bytes of the message
+  size_t bytes = 0;        // filled in: real bytes received
+  size_t total_bytes = 0;  // filled in: real + phantom bytes of the message
 };
 
 class Fabric {

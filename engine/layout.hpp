@@ -16,12 +16,12 @@ struct DispatchLayout {
   int num_ranks = 0;
   int num_nodes = 0;
   int num_slots = 0;
-  std::vector<int32_t> tokens_per_rank;    // [ranks] tokens with >= 1 selection on the rank
-  std::vector<int32_t> tokens_per_node;    // [nodes] tokens with >= 1 selection in the node
-  std::vector<int32_t> tokens_per_slot;    // [slots] selections per physical expert slot
-  std::vector<uint8_t> is_token_in_rank;   // [tokens x ranks]
-  std::vector<int32_t> rank_prefix;        // [ranks + 1] exclusive prefix sums of tokens_per_rank
-  std::vector<int32_t> node_prefix;        // [nodes + 1]
+  std::vector<int32_t> tokens_per_rank;   // [ranks] tokens with >= 1 selection on the rank
+  std::vector<int32_t> tokens_per_node;   // [nodes] tokens with >= 1 selection in the node
+  std::vector<int32_t> tokens_per_slot;   // [slots] selections per physical expert slot
+  std::vector<uint8_t> is_token_in_rank;  // [tokens x ranks]
+  std::vector<int32_t> rank_prefix;       // [ranks + 1] exclusive prefix sums of tokens_per_rank
+  std::vector<int32_t> node_prefix;       // [nodes + 1]
 
   bool in_rank(int t, int r) const { return is_token_in_rank[static_cast<size_t>(t) * num_ranks + r] != 0; }
 };

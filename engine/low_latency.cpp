@@ -18,37 +18,30 @@ namespace {
 // receiver and the source need to place the row without any other metadata. Its
 // size is part of the per-selection byte formula.
 struct SelectionHeader {
-  int32_t token; // index in the source's batch
-  int32_t k;     // top-k position, so the source can sum in top-k order
-  int32_t slot;  // physical expert slot on the receiver
-  float
-      weight; // carried for completeness; kSelections applies it at the source
+  int32_t token;  // index in the source's batch
+  int32_t k;      // top-k position, so the source can sum in top-k order
+  int32_t slot;   // physical expert slot on the receiver
+  float weight;   // carried for completeness; kSelections applies it at the source
 };
 static_assert(sizeof(SelectionHeader) == 16, "DeepEP's LL header is 16 bytes");
 
 struct LowLatencyState {
   int topk = 0;
-  std::vector<float>
-      weights; // [tokens x topk] the source's own weights, for combine
-  std::vector<std::vector<int32_t>>
-      sent; // [ranks] t * topk + k of each selection sent, in message order
-  std::vector<int32_t>
-      recv_count; // [ranks] selections received from each source
+  std::vector<float> weights;              // [tokens x topk] the source's own weights, for combine
+  std::vector<std::vector<int32_t>> sent;  // [ranks] t * topk + k of each selection sent, in message order
+  std::vector<int32_t> recv_count;         // [ranks] selections received from each source
   std::vector<int32_t> row_src,
-      row_pos; // [handle rows] source rank and position in its message
-  std::vector<int64_t> row_slot_index; // [handle rows] index in the fixed
-                                       // per-expert receive layout
-  long valid_sels = 0; // own valid selections, local ones included
-  long scaleout_sels =
-      0; // of those, selections whose expert lives on another node
+      row_pos;                          // [handle rows] source rank and position in its message
+  std::vector<int64_t> row_slot_index;  // [handle rows] index in the fixed
+                                        // per-expert receive layout
+  long valid_sels = 0;                  // own valid selections, local ones included
+  long scaleout_sels = 0;               // of those, selections whose expert lives on another node
 };
 
 class LowLatency : public Algorithm {
-public:
+ public:
   std::string name() const override { return "low-latency"; }
-  ReductionOrder reduction() const override {
-    return ReductionOrder::kSelections;
-  }
+  ReductionOrder reduction() const override { return ReductionOrder::kSelections; }
 
   // The send half and the receive half are separate steps (pack + notify +
   // payload exchange, then unpack into the per-expert slots) so a caller that
@@ -62,8 +55,7 @@ public:
     return h;
   }
 
-  void combine(EngineContext &c, Handle &h, const float *partials,
-               float *out) override {
+  void combine(EngineContext &c, Handle &h, const float *partials, float *out) override {
     const int R = c.topo.size(), me = c.rank(), H = c.hidden();
     auto &st = *static_cast<LowLatencyState *>(h.state.get());
     PhaseStats comb;
@@ -73,32 +65,25 @@ public:
     // Each source gets back its rows in the order it sent them, unweighted.
     std::vector<std::vector<float>> back(R);
     if (!c.phantom()) {
-      for (int r = 0; r < R; ++r)
-        back[r].resize(static_cast<size_t>(st.recv_count[r]) * H);
+      for (int r = 0; r < R; ++r) back[r].resize(static_cast<size_t>(st.recv_count[r]) * H);
       for (int i = 0; i < h.recv.size(); ++i)
-        std::memcpy(
-            &back[st.row_src[i]][static_cast<size_t>(st.row_pos[i]) * H],
-            partials + static_cast<size_t>(i) * H, sizeof(float) * H);
+        std::memcpy(&back[st.row_src[i]][static_cast<size_t>(st.row_pos[i]) * H], partials + static_cast<size_t>(i) * H,
+                    sizeof(float) * H);
     }
     std::vector<EngineContext::Message> msgs(R);
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
     for (int r = 0; r < R; ++r) {
-      if (st.recv_count[r] == 0)
-        continue;
-      msgs[r] = c.make_rows_message(
-          c.phantom() ? nullptr : back[r].data(), st.recv_count[r],
-          *c.combine_codec,
-          EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
+      if (st.recv_count[r] == 0) continue;
+      msgs[r] = c.make_rows_message(c.phantom() ? nullptr : back[r].data(), st.recv_count[r], *c.combine_codec,
+                                    EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
       sends.push_back({r, msgs[r].buf()});
     }
     std::vector<std::vector<uint8_t>> inbox(R);
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
-      if (st.sent[r].empty())
-        continue;
-      inbox[r].resize(c.rows_capacity(static_cast<int>(st.sent[r].size()),
-                                      *c.combine_codec));
+      if (st.sent[r].empty()) continue;
+      inbox[r].resize(c.rows_capacity(static_cast<int>(st.sent[r].size()), *c.combine_codec));
       recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       from.push_back(r);
     }
@@ -112,30 +97,23 @@ public:
       // does.
       const int K = st.topk;
       std::vector<std::vector<float>> rows(R);
-      std::vector<const float *> y(static_cast<size_t>(h.num_tokens) * K,
-                                   nullptr);
+      std::vector<const float *> y(static_cast<size_t>(h.num_tokens) * K, nullptr);
       for (size_t i = 0; i < from.size(); ++i) {
         const int r = from[i];
         const auto &ids = st.sent[r];
         rows[r].resize(ids.size() * H);
-        c.read_rows_message(
-            inbox[r], recvs[i].bytes, static_cast<int>(ids.size()),
-            rows[r].data(), *c.combine_codec,
-            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
-        for (size_t j = 0; j < ids.size(); ++j)
-          y[ids[j]] = &rows[r][j * H];
+        c.read_rows_message(inbox[r], recvs[i].bytes, static_cast<int>(ids.size()), rows[r].data(), *c.combine_codec,
+                            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
+        for (size_t j = 0; j < ids.size(); ++j) y[ids[j]] = &rows[r][j * H];
       }
-      std::memset(out, 0,
-                  sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       for (int t = 0; t < h.num_tokens; ++t) {
         float *o = out + static_cast<size_t>(t) * H;
         for (int k = 0; k < K; ++k) {
           const float *yk = y[static_cast<size_t>(t) * K + k];
-          if (yk == nullptr)
-            continue;
+          if (yk == nullptr) continue;
           const float w = st.weights[static_cast<size_t>(t) * K + k];
-          for (int e = 0; e < H; ++e)
-            o[e] += w * yk[e];
+          for (int e = 0; e < H; ++e) o[e] += w * yk[e];
         }
       }
     }
@@ -147,68 +125,56 @@ public:
   // Issue 3 item 5: bytes per selection (FP8 dispatch: encoded row + 16-byte
   // header; BF16 combine: encoded row) over all valid selections of this rank's
   // batch, local ones included.
-  double logical_bytes(const EngineContext &c, const Handle &h,
-                       const Codec &codec) const override {
+  double logical_bytes(const EngineContext &c, const Handle &h, const Codec &codec) const override {
     const auto &st = *static_cast<const LowLatencyState *>(h.state.get());
     return static_cast<double>(st.valid_sels) * selection_bytes(c, codec);
   }
   // The same per-selection bytes, counting only selections whose expert lives
   // on another node.
-  double scaleout_logical_bytes(const EngineContext &c, const Handle &h,
-                                const Codec &codec) const override {
+  double scaleout_logical_bytes(const EngineContext &c, const Handle &h, const Codec &codec) const override {
     const auto &st = *static_cast<const LowLatencyState *>(h.state.get());
     return static_cast<double>(st.scaleout_sels) * selection_bytes(c, codec);
   }
 
-private:
+ private:
   struct Outbox {
-    std::vector<std::vector<uint8_t>>
-        inbox; // [ranks] receive buffers, sized from the counts
+    std::vector<std::vector<uint8_t>> inbox;  // [ranks] receive buffers, sized from the counts
     std::vector<PeerRecv> recvs;
     std::vector<int> from;
-    std::vector<uint32_t> in_counts; // [ranks x (1 + local slots)] source
-                                     // tokens, then per-slot counts
-    int max_tokens =
-        0; // num_max_dispatch_tokens_per_rank: the largest batch of any rank
+    std::vector<uint32_t> in_counts;  // [ranks x (1 + local slots)] source
+                                      // tokens, then per-slot counts
+    int max_tokens = 0;               // num_max_dispatch_tokens_per_rank: the largest batch of any rank
     double t_payload = 0;
   };
 
   static double selection_bytes(const EngineContext &c, const Codec &codec) {
     const double row = static_cast<double>(codec.encoded_size(1, c.hidden()));
-    return &codec == c.dispatch_codec.get() ? row + sizeof(SelectionHeader)
-                                            : row;
+    return &codec == c.dispatch_codec.get() ? row + sizeof(SelectionHeader) : row;
   }
 
   // Packs one exchange entry per destination (all of this source's selections
   // for it) and sends it; the per-expert counts go first, as DeepEP's
   // per-expert count signals, so receive buffers fit exactly.
-  Outbox send_half(EngineContext &c, const DispatchArgs &a,
-                   LowLatencyState &st) {
-    const int R = c.topo.size(), me = c.rank(), H = c.hidden(),
-              S = c.placement.slots_per_rank();
+  Outbox send_half(EngineContext &c, const DispatchArgs &a, LowLatencyState &st) {
+    const int R = c.topo.size(), me = c.rank(), H = c.hidden(), S = c.placement.slots_per_rank();
     st.topk = a.topk;
-    st.weights.assign(a.weights,
-                      a.weights + static_cast<size_t>(a.num_tokens) * a.topk);
+    st.weights.assign(a.weights, a.weights + static_cast<size_t>(a.num_tokens) * a.topk);
     st.sent.assign(R, {});
     std::vector<std::vector<SelectionHeader>> headers(R);
     const int C = 1 + S;
     std::vector<uint32_t> out_counts(static_cast<size_t>(R) * C, 0);
-    for (int r = 0; r < R; ++r)
-      out_counts[static_cast<size_t>(r) * C] =
-          static_cast<uint32_t>(a.num_tokens);
+    for (int r = 0; r < R; ++r) out_counts[static_cast<size_t>(r) * C] = static_cast<uint32_t>(a.num_tokens);
     for (int t = 0; t < a.num_tokens; ++t)
       for (int k = 0; k < a.topk; ++k) {
         const size_t i = static_cast<size_t>(t) * a.topk + k;
         const int32_t s = a.slots[i];
-        if (s < 0)
-          continue;
+        if (s < 0) continue;
         const int r = c.placement.rank_of_slot(s);
         st.sent[r].push_back(static_cast<int32_t>(i));
         headers[r].push_back({t, k, s, a.weights[i]});
         ++out_counts[static_cast<size_t>(r) * C + 1 + s % S];
         ++st.valid_sels;
-        if (c.topo.node_of(r) != c.topo.node_of(me))
-          ++st.scaleout_sels;
+        if (c.topo.node_of(r) != c.topo.node_of(me)) ++st.scaleout_sels;
       }
 
     Outbox box;
@@ -223,14 +189,10 @@ private:
       box.in_counts = *cached;
     } else {
       for (int r = 0; r < R; ++r) {
-        sends.push_back({r, ConstBuf{&out_counts[static_cast<size_t>(r) * C],
-                                     C * sizeof(uint32_t)}});
-        recvs.push_back(
-            {r, MutBuf{&box.in_counts[static_cast<size_t>(r) * C],
-                       C * sizeof(uint32_t)}});
+        sends.push_back({r, ConstBuf{&out_counts[static_cast<size_t>(r) * C], C * sizeof(uint32_t)}});
+        recvs.push_back({r, MutBuf{&box.in_counts[static_cast<size_t>(r) * C], C * sizeof(uint32_t)}});
       }
-      c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer), sends,
-                 recvs);
+      c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer), sends, recvs);
       c.store_counts(a, box.in_counts, c.fabric.now() - t0);
     }
     box.t_payload = c.fabric.now();
@@ -238,9 +200,7 @@ private:
     notify.calls = 1;
     c.stats.notify.add(notify);
     for (int r = 0; r < R; ++r)
-      box.max_tokens =
-          std::max(box.max_tokens,
-                   static_cast<int>(box.in_counts[static_cast<size_t>(r) * C]));
+      box.max_tokens = std::max(box.max_tokens, static_cast<int>(box.in_counts[static_cast<size_t>(r) * C]));
 
     PhaseStats disp;
     c.fabric.set_phase("dispatch");
@@ -250,8 +210,7 @@ private:
     sends.clear();
     for (int r = 0; r < R; ++r) {
       const auto &ids = st.sent[r];
-      if (ids.empty())
-        continue;
+      if (ids.empty()) continue;
       const int n = static_cast<int>(ids.size());
       auto &m = msgs[r];
       m.bytes.resize(n * sizeof(SelectionHeader));
@@ -261,13 +220,11 @@ private:
       } else {
         rows.resize(static_cast<size_t>(n) * H);
         for (int j = 0; j < n; ++j)
-          std::memcpy(&rows[static_cast<size_t>(j) * H],
-                      a.x + static_cast<size_t>(ids[j] / a.topk) * H,
+          std::memcpy(&rows[static_cast<size_t>(j) * H], a.x + static_cast<size_t>(ids[j] / a.topk) * H,
                       H * sizeof(float));
         payload.clear();
-        c.dispatch_codec->encode(
-            rows.data(), n, H, payload,
-            EngineContext::stream_id(Phase::kDispatch, a.layer, me, r));
+        c.dispatch_codec->encode(rows.data(), n, H, payload,
+                                 EngineContext::stream_id(Phase::kDispatch, a.layer, me, r));
         m.bytes.insert(m.bytes.end(), payload.begin(), payload.end());
       }
       sends.push_back({r, m.buf()});
@@ -275,19 +232,13 @@ private:
     box.inbox.resize(R);
     for (int r = 0; r < R; ++r) {
       int n = 0;
-      for (int s = 0; s < S; ++s)
-        n +=
-            static_cast<int>(box.in_counts[static_cast<size_t>(r) * C + 1 + s]);
-      if (n == 0)
-        continue;
-      box.inbox[r].resize(n * sizeof(SelectionHeader) +
-                          c.rows_capacity(n, *c.dispatch_codec));
-      box.recvs.push_back(
-          {r, MutBuf{box.inbox[r].data(), box.inbox[r].size()}});
+      for (int s = 0; s < S; ++s) n += static_cast<int>(box.in_counts[static_cast<size_t>(r) * C + 1 + s]);
+      if (n == 0) continue;
+      box.inbox[r].resize(n * sizeof(SelectionHeader) + c.rows_capacity(n, *c.dispatch_codec));
+      box.recvs.push_back({r, MutBuf{box.inbox[r].data(), box.inbox[r].size()}});
       box.from.push_back(r);
     }
-    c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends,
-               box.recvs);
+    c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, box.recvs);
     // One message per (token, selected expert), local ones included, as DeepEP
     // counts them.
     disp.messages = static_cast<double>(st.valid_sels);
@@ -302,10 +253,8 @@ private:
   // layout's order (expert, source rank, arrival) and remembers their layout
   // index; a source that sends an expert more rows than its region holds (only
   // possible when a token selects one expert twice) is an error.
-  Handle recv_half(EngineContext &c, const DispatchArgs &a, LowLatencyState &st,
-                   Outbox &box) {
-    const int R = c.topo.size(), me = c.rank(), H = c.hidden(),
-              S = c.placement.slots_per_rank();
+  Handle recv_half(EngineContext &c, const DispatchArgs &a, LowLatencyState &st, Outbox &box) {
+    const int R = c.topo.size(), me = c.rank(), H = c.hidden(), S = c.placement.slots_per_rank();
     const int C = 1 + S;
     struct Ref {
       int32_t src, pos;
@@ -316,26 +265,21 @@ private:
     st.recv_count.assign(R, 0);
     for (size_t i = 0; i < box.from.size(); ++i) {
       const int r = box.from[i];
-      const std::string what = "rank " + std::to_string(me) +
-                               ", message from peer " + std::to_string(r) +
-                               " in phase " + c.fabric.phase();
+      const std::string what =
+          "rank " + std::to_string(me) + ", message from peer " + std::to_string(r) + " in phase " + c.fabric.phase();
       int n = 0;
-      for (int s = 0; s < S; ++s)
-        n +=
-            static_cast<int>(box.in_counts[static_cast<size_t>(r) * C + 1 + s]);
+      for (int s = 0; s < S; ++s) n += static_cast<int>(box.in_counts[static_cast<size_t>(r) * C + 1 + s]);
       const size_t head = n * sizeof(SelectionHeader);
       const size_t got = box.recvs[i].bytes;
       if (got < head)
-        throw FabricError(what + ": " + std::to_string(got) +
-                          " bytes, headers alone need " + std::to_string(head));
+        throw FabricError(what + ": " + std::to_string(got) + " bytes, headers alone need " + std::to_string(head));
       headers[r].resize(n);
       std::memcpy(headers[r].data(), box.inbox[r].data(), head);
       if (!c.phantom()) {
         rows[r].resize(static_cast<size_t>(n) * H);
         try {
-          c.dispatch_codec->decode(
-              box.inbox[r].data() + head, got - head, n, H, rows[r].data(),
-              EngineContext::stream_id(Phase::kDispatch, a.layer, r, me));
+          c.dispatch_codec->decode(box.inbox[r].data() + head, got - head, n, H, rows[r].data(),
+                                   EngineContext::stream_id(Phase::kDispatch, a.layer, r, me));
         } catch (const std::exception &e) {
           throw FabricError(what + ": " + e.what());
         }
@@ -344,8 +288,7 @@ private:
       for (int j = 0; j < n; ++j) {
         const SelectionHeader &hd = headers[r][j];
         if (hd.slot < 0 || c.placement.rank_of_slot(hd.slot) != me)
-          throw FabricError(what + ": selection for slot " +
-                            std::to_string(hd.slot) + " is not held here");
+          throw FabricError(what + ": selection for slot " + std::to_string(hd.slot) + " is not held here");
         per_slot[hd.slot % S].push_back({r, j});
       }
     }
@@ -354,30 +297,23 @@ private:
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
-    const int64_t cap = static_cast<int64_t>(box.max_tokens) *
-                        R; // DeepEP: num_max_dispatch_tokens_per_rank x ranks
+    const int64_t cap = static_cast<int64_t>(box.max_tokens) * R;  // DeepEP: num_max_dispatch_tokens_per_rank x ranks
     for (int s = 0; s < S; ++s) {
       int prev = -1, in_region = 0;
       for (const Ref &ref : per_slot[s]) {
         in_region = ref.src == prev ? in_region + 1 : 0;
         prev = ref.src;
         if (in_region >= box.max_tokens)
-          throw EplabError(
-              "low-latency: rank " + std::to_string(me) +
-              " local expert slot " + std::to_string(s) +
-              " overflows its receive region for rank " +
-              std::to_string(ref.src) + " (" + std::to_string(box.max_tokens) +
-              " rows = num_max_dispatch_tokens_per_rank, capacity " +
-              std::to_string(cap) +
-              " per expert); does a token select one expert twice?");
+          throw EplabError("low-latency: rank " + std::to_string(me) + " local expert slot " + std::to_string(s) +
+                           " overflows its receive region for rank " + std::to_string(ref.src) + " (" +
+                           std::to_string(box.max_tokens) + " rows = num_max_dispatch_tokens_per_rank, capacity " +
+                           std::to_string(cap) + " per expert); does a token select one expert twice?");
         const SelectionHeader &hd = headers[ref.src][ref.pos];
         h.recv.add_token(ref.src, hd.token);
         h.recv.add_sel(hd.slot, hd.weight);
         st.row_src.push_back(ref.src);
         st.row_pos.push_back(ref.pos);
-        st.row_slot_index.push_back(
-            s * cap + static_cast<int64_t>(ref.src) * box.max_tokens +
-            in_region);
+        st.row_slot_index.push_back(s * cap + static_cast<int64_t>(ref.src) * box.max_tokens + in_region);
         if (!c.phantom()) {
           const float *src = &rows[ref.src][static_cast<size_t>(ref.pos) * H];
           h.recv_x.insert(h.recv_x.end(), src, src + H);
@@ -391,10 +327,8 @@ private:
   }
 };
 
-} // namespace
+}  // namespace
 
-std::unique_ptr<Algorithm> make_low_latency_algorithm() {
-  return std::make_unique<LowLatency>();
-}
+std::unique_ptr<Algorithm> make_low_latency_algorithm() { return std::make_unique<LowLatency>(); }
 
-} // namespace eplab
+}  // namespace eplab

@@ -9,7 +9,7 @@ namespace eplab {
 
 struct MoeShape {
   std::string name;
-  int num_experts = 256;        // routed experts (logical)
+  int num_experts = 256;  // routed experts (logical)
   int topk = 8;
   int hidden = 7168;
   int expert_ffn = 2048;        // expert intermediate size (FFN width)
@@ -17,7 +17,7 @@ struct MoeShape {
   int num_layers = 58;          // MoE layers in the model
   std::string dispatch_codec = "fp8-e4m3-b128";
   std::string combine_codec = "bf16";
-  double dense_params = 0;      // non-expert parameters per layer (for data-parallel gradient all-reduce)
+  double dense_params = 0;  // non-expert parameters per layer (for data-parallel gradient all-reduce)
 };
 
 std::vector<std::string> model_preset_names();

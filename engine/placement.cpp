@@ -17,8 +17,8 @@ Placement::Placement(int num_experts, int num_ranks, std::vector<int32_t> slot_e
   for (size_t s = 0; s < slot_expert_.size(); ++s) {
     const int32_t e = slot_expert_[s];
     if (e < 0 || e >= num_experts)
-      throw EplabError("placement: slot " + std::to_string(s) + " holds expert " + std::to_string(e) +
-                       ", outside 0.." + std::to_string(num_experts - 1));
+      throw EplabError("placement: slot " + std::to_string(s) + " holds expert " + std::to_string(e) + ", outside 0.." +
+                       std::to_string(num_experts - 1));
     replicas_[e].push_back(static_cast<int32_t>(s));
   }
   for (int e = 0; e < num_experts; ++e)
@@ -30,8 +30,8 @@ Placement Placement::contiguous(int num_experts, int num_ranks, int redundant) {
     throw EplabError("placement: " + std::to_string(num_experts) + " experts do not divide evenly over " +
                      std::to_string(num_ranks) + " ranks; choose a rank count that divides the expert count");
   if (redundant < 0 || redundant % num_ranks != 0)
-    throw EplabError("placement: " + std::to_string(redundant) + " redundant experts must be a non-negative multiple of " +
-                     std::to_string(num_ranks) + " ranks");
+    throw EplabError("placement: " + std::to_string(redundant) +
+                     " redundant experts must be a non-negative multiple of " + std::to_string(num_ranks) + " ranks");
   const int per_rank = num_experts / num_ranks;
   const int extra = redundant / num_ranks;
   std::vector<int32_t> slots;

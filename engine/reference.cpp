@@ -9,8 +9,8 @@
 namespace eplab {
 
 void reference_combine(const RoutingBatch& b, const std::vector<int32_t>& slots, const float* x,
-                       const Placement& placement, const Topology& topo, const ExpertTransform& f,
-                       ReductionOrder order, int hidden, float* out) {
+                       const Placement& placement, const Topology& topo, const ExpertTransform& f, ReductionOrder order,
+                       int hidden, float* out) {
   const int k = b.topk;
   std::vector<float> scratch(hidden), part(hidden), group(hidden);
   for (int t = 0; t < b.num_tokens; ++t) {

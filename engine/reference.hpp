@@ -13,8 +13,8 @@ namespace eplab {
 
 // out [tokens x hidden] = sum over the token's selections of weight x f_expert(x), grouped as `order` says.
 void reference_combine(const RoutingBatch& batch, const std::vector<int32_t>& slots, const float* x,
-                       const Placement& placement, const Topology& topo, const ExpertTransform& f,
-                       ReductionOrder order, int hidden, float* out);
+                       const Placement& placement, const Topology& topo, const ExpertTransform& f, ReductionOrder order,
+                       int hidden, float* out);
 
 // What an expert GPU computes for the rows it received: per row the weighted sum of its selections'
 // outputs in the order they arrived, or (kSelections) the unweighted output of its one selection.
@@ -24,7 +24,7 @@ void expert_partials(const Handle& h, const Placement& placement, const ExpertTr
 struct Comparison {
   double max_abs_err = 0;
   double rel_l2 = 0;
-  size_t mismatches = 0;   // elements whose bits differ
+  size_t mismatches = 0;  // elements whose bits differ
   size_t nonfinite = 0;
   void merge(const Comparison& o);
 };

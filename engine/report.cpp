@@ -217,7 +217,8 @@ std::string format_summary(const nlohmann::json& r) {
   }
   const auto& v = r["verification"];
   if (v["ran"].get<bool>()) {
-    std::snprintf(line, sizeof line, "verified: %s (%zu selections delivered %s; combine %s, max abs err %.3g, rel L2 %.3g)\n",
+    std::snprintf(line, sizeof line,
+                  "verified: %s (%zu selections delivered %s; combine %s, max abs err %.3g, rel L2 %.3g)\n",
                   r["verified"].get<bool>() ? "true" : "FALSE", v["selections"].get<size_t>(),
                   v["delivery_ok"].get<bool>() ? "exactly once" : "WRONG", v["check"].get<std::string>().c_str(),
                   v["max_abs_err"].get<double>(), v["rel_l2_err"].get<double>());

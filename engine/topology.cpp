@@ -8,17 +8,22 @@ namespace eplab {
 
 const char* link_class_name(LinkClass c) {
   switch (c) {
-    case LinkClass::kSelf: return "self";
-    case LinkClass::kScaleUp: return "scaleup";
-    case LinkClass::kScaleOut: return "scaleout";
+    case LinkClass::kSelf:
+      return "self";
+    case LinkClass::kScaleUp:
+      return "scaleup";
+    case LinkClass::kScaleOut:
+      return "scaleout";
   }
   return "?";
 }
 
 Topology::Topology(ClusterSpec spec) : spec_(std::move(spec)) {
-  if (spec_.nodes < 1) throw EplabError("cluster '" + spec_.name + "': nodes must be >= 1, got " + std::to_string(spec_.nodes));
+  if (spec_.nodes < 1)
+    throw EplabError("cluster '" + spec_.name + "': nodes must be >= 1, got " + std::to_string(spec_.nodes));
   if (spec_.gpus_per_node < 1)
-    throw EplabError("cluster '" + spec_.name + "': gpus per node must be >= 1, got " + std::to_string(spec_.gpus_per_node));
+    throw EplabError("cluster '" + spec_.name + "': gpus per node must be >= 1, got " +
+                     std::to_string(spec_.gpus_per_node));
   if (spec_.scaleup_GBps <= 0 || spec_.nic_GBps <= 0)
     throw EplabError("cluster '" + spec_.name + "': link bandwidths must be positive");
 }
@@ -36,14 +41,15 @@ namespace {
 ClusterSpec h800_cx7() {
   ClusterSpec c;
   c.name = "h800-cx7";
-  c.description = "DeepEP's testbed: H800 SXM, NVLink 200 GB/s per GPU, one ConnectX-7 400 Gb/s IB NIC per GPU, rail-optimized";
+  c.description =
+      "DeepEP's testbed: H800 SXM, NVLink 200 GB/s per GPU, one ConnectX-7 400 Gb/s IB NIC per GPU, rail-optimized";
   c.nodes = 32;
   c.gpus_per_node = 8;
   c.gpu = {"H800-SXM", 132, 3350, 989, 1979};
   c.scaleup = ScaleUpKind::kNvlink;
   c.scaleup_GBps = 200;  // H800: 8 NVLink4 links x 25 GB/s per direction
   c.scaleup_latency_s = 1.0e-6;
-  c.nic_GBps = 50;       // 400 Gb/s
+  c.nic_GBps = 50;  // 400 Gb/s
   c.nic_latency_s = 2.0e-6;
   c.scaleout = ScaleOutKind::kRailOptimized;
   c.switch_latency_s = 0.6e-6;
@@ -62,7 +68,8 @@ ClusterSpec h100_ib() {
 ClusterSpec h200_ib() {
   ClusterSpec c = h100_ib();
   c.name = "h200-ib";
-  c.description = "H200 SXM (4.8 TB/s HBM3e), NVLink 450 GB/s per GPU, one 400 Gb/s InfiniBand NIC per GPU, rail-optimized";
+  c.description =
+      "H200 SXM (4.8 TB/s HBM3e), NVLink 450 GB/s per GPU, one 400 Gb/s InfiniBand NIC per GPU, rail-optimized";
   c.gpu = {"H200-SXM", 132, 4800, 989, 1979};
   return c;
 }
@@ -74,9 +81,9 @@ ClusterSpec a100_roce() {
   c.nodes = 32;
   c.gpus_per_node = 8;
   c.gpu = {"A100-SXM", 108, 2039, 312, 312};  // no FP8 tensor cores: FP8 runs at the BF16 rate
-  c.scaleup_GBps = 300;  // 12 NVLink3 links x 25 GB/s
+  c.scaleup_GBps = 300;                       // 12 NVLink3 links x 25 GB/s
   c.scaleup_latency_s = 1.5e-6;
-  c.nic_GBps = 25;       // 200 Gb/s
+  c.nic_GBps = 25;  // 200 Gb/s
   c.nic_latency_s = 3.0e-6;
   c.scaleout = ScaleOutKind::kFatTree;
   c.oversubscription = 1.0;
@@ -92,9 +99,9 @@ ClusterSpec pcie_node() {
   c.gpus_per_node = 8;
   c.gpu = {"L40S", 142, 864, 362, 733};
   c.scaleup = ScaleUpKind::kPcie;
-  c.scaleup_GBps = 32;   // PCIe Gen4 x16 per direction
+  c.scaleup_GBps = 32;  // PCIe Gen4 x16 per direction
   c.scaleup_latency_s = 2.0e-6;
-  c.nic_GBps = 12.5;     // 100 Gb/s
+  c.nic_GBps = 12.5;  // 100 Gb/s
   c.nic_latency_s = 3.0e-6;
   c.scaleout = ScaleOutKind::kFatTree;
   c.switch_latency_s = 1.0e-6;

@@ -15,9 +15,9 @@ const char* link_class_name(LinkClass c);
 struct GpuSpec {
   std::string name;
   int sms = 132;
-  double hbm_GBps = 3350;      // HBM bandwidth, GB/s
-  double bf16_tflops = 989;    // dense peak
-  double fp8_tflops = 1979;    // dense peak
+  double hbm_GBps = 3350;    // HBM bandwidth, GB/s
+  double bf16_tflops = 989;  // dense peak
+  double fp8_tflops = 1979;  // dense peak
 };
 
 struct ClusterSpec {
@@ -35,14 +35,14 @@ struct ClusterSpec {
   double nic_GBps = 50;
   double nic_latency_s = 2e-6;
   ScaleOutKind scaleout = ScaleOutKind::kRailOptimized;
-  double oversubscription = 1.0;   // fat-tree only: leaf down / up bandwidth ratio
+  double oversubscription = 1.0;  // fat-tree only: leaf down / up bandwidth ratio
   double switch_latency_s = 0.5e-6;
   // Calibrated physical parameters, shared by every preset and every algorithm (docs/sim.md gives the source of
   // each value and the calibration against DeepEP's published figures). Only simulated backends read them.
-  double scaleup_efficiency = 0.67;   // fraction of nominal scale-up bandwidth that SM-driven copies reach
-  double nic_efficiency = 0.9;        // RDMA goodput over the NIC's signalling rate (headers, CQ handling)
-  double round_overhead_s = 5e-6;     // fixed cost of one exchange round: kernel launch + completion signalling
-  double compute_efficiency = 0.6;    // fraction of peak FLOP/s and HBM bandwidth an expert FFN reaches
+  double scaleup_efficiency = 0.67;  // fraction of nominal scale-up bandwidth that SM-driven copies reach
+  double nic_efficiency = 0.9;       // RDMA goodput over the NIC's signalling rate (headers, CQ handling)
+  double round_overhead_s = 5e-6;    // fixed cost of one exchange round: kernel launch + completion signalling
+  double compute_efficiency = 0.6;   // fraction of peak FLOP/s and HBM bandwidth an expert FFN reaches
 
   int size() const { return nodes * gpus_per_node; }
 };

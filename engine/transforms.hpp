@@ -3,12 +3,11 @@
 // small real FFN (Eigen). The same row-by-row code serves the ranks and the reference, so fp32 is bit-exact.
 #pragma once
 
+#include <Eigen/Dense>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <Eigen/Dense>
 
 namespace eplab {
 

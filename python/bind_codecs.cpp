@@ -3,8 +3,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -29,7 +29,8 @@ FloatArray as_matrix(const py::handle& x) {
   FloatArray a = FloatArray::ensure(x);
   if (!a) throw EplabError("codec input must be convertible to a float32 array");
   if (a.ndim() == 1) a = a.reshape({py::ssize_t(1), a.shape(0)});
-  if (a.ndim() != 2) throw EplabError("codec input must be a [tokens, hidden] array, got " + std::to_string(a.ndim()) + " dims");
+  if (a.ndim() != 2)
+    throw EplabError("codec input must be a [tokens, hidden] array, got " + std::to_string(a.ndim()) + " dims");
   return a;
 }
 
@@ -195,8 +196,7 @@ pass an instance to eplab.run(dispatch_codec=...) and the engine calls it for ev
       .def(py::init<>())
       .def_property_readonly("name", &Codec::name, "The spec that recreates this codec.")
       .def_property_readonly("lossless", &Codec::lossless)
-      .def_property_readonly("error_bound", &Codec::error_bound,
-                             "Promised bound on ||decode(encode(x)) - x|| / ||x||.")
+      .def_property_readonly("error_bound", &Codec::error_bound, "Promised bound on ||decode(encode(x)) - x|| / ||x||.")
       .def_property_readonly("fixed_rate", &Codec::fixed_rate)
       .def("error_bound_for", &Codec::error_bound_for, py::arg("hidden"))
       .def(
@@ -204,9 +204,8 @@ pass an instance to eplab.run(dispatch_codec=...) and the engine calls it for ev
           [](Codec& c, const py::handle& x, uint64_t stream) {
             FloatArray a = as_matrix(x);
             std::vector<uint8_t> out;
-            call_without_gil([&] {
-              c.encode(a.data(), static_cast<int>(a.shape(0)), static_cast<int>(a.shape(1)), out, stream);
-            });
+            call_without_gil(
+                [&] { c.encode(a.data(), static_cast<int>(a.shape(0)), static_cast<int>(a.shape(1)), out, stream); });
             return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
           },
           py::arg("x"), py::arg("stream") = 0, "Encodes a float32 [tokens, hidden] array into bytes.")
@@ -256,9 +255,8 @@ pass an instance to eplab.run(dispatch_codec=...) and the engine calls it for ev
       .def("__repr__", [](const Codec& c) { return "<eplab.Codec " + c.name() + ">"; });
 
   m.def(
-      "create_codec",
-      [](const std::string& spec) { return std::shared_ptr<Codec>(create_codec(spec)); }, py::arg("spec"),
-      "A codec by spec, e.g. 'fp8-e4m3-b128' or 'topk:ratio=0.25+int8-token+zstd'.");
+      "create_codec", [](const std::string& spec) { return std::shared_ptr<Codec>(create_codec(spec)); },
+      py::arg("spec"), "A codec by spec, e.g. 'fp8-e4m3-b128' or 'topk:ratio=0.25+int8-token+zstd'.");
   m.def("codec_names", &codec_names, "Registered codec stage names.");
   m.def(
       "codec_catalog",

@@ -84,9 +84,7 @@ class PyBalancer : public Balancer {
   }
 
  private:
-  py::handle self() const {
-    return py::detail::get_object_handle(this, py::detail::get_type_info(typeid(Balancer)));
-  }
+  py::handle self() const { return py::detail::get_object_handle(this, py::detail::get_type_info(typeid(Balancer))); }
 };
 
 class PyHeatPredictor : public HeatPredictor {
@@ -158,8 +156,8 @@ dict {"slot_expert": ..., "decision": "..."}.)doc")
       .def_property_readonly("name", &Balancer::name)
       .def(
           "balance",
-          [](Balancer& b, const py::handle& heat, int nodes, int gpus_per_node, int redundant,
-             const std::string& model, const py::object& current) {
+          [](Balancer& b, const py::handle& heat, int nodes, int gpus_per_node, int redundant, const std::string& model,
+             const py::object& current) {
             BalanceInput in;
             in.heat = as_doubles(heat);
             ClusterSpec spec = cluster_preset("h800-cx7");
@@ -232,8 +230,10 @@ Subclass it in Python (call super().__init__()) and define observe(self, load) a
       },
       py::arg("predictor"), py::arg("loads"),
       "Feeds [steps, experts] loads one step at a time; the forecast error (MAPE, %) of each step after the first.");
-  m.def("forecast_mape", [](const py::handle& f, const py::handle& a) { return forecast_mape(as_doubles(f), as_doubles(a)); },
-        py::arg("forecast"), py::arg("actual"), "Mean absolute percentage error over experts with load > 0.");
+  m.def(
+      "forecast_mape",
+      [](const py::handle& f, const py::handle& a) { return forecast_mape(as_doubles(f), as_doubles(a)); },
+      py::arg("forecast"), py::arg("actual"), "Mean absolute percentage error over experts with load > 0.");
 }
 
 }  // namespace eplab::py_bind

@@ -25,8 +25,8 @@ Setter field(T RunConfig::*member) {
 // Fields that RunConfig gains as the engine grows (policies, training mode, timelines): bound when present, so
 // this file builds against any version of experiment.hpp. The lambda is generic so the branch not taken is
 // never instantiated.
-#define EPLAB_OPTIONAL_FIELD(s, name)                                                                  \
-  if constexpr (requires(C & c) { c.name; })                                                          \
+#define EPLAB_OPTIONAL_FIELD(s, name)        \
+  if constexpr (requires(C & c) { c.name; }) \
     s.emplace(#name, [](auto& c, const py::handle& v) { c.name = v.cast<std::decay_t<decltype(c.name)>>(); });
 
 template <class C = RunConfig>
@@ -44,28 +44,28 @@ void add_optional_fields(std::map<std::string, Setter>& s) {
 const std::map<std::string, Setter>& setters() {
   static const std::map<std::string, Setter> s = [] {
     std::map<std::string, Setter> s = {
-      {"backend", field(&RunConfig::backend)},
-      {"cluster", field(&RunConfig::cluster)},
-      {"nodes", field(&RunConfig::nodes)},
-      {"gpus_per_node", field(&RunConfig::gpus_per_node)},
-      {"model", field(&RunConfig::model)},
-      {"tokens", field(&RunConfig::tokens)},
-      {"routing", field(&RunConfig::routing)},
-      {"trace", field(&RunConfig::trace)},
-      {"hidden", field(&RunConfig::hidden)},
-      {"algorithm", field(&RunConfig::algorithm)},
-      {"dispatch_codec", field(&RunConfig::dispatch_codec)},
-      {"combine_codec", field(&RunConfig::combine_codec)},
-      {"transform", field(&RunConfig::transform)},
-      {"payload", field(&RunConfig::payload)},
-      {"steps", field(&RunConfig::steps)},
-      {"layers", field(&RunConfig::layers)},
-      {"seed", field(&RunConfig::seed)},
-      {"redundant_experts", field(&RunConfig::redundant_experts)},
-      {"timeout_s", field(&RunConfig::timeout_s)},
-      {"verify", field(&RunConfig::verify)},
-      {"experts", field(&RunConfig::experts)},
-      {"sim_model", field(&RunConfig::sim_model)},
+        {"backend", field(&RunConfig::backend)},
+        {"cluster", field(&RunConfig::cluster)},
+        {"nodes", field(&RunConfig::nodes)},
+        {"gpus_per_node", field(&RunConfig::gpus_per_node)},
+        {"model", field(&RunConfig::model)},
+        {"tokens", field(&RunConfig::tokens)},
+        {"routing", field(&RunConfig::routing)},
+        {"trace", field(&RunConfig::trace)},
+        {"hidden", field(&RunConfig::hidden)},
+        {"algorithm", field(&RunConfig::algorithm)},
+        {"dispatch_codec", field(&RunConfig::dispatch_codec)},
+        {"combine_codec", field(&RunConfig::combine_codec)},
+        {"transform", field(&RunConfig::transform)},
+        {"payload", field(&RunConfig::payload)},
+        {"steps", field(&RunConfig::steps)},
+        {"layers", field(&RunConfig::layers)},
+        {"seed", field(&RunConfig::seed)},
+        {"redundant_experts", field(&RunConfig::redundant_experts)},
+        {"timeout_s", field(&RunConfig::timeout_s)},
+        {"verify", field(&RunConfig::verify)},
+        {"experts", field(&RunConfig::experts)},
+        {"sim_model", field(&RunConfig::sim_model)},
     };
     add_optional_fields(s);
     return s;
@@ -96,11 +96,14 @@ RunConfig make_config(const py::dict& kwargs) {
 }  // namespace
 
 void bind_run(py::module_& m) {
-  m.def("run_options", [] {
-    std::vector<std::string> names;
-    for (const auto& [name, s] : setters()) names.push_back(name);
-    return names;
-  }, "The keyword arguments eplab.run() maps onto the engine's RunConfig.");
+  m.def(
+      "run_options",
+      [] {
+        std::vector<std::string> names;
+        for (const auto& [name, s] : setters()) names.push_back(name);
+        return names;
+      },
+      "The keyword arguments eplab.run() maps onto the engine's RunConfig.");
 
   m.def(
       "run_json",

@@ -8,7 +8,12 @@
 namespace eplab {
 
 std::vector<std::string> routing_spec_names() {
-  return {"uniform", "deepep", "zipf:S", "hotset:k=K,frac=F,every=N", "correlated:rho=R", "trace:PATH",
+  return {"uniform",
+          "deepep",
+          "zipf:S",
+          "hotset:k=K,frac=F,every=N",
+          "correlated:rho=R",
+          "trace:PATH",
           "router:node-limited,m=M|bias,gamma=G"};
 }
 

@@ -96,8 +96,8 @@ INSTANTIATE_TEST_SUITE_P(Algorithms, EmuEdgeCases, ::testing::Values("flat", "hi
 TEST(EmuReport, HasTheDocumentedKeys) {
   RunConfig c = small(2, 2, "hierarchical");
   const auto r = run_experiment(c);
-  for (const char* k : {"backend", "cluster", "model", "ranks", "algorithm", "codec", "verified", "phases", "imbalance",
-                        "wall_s"})
+  for (const char* k :
+       {"backend", "cluster", "model", "ranks", "algorithm", "codec", "verified", "phases", "imbalance", "wall_s"})
     EXPECT_TRUE(r.contains(k)) << k;
   for (const char* p : {"notify", "dispatch", "combine"})
     for (const char* k : {"time_s", "bytes", "logical_bw_GBps", "scaleup_bw_GBps", "scaleout_bw_GBps"})

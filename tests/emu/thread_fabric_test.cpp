@@ -1,12 +1,12 @@
 // Emulated-fabric specifics: a receive whose every handle is dropped before a message matched it is withdrawn,
 // so a rank unwinding after an error never leaves a peer copying into freed memory.
+#include "emu/thread_fabric.hpp"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <memory>
 #include <thread>
-
-#include "emu/thread_fabric.hpp"
 
 namespace eplab {
 namespace {

@@ -1,5 +1,7 @@
 // DispatchLayout against a brute-force count on random routings, including empty ranks, all-to-one skew,
 // duplicate top-k entries inside one node and unused (-1) slots.
+#include "engine/layout.hpp"
+
 #include <gtest/gtest.h>
 
 #include <numeric>
@@ -7,7 +9,6 @@
 #include <set>
 
 #include "engine/error.hpp"
-#include "engine/layout.hpp"
 
 namespace eplab {
 namespace {
