@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "engine/error.hpp"
 #include "policies/balance/balancer.hpp"
@@ -121,6 +122,50 @@ class PyHeatPredictor : public HeatPredictor {
   }
 };
 
+// What the engine gets for a registered Python balancer or predictor: forwards to the Python object, which it
+// keeps alive. The factory calls a Python `make()` (eplab.run passes one that returns the instance, or a fresh
+// copy of a predictor per layer) with the GIL held; an exception there is parked like any trampoline's.
+template <class T>
+std::shared_ptr<py::object> make_python_policy(const std::shared_ptr<py::object>& make, const std::string& name,
+                                               T*& target) {
+  std::shared_ptr<py::object> obj;
+  call_python("python policy factory", [&] {
+    py::object o = (*make)();
+    if (!py::isinstance<T>(o))
+      throw EplabError("the factory registered as '" + name + "' returned " +
+                       py::str(py::type::of(o).attr("__name__")).cast<std::string>() + ", not an eplab." +
+                       (std::is_same_v<T, Balancer> ? "Balancer" : "HeatPredictor"));
+    target = o.cast<T*>();
+    obj = share_object(std::move(o));
+  });
+  return obj;
+}
+
+class ForwardingBalancer : public Balancer {
+ public:
+  ForwardingBalancer(const std::shared_ptr<py::object>& make, const std::string& name)
+      : obj_(make_python_policy(make, name, target_)) {}
+  std::string name() const override { return target_->name(); }
+  BalanceResult balance(const BalanceInput& in) override { return target_->balance(in); }
+
+ private:
+  Balancer* target_ = nullptr;
+  std::shared_ptr<py::object> obj_;
+};
+
+class ForwardingHeatPredictor : public HeatPredictor {
+ public:
+  ForwardingHeatPredictor(const std::shared_ptr<py::object>& make, const std::string& name)
+      : obj_(make_python_policy(make, name, target_)) {}
+  std::string name() const override { return target_->name(); }
+  void observe(const std::vector<double>& load) override { target_->observe(load); }
+  std::vector<double> predict() const override { return target_->predict(); }
+
+ private:
+  HeatPredictor* target_ = nullptr;
+  std::shared_ptr<py::object> obj_;
+};
+
 py::dict result_dict(const BalanceResult& r) {
   py::dict d;
   d["slot_expert"] = slots_array(r.placement);
@@ -201,6 +246,28 @@ Subclass it in Python (call super().__init__()) and define observe(self, load) a
       [](const std::string& spec) { return std::shared_ptr<HeatPredictor>(create_heat_predictor(spec)); },
       py::arg("spec"), "last | ema:alpha=A | window:w=W | trend:alpha=A,beta=B");
   m.def("heat_predictor_names", &heat_predictor_names);
+  m.def(
+      "register_balancer",
+      [](const std::string& name, py::object make) {
+        auto shared = share_object(std::move(make));
+        register_balancer_factory(name, [shared, name] { return std::make_unique<ForwardingBalancer>(shared, name); });
+      },
+      py::arg("name"), py::arg("make"),
+      "Registers make() -> eplab.Balancer under `name`: create_balancer(name) and runs then call it.");
+  m.def("unregister_balancer", &unregister_balancer_factory, py::arg("name"));
+  m.def("registered_balancers", &registered_balancer_factories, "Names registered with register_balancer().");
+  m.def(
+      "register_heat_predictor",
+      [](const std::string& name, py::object make) {
+        auto shared = share_object(std::move(make));
+        register_heat_predictor_factory(
+            name, [shared, name] { return std::make_unique<ForwardingHeatPredictor>(shared, name); });
+      },
+      py::arg("name"), py::arg("make"),
+      "Registers make() -> eplab.HeatPredictor under `name`; runs call it once per layer, so return a fresh one.");
+  m.def("unregister_heat_predictor", &unregister_heat_predictor_factory, py::arg("name"));
+  m.def("registered_heat_predictors", &registered_heat_predictor_factories,
+        "Names registered with register_heat_predictor().");
   m.def(
       "rank_load",
       [](const py::handle& slot_expert, int num_experts, const py::handle& heat) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,14 @@ class Balancer {
 // Throws EplabError naming the spec and listing the known names, or naming a malformed parameter.
 std::unique_ptr<Balancer> create_balancer(const std::string& spec);
 std::vector<std::string> balancer_names();
+
+// Balancers supplied at run time (Python subclasses of eplab.Balancer): create_balancer(name) with exactly this
+// name calls the factory before any spec parsing. Registering a name again replaces its factory; built-in names
+// (none, eplb, migration-aware) cannot be shadowed and a name holds no ':'.
+using BalancerFactory = std::function<std::unique_ptr<Balancer>()>;
+void register_balancer_factory(const std::string& name, BalancerFactory factory);
+void unregister_balancer_factory(const std::string& name);
+std::vector<std::string> registered_balancer_factories();
 
 // ---- EPLB building blocks, exposed for tests and Python ----
 

@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <mutex>
 
 #include "engine/error.hpp"
 #include "policies/balance/balancer.hpp"
@@ -173,7 +175,53 @@ std::vector<std::string> balancer_names() {
           "migration-aware[:horizon=H,bw=GBps,token_us=U,weight_bytes=B,mode=...,groups=G]"};
 }
 
+namespace {
+
+// Run-time factories; a mutex because registration (Python) and creation (the driver) may be on different threads.
+std::mutex& balancer_factory_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::map<std::string, BalancerFactory>& balancer_factories() {
+  static std::map<std::string, BalancerFactory> f;
+  return f;
+}
+
+}  // namespace
+
+void register_balancer_factory(const std::string& name, BalancerFactory factory) {
+  if (name.empty() || name.find(':') != std::string::npos)
+    throw EplabError("balancer name '" + name + "': a registered balancer needs a non-empty name without ':'");
+  for (const char* b : {"none", "eplb", "migration-aware"})
+    if (name == b) throw EplabError("balancer name '" + name + "' is a built-in balancer; choose another name");
+  if (!factory) throw EplabError("balancer name '" + name + "': the factory is empty");
+  std::lock_guard<std::mutex> lock(balancer_factory_mutex());
+  balancer_factories()[name] = std::move(factory);
+}
+
+void unregister_balancer_factory(const std::string& name) {
+  std::lock_guard<std::mutex> lock(balancer_factory_mutex());
+  balancer_factories().erase(name);
+}
+
+std::vector<std::string> registered_balancer_factories() {
+  std::lock_guard<std::mutex> lock(balancer_factory_mutex());
+  std::vector<std::string> names;
+  for (const auto& [name, f] : balancer_factories()) names.push_back(name);
+  return names;
+}
+
 std::unique_ptr<Balancer> create_balancer(const std::string& text) {
+  {
+    BalancerFactory factory;
+    {
+      std::lock_guard<std::mutex> lock(balancer_factory_mutex());
+      auto it = balancer_factories().find(text);
+      if (it != balancer_factories().end()) factory = it->second;
+    }
+    // Called outside the lock: a factory runs user code that may itself create policies.
+    if (factory) return factory();
+  }
   const PolicySpec s("balancer", text);
   if (s.name() == "none") {
     s.allow_only({});

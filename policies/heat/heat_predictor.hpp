@@ -2,6 +2,7 @@
 // measured so far. A balancer places experts from the forecast; `eplab heat eval` scores the forecast.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,15 @@ class HeatPredictor {
 // Throws EplabError naming the spec and listing the known names, or naming a malformed parameter.
 std::unique_ptr<HeatPredictor> create_heat_predictor(const std::string& spec);
 std::vector<std::string> heat_predictor_names();
+
+// Predictors supplied at run time (Python subclasses of eplab.HeatPredictor): create_heat_predictor(name) with
+// exactly this name calls the factory before any spec parsing; the engine creates one per layer, so a factory
+// returns a fresh predictor each call. Registering a name again replaces its factory; built-in names (last, ema,
+// window, trend, and oracle, which the driver reserves) cannot be shadowed and a name holds no ':'.
+using HeatPredictorFactory = std::function<std::unique_ptr<HeatPredictor>()>;
+void register_heat_predictor_factory(const std::string& name, HeatPredictorFactory factory);
+void unregister_heat_predictor_factory(const std::string& name);
+std::vector<std::string> registered_heat_predictor_factories();
 
 // Adds one batch's selections per expert to `load` (sized num_experts); ids of -1 are skipped.
 void add_expert_load(const RoutingBatch& batch, std::vector<double>& load);

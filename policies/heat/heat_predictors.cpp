@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <deque>
+#include <map>
+#include <mutex>
 
 #include "engine/error.hpp"
 #include "policies/heat/heat_predictor.hpp"
@@ -138,7 +140,55 @@ std::vector<std::string> heat_predictor_names() {
   return {"last", "ema:alpha=A", "window:w=W", "trend:alpha=A,beta=B"};
 }
 
+namespace {
+
+// Run-time factories; a mutex because registration (Python) and creation (the driver) may be on different threads.
+std::mutex& heat_predictor_factory_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::map<std::string, HeatPredictorFactory>& heat_predictor_factories() {
+  static std::map<std::string, HeatPredictorFactory> f;
+  return f;
+}
+
+}  // namespace
+
+void register_heat_predictor_factory(const std::string& name, HeatPredictorFactory factory) {
+  if (name.empty() || name.find(':') != std::string::npos)
+    throw EplabError("heat predictor name '" + name +
+                     "': a registered heat predictor needs a non-empty name without ':'");
+  for (const char* b : {"last", "ema", "window", "trend", "oracle"})
+    if (name == b)
+      throw EplabError("heat predictor name '" + name + "' is a built-in heat predictor; choose another name");
+  if (!factory) throw EplabError("heat predictor name '" + name + "': the factory is empty");
+  std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
+  heat_predictor_factories()[name] = std::move(factory);
+}
+
+void unregister_heat_predictor_factory(const std::string& name) {
+  std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
+  heat_predictor_factories().erase(name);
+}
+
+std::vector<std::string> registered_heat_predictor_factories() {
+  std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
+  std::vector<std::string> names;
+  for (const auto& [name, f] : heat_predictor_factories()) names.push_back(name);
+  return names;
+}
+
 std::unique_ptr<HeatPredictor> create_heat_predictor(const std::string& text) {
+  {
+    HeatPredictorFactory factory;
+    {
+      std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
+      auto it = heat_predictor_factories().find(text);
+      if (it != heat_predictor_factories().end()) factory = it->second;
+    }
+    // Called outside the lock: a factory runs user code that may itself create policies.
+    if (factory) return factory();
+  }
   const PolicySpec s("heat predictor", text);
   if (s.name() == "last") {
     s.allow_only({});

@@ -26,8 +26,11 @@ from ._eplab import (
     routing_specs,
 )
 # Balancers and heat predictors, where this build has them.
-for _name in ("BalanceInput", "Balancer", "HeatPredictor", "balancer_names", "create_balancer",
-              "create_heat_predictor", "forecast_mape", "heat_eval", "heat_predictor_names", "rank_load"):
+_POLICY_NAMES = ("BalanceInput", "Balancer", "HeatPredictor", "balancer_names", "create_balancer",
+                 "create_heat_predictor", "forecast_mape", "heat_eval", "heat_predictor_names", "rank_load",
+                 "register_balancer", "unregister_balancer", "registered_balancers", "register_heat_predictor",
+                 "unregister_heat_predictor", "registered_heat_predictors")
+for _name in _POLICY_NAMES:
     if hasattr(_eplab, _name):
         globals()[_name] = getattr(_eplab, _name)
 from . import codecs, plots, traces
@@ -36,6 +39,4 @@ from .sweeps import grid, sweep
 
 __all__ = ["Codec", "Error", "Result", "RoutingSource", "__version__", "backend_info", "backends", "cluster",
            "cluster_presets", "codecs", "flatten", "plots", "grid", "model", "model_presets", "routing_specs", "run",
-           "run_options", "sweep", "traces"] + [n for n in ("BalanceInput", "Balancer", "HeatPredictor",
-           "balancer_names", "create_balancer", "create_heat_predictor", "forecast_mape", "heat_eval",
-           "heat_predictor_names", "rank_load") if n in globals()]
+           "run_options", "sweep", "traces"] + [n for n in _POLICY_NAMES if n in globals()]

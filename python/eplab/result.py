@@ -1,5 +1,6 @@
 """eplab.run() and the Result it returns: the report as a dict, and pandas views of it."""
 
+import copy
 import json
 
 from . import _eplab
@@ -24,20 +25,79 @@ def _policy_name(value):
     raise TypeError(f"expected a spec string or an eplab.Codec, got {type(value).__name__}")
 
 
+# Python balancers and heat predictors are registered under a name for one run; these names are the built-ins'.
+_BUILTIN_POLICY_NAMES = {
+    "balancer": {"none", "eplb", "migration-aware"},
+    "heat": {"last", "ema", "window", "trend", "oracle"},
+}
+
+
+def _fresh_copy(obj, base):
+    """A new instance of obj's class holding a deep copy of its attributes (its __init__ is not called again).
+
+    The engine keeps one heat predictor per layer, so each layer gets its own copy of the one passed to run()."""
+    cls = type(obj)
+    new = cls.__new__(cls)
+    base.__init__(new)
+    new.__dict__.update(copy.deepcopy(obj.__dict__))
+    return new
+
+
+def _register_run_policy(key, value, registered):
+    """The spec the engine gets for balancer= / heat=: a string as is, a built-in object by its spec, and a Python
+    subclass registered under its name (made unique in this process) for the duration of the run."""
+    if value is None or isinstance(value, str):
+        return value
+    base = {"balancer": getattr(_eplab, "Balancer", None), "heat": getattr(_eplab, "HeatPredictor", None)}[key]
+    if base is None or not isinstance(value, base):
+        want = "eplab.Balancer" if key == "balancer" else "eplab.HeatPredictor"
+        raise TypeError(f"{key}=: expected a spec string or an {want}, got {type(value).__name__}")
+    if type(value).__module__ == "eplab._eplab":  # a built-in created by spec
+        return value.name
+    if key == "balancer":
+        taken, reg, unreg = _eplab.registered_balancers(), _eplab.register_balancer, _eplab.unregister_balancer
+        make = lambda: value  # one instance for every layer: a balancer is asked, it does not learn
+    else:
+        taken = _eplab.registered_heat_predictors()
+        reg, unreg = _eplab.register_heat_predictor, _eplab.unregister_heat_predictor
+        make = lambda: _fresh_copy(value, base)
+    stem = str(value.name).replace(":", "-") or type(value).__name__
+    if stem in _BUILTIN_POLICY_NAMES[key]:
+        stem = "py-" + stem
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}#{n}"
+    reg(name, make)
+    registered.append((unreg, name))
+    return name
+
+
 def run(progress=None, **options):
     """Runs one experiment and returns a :class:`Result`.
 
     Options map onto the engine's RunConfig (see ``run_options()``): backend ("sim", "emu"), cluster, nodes,
     gpus_per_node, model, tokens (per rank), hidden, routing, trace, algorithm, dispatch_codec, combine_codec
     (a spec or an eplab.Codec instance, Python subclasses included), transform, payload, steps, layers, seed,
-    redundant_experts, timeout_s, verify. ``progress(done, total)`` is called after each (step, layer).
-    The GIL is released while the engine runs.
+    redundant_experts, timeout_s, verify, balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
+    instance, Python subclasses included; a predictor is copied once per layer, a balancer is shared by all
+    layers), rebalance_every. ``progress(done, total)`` is called after each (step, layer).
+    The GIL is released while the engine runs; an exception raised in Python code the engine calls is re-raised
+    here as itself, traceback included.
     """
     opts = dict(options)
     for key in _POLICY_OPTIONS:
         if key in opts:
             opts[key] = _policy_name(opts[key])
-    text = _eplab.run_json(opts, progress)
+    registered = []
+    try:
+        for key in ("balancer", "heat"):
+            if key in opts:
+                opts[key] = _register_run_policy(key, opts[key], registered)
+        text = _eplab.run_json(opts, progress)
+    finally:
+        for unregister, name in registered:
+            unregister(name)
     return Result(json.loads(text), options)
 
 
