@@ -8,6 +8,10 @@
 
 #include "policies/codecs/float_formats.hpp"
 
+#ifdef EPLAB_AVX2_KERNELS
+#include <immintrin.h>
+#endif
+
 namespace eplab::codecs {
 namespace {
 
@@ -146,6 +150,21 @@ inline int32_t max_abs_bits(const float* x, int n) {
   return top;
 }
 
+// The block's E8M0 scale code from its largest magnitude bits (NaN code if non-finite) and 1/scale
+// (0 for the NaN scale).
+template <int kEmax>
+inline float mx_block_scale(int32_t top, uint8_t* scale) {
+  if (top >= static_cast<int32_t>(kInfBits)) {
+    *scale = kE8M0NaN;
+    return 0.0f;
+  }
+  float amax = float_of(static_cast<uint32_t>(top));
+  int e = amax > 0 ? floor_log2(amax) - kEmax : -127;
+  e = std::clamp(e, -127, 127);
+  *scale = static_cast<uint8_t>(e + 127);
+  return float_of(static_cast<uint32_t>(127 - e) << 23);  // 2^-e exactly; e in [-127, 125]
+}
+
 // Two passes over the token so that no vector loop runs per 32-element block (its setup cost as much as
 // its work): first each block's max and E8M0 scale, spread into one multiplier per element; then one loop
 // quantizes the whole row and one packs it.
@@ -160,17 +179,8 @@ inline void mx_encode_row(const float* __restrict row, int hidden, uint8_t* __re
     // One max over the magnitude bits answers both questions: NaN and Inf order above every finite value,
     // and a block holding one gets the NaN scale whatever its finite amax.
     int32_t top = n == kMxBlock ? max_abs_bits(row + b0, kMxBlock) : max_abs_bits(row + b0, n);
-    float inv = 0.0f;
-    if (top >= static_cast<int32_t>(kInfBits)) {
-      scales[blk] = kE8M0NaN;
-      any_nonfinite = true;
-    } else {
-      float amax = float_of(static_cast<uint32_t>(top));
-      int e = amax > 0 ? floor_log2(amax) - T::kEmax : -127;
-      e = std::clamp(e, -127, 127);
-      scales[blk] = static_cast<uint8_t>(e + 127);
-      inv = float_of(static_cast<uint32_t>(127 - e) << 23);  // 2^-e exactly; e in [-127, 125]
-    }
+    float inv = mx_block_scale<T::kEmax>(top, scales + blk);
+    any_nonfinite |= top >= static_cast<int32_t>(kInfBits);
     for (int i = 0; i < n; ++i) mult[b0 + i] = inv;
   }
   quantize_block<typename T::Fmt, T::kSignBit>(row, static_cast<size_t>(hidden), mult, T::kMax, T::kNan, T::kNan, dst);
@@ -181,6 +191,135 @@ inline void mx_encode_row(const float* __restrict row, int hidden, uint8_t* __re
   }
   if constexpr (T::kBits != 8) pack_codes<T::kBits>(codes, hidden, payload);
 }
+
+#ifdef EPLAB_AVX2_KERNELS
+// quantize_one of block_quant.hpp for 8 elements: the same integer and float steps, so the same codes.
+// kSpecials = false for MX blocks, which never hold NaN or Inf here (such a block gets the NaN scale).
+template <class Fmt, int kSignBit, bool kSpecials>
+EPLAB_TARGET_AVX2 inline __m256i quantize8_avx2(__m256 x, __m256 scale, float max, uint8_t nan_code, uint8_t inf_code) {
+  __m256i b = _mm256_castps_si256(_mm256_mul_ps(x, scale));
+  __m256i ab = _mm256_and_si256(b, _mm256_set1_epi32(static_cast<int32_t>(kAbsMask)));
+  __m256 a = _mm256_min_ps(_mm256_castsi256_ps(ab), _mm256_set1_ps(max));  // a < max ? a : max
+  __m256i ba = _mm256_castps_si256(a);
+  __m256i odd = _mm256_and_si256(_mm256_srli_epi32(ba, Fmt::kShift), _mm256_set1_epi32(1));
+  __m256i normal = _mm256_add_epi32(_mm256_add_epi32(ba, _mm256_set1_epi32((1 << (Fmt::kShift - 1)) - 1)), odd);
+  normal = _mm256_sub_epi32(_mm256_srai_epi32(normal, Fmt::kShift),
+                            _mm256_set1_epi32((127 - Fmt::kExpBias) << Fmt::kMantissa));
+  __m256i magic = _mm256_set1_epi32(static_cast<int32_t>(Fmt::kMagicBits));
+  __m256i sub = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(a, _mm256_castsi256_ps(magic))), magic);
+  __m256i is_normal = _mm256_cmpgt_epi32(ba, _mm256_set1_epi32(static_cast<int32_t>(Fmt::kMinNormalBits) - 1));
+  __m256i sign = _mm256_slli_epi32(_mm256_srli_epi32(b, 31), kSignBit);
+  __m256i code = _mm256_or_si256(_mm256_blendv_epi8(sub, normal, is_normal), sign);
+  if constexpr (kSpecials) {
+    const __m256i inf = _mm256_set1_epi32(static_cast<int32_t>(kInfBits));
+    __m256i special = _mm256_blendv_epi8(
+        _mm256_set1_epi32(nan_code), _mm256_or_si256(sign, _mm256_set1_epi32(inf_code)), _mm256_cmpeq_epi32(ab, inf));
+    code = _mm256_blendv_epi8(code, special, _mm256_cmpgt_epi32(ab, _mm256_sub_epi32(inf, _mm256_set1_epi32(1))));
+  }
+  return code;
+}
+template <MxElem kElem>
+EPLAB_TARGET_AVX2 inline __m256i mx_codes8_avx2(__m256 x, __m256 inv) {
+  using T = MxTraits<kElem>;
+  return quantize8_avx2<typename T::Fmt, T::kSignBit, false>(x, inv, T::kMax, 0, 0);
+}
+// Four vectors of codes (each < 256) to 32 bytes in element order.
+EPLAB_TARGET_AVX2 inline __m256i bytes_of_codes(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
+  __m256i q = _mm256_packus_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+  return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// quantize_block with one scale, 32 elements per step; the rest through the portable loop.
+template <class Fmt, int kSignBit>
+EPLAB_TARGET_AVX2 void quantize_block_avx2(const float* x, size_t n, float scale, float max, uint8_t nan_code,
+                                           uint8_t inf_code, uint8_t* codes) {
+  __m256 s = _mm256_set1_ps(scale);
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i q0 = quantize8_avx2<Fmt, kSignBit, true>(_mm256_loadu_ps(x + i), s, max, nan_code, inf_code);
+    __m256i q1 = quantize8_avx2<Fmt, kSignBit, true>(_mm256_loadu_ps(x + i + 8), s, max, nan_code, inf_code);
+    __m256i q2 = quantize8_avx2<Fmt, kSignBit, true>(_mm256_loadu_ps(x + i + 16), s, max, nan_code, inf_code);
+    __m256i q3 = quantize8_avx2<Fmt, kSignBit, true>(_mm256_loadu_ps(x + i + 24), s, max, nan_code, inf_code);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), bytes_of_codes(q0, q1, q2, q3));
+  }
+  quantize_block<Fmt, kSignBit>(x + i, n - i, scale, max, nan_code, inf_code, codes + i);
+}
+
+// 32 six-bit codes (one per byte) to 24 bytes: pairs to 12 bits (maddubs), pairs of those to 24 bits (madd),
+// then the three low bytes of each dword gathered. `spare` allows a 32-byte store (8 bytes past the group).
+EPLAB_TARGET_AVX2 inline void pack32_w6_avx2(__m256i c, uint8_t* out, bool spare) {
+  __m256i p = _mm256_maddubs_epi16(c, _mm256_set1_epi16(0x4001));  // c0 + 64 c1
+  p = _mm256_madd_epi16(p, _mm256_set1_epi32(0x10000001));         // p0 + 4096 p1
+  const __m256i take3 = _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8, 9,
+                                         10, 12, 13, 14, -1, -1, -1, -1);
+  p = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(p, take3), _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
+  if (spare) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), p);
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(p));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + 16), _mm256_extracti128_si256(p, 1));
+  }
+}
+// 32 four-bit codes to 16 bytes: pairs to a byte (maddubs), then the bytes of both lanes together.
+EPLAB_TARGET_AVX2 inline void pack32_w4_avx2(__m256i c, uint8_t* out) {
+  __m256i p = _mm256_maddubs_epi16(c, _mm256_set1_epi16(0x1001));  // c0 + 16 c1
+  p = _mm256_permute4x64_epi64(_mm256_packus_epi16(p, p), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(p));
+}
+
+// mx_encode_row in one pass: each full block's max, scale, codes and packed bytes from registers (E4M3
+// codes are finite blocks' codes, never its NaN code); a partial last block goes through the portable steps.
+template <MxElem kElem>
+EPLAB_TARGET_AVX2 void mx_encode_row_avx2(const float* __restrict row, int hidden, uint8_t* __restrict payload,
+                                          uint8_t* __restrict scales, uint8_t* __restrict codes) {
+  using T = MxTraits<kElem>;
+
+  const __m256i abs_mask = _mm256_set1_epi32(static_cast<int32_t>(kAbsMask));
+  const int full = hidden / kMxBlock;
+  for (int blk = 0; blk < full; ++blk) {
+    const float* x = row + blk * kMxBlock;
+    __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8), x2 = _mm256_loadu_ps(x + 16),
+           x3 = _mm256_loadu_ps(x + 24);
+    __m256i m01 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(x0), abs_mask),
+                                   _mm256_and_si256(_mm256_castps_si256(x1), abs_mask));
+    __m256i m23 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(x2), abs_mask),
+                                   _mm256_and_si256(_mm256_castps_si256(x3), abs_mask));
+    __m256i m = _mm256_max_epi32(m01, m23);
+    __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    int32_t top = _mm_cvtsi128_si32(h);
+    __m256i q = _mm256_setzero_si256();  // a NaN-scale block's codes are zero
+    if (top < static_cast<int32_t>(kInfBits)) {
+      __m256 inv = _mm256_set1_ps(mx_block_scale<T::kEmax>(top, scales + blk));
+      q = bytes_of_codes(mx_codes8_avx2<kElem>(x0, inv), mx_codes8_avx2<kElem>(x1, inv), mx_codes8_avx2<kElem>(x2, inv),
+                         mx_codes8_avx2<kElem>(x3, inv));
+    } else {
+      scales[blk] = kE8M0NaN;
+    }
+    uint8_t* out = payload + static_cast<size_t>(blk) * kMxBlock * T::kBits / 8;
+    if constexpr (T::kBits == 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), q);
+    } else if constexpr (T::kBits == 6) {
+      pack32_w6_avx2(q, out, blk + 1 < full);
+    } else {
+      pack32_w4_avx2(q, out);
+    }
+  }
+  const int b0 = full * kMxBlock, n = hidden - b0;
+  if (n > 0) {
+    int32_t top = max_abs_bits(row + b0, n);
+    float inv = mx_block_scale<T::kEmax>(top, scales + full);
+    if (top >= static_cast<int32_t>(kInfBits)) {
+      std::memset(codes, 0, static_cast<size_t>(n));
+    } else {
+      quantize_block<typename T::Fmt, T::kSignBit>(row + b0, static_cast<size_t>(n), inv, T::kMax, T::kNan, T::kNan,
+                                                   codes);
+    }
+    pack_codes<T::kBits>(codes, n, payload + static_cast<size_t>(b0) * T::kBits / 8);
+  }
+}
+#endif
 
 // The value of an element code computed from its bits, equal to the decode table's entry (GCC does not
 // vectorize the table lookup without gathers; this it does). Normal codes are the fp32 exponent and mantissa
@@ -222,15 +361,93 @@ inline void mx_decode_row(const uint8_t* payload, const uint8_t* scales, int hid
   }
 }
 
+#ifdef EPLAB_AVX2_KERNELS
+// mx_element_value(c) * scale for 8 codes (low 8 bytes of c8), the same steps; 6- and 4-bit formats only.
+template <MxElem kElem>
+EPLAB_TARGET_AVX2 inline __m256 mx_values8_avx2(__m128i c8, __m256 scale) {
+  using T = MxTraits<kElem>;
+  using Fmt = typename T::Fmt;
+  static_assert(kElem != MxElem::kE4M3, "no NaN code handled here");
+  constexpr float kSubStep = 1.0f / static_cast<float>(1u << (Fmt::kExpBias + Fmt::kMantissa - 1));
+  __m256i c = _mm256_cvtepu8_epi32(c8);
+  __m256i mag = _mm256_and_si256(c, _mm256_set1_epi32((1 << T::kSignBit) - 1));
+  __m256i normal =
+      _mm256_add_epi32(_mm256_slli_epi32(mag, Fmt::kShift), _mm256_set1_epi32((127 - Fmt::kExpBias) << 23));
+  __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(kSubStep)));
+  __m256i b = _mm256_blendv_epi8(sub, normal, _mm256_cmpgt_epi32(mag, _mm256_set1_epi32((1 << Fmt::kMantissa) - 1)));
+  b = _mm256_or_si256(b, _mm256_slli_epi32(_mm256_srli_epi32(c, T::kSignBit), 31));
+  return _mm256_mul_ps(_mm256_castsi256_ps(b), scale);
+}
+
+// mx_decode_row for the 6- and 4-bit formats: each full block unpacked in registers from exactly its bytes.
+template <MxElem kElem>
+EPLAB_TARGET_AVX2 void mx_decode_row_avx2(const uint8_t* payload, const uint8_t* scales, int hidden, float* row) {
+  constexpr int kBits = MxTraits<kElem>::kBits;
+  const int full = hidden / kMxBlock;
+  for (int blk = 0; blk < full; ++blk) {
+    const uint8_t* in = payload + static_cast<size_t>(blk) * kMxBlock * kBits / 8;
+    __m128i c0, c1;  // codes 0-15 and 16-31, one per byte
+    if constexpr (kBits == 6) {
+      __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
+      __m128i hi = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + 16));
+      __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_alignr_epi8(hi, lo, 12), 1);
+      // Three bytes (four codes) per dword, then each code moved to its own byte.
+      const __m256i spread = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1, 0, 1, 2, -1, 3, 4,
+                                              5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+      w = _mm256_shuffle_epi8(w, spread);
+      __m256i b = _mm256_and_si256(w, _mm256_set1_epi32(0x3f));
+      b = _mm256_or_si256(b, _mm256_and_si256(_mm256_slli_epi32(w, 2), _mm256_set1_epi32(0x3f00)));
+      b = _mm256_or_si256(b, _mm256_and_si256(_mm256_slli_epi32(w, 4), _mm256_set1_epi32(0x3f0000)));
+      b = _mm256_or_si256(b, _mm256_and_si256(_mm256_slli_epi32(w, 6), _mm256_set1_epi32(0x3f000000)));
+      c0 = _mm256_castsi256_si128(b);
+      c1 = _mm256_extracti128_si256(b, 1);
+    } else {
+      __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
+      __m128i lo = _mm_and_si128(w, _mm_set1_epi8(0x0f));
+      __m128i hi = _mm_and_si128(_mm_srli_epi16(w, 4), _mm_set1_epi8(0x0f));
+      c0 = _mm_unpacklo_epi8(lo, hi);
+      c1 = _mm_unpackhi_epi8(lo, hi);
+    }
+    __m256 scale = _mm256_set1_ps(e8m0_to_float(scales[blk]));
+    float* y = row + blk * kMxBlock;
+    _mm256_storeu_ps(y, mx_values8_avx2<kElem>(c0, scale));
+    _mm256_storeu_ps(y + 8, mx_values8_avx2<kElem>(_mm_srli_si128(c0, 8), scale));
+    _mm256_storeu_ps(y + 16, mx_values8_avx2<kElem>(c1, scale));
+    _mm256_storeu_ps(y + 24, mx_values8_avx2<kElem>(_mm_srli_si128(c1, 8), scale));
+  }
+  const int b0 = full * kMxBlock, n = hidden - b0;
+  if (n > 0) {
+    uint8_t codes[kMxBlock];
+    unpack_codes<kBits>(payload + static_cast<size_t>(b0) * kBits / 8, n, codes);
+    float scale = e8m0_to_float(scales[full]);
+    for (int i = 0; i < n; ++i) row[b0 + i] = mx_element_value<kElem>(codes[i]) * scale;
+  }
+}
+#endif
+
 }  // namespace
 
 EPLAB_CLONES BlockAmax amax_kernel(const float* x, size_t n) { return block_amax(x, n); }
 
-EPLAB_CLONES void quantize_e4m3_kernel(const float* x, size_t n, float scale, uint8_t* codes) {
+namespace {
+EPLAB_CLONES void quantize_e4m3_portable(const float* x, size_t n, float scale, uint8_t* codes) {
   quantize_block<E4M3, 7>(x, n, scale, kE4M3Max, kE4M3NaN, kE4M3NaN, codes);
 }
-EPLAB_CLONES void quantize_e5m2_kernel(const float* x, size_t n, float scale, uint8_t* codes) {
+EPLAB_CLONES void quantize_e5m2_portable(const float* x, size_t n, float scale, uint8_t* codes) {
   quantize_block<E5M2, 7>(x, n, scale, kE5M2Max, kE5M2NaN, kE5M2Inf, codes);
+}
+}  // namespace
+void quantize_e4m3_kernel(const float* x, size_t n, float scale, uint8_t* codes) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) return quantize_block_avx2<E4M3, 7>(x, n, scale, kE4M3Max, kE4M3NaN, kE4M3NaN, codes);
+#endif
+  quantize_e4m3_portable(x, n, scale, codes);
+}
+void quantize_e5m2_kernel(const float* x, size_t n, float scale, uint8_t* codes) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) return quantize_block_avx2<E5M2, 7>(x, n, scale, kE5M2Max, kE5M2NaN, kE5M2Inf, codes);
+#endif
+  quantize_e5m2_portable(x, n, scale, codes);
 }
 // MX blocks with NaN/Inf never reach the element loop (the whole block gets the NaN scale).
 EPLAB_CLONES void quantize_e2m3_kernel(const float* x, size_t n, float scale, uint8_t* codes) {
@@ -246,8 +463,9 @@ EPLAB_CLONES void dequantize_kernel(const uint8_t* codes, size_t n, const float*
   for (size_t i = 0; i < n; ++i) out[i] = table[codes[i]] * scale;
 }
 
-EPLAB_CLONES void mx_encode_row_kernel(MxElem elem, const float* row, int hidden, uint8_t* payload, uint8_t* scales,
-                                       float* mult, uint8_t* codes) {
+namespace {
+EPLAB_CLONES void mx_encode_row_portable(MxElem elem, const float* row, int hidden, uint8_t* payload, uint8_t* scales,
+                                         float* mult, uint8_t* codes) {
   switch (elem) {
     case MxElem::kE4M3:
       return mx_encode_row<MxElem::kE4M3>(row, hidden, payload, scales, mult, codes);
@@ -257,9 +475,39 @@ EPLAB_CLONES void mx_encode_row_kernel(MxElem elem, const float* row, int hidden
       return mx_encode_row<MxElem::kE2M1>(row, hidden, payload, scales, mult, codes);
   }
 }
+bool g_force_portable = false;
+}  // namespace
 
-EPLAB_CLONES void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* scales, int hidden,
-                                       float* row) {
+bool avx2_kernels_enabled() {
+#ifdef EPLAB_AVX2_KERNELS
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  return has_avx2 && !g_force_portable;
+#else
+  return false;
+#endif
+}
+void force_portable_kernels(bool on) { g_force_portable = on; }
+
+void mx_encode_row_kernel(MxElem elem, const float* row, int hidden, uint8_t* payload, uint8_t* scales, float* mult,
+                          uint8_t* codes) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) {
+    switch (elem) {
+      case MxElem::kE4M3:
+        return mx_encode_row_avx2<MxElem::kE4M3>(row, hidden, payload, scales, codes);
+      case MxElem::kE2M3:
+        return mx_encode_row_avx2<MxElem::kE2M3>(row, hidden, payload, scales, codes);
+      case MxElem::kE2M1:
+        return mx_encode_row_avx2<MxElem::kE2M1>(row, hidden, payload, scales, codes);
+    }
+  }
+#endif
+  mx_encode_row_portable(elem, row, hidden, payload, scales, mult, codes);
+}
+
+namespace {
+EPLAB_CLONES void mx_decode_row_portable(MxElem elem, const uint8_t* payload, const uint8_t* scales, int hidden,
+                                         float* row) {
   switch (elem) {
     case MxElem::kE4M3:
       return mx_decode_row<MxElem::kE4M3>(payload, scales, hidden, row);
@@ -268,6 +516,20 @@ EPLAB_CLONES void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, cons
     case MxElem::kE2M1:
       return mx_decode_row<MxElem::kE2M1>(payload, scales, hidden, row);
   }
+}
+}  // namespace
+
+void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* scales, int hidden, float* row) {
+#ifdef EPLAB_AVX2_KERNELS
+  // mxfp8 decode (no unpacking) is fast enough from its clone.
+  if (elem == MxElem::kE2M3 && avx2_kernels_enabled()) {
+    return mx_decode_row_avx2<MxElem::kE2M3>(payload, scales, hidden, row);
+  }
+  if (elem == MxElem::kE2M1 && avx2_kernels_enabled()) {
+    return mx_decode_row_avx2<MxElem::kE2M1>(payload, scales, hidden, row);
+  }
+#endif
+  mx_decode_row_portable(elem, payload, scales, hidden, row);
 }
 
 void pack_bits(const uint8_t* codes, int n, int bits, uint8_t* out) {

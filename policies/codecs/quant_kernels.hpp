@@ -13,6 +13,14 @@
 #define EPLAB_CLONES
 #endif
 
+// Hand-written AVX2 kernels (intrinsics in functions with the avx2 target attribute, chosen at run time like
+// the clones) where GCC's clones stayed slow: bit packing, per-block setup, logfmt10's series. Each has a
+// portable twin that produces the same bytes; -DEPLAB_NO_AVX2_KERNELS builds the portable path only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EPLAB_NO_AVX2_KERNELS)
+#define EPLAB_AVX2_KERNELS 1
+#define EPLAB_TARGET_AVX2 __attribute__((target("avx2")))
+#endif
+
 namespace eplab::codecs {
 
 BlockAmax amax_kernel(const float* x, size_t n);
@@ -33,6 +41,11 @@ enum class MxElem { kE4M3, kE2M3, kE2M1 };
 void mx_encode_row_kernel(MxElem elem, const float* row, int hidden, uint8_t* payload, uint8_t* scales, float* mult,
                           uint8_t* codes);
 void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* scales, int hidden, float* row);
+
+// Whether the hand-written AVX2 kernels run: the CPU has AVX2 and no test has forced the portable path.
+bool avx2_kernels_enabled();
+// Tests compare the two paths byte for byte; not thread-safe, call before encoding.
+void force_portable_kernels(bool on);
 
 // Little-endian bit packing of narrow codes (one per byte in `codes`), shared by the MX and logfmt codecs:
 // w-bit code i occupies bits [i*w, (i+1)*w) of out.
