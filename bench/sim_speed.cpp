@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -23,23 +24,41 @@
 namespace {
 
 // Times the routing generator inside a run, so the table can show the simulation's own wall time apart from
-// the cost of producing DeepEP-style routing (a traces/ generator, not the simulator).
+// the cost of producing DeepEP-style routing (a traces/ generator, not the simulator). The run may call it from
+// several threads at once; the time counted is wall time during which at least one call is in progress.
 class TimedSource : public eplab::RoutingSource {
  public:
   explicit TimedSource(std::unique_ptr<eplab::RoutingSource> in) : in_(std::move(in)) {}
   std::string name() const override { return in_->name(); }
   eplab::RoutingBatch batch(int step, int layer, int rank) override {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto b = in_->batch(step, layer, rank);
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return b;
+    enter();
+    try {
+      auto b = in_->batch(step, layer, rank);
+      leave();
+      return b;
+    } catch (...) {
+      leave();
+      throw;
+    }
   }
+  bool concurrent() const override { return in_->concurrent(); }
   int num_steps() const override { return in_->num_steps(); }
   int num_layers() const override { return in_->num_layers(); }
   double seconds = 0;
 
  private:
+  void enter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (busy_++ == 0) t0_ = std::chrono::steady_clock::now();
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--busy_ == 0) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
   std::unique_ptr<eplab::RoutingSource> in_;
+  std::mutex mu_;
+  int busy_ = 0;
+  std::chrono::steady_clock::time_point t0_;
 };
 
 struct Result {

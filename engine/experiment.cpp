@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
@@ -202,6 +204,34 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const int E = shape.num_experts, R = topo.size(), calls = cfg.steps * cfg.layers;
   std::vector<LayerPlan> plan(calls);
   std::vector<RoutingBatch> planned_batches;  // [call x rank], moved out by the rank that runs it
+  // Simulated ranks are actors sharing one OS thread, so batches generated as each rank asks are generated one
+  // after another. Instead the first rank to reach a call generates every rank's batch of that call on all
+  // cores; the others take theirs. A batch depends only on (step, layer, rank), and no rank leaves a call
+  // before every rank has taken its batch (dispatch starts with a barrier), so one call's worth is held at once.
+  std::vector<RoutingBatch> call_batches;  // [rank] of call call_batches_for, moved out by each rank
+  int call_batches_for = -1;
+  const auto generate_call = [&](int call) {
+    const int step = call / cfg.layers, layer = call % cfg.layers;
+    call_batches.assign(R, RoutingBatch{});
+    const int workers = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, R);
+    std::atomic<int> next{0};
+    std::vector<std::exception_ptr> errors(workers);
+    const auto work = [&](int w) {
+      try {
+        for (int r; (r = next.fetch_add(1)) < R;) call_batches[r] = routing->batch(step, layer, r);
+      } catch (...) {
+        errors[w] = std::current_exception();
+        next = R;
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
+    work(0);
+    for (std::thread& t : threads) t.join();
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+    call_batches_for = call;
+  };
   {
     std::vector<std::unique_ptr<Balancer>> balancers;
     std::vector<std::unique_ptr<HeatPredictor>> predictors;
@@ -273,6 +303,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   // Weights are fp8 where the model's wire format is (DeepSeek-V3), bf16 otherwise.
   const double expert_bytes = expert_weight_bytes(shape, shape.dispatch_codec.rfind("fp8", 0) == 0 ? 1.0 : 2.0);
   const bool verify = cfg.verify && !phantom;
+  const bool pregenerate = planned_batches.empty() && caps.modeled_time && routing->concurrent() && R > 1;
   const ExpertTransform transform(cfg.transform, shape.num_experts, shape.hidden, cfg.seed);
 
   EngineOptions eopts;
@@ -348,6 +379,10 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         RoutingBatch batch;
         if (!planned_batches.empty()) {
           batch = std::move(planned_batches[static_cast<size_t>(call) * R + me]);
+        } else if (pregenerate) {
+          std::lock_guard<std::mutex> lock(routing_mu);
+          if (call_batches_for != call) generate_call(call);
+          batch = std::move(call_batches[me]);
         } else {
           std::lock_guard<std::mutex> lock(routing_mu);
           batch = routing->batch(step, layer, me);
@@ -357,6 +392,9 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
           throw EplabError(routing_name + ": batch has top-" + std::to_string(batch.topk) + ", model '" + shape.name +
                            "' uses top-" + std::to_string(shape.topk));
         selector->select(batch, placement, topo, slots);
+        // Past selection only the slots and weights are read, unless verification replays the batch; at scale
+        // every simulated rank holds its batch through dispatch at once, so the expert ids go now.
+        if (!verify) std::vector<int32_t>().swap(batch.topk_idx);
         for (int32_t s : slots)
           if (s >= 0) {
             ++rec.slot_load[s];

@@ -172,6 +172,7 @@ class Generator : public RoutingSource {
                        ", expected >= 1");
   }
   std::string name() const override { return name_; }
+  bool concurrent() const override { return true; }  // fill() is a pure function of (params, step, layer, rank)
 
   RoutingBatch batch(int step, int layer, int rank) override {
     if (step < 0 || layer < 0 || rank < 0 || rank >= p_.topology.size())
@@ -286,12 +287,13 @@ class DeepepRouting : public Generator {
     SplitMix64 fill_rng(stream_seed(p_.seed, kDeepepFillStream, b.step, b.layer, b.src_rank));
     if (gate_scores_) b.gate_scores.resize(static_cast<size_t>(b.num_tokens) * num_experts_);
     std::vector<double> key(nodes_), best(nodes_), u(num_experts_);
-    std::vector<int> node_order(nodes_);
-    std::vector<int32_t> cand;
-    cand.reserve(num_experts_);
+    struct Ranked {
+      double v;
+      int32_t i;
+    };
+    std::vector<Ranked> kept_nodes(max_nodes_);  // the kept nodes, best key first
+    std::vector<Ranked> cand(topk_);             // the best experts so far among the kept nodes, best first
     std::vector<char> node_kept(nodes_);
-    const auto by_key = [&](int a, int c) { return key[a] != key[c] ? key[a] > key[c] : a < c; };
-    const auto by_u = [&](int32_t a, int32_t c) { return u[a] != u[c] ? u[a] > u[c] : a < c; };
     // The best of m uniform ranks is U^(1/m); with equal m on every node U orders nodes the same way.
     const auto node_best = [&](int n, double v) {
       const int m = first_[n + 1] - first_[n];
@@ -302,38 +304,47 @@ class DeepepRouting : public Generator {
       const int top = first_[n] + static_cast<int>(r.below(m));
       for (int e = first_[n]; e < first_[n + 1]; ++e) u[e] = e == top ? best[n] : best[n] * r.uniform();
     };
+    // Inserts x into the list[0, size) sorted by value, best first, of at most cap entries, dropping the worst
+    // when full; the lists are short (top-M nodes, top-k experts), so this beats sorting every candidate.
+    // Candidates arrive in increasing index order, so keeping an earlier equal value ahead breaks ties (impossible
+    // in practice with continuous scores) toward the lower index: the result is a partial_sort's by (value
+    // descending, index ascending).
+    const auto insert_top = [](Ranked* list, int& size, int cap, Ranked x) {
+      if (size == cap && !(x.v > list[size - 1].v)) return;
+      int i = size < cap ? size++ : size - 1;
+      for (; i > 0 && x.v > list[i - 1].v; --i) list[i] = list[i - 1];
+      list[i] = x;
+    };
+    std::vector<double> big;
     for (int t = 0; t < b.num_tokens; ++t) {
+      int kept = 0;
       for (int n = 0; n < nodes_; ++n) {
         const int m = first_[n + 1] - first_[n];
         const double v = 1.0 - rng.uniform();  // (0, 1]
         key[n] = m == 0 ? -HUGE_VAL : equal_nodes_ ? v : std::log(v) / m;
         best[n] = m == 0 ? 0.0 : equal_nodes_ ? v : node_best(n, v);
+        insert_top(kept_nodes.data(), kept, max_nodes_, {key[n], n});
       }
-      std::iota(node_order.begin(), node_order.end(), 0);
-      // Ties (impossible in practice with continuous scores) break toward the lower index, deterministically.
-      std::partial_sort(node_order.begin(), node_order.begin() + max_nodes_, node_order.end(), by_key);
       std::fill(node_kept.begin(), node_kept.end(), 0);
-      for (int i = 0; i < max_nodes_; ++i) node_kept[node_order[i]] = 1;
-      cand.clear();
+      for (int i = 0; i < kept; ++i) node_kept[kept_nodes[i].i] = 1;
+      int chosen = 0;
       for (int n = 0; n < nodes_; ++n) {
         if (!node_kept[n] || first_[n + 1] == first_[n]) continue;
         if (equal_nodes_) best[n] = node_best(n, best[n]);
         fill_node(rng, n);
-        for (int e = first_[n]; e < first_[n + 1]; ++e) cand.push_back(e);
+        for (int32_t e = first_[n]; e < first_[n + 1]; ++e) insert_top(cand.data(), chosen, topk_, {u[e], e});
       }
-      std::partial_sort(cand.begin(), cand.begin() + topk_, cand.end(), by_u);
       int32_t* out = ids(b, t);
       float* w = weights(b, t);
       double score[64], sum = 0;
-      std::vector<double> big;
       double* sc = score;
       if (topk_ > 64) {
         big.resize(topk_);
         sc = big.data();
       }
-      for (int j = 0; j < topk_; ++j) sum += sc[j] = 1.0 + half_normal_quantile(u[cand[j]]);
+      for (int j = 0; j < topk_; ++j) sum += sc[j] = 1.0 + half_normal_quantile(cand[j].v);
       for (int j = 0; j < topk_; ++j) {
-        out[j] = cand[j];
+        out[j] = cand[j].i;
         w[j] = static_cast<float>(sc[j] / sum);
       }
       if (gate_scores_) {

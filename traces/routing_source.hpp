@@ -34,6 +34,9 @@ class RoutingSource {
   virtual RoutingBatch batch(int step, int layer, int rank) = 0;
   virtual int num_steps() const { return -1; }  // -1: unbounded (generators)
   virtual int num_layers() const { return -1; }
+  // True where batch() may run on several threads at once with no lock (the generators); a run may then
+  // generate many ranks' batches in parallel. Others are called one at a time.
+  virtual bool concurrent() const { return false; }
 };
 
 // A generator by spec (uniform, deepep, zipf:S, hotset:k=K,frac=F,every=N, correlated:rho=R) or a trace file
