@@ -179,6 +179,19 @@ void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t re
   }
 }
 
+void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes,
+                                     const std::vector<int32_t>& ids, float* out, Codec& codec, uint64_t stream,
+                                     int peer, std::vector<float>& scratch) {
+  const int H = hidden();
+  scratch.resize(ids.size() * H);
+  read_rows_message(msg, real_bytes, static_cast<int>(ids.size()), scratch.data(), codec, stream, peer);
+  for (size_t j = 0; j < ids.size(); ++j) {
+    float* o = out + static_cast<size_t>(ids[j]) * H;
+    const float* p = &scratch[j * H];
+    for (int e = 0; e < H; ++e) o[e] += p[e];
+  }
+}
+
 double EngineContext::bytes_per_elem(const Codec& codec) const {
   return static_cast<double>(codec.encoded_size(1, hidden())) / hidden();
 }

@@ -151,6 +151,10 @@ class EngineContext {
                           std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer);
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
                          uint64_t stream, int peer);
+  // Combine's last step at a source: decodes a rows message answering the tokens `ids` (in the order they were
+  // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows.
+  void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
+                        Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch);
 
   // Wire bytes per element of a codec (for DeepEP's logical bandwidth).
   double bytes_per_elem(const Codec& codec) const;

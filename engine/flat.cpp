@@ -156,15 +156,8 @@ class Flat : public Algorithm {
       std::vector<float> rows;
       for (size_t i = 0; i < from.size(); ++i) {
         const int r = from[i];
-        const auto& ids = st.sent_token_ids[r];
-        rows.resize(ids.size() * H);
-        c.read_rows_message(inbox[r], recvs[i].bytes, static_cast<int>(ids.size()), rows.data(), *c.combine_codec,
-                            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
-        for (size_t j = 0; j < ids.size(); ++j) {
-          float* o = out + static_cast<size_t>(ids[j]) * H;
-          const float* p = &rows[j * H];
-          for (int e = 0; e < H; ++e) o[e] += p[e];
-        }
+        c.add_rows_message(inbox[r], recvs[i].bytes, st.sent_token_ids[r], out, *c.combine_codec,
+                           EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r, rows);
       }
     }
     comb.time_s = c.fabric.now() - t0;

@@ -326,15 +326,8 @@ class Hierarchical : public Algorithm {
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
         const int n = rfrom[i], f = T.rank_of(n, my_local);
-        const auto& ids = st.sent_token_ids[n];
-        rows.resize(ids.size() * H);
-        c.read_rows_message(rinbox[n], rrecvs[i].bytes, static_cast<int>(ids.size()), rows.data(), *c.combine_codec,
-                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f);
-        for (size_t j = 0; j < ids.size(); ++j) {
-          float* o = out + static_cast<size_t>(ids[j]) * H;
-          const float* p = &rows[j * H];
-          for (int e = 0; e < H; ++e) o[e] += p[e];
-        }
+        c.add_rows_message(rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
+                           EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
       }
     }
     comb.time_s = c.fabric.now() - t0;
