@@ -156,7 +156,7 @@ int cmd_run(const std::vector<std::string>& argv) {
       .opt("nodes", &cfg.nodes, "nodes (0: the preset's; 2 on emu)")
       .opt("gpus-per-node", &cfg.gpus_per_node, "GPUs per node (0: the preset's)")
       .opt("model", &cfg.model, "model preset")
-      .opt("tokens", &cfg.tokens, "tokens per rank")
+      .opt("tokens", &cfg.tokens, "tokens per rank (256 on emu)")
       .opt("hidden", &cfg.hidden, "hidden size (0: the model's)")
       .opt("experts", &cfg.experts, "routed experts (0: the model's)")
       .opt("routing", &cfg.routing, "uniform | deepep | zipf:S | hotset:... | correlated:...")
@@ -190,7 +190,10 @@ int cmd_run(const std::vector<std::string>& argv) {
   if (argv.empty() && have_sim) compare = true;
   if (!args.parse(argv)) return 0;
   if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
+  // The emulated ranks hold real fp32 activations in one process: a whole preset cluster at 4096 tokens per rank
+  // does not fit in memory, so emu defaults to 2 nodes and 256 tokens per rank.
   if (cfg.backend == "emu" && !args.given("nodes")) cfg.nodes = 2;
+  if (cfg.backend == "emu" && !args.given("tokens")) cfg.tokens = 256;
   cfg.verify = !no_verify;
   if (overlap_allreduce != 0 && overlap_allreduce != 1)
     throw EplabError("--overlap-allreduce must be 0 or 1, got " + std::to_string(overlap_allreduce));

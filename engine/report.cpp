@@ -209,7 +209,7 @@ std::string format_summary(const nlohmann::json& r) {
   os << line;
   for (const char* p : {"notify", "dispatch", "combine"}) {
     const auto& ph = r["phases"][p];
-    std::snprintf(line, sizeof line, "%-9s %12.1f %13.1f %14.1f %13.1f %14.2f %14.2f\n", p,
+    std::snprintf(line, sizeof line, "%-9s %12.1f %13.3g %14.3g %13.3g %14.2f %14.2f\n", p,
                   ph["time_s"].get<double>() * 1e6, ph["logical_bw_GBps"].get<double>(),
                   ph["scaleout_bw_GBps"].get<double>(), ph["scaleup_bw_GBps"].get<double>(),
                   ph["bytes"]["scaleup"].get<double>() / 1e6, ph["bytes"]["scaleout"].get<double>() / 1e6);
