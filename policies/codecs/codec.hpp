@@ -40,9 +40,10 @@ class Codec {
   // Lets a data-dependent codec refine encoded_size() from a representative sample (the simulator calls
   // this once with generated or traced activations). Fixed-rate codecs ignore it.
   virtual void calibrate(const float* sample, int tokens, int hidden) {}
-  // Modeled time for one GPU to encode (or decode) tokens x hidden activations: the simulator charges it as
-  // compute before each send and after each receive. The default is a memory-bound quantizer pass at the rate
-  // measured on an H200 (see kGpuQuantizeElementsPerS); codecs that do more or less work override it.
+  // Modeled time for one GPU to encode (or decode) tokens x hidden activations: the simulator charges one encode
+  // of a rank's batch and one decode of what it received (see gemm_native). The default is a memory-bound
+  // quantizer pass at the rate measured on an H200 (see kGpuQuantizeElementsPerS); codecs that do more or less
+  // work override it.
   virtual double gpu_seconds(int tokens, int hidden, bool encode) const;
   // True when an expert GEMM consumes the encoded form directly (DeepGEMM takes per-128 FP8 with its scales;
   // block-scaled MMA takes MX), so the receiver never decodes: the simulator then charges no decode time.
