@@ -1,10 +1,12 @@
-// Flat and hierarchical dispatch/combine on the emulated fabric, checked against the single-process
+// Every algorithm's dispatch/combine on the emulated fabric, checked against the single-process
 // reference: 1 to 32 ranks in 1 to 4 nodes, bit-exact in fp32, within the stated tolerance in bf16, and the
 // awkward routings (empty ranks, all tokens on one expert, duplicates, unused slots).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 
+#include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "engine/experiment.hpp"
 #include "tests/emu/emu_test_util.hpp"
@@ -47,13 +49,20 @@ TEST_P(EmuAlgorithms, Bf16WithinTolerance) {
   EXPECT_LE(r["verification"]["rel_l2_err"].get<double>(), r["verification"]["tolerance"].get<double>());
 }
 
+// Test names: gtest allows letters, digits and '_' only.
+std::string test_name(std::string n) {
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
+// Every registered algorithm (flat, hierarchical, low-latency, allgather) runs the same checks.
 INSTANTIATE_TEST_SUITE_P(RanksAndNodes, EmuAlgorithms,
-                         ::testing::Combine(::testing::Values("flat", "hierarchical"),
+                         ::testing::Combine(::testing::ValuesIn(algorithm_names()),
                                             ::testing::Values(Shape{1, 1}, Shape{1, 2}, Shape{1, 8}, Shape{2, 8},
                                                               Shape{4, 8}, Shape{4, 4}, Shape{2, 1})),
                          [](const auto& info) {
                            const Shape s = std::get<1>(info.param);
-                           return std::get<0>(info.param) + "_" + std::to_string(s.nodes) + "x" +
+                           return test_name(std::get<0>(info.param)) + "_" + std::to_string(s.nodes) + "x" +
                                   std::to_string(s.gpus);
                          });
 
@@ -91,7 +100,21 @@ TEST_P(EmuEdgeCases, DuplicatesWithinANodeAndUnusedSlots) {
   expect_verified(run_experiment(c), true);
 }
 
-INSTANTIATE_TEST_SUITE_P(Algorithms, EmuEdgeCases, ::testing::Values("flat", "hierarchical"));
+TEST_P(EmuEdgeCases, TokensWithNoSelectionAtAll) {
+  RunConfig c = small(1, 4, GetParam());
+  c.routing_source = std::make_shared<FnSource>([](int s, int l, int r) {
+    RoutingBatch b = make_batch(s, l, r, 12, 8);
+    for (int t = 0; t < 12; t += 2) {  // odd tokens select nothing (all -1)
+      b.topk_idx[t * 8 + 7] = (t * 13 + r) % 128;
+      b.topk_weights[t * 8 + 7] = 0.5f;
+    }
+    return b;
+  });
+  expect_verified(run_experiment(c), true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Algorithms, EmuEdgeCases, ::testing::ValuesIn(algorithm_names()),
+                         [](const auto& info) { return test_name(info.param); });
 
 TEST(EmuReport, HasTheDocumentedKeys) {
   RunConfig c = small(2, 2, "hierarchical");
