@@ -179,6 +179,15 @@ void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t re
   }
 }
 
+int EngineContext::add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, Codec& codec,
+                                     uint64_t stream, int peer, TokenBlock& b, std::vector<float>& rows) {
+  read_block_message(msg, real_bytes, b, rows, codec, stream, peer);
+  std::vector<uint8_t>().swap(msg);
+  h.recv.append(b);
+  h.recv_x.insert(h.recv_x.end(), rows.begin(), rows.end());
+  return b.size();
+}
+
 void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes,
                                      const std::vector<int32_t>& ids, float* out, Codec& codec, uint64_t stream,
                                      int peer, std::vector<float>& scratch) {

@@ -109,12 +109,8 @@ class Flat : public Algorithm {
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
-      c.read_block_message(inbox[r], recvs[i].bytes, b, brows, *c.dispatch_codec,
-                           EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r);
-      std::vector<uint8_t>().swap(inbox[r]);
-      st->recv_rows[r] = b.size();
-      h.recv.append(b);
-      h.recv_x.insert(h.recv_x.end(), brows.begin(), brows.end());
+      st->recv_rows[r] = c.add_block_message(h, inbox[r], recvs[i].bytes, *c.dispatch_codec,
+                                             EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;

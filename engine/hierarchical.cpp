@@ -228,12 +228,8 @@ class Hierarchical : public Algorithm {
     }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
-      c.read_block_message(linbox[q], lrecvs[i].bytes, b, brows, *c.dispatch_codec,
-                           EngineContext::stream_id(Phase::kForward, a.layer, f, me), f);
-      std::vector<uint8_t>().swap(linbox[q]);
-      st->recv_rows[q] = b.size();
-      h.recv.append(b);
-      h.recv_x.insert(h.recv_x.end(), brows.begin(), brows.end());
+      st->recv_rows[q] = c.add_block_message(h, linbox[q], lrecvs[i].bytes, *c.dispatch_codec,
+                                             EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;
