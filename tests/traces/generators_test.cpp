@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <set>
 
@@ -128,6 +129,186 @@ TEST(Generators, DeepepKeepsTokensWithinMNodes) {
   // Unlimited models (max_nodes_per_token = 0) may use every node.
   RoutingParams q = params("qwen-moe", 8, 1, 64);
   EXPECT_NO_THROW(make_routing("deepep", q)->batch(0, 0, 0));
+}
+
+// DeepEP's routing against a plain reference sampler. The generator draws order statistics instead of a score
+// per expert, so only a comparison of distributions can tell whether it models the same routing.
+
+// One token as the statistics see it: the chosen experts best first, their normalized weights, and the raw gate
+// score of every expert.
+struct TokenRouting {
+  std::vector<int32_t> ids;
+  std::vector<double> weights;
+  std::vector<double> scores;
+};
+
+int node_of(int e, int experts, int nodes) { return static_cast<int>(static_cast<int64_t>(e) * nodes / experts); }
+
+// DeepEP's tests/test_internode.py written out: scores = |randn| + 1 for every expert; the M nodes whose best
+// expert scores highest stay; the token takes the k best experts among them; weights are those scores over
+// their sum. Experts sit on nodes in contiguous blocks, as in the generator.
+TokenRouting reference_token(SplitMix64& rng, int experts, int nodes, int m_nodes, int k) {
+  TokenRouting t;
+  t.scores.resize(experts);
+  for (double& s : t.scores) s = std::abs(rng.normal()) + 1.0;
+  std::vector<double> node_best(nodes, 0.0);
+  for (int e = 0; e < experts; ++e)
+    node_best[node_of(e, experts, nodes)] = std::max(node_best[node_of(e, experts, nodes)], t.scores[e]);
+  std::vector<int> order(nodes);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return node_best[a] > node_best[b]; });
+  std::vector<char> kept(nodes, 0);
+  for (int i = 0; i < m_nodes; ++i) kept[order[i]] = 1;
+  std::vector<int32_t> cand;
+  for (int e = 0; e < experts; ++e)
+    if (kept[node_of(e, experts, nodes)]) cand.push_back(e);
+  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(),
+                    [&](int32_t a, int32_t b) { return t.scores[a] > t.scores[b]; });
+  double sum = 0;
+  for (int j = 0; j < k; ++j) sum += t.scores[cand[j]];
+  for (int j = 0; j < k; ++j) {
+    t.ids.push_back(cand[j]);
+    t.weights.push_back(t.scores[cand[j]] / sum);
+  }
+  return t;
+}
+
+// Per-token statistics, each kept as moments so two samples can be compared by their standard errors.
+class RoutingStats {
+ public:
+  struct Moments {
+    double n = 0, sum = 0, sq = 0;
+    double mean() const { return sum / n; }
+    double var() const { return std::max(0.0, sq / n - mean() * mean()) * n / std::max(1.0, n - 1); }
+  };
+
+  RoutingStats(int experts, int nodes, int m_nodes, int k) : experts_(experts), nodes_(nodes), m_(m_nodes), k_(k) {}
+
+  void add(const TokenRouting& t) {
+    // A used node's best expert is always chosen and the used nodes are the best-ranked kept ones, so the order
+    // in which nodes first appear among the chosen experts (best first) is their rank.
+    std::vector<int> rank_of(nodes_, -1), per_rank(m_, 0);
+    int used = 0;
+    for (int32_t e : t.ids) {
+      const int n = node_of(e, experts_, nodes_);
+      if (rank_of[n] < 0) rank_of[n] = used++;
+      ++per_rank[rank_of[n]];
+    }
+    for (int d = 1; d <= m_; ++d) sample("tokens using " + std::to_string(d) + " node(s)", used == d);
+    for (int r = 0; r < m_; ++r) sample("experts on the rank-" + std::to_string(r) + " node", per_rank[r]);
+    sample("largest weight", t.weights[0]);
+    sample("smallest weight", t.weights[k_ - 1]);
+    sample("best score", t.scores[t.ids[0]]);
+    sample("k-th score", t.scores[t.ids[k_ - 1]]);
+    // The gate scores of the experts not chosen: kept nodes (the M best by their best expert) and dropped ones.
+    std::vector<double> node_best(nodes_, 0.0);
+    for (int e = 0; e < experts_; ++e)
+      node_best[node_of(e, experts_, nodes_)] = std::max(node_best[node_of(e, experts_, nodes_)], t.scores[e]);
+    std::vector<double> sorted_best = node_best;
+    std::sort(sorted_best.rbegin(), sorted_best.rend());
+    sample("M-th node's best score", sorted_best[m_ - 1]);
+    if (m_ < nodes_) sample("best dropped node's best score", sorted_best[m_]);
+    double kept_sum = 0, dropped_sum = 0;
+    int kept_n = 0, dropped_n = 0;
+    for (int e = 0; e < experts_; ++e) {
+      if (std::find(t.ids.begin(), t.ids.end(), e) != t.ids.end()) continue;
+      if (node_best[node_of(e, experts_, nodes_)] >= sorted_best[m_ - 1]) {
+        kept_sum += t.scores[e];
+        ++kept_n;
+      } else {
+        dropped_sum += t.scores[e];
+        ++dropped_n;
+      }
+    }
+    if (kept_n) sample("mean unchosen score in kept nodes", kept_sum / kept_n);
+    if (dropped_n) sample("mean score in dropped nodes", dropped_sum / dropped_n);
+  }
+
+  const std::map<std::string, Moments>& moments() const { return m; }
+
+ private:
+  void sample(const std::string& name, double x) {
+    Moments& s = m[name];
+    s.n += 1;
+    s.sum += x;
+    s.sq += x * x;
+  }
+  int experts_, nodes_, m_, k_;
+  std::map<std::string, Moments> m;
+};
+
+// Means agree within 5 standard errors of their difference: a sound generator cannot fail (the seeds are fixed,
+// and 5 sigma is far out even over every statistic), while a wrong exponent or dropped-node bound moves several
+// of them by tens of standard errors.
+void expect_same_distribution(const RoutingStats& gen, const RoutingStats& ref, const std::string& what) {
+  ASSERT_EQ(gen.moments().size(), ref.moments().size()) << what;
+  for (const auto& [name, g] : gen.moments()) {
+    ASSERT_TRUE(ref.moments().count(name)) << what << ": " << name;
+    const auto& r = ref.moments().at(name);
+    const double se = std::sqrt(g.var() / g.n + r.var() / r.n);
+    EXPECT_LE(std::abs(g.mean() - r.mean()), 5 * se + 1e-12)
+        << what << ": " << name << ": generator " << g.mean() << ", reference " << r.mean() << " ("
+        << (g.mean() - r.mean()) / se << " standard errors)";
+  }
+}
+
+TEST(Generators, DeepepMatchesAPlainReferenceSampler) {
+  struct Case {
+    const char* model;
+    int nodes;
+    int max_nodes;  // -1: the model's own
+  } cases[] = {
+      {"deepseek-v3", 32, -1},  // the default 256-GPU run: 8 experts per node, M = 4
+      {"deepseek-v3", 8, -1},   // 32 experts per node
+      {"deepseek-v3", 16, 2},   // a tighter limit: 8 picks inside 2 nodes of 16
+      {"deepseek-v3", 6, -1},   // unequal nodes (42 or 43 experts)
+      {"qwen-moe", 8, -1},      // no limit: every node kept
+      {"mixtral-8x7b", 8, 3},   // one expert per node
+  };
+  constexpr int kTokens = 40000;
+  for (const Case& c : cases) {
+    RoutingParams p = params(c.model, c.nodes, 1, 2048, 5);
+    if (c.max_nodes >= 0) p.shape.max_nodes_per_token = c.max_nodes;
+    const int experts = p.shape.num_experts, k = p.shape.topk;
+    const int m_nodes = p.shape.max_nodes_per_token > 0 ? std::min(c.nodes, p.shape.max_nodes_per_token) : c.nodes;
+    const std::string what =
+        std::string(c.model) + " on " + std::to_string(c.nodes) + " nodes, M = " + std::to_string(m_nodes);
+    RoutingStats gen(experts, c.nodes, m_nodes, k), ref(experts, c.nodes, m_nodes, k);
+    auto src = make_routing("deepep:scores=1", p);
+    int taken = 0;
+    for (int layer = 0; taken < kTokens; ++layer)
+      for (int r = 0; r < c.nodes && taken < kTokens; ++r) {
+        const RoutingBatch b = src->batch(0, layer, r);
+        for (int t = 0; t < b.num_tokens && taken < kTokens; ++t, ++taken) {
+          TokenRouting tok;
+          for (int j = 0; j < k; ++j) {
+            tok.ids.push_back(b.expert(t, j));
+            tok.weights.push_back(b.weight(t, j));
+          }
+          tok.scores.assign(b.gate_scores.begin() + static_cast<ptrdiff_t>(t) * experts,
+                            b.gate_scores.begin() + static_cast<ptrdiff_t>(t + 1) * experts);
+          gen.add(tok);
+        }
+      }
+    SplitMix64 rng(stream_seed(2024, 1, c.nodes, m_nodes, experts));
+    for (int t = 0; t < kTokens; ++t) ref.add(reference_token(rng, experts, c.nodes, m_nodes, k));
+    expect_same_distribution(gen, ref, what);
+  }
+}
+
+TEST(Generators, DeepepScoresDoNotChangeTheRouting) {
+  for (int nodes : {32, 8, 6}) {  // equal and unequal nodes
+    const RoutingParams p = params("deepseek-v3", nodes, 1, 512, 9);
+    auto plain = make_routing("deepep", p);
+    auto scored = make_routing("deepep:scores=1", p);
+    for (int r : {0, 3}) {
+      const RoutingBatch a = plain->batch(1, 2, r), b = scored->batch(1, 2, r);
+      EXPECT_TRUE(a.gate_scores.empty());
+      EXPECT_EQ(b.gate_scores.size(), 512u * 256u);
+      EXPECT_EQ(a.topk_idx, b.topk_idx) << nodes << " nodes";
+      EXPECT_EQ(a.topk_weights, b.topk_weights) << nodes << " nodes";
+    }
+  }
 }
 
 TEST(Generators, DeepepRejectsTooFewExpertsPerNode) {
