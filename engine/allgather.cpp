@@ -25,33 +25,37 @@ class Allgather : public Algorithm {
   ReductionOrder reduction() const override { return ReductionOrder::kRanks; }
 
   Handle dispatch(EngineContext &c, const DispatchArgs &a) override {
-    const int R = c.topo.size(), me = c.rank();
+    const int R = c.topo.size(), me = c.rank(), spr = c.placement.slots_per_rank();
+    const bool phantom = c.phantom();
     auto st = std::make_shared<AllgatherState>();
     // The whole batch, every token, with all its valid selections in top-k
-    // order.
+    // order (real payload), and what each destination keeps: the tokens and
+    // selections of its own slots, which is all a phantom destination is sent
+    // (EngineContext::BlockSummary), charged as the whole batch.
     TokenBlock all;
+    int all_sels = 0;
+    std::vector<uint32_t> keep_counts(2 * R, 0);  // per destination: tokens, selections
+    std::vector<int32_t> per_slot(phantom ? static_cast<size_t>(R) * spr : 0, 0);
+    std::vector<int> last(R, -1);
     for (int t = 0; t < a.num_tokens; ++t) {
-      all.add_token(me, t);
+      if (!phantom) all.add_token(me, t);
       for (int k = 0; k < a.topk; ++k) {
         const size_t i = static_cast<size_t>(t) * a.topk + k;
-        if (a.slots[i] >= 0) all.add_sel(a.slots[i], a.weights[i]);
-      }
-    }
-
-    // What each destination keeps: its own slots' selections. Real payloads carry
-    // the whole batch to everyone; phantom ones copy only this part.
-    std::vector<TokenBlock> keep(R);
-    {
-      std::vector<int> last(R, -1);
-      for (int t = 0; t < all.size(); ++t)
-        for (int s = all.sel_begin[t]; s < all.sel_begin[t + 1]; ++s) {
-          const int r = c.placement.rank_of_slot(all.sel_slot[s]);
-          if (last[r] != t) {
-            last[r] = t;
-            keep[r].add_token(me, all.token[t]);
-          }
-          keep[r].add_sel(all.sel_slot[s], all.sel_weight[s]);
+        const int32_t s = a.slots[i];
+        if (s < 0) continue;
+        ++all_sels;
+        if (!phantom) {
+          all.add_sel(s, a.weights[i]);
+          continue;
         }
+        const int r = c.placement.rank_of_slot(s);
+        if (last[r] != t) {
+          last[r] = t;
+          ++keep_counts[2 * r];
+        }
+        ++keep_counts[2 * r + 1];
+        ++per_slot[s];
+      }
     }
 
     // Notify: the batch size, and the metadata each destination will receive
@@ -63,10 +67,9 @@ class Allgather : public Algorithm {
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
     for (int r = 0; r < R; ++r) {
-      const TokenBlock &real = c.phantom() ? keep[r] : all;
-      out_counts[3 * r] = static_cast<uint32_t>(all.size());
-      out_counts[3 * r + 1] = static_cast<uint32_t>(real.size());
-      out_counts[3 * r + 2] = static_cast<uint32_t>(real.num_sels());
+      out_counts[3 * r] = static_cast<uint32_t>(a.num_tokens);
+      out_counts[3 * r + 1] = phantom ? keep_counts[2 * r] : static_cast<uint32_t>(a.num_tokens);
+      out_counts[3 * r + 2] = phantom ? keep_counts[2 * r + 1] : static_cast<uint32_t>(all_sels);
       sends.push_back({r, ConstBuf{&out_counts[3 * r], 12}});
       recvs.push_back({r, MutBuf{&in_counts[3 * r], 12}});
     }
@@ -82,20 +85,19 @@ class Allgather : public Algorithm {
     sends.clear();
     recvs.clear();
     EngineContext::Message msg;
-    std::vector<EngineContext::Message> sized(c.phantom() ? R : 0);
-    if (all.size() > 0 && !c.phantom()) {
+    std::vector<EngineContext::Message> sized(phantom ? R : 0);
+    EngineContext::BlockSummary summary;
+    if (a.num_tokens > 0 && !phantom) {
       msg = c.make_block_message(all, a.x, *c.dispatch_codec,
                                  EngineContext::stream_id(Phase::kAllgather, a.layer, me, me));
       for (int r = 0; r < R; ++r) sends.push_back({r, msg.buf()});
-    } else if (all.size() > 0) {
-      // Sizes only: every destination is charged the whole batch, but only the
-      // metadata it keeps is copied, so a large simulated cluster does not copy
-      // every rank's metadata to every rank.
+    } else if (a.num_tokens > 0) {
       const size_t full =
-          block_meta_bytes(all.size(), all.num_sels()) + c.dispatch_codec->encoded_size(all.size(), c.hidden());
+          block_meta_bytes(a.num_tokens, all_sels) + c.dispatch_codec->encoded_size(a.num_tokens, c.hidden());
       for (int r = 0; r < R; ++r) {
-        pack_block(keep[r], 0, sized[r].bytes);
-        sized[r].phantom_bytes = full - sized[r].bytes.size();
+        summary.assign(keep_counts[2 * r], keep_counts[2 * r + 1], &per_slot[static_cast<size_t>(r) * spr], spr,
+                       r * spr);
+        sized[r] = c.make_summary_message(summary, *c.dispatch_codec, full);
         sends.push_back({r, sized[r].buf()});
       }
     }
@@ -105,7 +107,8 @@ class Allgather : public Algorithm {
     for (int r = 0; r < R; ++r) {
       st->src_tokens[r] = static_cast<int32_t>(in_counts[3 * r]);
       if (in_counts[3 * r] == 0) continue;
-      inbox[r].resize(c.block_capacity(in_counts[3 * r + 1], in_counts[3 * r + 2], *c.dispatch_codec));
+      inbox[r].resize(phantom ? EngineContext::summary_capacity(in_counts[3 * r + 2], spr)
+                              : c.block_capacity(in_counts[3 * r + 1], in_counts[3 * r + 2], *c.dispatch_codec));
       recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       from.push_back(r);
     }
@@ -123,6 +126,11 @@ class Allgather : public Algorithm {
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
+      if (phantom) {
+        c.read_summary_message(inbox[r], recvs[i].bytes, summary, in_counts[3 * r + 1], in_counts[3 * r + 2], r);
+        c.add_summary(h, summary);
+        continue;
+      }
       c.read_block_message(inbox[r], recvs[i].bytes, b, brows, *c.dispatch_codec,
                            EngineContext::stream_id(Phase::kAllgather, a.layer, r, r), r);
       for (int j = 0; j < b.size(); ++j) {
@@ -136,7 +144,7 @@ class Allgather : public Algorithm {
           }
           h.recv.add_sel(b.sel_slot[s], b.sel_weight[s]);
         }
-        if (any && !c.phantom()) {
+        if (any) {
           const float *row = &brows[static_cast<size_t>(j) * H];
           h.recv_x.insert(h.recv_x.end(), row, row + H);
         }

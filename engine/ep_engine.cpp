@@ -1,5 +1,6 @@
 #include "engine/ep_engine.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -201,6 +202,88 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
   }
 }
 
+namespace {
+
+constexpr uint32_t kSummaryMagic = 0x4D555345;  // "ESUM"
+
+struct SummaryHeader {
+  uint32_t magic;
+  uint32_t tokens;
+  uint32_t sels;
+  uint32_t slots;
+};
+
+}  // namespace
+
+void EngineContext::BlockSummary::assign(uint32_t t, uint32_t s, const int32_t* per_slot, int n, int first_slot) {
+  tokens = t;
+  sels = s;
+  slots.clear();
+  for (int i = 0; i < n; ++i)
+    if (per_slot[i] != 0) slots.push_back({first_slot + i, per_slot[i]});
+}
+
+EngineContext::Message EngineContext::make_summary_message(const BlockSummary& s, const Codec& codec,
+                                                           size_t wire_bytes) const {
+  Message m;
+  const SummaryHeader h{kSummaryMagic, s.tokens, s.sels, static_cast<uint32_t>(s.slots.size())};
+  m.bytes.resize(sizeof h + s.slots.size() * sizeof(SlotSels));
+  std::memcpy(m.bytes.data(), &h, sizeof h);
+  if (!s.slots.empty()) std::memcpy(m.bytes.data() + sizeof h, s.slots.data(), s.slots.size() * sizeof(SlotSels));
+  // At most one entry per selection, so the summary never outgrows the metadata it stands for.
+  const size_t full = wire_bytes > 0 ? wire_bytes
+                                     : block_meta_bytes(static_cast<int>(s.tokens), static_cast<int>(s.sels)) +
+                                           codec.encoded_size(static_cast<int>(s.tokens), hidden());
+  if (s.slots.size() > s.sels || m.bytes.size() > full)
+    throw EplabError("engine: block summary of " + std::to_string(s.slots.size()) + " slots for " +
+                     std::to_string(s.sels) + " selections");
+  m.phantom_bytes = full - m.bytes.size();
+  return m;
+}
+
+size_t EngineContext::summary_capacity(uint32_t sels, int max_slots) {
+  return sizeof(SummaryHeader) + std::min<size_t>(sels, static_cast<size_t>(std::max(max_slots, 0))) * sizeof(SlotSels);
+}
+
+void EngineContext::read_summary_message(const std::vector<uint8_t>& msg, size_t real_bytes, BlockSummary& s,
+                                         uint32_t tokens, uint32_t sels, int peer) const {
+  const auto fail = [&](const std::string& why) {
+    throw FabricError("rank " + std::to_string(rank()) + ", summary from peer " + std::to_string(peer) + " in phase " +
+                      fabric.phase() + ": " + why);
+  };
+  SummaryHeader h{};
+  if (real_bytes < sizeof h || real_bytes > msg.size()) fail("truncated (" + std::to_string(real_bytes) + " bytes)");
+  std::memcpy(&h, msg.data(), sizeof h);
+  if (h.magic != kSummaryMagic) fail("bad magic");
+  if (real_bytes != sizeof h + static_cast<size_t>(h.slots) * sizeof(SlotSels))
+    fail("announces " + std::to_string(h.slots) + " slots in " + std::to_string(real_bytes) + " bytes");
+  if (h.tokens != tokens || h.sels != sels)
+    fail("holds " + std::to_string(h.tokens) + " tokens / " + std::to_string(h.sels) + " selections, notify announced " +
+         std::to_string(tokens) + " / " + std::to_string(sels));
+  s.tokens = h.tokens;
+  s.sels = h.sels;
+  s.slots.resize(h.slots);
+  if (h.slots) std::memcpy(s.slots.data(), msg.data() + sizeof h, h.slots * sizeof(SlotSels));
+  int64_t total = 0;
+  for (const SlotSels& e : s.slots) {
+    if (e.slot < 0 || e.slot >= placement.num_slots() || e.sels <= 0) fail("bad slot entry");
+    total += e.sels;
+  }
+  if (total != h.sels) fail("slot counts sum to " + std::to_string(total) + ", not " + std::to_string(h.sels));
+}
+
+void EngineContext::add_summary(Handle& h, const BlockSummary& s) const {
+  const int spr = placement.slots_per_rank();
+  if (h.slot_sels.empty()) h.slot_sels.assign(spr, 0);
+  h.rows += static_cast<int>(s.tokens);
+  for (const SlotSels& e : s.slots) {
+    if (placement.rank_of_slot(e.slot) != rank())
+      throw FabricError("rank " + std::to_string(rank()) + ": received selections for slot " + std::to_string(e.slot) +
+                        ", held by rank " + std::to_string(placement.rank_of_slot(e.slot)));
+    h.slot_sels[e.slot % spr] += e.sels;
+  }
+}
+
 double EngineContext::bytes_per_elem(const Codec& codec) const {
   return static_cast<double>(codec.encoded_size(1, hidden())) / hidden();
 }
@@ -213,7 +296,7 @@ EpEngine::EpEngine(Fabric& fabric, const MoeShape& shape, const Placement& place
 }
 
 double Algorithm::logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const {
-  return static_cast<double>(h.recv.size()) * c.hidden() * c.bytes_per_elem(codec);
+  return static_cast<double>(h.rows) * c.hidden() * c.bytes_per_elem(codec);
 }
 
 double Algorithm::scaleout_logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const {
@@ -252,7 +335,13 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
                      std::to_string(ctx_.placement.slots_per_rank()));
   ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, a.num_tokens, ctx_.hidden(), true);
   Handle h = algo_->dispatch(ctx_, a);
-  ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, h.recv.size(), ctx_.hidden(), false);
+  if (h.slot_sels.empty()) {  // the algorithm delivered per-row metadata: count from it
+    const int spr = ctx_.placement.slots_per_rank();
+    h.rows = h.recv.size();
+    h.slot_sels.assign(spr, 0);
+    for (int32_t s : h.recv.sel_slot) ++h.slot_sels[s % spr];
+  }
+  ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, h.rows, ctx_.hidden(), false);
   h.placement = a.placement ? a.placement : &ctx_.placement;
   h.token_node_pairs = count_token_node_pairs(ctx_, a);
   ctx_.stats.dispatch.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.dispatch_codec);
@@ -261,7 +350,7 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
 }
 
 void EpEngine::combine(Handle& h, const float* partials, float* out) {
-  ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.recv.size(), ctx_.hidden(), true);
+  ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.rows, ctx_.hidden(), true);
   algo_->combine(ctx_, h, partials, out);
   ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.num_tokens, ctx_.hidden(), false);
   ctx_.stats.combine.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.combine_codec);

@@ -80,7 +80,12 @@ struct Handle {
   int num_tokens = 0;         // tokens of this rank's own batch (combine's output rows)
   long token_node_pairs = 0;  // (token, destination node) pairs of the own batch, own node included
   TokenBlock recv;
-  std::vector<float> recv_x;             // [recv.size() x hidden]; empty in phantom mode
+  std::vector<float> recv_x;  // [recv.size() x hidden]; empty in phantom mode
+  // What expert compute and the statistics need, in both modes: rows received, and selections received per
+  // local slot ([slots per rank]). Phantom-mode algorithms may fill these and leave `recv` empty (see
+  // EngineContext::BlockSummary); otherwise the engine derives them from `recv`.
+  int rows = 0;
+  std::vector<int32_t> slot_sels;
   std::shared_ptr<void> state;           // the algorithm's private bookkeeping for combine
   const Placement* placement = nullptr;  // the placement dispatch ran with (never null after dispatch)
 };
@@ -159,6 +164,32 @@ class EngineContext {
   // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows.
   void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
                         Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch);
+
+  // Phantom mode moves no rows, and nothing downstream of dispatch needs to know which tokens arrived, only how
+  // many and for which slots. So instead of a block's per-token metadata a phantom message carries its summary
+  // (token and selection counts, selections per destination slot), and the fabric charges it at the size of the
+  // full block message: the simulated run is the same (a test compares it with a real-payload one) at a fraction
+  // of the memory and time.
+  struct SlotSels {
+    int32_t slot;
+    int32_t sels;
+  };
+  struct BlockSummary {
+    uint32_t tokens = 0;
+    uint32_t sels = 0;
+    std::vector<SlotSels> slots;  // non-zero entries, slot ascending
+    // Sets tokens and sels and takes the non-zero entries of per_slot[0, n), the counts of slots first_slot + i.
+    void assign(uint32_t tokens, uint32_t sels, const int32_t* per_slot, int n, int first_slot);
+  };
+  // Charged as the block message of s.tokens rows encoded with `codec`, or as `wire_bytes` when given.
+  Message make_summary_message(const BlockSummary& s, const Codec& codec, size_t wire_bytes = 0) const;
+  // Receive capacity for a summary of `sels` selections over at most `max_slots` slots.
+  static size_t summary_capacity(uint32_t sels, int max_slots);
+  // Parses a summary, checking it against the counts notify announced for this peer.
+  void read_summary_message(const std::vector<uint8_t>& msg, size_t real_bytes, BlockSummary& s, uint32_t tokens,
+                            uint32_t sels, int peer) const;
+  // Dispatch's last step at a destination in phantom mode: adds a summary's rows and slot selections to the handle.
+  void add_summary(Handle& h, const BlockSummary& s) const;
 
   // Wire bytes per element of a codec (for DeepEP's logical bandwidth).
   double bytes_per_elem(const Codec& codec) const;

@@ -31,16 +31,13 @@ struct Delivery5 {
 
 // Roofline inputs for one rank's experts: a SwiGLU FFN (three hidden x ffn matmuls) per received selection;
 // weights are read once per active slot, activations in and out once per selection.
-ComputeCost expert_cost(const Handle& h, const Placement& placement, const MoeShape& shape,
-                        const std::string& dispatch_codec) {
-  std::vector<int> per_slot;
+ComputeCost expert_cost(const Handle& h, const MoeShape& shape, const std::string& dispatch_codec) {
   int active = 0;
-  for (int32_t s : h.recv.sel_slot) {
-    const int local = s % placement.slots_per_rank();
-    if (static_cast<int>(per_slot.size()) <= local) per_slot.resize(local + 1, 0);
-    if (per_slot[local]++ == 0) ++active;
+  double sels = 0;
+  for (int32_t n : h.slot_sels) {
+    active += n > 0;
+    sels += n;
   }
-  const double sels = static_cast<double>(h.recv.sel_slot.size());
   const double weight_bytes = dispatch_codec.rfind("fp8", 0) == 0 ? 1.0 : 2.0;
   ComputeCost c;
   c.flops = 2.0 * 3.0 * shape.hidden * shape.expert_ffn * sels;
@@ -419,10 +416,10 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         const double call_t0 = f.now();
         Handle h = engine.dispatch(args);
         ForwardTimes ft{call_t0, f.now()};
-        rec.recv_rows.push_back(h.recv.size());
+        rec.recv_rows.push_back(h.rows);
         // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
         f.set_phase("expert");
-        const ComputeCost ecost = expert_cost(h, placement, shape, dcodec);
+        const ComputeCost ecost = expert_cost(h, shape, dcodec);
         f.compute(ecost);
         ft.expert1 = f.now();
         if (!phantom) expert_partials(h, placement, transform, engine.reduction(), shape.hidden, partials);

@@ -19,9 +19,13 @@ class Flat : public Algorithm {
   ReductionOrder reduction() const override { return ReductionOrder::kRanks; }
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
-    const int R = c.topo.size(), me = c.rank(), H = c.hidden();
+    const int R = c.topo.size(), me = c.rank(), H = c.hidden(), spr = c.placement.slots_per_rank();
+    const bool phantom = c.phantom();
     auto st = std::make_shared<FlatState>();
-    std::vector<TokenBlock> blocks(R);
+    // Real payload: one block per destination. Phantom: counts only (EngineContext::BlockSummary).
+    std::vector<TokenBlock> blocks(phantom ? 0 : R);
+    std::vector<int32_t> per_slot(phantom ? static_cast<size_t>(R) * spr : 0, 0);
+    std::vector<uint32_t> out_counts(2 * R, 0), in_counts(2 * R);  // per rank: tokens, selections
     std::vector<int> last(R, -1);
     for (int t = 0; t < a.num_tokens; ++t)
       for (int k = 0; k < a.topk; ++k) {
@@ -30,24 +34,26 @@ class Flat : public Algorithm {
         const int r = c.placement.rank_of_slot(s);
         if (last[r] != t) {
           last[r] = t;
-          blocks[r].add_token(me, t);
+          ++out_counts[2 * r];
+          if (!phantom) blocks[r].add_token(me, t);
         }
-        blocks[r].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
+        ++out_counts[2 * r + 1];
+        if (phantom)
+          ++per_slot[s];
+        else
+          blocks[r].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
       }
 
     // Notify: (tokens, selections) to every rank, including ourselves; a vouched cached layout skips it.
     PhaseStats notify;
     c.fabric.set_phase("notify");
     const double t0 = c.fabric.now();
-    std::vector<uint32_t> out_counts(2 * R), in_counts(2 * R);
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
     if (const std::vector<uint32_t>* cached = c.cached_counts(a)) {
       in_counts = *cached;
     } else {
       for (int r = 0; r < R; ++r) {
-        out_counts[2 * r] = blocks[r].size();
-        out_counts[2 * r + 1] = blocks[r].num_sels();
         sends.push_back({r, ConstBuf{&out_counts[2 * r], 8}});
         recvs.push_back({r, MutBuf{&in_counts[2 * r], 8}});
       }
@@ -67,15 +73,20 @@ class Flat : public Algorithm {
     recvs.clear();
     st->sent_tokens.assign(R, 0);
     st->sent_token_ids.assign(R, {});
+    EngineContext::BlockSummary summary;
     for (int r = 0; r < R; ++r) {
-      const TokenBlock& b = blocks[r];
-      if (b.size() == 0) continue;
-      st->sent_tokens[r] = b.size();
-      if (!c.phantom()) {
-        rows.resize(static_cast<size_t>(b.size()) * H);
-        for (int i = 0; i < b.size(); ++i)
-          std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
+      if (out_counts[2 * r] == 0) continue;
+      st->sent_tokens[r] = static_cast<int32_t>(out_counts[2 * r]);
+      if (phantom) {
+        summary.assign(out_counts[2 * r], out_counts[2 * r + 1], &per_slot[static_cast<size_t>(r) * spr], spr, r * spr);
+        msgs[r] = c.make_summary_message(summary, *c.dispatch_codec);
+        sends.push_back({r, msgs[r].buf()});
+        continue;
       }
+      const TokenBlock& b = blocks[r];
+      rows.resize(static_cast<size_t>(b.size()) * H);
+      for (int i = 0; i < b.size(); ++i)
+        std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
       msgs[r] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
                                      EngineContext::stream_id(Phase::kDispatch, a.layer, me, r));
       sends.push_back({r, msgs[r].buf()});
@@ -87,7 +98,8 @@ class Flat : public Algorithm {
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
       if (in_counts[2 * r] == 0) continue;
-      inbox[r].resize(c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec));
+      inbox[r].resize(phantom ? EngineContext::summary_capacity(in_counts[2 * r + 1], spr)
+                              : c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec));
       recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       from.push_back(r);
     }
@@ -99,16 +111,22 @@ class Flat : public Algorithm {
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
     st->recv_rows.assign(R, 0);
-    {
+    if (!phantom) {
       size_t tokens = 0, sels = 0;
       for (int r : from) tokens += in_counts[2 * r], sels += in_counts[2 * r + 1];
       h.recv.reserve(tokens, sels);
-      if (!c.phantom()) h.recv_x.reserve(tokens * H);
+      h.recv_x.reserve(tokens * H);
     }
     TokenBlock b;
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
+      if (phantom) {
+        c.read_summary_message(inbox[r], recvs[i].bytes, summary, in_counts[2 * r], in_counts[2 * r + 1], r);
+        c.add_summary(h, summary);
+        st->recv_rows[r] = static_cast<int32_t>(summary.tokens);
+        continue;
+      }
       st->recv_rows[r] = c.add_block_message(h, inbox[r], recvs[i].bytes, *c.dispatch_codec,
                                              EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r, b, brows);
     }

@@ -11,10 +11,12 @@ namespace eplab {
 namespace {
 
 struct HierState {
-  // Source role: tokens sent to each destination node's forwarder (same rail), in message order.
+  // Source role: tokens sent to each destination node's forwarder (same rail): how many, and (real payload)
+  // which, in message order.
+  std::vector<int32_t> sent_tokens;                  // [nodes]
   std::vector<std::vector<int32_t>> sent_token_ids;  // [nodes]
-  // Forwarder role: rows received from each rail source (by node), and for each such row the rows it became
-  // in the per-local-rank forward blocks: (local rank, row index), local rank ascending.
+  // Forwarder role: rows received from each rail source (by node), and (real payload) for each such row the rows
+  // it became in the per-local-rank forward blocks: (local rank, row index), local rank ascending.
   std::vector<int32_t> fwd_in_rows;                  // [nodes]
   std::vector<int32_t> fwd_map_begin{0};             // [total in rows + 1]
   std::vector<std::pair<int32_t, int32_t>> fwd_map;  // (local q, row in block q)
@@ -38,11 +40,14 @@ class Hierarchical : public Algorithm {
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
     const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
-    const int H = c.hidden();
+    const int H = c.hidden(), spr = c.placement.slots_per_rank(), node_slots = G * spr;
+    const bool phantom = c.phantom();
     auto st = std::make_shared<HierState>();
 
-    // Source side: one block per destination node, carrying that node's selections.
-    std::vector<TokenBlock> to_node(N);
+    // Source side: one block per destination node, carrying that node's selections (phantom: counts only, see
+    // EngineContext::BlockSummary).
+    std::vector<TokenBlock> to_node(phantom ? 0 : N);
+    std::vector<int32_t> per_slot(phantom ? static_cast<size_t>(N) * node_slots : 0, 0);
     std::vector<uint32_t> counts(static_cast<size_t>(N) * (2 + 2 * G), 0);  // per node: tokens, sels, then per q
     std::vector<int> last_node(N, -1);
     std::vector<int> last_q(static_cast<size_t>(N) * G, -1);
@@ -54,10 +59,13 @@ class Hierarchical : public Algorithm {
         uint32_t* cn = &counts[static_cast<size_t>(n) * (2 + 2 * G)];
         if (last_node[n] != t) {
           last_node[n] = t;
-          to_node[n].add_token(me, t);
+          if (!phantom) to_node[n].add_token(me, t);
           ++cn[0];
         }
-        to_node[n].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
+        if (phantom)
+          ++per_slot[s];  // node n's slots are [n * node_slots, (n + 1) * node_slots)
+        else
+          to_node[n].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
         ++cn[1];
         if (last_q[static_cast<size_t>(n) * G + q] != t) {
           last_q[static_cast<size_t>(n) * G + q] = t;
@@ -118,16 +126,24 @@ class Hierarchical : public Algorithm {
     std::vector<float> rows;
     sends.clear();
     recvs.clear();
+    st->sent_tokens.assign(N, 0);
     st->sent_token_ids.assign(N, {});
+    EngineContext::BlockSummary summary;
     for (int n = 0; n < N; ++n) {
-      const TokenBlock& b = to_node[n];
-      if (b.size() == 0) continue;
+      const uint32_t* cn = &counts[n * stride];
+      if (cn[0] == 0) continue;
       const int f = T.rank_of(n, my_local);
-      if (!c.phantom()) {
-        rows.resize(static_cast<size_t>(b.size()) * H);
-        for (int i = 0; i < b.size(); ++i)
-          std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
+      st->sent_tokens[n] = static_cast<int32_t>(cn[0]);
+      if (phantom) {
+        summary.assign(cn[0], cn[1], &per_slot[static_cast<size_t>(n) * node_slots], node_slots, n * node_slots);
+        msgs[n] = c.make_summary_message(summary, *c.dispatch_codec);
+        sends.push_back({f, msgs[n].buf()});
+        continue;
       }
+      const TokenBlock& b = to_node[n];
+      rows.resize(static_cast<size_t>(b.size()) * H);
+      for (int i = 0; i < b.size(); ++i)
+        std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
       msgs[n] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
                                      EngineContext::stream_id(Phase::kDispatch, a.layer, me, f));
       sends.push_back({f, msgs[n].buf()});
@@ -140,7 +156,8 @@ class Hierarchical : public Algorithm {
     for (int n = 0; n < N; ++n) {
       const uint32_t* cn = &rail_in[n * stride];
       if (cn[0] == 0) continue;
-      inbox[n].resize(c.block_capacity(cn[0], cn[1], *c.dispatch_codec));
+      inbox[n].resize(phantom ? EngineContext::summary_capacity(cn[1], node_slots)
+                              : c.block_capacity(cn[0], cn[1], *c.dispatch_codec));
       recvs.push_back({T.rank_of(n, my_local), MutBuf{inbox[n].data(), inbox[n].size()}});
       from.push_back(n);
     }
@@ -148,11 +165,14 @@ class Hierarchical : public Algorithm {
     std::vector<EngineContext::Message>().swap(msgs);
     std::vector<float>().swap(rows);
 
-    // Forward inside the node: split each received token by local rank, keeping top-k order.
-    std::vector<TokenBlock> to_local(G);
-    for (int q = 0; q < G; ++q) to_local[q].reserve(fwd_counts[2 * q], fwd_counts[2 * q + 1]);
+    // Forward inside the node: split each received token by local rank, keeping top-k order (phantom: add up
+    // the selections per slot of this node; notify already said how many tokens go to each local rank).
+    std::vector<TokenBlock> to_local(phantom ? 0 : G);
+    for (int q = 0; q < G && !phantom; ++q) to_local[q].reserve(fwd_counts[2 * q], fwd_counts[2 * q + 1]);
     std::vector<std::vector<float>> local_rows(G);
-    {
+    std::vector<int32_t> node_slot_sels(phantom ? node_slots : 0, 0);
+    const int my_first_slot = T.rank_of(my_node, 0) * spr;
+    if (!phantom) {
       size_t in_rows = 0;
       for (int n : from) in_rows += rail_in[n * stride];
       st->fwd_map_begin.reserve(in_rows + 1);
@@ -165,7 +185,19 @@ class Hierarchical : public Algorithm {
     TokenBlock b;
     std::vector<float> brows;
     std::vector<int> last_tok(G, -1);
-    for (size_t i = 0; i < from.size(); ++i) {
+    for (size_t i = 0; i < from.size() && phantom; ++i) {
+      const int n = from[i], src = T.rank_of(n, my_local);
+      c.read_summary_message(inbox[n], recvs[i].bytes, summary, rail_in[n * stride], rail_in[n * stride + 1], src);
+      std::vector<uint8_t>().swap(inbox[n]);
+      st->fwd_in_rows[n] = static_cast<int32_t>(summary.tokens);
+      for (const EngineContext::SlotSels& e : summary.slots) {
+        if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
+          throw FabricError("rank " + std::to_string(me) + ": forwarder got selections for slot " +
+                            std::to_string(e.slot) + ", outside its node");
+        node_slot_sels[e.slot - my_first_slot] += e.sels;
+      }
+    }
+    for (size_t i = 0; i < from.size() && !phantom; ++i) {
       const int n = from[i], src = T.rank_of(n, my_local);
       c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
                            EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
@@ -178,9 +210,8 @@ class Hierarchical : public Algorithm {
           if (last_tok[q] < 0) {
             last_tok[q] = to_local[q].size();
             to_local[q].add_token(b.src_rank[j], b.token[j]);
-            if (!c.phantom())
-              local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
-                                   brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
+            local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
+                                 brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
           }
           // Tokens are added one at a time, so the open token of block q is this one.
           to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
@@ -194,9 +225,16 @@ class Hierarchical : public Algorithm {
     sends.clear();
     std::vector<PeerRecv> lrecvs;
     for (int q = 0; q < G; ++q) {
-      st->fwd_out_rows[q] = to_local[q].size();
-      if (to_local[q].size() == 0) continue;
+      st->fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_counts[2 * q]) : to_local[q].size();
+      if (st->fwd_out_rows[q] == 0) continue;
       const int r = T.rank_of(my_node, q);
+      if (phantom) {
+        summary.assign(fwd_counts[2 * q], fwd_counts[2 * q + 1], &node_slot_sels[static_cast<size_t>(q) * spr], spr,
+                       r * spr);
+        fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
+        sends.push_back({r, fmsgs[q].buf()});
+        continue;
+      }
       fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
                                       EngineContext::stream_id(Phase::kForward, a.layer, me, r));
       sends.push_back({r, fmsgs[q].buf()});
@@ -207,7 +245,8 @@ class Hierarchical : public Algorithm {
     std::vector<int> lfrom;
     for (int q = 0; q < G; ++q) {
       if (local_in[2 * q] == 0) continue;
-      linbox[q].resize(c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec));
+      linbox[q].resize(phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
+                               : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec));
       lrecvs.push_back({T.rank_of(my_node, q), MutBuf{linbox[q].data(), linbox[q].size()}});
       lfrom.push_back(q);
     }
@@ -220,14 +259,20 @@ class Hierarchical : public Algorithm {
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
     st->recv_rows.assign(G, 0);
-    {
+    if (!phantom) {
       size_t tokens = 0, sels = 0;
       for (int q : lfrom) tokens += local_in[2 * q], sels += local_in[2 * q + 1];
       h.recv.reserve(tokens, sels);
-      if (!c.phantom()) h.recv_x.reserve(tokens * H);
+      h.recv_x.reserve(tokens * H);
     }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
+      if (phantom) {
+        c.read_summary_message(linbox[q], lrecvs[i].bytes, summary, local_in[2 * q], local_in[2 * q + 1], f);
+        c.add_summary(h, summary);
+        st->recv_rows[q] = static_cast<int32_t>(summary.tokens);
+        continue;
+      }
       st->recv_rows[q] = c.add_block_message(h, linbox[q], lrecvs[i].bytes, *c.dispatch_codec,
                                              EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
     }
@@ -310,8 +355,8 @@ class Hierarchical : public Algorithm {
     std::vector<int> rfrom;
     std::vector<PeerRecv> rrecvs;
     for (int n = 0; n < N; ++n) {
-      if (st.sent_token_ids[n].empty()) continue;
-      rinbox[n].resize(c.rows_capacity(static_cast<int>(st.sent_token_ids[n].size()), *c.combine_codec));
+      if (st.sent_tokens[n] == 0) continue;
+      rinbox[n].resize(c.rows_capacity(st.sent_tokens[n], *c.combine_codec));
       rrecvs.push_back({T.rank_of(n, my_local), MutBuf{rinbox[n].data(), rinbox[n].size()}});
       rfrom.push_back(n);
     }

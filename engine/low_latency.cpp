@@ -28,12 +28,11 @@ static_assert(sizeof(SelectionHeader) == 16, "DeepEP's LL header is 16 bytes");
 struct LowLatencyState {
   int topk = 0;
   std::vector<float> weights;              // [tokens x topk] the source's own weights, for combine
-  std::vector<std::vector<int32_t>> sent;  // [ranks] t * topk + k of each selection sent, in message order
+  std::vector<int32_t> sent_count;         // [ranks] selections sent to each destination
+  std::vector<std::vector<int32_t>> sent;  // [ranks] (real payload) t * topk + k of each selection sent, in order
   std::vector<int32_t> recv_count;         // [ranks] selections received from each source
   std::vector<int32_t> row_src,
-      row_pos;                          // [handle rows] source rank and position in its message
-  std::vector<int64_t> row_slot_index;  // [handle rows] index in the fixed
-                                        // per-expert receive layout
+      row_pos;  // [handle rows] (real payload) source rank and position in its message
   long valid_sels = 0;                  // own valid selections, local ones included
   long scaleout_sels = 0;               // of those, selections whose expert lives on another node
 };
@@ -82,15 +81,15 @@ class LowLatency : public Algorithm {
     std::vector<std::vector<uint8_t>> inbox(R);
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
-      if (st.sent[r].empty()) continue;
-      inbox[r].resize(c.rows_capacity(static_cast<int>(st.sent[r].size()), *c.combine_codec));
+      if (st.sent_count[r] == 0) continue;
+      inbox[r].resize(c.rows_capacity(st.sent_count[r], *c.combine_codec));
       recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       from.push_back(r);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);
     // One message per (token, selected expert), as DeepEP counts them; the
     // exchange counted one per peer.
-    comb.messages = static_cast<double>(h.recv.size());
+    comb.messages = static_cast<double>(h.rows);
 
     if (!c.phantom()) {
       // Weight and sum at the source in top-k order, exactly as the reference
@@ -154,13 +153,17 @@ class LowLatency : public Algorithm {
 
   // Packs one exchange entry per destination (all of this source's selections
   // for it) and sends it; the per-expert counts go first, as DeepEP's
-  // per-expert count signals, so receive buffers fit exactly.
+  // per-expert count signals, so receive buffers fit exactly. Those counts are
+  // all a phantom receiver needs, so phantom messages are sizes only (headers
+  // included).
   Outbox send_half(EngineContext &c, const DispatchArgs &a, LowLatencyState &st) {
     const int R = c.topo.size(), me = c.rank(), H = c.hidden(), S = c.placement.slots_per_rank();
+    const bool phantom = c.phantom();
     st.topk = a.topk;
-    st.weights.assign(a.weights, a.weights + static_cast<size_t>(a.num_tokens) * a.topk);
-    st.sent.assign(R, {});
-    std::vector<std::vector<SelectionHeader>> headers(R);
+    if (!phantom) st.weights.assign(a.weights, a.weights + static_cast<size_t>(a.num_tokens) * a.topk);
+    st.sent_count.assign(R, 0);
+    st.sent.assign(phantom ? 0 : R, {});
+    std::vector<std::vector<SelectionHeader>> headers(phantom ? 0 : R);
     const int C = 1 + S;
     std::vector<uint32_t> out_counts(static_cast<size_t>(R) * C, 0);
     for (int r = 0; r < R; ++r) out_counts[static_cast<size_t>(r) * C] = static_cast<uint32_t>(a.num_tokens);
@@ -170,8 +173,11 @@ class LowLatency : public Algorithm {
         const int32_t s = a.slots[i];
         if (s < 0) continue;
         const int r = c.placement.rank_of_slot(s);
-        st.sent[r].push_back(static_cast<int32_t>(i));
-        headers[r].push_back({t, k, s, a.weights[i]});
+        ++st.sent_count[r];
+        if (!phantom) {
+          st.sent[r].push_back(static_cast<int32_t>(i));
+          headers[r].push_back({t, k, s, a.weights[i]});
+        }
         ++out_counts[static_cast<size_t>(r) * C + 1 + s % S];
         ++st.valid_sels;
         if (c.topo.node_of(r) != c.topo.node_of(me)) ++st.scaleout_sels;
@@ -209,15 +215,15 @@ class LowLatency : public Algorithm {
     std::vector<uint8_t> payload;
     sends.clear();
     for (int r = 0; r < R; ++r) {
-      const auto &ids = st.sent[r];
-      if (ids.empty()) continue;
-      const int n = static_cast<int>(ids.size());
+      const int n = st.sent_count[r];
+      if (n == 0) continue;
       auto &m = msgs[r];
-      m.bytes.resize(n * sizeof(SelectionHeader));
-      std::memcpy(m.bytes.data(), headers[r].data(), m.bytes.size());
-      if (c.phantom()) {
-        m.phantom_bytes = c.dispatch_codec->encoded_size(n, H);
+      if (phantom) {
+        m.phantom_bytes = n * sizeof(SelectionHeader) + c.dispatch_codec->encoded_size(n, H);
       } else {
+        const auto &ids = st.sent[r];
+        m.bytes.resize(n * sizeof(SelectionHeader));
+        std::memcpy(m.bytes.data(), headers[r].data(), m.bytes.size());
         rows.resize(static_cast<size_t>(n) * H);
         for (int j = 0; j < n; ++j)
           std::memcpy(&rows[static_cast<size_t>(j) * H], a.x + static_cast<size_t>(ids[j] / a.topk) * H,
@@ -234,7 +240,7 @@ class LowLatency : public Algorithm {
       int n = 0;
       for (int s = 0; s < S; ++s) n += static_cast<int>(box.in_counts[static_cast<size_t>(r) * C + 1 + s]);
       if (n == 0) continue;
-      box.inbox[r].resize(n * sizeof(SelectionHeader) + c.rows_capacity(n, *c.dispatch_codec));
+      if (!phantom) box.inbox[r].resize(n * sizeof(SelectionHeader) + c.rows_capacity(n, *c.dispatch_codec));
       box.recvs.push_back({r, MutBuf{box.inbox[r].data(), box.inbox[r].size()}});
       box.from.push_back(r);
     }
@@ -250,12 +256,13 @@ class LowLatency : public Algorithm {
   // Lays the received rows out per local expert slot, DeepEP style: slot e
   // holds max_tokens rows per source rank, capacity max_tokens x ranks, each
   // row exactly one selection. The handle lists the occupied rows in that
-  // layout's order (expert, source rank, arrival) and remembers their layout
-  // index; a source that sends an expert more rows than its region holds (only
-  // possible when a token selects one expert twice) is an error.
+  // layout's order (expert, source rank, arrival); a source that sends an
+  // expert more rows than its region holds (only possible when a token selects
+  // one expert twice) is an error.
   Handle recv_half(EngineContext &c, const DispatchArgs &a, LowLatencyState &st, Outbox &box) {
     const int R = c.topo.size(), me = c.rank(), H = c.hidden(), S = c.placement.slots_per_rank();
     const int C = 1 + S;
+    if (c.phantom()) return recv_counts(c, a, st, box);
     struct Ref {
       int32_t src, pos;
     };
@@ -275,14 +282,12 @@ class LowLatency : public Algorithm {
         throw FabricError(what + ": " + std::to_string(got) + " bytes, headers alone need " + std::to_string(head));
       headers[r].resize(n);
       std::memcpy(headers[r].data(), box.inbox[r].data(), head);
-      if (!c.phantom()) {
-        rows[r].resize(static_cast<size_t>(n) * H);
-        try {
-          c.dispatch_codec->decode(box.inbox[r].data() + head, got - head, n, H, rows[r].data(),
-                                   EngineContext::stream_id(Phase::kDispatch, a.layer, r, me));
-        } catch (const std::exception &e) {
-          throw FabricError(what + ": " + e.what());
-        }
+      rows[r].resize(static_cast<size_t>(n) * H);
+      try {
+        c.dispatch_codec->decode(box.inbox[r].data() + head, got - head, n, H, rows[r].data(),
+                                 EngineContext::stream_id(Phase::kDispatch, a.layer, r, me));
+      } catch (const std::exception &e) {
+        throw FabricError(what + ": " + e.what());
       }
       st.recv_count[r] = n;
       for (int j = 0; j < n; ++j) {
@@ -297,33 +302,56 @@ class LowLatency : public Algorithm {
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
-    const int64_t cap = static_cast<int64_t>(box.max_tokens) * R;  // DeepEP: num_max_dispatch_tokens_per_rank x ranks
     for (int s = 0; s < S; ++s) {
       int prev = -1, in_region = 0;
       for (const Ref &ref : per_slot[s]) {
         in_region = ref.src == prev ? in_region + 1 : 0;
         prev = ref.src;
-        if (in_region >= box.max_tokens)
-          throw EplabError("low-latency: rank " + std::to_string(me) + " local expert slot " + std::to_string(s) +
-                           " overflows its receive region for rank " + std::to_string(ref.src) + " (" +
-                           std::to_string(box.max_tokens) + " rows = num_max_dispatch_tokens_per_rank, capacity " +
-                           std::to_string(cap) + " per expert); does a token select one expert twice?");
+        if (in_region >= box.max_tokens) throw region_overflow(me, s, ref.src, box.max_tokens, R);
         const SelectionHeader &hd = headers[ref.src][ref.pos];
         h.recv.add_token(ref.src, hd.token);
         h.recv.add_sel(hd.slot, hd.weight);
         st.row_src.push_back(ref.src);
         st.row_pos.push_back(ref.pos);
-        st.row_slot_index.push_back(s * cap + static_cast<int64_t>(ref.src) * box.max_tokens + in_region);
-        if (!c.phantom()) {
-          const float *src = &rows[ref.src][static_cast<size_t>(ref.pos) * H];
-          h.recv_x.insert(h.recv_x.end(), src, src + H);
-        }
+        const float *src = &rows[ref.src][static_cast<size_t>(ref.pos) * H];
+        h.recv_x.insert(h.recv_x.end(), src, src + H);
       }
     }
     PhaseStats tail;
     tail.time_s = c.fabric.now() - box.t_payload;
     c.stats.dispatch.add(tail);
     return h;
+  }
+
+  // The phantom receive half: the per-expert counts say how many rows each region holds.
+  Handle recv_counts(EngineContext &c, const DispatchArgs &a, LowLatencyState &st, const Outbox &box) {
+    const int R = c.topo.size(), me = c.rank(), S = c.placement.slots_per_rank(), C = 1 + S;
+    Handle h;
+    h.step = a.step;
+    h.layer = a.layer;
+    h.num_tokens = a.num_tokens;
+    h.slot_sels.assign(S, 0);
+    st.recv_count.assign(R, 0);
+    for (int r : box.from)
+      for (int s = 0; s < S; ++s) {
+        const int n = static_cast<int>(box.in_counts[static_cast<size_t>(r) * C + 1 + s]);
+        if (n > box.max_tokens) throw region_overflow(me, s, r, box.max_tokens, R);
+        st.recv_count[r] += n;
+        h.slot_sels[s] += n;
+        h.rows += n;
+      }
+    PhaseStats tail;
+    tail.time_s = c.fabric.now() - box.t_payload;
+    c.stats.dispatch.add(tail);
+    return h;
+  }
+
+  static EplabError region_overflow(int me, int slot, int src, int max_tokens, int ranks) {
+    return EplabError("low-latency: rank " + std::to_string(me) + " local expert slot " + std::to_string(slot) +
+                      " overflows its receive region for rank " + std::to_string(src) + " (" +
+                      std::to_string(max_tokens) + " rows = num_max_dispatch_tokens_per_rank, capacity " +
+                      std::to_string(static_cast<int64_t>(max_tokens) * ranks) +
+                      " per expert); does a token select one expert twice?");
   }
 };
 
