@@ -48,7 +48,7 @@ class Allgather : public Algorithm {
           all.add_sel(s, a.weights[i]);
           continue;
         }
-        const int r = c.placement.rank_of_slot(s);
+        const int r = c.slot_home[s].rank;
         if (last[r] != t) {
           last[r] = t;
           ++keep_counts[2 * r];

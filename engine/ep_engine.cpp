@@ -67,6 +67,11 @@ EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, c
       layout_cache(o.layout_cache) {
   if (o.phantom && !f.caps().phantom_payload)
     throw EplabError("phantom payloads (sizes only) need a simulated fabric; this one moves real bytes");
+  slot_home.resize(p.num_slots());
+  for (int s = 0; s < p.num_slots(); ++s) {
+    const int r = p.rank_of_slot(s);
+    slot_home[s] = {r, topo.node_of(r), topo.local_of(r)};
+  }
 }
 
 const std::vector<uint32_t>* EngineContext::cached_counts(const DispatchArgs& a) {
@@ -312,7 +317,7 @@ long count_token_node_pairs(const EngineContext& c, const DispatchArgs& a) {
     for (int k = 0; k < a.topk; ++k) {
       const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
       if (s < 0) continue;
-      const int n = c.topo.node_of(c.placement.rank_of_slot(s));
+      const int n = c.slot_home[s].node;
       if (last[n] != t) {
         last[n] = t;
         ++pairs;

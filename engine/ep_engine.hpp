@@ -124,6 +124,12 @@ class EngineContext {
   std::unique_ptr<Codec> combine_codec;
   EngineStats stats;
   LayoutCache layout_cache;
+  // Where each physical slot lives: the placement's geometry (the same for every call's placement), looked up
+  // once per selection in the algorithms' hot loops instead of dividing.
+  struct SlotHome {
+    int32_t rank, node, local;
+  };
+  std::vector<SlotHome> slot_home;  // [slots]
 
   // Cached layouts: the counts this rank's notify delivered for the vouched call `a`, or null when `a` is not
   // vouched (run notify, then store_counts). Throws if the caller vouched and the cache disagrees.

@@ -342,6 +342,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     StepDriver steps({f, engine, shape, cfg, timeline, phantom}, step_records[me]);
     const std::unique_ptr<ReplicaSelector> selector = make_selector();
     std::vector<int32_t> slots;
+    std::vector<int64_t> my_load;  // selections per slot in this call
     std::vector<uint8_t> move_hdr(8 * R, 0), move_in(8 * R, 0);
     std::vector<float> x, partials, out, ref;
     for (int step = 0; step < cfg.steps; ++step)
@@ -392,10 +393,13 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
         // Past selection only the slots and weights are read, unless verification replays the batch; at scale
         // every simulated rank holds its batch through dispatch at once, so the expert ids go now.
         if (!verify) std::vector<int32_t>().swap(batch.topk_idx);
+        my_load.assign(S, 0);
         for (int32_t s : slots)
-          if (s >= 0) {
-            ++rec.slot_load[s];
-            call_slot_load[static_cast<size_t>(call) * S + s].fetch_add(1, std::memory_order_relaxed);
+          if (s >= 0) ++my_load[s];
+        for (int s = 0; s < S; ++s)
+          if (my_load[s] > 0) {
+            rec.slot_load[s] += my_load[s];
+            call_slot_load[static_cast<size_t>(call) * S + s].fetch_add(my_load[s], std::memory_order_relaxed);
           }
         if (!phantom) {
           x.resize(static_cast<size_t>(batch.num_tokens) * shape.hidden);

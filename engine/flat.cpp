@@ -31,7 +31,7 @@ class Flat : public Algorithm {
       for (int k = 0; k < a.topk; ++k) {
         const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
         if (s < 0) continue;
-        const int r = c.placement.rank_of_slot(s);
+        const int r = c.slot_home[s].rank;
         if (last[r] != t) {
           last[r] = t;
           ++out_counts[2 * r];

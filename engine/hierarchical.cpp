@@ -55,7 +55,7 @@ class Hierarchical : public Algorithm {
       for (int k = 0; k < a.topk; ++k) {
         const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
         if (s < 0) continue;
-        const int r = c.placement.rank_of_slot(s), n = T.node_of(r), q = T.local_of(r);
+        const int n = c.slot_home[s].node, q = c.slot_home[s].local;
         uint32_t* cn = &counts[static_cast<size_t>(n) * (2 + 2 * G)];
         if (last_node[n] != t) {
           last_node[n] = t;
@@ -206,7 +206,7 @@ class Hierarchical : public Algorithm {
       for (int j = 0; j < b.size(); ++j) {
         std::fill(last_tok.begin(), last_tok.end(), -1);
         for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
-          const int q = T.local_of(c.placement.rank_of_slot(b.sel_slot[s]));
+          const int q = c.slot_home[b.sel_slot[s]].local;
           if (last_tok[q] < 0) {
             last_tok[q] = to_local[q].size();
             to_local[q].add_token(b.src_rank[j], b.token[j]);

@@ -159,6 +159,7 @@ class LowLatency : public Algorithm {
   Outbox send_half(EngineContext &c, const DispatchArgs &a, LowLatencyState &st) {
     const int R = c.topo.size(), me = c.rank(), H = c.hidden(), S = c.placement.slots_per_rank();
     const bool phantom = c.phantom();
+    const int my_node = c.topo.node_of(me);
     st.topk = a.topk;
     if (!phantom) st.weights.assign(a.weights, a.weights + static_cast<size_t>(a.num_tokens) * a.topk);
     st.sent_count.assign(R, 0);
@@ -172,7 +173,7 @@ class LowLatency : public Algorithm {
         const size_t i = static_cast<size_t>(t) * a.topk + k;
         const int32_t s = a.slots[i];
         if (s < 0) continue;
-        const int r = c.placement.rank_of_slot(s);
+        const int r = c.slot_home[s].rank;
         ++st.sent_count[r];
         if (!phantom) {
           st.sent[r].push_back(static_cast<int32_t>(i));
@@ -180,7 +181,7 @@ class LowLatency : public Algorithm {
         }
         ++out_counts[static_cast<size_t>(r) * C + 1 + s % S];
         ++st.valid_sels;
-        if (c.topo.node_of(r) != c.topo.node_of(me)) ++st.scaleout_sels;
+        if (c.slot_home[s].node != my_node) ++st.scaleout_sels;
       }
 
     Outbox box;

@@ -56,7 +56,7 @@ void RoundRobinSelector::select(const RoutingBatch& batch, const Placement& plac
         continue;
       }
       const auto& reps = placement.replicas(e);
-      slots[i] = reps[static_cast<size_t>(t + k) % reps.size()];
+      slots[i] = reps.size() == 1 ? reps[0] : reps[static_cast<size_t>(t + k) % reps.size()];
     }
 }
 
