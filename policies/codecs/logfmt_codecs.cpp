@@ -92,7 +92,8 @@ inline void encode_block(const float* x, int n, const BlockParams& bp, uint16_t*
     for (int i = 0; i < n; ++i) {
       uint32_t b = bits_of(x[i]);
       uint32_t a = b & kAbsMask;
-      uint32_t c = a >= kInfBits ? kNanCode : ((b >> 31) << 9) | (a != 0 ? 1u : 0u);
+      // Zero (either sign) is code 0: a sign on level 0 would be the NaN marker.
+      uint32_t c = a >= kInfBits ? kNanCode : (a != 0 ? ((b >> 31) << 9) | 1u : 0u);
       codes[i] = static_cast<uint16_t>(c);
     }
     return;
@@ -110,7 +111,8 @@ inline void encode_block(const float* x, int n, const BlockParams& bp, uint16_t*
     // t is in [0, 511]: the signed conversion (vectorizable without AVX-512) gives the same code.
     uint32_t c = static_cast<uint32_t>(static_cast<int32_t>(t));
     c = a == 0 ? 0u : c;
-    c |= (b >> 31) << 9;
+    // No sign on level 0 (zero, or below the clipped amin): 0x200 is the NaN marker.
+    c |= c != 0 ? (b >> 31) << 9 : 0u;
     codes[i] = static_cast<uint16_t>(a >= kInfBits ? kNanCode : c);
   }
 }
@@ -234,7 +236,8 @@ EPLAB_TARGET_AVX2 inline __m256i encode8_avx2(const float* x, __m256 step_inv, _
   t = _mm256_max_ps(_mm256_setzero_ps(), t);                              // t < 0 ? 0 : t
   t = _mm256_min_ps(_mm256_set1_ps(static_cast<float>(kLevels - 1)), t);  // t > 511 ? 511 : t
   __m256i c = _mm256_andnot_si256(_mm256_cmpeq_epi32(a, _mm256_setzero_si256()), _mm256_cvttps_epi32(t));
-  c = _mm256_or_si256(c, _mm256_slli_epi32(_mm256_srli_epi32(b, 31), 9));
+  __m256i sign = _mm256_slli_epi32(_mm256_srli_epi32(b, 31), 9);
+  c = _mm256_or_si256(c, _mm256_andnot_si256(_mm256_cmpeq_epi32(c, _mm256_setzero_si256()), sign));
   __m256i nonfinite = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(static_cast<int32_t>(kInfBits) - 1));
   return _mm256_blendv_epi8(c, _mm256_set1_epi32(static_cast<int32_t>(kNanCode)), nonfinite);
 }
