@@ -11,6 +11,75 @@
 
 namespace eplab {
 
+namespace {
+
+// Marsaglia and Tsang's ziggurat for e^-x (J. Stat. Softw. 5(8), 2000) with 256 layers of area kV each: layer 0
+// is the base strip (the rectangle [0, kR] x [0, e^-kR] plus the tail beyond kR), layers 1..255 the rectangles
+// [0, x_i] x [e^-x_i, e^-x_(i-1)] stacked on it, x_255 = kR down to x_0 = 0. Unlike their 32-bit version, the
+// layer index and the abscissa come from disjoint bits of one 64-bit draw.
+class ExpZiggurat {
+ public:
+  static const ExpZiggurat& get() {
+    static const ExpZiggurat z;
+    return z;
+  }
+
+  // Exp(1): one draw, a compare and a multiply 99% of the time.
+  double sample(SplitMix64& rng) const {
+    const uint64_t bits = rng.next();
+    const int i = static_cast<int>(bits & 255);
+    const uint64_t j = bits >> 11;  // 53 bits, disjoint from the layer's 8
+    const double x = static_cast<double>(j) * w_[i];
+    if (j < k_[i]) [[likely]]
+      return x;
+    return outside(rng, i, x);
+  }
+
+ private:
+  static constexpr double kR = 7.69711747013104972;
+  static constexpr double kV = 3.949659822581572e-3;
+
+  ExpZiggurat() {
+    constexpr double m = 0x1.0p53;
+    const double q = kV / std::exp(-kR);  // the base strip's width if it were a rectangle
+    k_[0] = static_cast<uint64_t>(kR / q * m);
+    k_[1] = 0;
+    w_[0] = q / m;
+    w_[255] = kR / m;
+    f_[0] = 1;
+    f_[255] = std::exp(-kR);
+    double x = kR, prev = kR;
+    for (int i = 254; i >= 1; --i) {
+      x = -std::log(kV / x + std::exp(-x));
+      k_[i + 1] = static_cast<uint64_t>(x / prev * m);
+      prev = x;
+      f_[i] = std::exp(-x);
+      w_[i] = x / m;
+    }
+  }
+
+  // The draw fell in a layer's part that sticks out of the curve, or in the base strip past kR.
+  [[gnu::noinline]] double outside(SplitMix64& rng, int i, double x) const {
+    for (;;) {
+      if (i == 0) return kR - std::log(1.0 - rng.uniform());  // the tail beyond kR is kR + Exp(1)
+      if (f_[i] + rng.uniform() * (f_[i - 1] - f_[i]) < std::exp(-x)) return x;
+      const uint64_t bits = rng.next();
+      i = static_cast<int>(bits & 255);
+      const uint64_t j = bits >> 11;
+      x = static_cast<double>(j) * w_[i];
+      if (j < k_[i]) return x;
+    }
+  }
+
+  uint64_t k_[256];  // a 53-bit draw below k_[i] lands inside the curve without further test
+  double w_[256];    // abscissa per unit of the 53-bit draw
+  double f_[256];    // e^-x_i
+};
+
+}  // namespace
+
+double SplitMix64::exponential() { return ExpZiggurat::get().sample(*this); }
+
 double SplitMix64::normal() {
   if (has_spare_) {
     has_spare_ = false;
@@ -23,6 +92,57 @@ double SplitMix64::normal() {
   spare_ = r * std::sin(a);
   has_spare_ = true;
   return r * std::cos(a);
+}
+
+namespace {
+
+// The quantile of |N(0,1)| at u in [0, 1): Phi^-1((1 + u) / 2), by Acklam's rational approximation (relative error
+// below 1.2e-9, far under the float precision the weights are stored with). The central region covers
+// p = (1 + u) / 2 <= 0.97575, i.e. u <= 0.9515; above it the tail formula takes 1 - u.
+constexpr double kHalfNormalCentralEnd = 0.9515;
+
+double half_normal_central(double u) {
+  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
+                                 1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                                 6.680131188771972e+01, -1.328068155288572e+01};
+  const double p = 0.5 * (1.0 + u);
+  const double q = p - 0.5, r = q * q;
+  return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+         (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+}
+
+// The tail formula from log(1 - p) = log(0.5 * (1 - u)).
+double half_normal_tail(double log_one_minus_p) {
+  static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                                 -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                                 3.754408661907416e+00};
+  const double q = std::sqrt(-2 * log_one_minus_p);
+  return -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+         ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+}
+
+// For ranks drawn in log space (half_normal_quantile_log): in the tail x = -log_u is below 0.0497 and
+// log(1 - u) = log(1 - e^-x) = log(x) + log((1 - e^-x) / x), whose second term is the series
+// -x/2 + x^2/24 - x^4/2880 + x^6/181440 - ... (next term below 1e-17 here): one log, and no cancellation
+// however close u is to 1 (where the top-k ranks are).
+constexpr double kLogCentralEnd = -0.04971559224593286;  // log(kHalfNormalCentralEnd)
+
+double tail_log_one_minus_p(double log_u) {
+  const double x = -log_u, x2 = x * x;
+  return std::log(x) + x * (-1.0 / 2 + x * (1.0 / 24 + x2 * (-1.0 / 2880 + x2 * (1.0 / 181440)))) - M_LN2;
+}
+
+}  // namespace
+
+double half_normal_quantile(double u) {
+  return 0.5 * (1.0 + u) <= 0.97575 ? half_normal_central(u)
+                                    : half_normal_tail(std::log(0.5 * (1.0 - u)));  // 1 - p, without cancellation
+}
+
+double half_normal_quantile_log(double log_u) {
+  return log_u <= kLogCentralEnd ? half_normal_central(std::exp(log_u)) : half_normal_tail(tail_log_one_minus_p(log_u));
 }
 
 namespace {
@@ -224,36 +344,33 @@ class UniformRouting : public Generator {
   }
 };
 
-// Quantile of |N(0,1)| at u in [0, 1): Phi^-1((1 + u) / 2), by Acklam's rational approximation (relative error
-// below 1.2e-9, far under the float precision the weights are stored with).
-double half_normal_quantile(double u) {
-  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
-                                 1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
-  static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                                 6.680131188771972e+01, -1.328068155288572e+01};
-  static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-                                 -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
-  static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
-                                 3.754408661907416e+00};
-  const double p = 0.5 * (1.0 + u);
-  if (p <= 0.97575) {
-    const double q = p - 0.5, r = q * q;
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
-           (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
-  }
-  const double q = std::sqrt(-2 * std::log(0.5 * (1.0 - u)));  // 1 - p, without cancellation
-  return -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
-         ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
-}
-
 // DeepEP's tests/test_internode.py: scores = |randn| + 1 per expert; keep the top-M nodes by their best
 // expert score; take the top-k experts inside those nodes. Weights are the chosen scores normalized to one.
 //
 // Which experts win depends only on the order of the iid scores, so the generator works with uniform ranks
 // u = F(score) and turns only the chosen ones into scores (score = 1 + F^-1(u)), which is the same
 // distribution at a fraction of the cost (a Box-Muller normal per (token, expert) took ~26 ms per 4096-token
-// batch of DeepSeek-V3). It draws no more than needed: a node's best rank among m experts is U^(1/m); only kept
-// nodes get their other experts, which are iid uniform below the best, with the best at a uniform position.
+// batch of DeepSeek-V3).
+//
+// With m experts on every node (the usual case) it draws only the order statistics the choice depends on, in
+// log space (log of a uniform on (0, 1] is minus an Exp(1) variate, so no pow):
+//  - a node's best rank among its m experts is U^(1/m) with U uniform, so nodes rank by U. The top M of N iid
+//    uniforms, best first, are U(1) = W1^(1/N), U(j) = U(j-1) * Wj^(1/(N-j+1)) (Wj iid uniform), and which
+//    nodes hold them is a uniformly random ordered M-subset of the nodes;
+//  - a kept node's best expert has rank V = U(j)^(1/m), at a uniformly random position in the node; its other
+//    m - 1 experts are iid uniform below V, so their ranks, best first, are next = prev * W^(1/remaining), each
+//    at a uniformly random position not yet used;
+//  - the top k over the kept nodes is a k-way merge of those descending sequences, drawing a node's next rank
+//    only when its current one is taken.
+// That is M + k - 1 Exp(1) draws (a ziggurat: no log) and M + k index draws per token, and one log or exp per
+// chosen expert for its score, instead of a uniform per expert of the kept nodes. With gate scores, everything not
+// drawn is filled in from its conditional distribution, from a stream of its own (so asking for scores does not change
+// the routing): a kept node's experts not yet drawn are iid uniform below its smallest drawn rank, and a dropped node's
+// experts are iid uniform below V(M), the M-th kept node's best (N - M iid uniforms below U(M), each the best of m iid
+// uniforms).
+//
+// Unequal nodes (num_experts not a multiple of the nodes) take the direct path: a rank per node, the kept
+// nodes' experts drawn in full below each node's best.
 class DeepepRouting : public Generator {
  public:
   DeepepRouting(std::string name, const RoutingParams& p, bool gate_scores)
@@ -277,24 +394,188 @@ class DeepepRouting : public Generator {
                        std::to_string(nodes_) + " nodes leave only " + std::to_string(worst) + " experts in the " +
                        std::to_string(max_nodes_) + " node(s) a token may use, fewer than top-" +
                        std::to_string(topk_) + "; use fewer nodes or a larger max_nodes_per_token");
+    inv_.resize(std::max(nodes_, num_experts_) + 1);
+    for (size_t i = 1; i < inv_.size(); ++i) inv_[i] = 1.0 / static_cast<double>(i);
   }
 
  protected:
   void fill(RoutingBatch& b) const override {
+    if (gate_scores_) b.gate_scores.resize(static_cast<size_t>(b.num_tokens) * num_experts_);
+    if (equal_nodes_)
+      fill_equal_nodes(b);
+    else
+      fill_direct(b);
+  }
+
+ private:
+  struct Ranked {
+    double v;
+    int32_t i;
+  };
+
+  // Writes a token's ids and weights from its top-k experts and their scores, best first.
+  void write_token(RoutingBatch& b, int t, const Ranked* cand, const double* score) const {
+    int32_t* out = ids(b, t);
+    float* w = weights(b, t);
+    double sum = 0;
+    for (int j = 0; j < topk_; ++j) sum += score[j];
+    const double inv_sum = 1.0 / sum;
+    for (int j = 0; j < topk_; ++j) {
+      out[j] = cand[j].i;
+      w[j] = static_cast<float>(score[j] * inv_sum);
+    }
+  }
+
+  // The top k of the kept nodes' descending log-rank sequences: pick c is log_rank[c], from slot from[c]. A slot's
+  // next rank is drawn only once its current one is taken. head and left (ranks not yet drawn) are per slot.
+  // Each step waits on the previous one's compare, so with few slots they stay in registers (KEPT > 0).
+  template <int KEPT>
+  void merge_kept(const ExpZiggurat& exponential, SplitMix64& rng, int kept, double* head_io, int* left_io, int* from,
+                  double* log_rank) const {
+    constexpr int kCap = KEPT > 0 ? KEPT : 1;
+    double fixed_head[kCap];
+    int fixed_left[kCap];
+    double* head = KEPT > 0 ? fixed_head : head_io;
+    int* left = KEPT > 0 ? fixed_left : left_io;
+    if (KEPT > 0) {
+      kept = KEPT;
+      for (int j = 0; j < KEPT; ++j) {
+        fixed_head[j] = head_io[j];
+        fixed_left[j] = left_io[j];
+      }
+    }
+    for (int c = 0; c < topk_; ++c) {
+      int taken = 0;
+      double top = head[0];
+      for (int j = 1; j < kept; ++j) {
+        const bool above = head[j] > top;
+        taken = above ? j : taken;
+        top = above ? head[j] : top;
+      }
+      from[c] = taken;
+      log_rank[c] = top;
+      if (c == topk_ - 1) break;
+      const double e = exponential.sample(rng);
+      for (int j = 0; j < kept; ++j) {
+        const bool now = j == taken;
+        const double next = left[j] > 0 ? top - e * inv_[left[j]] : -HUGE_VAL;
+        head[j] = now ? next : head[j];
+        left[j] -= now && left[j] > 0;
+      }
+    }
+    if (KEPT > 0)
+      for (int j = 0; j < KEPT; ++j) {
+        head_io[j] = fixed_head[j];
+        left_io[j] = fixed_left[j];
+      }
+  }
+
+  void merge(const ExpZiggurat& exponential, SplitMix64& rng, double* head, int* left, int* from,
+             double* log_rank) const {
+    switch (max_nodes_) {
+      case 1:
+        return merge_kept<1>(exponential, rng, 1, head, left, from, log_rank);
+      case 2:
+        return merge_kept<2>(exponential, rng, 2, head, left, from, log_rank);
+      case 3:
+        return merge_kept<3>(exponential, rng, 3, head, left, from, log_rank);
+      case 4:
+        return merge_kept<4>(exponential, rng, 4, head, left, from, log_rank);
+      case 5:
+        return merge_kept<5>(exponential, rng, 5, head, left, from, log_rank);
+      case 6:
+        return merge_kept<6>(exponential, rng, 6, head, left, from, log_rank);
+      case 7:
+        return merge_kept<7>(exponential, rng, 7, head, left, from, log_rank);
+      case 8:
+        return merge_kept<8>(exponential, rng, 8, head, left, from, log_rank);
+      default:
+        return merge_kept<0>(exponential, rng, max_nodes_, head, left, from, log_rank);
+    }
+  }
+
+  void fill_equal_nodes(RoutingBatch& b) const {
+    SplitMix64 rng(stream_seed(p_.seed, kDeepepStream, b.step, b.layer, b.src_rank));
+    SplitMix64 fill_rng(stream_seed(p_.seed, kDeepepFillStream, b.step, b.layer, b.src_rank));
+    const ExpZiggurat& exponential = ExpZiggurat::get();
+    const int m = first_[1];
+    const int kept = max_nodes_;
+    const double inv_m = inv_[m];
+    // Partial Fisher-Yates over permutations carried from token to token (nodes; each node's experts within
+    // its block): every draw is uniform over what this token has not used, whatever order earlier tokens left.
+    std::vector<int32_t> node_perm(nodes_), expert_perm(num_experts_);
+    std::iota(node_perm.begin(), node_perm.end(), 0);
+    std::iota(expert_perm.begin(), expert_perm.end(), 0);
+    // Per kept node (slot), best first: the log rank of its best expert not yet taken (-inf when none is left),
+    // how many of its experts below that are not drawn yet, and how many it gave the token.
+    std::vector<double> head(kept);
+    std::vector<int> left(kept), used(kept), base(kept);
+    std::vector<int> from(topk_);  // the slot of each pick
+    std::vector<Ranked> cand(topk_);
+    std::vector<double> log_rank(topk_), score(topk_);
+    for (int t = 0; t < b.num_tokens; ++t) {
+      double log_u = 0;  // log U(j): the j-th best node's rank among the nodes
+      for (int j = 0; j < kept; ++j) {
+        log_u -= exponential.sample(rng) * inv_[nodes_ - j];  // log W = -Exp(1)
+        head[j] = log_u * inv_m;
+        left[j] = m - 1;
+      }
+      merge(exponential, rng, head.data(), left.data(), from.data(), log_rank.data());
+      // Which nodes, and which of their experts, hold those ranks.
+      for (int j = 0; j < kept; ++j) {
+        std::swap(node_perm[j], node_perm[j + rng.below(nodes_ - j)]);
+        base[j] = first_[node_perm[j]];
+        used[j] = 0;
+      }
+      for (int c = 0; c < topk_; ++c) {
+        const int j = from[c];
+        const int at = base[j] + used[j];
+        std::swap(expert_perm[at], expert_perm[at + rng.below(m - used[j])]);
+        ++used[j];
+        cand[c] = {log_rank[c], expert_perm[at]};
+      }
+      for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile_log(log_rank[c]);
+      write_token(b, t, cand.data(), score.data());
+      if (!gate_scores_) continue;
+      // The chosen experts and drawn heads have log ranks; the rest are iid uniform below a bound, drawn as
+      // plain ranks (most fall in the quantile's central region, where no log is needed).
+      float* g = b.gate_scores.data() + static_cast<size_t>(t) * num_experts_;
+      for (int c = 0; c < topk_; ++c) g[cand[c].i] = static_cast<float>(score[c]);
+      const auto fill_below = [&](int32_t e, double bound) {
+        g[e] = static_cast<float>(1.0 + half_normal_quantile(bound * fill_rng.uniform()));
+      };
+      for (int j = 0; j < kept; ++j) {
+        // A head that was drawn but not taken (the node has one more expert left than undrawn ones) goes to a
+        // random unused expert of the node, without disturbing the routing's permutation; the node's other
+        // unused experts are iid uniform below it (or below its last taken rank).
+        const bool drawn = m - used[j] > left[j];
+        const int holder = drawn ? used[j] + static_cast<int>(fill_rng.below(m - used[j])) : -1;
+        const double bound = std::exp(head[j]);
+        for (int i = used[j]; i < m; ++i) {
+          const int32_t e = expert_perm[base[j] + i];
+          if (i == holder)
+            g[e] = static_cast<float>(1.0 + half_normal_quantile_log(head[j]));
+          else
+            fill_below(e, bound);
+        }
+      }
+      const double dropped_best = std::exp(log_u * inv_m);  // V(M)
+      for (int j = kept; j < nodes_; ++j)
+        for (int e = first_[node_perm[j]]; e < first_[node_perm[j] + 1]; ++e) fill_below(e, dropped_best);
+    }
+  }
+
+  // Any node sizes: a uniform rank per node; the kept nodes' experts drawn in full.
+  void fill_direct(RoutingBatch& b) const {
     SplitMix64 rng(stream_seed(p_.seed, kDeepepStream, b.step, b.layer, b.src_rank));
     // The scores of experts in dropped nodes come from a stream of their own, so asking for gate scores does
     // not change the routing.
     SplitMix64 fill_rng(stream_seed(p_.seed, kDeepepFillStream, b.step, b.layer, b.src_rank));
-    if (gate_scores_) b.gate_scores.resize(static_cast<size_t>(b.num_tokens) * num_experts_);
     std::vector<double> key(nodes_), best(nodes_), u(num_experts_);
-    struct Ranked {
-      double v;
-      int32_t i;
-    };
     std::vector<Ranked> kept_nodes(max_nodes_);  // the kept nodes, best key first
     std::vector<Ranked> cand(topk_);             // the best experts so far among the kept nodes, best first
     std::vector<char> node_kept(nodes_);
-    // The best of m uniform ranks is U^(1/m); with equal m on every node U orders nodes the same way.
+    // The best of m uniform ranks is U^(1/m); nodes rank by log(U) / m.
     const auto node_best = [&](int n, double v) {
       const int m = first_[n + 1] - first_[n];
       return m == 1 ? v : std::exp(std::log(v) / m);
@@ -315,14 +596,14 @@ class DeepepRouting : public Generator {
       for (; i > 0 && x.v > list[i - 1].v; --i) list[i] = list[i - 1];
       list[i] = x;
     };
-    std::vector<double> big;
+    std::vector<double> score(topk_);
     for (int t = 0; t < b.num_tokens; ++t) {
       int kept = 0;
       for (int n = 0; n < nodes_; ++n) {
         const int m = first_[n + 1] - first_[n];
         const double v = 1.0 - rng.uniform();  // (0, 1]
-        key[n] = m == 0 ? -HUGE_VAL : equal_nodes_ ? v : std::log(v) / m;
-        best[n] = m == 0 ? 0.0 : equal_nodes_ ? v : node_best(n, v);
+        key[n] = m == 0 ? -HUGE_VAL : std::log(v) / m;
+        best[n] = m == 0 ? 0.0 : node_best(n, v);
         insert_top(kept_nodes.data(), kept, max_nodes_, {key[n], n});
       }
       std::fill(node_kept.begin(), node_kept.end(), 0);
@@ -330,29 +611,14 @@ class DeepepRouting : public Generator {
       int chosen = 0;
       for (int n = 0; n < nodes_; ++n) {
         if (!node_kept[n] || first_[n + 1] == first_[n]) continue;
-        if (equal_nodes_) best[n] = node_best(n, best[n]);
         fill_node(rng, n);
         for (int32_t e = first_[n]; e < first_[n + 1]; ++e) insert_top(cand.data(), chosen, topk_, {u[e], e});
       }
-      int32_t* out = ids(b, t);
-      float* w = weights(b, t);
-      double score[64], sum = 0;
-      double* sc = score;
-      if (topk_ > 64) {
-        big.resize(topk_);
-        sc = big.data();
-      }
-      for (int j = 0; j < topk_; ++j) sum += sc[j] = 1.0 + half_normal_quantile(cand[j].v);
-      for (int j = 0; j < topk_; ++j) {
-        out[j] = cand[j].i;
-        w[j] = static_cast<float>(sc[j] / sum);
-      }
+      for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile(cand[c].v);
+      write_token(b, t, cand.data(), score.data());
       if (gate_scores_) {
         for (int n = 0; n < nodes_; ++n)
-          if (!node_kept[n] && first_[n + 1] > first_[n]) {
-            if (equal_nodes_) best[n] = node_best(n, best[n]);
-            fill_node(fill_rng, n);
-          }
+          if (!node_kept[n] && first_[n + 1] > first_[n]) fill_node(fill_rng, n);
         for (int e = 0; e < num_experts_; ++e)
           b.gate_scores[static_cast<size_t>(t) * num_experts_ + e] =
               static_cast<float>(1.0 + half_normal_quantile(u[e]));
@@ -360,12 +626,12 @@ class DeepepRouting : public Generator {
     }
   }
 
- private:
   bool gate_scores_;
   bool equal_nodes_ = true;
   int nodes_ = 1;
   int max_nodes_ = 1;
-  std::vector<int> first_;  // [nodes + 1] first expert of each node
+  std::vector<int> first_;   // [nodes + 1] first expert of each node
+  std::vector<double> inv_;  // inv_[i] = 1 / i
 };
 
 // Sampling k distinct experts with probability proportional to w (successive sampling without

@@ -1,5 +1,6 @@
 // Generators: determinism under any call order, valid batches, and each generator's statistical signature
-// (uniform spread, DeepEP's node limit, Zipf skew ordering, the hot set's moves, layer correlation).
+// (uniform spread, DeepEP's node limit and its distribution against a plain sampler, Zipf skew ordering, the hot
+// set's moves, layer correlation); the Exp(1) draws and score quantiles deepep is built on.
 #include "traces/generators.hpp"
 
 #include <gtest/gtest.h>
@@ -182,7 +183,10 @@ class RoutingStats {
     double var() const { return std::max(0.0, sq / n - mean() * mean()) * n / std::max(1.0, n - 1); }
   };
 
-  RoutingStats(int experts, int nodes, int m_nodes, int k) : experts_(experts), nodes_(nodes), m_(m_nodes), k_(k) {}
+  RoutingStats(int experts, int nodes, int m_nodes, int k)
+      : experts_(experts), nodes_(nodes), m_(m_nodes), k_(k), first_(nodes + 1, experts) {
+    for (int e = experts - 1; e >= 0; --e) first_[node_of(e, experts, nodes)] = e;
+  }
 
   void add(const TokenRouting& t) {
     // A used node's best expert is always chosen and the used nodes are the best-ranked kept ones, so the order
@@ -196,6 +200,15 @@ class RoutingStats {
     }
     for (int d = 1; d <= m_; ++d) sample("tokens using " + std::to_string(d) + " node(s)", used == d);
     for (int r = 0; r < m_; ++r) sample("experts on the rank-" + std::to_string(r) + " node", per_rank[r]);
+    // Which nodes and which experts inside them: by symmetry each is equally likely.
+    const int top_node = node_of(t.ids[0], experts_, nodes_);
+    sample("best expert in the lower half of the nodes", 2 * top_node < nodes_);
+    int low = 0;
+    for (int32_t e : t.ids) {
+      const int n = node_of(e, experts_, nodes_);
+      low += 2 * (e - first_[n]) < first_[n + 1] - first_[n];
+    }
+    sample("chosen experts in the lower half of their node", low);
     sample("largest weight", t.weights[0]);
     sample("smallest weight", t.weights[k_ - 1]);
     sample("best score", t.scores[t.ids[0]]);
@@ -234,6 +247,7 @@ class RoutingStats {
     s.sq += x * x;
   }
   int experts_, nodes_, m_, k_;
+  std::vector<int> first_;  // first expert of each node
   std::map<std::string, Moments> m;
 };
 
@@ -246,6 +260,9 @@ void expect_same_distribution(const RoutingStats& gen, const RoutingStats& ref, 
     ASSERT_TRUE(ref.moments().count(name)) << what << ": " << name;
     const auto& r = ref.moments().at(name);
     const double se = std::sqrt(g.var() / g.n + r.var() / r.n);
+    if (std::getenv("ZDEBUG"))
+      std::printf("%-40s %-45s %10.6f %10.6f z=%6.2f\n", what.c_str(), name.c_str(), g.mean(), r.mean(),
+                  se > 0 ? (g.mean() - r.mean()) / se : 0.0);
     EXPECT_LE(std::abs(g.mean() - r.mean()), 5 * se + 1e-12)
         << what << ": " << name << ": generator " << g.mean() << ", reference " << r.mean() << " ("
         << (g.mean() - r.mean()) / se << " standard errors)";
@@ -263,6 +280,7 @@ TEST(Generators, DeepepMatchesAPlainReferenceSampler) {
       {"deepseek-v3", 16, 2},   // a tighter limit: 8 picks inside 2 nodes of 16
       {"deepseek-v3", 6, -1},   // unequal nodes (42 or 43 experts)
       {"qwen-moe", 8, -1},      // no limit: every node kept
+      {"qwen-moe", 16, -1},     // every node kept, more nodes than the merge keeps in registers
       {"mixtral-8x7b", 8, 3},   // one expert per node
   };
   constexpr int kTokens = 40000;
@@ -464,6 +482,57 @@ TEST(SplitMix64, MatchesTheReferenceStream) {
   }
   EXPECT_NEAR(sum / 1e5, 0.0, 0.02);
   EXPECT_NEAR(sq / 1e5, 1.0, 0.02);
+}
+
+TEST(SplitMix64, ExponentialHasTheExp1Distribution) {
+  // The ziggurat against the exact Exp(1): the tail P(X > t) = e^-t at points inside layers, at layer edges and
+  // past the base strip (r = 7.697), and memorylessness, E[X - t | X > t] = 1, including beyond r (where the
+  // ziggurat switches to its tail draw). Every check within 5 standard errors.
+  SplitMix64 rng(3);
+  constexpr int kDraws = 16000000;
+  const double at[] = {0.001, 0.0639, 0.1, 0.5, 1.0, 2.0, 4.0, 7.0, 7.697, 9.0, 11.0};
+  constexpr size_t kAt = std::size(at);
+  std::vector<double> above(kAt, 0), excess(kAt, 0);
+  double sum = 0, sq = 0;
+  for (int i = 0; i < kDraws; ++i) {
+    const double x = rng.exponential();
+    ASSERT_GE(x, 0.0);
+    sum += x;
+    sq += x * x;
+    for (size_t j = 0; j < kAt; ++j)
+      if (x > at[j]) {
+        ++above[j];
+        excess[j] += x - at[j];
+      }
+  }
+  EXPECT_NEAR(sum / kDraws, 1.0, 5 * std::sqrt(1.0 / kDraws));
+  EXPECT_NEAR(sq / kDraws, 2.0, 5 * std::sqrt(20.0 / kDraws));  // E X^2 = 2, Var X^2 = 24 - 4
+  for (size_t j = 0; j < kAt; ++j) {
+    const double p = std::exp(-at[j]);
+    EXPECT_NEAR(above[j], kDraws * p, 5 * std::sqrt(kDraws * p * (1 - p)) + 1) << "P(X > " << at[j] << ")";
+    EXPECT_NEAR(excess[j] / above[j], 1.0, 5 / std::sqrt(above[j])) << "E[X - t | X > t], t = " << at[j];
+  }
+}
+
+TEST(Generators, HalfNormalQuantileInvertsTheCdf) {
+  // deepep's scores are 1 + the |N(0,1)| quantile of uniform ranks: P(|Z| > q) = erfc(q / sqrt 2) = 1 - u. Acklam's
+  // approximation is good to 1.2e-9 relative in q, which moves 1 - u by a relative q^2 times that in the tail.
+  // The log-space form (ranks drawn as log u) must agree with the plain one.
+  const auto tolerance = [](double q) { return 3e-9 * std::max(1.0, q * q); };
+  std::vector<double> us;
+  for (int i = 1; i < 1000; ++i) us.push_back(i / 1000.0);
+  for (double e = 1e-4; e > 1e-15; e /= 7) us.push_back(1 - e);
+  us.push_back(0.9515);
+  us.push_back(std::nextafter(0.9515, 1.0));
+  for (double u : us) {
+    const double q = half_normal_quantile(u);
+    EXPECT_NEAR(std::erfc(q / std::sqrt(2.0)) / (1 - u), 1.0, tolerance(q)) << "u = " << u;
+    EXPECT_NEAR(half_normal_quantile_log(std::log(u)), q, 1e-12 * q) << "u = " << u;
+  }
+  for (double x = 1e-300; x < 0.05; x *= 3) {  // ranks closer to 1 than a double can hold, as log-space ones are
+    const double q = half_normal_quantile_log(-x);
+    EXPECT_NEAR(std::erfc(q / std::sqrt(2.0)) / -std::expm1(-x), 1.0, tolerance(q)) << "log u = " << -x;
+  }
 }
 
 }  // namespace
