@@ -115,7 +115,9 @@ void StepDriver::allreduce(int step, int id, double bytes) {
       from[prev] += per_ring;
     }
     const Deadline d = Deadline::after(f, c_.cfg.timeout_s);
-    if (c_.phantom) {
+    // The gradients' values are not summed, so a fabric that can charge sizes (sim, even with real payload)
+    // gets the round's bytes as sizes, exactly as in phantom mode.
+    if (f.caps().phantom_payload) {
       std::vector<PeerSend> sends;
       std::vector<PeerRecv> recvs;
       for (auto [peer, b] : to) sends.push_back({peer, ConstBuf{nullptr, 0, b}});

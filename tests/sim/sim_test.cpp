@@ -201,8 +201,9 @@ TEST_P(SimAlgorithms, PhantomIsTheDefaultAndCostsTime) {
 // Phantom mode carries counts where real mode carries per-token metadata and rows; the wire sizes, and so every
 // simulated time and byte count, must come out the same.
 TEST_P(SimAlgorithms, PhantomAndRealPayloadSimulateTheSameRun) {
-  for (auto [nodes, gpus] : {std::pair{1, 8}, std::pair{4, 4}}) {
+  for (auto [nodes, gpus, mode] : {std::tuple{1, 8, "inference"}, std::tuple{4, 4, "training"}}) {
     RunConfig c = small(nodes, gpus, GetParam());
+    c.mode = mode;
     c.dispatch_codec = "fp8-e4m3-b128";
     c.combine_codec = "bf16";
     c.layers = 2;
@@ -218,7 +219,7 @@ TEST_P(SimAlgorithms, PhantomAndRealPayloadSimulateTheSameRun) {
       (*r)["migration"].erase("timed");
       (*r)["layout_cache"].erase("timed");
     }
-    EXPECT_EQ(phantom.dump(1), real.dump(1)) << nodes << "x" << gpus;
+    EXPECT_EQ(phantom.dump(1), real.dump(1)) << nodes << "x" << gpus << " " << mode;
   }
 }
 
