@@ -14,11 +14,14 @@
 #endif
 
 // Hand-written AVX2 kernels (intrinsics in functions with the avx2 target attribute, chosen at run time like
-// the clones) where GCC's clones stayed slow: bit packing, per-block setup, logfmt10's series. Each has a
-// portable twin that produces the same bytes; -DEPLAB_NO_AVX2_KERNELS builds the portable path only.
+// the clones) where GCC's clones stayed slow: bit packing, per-block setup, logfmt10's series, the fp8 decode's
+// table lookup. Each has a portable twin that produces the same bytes; -DEPLAB_NO_AVX2_KERNELS builds the
+// portable path only.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(EPLAB_NO_AVX2_KERNELS)
 #define EPLAB_AVX2_KERNELS 1
 #define EPLAB_TARGET_AVX2 __attribute__((target("avx2")))
+// The fp8-*-b128 decoder also converts half floats (F16C); it runs only where the CPU has both.
+#define EPLAB_TARGET_AVX2_F16C __attribute__((target("avx2,f16c")))
 #endif
 
 namespace eplab::codecs {
@@ -30,8 +33,15 @@ void quantize_e5m2_kernel(const float* x, size_t n, float scale, uint8_t* codes)
 void quantize_e2m3_kernel(const float* x, size_t n, float scale, uint8_t* codes);
 void quantize_e2m1_kernel(const float* x, size_t n, float scale, uint8_t* codes);
 void quantize_int8_kernel(const float* x, size_t n, float scale, int8_t* codes);
-// out[i] = table[codes[i]] * scale
-void dequantize_kernel(const uint8_t* codes, size_t n, const float* table, float scale, float* out);
+
+// One token of an fp8-*-b128 codec: row[i] = table[codes[i]] * (scale_inv of i's block), the table being
+// e4m3_table() or e5m2_table() and the blocks `block` elements long (the last may be shorter). scales holds one
+// fp32 scale_inv per block (4 bytes, any alignment) or, with ue8m0, one E8M0 byte per block. The AVX2 path
+// computes each code's value from its bits (half-float conversion, no table) and gives the same bits for every
+// code and scale; a NaN code decodes to the table's NaN whatever the scale.
+enum class Fp8Elem { kE4M3, kE5M2 };
+void fp8_decode_row_kernel(Fp8Elem elem, bool ue8m0, const uint8_t* codes, const uint8_t* scales, int hidden, int block,
+                           float* row);
 
 // One token of an MX format in one call (a call per 32-element block cost more than the block's work):
 // payload holds the packed elements (element i at bits [i*w, (i+1)*w), little-endian), scales one E8M0 code
@@ -44,6 +54,8 @@ void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* sc
 
 // Whether the hand-written AVX2 kernels run: the CPU has AVX2 and no test has forced the portable path.
 bool avx2_kernels_enabled();
+// The same for the kernels that also need F16C (the fp8 decoder).
+bool avx2_f16c_kernels_enabled();
 // Tests compare the two paths byte for byte; not thread-safe, call before encoding.
 void force_portable_kernels(bool on);
 

@@ -3,7 +3,9 @@
 // one-magnitude and huge-range blocks and hidden sizes that are not a multiple of any block.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "policies/codecs/codec.hpp"
+#include "policies/codecs/float_formats.hpp"
 #include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab::codecs {
@@ -104,6 +107,126 @@ INSTANTIATE_TEST_SUITE_P(FixedRate, SimdKernels,
                            for (char& ch : name) ch = (ch == '-') ? '_' : ch;
                            return name;
                          });
+
+// The fp8-*-b128 decoder computes values from the code bits on the AVX2 path and looks them up in the table
+// on the portable one. Every code under scales that give normal, subnormal, zero, overflowing, Inf and NaN
+// products: both paths give table[c] * scale_inv bit for bit, and a NaN code the table's NaN whatever the scale
+// (with a NaN scale IEEE 754 leaves open which of the two NaNs the product is).
+class Fp8DecodeRow : public ::testing::TestWithParam<bool> {
+ protected:
+  void TearDown() override { force_portable_kernels(false); }
+};
+
+TEST_P(Fp8DecodeRow, EveryCodeAndScaleMatchesTheTable) {
+  const bool ue8m0 = GetParam();
+  std::vector<float> scale_values;
+  std::vector<uint8_t> scale_bytes;
+  if (ue8m0) {
+    for (int e = 0; e < 256; ++e) {  // 2^-127 (subnormal) to 2^127, and NaN
+      scale_values.push_back(e8m0_to_float(static_cast<uint8_t>(e)));
+      scale_bytes.push_back(static_cast<uint8_t>(e));
+    }
+  } else {
+    const uint32_t bits[] = {
+        0x3f800000u,  // 1
+        std::bit_cast<uint32_t>(3.7e-3f / 448.0f),
+        std::bit_cast<uint32_t>(-1.5f),
+        0x1b800000u,  // 2^-72: E4M3/E5M2 subnormal codes give fp32 subnormal products
+        0x0c000000u,  // 2^-103: most products subnormal or zero
+        0x00000001u,  // smallest subnormal scale
+        0x00400000u,  // 2^-127
+        0x807fffffu,  // negative subnormal
+        0x7b000000u,  // 2^119
+        0x7b800000u,  // 2^120
+        0x7f000000u,  // 2^127: large codes overflow to Inf
+        0x7f7fffffu,  // FLT_MAX
+        0x7f800000u,  // +Inf (zero codes give NaN)
+        0xff800000u,  // -Inf
+        0x00000000u,  // +0 (Inf codes give NaN)
+        0x80000000u,  // -0
+        0x7fc00000u,  // the default NaN
+        0xffc00123u,  // negative NaN with a payload
+        0x7f800001u,  // signalling NaN
+    };
+    for (uint32_t b : bits) {
+      scale_values.push_back(std::bit_cast<float>(b));
+      for (int k = 0; k < 4; ++k) scale_bytes.push_back(static_cast<uint8_t>(b >> (8 * k)));
+    }
+  }
+  const int nscales = static_cast<int>(scale_values.size());
+
+  for (Fp8Elem elem : {Fp8Elem::kE4M3, Fp8Elem::kE5M2}) {
+    const std::array<float, 256> table = elem == Fp8Elem::kE4M3 ? e4m3_table() : e5m2_table();
+    for (int block : {128, 256, 48}) {
+      // Every run of 256 elements holds all 256 codes; the last block is partial (not a multiple of 16).
+      const int hidden = nscales * 256 + 37;
+      const int blocks = (hidden + block - 1) / block;
+      // One byte in, so that no load or store is aligned.
+      std::vector<uint8_t> code_buf(static_cast<size_t>(hidden) + 1);
+      uint8_t* codes = code_buf.data() + 1;
+      for (int i = 0; i < hidden; ++i) codes[i] = static_cast<uint8_t>((i % 256) ^ ((i / 256) % 2 ? 0x55 : 0));
+      std::vector<uint8_t> scales;
+      std::vector<float> block_scale;
+      for (int b = 0; b < blocks; ++b) {
+        int k = b * block / 256 % nscales;  // both 128-blocks of a run of 256 share a scale
+        block_scale.push_back(scale_values[static_cast<size_t>(k)]);
+        size_t w = ue8m0 ? 1 : 4;
+        scales.insert(scales.end(), scale_bytes.begin() + static_cast<std::ptrdiff_t>(k * w),
+                      scale_bytes.begin() + static_cast<std::ptrdiff_t>((k + 1) * w));
+      }
+      std::vector<uint32_t> want(static_cast<size_t>(hidden));
+      for (int i = 0; i < hidden; ++i) {
+        float t = table[codes[i]];
+        want[static_cast<size_t>(i)] =
+            std::bit_cast<uint32_t>(std::isnan(t) ? t : t * block_scale[static_cast<size_t>(i / block)]);
+      }
+      for (bool portable : {true, false}) {
+        force_portable_kernels(portable);
+        if (!portable && !avx2_f16c_kernels_enabled()) continue;  // no AVX2+F16C on this CPU or build
+        const uint32_t sentinel = 0xdeadbeefu;
+        std::vector<uint32_t> out(static_cast<size_t>(hidden) + 18, sentinel);
+        fp8_decode_row_kernel(elem, ue8m0, codes, scales.data(), hidden, block,
+                              reinterpret_cast<float*>(out.data() + 1));
+        ASSERT_EQ(out[0], sentinel);
+        for (int i = 0; i < hidden; ++i) {
+          ASSERT_EQ(out[static_cast<size_t>(i) + 1], want[static_cast<size_t>(i)])
+              << (elem == Fp8Elem::kE4M3 ? "e4m3" : "e5m2") << (portable ? " portable" : " avx2") << " block " << block
+              << " element " << i << " code " << int{codes[i]} << " scale bits " << std::hex
+              << std::bit_cast<uint32_t>(block_scale[static_cast<size_t>(i / block)]);
+        }
+        for (size_t i = static_cast<size_t>(hidden) + 1; i < out.size(); ++i) ASSERT_EQ(out[i], sentinel);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Scales, Fp8DecodeRow, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? std::string("ue8m0") : std::string("fp32"); });
+
+// The bits the kernels start from: the tables hold exactly the OCP values (checked against the format
+// definition here, independently of MiniFloat::magnitude_value).
+TEST(Fp8DecodeRow, TablesHoldTheOcpValues) {
+  auto e4m3 = e4m3_table();
+  auto e5m2 = e5m2_table();
+  for (int c = 0; c < 256; ++c) {
+    int s = c >> 7, e4 = (c >> 3) & 15, m3 = c & 7, e5 = (c >> 2) & 31, m2 = c & 3;
+    double v4 = e4 == 0 ? std::ldexp(m3, -9) : std::ldexp(8 + m3, e4 - 10);
+    double v5 = e5 == 0 ? std::ldexp(m2, -16) : std::ldexp(4 + m2, e5 - 17);
+    if (s) v4 = -v4, v5 = -v5;
+    if ((c & 0x7f) == 0x7f) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(e4m3[c]), 0x7fc00000u) << c;
+    } else {
+      EXPECT_EQ(std::bit_cast<uint32_t>(e4m3[c]), std::bit_cast<uint32_t>(static_cast<float>(v4))) << c;
+    }
+    if (e5 == 31 && m2 != 0) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(e5m2[c]), 0x7fc00000u) << c;
+    } else if (e5 == 31) {
+      EXPECT_EQ(e5m2[c], s ? -INFINITY : INFINITY) << c;
+    } else {
+      EXPECT_EQ(std::bit_cast<uint32_t>(e5m2[c]), std::bit_cast<uint32_t>(static_cast<float>(v5))) << c;
+    }
+  }
+}
 
 }  // namespace
 }  // namespace eplab::codecs
