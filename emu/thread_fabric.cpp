@@ -180,27 +180,10 @@ class ThreadBackend : public Backend {
     for (int r = 0; r < topo.size(); ++r)
       threads.emplace_back([&, r] {
         ThreadFabric f(world, r);
-        try {
-          rank_main(f);
-        } catch (const std::exception& e) {
-          errors[r] = std::current_exception();
-          world.abort("rank " + std::to_string(r) + " failed: " + e.what());
-        }
+        run_rank(r, [&] { rank_main(f); }, errors[r], [&](const std::string& why) { world.abort(why); });
       });
     for (auto& t : threads) t.join();
-    // The first rank that failed for its own reason, not one released by another's failure.
-    for (auto& e : errors)
-      if (e) {
-        try {
-          std::rethrow_exception(e);
-        } catch (const FabricError&) {
-          continue;
-        } catch (...) {
-          throw;
-        }
-      }
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
+    rethrow_first_rank_error(errors);
   }
 };
 

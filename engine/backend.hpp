@@ -24,7 +24,7 @@ class Backend {
   virtual std::string description() const = 0;
   virtual Caps caps() const = 0;
   // Runs rank_main(fabric) once per rank and returns when all are done. The first exception thrown by any
-  // rank is rethrown here after the others are released.
+  // rank is rethrown here after the others are released (run_rank and rethrow_first_rank_error in fabric.hpp).
   virtual void launch(const Topology& topo, const LaunchOptions& opts,
                       const std::function<void(Fabric&)>& rank_main) = 0;
 };

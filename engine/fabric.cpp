@@ -48,4 +48,27 @@ std::string describe_tag(Tag tag) {
   return buf;
 }
 
+void run_rank(int rank, const std::function<void()>& body, std::exception_ptr& error,
+              const std::function<void(const std::string&)>& abort) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    error = std::current_exception();
+    abort("rank " + std::to_string(rank) + " failed: " + e.what());
+  }
+}
+
+void rethrow_first_rank_error(const std::vector<std::exception_ptr>& errors) {
+  for (const std::exception_ptr& e : errors)
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const FabricError&) {
+        continue;
+      }
+    }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
 }  // namespace eplab

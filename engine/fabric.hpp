@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <span>
@@ -142,5 +144,13 @@ inline Tag make_tag(Phase p, int step, int layer, int round = 0) {
          (static_cast<Tag>(layer & 0xFFFF) << 16) | static_cast<Tag>(round & 0xFFFF);
 }
 std::string describe_tag(Tag tag);
+
+// For backends' launchers: runs one rank's function, recording what it throws in `error` and calling `abort`
+// with a message naming the rank, so the others are released instead of waiting for it.
+void run_rank(int rank, const std::function<void()>& body, std::exception_ptr& error,
+              const std::function<void(const std::string&)>& abort);
+// After every rank has returned: rethrows the first rank's own failure, not one that another's failure released
+// (a FabricError), unless released ranks are all there is.
+void rethrow_first_rank_error(const std::vector<std::exception_ptr>& errors);
 
 }  // namespace eplab

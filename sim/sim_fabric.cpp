@@ -388,27 +388,11 @@ class SimBackend : public Backend {
     for (int r = 0; r < topo.size(); ++r)
       s4u::Actor::create("rank" + std::to_string(r), world.platform().hosts[r], [&world, &errors, &rank_main, r] {
         SimFabric f(world, r);
-        try {
-          rank_main(f);
-        } catch (const std::exception& e) {
-          errors[r] = std::current_exception();
-          world.abort("rank " + std::to_string(r) + " failed: " + e.what());
-        }
+        run_rank(r, [&] { rank_main(f); }, errors[r], [&](const std::string& why) { world.abort(why); });
       });
     world.start_clock();
     engine.run();
-    for (auto& e : errors)
-      if (e) {
-        try {
-          std::rethrow_exception(e);
-        } catch (const FabricError&) {
-          continue;
-        } catch (...) {
-          throw;
-        }
-      }
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
+    rethrow_first_rank_error(errors);
   }
 };
 
