@@ -126,12 +126,8 @@ static double charge_codec(Fabric& fabric, const Codec& codec, int tokens, int h
 
 EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, const float* rows, Codec& codec,
                                                          uint64_t stream) {
+  if (phantom()) throw EplabError("engine: block messages carry real rows; phantom mode sends block summaries");
   Message m;
-  if (phantom()) {
-    m.phantom_bytes = codec.encoded_size(b.size(), hidden());
-    pack_block(b, m.phantom_bytes, m.bytes);
-    return m;
-  }
   std::vector<uint8_t> payload;
   codec.encode(rows, b.size(), hidden(), payload, stream);
   pack_block(b, payload.size(), m.bytes);
@@ -149,7 +145,7 @@ EngineContext::Message EngineContext::make_rows_message(const float* rows, int n
 }
 
 size_t EngineContext::block_capacity(int tokens, int sels, const Codec& codec) const {
-  return block_meta_bytes(tokens, sels) + (phantom() ? 0 : codec.max_encoded_size(tokens, hidden()));
+  return block_meta_bytes(tokens, sels) + codec.max_encoded_size(tokens, hidden());
 }
 
 size_t EngineContext::rows_capacity(int n, const Codec& codec) const {
@@ -162,7 +158,10 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
       "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " + fabric.phase();
   uint64_t payload = 0;
   const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
-  if (phantom()) return;
+  for (int32_t slot : b.sel_slot)
+    if (slot < 0 || slot >= placement.num_slots())
+      throw FabricError(what + ": selection for slot " + std::to_string(slot) + ", outside 0.." +
+                        std::to_string(placement.num_slots() - 1));
   if (off + payload != real_bytes)
     throw FabricError(what + ": block announces " + std::to_string(payload) + " payload bytes, message carries " +
                       std::to_string(real_bytes - off));

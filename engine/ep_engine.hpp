@@ -144,20 +144,22 @@ class EngineContext {
   // Runs one all-to-all-v and counts what this rank sent.
   void exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs);
 
-  // A message: block metadata followed by the block's rows encoded with `codec` (phantom: sizes only).
-  // `rows` may be null in phantom mode. The returned buffer owns the real bytes.
+  // A message's real bytes and the bytes a simulated fabric charges on top (phantom payload).
   struct Message {
     std::vector<uint8_t> bytes;
     size_t phantom_bytes = 0;
     ConstBuf buf() const { return ConstBuf{bytes.data(), bytes.size(), phantom_bytes}; }
   };
+  // Real payload: block metadata followed by the block's rows encoded with `codec` (phantom mode sends a
+  // BlockSummary instead, below).
   Message make_block_message(const TokenBlock& b, const float* rows, Codec& codec, uint64_t stream);
-  // Rows only (combine).
+  // Rows only (combine); `rows` may be null in phantom mode, which charges their encoded size.
   Message make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream);
   // Receive capacity for a block message / rows message.
   size_t block_capacity(int tokens, int sels, const Codec& codec) const;
   size_t rows_capacity(int n, const Codec& codec) const;
-  // Parses a received block message; decodes its rows into rows_out (resized to n x hidden) unless phantom.
+  // Parses a received block message (slots checked against the placement) and decodes its rows into rows_out
+  // (resized to n x hidden).
   void read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
                           std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer);
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,

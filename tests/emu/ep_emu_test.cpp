@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "engine/experiment.hpp"
@@ -173,6 +174,39 @@ TEST(EmuBadInput, ClearErrors) {
     return b;
   });
   expect_error(bad, "selects expert 128");
+}
+
+// A block message naming a slot the placement does not have is the sender's error, reported with the peer;
+// it must not index the receiver's tables.
+TEST(EmuBadInput, BlockMessageWithAnUnknownSlotIsAFabricError) {
+  ClusterSpec spec = cluster_preset("h800-cx7");
+  spec.nodes = 1;
+  spec.gpus_per_node = 1;
+  MoeShape shape = model_preset("qwen-moe");
+  shape.hidden = 16;
+  const Placement placement = Placement::contiguous(shape.num_experts, 1, 0);
+  EngineOptions opts;
+  opts.dispatch_codec = "fp32";
+  create_backend("emu")->launch(Topology(spec), LaunchOptions{}, [&](Fabric& f) {
+    EpEngine engine(f, shape, placement, opts);
+    EngineContext& c = engine.context();
+    for (int32_t slot : {shape.num_experts, -1}) {
+      TokenBlock b;
+      b.add_token(0, 0);
+      b.add_sel(slot, 1.0f);
+      const std::vector<float> row(shape.hidden, 1.0f);
+      const EngineContext::Message m = c.make_block_message(b, row.data(), *c.dispatch_codec, 1);
+      TokenBlock out;
+      std::vector<float> rows;
+      try {
+        c.read_block_message(m.bytes, m.bytes.size(), out, rows, *c.dispatch_codec, 1, 0);
+        ADD_FAILURE() << "slot " << slot << " was accepted";
+      } catch (const FabricError& e) {
+        EXPECT_NE(std::string(e.what()).find("selection for slot " + std::to_string(slot)), std::string::npos)
+            << e.what();
+      }
+    }
+  });
 }
 
 }  // namespace

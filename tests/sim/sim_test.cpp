@@ -223,6 +223,57 @@ TEST_P(SimAlgorithms, PhantomAndRealPayloadSimulateTheSameRun) {
   }
 }
 
+// A phantom block summary is checked against what notify announced and against the placement, and is charged
+// on the wire as the full block message it stands for.
+TEST(SimPhantom, BlockSummaryIsChargedInFullAndChecked) {
+  ClusterSpec spec = cluster_preset("h800-cx7");
+  spec.nodes = 1;
+  spec.gpus_per_node = 2;
+  const MoeShape shape = model_preset("deepseek-v3");
+  const Placement placement = Placement::contiguous(shape.num_experts, 2, 0);
+  EngineOptions opts;
+  opts.phantom = true;
+  opts.dispatch_codec = "fp8-e4m3-b128";
+  LaunchOptions lo;
+  lo.phantom_payload = true;
+  make_sim_backend()->launch(Topology(spec), lo, [&](Fabric& f) {
+    if (f.rank() != 0) return;
+    EpEngine engine(f, shape, placement, opts);
+    EngineContext& c = engine.context();
+    std::vector<int32_t> per_slot(placement.slots_per_rank(), 0);
+    per_slot[3] = 5;
+    per_slot[7] = 2;
+    EngineContext::BlockSummary s;
+    s.assign(4, 7, per_slot.data(), placement.slots_per_rank(), placement.slots_per_rank());  // rank 1's slots
+    ASSERT_EQ(s.slots.size(), 2u);
+    const EngineContext::Message m = c.make_summary_message(s, *c.dispatch_codec);
+    EXPECT_EQ(m.buf().total(), block_meta_bytes(4, 7) + c.dispatch_codec->encoded_size(4, shape.hidden));
+    EXPECT_LE(m.bytes.size(), EngineContext::summary_capacity(7, placement.slots_per_rank()));
+    EngineContext::BlockSummary back;
+    c.read_summary_message(m.bytes, m.bytes.size(), back, 4, 7, 1);
+    EXPECT_EQ(back.slots.size(), 2u);
+    const auto error_of = [&](uint32_t tokens, uint32_t sels, size_t bytes) {
+      try {
+        c.read_summary_message(m.bytes, bytes, back, tokens, sels, 1);
+      } catch (const FabricError& e) {
+        return std::string(e.what());
+      }
+      return std::string("no error");
+    };
+    EXPECT_NE(error_of(5, 7, m.bytes.size()).find("notify announced 5 / 7"), std::string::npos);
+    EXPECT_NE(error_of(4, 7, m.bytes.size() - 1).find("announces 2 slots"), std::string::npos);
+    EXPECT_NE(error_of(4, 7, 3).find("truncated"), std::string::npos);
+    // Rank 0 holds none of these slots.
+    Handle h;
+    try {
+      c.add_summary(h, back);
+      ADD_FAILURE() << "rank 0 accepted selections for rank 1's slots";
+    } catch (const FabricError& e) {
+      EXPECT_NE(std::string(e.what()).find("held by rank 1"), std::string::npos) << e.what();
+    }
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Every, SimAlgorithms, ::testing::ValuesIn(algorithm_names()), [](const auto& info) {
   std::string n = info.param;
   for (auto& ch : n)
