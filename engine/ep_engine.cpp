@@ -337,6 +337,12 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
                      " ranks x " + std::to_string(a.placement->slots_per_rank()) + " slots, the engine's " +
                      std::to_string(ctx_.placement.num_ranks()) + " x " +
                      std::to_string(ctx_.placement.slots_per_rank()));
+  const int32_t num_slots = ctx_.placement.num_slots();
+  for (size_t i = 0; i < static_cast<size_t>(a.num_tokens) * a.topk; ++i)
+    if (a.slots[i] < -1 || a.slots[i] >= num_slots)
+      throw EplabError("engine: rank " + std::to_string(ctx_.rank()) + ", step " + std::to_string(a.step) +
+                       ", layer " + std::to_string(a.layer) + ": token " + std::to_string(i / a.topk) +
+                       " selects slot " + std::to_string(a.slots[i]) + ", outside -1.." + std::to_string(num_slots - 1));
   ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, a.num_tokens, ctx_.hidden(), true);
   Handle h = algo_->dispatch(ctx_, a);
   if (h.slot_sels.empty()) {  // the algorithm delivered per-row metadata: count from it

@@ -176,9 +176,9 @@ TEST(EmuBadInput, ClearErrors) {
   expect_error(bad, "selects expert 128");
 }
 
-// A block message naming a slot the placement does not have is the sender's error, reported with the peer;
-// it must not index the receiver's tables.
-TEST(EmuBadInput, BlockMessageWithAnUnknownSlotIsAFabricError) {
+// A slot the placement does not have, in a received block message (the sender's error, reported with the peer)
+// or in a caller's dispatch, is an error; it must not index the engine's per-slot tables.
+TEST(EmuBadInput, SlotsOutsideThePlacementAreErrors) {
   ClusterSpec spec = cluster_preset("h800-cx7");
   spec.nodes = 1;
   spec.gpus_per_node = 1;
@@ -205,6 +205,16 @@ TEST(EmuBadInput, BlockMessageWithAnUnknownSlotIsAFabricError) {
         EXPECT_NE(std::string(e.what()).find("selection for slot " + std::to_string(slot)), std::string::npos)
             << e.what();
       }
+    }
+    // The same check at the engine's door: a caller's slot outside the placement.
+    const std::vector<int32_t> slots = {0, shape.num_experts};
+    const std::vector<float> weights = {0.5f, 0.5f}, x(2 * shape.hidden, 1.0f);
+    try {
+      engine.dispatch(DispatchArgs{0, 0, 1, 2, slots.data(), weights.data(), x.data()});
+      ADD_FAILURE() << "slot " << shape.num_experts << " was dispatched";
+    } catch (const EplabError& e) {
+      EXPECT_NE(std::string(e.what()).find("selects slot " + std::to_string(shape.num_experts)), std::string::npos)
+          << e.what();
     }
   });
 }
