@@ -1,6 +1,7 @@
 // Message framing for dispatch: a block of tokens, each with its origin (source rank, token index) and the
 // expert selections (physical slot, weight) it carries, followed by the codec-encoded activation rows.
-// The metadata always travels as real bytes; the rows may be phantom (sizes only) on a simulated fabric.
+// With phantom payloads (sim) a block travels as a count summary charged at this framing's size instead
+// (EngineContext::BlockSummary); block_meta_bytes gives that size's metadata part.
 #pragma once
 
 #include <cstddef>
@@ -32,15 +33,15 @@ struct TokenBlock {
   void reserve(size_t tokens, size_t sels);
   // Appends every token of `o` (bulk copies, not token by token).
   void append(const TokenBlock& o);
-  // Frees the storage, not just the contents: a simulated cluster keeps every rank's blocks alive at once.
+  // Frees the storage, not just the contents: every emulated rank keeps its blocks alive at once.
   void release() { *this = TokenBlock{}; }
 };
 
 // Bytes the metadata of a block with this many tokens and selections occupies.
 size_t block_meta_bytes(int tokens, int sels);
 
-// Appends the block's metadata; `payload_bytes` (real or phantom) is recorded so the receiver can find and
-// check the rows that follow.
+// Appends the block's metadata; `payload_bytes` is recorded so the receiver can find and check the rows that
+// follow.
 void pack_block(const TokenBlock& b, uint64_t payload_bytes, std::vector<uint8_t>& out);
 
 // Parses a block from `data` (`size` real bytes). Returns the offset where the rows start and sets
