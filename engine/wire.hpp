@@ -33,7 +33,7 @@ struct TokenBlock {
   void reserve(size_t tokens, size_t sels);
   // Appends every token of `o` (bulk copies, not token by token).
   void append(const TokenBlock& o);
-  // Frees the storage, not just the contents: every emulated rank keeps its blocks alive at once.
+  // Frees the storage, not just the contents: all ranks of one process (threads, actors) hold blocks at once.
   void release() { *this = TokenBlock{}; }
 };
 
