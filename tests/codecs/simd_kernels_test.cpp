@@ -157,7 +157,7 @@ TEST_P(Fp8DecodeRow, EveryCodeAndScaleMatchesTheTable) {
 
   for (Fp8Elem elem : {Fp8Elem::kE4M3, Fp8Elem::kE5M2}) {
     const std::array<float, 256> table = elem == Fp8Elem::kE4M3 ? e4m3_table() : e5m2_table();
-    for (int block : {128, 256, 48}) {
+    for (int block : {128, 256, 48, 32}) {  // 32: mxfp8's blocks (E4M3 under E8M0 scales) take this kernel too
       // Every run of 256 elements holds all 256 codes; the last block is partial (not a multiple of 16).
       const int hidden = nscales * 256 + 37;
       const int blocks = (hidden + block - 1) / block;
@@ -202,6 +202,23 @@ TEST_P(Fp8DecodeRow, EveryCodeAndScaleMatchesTheTable) {
 
 INSTANTIATE_TEST_SUITE_P(Scales, Fp8DecodeRow, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? std::string("ue8m0") : std::string("fp32"); });
+
+// mxfp8 decode: the AVX2 path is the FP8 half-float kernel, the portable one computes each element's value
+// from its bits (mx_decode_row). Every E4M3 code under every E8M0 scale (NaN included), bit for bit.
+TEST(MxDecodeRow, Mxfp8EveryCodeUnderEveryScaleSameOnBothPaths) {
+  const int hidden = 256 * 256;  // block b holds codes 32 * (b % 8) .. + 31 under scale byte b % 256
+  std::vector<uint8_t> codes(hidden), scales(hidden / 32);
+  for (int i = 0; i < hidden; ++i) codes[i] = static_cast<uint8_t>(i % 256);
+  for (size_t b = 0; b < scales.size(); ++b) scales[b] = static_cast<uint8_t>((b / 8 + b) % 256);
+  std::vector<uint32_t> portable(hidden), fast(hidden);
+  force_portable_kernels(true);
+  mx_decode_row_kernel(MxElem::kE4M3, codes.data(), scales.data(), hidden, reinterpret_cast<float*>(portable.data()));
+  force_portable_kernels(false);
+  if (!avx2_f16c_kernels_enabled()) GTEST_SKIP() << "no AVX2+F16C kernels on this CPU or build";
+  mx_decode_row_kernel(MxElem::kE4M3, codes.data(), scales.data(), hidden, reinterpret_cast<float*>(fast.data()));
+  for (int i = 0; i < hidden; ++i)
+    ASSERT_EQ(fast[i], portable[i]) << "code " << int{codes[i]} << " scale byte " << int{scales[i / 32]};
+}
 
 // The bits the kernels start from: the tables hold exactly the OCP values (checked against the format
 // definition here, independently of MiniFloat::magnitude_value).
