@@ -135,6 +135,18 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
   return m;
 }
 
+EngineContext::Message EngineContext::take_source_block(TokenBlock& b, const float* x, uint64_t stream,
+                                                        std::vector<int32_t>& sent_ids, std::vector<float>& scratch) {
+  const size_t H = static_cast<size_t>(hidden());
+  scratch.resize(static_cast<size_t>(b.size()) * H);
+  for (int i = 0; i < b.size(); ++i)
+    std::memcpy(&scratch[static_cast<size_t>(i) * H], x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
+  Message m = make_block_message(b, scratch.data(), *dispatch_codec, stream);
+  sent_ids = std::move(b.token);
+  b.release();
+  return m;
+}
+
 EngineContext::Message EngineContext::make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream) {
   Message m;
   if (phantom())

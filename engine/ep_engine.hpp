@@ -153,6 +153,11 @@ class EngineContext {
   // Real payload: block metadata followed by the block's rows encoded with `codec` (phantom mode sends a
   // BlockSummary instead, below).
   Message make_block_message(const TokenBlock& b, const float* rows, Codec& codec, uint64_t stream);
+  // A source's dispatch message to one peer: gathers the rows of b's tokens from x (the rank's batch) into
+  // `scratch`, encodes them with the dispatch codec after b's metadata, then frees b, keeping only its token ids
+  // (the order combine's answer comes back in) in sent_ids.
+  Message take_source_block(TokenBlock& b, const float* x, uint64_t stream, std::vector<int32_t>& sent_ids,
+                            std::vector<float>& scratch);
   // Rows only (combine); `rows` may be null in phantom mode, which charges their encoded size.
   Message make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream);
   // Receive capacity for a block message / rows message.

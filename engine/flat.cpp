@@ -83,16 +83,9 @@ class Flat : public Algorithm {
         sends.push_back({r, msgs[r].buf()});
         continue;
       }
-      const TokenBlock& b = blocks[r];
-      rows.resize(static_cast<size_t>(b.size()) * H);
-      for (int i = 0; i < b.size(); ++i)
-        std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
-      msgs[r] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
-                                     EngineContext::stream_id(Phase::kDispatch, a.layer, me, r));
+      msgs[r] = c.take_source_block(blocks[r], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, r),
+                                    st->sent_token_ids[r], rows);
       sends.push_back({r, msgs[r].buf()});
-      // The message holds the block now; combine needs only the token ids.
-      st->sent_token_ids[r] = std::move(blocks[r].token);
-      blocks[r].release();
     }
     std::vector<std::vector<uint8_t>> inbox(R);
     std::vector<int> from;

@@ -140,16 +140,9 @@ class Hierarchical : public Algorithm {
         sends.push_back({f, msgs[n].buf()});
         continue;
       }
-      const TokenBlock& b = to_node[n];
-      rows.resize(static_cast<size_t>(b.size()) * H);
-      for (int i = 0; i < b.size(); ++i)
-        std::memcpy(&rows[static_cast<size_t>(i) * H], a.x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
-      msgs[n] = c.make_block_message(b, rows.data(), *c.dispatch_codec,
-                                     EngineContext::stream_id(Phase::kDispatch, a.layer, me, f));
+      msgs[n] = c.take_source_block(to_node[n], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
+                                    st->sent_token_ids[n], rows);
       sends.push_back({f, msgs[n].buf()});
-      // The message holds the block now; combine needs only the token ids.
-      st->sent_token_ids[n] = std::move(to_node[n].token);
-      to_node[n].release();
     }
     std::vector<std::vector<uint8_t>> inbox(N);
     std::vector<int> from;
