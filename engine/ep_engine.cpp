@@ -196,8 +196,15 @@ void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t re
   }
 }
 
-int EngineContext::add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, Codec& codec,
-                                     uint64_t stream, int peer, TokenBlock& b, std::vector<float>& rows) {
+int EngineContext::add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens,
+                                     uint32_t sels, Codec& codec, uint64_t stream, int peer, TokenBlock& b,
+                                     std::vector<float>& rows) {
+  if (phantom()) {
+    BlockSummary s;
+    read_summary_message(msg, real_bytes, s, tokens, sels, peer);
+    add_summary(h, s);
+    return static_cast<int>(s.tokens);
+  }
   read_block_message(msg, real_bytes, b, rows, codec, stream, peer);
   std::vector<uint8_t>().swap(msg);
   h.recv.append(b);

@@ -170,9 +170,11 @@ class EngineContext {
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
                          uint64_t stream, int peer);
   // Dispatch's last step at a destination: parses a block message (freeing it), appends its tokens and decoded
-  // rows to the handle and returns how many rows it held. `b` and `rows` are scratch.
-  int add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, Codec& codec, uint64_t stream,
-                        int peer, TokenBlock& b, std::vector<float>& rows);
+  // rows to the handle and returns how many rows it held; in phantom mode the message is a block summary,
+  // checked against the counts notify announced (tokens, sels), and only its counts reach the handle.
+  // `b` and `rows` are scratch.
+  int add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens, uint32_t sels,
+                        Codec& codec, uint64_t stream, int peer, TokenBlock& b, std::vector<float>& rows);
   // Combine's last step at a source: decodes a rows message answering the tokens `ids` (in the order they were
   // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows.
   void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,

@@ -114,13 +114,8 @@ class Flat : public Algorithm {
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
-      if (phantom) {
-        c.read_summary_message(inbox[r], recvs[i].bytes, summary, in_counts[2 * r], in_counts[2 * r + 1], r);
-        c.add_summary(h, summary);
-        st->recv_rows[r] = static_cast<int32_t>(summary.tokens);
-        continue;
-      }
-      st->recv_rows[r] = c.add_block_message(h, inbox[r], recvs[i].bytes, *c.dispatch_codec,
+      st->recv_rows[r] = c.add_block_message(h, inbox[r], recvs[i].bytes, in_counts[2 * r], in_counts[2 * r + 1],
+                                             *c.dispatch_codec,
                                              EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;

@@ -260,13 +260,8 @@ class Hierarchical : public Algorithm {
     }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
-      if (phantom) {
-        c.read_summary_message(linbox[q], lrecvs[i].bytes, summary, local_in[2 * q], local_in[2 * q + 1], f);
-        c.add_summary(h, summary);
-        st->recv_rows[q] = static_cast<int32_t>(summary.tokens);
-        continue;
-      }
-      st->recv_rows[q] = c.add_block_message(h, linbox[q], lrecvs[i].bytes, *c.dispatch_codec,
+      st->recv_rows[q] = c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
+                                             *c.dispatch_codec,
                                              EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
