@@ -23,7 +23,12 @@ class Backend {
   virtual std::string name() const = 0;
   virtual std::string description() const = 0;
   virtual Caps caps() const = 0;
-  // Runs rank_main(fabric) once per rank and returns when all are done. The first exception thrown by any
+  // The number of ranks this launcher can run, where the process launcher fixed it (mpirun -n N); -1: any.
+  virtual int fixed_world_size() const { return -1; }
+  // Why this backend cannot run on this machine (no GPU found), or empty.
+  virtual std::string unavailable() const { return {}; }
+  // Runs rank_main(fabric) once per rank of this process (every rank, for threads and actors; its own one, for a
+  // process of a multi-process launch) and returns when they are done. The first exception thrown by any
   // rank is rethrown here after the others are released (run_rank and rethrow_first_rank_error in fabric.hpp).
   virtual void launch(const Topology& topo, const LaunchOptions& opts,
                       const std::function<void(Fabric&)>& rank_main) = 0;

@@ -37,6 +37,9 @@ std::string describe_tag(Tag tag) {
     case Phase::kAllgather:
       phase = "allgather";
       break;
+    case Phase::kBarrier:
+      phase = "barrier";
+      break;
     case Phase::kUser:
       phase = "user";
       break;

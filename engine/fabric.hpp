@@ -38,6 +38,16 @@ struct MutBuf {
   size_t capacity = 0;
 };
 
+enum class MemoryKind : uint8_t { kHost = 1, kDevice = 2 };
+
+// A region a transport may read or write directly (RDMA would pin it; host transports only check the kind).
+struct MemoryRegion {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  MemoryKind kind = MemoryKind::kHost;
+  uint64_t key = 0;  // transport-defined (an rkey, an IPC handle index)
+};
+
 struct Caps {
   bool phantom_payload = false;   // accepts sizes without data (simulated backends)
   bool real_payload = true;       // moves real bytes
@@ -114,6 +124,9 @@ class Fabric {
   virtual double now() const = 0;
   virtual void compute(const ComputeCost& c) = 0;
   virtual void barrier() = 0;
+  // Pins or checks a buffer the fabric will move; throws FabricError for a memory kind it cannot reach.
+  virtual MemoryRegion register_memory(void* ptr, size_t bytes, MemoryKind kind) = 0;
+  virtual void deregister_memory(const MemoryRegion& r) = 0;
 
   // Every rank calls it with the same tag; sends and receives name their peers. The default posts
   // isend/irecv for each entry and waits; a fabric with caps().native_alltoallv runs it as one operation.
@@ -138,7 +151,7 @@ class Fabric {
 };
 
 // Tags: a phase id in the top byte, then step, layer and a round counter.
-enum class Phase : uint8_t { kNotify = 1, kDispatch = 2, kCombine = 3, kForward = 4, kAllgather = 5, kUser = 100 };
+enum class Phase : uint8_t { kNotify = 1, kDispatch = 2, kCombine = 3, kForward = 4, kAllgather = 5, kBarrier = 6, kUser = 100 };
 inline Tag make_tag(Phase p, int step, int layer, int round = 0) {
   return (static_cast<Tag>(p) << 56) | (static_cast<Tag>(step & 0xFFFFFF) << 32) |
          (static_cast<Tag>(layer & 0xFFFF) << 16) | static_cast<Tag>(round & 0xFFFF);

@@ -12,7 +12,7 @@
 #include "engine/experiment.hpp"
 #include "sim/platform.hpp"
 #include "sim/sim_backend.hpp"
-#include "sim/sim_fabric.hpp"
+#include "sim/sim_transport.hpp"
 
 namespace eplab {
 namespace {

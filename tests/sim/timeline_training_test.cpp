@@ -13,7 +13,7 @@
 #include "engine/experiment.hpp"
 #include "engine/training.hpp"
 #include "sim/platform.hpp"
-#include "sim/sim_fabric.hpp"
+#include "sim/sim_transport.hpp"
 
 namespace eplab {
 namespace {

@@ -1,4 +1,4 @@
-#include "sim/sim_fabric.hpp"
+#include "sim/sim_transport.hpp"
 
 #include <xbt/log.h>
 
@@ -8,8 +8,10 @@
 #include <exception>
 #include <simgrid/Exception.hpp>
 #include <simgrid/s4u/Actor.hpp>
+#include <simgrid/s4u/ConditionVariable.hpp>
 #include <simgrid/s4u/Engine.hpp>
 #include <simgrid/s4u/Host.hpp>
+#include <simgrid/s4u/Mutex.hpp>
 
 #include "sim/sim_backend.hpp"
 
@@ -17,40 +19,10 @@ namespace eplab::sim {
 
 namespace s4u = simgrid::s4u;
 
-SimWorld::SimWorld(Topology topo, double timeout_s, bool phantom)
-    : topo_(std::move(topo)),
-      timeout_s_(timeout_s),
-      phantom_(phantom),
-      platform_(build_platform(topo_)),
-      mu_(s4u::Mutex::create()),
-      cv_(s4u::ConditionVariable::create()),
-      boxes_(topo_.size()) {}
+SimWorld::SimWorld(Topology topo, bool phantom)
+    : topo_(std::move(topo)), phantom_(phantom), platform_(build_platform(topo_)) {}
 
 void SimWorld::start_clock() { t0_ = s4u::Engine::get_clock(); }
-
-void SimWorld::abort(const std::string& why) {
-  if (failure_.empty()) failure_ = why;
-  cv_->notify_all();
-}
-
-// Called once a send and a receive meet: copies the real bytes and starts the modeled transfer. The
-// receiver's wait completes when the transfer does.
-void SimWorld::match(RecvState& r, const Message& m, int me) {
-  r.matched = true;
-  r.bytes = m.data.size();
-  r.total_bytes = m.total;
-  if (m.data.size() > r.buf.capacity) {
-    r.error = "irecv: rank " + std::to_string(me) + ", peer " + std::to_string(m.src) + ", tag " + describe_tag(m.tag) +
-              ": message of " + std::to_string(m.data.size()) + " bytes exceeds the " + std::to_string(r.buf.capacity) +
-              "-byte receive buffer";
-    r.bytes = 0;
-    return;
-  }
-  if (!m.data.empty()) std::memcpy(r.buf.ptr, m.data.data(), m.data.size());
-  // L07 never completes a zero-byte transfer; one byte costs the route latency and nothing measurable more.
-  if (m.src != me)
-    r.comm = s4u::Comm::sendto_async(platform_.hosts[m.src], platform_.hosts[me], std::max<uint64_t>(m.total, 1));
-}
 
 void SimWorld::set_recorder(LinkRecorder* r) {
   if (r == recorder_) return;  // every rank passes the same one
@@ -154,115 +126,118 @@ void SimWorld::finish_pipeline(int chunks) {
   pipeline_start_ = -1;
 }
 
-Caps SimFabric::caps() const {
-  Caps c;
+namespace {
+
+// Actors never preempt each other, so shared state needs no lock between two simcalls: lock() and unlock() are
+// free, and the SimGrid mutex is held only around the condition-variable wait itself.
+class ActorSync : public Sync {
+ public:
+  explicit ActorSync(const SimWorld& world)
+      : world_(world), mu_(s4u::Mutex::create()), cv_(s4u::ConditionVariable::create()) {}
+  void lock() override {}
+  void unlock() override {}
+  void wait(double until_s) override {
+    std::unique_lock<s4u::Mutex> held(*mu_);
+    if (std::isinf(until_s))
+      cv_->wait(held);
+    else
+      cv_->wait_until(held, world_.date_of(until_s));
+  }
+  void notify_all() override { cv_->notify_all(); }
+
+ private:
+  const SimWorld& world_;
+  s4u::MutexPtr mu_;
+  s4u::ConditionVariablePtr cv_;
+};
+
+// The modeled flow of a matched point-to-point message; the receive completes when it does.
+struct Flow {
+  s4u::CommPtr comm;
+};
+
+}  // namespace
+
+std::unique_ptr<Sync> make_actor_sync(const SimWorld& world) { return std::make_unique<ActorSync>(world); }
+
+TransportCaps SimTransport::caps() const {
+  TransportCaps c;
   c.phantom_payload = true;
   c.real_payload = true;
   c.modeled_time = true;
-  c.native_alltoallv = true;
   return c;
-}
-
-std::string SimFabric::where(int peer, Tag tag) const {
-  return "rank " + std::to_string(rank_) + ", peer " + std::to_string(peer) + ", tag " + describe_tag(tag) +
-         ", phase " + phase_;
-}
-
-void SimFabric::check_peer(int peer, const char* op, Tag tag) const {
-  if (peer < 0 || peer >= size())
-    throw FabricError(std::string(op) + ": " + where(peer, tag) + ": peer outside 0.." + std::to_string(size() - 1));
-}
-
-double SimFabric::limit_of(Deadline d, bool* caller) const {
-  const double world_limit = s4u::Engine::get_clock() + world_.timeout_s();
-  const double mine = d.at_s + world_.t0();
-  *caller = mine < world_limit;
-  return *caller ? mine : world_limit;
 }
 
 // SimGrid's clock runs on across the engines of one process, so a launch's start date differs between runs and
 // the subtraction leaves last-bit noise; rounding to whole picoseconds makes the same run give the same times.
-double SimFabric::now() const { return world_.since_start(s4u::Engine::get_clock()); }
+double SimTransport::now() const { return world_.since_start(s4u::Engine::get_clock()); }
 
-Request SimFabric::isend(int peer, Tag tag, ConstBuf data) {
-  check_peer(peer, "isend", tag);
-  auto st = std::make_shared<RequestState>();
-  const size_t real = data.ptr ? data.bytes : 0;
-  st->bytes = real;
-  st->total_bytes = data.bytes + data.phantom_bytes;
-  st->done = true;  // eager: the bytes are copied now, the modeled transfer is charged to the receiver's wait
-  SimWorld::Message m{rank_, tag, {}, st->total_bytes};
-  if (real) m.data.assign(static_cast<const uint8_t*>(data.ptr), static_cast<const uint8_t*>(data.ptr) + real);
-  auto& box = world_.boxes_[peer];
-  for (auto it = box.posted.begin(); it != box.posted.end(); ++it) {
-    if ((*it)->peer != rank_ || (*it)->tag != tag) continue;
-    world_.match(**it, m, peer);
-    box.posted.erase(it);
-    world_.cv_->notify_all();
-    return Request(st);
+void* SimTransport::extension(ExtensionId id) {
+  switch (id) {
+    case ExtensionId::kAlltoallv:
+      return static_cast<AlltoallvExtension*>(this);
+    case ExtensionId::kPipeline:
+      return static_cast<PipelineExtension*>(this);
+    case ExtensionId::kLinkRecording:
+      return static_cast<LinkRecordingExtension*>(this);
   }
-  box.unexpected.push_back(std::move(m));
-  return Request(st);
+  return nullptr;
 }
 
-Request SimFabric::irecv(int peer, Tag tag, MutBuf data) {
-  check_peer(peer, "irecv", tag);
-  auto st = std::make_shared<SimWorld::RecvState>();
-  st->peer = peer;
-  st->tag = tag;
-  st->buf = data;
-  auto& box = world_.boxes_[rank_];
-  for (auto it = box.unexpected.begin(); it != box.unexpected.end(); ++it) {
-    if (it->src != peer || it->tag != tag) continue;
-    world_.match(*st, *it, rank_);
-    box.unexpected.erase(it);
-    return Request(st);
-  }
-  box.posted.push_back(st);
-  return Request(st);
+void SimTransport::post_send(SendOp& op, ConstBuf data) {
+  // Eager: the bytes are copied at the match or retained now; the modeled transfer is charged to the receiver.
+  domain_.deliver(op.peer, *this, Arrival{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr});
+  op.done = true;
 }
 
-void SimFabric::wait_all(std::span<Request> reqs, Deadline d) {
-  bool caller = false;
-  const double limit = limit_of(d, &caller);
-  auto expired = [&](int peer, Tag tag) {
-    const std::string msg =
-        "wait: " + where(peer, tag) + ": deadline passed (" +
-        (caller ? std::string("the caller's") : std::to_string(world_.timeout_s()) + " s simulated") +
-        ") with the message not yet received";
-    // The world's own limit means a hang: fail the run so that no other rank waits forever.
-    if (!caller) world_.abort(msg);
-    return FabricError(msg);
-  };
-  for (auto& req : reqs) {
-    auto* r = dynamic_cast<SimWorld::RecvState*>(req.state());
-    if (!r || r->done) continue;
-    if (!r->matched) {
-      std::unique_lock<s4u::Mutex> lock(*world_.mu_);
-      while (!r->matched && world_.failure_.empty())
-        if (world_.cv_->wait_until(lock, limit) == std::cv_status::timeout && !r->matched)
-          throw expired(r->peer, r->tag);
-      if (!r->matched) throw FabricError("rank " + std::to_string(rank_) + " stopped waiting: " + world_.failure_);
-    }
-    if (r->comm) {
-      try {
-        r->comm->wait_until(limit);
-      } catch (const simgrid::TimeoutException&) {
-        throw expired(r->peer, r->tag);
-      }
-      r->comm = nullptr;
-    }
-    r->done = true;
-    if (!r->error.empty()) throw FabricError(r->error + " (phase " + phase_ + ")");
+// A send and a receive met: copy the real bytes and start the modeled transfer from the sender's host.
+void SimTransport::on_match(RecvOp& op, Arrival& a) {
+  if (a.bytes) std::memcpy(op.buf.ptr, a.data, a.bytes);
+  if (a.src == op.rank) {
+    op.done = true;
+    return;
   }
+  // L07 never completes a zero-byte transfer; one byte costs the route latency and nothing measurable more.
+  auto flow = std::make_shared<Flow>();
+  flow->comm = s4u::Comm::sendto_async(world_.platform().hosts[a.src], world_.platform().hosts[op.rank],
+                                       std::max<uint64_t>(a.total_bytes, 1));
+  op.transfer = std::move(flow);
 }
 
-void SimFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
+bool SimTransport::test(RequestState& s) {
+  if (s.done) return true;
+  auto* r = dynamic_cast<RecvOp*>(&s);
+  if (!r || !r->matched) return false;
+  auto* flow = static_cast<Flow*>(r->transfer.get());
+  if (flow && !flow->comm->test()) return false;
+  r->transfer.reset();
+  r->done = true;
+  return true;
+}
+
+void SimTransport::block(Domain& d, RequestState& pending, double until_s) {
+  auto* r = dynamic_cast<RecvOp*>(&pending);
+  auto* flow = r && r->matched ? static_cast<Flow*>(r->transfer.get()) : nullptr;
+  if (!flow) return d.sync().wait(until_s);
+  // The flow ends on its own: wait for it in simulated time, not for a wake-up.
+  d.sync().unlock();
+  try {
+    if (std::isinf(until_s))
+      flow->comm->wait();
+    else
+      flow->comm->wait_until(world_.date_of(until_s));
+  } catch (const simgrid::TimeoutException&) {
+  }
+  d.sync().lock();
+}
+
+void SimTransport::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends,
+                             std::span<PeerRecv> recvs, Deadline d) {
   // Per-flow mode: every message its own SimGrid communication (the generic isend/irecv exchange).
-  if (world_.per_flow_) return Fabric::alltoallv(tag, sends, recvs, d);
-  const int R = size();
-  for (auto& s : sends) check_peer(s.peer, "alltoallv", tag);
-  for (auto& r : recvs) check_peer(r.peer, "alltoallv", tag);
+  if (world_.per_flow_) return f.Fabric::alltoallv(tag, sends, recvs, d);
+  const int R = world_.size();
+  for (auto& s : sends) f.check_peer(s.peer, "alltoallv", tag);
+  for (auto& r : recvs) f.check_peer(r.peer, "alltoallv", tag);
   auto& round = world_.rounds_[tag];
   if (round.bytes.empty()) {
     round.bytes.assign(static_cast<size_t>(R) * R, 0.0);
@@ -275,27 +250,38 @@ void SimFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<Pe
   for (auto& s : sends)
     if (s.peer != rank_) round.bytes[static_cast<size_t>(rank_) * R + s.peer] += static_cast<double>(s.data.total());
   if (++round.arrived == R) {
-    world_.round_phase_ = phase_;
+    world_.round_phase_ = f.phase();
     world_.run_round(tag, round, pipeline_chunks_ > 0);
     round.done = true;
-    world_.cv_->notify_all();
+    SyncLock lock(domain_.sync());
+    domain_.sync().notify_all();
   } else {
     bool caller = false;
-    const double limit = limit_of(d, &caller);
-    std::unique_lock<s4u::Mutex> lock(*world_.mu_);
-    while (!round.done && world_.failure_.empty())
-      if (world_.cv_->wait_until(lock, limit) == std::cv_status::timeout && !round.done) {
-        const std::string msg = "alltoallv: " + where(-1, tag) + ": deadline passed with " +
-                                std::to_string(round.arrived) + " of " + std::to_string(R) + " ranks in the round";
-        if (!caller) world_.abort(msg);
-        throw FabricError(msg);
+    const double limit = f.limit_of(d, &caller);
+    SyncLock lock(domain_.sync());
+    while (!round.done && domain_.failure().empty()) {
+      if (now() >= limit) {
+        const std::string state =
+            " with " + std::to_string(round.arrived) + " of " + std::to_string(R) + " ranks in the round";
+        lock.unlock();
+        throw f.expired("alltoallv: " + f.where(-1, tag), state, caller);
       }
-    if (!round.done) throw FabricError("rank " + std::to_string(rank_) + " left alltoallv: " + world_.failure_);
+      domain_.sync().wait(limit);
+    }
+    if (!round.done) throw FabricError("rank " + std::to_string(rank_) + " left alltoallv: " + domain_.failure());
   }
   const std::string err = round.errors[rank_];
   // The last rank to read the round frees it (its bytes matrix is ranks² doubles).
   if (--round.arrived == 0) world_.rounds_.erase(tag);
-  if (!err.empty()) throw FabricError(err + " (phase " + phase_ + ")");
+  if (!err.empty()) throw FabricError(err + " (phase " + f.phase() + ")");
+}
+
+void SimTransport::end_pipeline(TransportFabric& f) {
+  const int chunks = pipeline_chunks_;
+  pipeline_chunks_ = 0;
+  if (chunks == 0) return;
+  domain_.rendezvous("end_pipeline: rank " + std::to_string(rank_) + " in phase " + f.phase(), *this,
+                     [this, chunks] { world_.finish_pipeline(chunks); });
 }
 
 // ptask_L07 is the model that runs parallel tasks; it shares link bandwidth max-min fairly and applies none of
@@ -319,41 +305,9 @@ double roofline_seconds(const ClusterSpec& spec, const ComputeCost& c) {
   return std::max(t_flops, t_mem) + c.fixed_s;
 }
 
-void SimFabric::compute(const ComputeCost& c) {
-  const double t = roofline_seconds(topology().spec(), c);
+void SimTransport::charge(const ComputeCost& c) {
+  const double t = roofline_seconds(world_.topology().spec(), c);
   if (t > 0) s4u::this_actor::sleep_for(t);
-}
-
-void SimFabric::rendezvous(int& count, long& gen_counter, const char* what, const std::function<void()>& last) {
-  const long gen = gen_counter;
-  if (++count == size()) {
-    if (last) last();
-    count = 0;
-    ++gen_counter;
-    world_.cv_->notify_all();
-    return;
-  }
-  std::unique_lock<s4u::Mutex> lock(*world_.mu_);
-  const double limit = s4u::Engine::get_clock() + world_.timeout_s();
-  while (gen_counter == gen && world_.failure_.empty())
-    if (world_.cv_->wait_until(lock, limit) == std::cv_status::timeout && gen_counter == gen) {
-      const std::string msg = std::string(what) + ": rank " + std::to_string(rank_) + " in phase " + phase_ +
-                              ": timed out after " + std::to_string(world_.timeout_s()) + " s simulated";
-      world_.abort(msg);
-      throw FabricError(msg);
-    }
-  if (gen_counter == gen)
-    throw FabricError(std::string(what) + ": rank " + std::to_string(rank_) + " left: " + world_.failure_);
-}
-
-void SimFabric::barrier() { rendezvous(world_.barrier_count_, world_.barrier_gen_, "barrier", {}); }
-
-void SimFabric::end_pipeline() {
-  const int chunks = pipeline_chunks_;
-  pipeline_chunks_ = 0;
-  if (chunks == 0) return;
-  rendezvous(world_.pipeline_count_, world_.pipeline_gen_, "end_pipeline",
-             [this, chunks] { world_.finish_pipeline(chunks); });
 }
 
 namespace {
@@ -382,13 +336,15 @@ class SimBackend : public Backend {
     // across engines, so the world measures time from its own start.
     s4u::Engine engine(&argc, argv);
     configure_simgrid_once();
-    SimWorld world(topo, opts.timeout_s, opts.phantom_payload);
+    SimWorld world(topo, opts.phantom_payload);
     world.per_flow_ = opts.sim_model == "flows";
+    Domain domain(topo.size(), topo.size(), 0, make_actor_sync(world), opts.timeout_s);
     std::vector<std::exception_ptr> errors(topo.size());
     for (int r = 0; r < topo.size(); ++r)
-      s4u::Actor::create("rank" + std::to_string(r), world.platform().hosts[r], [&world, &errors, &rank_main, r] {
-        SimFabric f(world, r);
-        run_rank(r, [&] { rank_main(f); }, errors[r], [&](const std::string& why) { world.abort(why); });
+      s4u::Actor::create("rank" + std::to_string(r), world.platform().hosts[r], [&, r] {
+        SimTransport t(world, domain, r);
+        TransportFabric f(domain, t, r, world.topology());
+        run_rank(r, [&] { rank_main(f); }, errors[r], [&](const std::string& why) { domain.fail(why); });
       });
     world.start_clock();
     engine.run();

@@ -1,0 +1,118 @@
+// What a backend implements under the Fabric: a small non-blocking transport in the shape of a network plugin
+// (NCCL's ncclNet, UCX's uct). It states its capabilities up front, registers memory, posts sends, hands
+// arrived messages to the matching core, moves a matched message's bytes, tests completions, and keeps a clock.
+// Matching by (peer, tag), waiting, deadlines, size errors and the run's failure live once, in
+// engine/transport_fabric.*; docs/architecture.md walks through adding a transport.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/fabric.hpp"
+
+namespace eplab {
+
+class Domain;
+
+struct TransportCaps {
+  unsigned memory_kinds = static_cast<unsigned>(MemoryKind::kHost);  // bit set of MemoryKind
+  bool phantom_payload = false;  // accepts sizes without data (modeled backends)
+  bool real_payload = true;      // moves real bytes
+  bool modeled_time = false;     // now() is a model, not a wall clock
+  bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
+};
+
+// A message that reached its destination rank and waits for, or meets, a receive. `data` is borrowed from the
+// sender until the transport retains it (then `owner` keeps it alive: a host copy, a device buffer).
+struct Arrival {
+  int src = -1;
+  Tag tag = 0;
+  const void* data = nullptr;
+  size_t bytes = 0;        // real bytes
+  size_t total_bytes = 0;  // real + phantom bytes
+  std::shared_ptr<void> owner;
+};
+
+struct RecvOp : RequestState {
+  int rank = -1;  // the receiving rank
+  int peer = -1;
+  Tag tag = 0;
+  MutBuf buf;
+  bool matched = false;            // under the domain's lock
+  Arrival msg;                     // kept by transports that move the bytes after the match
+  std::shared_ptr<void> transfer;  // the transport's transfer in flight (a modeled flow, device copies)
+};
+
+struct SendOp : RequestState {
+  int peer = -1;
+  Tag tag = 0;
+  std::shared_ptr<void> transfer;
+};
+
+// Optional features, asked for by id so a transport implements only what it has.
+enum class ExtensionId { kAlltoallv, kPipeline, kLinkRecording };
+
+class TransportFabric;
+
+// A native all-to-all-v (the simulator's one parallel task per round).
+struct AlltoallvExtension {
+  virtual ~AlltoallvExtension() = default;
+  virtual void alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
+                         Deadline d) = 0;
+};
+// Pipeline hints (Fabric::begin_pipeline / end_pipeline).
+struct PipelineExtension {
+  virtual ~PipelineExtension() = default;
+  virtual void begin_pipeline(TransportFabric& f, int chunks) = 0;
+  virtual void end_pipeline(TransportFabric& f) = 0;
+};
+// Per-link byte reports (Fabric::record_links).
+struct LinkRecordingExtension {
+  virtual ~LinkRecordingExtension() = default;
+  virtual void record_links(LinkRecorder* r) = 0;
+};
+
+// One rank's transport. The core calls every method from the rank's own thread (or actor), except on_match and
+// retain, which run under the domain's lock in whichever rank made the match, sender or receiver.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual TransportCaps caps() const = 0;
+  // Seconds since the launch started: simulated where caps().modeled_time, wall clock elsewhere.
+  virtual double now() const = 0;
+  // Local work: the simulator advances its clock by the model; others do nothing.
+  virtual void charge(const ComputeCost&) {}
+  // Pins or checks a region; throws FabricError for a memory kind the transport cannot reach.
+  virtual MemoryRegion register_memory(void* ptr, size_t bytes, MemoryKind kind);
+  virtual void deregister_memory(const MemoryRegion&) {}
+
+  // Takes `data` towards op.peer. An in-process transport delivers it to the peer's matcher now
+  // (Domain::deliver); a networked one ships it and the peer's progress() delivers it. Sets op.done (under the
+  // domain's lock) once the sender's buffer may be reused.
+  virtual void post_send(SendOp& op, ConstBuf data) = 0;
+  // A receive met its message (sizes already checked): move the bytes into op.buf, or start moving them and
+  // finish in test(). Sets op.done when the bytes are in place.
+  virtual void on_match(RecvOp& op, Arrival& a) = 0;
+  // An arrival waits unexpected: copy what is only borrowed. Default: a host copy.
+  virtual void retain(Arrival& a);
+  // Under the domain's lock: whether `op` has completed, finishing transfers the transport drives itself.
+  virtual bool test(RequestState& op) { return op.done; }
+  // Pulls what arrived from the network into the domain (networked transports). Called without the lock.
+  virtual void progress() {}
+  // Under the domain's lock: blocks until something `pending` depends on may have changed or the clock reaches
+  // `until_s`; returns with the lock held. The default waits on the domain's wake-up.
+  virtual void block(Domain& d, RequestState& pending, double until_s);
+  // Text appended to the rank in error messages, e.g. " (device 1)".
+  virtual std::string endpoint() const { return ""; }
+
+  // An optional feature, or null. Use find<T>().
+  virtual void* extension(ExtensionId) { return nullptr; }
+  template <class T>
+  T* find(ExtensionId id) {
+    return static_cast<T*>(extension(id));
+  }
+};
+
+}  // namespace eplab

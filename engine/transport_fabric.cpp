@@ -1,0 +1,348 @@
+#include "engine/transport_fabric.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <system_error>
+#include <thread>
+
+namespace eplab {
+
+// ---- Transport defaults ----
+
+MemoryRegion Transport::register_memory(void* ptr, size_t bytes, MemoryKind kind) {
+  if (!caps().supports(kind))
+    throw FabricError(std::string("register_memory: this transport cannot reach ") +
+                      (kind == MemoryKind::kDevice ? "device" : "host") + " memory");
+  return MemoryRegion{ptr, bytes, kind, 0};
+}
+
+void Transport::retain(Arrival& a) {
+  if (a.owner || a.bytes == 0) return;
+  auto copy = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(a.data),
+                                                     static_cast<const uint8_t*>(a.data) + a.bytes);
+  a.data = copy->data();
+  a.owner = std::move(copy);
+}
+
+void Transport::block(Domain& d, RequestState&, double until_s) { d.sync().wait(until_s); }
+
+// ---- Threads ----
+
+namespace {
+
+class ThreadSync : public Sync {
+ public:
+  explicit ThreadSync(std::function<double()> clock) : clock_(std::move(clock)) {}
+  void lock() override { mu_.lock(); }
+  void unlock() override { mu_.unlock(); }
+  void wait(double until_s) override {
+    // Slices of at most half a second: an infinite limit never reaches the steady clock's arithmetic.
+    const double left = std::min(until_s - clock_(), 0.5);
+    if (!(left > 0)) return;
+    std::unique_lock<std::mutex> held(mu_, std::adopt_lock);
+    cv_.wait_for(held, std::chrono::duration<double>(left));
+    held.release();
+  }
+  void notify_all() override { cv_.notify_all(); }
+
+ private:
+  std::function<double()> clock_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+}  // namespace
+
+std::unique_ptr<Sync> make_thread_sync(std::function<double()> clock) {
+  return std::make_unique<ThreadSync>(std::move(clock));
+}
+
+// ---- Domain ----
+
+Domain::Domain(int world_size, int local_ranks, int first_local, std::unique_ptr<Sync> sync, double timeout_s)
+    : world_size_(world_size),
+      local_ranks_(local_ranks),
+      first_local_(first_local),
+      sync_(std::move(sync)),
+      timeout_s_(timeout_s),
+      boxes_(local_ranks) {
+  if (!(timeout_s > 0))  // also refuses NaN
+    throw EplabError("the run's timeout must be a positive number of seconds or inf, got " +
+                     std::to_string(timeout_s));
+}
+
+void Domain::fail(const std::string& why) {
+  SyncLock lock(*sync_);
+  if (failure_.empty()) failure_ = why;
+  sync_->notify_all();
+}
+
+void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
+  op.matched = true;
+  op.bytes = a.bytes;
+  op.total_bytes = a.total_bytes;
+  if (a.bytes > op.buf.capacity) {
+    op.error = "irecv: rank " + std::to_string(op.rank) + ", peer " + std::to_string(a.src) + ", tag " +
+               describe_tag(a.tag) + ": message of " + std::to_string(a.bytes) + " bytes exceeds the " +
+               std::to_string(op.buf.capacity) + "-byte receive buffer";
+    op.bytes = 0;
+    op.done = true;
+    return;
+  }
+  via.on_match(op, a);
+}
+
+void Domain::deliver(int dst, Transport& via, Arrival a) {
+  SyncLock lock(*sync_);
+  deliver_locked(dst, via, std::move(a));
+}
+
+void Domain::deliver_locked(int dst, Transport& via, Arrival a) {
+  Box& b = box(dst);
+  for (auto it = b.posted.begin(); it != b.posted.end(); ++it) {
+    if ((*it)->peer != a.src || (*it)->tag != a.tag) continue;
+    const std::shared_ptr<RecvOp> op = *it;
+    b.posted.erase(it);
+    match(*op, a, via);
+    sync_->notify_all();
+    return;
+  }
+  via.retain(a);
+  b.unexpected.push_back(std::move(a));
+  sync_->notify_all();
+}
+
+void Domain::post_receive(int me, Transport& via, const std::shared_ptr<RecvOp>& op) {
+  Box& b = box(me);
+  for (auto it = b.unexpected.begin(); it != b.unexpected.end(); ++it) {
+    if (it->src != op->peer || it->tag != op->tag) continue;
+    Arrival a = std::move(*it);
+    b.unexpected.erase(it);
+    match(*op, a, via);
+    return;
+  }
+  b.posted.push_back(op);
+}
+
+void Domain::withdraw(int me, const std::shared_ptr<RecvOp>& op) {
+  SyncLock lock(*sync_);
+  if (!op->matched) box(me).posted.remove(op);
+}
+
+void Domain::rendezvous(const std::string& who, Transport& clock, const std::function<void()>& last) {
+  SyncLock lock(*sync_);
+  const long gen = barrier_gen_;
+  if (++barrier_count_ == world_size_) {
+    if (last) {
+      // The others sleep until the generation moves; `last` may block (a simulated wait), so without the lock.
+      lock.unlock();
+      last();
+      sync_->lock();
+    }
+    barrier_count_ = 0;
+    ++barrier_gen_;
+    sync_->notify_all();
+    if (last) sync_->unlock();
+    return;
+  }
+  const double limit = clock.now() + timeout_s_;
+  while (barrier_gen_ == gen && failure_.empty()) {
+    if (clock.now() >= limit) {
+      const std::string msg = who + ": timed out after " + std::to_string(timeout_s_) + " s";
+      if (failure_.empty()) failure_ = msg;
+      sync_->notify_all();
+      throw FabricError(msg);
+    }
+    sync_->wait(limit);
+  }
+  if (barrier_gen_ == gen) throw FabricError(who + ": left: " + failure_);
+}
+
+// ---- TransportFabric ----
+
+TransportFabric::TransportFabric(Domain& domain, Transport& transport, int rank, const Topology& topo)
+    : domain_(domain), transport_(transport), rank_(rank), topo_(topo) {}
+
+Caps TransportFabric::caps() const {
+  const TransportCaps t = transport_.caps();
+  Caps c;
+  c.phantom_payload = t.phantom_payload;
+  c.real_payload = t.real_payload;
+  c.modeled_time = t.modeled_time;
+  c.device_memory = t.supports(MemoryKind::kDevice);
+  c.native_alltoallv = transport_.extension(ExtensionId::kAlltoallv) != nullptr;
+  return c;
+}
+
+std::string TransportFabric::where(int peer, Tag tag) const {
+  return "rank " + std::to_string(rank_) + transport_.endpoint() + ", peer " + std::to_string(peer) + ", tag " +
+         describe_tag(tag) + ", phase " + phase_;
+}
+
+void TransportFabric::check_peer(int peer, const char* op, Tag tag) const {
+  if (peer < 0 || peer >= size())
+    throw FabricError(std::string(op) + ": " + where(peer, tag) + ": peer outside 0.." + std::to_string(size() - 1));
+}
+
+double TransportFabric::limit_of(Deadline d, bool* caller) const {
+  const double run_limit = now() + domain_.timeout_s();
+  *caller = d.at_s < run_limit;
+  return *caller ? d.at_s : run_limit;
+}
+
+FabricError TransportFabric::expired(const std::string& what, const std::string& state, bool caller) {
+  const std::string msg =
+      what + ": deadline passed (" +
+      (caller ? std::string("the caller's")
+              : std::to_string(domain_.timeout_s()) + " s" + (transport_.caps().modeled_time ? " simulated" : "")) +
+      ")" + state;
+  // The caller's own deadline is the caller's business; the run's limit means a hang, which fails every rank.
+  if (!caller) domain_.fail(msg);
+  return FabricError(msg);
+}
+
+Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
+  check_peer(peer, "isend", tag);
+  if (!data.ptr) {  // a null pointer carries no real bytes: all of it is size
+    data.phantom_bytes += data.bytes;
+    data.bytes = 0;
+  }
+  if (data.phantom_bytes > 0 && !transport_.caps().phantom_payload)
+    throw FabricError("isend: " + where(peer, tag) + ": this backend moves real bytes only (phantom payload of " +
+                      std::to_string(data.total()) + " bytes)");
+  auto op = std::make_shared<SendOp>();
+  op->peer = peer;
+  op->tag = tag;
+  op->bytes = data.bytes;
+  op->total_bytes = data.total();
+  transport_.post_send(*op, data);
+  return Request(op);
+}
+
+Request TransportFabric::irecv(int peer, Tag tag, MutBuf data) {
+  check_peer(peer, "irecv", tag);
+  auto op = std::make_shared<RecvOp>();
+  op->rank = rank_;
+  op->peer = peer;
+  op->tag = tag;
+  op->buf = data;
+  {
+    SyncLock lock(domain_.sync());
+    domain_.post_receive(rank_, transport_, op);
+    if (op->matched) return Request(op);
+  }
+  // Withdraw the receive if every handle to it is dropped before a message matched it (the rank is unwinding),
+  // so that no sender later writes into a buffer that is gone.
+  std::shared_ptr<void> withdraw(nullptr, [d = &domain_, me = rank_, weak = std::weak_ptr<RecvOp>(op)](void*) {
+    if (auto s = weak.lock()) d->withdraw(me, s);
+  });
+  return Request(op, std::move(withdraw));
+}
+
+void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
+  bool caller = false;
+  const double limit = limit_of(d, &caller);
+  size_t next = 0;  // every request before it has completed
+  for (;;) {
+    transport_.progress();
+    SyncLock lock(domain_.sync());
+    for (; next < reqs.size(); ++next) {
+      RequestState* s = reqs[next].state();
+      if (!s) continue;
+      if (!transport_.test(*s)) break;
+      if (!s->error.empty()) throw FabricError(s->error + " (phase " + phase_ + ")");
+    }
+    if (next == reqs.size()) return;
+    if (!domain_.failure().empty())
+      throw FabricError("rank " + std::to_string(rank_) + " stopped waiting: " + domain_.failure());
+    RequestState& pending = *reqs[next].state();
+    if (now() >= limit) {
+      auto* r = dynamic_cast<RecvOp*>(&pending);
+      auto* s = dynamic_cast<SendOp*>(&pending);
+      const std::string what = "wait: " + where(r ? r->peer : s ? s->peer : -1, r ? r->tag : s ? s->tag : 0);
+      const std::string state = r && !r->matched ? " with the message not yet received"
+                                                 : " with the message's transfer still running";
+      lock.unlock();
+      throw expired(what, state, caller);
+    }
+    transport_.block(domain_, pending, limit);
+  }
+}
+
+void TransportFabric::barrier() {
+  if (!domain_.holds_every_rank()) return message_barrier();
+  domain_.rendezvous("barrier: rank " + std::to_string(rank_) + " in phase " + phase_, transport_);
+}
+
+void TransportFabric::message_barrier() {
+  const int n = size();
+  const long round = barrier_round_++;
+  uint8_t token = 1, got = 0;
+  for (int k = 1, step = 0; k < n; k *= 2, ++step) {
+    const Tag tag = make_tag(Phase::kBarrier, static_cast<int>(round & 0xFFFFFF), 0, step);
+    Request reqs[2] = {irecv((rank_ - k + n) % n, tag, MutBuf{&got, 1}), isend((rank_ + k) % n, tag, ConstBuf{&token, 1})};
+    wait_all(reqs, Deadline{});
+  }
+}
+
+void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
+  if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv))
+    return ext->alltoallv(*this, tag, sends, recvs, d);
+  Fabric::alltoallv(tag, sends, recvs, d);
+}
+
+void TransportFabric::alltoallv_preposted(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
+                                          Deadline d) {
+  std::vector<Request> reqs;
+  reqs.reserve(sends.size() + recvs.size());
+  for (auto& r : recvs) reqs.push_back(irecv(r.peer, tag, r.data));
+  barrier();
+  for (auto& s : sends) reqs.push_back(isend(s.peer, tag, s.data));
+  wait_all(reqs, d);
+  for (size_t i = 0; i < recvs.size(); ++i) {
+    recvs[i].bytes = reqs[i].bytes();
+    recvs[i].total_bytes = reqs[i].total_bytes();
+  }
+}
+
+void TransportFabric::begin_pipeline(int chunks) {
+  if (auto* ext = transport_.find<PipelineExtension>(ExtensionId::kPipeline)) ext->begin_pipeline(*this, chunks);
+}
+
+void TransportFabric::end_pipeline() {
+  if (auto* ext = transport_.find<PipelineExtension>(ExtensionId::kPipeline)) ext->end_pipeline(*this);
+}
+
+void TransportFabric::record_links(LinkRecorder* r) {
+  if (auto* ext = transport_.find<LinkRecordingExtension>(ExtensionId::kLinkRecording)) ext->record_links(r);
+}
+
+// ---- Launching threads ----
+
+void run_rank_threads(int n, const std::function<void(int)>& body,
+                      const std::function<void(const std::string&)>& abort) {
+  std::vector<std::exception_ptr> errors(n);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  std::string start_error;
+  for (int r = 0; r < n; ++r) {
+    try {
+      threads.emplace_back([&, r] { run_rank(r, [&] { body(r); }, errors[r], abort); });
+    } catch (const std::system_error& e) {
+      start_error = "cannot start the thread of rank " + std::to_string(r) + " of " + std::to_string(n) + " (" +
+                    e.what() +
+                    "): the process's thread limit (ulimit -u, /proc/sys/kernel/threads-max) or memory for thread "
+                    "stacks is too small for this many ranks";
+      abort(start_error);
+      break;
+    }
+  }
+  for (auto& t : threads) t.join();
+  if (!start_error.empty()) throw EplabError(start_error);
+  rethrow_first_rank_error(errors);
+}
+
+}  // namespace eplab

@@ -1,0 +1,154 @@
+// The matching core and the one Fabric every backend runs behind. A Domain holds the ranks of a launch that
+// live in this process: their matchers (posted receives and unexpected messages keyed by peer and tag, matched
+// in posting order like MPI), one lock and wake-up, the run's first failure and an in-process barrier.
+// TransportFabric is one rank's Fabric over a Transport: it checks peers, payload kinds and sizes, owns every
+// wait loop and deadline, withdraws a receive whose Request is dropped, and names rank, peer, tag and phase in
+// every error.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/transport.hpp"
+
+namespace eplab {
+
+// How the ranks of a domain lock shared state, sleep and wake each other: OS threads or simulated actors.
+class Sync {
+ public:
+  virtual ~Sync() = default;
+  virtual void lock() = 0;
+  virtual void unlock() = 0;
+  // Lock held: sleeps until notify_all() or until the transport clock reaches `until_s` (possibly infinite), or
+  // less; the caller re-checks its condition. The lock is held again on return.
+  virtual void wait(double until_s) = 0;
+  virtual void notify_all() = 0;
+};
+
+// Holds a Sync's lock for a scope; unlock() ends it early.
+class SyncLock {
+ public:
+  explicit SyncLock(Sync& s) : s_(s) { s_.lock(); }
+  ~SyncLock() {
+    if (held_) s_.unlock();
+  }
+  void unlock() {
+    held_ = false;
+    s_.unlock();
+  }
+  SyncLock(const SyncLock&) = delete;
+  SyncLock& operator=(const SyncLock&) = delete;
+
+ private:
+  Sync& s_;
+  bool held_ = true;
+};
+
+// OS threads: a mutex and a condition variable; `clock` gives the transport's seconds.
+std::unique_ptr<Sync> make_thread_sync(std::function<double()> clock);
+
+class Domain {
+ public:
+  // `local_ranks` of the launch's `world_size` ranks live here: all of them for threads and actors, one for a
+  // process of a multi-process launch (its rank `first_local`).
+  Domain(int world_size, int local_ranks, int first_local, std::unique_ptr<Sync> sync, double timeout_s);
+  int world_size() const { return world_size_; }
+  bool holds_every_rank() const { return local_ranks_ == world_size_; }
+  double timeout_s() const { return timeout_s_; }
+  Sync& sync() { return *sync_; }
+
+  // Marks the run failed: every blocked wait of every local rank throws with this message. First one wins.
+  void fail(const std::string& why);
+  // Lock held.
+  const std::string& failure() const { return failure_; }
+
+  // A message for local rank `dst` arrived (any thread). Matches the oldest posted receive from (a.src, a.tag),
+  // calling `via.on_match` on it, or queues the arrival unexpected after `via.retain`. Takes the lock.
+  void deliver(int dst, Transport& via, Arrival a);
+  // The same with the lock already held.
+  void deliver_locked(int dst, Transport& via, Arrival a);
+
+  // Lock held. Matches op against rank `me`'s unexpected messages, else posts it.
+  void post_receive(int me, Transport& via, const std::shared_ptr<RecvOp>& op);
+  // Takes the lock. Removes a receive that never matched (its Request was dropped: the rank is unwinding).
+  void withdraw(int me, const std::shared_ptr<RecvOp>& op);
+
+  // In-process barrier of every rank (holds_every_rank()): the last to arrive runs `last` first. Throws
+  // FabricError naming `who` after timeout_s on the transport clock, or when the run failed.
+  void rendezvous(const std::string& who, Transport& clock, const std::function<void()>& last = {});
+
+ private:
+  struct Box {
+    std::deque<Arrival> unexpected;
+    std::list<std::shared_ptr<RecvOp>> posted;
+  };
+  Box& box(int rank) { return boxes_[rank - first_local_]; }
+  void match(RecvOp& op, Arrival& a, Transport& via);
+
+  int world_size_, local_ranks_, first_local_;
+  std::unique_ptr<Sync> sync_;
+  double timeout_s_;
+  std::vector<Box> boxes_;
+  std::string failure_;
+  int barrier_count_ = 0;
+  long barrier_gen_ = 0;
+};
+
+class TransportFabric final : public Fabric {
+ public:
+  TransportFabric(Domain& domain, Transport& transport, int rank, const Topology& topo);
+  int rank() const override { return rank_; }
+  int size() const override { return domain_.world_size(); }
+  const Topology& topology() const override { return topo_; }
+  Caps caps() const override;
+  Request isend(int peer, Tag tag, ConstBuf data) override;
+  Request irecv(int peer, Tag tag, MutBuf data) override;
+  void wait_all(std::span<Request> reqs, Deadline d) override;
+  double now() const override { return transport_.now(); }
+  void compute(const ComputeCost& c) override { transport_.charge(c); }
+  void barrier() override;
+  MemoryRegion register_memory(void* ptr, size_t bytes, MemoryKind kind) override {
+    return transport_.register_memory(ptr, bytes, kind);
+  }
+  void deregister_memory(const MemoryRegion& r) override { transport_.deregister_memory(r); }
+  void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) override;
+  void begin_pipeline(int chunks) override;
+  void end_pipeline() override;
+  void record_links(LinkRecorder* r) override;
+
+  Domain& domain() { return domain_; }
+  Transport& transport() { return transport_; }
+  // "rank 3 (device 1), peer 5, tag 0x... (dispatch, ...), phase dispatch"
+  std::string where(int peer, Tag tag) const;
+  void check_peer(int peer, const char* op, Tag tag) const;
+  // The nearer of the caller's deadline and the run's hang limit from now; `caller` says which one it is.
+  double limit_of(Deadline d, bool* caller) const;
+  // The error for a wait that passed its limit ("<what>: deadline passed (...)<state>"); a hang (not the
+  // caller's deadline) fails the whole run. Call without the domain's lock.
+  FabricError expired(const std::string& what, const std::string& state, bool caller);
+  // The generic all-to-all-v with every receive posted, and every rank arrived, before any send: each
+  // message is copied once, straight into its receive buffer (in-process transports ask for it).
+  void alltoallv_preposted(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d);
+
+ private:
+  // A barrier made of messages (dissemination: log2(n) rounds), for ranks in separate processes.
+  void message_barrier();
+
+  Domain& domain_;
+  Transport& transport_;
+  int rank_;
+  const Topology& topo_;
+  long barrier_round_ = 0;
+};
+
+// Runs body(r) for every rank r in [0, n) on its own thread and joins them. A rank's exception is recorded and
+// `abort` releases the others (run_rank); the first rank's own failure is rethrown at the end. Failing to start
+// a thread is an error naming the limit, after the started ranks have been released.
+void run_rank_threads(int n, const std::function<void(int)>& body,
+                      const std::function<void(const std::string&)>& abort);
+
+}  // namespace eplab

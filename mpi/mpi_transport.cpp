@@ -1,0 +1,222 @@
+// The MPI transport: one eplab message is one MPI message on a communicator duplicated for each launch, so
+// nothing of an earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow
+// for eplab's 64-bit tags, so every message carries a 16-byte header (tag, modeled size) and the core matches;
+// MPI's non-overtaking order per sender keeps posting order. A rank that fails tells every peer on a separate
+// MPI tag, and their waits end with its message; a process that dies is reported by mpirun, which ends the job.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "engine/transport_fabric.hpp"
+#include "mpi/mpi_backend.hpp"
+
+namespace eplab {
+namespace {
+
+constexpr int kDataTag = 1;
+constexpr int kFailureTag = 2;
+constexpr size_t kHeader = 16;
+
+std::string mpi_text(int code) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, buf, &len);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+// MPI is initialized once per process, on first use, and finalized at exit.
+void ensure_mpi() {
+  int ready = 0;
+  MPI_Initialized(&ready);
+  if (ready) return;
+  int provided = 0;
+  if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    throw EplabError("backend 'mpi': MPI_Init_thread failed");
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  std::atexit([] {
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done) MPI_Finalize();
+  });
+}
+
+// A send in flight: the framed bytes stay alive until MPI is done with them.
+struct Outgoing {
+  std::vector<uint8_t> frame;
+  MPI_Request req = MPI_REQUEST_NULL;
+};
+
+class MpiTransport final : public Transport {
+ public:
+  MpiTransport(Domain& domain, MPI_Comm comm, int rank)
+      : domain_(domain), comm_(comm), rank_(rank), t0_(MPI_Wtime()) {}
+  ~MpiTransport() override {
+    // Failure notices that could not be delivered (the peer is gone) are abandoned, not waited for.
+    for (Outgoing& o : notices_)
+      if (o.req != MPI_REQUEST_NULL) MPI_Request_free(&o.req);
+  }
+  TransportCaps caps() const override { return TransportCaps{}; }
+  double now() const override { return MPI_Wtime() - t0_; }
+
+  void post_send(SendOp& op, ConstBuf data) override {
+    if (op.peer == rank_) {  // to itself: straight into its own matcher
+      domain_.deliver(rank_, *this, Arrival{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr});
+      SyncLock lock(domain_.sync());
+      op.done = true;
+      return;
+    }
+    auto out = std::make_shared<Outgoing>();
+    out->frame.resize(kHeader + data.bytes);
+    const uint64_t header[2] = {op.tag, data.total()};
+    std::memcpy(out->frame.data(), header, kHeader);
+    if (data.bytes) std::memcpy(out->frame.data() + kHeader, data.ptr, data.bytes);
+    check(MPI_Isend(out->frame.data(), static_cast<int>(out->frame.size()), MPI_BYTE, op.peer, kDataTag, comm_,
+                    &out->req),
+          "MPI_Isend", op.peer, op.tag);
+    op.transfer = std::move(out);
+  }
+
+  void on_match(RecvOp& op, Arrival& a) override {
+    if (a.bytes) std::memcpy(op.buf.ptr, a.data, a.bytes);
+    op.done = true;
+  }
+
+  bool test(RequestState& s) override {
+    if (s.done) return true;
+    auto* op = dynamic_cast<SendOp*>(&s);
+    if (!op) return false;  // receives complete at the match, in progress()
+    auto* out = static_cast<Outgoing*>(op->transfer.get());
+    int flag = 0;
+    check(MPI_Test(&out->req, &flag, MPI_STATUS_IGNORE), "MPI_Test", op->peer, op->tag);
+    if (!flag) return false;
+    op->transfer.reset();
+    op->done = true;
+    return true;
+  }
+
+  // Receives whatever has arrived: messages go to the matcher, a failure notice fails the run here too.
+  void progress() override {
+    for (;;) {
+      int flag = 0;
+      MPI_Status st;
+      check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st), "MPI_Iprobe", -1, 0);
+      if (!flag) return;
+      int count = 0;
+      MPI_Get_count(&st, MPI_BYTE, &count);
+      auto frame = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(count));
+      check(MPI_Recv(frame->data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, comm_, MPI_STATUS_IGNORE), "MPI_Recv",
+            st.MPI_SOURCE, 0);
+      if (st.MPI_TAG == kFailureTag) {
+        domain_.fail(std::string(frame->begin(), frame->end()));
+        continue;
+      }
+      if (frame->size() < kHeader)
+        throw FabricError("rank " + std::to_string(rank_) + ": a " + std::to_string(frame->size()) +
+                          "-byte MPI message from rank " + std::to_string(st.MPI_SOURCE) + " has no eplab header");
+      uint64_t header[2];
+      std::memcpy(header, frame->data(), kHeader);
+      const size_t bytes = frame->size() - kHeader;
+      domain_.deliver(rank_, *this,
+                      Arrival{st.MPI_SOURCE, header[0], frame->data() + kHeader, bytes, header[1], frame});
+    }
+  }
+
+  // Networked: nobody wakes this rank, so poll the network again soon.
+  void block(Domain& d, RequestState&, double until_s) override {
+    d.sync().wait(std::min(until_s, now() + 50e-6));
+  }
+
+  // Tells every peer why this rank failed, and gives the notices a moment to leave.
+  void tell_failure(const std::string& why) {
+    int n = 0;
+    MPI_Comm_size(comm_, &n);
+    for (int p = 0; p < n; ++p) {
+      if (p == rank_) continue;
+      Outgoing& o = notices_.emplace_back();
+      o.frame.assign(why.begin(), why.end());
+      MPI_Isend(o.frame.data(), static_cast<int>(o.frame.size()), MPI_BYTE, p, kFailureTag, comm_, &o.req);
+    }
+    const double until = now() + 1.0;
+    for (Outgoing& o : notices_) {
+      int flag = 0;
+      while (o.req != MPI_REQUEST_NULL && now() < until) {
+        MPI_Test(&o.req, &flag, MPI_STATUS_IGNORE);
+        if (!flag) std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    }
+  }
+
+ private:
+  void check(int code, const char* call, int peer, Tag tag) const {
+    if (code != MPI_SUCCESS)
+      throw FabricError(std::string(call) + ": rank " + std::to_string(rank_) + ", peer " + std::to_string(peer) +
+                        ", tag " + describe_tag(tag) + ": " + mpi_text(code));
+  }
+
+  Domain& domain_;
+  MPI_Comm comm_;
+  int rank_;
+  double t0_;
+  std::deque<Outgoing> notices_;
+};
+
+// The size of the MPI world this process belongs to, without starting MPI: mpirun's environment says it.
+int launcher_world_size() {
+  int ready = 0;
+  MPI_Initialized(&ready);
+  if (ready) {
+    int n = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    return n;
+  }
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  return 1;  // started without a launcher: a world of one
+}
+
+class MpiBackend : public Backend {
+ public:
+  std::string name() const override { return "mpi"; }
+  std::string description() const override {
+    return "ranks as MPI processes (mpirun -n N), real bytes, wall clock, one machine or several";
+  }
+  Caps caps() const override { return Caps{}; }
+  int fixed_world_size() const override { return launcher_world_size(); }
+  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
+    if (opts.phantom_payload)
+      throw EplabError("backend 'mpi' moves real bytes only; phantom payloads need --backend=sim");
+    ensure_mpi();
+    int n = 0, me = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    if (n != topo.size())
+      throw EplabError("backend 'mpi' runs one rank per MPI process: this run has " + std::to_string(topo.size()) +
+                       " ranks (" + std::to_string(topo.nodes()) + " nodes x " +
+                       std::to_string(topo.gpus_per_node()) + " GPUs) but " + std::to_string(n) +
+                       " MPI processes were started; run it as mpirun -n " + std::to_string(topo.size()) + " ...");
+    MPI_Comm comm;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &comm) != MPI_SUCCESS) throw EplabError("backend 'mpi': MPI_Comm_dup failed");
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    std::exception_ptr error;
+    {
+      const double t0 = MPI_Wtime();
+      Domain domain(n, 1, me, make_thread_sync([t0] { return MPI_Wtime() - t0; }), opts.timeout_s);
+      MpiTransport t(domain, comm, me);
+      TransportFabric f(domain, t, me, topo);
+      run_rank(me, [&] { rank_main(f); }, error, [&](const std::string& why) { t.tell_failure(why); });
+    }
+    MPI_Comm_free(&comm);
+    if (error) std::rethrow_exception(error);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_mpi_backend() { return std::make_unique<MpiBackend>(); }
+
+}  // namespace eplab
