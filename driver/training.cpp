@@ -1,4 +1,4 @@
-#include "engine/training.hpp"
+#include "driver/training.hpp"
 
 #include <algorithm>
 #include <map>

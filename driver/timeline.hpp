@@ -9,27 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/link_recorder.hpp"
 #include "engine/topology.hpp"
 
 namespace eplab {
-
-// One modeled link: its name in the platform, its class ("nvlink", "nic", "spine") and its modeled capacity.
-struct LinkInfo {
-  std::string name;
-  std::string cls;
-  double Bps = 0;
-};
-
-// What a fabric that models links reports to (Fabric::record_links). Calls may come from any thread.
-class LinkRecorder {
- public:
-  virtual ~LinkRecorder() = default;
-  // Once, before any round: the links, in the order link_round indexes them.
-  virtual void set_links(std::vector<LinkInfo> links) = 0;
-  // One exchange round of phase `phase` (the fabric's phase name) ran from t0 to t1 (seconds of Fabric::now())
-  // and carried link_bytes[i] bytes over link i.
-  virtual void link_round(const std::string& phase, double t0, double t1, const std::vector<double>& link_bytes) = 0;
-};
 
 class Timeline : public LinkRecorder {
  public:

@@ -1,4 +1,4 @@
-#include "engine/reference.hpp"
+#include "driver/reference.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "driver/transforms.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/routing.hpp"
-#include "engine/transforms.hpp"
 
 namespace eplab {
 

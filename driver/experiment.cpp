@@ -1,4 +1,4 @@
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -8,13 +8,13 @@
 #include <mutex>
 #include <thread>
 
+#include "driver/reference.hpp"
+#include "driver/report.hpp"
+#include "driver/timeline.hpp"
+#include "driver/training.hpp"
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
-#include "engine/reference.hpp"
-#include "engine/report.hpp"
-#include "engine/timeline.hpp"
-#include "engine/training.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/heat/heat_predictor.hpp"
 #include "policies/heat/policy_spec.hpp"

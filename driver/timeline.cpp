@@ -1,4 +1,4 @@
-#include "engine/timeline.hpp"
+#include "driver/timeline.hpp"
 
 #include <algorithm>
 #include <fstream>

@@ -6,11 +6,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "driver/experiment.hpp"
+#include "driver/timeline.hpp"
 #include "engine/ep_engine.hpp"
-#include "engine/experiment.hpp"
 #include "engine/fabric.hpp"
 #include "engine/moe_shape.hpp"
-#include "engine/timeline.hpp"
 
 namespace eplab {
 
