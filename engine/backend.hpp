@@ -23,8 +23,12 @@ class Backend {
   virtual std::string name() const = 0;
   virtual std::string description() const = 0;
   virtual Caps caps() const = 0;
-  // Runs rank_main(fabric) once per rank and returns when all are done. The first exception thrown by any
-  // rank is rethrown here after the others are released (run_rank and rethrow_first_rank_error in fabric.hpp).
+  // Whether launch() runs every rank in this process (threads, simulated actors). A multi-process backend
+  // returns false and runs only this process's rank; the driver then keeps no cache meant for all ranks.
+  virtual bool in_process() const { return true; }
+  // Runs rank_main(fabric) once per rank of this process (every rank where in_process()) and returns when all
+  // are done. The first exception thrown by any rank is rethrown here after the others are released (run_rank
+  // and rethrow_first_rank_error in fabric.hpp).
   virtual void launch(const Topology& topo, const LaunchOptions& opts,
                       const std::function<void(Fabric&)>& rank_main) = 0;
 };

@@ -214,8 +214,11 @@ Request SimFabric::irecv(int peer, Tag tag, MutBuf data) {
   auto& box = world_.boxes_[rank_];
   for (auto it = box.unexpected.begin(); it != box.unexpected.end(); ++it) {
     if (it->src != peer || it->tag != tag) continue;
-    world_.match(*st, *it, rank_);
+    // Out of the queue before match(): starting the modeled transfer is a simcall that lets other actors run,
+    // and their isends to this rank append to the deque, which invalidates `it`.
+    const SimWorld::Message m = std::move(*it);
     box.unexpected.erase(it);
+    world_.match(*st, m, rank_);
     return Request(st);
   }
   box.posted.push_back(st);
