@@ -19,7 +19,7 @@
 #include <tuple>
 #include <vector>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "engine/moe_shape.hpp"
 #include "engine/topology.hpp"
 #include "policies/codecs/codec.hpp"

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 namespace {
 

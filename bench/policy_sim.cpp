@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 using namespace eplab;
 

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 namespace {
 

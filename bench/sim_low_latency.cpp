@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 int main(int argc, char** argv) {
   std::string json_path;

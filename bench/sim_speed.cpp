@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "engine/ep_engine.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "engine/moe_shape.hpp"
 #include "traces/routing_source.hpp"
 

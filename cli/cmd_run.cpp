@@ -15,7 +15,7 @@
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "engine/moe_shape.hpp"
 #include "traces/routing_source.hpp"
 

@@ -27,7 +27,10 @@ class Backend {
   virtual int fixed_world_size() const { return -1; }
   // Why this backend cannot run on this machine (no GPU found), or empty.
   virtual std::string unavailable() const { return {}; }
-  // Runs rank_main(fabric) once per rank of this process (every rank, for threads and actors; its own one, for a
+  // Whether launch() runs every rank in this process (threads, simulated actors). A multi-process backend
+  // returns false and runs only this process's rank; the driver then keeps no cache meant for all ranks.
+  virtual bool in_process() const { return true; }
+  // Runs rank_main(fabric) once per rank of this process (every rank where in_process(); its own one for a
   // process of a multi-process launch) and returns when they are done. The first exception thrown by any
   // rank is rethrown here after the others are released (run_rank and rethrow_first_rank_error in fabric.hpp).
   virtual void launch(const Topology& topo, const LaunchOptions& opts,

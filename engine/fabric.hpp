@@ -20,7 +20,7 @@
 namespace eplab {
 
 using Tag = uint64_t;
-class LinkRecorder;  // engine/timeline.hpp
+class LinkRecorder;  // engine/link_recorder.hpp
 
 // A send buffer: `bytes` real bytes at `ptr` plus `phantom_bytes` that are charged but never copied.
 // Only fabrics whose caps().phantom_payload is true accept phantom_bytes > 0 or ptr == nullptr with bytes > 0.

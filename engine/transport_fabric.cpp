@@ -119,6 +119,8 @@ void Domain::post_receive(int me, Transport& via, const std::shared_ptr<RecvOp>&
   Box& b = box(me);
   for (auto it = b.unexpected.begin(); it != b.unexpected.end(); ++it) {
     if (it->src != op->peer || it->tag != op->tag) continue;
+    // Out of the queue before the match: a transport may yield there (a simulated transfer starts with a
+    // simcall that lets other actors run and append to this queue), which would invalidate `it`.
     Arrival a = std::move(*it);
     b.unexpected.erase(it);
     match(*op, a, via);

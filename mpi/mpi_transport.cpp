@@ -187,6 +187,7 @@ class MpiBackend : public Backend {
   }
   Caps caps() const override { return Caps{}; }
   int fixed_world_size() const override { return launcher_world_size(); }
+  bool in_process() const override { return false; }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
     if (opts.phantom_payload)
       throw EplabError("backend 'mpi' moves real bytes only; phantom payloads need --backend=sim");

@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "engine/error.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "python/bindings.hpp"
 
 namespace eplab::py_bind {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/timeline.hpp"
+#include "engine/link_recorder.hpp"
 #include "engine/topology.hpp"
 
 namespace simgrid::s4u {

@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "policies/codecs/codec.hpp"
 
 namespace eplab {

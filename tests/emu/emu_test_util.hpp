@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 namespace eplab::testing_util {
 

@@ -9,7 +9,7 @@
 
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "policies/codecs/codec.hpp"
 #include "tests/emu/emu_test_util.hpp"
 

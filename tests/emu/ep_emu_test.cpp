@@ -9,7 +9,7 @@
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "tests/emu/emu_test_util.hpp"
 
 namespace eplab {

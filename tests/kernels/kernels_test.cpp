@@ -10,7 +10,7 @@
 
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "engine/layout.hpp"
 #include "kernels/gpu_runtime.hpp"
 #include "kernels/ops.hpp"

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "engine/backend.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 namespace eplab {
 namespace {

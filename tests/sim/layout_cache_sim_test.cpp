@@ -5,7 +5,7 @@
 #include <cstdio>
 
 #include "engine/ep_engine.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 
 namespace eplab {
 namespace {

@@ -9,7 +9,7 @@
 #include <simgrid/s4u/Engine.hpp>
 
 #include "engine/ep_engine.hpp"
-#include "engine/experiment.hpp"
+#include "driver/experiment.hpp"
 #include "sim/platform.hpp"
 #include "sim/sim_backend.hpp"
 #include "sim/sim_transport.hpp"

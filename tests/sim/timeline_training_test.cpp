@@ -10,8 +10,8 @@
 #include <set>
 #include <simgrid/s4u/Engine.hpp>
 
-#include "engine/experiment.hpp"
-#include "engine/training.hpp"
+#include "driver/experiment.hpp"
+#include "driver/training.hpp"
 #include "sim/platform.hpp"
 #include "sim/sim_transport.hpp"
 

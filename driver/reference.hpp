@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "driver/transforms.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/routing.hpp"
-#include "engine/transforms.hpp"
 
 namespace eplab {
 
@@ -30,12 +30,17 @@ struct Comparison {
 };
 Comparison compare(const float* got, const float* want, size_t n);
 
-// One delivered selection: (source rank, token, physical slot).
+// One selection of one call delivered to (or expected at) a rank: the source rank's token and the physical slot.
 struct Delivery {
-  int32_t src;
-  int32_t token;
-  int32_t slot;
+  int32_t call, dest, src, token, slot;
   auto operator<=>(const Delivery&) const = default;
 };
+
+// Every selection reached exactly the rank holding its slot, exactly once: the two lists, sorted, are equal.
+struct DeliveryCheck {
+  bool ok = false;
+  size_t selections = 0, missing = 0, extra = 0;
+};
+DeliveryCheck check_deliveries(std::vector<Delivery> expected, std::vector<Delivery> received);
 
 }  // namespace eplab

@@ -1,4 +1,4 @@
-#include "engine/training.hpp"
+#include "driver/training.hpp"
 
 #include <algorithm>
 #include <map>
@@ -30,11 +30,15 @@ void StepDriver::begin_step(int) {
   layers_.clear();
 }
 
-double StepDriver::timed_compute(const ComputeCost& cost, const char* span) {
+void StepDriver::span(const char* name, double t0, double t1) {
+  if (c_.spans) c_.spans->push_back({c_.f.rank(), name, t0, t1});
+}
+
+double StepDriver::timed_compute(const ComputeCost& cost, const char* name) {
   const double t0 = c_.f.now();
   c_.f.compute(cost);
   const double t1 = c_.f.now();
-  c_.timeline.span(c_.f.rank(), span, t0, t1);
+  span(name, t0, t1);
   compute_ += t1 - t0;
   return t1;
 }
@@ -48,11 +52,10 @@ ComputeCost StepDriver::dense_cost(double flops_per_param_token, double hbm_byte
 }
 
 void StepDriver::forward_layer(const DispatchArgs& args, const ComputeCost& expert, const ForwardTimes& t) {
-  const int me = c_.f.rank();
-  c_.timeline.span(me, "notify", t.dispatch0, t.dispatch0 + t.notify_s);
-  c_.timeline.span(me, "dispatch", t.dispatch0 + t.notify_s, t.expert0);
-  c_.timeline.span(me, "expert", t.expert0, t.expert1);
-  c_.timeline.span(me, "combine", t.combine0, t.combine1);
+  span("notify", t.dispatch0, t.dispatch0 + t.notify_s);
+  span("dispatch", t.dispatch0 + t.notify_s, t.expert0);
+  span("expert", t.expert0, t.expert1);
+  span("combine", t.combine0, t.combine1);
   compute_ += t.expert1 - t.expert0;
   if (c_.cfg.mode != "training") return;
   Layer l;
@@ -146,7 +149,6 @@ void StepDriver::allreduce(int step, int id, double bytes) {
 
 void StepDriver::end_step(int step) {
   Fabric& f = c_.f;
-  const int me = f.rank();
   if (c_.cfg.mode == "training") {
     const int L = static_cast<int>(layers_.size());
     const bool overlap = c_.cfg.overlap_allreduce;
@@ -158,16 +160,16 @@ void StepDriver::end_step(int step) {
       const int bl = L + (L - 1 - layer);
       // Combine's backward: output gradients go to the experts that produced the outputs (dispatch-shaped).
       f.barrier();
-      c_.timeline.set_phase_prefix("bwd-");
+      c_.links.set_phase_prefix("bwd-");
       const double notify0 = c_.engine.stats().notify.time_s;
       const double d0 = f.now();
       DispatchArgs a{
           step, bl, l.num_tokens, l.topk, l.slots.data(), l.weights.data(), l.x.empty() ? nullptr : l.x.data()};
       Handle h = c_.engine.dispatch(a);
       const double d1 = f.now(), notify_s = c_.engine.stats().notify.time_s - notify0;
-      c_.timeline.set_phase_prefix("");
-      c_.timeline.span(me, "bwd-notify", d0, d0 + notify_s);
-      c_.timeline.span(me, "bwd-dispatch", d0 + notify_s, d1);
+      c_.links.set_phase_prefix("");
+      span("bwd-notify", d0, d0 + notify_s);
+      span("bwd-dispatch", d0 + notify_s, d1);
       // Expert backward: input and weight gradients, twice the forward FLOPs; the previous layer's dense
       // gradients are all-reduced meanwhile when overlapped.
       const double ar0 = f.now();
@@ -182,21 +184,21 @@ void StepDriver::end_step(int step) {
       if (pending >= 0) {
         f.end_pipeline();
         const double ar1 = f.now();
-        c_.timeline.span(me, "allreduce", ar0, ar1);
+        span("allreduce", ar0, ar1);
         allreduce_ += ar1 - tc;
         pending = -1;
       }
       // Dispatch's backward: input gradients return to the tokens' ranks and are summed (combine-shaped).
       f.barrier();
-      c_.timeline.set_phase_prefix("bwd-");
+      c_.links.set_phase_prefix("bwd-");
       const double b0 = f.now();
       if (!c_.phantom) {
         partials_.assign(h.recv_x.begin(), h.recv_x.end());
         out_.resize(static_cast<size_t>(l.num_tokens) * c_.shape.hidden);
       }
       c_.engine.combine(h, c_.phantom ? nullptr : partials_.data(), c_.phantom ? nullptr : out_.data());
-      c_.timeline.set_phase_prefix("");
-      c_.timeline.span(me, "bwd-combine", b0, f.now());
+      c_.links.set_phase_prefix("");
+      span("bwd-combine", b0, f.now());
       // Dense backward: 4 FLOPs per parameter and token; weights read and gradients written.
       timed_compute(dense_cost(4.0, c_.shape.dense_params * 4.0), "bwd-dense");
       if (overlap) pending = layer;
@@ -207,7 +209,7 @@ void StepDriver::end_step(int step) {
     const double ar0 = f.now();
     allreduce(step, 2 * L + (overlap ? pending : L), bytes);
     const double ar1 = f.now();
-    c_.timeline.span(me, "allreduce", ar0, ar1);
+    span("allreduce", ar0, ar1);
     allreduce_ += ar1 - ar0;
     layers_.clear();
   }

@@ -1,4 +1,4 @@
-#include "engine/timeline.hpp"
+#include "driver/timeline.hpp"
 
 #include <algorithm>
 #include <fstream>
@@ -14,10 +14,10 @@ Timeline::Timeline(const Topology& topo, bool events) : topo_(topo), events_(eve
   per_link_tracks_ = R <= kMaxDetailedRanks;
 }
 
-void Timeline::span(int rank, const std::string& name, double t0, double t1) {
-  if (!records_rank(rank)) return;
+void Timeline::add_spans(const std::vector<TimelineSpan>& spans) {
   std::lock_guard<std::mutex> lock(mu_);
-  spans_.push_back({rank, name, t0, t1});
+  for (const TimelineSpan& s : spans)
+    if (records_rank(s.rank)) spans_.push_back(s);
 }
 
 void Timeline::set_phase_prefix(std::string prefix) {

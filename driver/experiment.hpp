@@ -1,6 +1,6 @@
-// The experiment driver: builds the cluster, model, routing and placement a RunConfig names, launches one
-// engine per rank on a backend, runs steps x layers of dispatch -> expert compute -> combine, verifies the
-// result where real bytes moved, and returns the report (the JSON documented in README).
+// The experiment driver's entry: resolves a RunConfig and plans the run (driver/plan.hpp), launches the rank
+// program (driver/rank_program.hpp) on a backend, gathers every rank's result on rank 0 through the fabric,
+// verifies the run where real bytes moved, and returns the report (the JSON documented in README).
 #pragma once
 
 #include <cstdint>
@@ -34,7 +34,7 @@ struct RunConfig {
   int layers = 1;
   uint64_t seed = 1;
   int redundant_experts = 0;
-  // Policies (docs/policies.md). Placements are planned centrally, per (step, layer), before ranks start:
+  // Policies (docs/policies.md). Placements are planned per (step, layer) before ranks start (driver/plan.hpp):
   // the initial one from `balancer` with zero heat; every `rebalance_every` steps (0: never) the balancer
   // re-places each layer from `heat`'s forecast ("oracle": the step's own load), moving expert weights over
   // the fabric. `replica_selection` picks which replica serves each selection.
@@ -48,14 +48,17 @@ struct RunConfig {
   std::string mode = "inference";  // inference | training (backward pass and dense all-reduce; README)
   bool overlap_allreduce = true;   // training: all-reduce dense gradients during the next layer's backward compute
   std::string timeline;            // write a Chrome trace-event timeline to this file (empty: none)
-  // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The driver hashes every rank's
+  // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The planner hashes every rank's
   // batch per (step, layer) before the run, and a call whose layout is still cached skips notify on all ranks.
   int layout_cache = 0;
 };
 
 using ProgressFn = std::function<void(int done, int total)>;
 
-// Throws EplabError for bad configuration, FabricError if a rank fails; never hangs longer than timeout_s.
+// Returns the report in the process that ran rank 0 (every process, for backends whose ranks all run in one).
+// A process of a multi-process backend that did not run rank 0 returns {"rank": r, "role": "worker"}, r being
+// the rank it ran. Throws EplabError for bad configuration, FabricError if a rank fails; never hangs longer
+// than timeout_s.
 nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress = {});
 
 // A few lines a person reads: phase times, bandwidths, bytes by link class, verification.

@@ -6,11 +6,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "driver/experiment.hpp"
+#include "driver/timeline.hpp"
 #include "engine/ep_engine.hpp"
-#include "engine/experiment.hpp"
 #include "engine/fabric.hpp"
 #include "engine/moe_shape.hpp"
-#include "engine/timeline.hpp"
 
 namespace eplab {
 
@@ -32,7 +32,8 @@ struct StepContext {
   EpEngine& engine;
   const MoeShape& shape;
   const RunConfig& cfg;
-  Timeline& timeline;
+  Timeline& links;                   // this process's link recorder: names backward rounds "bwd-*"
+  std::vector<TimelineSpan>* spans;  // this rank's phase spans for the timeline file; null: not recorded
   bool phantom = true;
 };
 
@@ -58,7 +59,8 @@ class StepDriver {
     std::vector<float> weights, x;
     ComputeCost expert;
   };
-  double timed_compute(const ComputeCost& cost, const char* span);
+  void span(const char* name, double t0, double t1);
+  double timed_compute(const ComputeCost& cost, const char* name);
   // Ring all-reduce (reduce-scatter then all-gather) of `bytes` over all ranks as alltoallv rounds.
   void allreduce(int step, int id, double bytes);
   ComputeCost dense_cost(double flops_per_param_token, double hbm_bytes) const;

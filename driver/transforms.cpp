@@ -1,4 +1,4 @@
-#include "engine/transforms.hpp"
+#include "driver/transforms.hpp"
 
 #include <cmath>
 

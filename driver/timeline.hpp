@@ -9,28 +9,22 @@
 #include <string>
 #include <vector>
 
+#include "engine/link_recorder.hpp"
 #include "engine/topology.hpp"
 
 namespace eplab {
 
-// One modeled link: its name in the platform, its class ("nvlink", "nic", "spine") and its modeled capacity.
-struct LinkInfo {
+// A phase span of one rank, in seconds of Fabric::now(). A rank collects its own (RankResult) and the process
+// holding rank 0 adds everyone's to its Timeline.
+struct TimelineSpan {
+  int32_t rank = 0;
   std::string name;
-  std::string cls;
-  double Bps = 0;
+  double t0 = 0, t1 = 0;
 };
 
-// What a fabric that models links reports to (Fabric::record_links). Calls may come from any thread.
-class LinkRecorder {
- public:
-  virtual ~LinkRecorder() = default;
-  // Once, before any round: the links, in the order link_round indexes them.
-  virtual void set_links(std::vector<LinkInfo> links) = 0;
-  // One exchange round of phase `phase` (the fabric's phase name) ran from t0 to t1 (seconds of Fabric::now())
-  // and carried link_bytes[i] bytes over link i.
-  virtual void link_round(const std::string& phase, double t0, double t1, const std::vector<double>& link_bytes) = 0;
-};
-
+// The Timeline is written by the process holding rank 0. Spans reach it through the per-rank results; the
+// link records come from the fabric (sim) of this process, whose ranks all report to one Timeline: it is the
+// one recorder they share (Fabric::record_links), and its calls are locked.
 class Timeline : public LinkRecorder {
  public:
   // Past this many ranks the file keeps a sample of ranks and per-class link aggregates, so that a 2048-GPU run
@@ -43,8 +37,8 @@ class Timeline : public LinkRecorder {
   bool events() const { return events_; }
   // Whether spans of this rank go into the file (all ranks up to kMaxDetailedRanks, then an even sample).
   bool records_rank(int rank) const { return events_ && rank % rank_stride_ == 0; }
-  // A phase span of one rank, in seconds of Fabric::now(). Cheap no-op when off or the rank is not sampled.
-  void span(int rank, const std::string& name, double t0, double t1);
+  // Spans a rank collected, in the order it recorded them; those of ranks not sampled are dropped.
+  void add_spans(const std::vector<TimelineSpan>& spans);
 
   // Prefix for the phase names of the rounds that follow ("bwd-" during a backward pass): the engine's
   // algorithms name their phases dispatch/combine whichever direction the gradients travel.
@@ -62,11 +56,6 @@ class Timeline : public LinkRecorder {
   void write(const std::string& path, const nlohmann::json& meta) const;
 
  private:
-  struct Span {
-    int rank;
-    std::string name;
-    double t0, t1;
-  };
   struct Round {
     double t0, t1;
     std::vector<std::pair<int, double>> bytes;  // (track, bytes): per link, or per class aggregate at scale
@@ -82,7 +71,7 @@ class Timeline : public LinkRecorder {
   bool per_link_tracks_ = true;
   mutable std::mutex mu_;
   std::string prefix_;
-  std::vector<Span> spans_;
+  std::vector<TimelineSpan> spans_;
   std::vector<LinkInfo> links_;
   std::vector<std::string> track_names_;  // counter tracks: a link each, or "<class> mean" / "<class> max"
   std::vector<double> track_Bps_;         // capacity behind each track (for utilization in the plot)

@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "driver/experiment.hpp"
+#include "driver/training.hpp"
 #include "engine/ep_engine.hpp"
-#include "engine/experiment.hpp"
 #include "engine/moe_shape.hpp"
 #include "engine/topology.hpp"
-#include "engine/training.hpp"
 
 namespace eplab {
 

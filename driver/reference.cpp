@@ -1,8 +1,9 @@
-#include "engine/reference.hpp"
+#include "driver/reference.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 
 #include "engine/error.hpp"
 
@@ -91,6 +92,23 @@ Comparison compare(const float* got, const float* want, size_t n) {
     den += static_cast<double>(want[i]) * want[i];
   }
   c.rel_l2 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return c;
+}
+
+DeliveryCheck check_deliveries(std::vector<Delivery> expected, std::vector<Delivery> received) {
+  std::sort(expected.begin(), expected.end());
+  std::sort(received.begin(), received.end());
+  DeliveryCheck c;
+  c.selections = expected.size();
+  c.ok = expected == received;
+  if (!c.ok) {
+    std::vector<Delivery> missing, extra;
+    std::set_difference(expected.begin(), expected.end(), received.begin(), received.end(),
+                        std::back_inserter(missing));
+    std::set_difference(received.begin(), received.end(), expected.begin(), expected.end(), std::back_inserter(extra));
+    c.missing = missing.size();
+    c.extra = extra.size();
+  }
   return c;
 }
 

@@ -1,0 +1,177 @@
+#include "driver/experiment.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "driver/plan.hpp"
+#include "driver/rank_program.hpp"
+#include "driver/rank_result.hpp"
+#include "driver/reference.hpp"
+#include "driver/report.hpp"
+#include "driver/timeline.hpp"
+#include "engine/backend.hpp"
+#include "engine/error.hpp"
+#include "policies/balance/balancer.hpp"
+#include "traces/shared_routing.hpp"
+
+namespace eplab {
+namespace {
+
+VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::vector<RankResult>& results) {
+  VerifyResult vr;
+  vr.ran = run.verify;
+  vr.lossless = run.lossless;
+  vr.tolerance = run.lossless ? 0.0 : run.tolerance;
+  vr.transform = cfg.transform;
+  if (!run.verify) return vr;
+  std::vector<Delivery> expected, received;
+  for (const RankResult& r : results) {
+    expected.insert(expected.end(), r.expected.begin(), r.expected.end());
+    received.insert(received.end(), r.received.begin(), r.received.end());
+  }
+  const DeliveryCheck c = check_deliveries(std::move(expected), std::move(received));
+  vr.selections = c.selections;
+  vr.delivery_ok = c.ok;
+  vr.missing = c.missing;
+  vr.extra = c.extra;
+  return vr;
+}
+
+// Policies: per-step imbalance, forecast error, migration and layer time (maxima over ranks); the layout cache.
+void add_plan_report(nlohmann::json& report, const RunConfig& cfg, const RunSetup& run, const Plan& plan,
+                     const std::vector<RankResult>& results) {
+  const int R = run.topo.size(), S = plan.slots();
+  nlohmann::json per_step = nlohmann::json::array();
+  double total_bytes = 0, total_mig_s = 0, total_layer_s = 0;
+  int rebalances = 0;
+  long total_moved = 0;
+  for (int step = 0; step < cfg.steps; ++step) {
+    double rank_imb = 0, slot_imb = 0, mape = 0, bytes = 0, mig_s = 0, layer_s = 0;
+    int mape_n = 0, moved = 0;
+    for (int l = 0; l < cfg.layers; ++l) {
+      const int call = step * cfg.layers + l;
+      const LayerPlan& lp = plan.calls[call];
+      std::vector<double> slot(S, 0.0), rank(R, 0.0);
+      for (const RankResult& r : results)
+        for (int s = 0; s < S; ++s) slot[s] += r.call_slot_load[static_cast<size_t>(call) * S + s];
+      for (int s = 0; s < S; ++s) rank[lp.placement->rank_of_slot(s)] += slot[s];
+      rank_imb += max_over_mean(rank) / cfg.layers;
+      slot_imb += max_over_mean(slot) / cfg.layers;
+      if (lp.forecast_mape >= 0) mape += lp.forecast_mape, ++mape_n;
+      bytes += static_cast<double>(lp.moves.size()) * run.expert_bytes;
+      moved += lp.slots_moved;
+      rebalances += lp.slots_moved > 0;
+      double lt = 0, mt = 0;
+      for (const RankResult& r : results)
+        lt = std::max(lt, r.layer_time_s[call]), mt = std::max(mt, r.migration_time_s[call]);
+      layer_s += lt;
+      mig_s += mt;
+    }
+    nlohmann::json row = {{"step", step},
+                          {"rank_max_over_mean", rank_imb},
+                          {"slot_max_over_mean", slot_imb},
+                          {"forecast_mape_pct", mape_n ? nlohmann::json(mape / mape_n) : nlohmann::json(nullptr)},
+                          {"slots_moved", moved},
+                          {"migration_bytes", bytes},
+                          {"migration_time_s", mig_s},
+                          {"layer_time_s", layer_s}};
+    per_step.push_back(std::move(row));
+    total_bytes += bytes;
+    total_mig_s += mig_s;
+    total_layer_s += layer_s;
+    total_moved += moved;
+  }
+  report["policies"] = {{"balancer", cfg.balancer},
+                        {"heat", cfg.heat},
+                        {"rebalance_every", cfg.rebalance_every},
+                        {"replica_selection", cfg.replica_selection},
+                        {"redundant_experts", cfg.redundant_experts}};
+  report["migration"] = {{"bytes", total_bytes},
+                         {"time_s", total_mig_s},
+                         {"rebalances", rebalances},
+                         {"slots_moved", total_moved},
+                         {"expert_weight_bytes", run.expert_bytes},
+                         {"timed", run.phantom}};
+  report["step_time"] = {
+      {"layers_s", total_layer_s}, {"migration_s", total_mig_s}, {"total_s", total_layer_s + total_mig_s}};
+  report["per_step"] = std::move(per_step);
+  // Every rank hits and misses on the same calls (the planner vouches for all), so counts are rank 0's. Time
+  // saved: per hit, the notify time the miss that filled its entry measured on that rank (modeled time on sim,
+  // wall time on emu), then the maximum over ranks, as a layer waits for its slowest rank.
+  double saved_s = 0, missed_s = 0;
+  for (const RankResult& r : results)
+    saved_s = std::max(saved_s, r.layout_cache.notify_time_saved_s),
+    missed_s = std::max(missed_s, r.layout_cache.notify_time_missed_s);
+  const LayoutCacheStats& ls0 = results[0].layout_cache;
+  report["layout_cache"] = {{"capacity", cfg.layout_cache},
+                            {"hits", ls0.hits},
+                            {"misses", ls0.misses},
+                            {"hit_rate", ls0.hit_rate()},
+                            {"notify_time_saved_s", saved_s},
+                            {"notify_time_on_misses_s", missed_s},
+                            {"timed", run.phantom}};
+}
+
+}  // namespace
+
+nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) {
+  const auto wall0 = std::chrono::steady_clock::now();
+  auto backend = create_backend(cfg.backend);
+  const RunSetup run = resolve_run(cfg, *backend);
+  const int R = run.topo.size();
+  const std::shared_ptr<RoutingSource> routing = open_routing(cfg, run);
+  // The ranks of this process share one source through an in-process cache (traces/shared_routing.hpp): it
+  // hands out the batches planning generated, or, on simulated fabrics (actors on one OS thread), prefetches
+  // each call's batches for every rank on all cores. Batches depend only on (step, layer, rank), so this
+  // changes speed, never results.
+  const auto shared = std::make_shared<SharedRoutingSource>(
+      routing, R, run.in_process && run.caps.modeled_time && routing->concurrent() && R > 1);
+  KeepBatch keep;
+  if (run.in_process)
+    keep = [&](int step, int layer, int rank, RoutingBatch b) { shared->keep(step, layer, rank, std::move(b)); };
+  const Plan plan = make_plan(cfg, run, *routing, keep);
+  Timeline timeline(run.topo, !cfg.timeline.empty());
+  const RankInputs inputs{cfg, run, plan, *shared, timeline, progress};
+
+  // What the ranks of this process hand back: rank 0 all ranks' results, every rank that it ran here (each
+  // writes its own element).
+  std::optional<std::vector<RankResult>> gathered;
+  std::vector<char> ran_here(R, 0);
+  backend->launch(run.topo, LaunchOptions{run.phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
+    ran_here[f.rank()] = 1;
+    std::vector<RankResult> all = gather_rank_results(f, run_rank(f, inputs), cfg.timeout_s);
+    if (f.rank() == 0) gathered = std::move(all);
+  });
+  if (!gathered) {
+    const auto first = std::find(ran_here.begin(), ran_here.end(), 1);
+    return {{"rank", first == ran_here.end() ? -1 : static_cast<int>(first - ran_here.begin())}, {"role", "worker"}};
+  }
+
+  std::vector<RankResult>& results = *gathered;
+  for (const RankResult& r : results) timeline.add_spans(r.spans);
+  const VerifyResult vr = verify_run(cfg, run, results);
+  ReportInputs in{cfg,
+                  run.cluster,
+                  run.shape,
+                  run.dispatch_codec,
+                  run.combine_codec,
+                  routing->name(),
+                  run.phantom,
+                  run.backend,
+                  cfg.steps * cfg.layers};
+  in.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  std::vector<RankRecord> records;
+  std::vector<StepRecord> step_records;
+  for (RankResult& r : results) {
+    records.push_back(std::move(r.record));
+    step_records.push_back(std::move(r.steps));
+  }
+  nlohmann::json report = build_report(in, records, vr);
+  add_step_report(report, in, step_records, timeline.link_summary());
+  if (!cfg.timeline.empty()) timeline.write(cfg.timeline, {{"mode", cfg.mode}, {"backend", in.backend}});
+  add_plan_report(report, cfg, run, plan, results);
+  return report;
+}
+
+}  // namespace eplab

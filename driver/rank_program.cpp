@@ -1,0 +1,160 @@
+#include "driver/rank_program.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "driver/reference.hpp"
+#include "driver/training.hpp"
+#include "engine/ep_engine.hpp"
+#include "engine/error.hpp"
+
+namespace eplab {
+namespace {
+
+// Roofline inputs for one rank's experts: a SwiGLU FFN (three hidden x ffn matmuls) per received selection;
+// weights are read once per active slot, activations in and out once per selection.
+ComputeCost expert_cost(const Handle& h, const MoeShape& shape, const std::string& dispatch_codec) {
+  int active = 0;
+  double sels = 0;
+  for (int32_t n : h.slot_sels) {
+    active += n > 0;
+    sels += n;
+  }
+  const double weight_bytes = dispatch_codec.rfind("fp8", 0) == 0 ? 1.0 : 2.0;
+  ComputeCost c;
+  c.flops = 2.0 * 3.0 * shape.hidden * shape.expert_ffn * sels;
+  c.hbm_bytes = active * 3.0 * shape.hidden * shape.expert_ffn * weight_bytes + sels * shape.hidden * 2.0 * 2.0;
+  c.what = "expert";
+  return c;
+}
+
+// Migration: one all-to-all-v round carrying each (old holder -> new holder) pair's expert weights. Simulated
+// fabrics charge the bytes as phantom payload; real-byte fabrics get an 8-byte placeholder per pair and no time
+// is reported (eplab does not hold expert weights to move). Returns the round's modeled time, else 0.
+double migrate(Fabric& f, const RankInputs& in, int step, int layer, const std::vector<Transfer>& moves) {
+  const int me = f.rank(), R = f.size();
+  const bool phantom = in.run.phantom;
+  std::vector<uint8_t> move_hdr(8 * R, 0), move_in(8 * R, 0);
+  std::vector<double> bytes_to(R, 0.0), bytes_from(R, 0.0);
+  for (const Transfer& t : moves) {
+    if (t.src == me) bytes_to[t.dst] += in.run.expert_bytes;
+    if (t.dst == me) bytes_from[t.src] += in.run.expert_bytes;
+  }
+  std::vector<PeerSend> sends;
+  std::vector<PeerRecv> recvs;
+  for (int p = 0; p < R; ++p) {
+    if (bytes_to[p] > 0)
+      sends.push_back({p, ConstBuf{move_hdr.data() + 8 * p, 8, phantom ? static_cast<size_t>(bytes_to[p]) - 8 : 0}});
+    if (bytes_from[p] > 0) recvs.push_back({p, MutBuf{move_in.data() + 8 * p, 8}});
+  }
+  f.set_phase("migration");
+  f.barrier();
+  const double t0 = f.now();
+  f.alltoallv(make_tag(Phase::kUser, step, layer, 1), sends, recvs, Deadline::after(f, in.cfg.timeout_s));
+  f.barrier();
+  return phantom ? f.now() - t0 : 0.0;
+}
+
+}  // namespace
+
+RankResult run_rank(Fabric& f, const RankInputs& in) {
+  const RunConfig& cfg = in.cfg;
+  const RunSetup& run = in.run;
+  const MoeShape& shape = run.shape;
+  const bool phantom = run.phantom, verify = run.verify;
+  const int me = f.rank(), S = in.plan.slots(), calls = cfg.steps * cfg.layers;
+  const std::string routing_name = in.routing.name();
+  RankResult res;
+  res.rank = me;
+  RankRecord& rec = res.record;
+  rec.slot_load.assign(S, 0);
+  res.layer_time_s.assign(calls, 0.0);
+  res.migration_time_s.assign(calls, 0.0);
+  res.call_slot_load.assign(static_cast<size_t>(calls) * S, 0);
+  EpEngine engine(f, shape, *in.plan.calls[0].placement, run.engine);
+  f.record_links(&in.links);
+  StepDriver steps({f, engine, shape, cfg, in.links, in.links.records_rank(me) ? &res.spans : nullptr, phantom},
+                   res.steps);
+  const std::unique_ptr<ReplicaSelector> selector = run.make_selector();
+  std::vector<int32_t> slots;
+  std::vector<float> x, partials, out, ref;
+  for (int step = 0; step < cfg.steps; ++step)
+    for (int layer = 0; layer < cfg.layers; ++layer) {
+      const int call = step * cfg.layers + layer;
+      const LayerPlan& lp = in.plan.calls[call];
+      if (layer == 0) steps.begin_step(step);
+      const Placement& placement = *lp.placement;
+      if (!lp.moves.empty()) res.migration_time_s[call] = migrate(f, in, step, layer, lp.moves);
+      RoutingBatch batch = in.routing.batch(step, layer, me);
+      validate_batch(batch, shape.num_experts, routing_name.c_str());
+      if (batch.topk != shape.topk)
+        throw EplabError(routing_name + ": batch has top-" + std::to_string(batch.topk) + ", model '" + shape.name +
+                         "' uses top-" + std::to_string(shape.topk));
+      selector->select(batch, placement, run.topo, slots);
+      // Past selection only the slots and weights are read, unless verification replays the batch; at scale
+      // every simulated rank holds its batch through dispatch at once, so the expert ids go now.
+      if (!verify) std::vector<int32_t>().swap(batch.topk_idx);
+      int32_t* call_load = res.call_slot_load.data() + static_cast<size_t>(call) * S;
+      for (int32_t s : slots)
+        if (s >= 0) ++call_load[s];
+      for (int s = 0; s < S; ++s) rec.slot_load[s] += call_load[s];
+      if (!phantom) {
+        x.resize(static_cast<size_t>(batch.num_tokens) * shape.hidden);
+        make_activations(cfg.seed, step, layer, me, batch.num_tokens, shape.hidden, x.data());
+      }
+      DispatchArgs args{step,
+                        layer,
+                        batch.num_tokens,
+                        batch.topk,
+                        slots.data(),
+                        batch.topk_weights.data(),
+                        phantom ? nullptr : x.data(),
+                        &placement};
+      args.layout_key = lp.layout_key;
+      args.layout_cached = lp.layout_cached;
+      const EngineStats before = engine.stats();
+      f.barrier();
+      const double call_t0 = f.now();
+      Handle h = engine.dispatch(args);
+      ForwardTimes ft{call_t0, f.now()};
+      rec.recv_rows.push_back(h.rows);
+      // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
+      f.set_phase("expert");
+      const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+      f.compute(ecost);
+      ft.expert1 = f.now();
+      if (!phantom) expert_partials(h, placement, run.transform, engine.reduction(), shape.hidden, partials);
+      if (verify) {
+        for (int i = 0; i < h.recv.size(); ++i)
+          for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)
+            res.received.push_back({call, me, h.recv.src_rank[i], h.recv.token[i], h.recv.sel_slot[s]});
+        for (int t = 0; t < batch.num_tokens; ++t)
+          for (int k = 0; k < batch.topk; ++k) {
+            const int32_t s = slots[static_cast<size_t>(t) * batch.topk + k];
+            if (s >= 0) res.expected.push_back({call, placement.rank_of_slot(s), me, t, s});
+          }
+      }
+      out.resize(phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
+      f.barrier();
+      ft.combine0 = f.now();
+      engine.combine(h, phantom ? nullptr : partials.data(), phantom ? nullptr : out.data());
+      rec.record_call(before, engine.stats());
+      res.layer_time_s[call] = f.now() - call_t0;
+      ft.combine1 = f.now();
+      ft.notify_s = rec.notify.back().time_s;
+      steps.forward_layer(args, ecost, ft);
+      if (verify) {
+        ref.resize(out.size());
+        reference_combine(batch, slots, x.data(), placement, run.topo, run.transform, engine.reduction(), shape.hidden,
+                          ref.data());
+        rec.add_comparison(out.data(), ref.data(), out.size());
+      }
+      if (layer == cfg.layers - 1) steps.end_step(step);
+      if (me == 0 && in.progress) in.progress(call + 1, calls);
+    }
+  res.layout_cache = engine.context().layout_cache.stats;
+  return res;
+}
+
+}  // namespace eplab

@@ -1,0 +1,270 @@
+#include "driver/rank_result.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "engine/error.hpp"
+
+namespace eplab {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "rank results are encoded little-endian");
+
+constexpr char kMagic[4] = {'E', 'P', 'R', 'R'};
+// Beyond every step a run may have (make_tag keeps 24 bits), so no other kUser message shares these tags.
+constexpr int kGatherStep = 0xFFFFFF;
+
+class Writer {
+ public:
+  std::vector<uint8_t> out;
+  void raw(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    out.insert(out.end(), b, b + n);
+  }
+  // Only types without padding, so that no uninitialized byte reaches the encoding.
+  template <class T>
+  void num(T v) {
+    static_assert(std::is_arithmetic_v<T>);
+    raw(&v, sizeof v);
+  }
+  template <class T>
+  void nums(const std::vector<T>& v) {
+    num<uint64_t>(v.size());
+    if (!v.empty()) raw(v.data(), v.size() * sizeof(T));
+  }
+  void str(const std::string& s) {
+    num<uint64_t>(s.size());
+    raw(s.data(), s.size());
+  }
+  void phase(const PhaseStats& p) {
+    num(p.time_s);
+    num(p.codec_s);
+    for (double b : p.bytes) num(b);
+    num(p.logical_bytes);
+    num(p.scaleout_logical_bytes);
+    num(p.messages);
+    num<int32_t>(p.calls);
+  }
+  void phases(const std::vector<PhaseStats>& v) {
+    num<uint64_t>(v.size());
+    for (const PhaseStats& p : v) phase(p);
+  }
+  void deliveries(const std::vector<Delivery>& v) {
+    num<uint64_t>(v.size());
+    for (const Delivery& d : v) {
+      num(d.call);
+      num(d.dest);
+      num(d.src);
+      num(d.token);
+      num(d.slot);
+    }
+  }
+};
+
+class Reader {
+ public:
+  Reader(std::span<const uint8_t> in, int from_rank) : in_(in), from_(from_rank) {}
+  void raw(void* p, size_t n, const char* field) {
+    if (n > in_.size() - pos_)
+      fail(std::string("truncated in ") + field + " (needs " + std::to_string(n) + " more bytes at byte " +
+           std::to_string(pos_) + " of " + std::to_string(in_.size()) + ")");
+    if (n) std::memcpy(p, in_.data() + pos_, n);
+    pos_ += n;
+  }
+  template <class T>
+  T num(const char* field) {
+    T v;
+    raw(&v, sizeof v, field);
+    return v;
+  }
+  size_t count(size_t elem_bytes, const char* field) {
+    const auto n = num<uint64_t>(field);
+    if (n > (in_.size() - pos_) / std::max<size_t>(elem_bytes, 1))
+      fail(std::string(field) + " claims " + std::to_string(n) + " elements, more than the bytes left hold");
+    return static_cast<size_t>(n);
+  }
+  template <class T>
+  std::vector<T> nums(const char* field) {
+    std::vector<T> v(count(sizeof(T), field));
+    raw(v.data(), v.size() * sizeof(T), field);
+    return v;
+  }
+  std::string str(const char* field) {
+    std::string s(count(1, field), '\0');
+    raw(s.data(), s.size(), field);
+    return s;
+  }
+  PhaseStats phase(const char* field) {
+    PhaseStats p;
+    p.time_s = num<double>(field);
+    p.codec_s = num<double>(field);
+    for (double& b : p.bytes) b = num<double>(field);
+    p.logical_bytes = num<double>(field);
+    p.scaleout_logical_bytes = num<double>(field);
+    p.messages = num<double>(field);
+    p.calls = num<int32_t>(field);
+    return p;
+  }
+  std::vector<PhaseStats> phases(const char* field) {
+    std::vector<PhaseStats> v(count(9 * sizeof(double) + sizeof(int32_t), field));
+    for (PhaseStats& p : v) p = phase(field);
+    return v;
+  }
+  std::vector<Delivery> deliveries(const char* field) {
+    std::vector<Delivery> v(count(5 * sizeof(int32_t), field));
+    for (Delivery& d : v) {
+      d.call = num<int32_t>(field);
+      d.dest = num<int32_t>(field);
+      d.src = num<int32_t>(field);
+      d.token = num<int32_t>(field);
+      d.slot = num<int32_t>(field);
+    }
+    return v;
+  }
+  void finish() const {
+    if (pos_ != in_.size()) fail(std::to_string(in_.size() - pos_) + " bytes left over after the last field");
+  }
+  [[noreturn]] void fail(const std::string& what) const {
+    throw EplabError("result of rank " + std::to_string(from_) + ": " + what);
+  }
+
+ private:
+  std::span<const uint8_t> in_;
+  size_t pos_ = 0;
+  int from_;
+};
+
+}  // namespace
+
+std::vector<uint8_t> encode_rank_result(const RankResult& r) {
+  Writer w;
+  w.raw(kMagic, sizeof kMagic);
+  w.num(kRankResultVersion);
+  w.num(r.rank);
+  const RankRecord& rec = r.record;
+  w.phases(rec.notify);
+  w.phases(rec.dispatch);
+  w.phases(rec.combine);
+  w.nums(rec.recv_rows);
+  w.nums(rec.slot_load);
+  w.num(rec.err_sq);
+  w.num(rec.ref_sq);
+  w.num(rec.max_abs_err);
+  w.num<uint64_t>(rec.mismatches);
+  w.num<uint64_t>(rec.nonfinite);
+  w.num<uint64_t>(rec.elements);
+  w.nums(r.steps.step_s);
+  w.nums(r.steps.compute_s);
+  w.nums(r.steps.allreduce_s);
+  w.nums(r.layer_time_s);
+  w.nums(r.migration_time_s);
+  w.nums(r.call_slot_load);
+  w.deliveries(r.expected);
+  w.deliveries(r.received);
+  w.num<int64_t>(r.layout_cache.hits);
+  w.num<int64_t>(r.layout_cache.misses);
+  w.num(r.layout_cache.notify_time_saved_s);
+  w.num(r.layout_cache.notify_time_missed_s);
+  w.num<uint64_t>(r.spans.size());
+  for (const TimelineSpan& s : r.spans) {
+    w.num(s.rank);
+    w.str(s.name);
+    w.num(s.t0);
+    w.num(s.t1);
+  }
+  return std::move(w.out);
+}
+
+RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
+  Reader in(bytes, from_rank);
+  char magic[sizeof kMagic];
+  in.raw(magic, sizeof magic, "magic");
+  if (std::memcmp(magic, kMagic, sizeof kMagic) != 0) in.fail("does not start with \"EPRR\"");
+  const auto version = in.num<uint32_t>("version");
+  if (version != kRankResultVersion)
+    in.fail("encoding version " + std::to_string(version) + ", this build reads version " +
+            std::to_string(kRankResultVersion));
+  RankResult r;
+  r.rank = in.num<int32_t>("rank");
+  RankRecord& rec = r.record;
+  rec.notify = in.phases("record.notify");
+  rec.dispatch = in.phases("record.dispatch");
+  rec.combine = in.phases("record.combine");
+  rec.recv_rows = in.nums<int64_t>("record.recv_rows");
+  rec.slot_load = in.nums<int64_t>("record.slot_load");
+  rec.err_sq = in.num<double>("record.err_sq");
+  rec.ref_sq = in.num<double>("record.ref_sq");
+  rec.max_abs_err = in.num<double>("record.max_abs_err");
+  rec.mismatches = in.num<uint64_t>("record.mismatches");
+  rec.nonfinite = in.num<uint64_t>("record.nonfinite");
+  rec.elements = in.num<uint64_t>("record.elements");
+  r.steps.step_s = in.nums<double>("steps.step_s");
+  r.steps.compute_s = in.nums<double>("steps.compute_s");
+  r.steps.allreduce_s = in.nums<double>("steps.allreduce_s");
+  r.layer_time_s = in.nums<double>("layer_time_s");
+  r.migration_time_s = in.nums<double>("migration_time_s");
+  r.call_slot_load = in.nums<int32_t>("call_slot_load");
+  r.expected = in.deliveries("expected");
+  r.received = in.deliveries("received");
+  r.layout_cache.hits = in.num<int64_t>("layout_cache.hits");
+  r.layout_cache.misses = in.num<int64_t>("layout_cache.misses");
+  r.layout_cache.notify_time_saved_s = in.num<double>("layout_cache.notify_time_saved_s");
+  r.layout_cache.notify_time_missed_s = in.num<double>("layout_cache.notify_time_missed_s");
+  r.spans.resize(in.count(sizeof(int32_t) + sizeof(uint64_t) + 2 * sizeof(double), "spans"));
+  for (TimelineSpan& s : r.spans) {
+    s.rank = in.num<int32_t>("spans.rank");
+    s.name = in.str("spans.name");
+    s.t0 = in.num<double>("spans.t0");
+    s.t1 = in.num<double>("spans.t1");
+  }
+  in.finish();
+  return r;
+}
+
+std::vector<RankResult> gather_rank_results(Fabric& f, RankResult mine, double timeout_s) {
+  const Tag size_tag = make_tag(Phase::kUser, kGatherStep, 0, 0), data_tag = make_tag(Phase::kUser, kGatherStep, 0, 1);
+  const int R = f.size();
+  f.set_phase("gather");
+  const Deadline d = Deadline::after(f, timeout_s);
+  if (f.rank() != 0) {
+    const std::vector<uint8_t> bytes = encode_rank_result(mine);
+    const uint64_t n = bytes.size();
+    Request reqs[2] = {f.isend(0, size_tag, ConstBuf{&n, sizeof n}),
+                       f.isend(0, data_tag, ConstBuf{bytes.data(), bytes.size()})};
+    f.wait_all(reqs, d);
+    return {};
+  }
+  std::vector<uint64_t> sizes(R, 0);
+  std::vector<Request> reqs;
+  for (int p = 1; p < R; ++p) reqs.push_back(f.irecv(p, size_tag, MutBuf{&sizes[p], sizeof(uint64_t)}));
+  f.wait_all(reqs, d);
+  for (int p = 1; p < R; ++p)
+    if (reqs[p - 1].bytes() != sizeof(uint64_t))
+      throw EplabError("gather: rank 0, peer " + std::to_string(p) + ": result size message of " +
+                       std::to_string(reqs[p - 1].bytes()) + " bytes, expected 8");
+  std::vector<std::vector<uint8_t>> bytes(R);
+  reqs.clear();
+  for (int p = 1; p < R; ++p) {
+    bytes[p].resize(sizes[p]);
+    reqs.push_back(f.irecv(p, data_tag, MutBuf{bytes[p].data(), bytes[p].size()}));
+  }
+  f.wait_all(reqs, d);
+  std::vector<RankResult> all(R);
+  all[0] = std::move(mine);
+  for (int p = 1; p < R; ++p) {
+    if (reqs[p - 1].bytes() != sizes[p])
+      throw EplabError("gather: rank 0, peer " + std::to_string(p) + ": result of " +
+                       std::to_string(reqs[p - 1].bytes()) + " bytes, announced " + std::to_string(sizes[p]));
+    all[p] = decode_rank_result(bytes[p], p);
+    if (all[p].rank != p)
+      throw EplabError("gather: rank 0, peer " + std::to_string(p) + ": the result is rank " +
+                       std::to_string(all[p].rank) + "'s");
+  }
+  return all;
+}
+
+}  // namespace eplab

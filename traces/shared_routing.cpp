@@ -1,0 +1,73 @@
+#include "traces/shared_routing.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
+
+#include "engine/error.hpp"
+
+namespace eplab {
+
+SharedRoutingSource::SharedRoutingSource(std::shared_ptr<RoutingSource> inner, int ranks, bool prefetch)
+    : inner_(std::move(inner)), ranks_(ranks), prefetch_(prefetch) {
+  if (prefetch_ && !inner_->concurrent())
+    throw EplabError("routing '" + inner_->name() +
+                     "': a parallel prefetch needs a source that allows concurrent calls");
+}
+
+void SharedRoutingSource::keep(int step, int layer, int rank, RoutingBatch b) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Held& h = held_[{step, layer}];
+  if (h.batches.empty()) {
+    h.batches.resize(ranks_);
+    h.present.assign(ranks_, false);
+  }
+  h.left += !h.present[rank];
+  h.present[rank] = true;
+  h.batches[rank] = std::move(b);
+}
+
+void SharedRoutingSource::prefetch(int step, int layer, Held& held) {
+  held.batches.assign(ranks_, RoutingBatch{});
+  const int workers = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, ranks_);
+  std::atomic<int> next{0};
+  std::vector<std::exception_ptr> errors(workers);
+  const auto work = [&](int w) {
+    try {
+      for (int r; (r = next.fetch_add(1)) < ranks_;) held.batches[r] = inner_->batch(step, layer, r);
+    } catch (...) {
+      errors[w] = std::current_exception();
+      next = ranks_;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (std::thread& t : threads) t.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  held.present.assign(ranks_, true);
+  held.left = ranks_;
+}
+
+RoutingBatch SharedRoutingSource::batch(int step, int layer, int rank) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = held_.find({step, layer});
+  if (it == held_.end() && prefetch_) {
+    Held fresh;
+    prefetch(step, layer, fresh);
+    it = held_.emplace(Call{step, layer}, std::move(fresh)).first;
+  }
+  if (it != held_.end() && it->second.present[rank]) {
+    Held& h = it->second;
+    RoutingBatch b = std::move(h.batches[rank]);
+    h.present[rank] = false;
+    if (--h.left == 0) held_.erase(it);
+    return b;
+  }
+  if (inner_->concurrent()) lock.unlock();
+  return inner_->batch(step, layer, rank);
+}
+
+}  // namespace eplab
