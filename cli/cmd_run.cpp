@@ -17,6 +17,7 @@
 #include "engine/error.hpp"
 #include "engine/experiment.hpp"
 #include "engine/moe_shape.hpp"
+#include "engine/spec_json.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab::cli {
@@ -44,10 +45,10 @@ class CachedSource : public RoutingSource {
 };
 
 std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
-  ClusterSpec spec = cluster_preset(cfg.cluster);
+  ClusterSpec spec = resolve_cluster(cfg.cluster);
   if (cfg.nodes > 0) spec.nodes = cfg.nodes;
   if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
-  MoeShape shape = model_preset(cfg.model);
+  MoeShape shape = resolve_model(cfg.model);
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
   if (cfg.experts > 0) shape.num_experts = cfg.experts;
   RoutingParams rp{shape, Topology(spec), cfg.tokens, cfg.seed};
@@ -55,7 +56,7 @@ std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
 }
 
 int RunConfig_ranks(const RunConfig& cfg) {
-  const ClusterSpec spec = cluster_preset(cfg.cluster);
+  const ClusterSpec spec = resolve_cluster(cfg.cluster);
   return (cfg.nodes > 0 ? cfg.nodes : spec.nodes) * (cfg.gpus_per_node > 0 ? cfg.gpus_per_node : spec.gpus_per_node);
 }
 
@@ -152,10 +153,10 @@ int cmd_run(const std::vector<std::string>& argv) {
             "Run dispatch -> expert compute -> combine for steps x layers on a backend and report phase times,\n"
             "bandwidths (DeepEP's definitions), bytes by link class, imbalance and verification.");
   args.opt("backend", &cfg.backend, "sim | emu | real")
-      .opt("cluster", &cfg.cluster, "cluster preset (eplab presets)")
+      .opt("cluster", &cfg.cluster, "cluster preset or FILE.json (eplab presets --dump NAME)")
       .opt("nodes", &cfg.nodes, "nodes (0: the preset's; 2 on emu)")
       .opt("gpus-per-node", &cfg.gpus_per_node, "GPUs per node (0: the preset's)")
-      .opt("model", &cfg.model, "model preset")
+      .opt("model", &cfg.model, "model preset or FILE.json")
       .opt("tokens", &cfg.tokens, "tokens per rank (256 on emu)")
       .opt("hidden", &cfg.hidden, "hidden size (0: the model's)")
       .opt("experts", &cfg.experts, "routed experts (0: the model's)")

@@ -13,6 +13,7 @@
 #include "engine/error.hpp"
 #include "engine/reference.hpp"
 #include "engine/report.hpp"
+#include "engine/spec_json.hpp"
 #include "engine/timeline.hpp"
 #include "engine/training.hpp"
 #include "policies/balance/balancer.hpp"
@@ -139,12 +140,12 @@ std::vector<Transfer> plan_moves(const Placement& old_p, const Placement& new_p,
 
 nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) {
   const auto wall0 = std::chrono::steady_clock::now();
-  ClusterSpec spec = cluster_preset(cfg.cluster);
+  ClusterSpec spec = resolve_cluster(cfg.cluster);
   if (cfg.nodes < 0 || cfg.gpus_per_node < 0) throw EplabError("--nodes and --gpus-per-node must be positive");
   if (cfg.nodes > 0) spec.nodes = cfg.nodes;
   if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
   const Topology topo(spec);
-  MoeShape shape = model_preset(cfg.model);
+  MoeShape shape = resolve_model(cfg.model);
   if (cfg.hidden < 0) throw EplabError("--hidden must be positive, got " + std::to_string(cfg.hidden));
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
   if (cfg.experts < 0) throw EplabError("--experts must be positive, got " + std::to_string(cfg.experts));

@@ -76,8 +76,9 @@ def _register_run_policy(key, value, registered):
 def run(progress=None, **options):
     """Runs one experiment and returns a :class:`Result`.
 
-    Options map onto the engine's RunConfig (see ``run_options()``): backend ("sim", "emu"), cluster, nodes,
-    gpus_per_node, model, tokens (per rank), hidden, routing, trace, algorithm, dispatch_codec, combine_codec
+    Options map onto the engine's RunConfig (see ``run_options()``): backend ("sim", "emu"), cluster and model (a
+    preset name, a .json file, or a dict as eplab.cluster() / eplab.model() return; docs/specs.md), nodes,
+    gpus_per_node, tokens (per rank), hidden, routing, trace, algorithm, dispatch_codec, combine_codec
     (a spec or an eplab.Codec instance, Python subclasses included), transform, payload, steps, layers, seed,
     redundant_experts, timeout_s, verify, balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
     instance, Python subclasses included; a predictor is copied once per layer, a balancer is shared by all
@@ -86,6 +87,9 @@ def run(progress=None, **options):
     here as itself, traceback included.
     """
     opts = dict(options)
+    for key in ("cluster", "model"):  # a dict is a spec file's contents: the engine takes it as JSON text
+        if isinstance(opts.get(key), dict):
+            opts[key] = json.dumps(opts[key])
     for key in _POLICY_OPTIONS:
         if key in opts:
             opts[key] = _policy_name(opts[key])
