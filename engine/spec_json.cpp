@@ -1,16 +1,11 @@
-// One table of fields per spec, read and written by the same generic code, so a field added to the table is
-// dumped, loaded and checked alike.
+// One table of fields per spec (engine/json_fields.hpp), so a field added to the table is dumped, loaded and
+// checked alike.
 #include "engine/spec_json.hpp"
 
-#include <cmath>
-#include <cstdio>
-#include <fstream>
-#include <functional>
-#include <limits>
-#include <utility>
 #include <vector>
 
 #include "engine/error.hpp"
+#include "engine/json_fields.hpp"
 #include "policies/codecs/codec.hpp"
 
 namespace eplab {
@@ -18,103 +13,7 @@ namespace {
 
 using nlohmann::json;
 
-// The values a number field accepts: above `lo` (or at it, when closed) and at most `hi`.
-struct Range {
-  double lo;
-  bool lo_open;
-  double hi = std::numeric_limits<double>::infinity();
-
-  bool holds(double v) const { return (lo_open ? v > lo : v >= lo) && v <= hi; }
-  std::string text() const {
-    auto num = [](double v) {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "%g", v);
-      return std::string(buf);
-    };
-    if (std::isinf(hi)) return (lo_open ? "> " : ">= ") + num(lo);
-    return std::string("in ") + (lo_open ? "(" : "[") + num(lo) + ", " + num(hi) + "]";
-  }
-};
-constexpr Range kPositive{0, true};
-constexpr Range kNonNegative{0, false};
-constexpr Range kAtLeastOne{1, false};
-constexpr Range kFraction{0, true, 1};
-
-template <class S>
-struct Field {
-  std::string key;
-  std::function<json(const S&)> get;
-  // Throws EplabError beginning with `where` ("cluster file 'a.json': field 'nodes'") when the value does not fit.
-  std::function<void(S&, const json&, const std::string& where)> set;
-};
-
-[[noreturn]] void bad_value(const std::string& where, const std::string& expected, const json& got) {
-  throw EplabError(where + ": expected " + expected + ", got " + got.dump());
-}
-
-// Fields reach their value through `at`, a callable taking the spec (const or not) and returning a reference, so
-// a nested value such as the GPU's SM count is a field like any other.
-template <class M>
-auto member(M m) {
-  return [m](auto& s) -> auto& { return s.*m; };
-}
-
-template <class S, class At>
-Field<S> integer(std::string key, At at, Range r) {
-  return {key, [at](const S& s) { return json(at(s)); },
-          [at, r](S& s, const json& v, const std::string& where) {
-            if (!v.is_number_integer() || !r.holds(v.get<double>()) || std::abs(v.get<double>()) > 1e9)
-              bad_value(where, "an integer " + r.text(), v);
-            at(s) = v.get<int>();
-          }};
-}
-
-template <class S, class At>
-Field<S> real(std::string key, At at, Range r) {
-  return {key, [at](const S& s) { return json(at(s)); },
-          [at, r](S& s, const json& v, const std::string& where) {
-            if (!v.is_number() || !r.holds(v.get<double>())) bad_value(where, "a number " + r.text(), v);
-            at(s) = v.get<double>();
-          }};
-}
-
-// A string, checked by `check` (which throws with its own reason) when given.
-template <class S, class At>
-Field<S> text(std::string key, At at, std::function<void(const std::string&)> check = {}) {
-  return {key, [at](const S& s) { return json(at(s)); },
-          [at, check](S& s, const json& v, const std::string& where) {
-            if (!v.is_string()) bad_value(where, "a string", v);
-            if (check) {
-              try {
-                check(v.get<std::string>());
-              } catch (const EplabError& e) {
-                throw EplabError(where + ": " + e.what());
-              }
-            }
-            at(s) = v.get<std::string>();
-          }};
-}
-
-template <class S, class E>
-Field<S> choice(std::string key, E S::*m, std::vector<std::pair<E, std::string>> names) {
-  return {key,
-          [m, names](const S& s) {
-            for (const auto& [e, n] : names)
-              if (s.*m == e) return json(n);
-            return json(nullptr);
-          },
-          [m, names](S& s, const json& v, const std::string& where) {
-            std::string known;
-            for (const auto& [e, n] : names) {
-              if (v.is_string() && v.get<std::string>() == n) {
-                s.*m = e;
-                return;
-              }
-              known += (known.empty() ? "\"" : " or \"") + n + "\"";
-            }
-            bad_value(where, known, v);
-          }};
-}
+using namespace fields;
 
 const std::vector<Field<ClusterSpec>>& cluster_fields() {
   using C = ClusterSpec;
@@ -171,28 +70,13 @@ const std::vector<Field<MoeShape>>& model_fields() {
   return f;
 }
 
-template <class S>
-json to_json(const S& s, const std::vector<Field<S>>& fields) {
-  json j = json::object();
-  for (const auto& f : fields) j[f.key] = f.get(s);
-  return j;
-}
-
 // Reads `j` over `preset(base)` when it names one, else requires every field. A missing name with a base becomes
 // `source`, so a report never passes a modified spec off as the preset.
 template <class S>
 S from_json(const json& j, const std::string& source, const std::vector<Field<S>>& fields,
             S (*preset)(const std::string&)) {
-  if (!j.is_object()) throw EplabError(source + ": expected a JSON object, got " + j.dump());
-  std::string known = "base";
-  for (const auto& f : fields) known += ", " + f.key;
-  for (const auto& [key, value] : j.items()) {
-    bool ok = key == "base";
-    for (const auto& f : fields) ok = ok || f.key == key;
-    if (!ok) throw EplabError(source + ": unknown field '" + key + "' (known: " + known + ")");
-  }
   S s{};
-  const bool based = j.contains("base");
+  const bool based = j.is_object() && j.contains("base");
   if (based) {
     const json& b = j["base"];
     if (!b.is_string()) bad_value(source + ": field 'base'", "a preset name", b);
@@ -203,36 +87,19 @@ S from_json(const json& j, const std::string& source, const std::vector<Field<S>
     }
     s.name = source;
   }
-  for (const auto& f : fields) {
-    if (j.contains(f.key)) {
-      f.set(s, j[f.key], source + ": field '" + f.key + "'");
-    } else if (!based) {
-      throw EplabError(source + ": missing field '" + f.key +
-                       "' (give every field, or \"base\": a preset that the missing ones come from)");
-    }
-  }
+  read(j, source, fields, s,
+       {!based, " (give every field, or \"base\": a preset that the missing ones come from)", {"base"}});
   return s;
-}
-
-json parse_json(const std::string& text, const std::string& source) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw EplabError(source + ": not valid JSON: " + e.what());
-  }
 }
 
 // `kind` is "cluster" or "model"; `load` turns the parsed JSON into the spec.
 template <class S>
 S resolve(const std::string& ref, const std::string& kind, S (*load)(const json&, const std::string&),
           S (*preset)(const std::string&)) {
-  if (!ref.empty() && ref.front() == '{') return load(parse_json(ref, kind + " JSON"), kind + " JSON");
+  if (!ref.empty() && ref.front() == '{') return load(parse(ref, kind + " JSON"), kind + " JSON");
   if (ref.size() > 5 && ref.compare(ref.size() - 5, 5, ".json") == 0) {
     const std::string source = kind + " file '" + ref + "'";
-    std::ifstream in(ref);
-    if (!in) throw EplabError("cannot read " + source);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return load(parse_json(text, source), source);
+    return load(parse_file(ref, source), source);
   }
   return preset(ref);
 }
