@@ -20,12 +20,17 @@ def run_config(**options):
     return json.loads(_eplab.run_config_json(_spec_dicts_as_json(options)))
 
 
+def spec_ref(value):
+    """A cluster or model as the engine's resolver takes it: a dict (a spec file's contents) as JSON text, a preset
+    name or .json path as is."""
+    return json.dumps(value) if isinstance(value, dict) else value
+
+
 def _spec_dicts_as_json(options):
-    """A cluster or model dict is a spec file's contents: the engine takes it as JSON text."""
     opts = dict(options)
     for key in ("cluster", "model"):
-        if isinstance(opts.get(key), dict):
-            opts[key] = json.dumps(opts[key])
+        if key in opts:
+            opts[key] = spec_ref(opts[key])
     return opts
 
 

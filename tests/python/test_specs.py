@@ -41,3 +41,9 @@ def test_base_and_bad_fields():
         c = eplab.cluster("h800-cx7")
         del c["nodes"]
         eplab.run(backend="emu", cluster=c)
+
+
+def test_trace_sources_take_dicts_too():
+    small = {"base": "qwen-moe", "num_experts": 16, "topk": 2}
+    b = eplab.traces.source("uniform", model=small, cluster="h800-cx7", nodes=1, gpus_per_node=4, tokens=8).batch()
+    assert b["topk_idx"].shape == (8, 2) and b["topk_idx"].max() < 16
