@@ -72,6 +72,11 @@ Args& Args::opt(const std::string& name, double* t, const std::string& help) {
                     }});
 }
 
+Args& Args::opt(const std::string& name, std::function<void(const std::string&)> set, const std::string& default_text,
+                const std::string& help) {
+  return add(name, {help, default_text, false, std::move(set)});
+}
+
 Args& Args::flag(const std::string& name, bool* t, const std::string& help) {
   return add(name, {help, "", true, [t](const std::string&) { *t = true; }});
 }

@@ -19,6 +19,9 @@ class Args {
   Args& opt(const std::string& name, double* target, const std::string& help);
   Args& opt(const std::string& name, uint64_t* target, const std::string& help);
   Args& flag(const std::string& name, bool* target, const std::string& help);
+  // An option whose text goes to `set` as typed (generated options convert and check it themselves).
+  Args& opt(const std::string& name, std::function<void(const std::string&)> set, const std::string& default_text,
+            const std::string& help);
 
   // Parses argv (without the program and subcommand names). Returns false when --help was asked for (the help
   // is printed). Throws EplabError on an unknown option, a missing value or a value of the wrong type.

@@ -8,6 +8,7 @@
 #include "cli/args.hpp"
 #include "engine/error.hpp"
 #include "engine/moe_shape.hpp"
+#include "engine/spec_json.hpp"
 #include "engine/topology.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/heat/heat_predictor.hpp"
@@ -60,10 +61,10 @@ int heat_eval(const std::vector<std::string>& argv) {
       .opt("balancer", &o.balancer, "none | eplb[:...] (what the forecast is placed with)")
       .opt("replica-selection", &o.selector, "round-robin | least-loaded | topology-aware")
       .opt("redundant-experts", &o.redundant, "extra slots, a multiple of the rank count (-1: one per rank)")
-      .opt("cluster", &o.cluster, "cluster preset (eplab presets)")
+      .opt("cluster", &o.cluster, "cluster preset or FILE.json (eplab presets --dump NAME)")
       .opt("nodes", &o.nodes, "nodes (0: the preset's)")
       .opt("gpus-per-node", &o.gpus_per_node, "GPUs per node (0: the preset's)")
-      .opt("model", &o.model, "model preset")
+      .opt("model", &o.model, "model preset or FILE.json")
       .opt("tokens", &o.tokens, "tokens per rank")
       .opt("steps", &o.steps, "steps to replay (the first only seeds the history)")
       .opt("layer", &o.layer, "MoE layer to evaluate")
@@ -72,11 +73,11 @@ int heat_eval(const std::vector<std::string>& argv) {
   if (!args.parse(argv)) return 0;
   if (o.steps < 2) throw EplabError("heat eval: --steps must be >= 2 (one to seed the history, one to forecast)");
 
-  ClusterSpec c = cluster_preset(o.cluster);
+  ClusterSpec c = resolve_cluster(o.cluster);
   if (o.nodes > 0) c.nodes = o.nodes;
   if (o.gpus_per_node > 0) c.gpus_per_node = o.gpus_per_node;
   const Topology topo(c);
-  const MoeShape shape = model_preset(o.model);
+  const MoeShape shape = resolve_model(o.model);
   const int redundant = o.redundant < 0 ? topo.size() : o.redundant;
   RoutingParams p;
   p.shape = shape;

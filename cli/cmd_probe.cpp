@@ -12,6 +12,7 @@
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
 #include "engine/fabric.hpp"
+#include "engine/spec_json.hpp"
 #include "engine/topology.hpp"
 #include "traces/generators.hpp"
 
@@ -40,7 +41,7 @@ int cmd_probe(const std::vector<std::string>& argv_in) {
             "--all-pairs-max ranks probe one pair per link class plus --sample random pairs and fill the rest\n"
             "with their link class's mean (the JSON says which pairs were measured).");
   args.opt("backend", &backend_name, "sim | emu | real")
-      .opt("cluster", &cluster, "cluster preset")
+      .opt("cluster", &cluster, "cluster preset or FILE.json")
       .opt("nodes", &nodes, "nodes (0: the preset's; 2 on emu)")
       .opt("gpus-per-node", &gpus, "GPUs per node (0: the preset's; 4 on emu)")
       .opt("small", &small, "ping-pong message bytes (latency)")
@@ -53,7 +54,7 @@ int cmd_probe(const std::vector<std::string>& argv_in) {
   if (!args.parse(argv)) return 0;
   if (out_path.empty()) throw EplabError("eplab probe: -o FILE is required");
   if (iters < 1 || small < 1) throw EplabError("eplab probe: --iters and --small must be at least 1");
-  ClusterSpec spec = cluster_preset(cluster);
+  ClusterSpec spec = resolve_cluster(cluster);
   if (backend_name == "emu" && !args.given("nodes")) nodes = 2;
   if (backend_name == "emu" && !args.given("gpus-per-node")) gpus = 4;
   if (nodes > 0) spec.nodes = nodes;

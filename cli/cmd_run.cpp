@@ -16,7 +16,10 @@
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "driver/experiment.hpp"
+#include "engine/json_fields.hpp"
 #include "engine/moe_shape.hpp"
+#include "driver/run_options.hpp"
+#include "engine/spec_json.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab::cli {
@@ -44,10 +47,10 @@ class CachedSource : public RoutingSource {
 };
 
 std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
-  ClusterSpec spec = cluster_preset(cfg.cluster);
+  ClusterSpec spec = resolve_cluster(cfg.cluster);
   if (cfg.nodes > 0) spec.nodes = cfg.nodes;
   if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
-  MoeShape shape = model_preset(cfg.model);
+  MoeShape shape = resolve_model(cfg.model);
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
   if (cfg.experts > 0) shape.num_experts = cfg.experts;
   RoutingParams rp{shape, Topology(spec), cfg.tokens, cfg.seed};
@@ -55,7 +58,7 @@ std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
 }
 
 int RunConfig_ranks(const RunConfig& cfg) {
-  const ClusterSpec spec = cluster_preset(cfg.cluster);
+  const ClusterSpec spec = resolve_cluster(cfg.cluster);
   return (cfg.nodes > 0 ? cfg.nodes : spec.nodes) * (cfg.gpus_per_node > 0 ? cfg.gpus_per_node : spec.gpus_per_node);
 }
 
@@ -141,63 +144,50 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
 }
 
 int cmd_run(const std::vector<std::string>& argv) {
-  RunConfig cfg;
-  const auto built = backend_names();
-  const bool have_sim = std::find(built.begin(), built.end(), "sim") != built.end();
-  cfg.backend = have_sim ? "sim" : "emu";
-  std::string report_path;
-  bool quiet = false, no_verify = false, compare = false;
-  int overlap_allreduce = 1;
+  RunConfig cfg = default_run_config();
+  const bool have_sim = cfg.backend == "sim";
+  std::string report_path, config_path;
+  bool quiet = false, no_verify = false, compare = false, dump_config = false;
   Args args("eplab run [options]",
             "Run dispatch -> expert compute -> combine for steps x layers on a backend and report phase times,\n"
             "bandwidths (DeepEP's definitions), bytes by link class, imbalance and verification.");
-  args.opt("backend", &cfg.backend, "sim | emu | real")
-      .opt("cluster", &cfg.cluster, "cluster preset (eplab presets)")
-      .opt("nodes", &cfg.nodes, "nodes (0: the preset's; 2 on emu)")
-      .opt("gpus-per-node", &cfg.gpus_per_node, "GPUs per node (0: the preset's)")
-      .opt("model", &cfg.model, "model preset")
-      .opt("tokens", &cfg.tokens, "tokens per rank (256 on emu)")
-      .opt("hidden", &cfg.hidden, "hidden size (0: the model's)")
-      .opt("experts", &cfg.experts, "routed experts (0: the model's)")
-      .opt("routing", &cfg.routing, "uniform | deepep | zipf:S | hotset:... | correlated:...")
-      .opt("trace", &cfg.trace, "routing trace file (instead of --routing)")
-      .opt("algorithm", &cfg.algorithm, "flat | hierarchical | ...")
-      .opt("dispatch-codec", &cfg.dispatch_codec, "wire format of dispatch (default: the model's)")
-      .opt("combine-codec", &cfg.combine_codec, "wire format of combine (default: the model's)")
-      .opt("transform", &cfg.transform, "expert transform checked on real bytes: identity | scale | ffn")
-      .opt("payload", &cfg.payload, "real | phantom | auto")
-      .opt("redundant-experts", &cfg.redundant_experts, "extra expert slots (a multiple of the rank count)")
-      .opt("balancer", &cfg.balancer, "expert placement: none | eplb[:...] | migration-aware[:...] (docs/policies.md)")
-      .opt("heat", &cfg.heat, "heat predictor for rebalancing: last | ema:alpha=A | window:w=W | trend:... | oracle")
-      .opt("rebalance-every", &cfg.rebalance_every, "re-place experts every N steps, moving weights (0: never)")
-      .opt("replica-selection", &cfg.replica_selection,
-           "round-robin | least-loaded | topology-aware[:costs=FILE from eplab probe]")
-      .opt("steps", &cfg.steps, "steps")
-      .opt("layers", &cfg.layers, "MoE layers per step")
-      .opt("seed", &cfg.seed, "seed for routing and activations")
-      .opt("sim-model", &cfg.sim_model, "sim: exchanges as one parallel task per round (ptask) or per-message flows")
-      .opt("timeout", &cfg.timeout_s, "seconds a rank may wait for a peer before the run fails")
+  // The run options come from the one table (driver/run_options.hpp); their text is applied after --config's file,
+  // so the command line overrides it.
+  std::vector<std::pair<const RunOption*, std::string>> typed;
+  for (const RunOption& o : run_options()) {
+    const nlohmann::json d = o.field.get(cfg);
+    args.opt(
+        o.flag, [&typed, &o](const std::string& v) { typed.emplace_back(&o, v); },
+        d.is_string() ? d.get<std::string>() : d.dump(), o.help);
+  }
+  args.opt("config", &config_path, "read options from this JSON file (keys as eplab.run's; the command line wins)")
+      .flag("dump-config", &dump_config, "print the resolved options as a --config file and exit")
       .opt("report", &report_path, "write the JSON report to this file")
-      .opt("mode", &cfg.mode, "inference | training (backward pass and dense-gradient all-reduce)")
-      .opt("overlap-allreduce", &overlap_allreduce, "training: 1 overlaps the all-reduce with backward compute, 0 not")
-      .opt("timeline", &cfg.timeline, "write a Chrome trace-event timeline (Perfetto) to this file")
-      .opt("layout-cache", &cfg.layout_cache,
-           "cached layouts: LRU capacity; a repeated routing skips the count exchange (0: off; docs/policies.md)")
-      .flag("no-verify", &no_verify, "skip the delivery and combine check")
+      .flag("no-verify", &no_verify, "skip the delivery and combine check (as --verify 0)")
       .flag("compare", &compare, "run every algorithm on the same workload and print one table")
       .flag("quiet", &quiet, "no progress line");
   // With no options at all: the 256-GPU default cluster, every algorithm, one comparison table.
   if (argv.empty() && have_sim) compare = true;
   if (!args.parse(argv)) return 0;
   if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
-  // The emulated ranks hold real fp32 activations in one process: a whole preset cluster at 4096 tokens per rank
-  // does not fit in memory, so emu defaults to 2 nodes and 256 tokens per rank.
-  if (cfg.backend == "emu" && !args.given("nodes")) cfg.nodes = 2;
-  if (cfg.backend == "emu" && !args.given("tokens")) cfg.tokens = 256;
-  cfg.verify = !no_verify;
-  if (overlap_allreduce != 0 && overlap_allreduce != 1)
-    throw EplabError("--overlap-allreduce must be 0 or 1, got " + std::to_string(overlap_allreduce));
-  cfg.overlap_allreduce = overlap_allreduce == 1;
+  std::vector<std::string> given;
+  if (!config_path.empty()) {
+    const std::string source = "config file '" + config_path + "'";
+    given = read_run_config(fields::parse_file(config_path, source), source, cfg);
+  }
+  for (const auto& [o, text] : typed) {
+    set_run_option_text(cfg, *o, text);
+    given.push_back(o->field.key);
+  }
+  if (no_verify) {
+    cfg.verify = false;
+    given.push_back("verify");
+  }
+  apply_backend_defaults(cfg, given);
+  if (dump_config) {
+    std::cout << run_config_to_json(cfg).dump(2) << "\n";
+    return 0;
+  }
   if (compare && !cfg.timeline.empty())
     throw EplabError("--timeline records one run; drop --compare (or pick one --algorithm)");
   if (!report_path.empty()) {
@@ -231,6 +221,8 @@ int cmd_run(const std::vector<std::string>& argv) {
   Progress progress("eplab run: layer", quiet);
   auto report = run_experiment(cfg, [&](int d, int t) { progress.update(d, t); });
   progress.finish();
+  // A process of a multi-process run that did not hold rank 0 has nothing to print: rank 0 reports for all.
+  if (report.value("role", "") == "worker") return 0;
   std::cout << format_summary(report);
   if (cfg.rebalance_every > 0) {
     const auto& m = report["migration"];

@@ -6,6 +6,7 @@
 #include "cli/args.hpp"
 #include "engine/error.hpp"
 #include "engine/moe_shape.hpp"
+#include "engine/spec_json.hpp"
 #include "engine/topology.hpp"
 #include "traces/trace_tools.hpp"
 
@@ -13,7 +14,7 @@ namespace eplab::cli {
 namespace {
 
 Topology make_topology(const std::string& cluster, int nodes, int gpus_per_node) {
-  ClusterSpec spec = cluster_preset(cluster);
+  ClusterSpec spec = resolve_cluster(cluster);
   if (nodes < 0) throw EplabError("--nodes must be >= 1, got " + std::to_string(nodes));
   if (gpus_per_node < 0) throw EplabError("--gpus-per-node must be >= 1, got " + std::to_string(gpus_per_node));
   if (nodes > 0) spec.nodes = nodes;
@@ -45,8 +46,8 @@ int trace_gen(const std::vector<std::string>& argv) {
   Args args("eplab trace gen --routing SPEC -o FILE [options]",
             "Write steps x layers x ranks batches of a routing generator to a trace file.");
   args.opt("routing", &opts.routing, routing_help())
-      .opt("model", &model, "model preset (eplab presets)")
-      .opt("cluster", &cluster, "cluster preset (eplab presets)")
+      .opt("model", &model, "model preset or FILE.json (eplab presets --dump NAME)")
+      .opt("cluster", &cluster, "cluster preset or FILE.json (eplab presets --dump NAME)")
       .opt("nodes", &nodes, "nodes (0: the preset's)")
       .opt("gpus-per-node", &gpus, "GPUs per node (0: the preset's)")
       .opt("tokens", &tokens, "tokens per rank")
@@ -57,7 +58,7 @@ int trace_gen(const std::vector<std::string>& argv) {
   if (!args.parse(with_short_output(argv))) return 0;
   if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   if (out.empty()) throw EplabError("trace gen needs an output file: -o FILE");
-  opts.params.shape = model_preset(model);
+  opts.params.shape = resolve_model(model);
   opts.params.topology = make_topology(cluster, nodes, gpus);
   opts.params.tokens_per_rank = tokens;
   opts.params.seed = seed;
@@ -84,8 +85,8 @@ int trace_import(const std::vector<std::string>& argv) {
             "Convert a JSONL routing log (one {\"layer\", \"token_idx\", \"topk_ids\", \"topk_weights\"} object per\n"
             "token and layer) into a trace. Token i goes to source rank i / tokens-per-rank.");
   args.opt("jsonl", &opts.jsonl_path, "the JSONL routing log")
-      .opt("model", &model, "model preset the log was recorded with")
-      .opt("cluster", &cluster, "cluster preset")
+      .opt("model", &model, "model preset or FILE.json the log was recorded with")
+      .opt("cluster", &cluster, "cluster preset or FILE.json")
       .opt("nodes", &nodes, "nodes (0: the preset's)")
       .opt("gpus-per-node", &gpus, "GPUs per node (0: the preset's)")
       .opt("tokens", &opts.tokens_per_rank, "tokens per source rank (0: fit the log's tokens)")
@@ -94,7 +95,7 @@ int trace_import(const std::vector<std::string>& argv) {
   if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   if (opts.jsonl_path.empty()) throw EplabError("trace import needs --jsonl FILE");
   if (out.empty()) throw EplabError("trace import needs an output file: -o FILE");
-  opts.shape = model_preset(model);
+  opts.shape = resolve_model(model);
   opts.topology = make_topology(cluster, nodes, gpus);
   const TraceHeader h = import_jsonl(opts, out);
   std::printf("wrote %s: %d steps x %d layers x %d ranks, %d tokens per rank, from %s\n", out.c_str(), h.num_steps,

@@ -4,6 +4,7 @@
 
 #include "engine/error.hpp"
 #include "engine/layout_cache.hpp"
+#include "engine/spec_json.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/codecs/codec.hpp"
 #include "policies/heat/heat_predictor.hpp"
@@ -105,12 +106,12 @@ bool resolve_phantom(const RunConfig& cfg, const Caps& caps) {
 }  // namespace
 
 RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
-  ClusterSpec spec = cluster_preset(cfg.cluster);
+  ClusterSpec spec = resolve_cluster(cfg.cluster);
   if (cfg.nodes < 0 || cfg.gpus_per_node < 0) throw EplabError("--nodes and --gpus-per-node must be positive");
   if (cfg.nodes > 0) spec.nodes = cfg.nodes;
   if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
   const Topology topo(spec);
-  MoeShape shape = model_preset(cfg.model);
+  MoeShape shape = resolve_model(cfg.model);
   if (cfg.hidden < 0) throw EplabError("--hidden must be positive, got " + std::to_string(cfg.hidden));
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
   if (cfg.experts < 0) throw EplabError("--experts must be positive, got " + std::to_string(cfg.experts));

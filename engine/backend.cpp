@@ -1,69 +1,49 @@
 #include "engine/backend.hpp"
 
-#include <map>
-#include <mutex>
-#include <sstream>
-
-#include "engine/error.hpp"
+#include "emu/thread_backend.hpp"
+#ifdef EPLAB_HAVE_SIM
+#include "sim/sim_backend.hpp"
+#endif
+#ifdef EPLAB_HAVE_REAL
+#include "kernels/gpu_backend.hpp"
+#endif
+#ifdef EPLAB_HAVE_MPI
+#include "mpi/mpi_backend.hpp"
+#endif
 
 namespace eplab {
-namespace {
 
-struct Registry {
-  std::mutex mu;
-  std::map<std::string, BackendFactory> built;
-  std::map<std::string, std::string> missing;
-};
-
-Registry& registry() {
-  static Registry r;
-  return r;
+// The build defines EPLAB_HAVE_<backend> for each backend library it links into this one (CMakeLists.txt); a
+// backend it left out stays listed, with how to enable it.
+EPLAB_REGISTRY(BackendFactory, backend_registry, "backend", r) {
+  r.add("emu", "ranks as threads in one process, real bytes through shared memory, wall clock", &make_thread_backend);
+#ifdef EPLAB_HAVE_SIM
+  r.add("sim", "ranks as SimGrid actors on a simulated cluster, phantom or real payloads, simulated time",
+        &make_sim_backend);
+#else
+  r.add_missing("sim",
+                "this build has no SimGrid: install libsimgrid-dev (scripts/setup.sh does) and reconfigure with "
+                "-DEPLAB_WITH_SIMGRID=ON");
+#endif
+#ifdef EPLAB_HAVE_REAL
+  r.add("real", "ranks as threads, every message staged through GPU memory (docs/gpu.md)", &make_gpu_backend);
+#else
+  r.add_missing("real",
+                "this build has no CUDA: install the CUDA toolkit and reconfigure with -DEPLAB_WITH_CUDA=ON; "
+                "meanwhile use --backend=emu (real bytes) or --backend=sim (simulated time)");
+#endif
+#ifdef EPLAB_HAVE_MPI
+  r.add("mpi", "ranks as MPI processes (mpirun -n N), real bytes, wall clock, one machine or several",
+        &make_mpi_backend);
+#else
+  r.add_missing("mpi",
+                "this build has no MPI: install libopenmpi-dev (scripts/setup.sh does) and reconfigure with "
+                "-DEPLAB_WITH_MPI=ON");
+#endif
 }
 
-}  // namespace
+std::unique_ptr<Backend> create_backend(const std::string& name) { return backend_registry().by_name(name)(); }
 
-void register_backend(const std::string& name, BackendFactory factory) {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  r.built[name] = std::move(factory);
-  r.missing.erase(name);
-}
-
-void register_missing_backend(const std::string& name, const std::string& how_to_enable) {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  if (!r.built.count(name)) r.missing[name] = how_to_enable;
-}
-
-std::unique_ptr<Backend> create_backend(const std::string& name) {
-  register_builtin_backends();
-  auto& r = registry();
-  BackendFactory f;
-  {
-    std::lock_guard<std::mutex> lock(r.mu);
-    if (auto it = r.built.find(name); it != r.built.end()) {
-      f = it->second;
-    } else if (auto m = r.missing.find(name); m != r.missing.end()) {
-      throw EplabError("backend '" + name + "' is not built in: " + m->second);
-    } else {
-      std::ostringstream os;
-      os << "unknown backend '" << name << "' (built in:";
-      for (auto& [n, _] : r.built) os << ' ' << n;
-      for (auto& [n, _] : r.missing) os << ' ' << n << "(not built)";
-      os << ')';
-      throw EplabError(os.str());
-    }
-  }
-  return f();
-}
-
-std::vector<std::string> backend_names() {
-  register_builtin_backends();
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  std::vector<std::string> out;
-  for (auto& [n, _] : r.built) out.push_back(n);
-  return out;
-}
+std::vector<std::string> backend_names() { return backend_registry().names(); }
 
 }  // namespace eplab

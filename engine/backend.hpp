@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/fabric.hpp"
+#include "engine/registry.hpp"
 
 namespace eplab {
 
@@ -37,13 +38,11 @@ class Backend {
                       const std::function<void(Fabric&)>& rank_main) = 0;
 };
 
-using BackendFactory = std::function<std::unique_ptr<Backend>()>;
-void register_backend(const std::string& name, BackendFactory factory);
-// A backend that this build left out: create_backend() explains how to enable it.
-void register_missing_backend(const std::string& name, const std::string& how_to_enable);
+// The backend registry (engine/registry.hpp): every backend this build has, and those it left out with how to
+// enable them, so create_backend() of one of those explains instead of calling it unknown.
+using BackendFactory = std::unique_ptr<Backend> (*)();
+Registry<BackendFactory>& backend_registry();
 std::unique_ptr<Backend> create_backend(const std::string& name);
-std::vector<std::string> backend_names();  // built-in ones
-// Registers every backend this build has (generated at configure time).
-void register_builtin_backends();
+std::vector<std::string> backend_names();  // the ones this build has
 
 }  // namespace eplab

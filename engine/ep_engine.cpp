@@ -2,10 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
-#include <sstream>
 
 #include "engine/error.hpp"
+#include "engine/registry.hpp"
 
 namespace eplab {
 
@@ -14,21 +13,15 @@ std::unique_ptr<Algorithm> make_hierarchical_algorithm();
 std::unique_ptr<Algorithm> make_low_latency_algorithm();
 std::unique_ptr<Algorithm> make_allgather_algorithm();
 
-namespace {
-
-using AlgorithmFactory = std::unique_ptr<Algorithm> (*)();
-
-const std::map<std::string, AlgorithmFactory>& algorithm_registry() {
-  static const std::map<std::string, AlgorithmFactory> r = {
-      {"flat", &make_flat_algorithm},
-      {"hierarchical", &make_hierarchical_algorithm},
-      {"low-latency", &make_low_latency_algorithm},
-      {"allgather", &make_allgather_algorithm},
-  };
-  return r;
+EPLAB_REGISTRY(AlgorithmFactory, algorithm_registry, "algorithm", r) {
+  r.add("allgather", "baseline: every token gathered on every rank, each keeps its own (Megatron-style)",
+        &make_allgather_algorithm);
+  r.add("flat", "direct all-to-all-v, one message per (source, destination) rank pair", &make_flat_algorithm);
+  r.add("hierarchical", "DeepEP normal mode: scale-out once per destination node on the same rail, then scale-up",
+        &make_hierarchical_algorithm);
+  r.add("low-latency", "DeepEP low-latency mode: one FP8 message per (token, expert), fixed receive slots",
+        &make_low_latency_algorithm);
 }
-
-}  // namespace
 
 void PhaseStats::add(const PhaseStats& o) {
   time_s += o.time_s;
@@ -40,21 +33,9 @@ void PhaseStats::add(const PhaseStats& o) {
   calls += o.calls;
 }
 
-std::vector<std::string> algorithm_names() {
-  std::vector<std::string> out;
-  for (auto& [n, _] : algorithm_registry()) out.push_back(n);
-  return out;
-}
+std::vector<std::string> algorithm_names() { return algorithm_registry().names(); }
 
-std::unique_ptr<Algorithm> create_algorithm(const std::string& name) {
-  const auto& r = algorithm_registry();
-  if (auto it = r.find(name); it != r.end()) return it->second();
-  std::ostringstream os;
-  os << "unknown algorithm '" << name << "' (known:";
-  for (auto& [n, _] : r) os << ' ' << n;
-  os << ')';
-  throw EplabError(os.str());
-}
+std::unique_ptr<Algorithm> create_algorithm(const std::string& name) { return algorithm_registry().by_name(name)(); }
 
 EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, const EngineOptions& o)
     : fabric(f),
@@ -281,8 +262,8 @@ void EngineContext::read_summary_message(const std::vector<uint8_t>& msg, size_t
   if (real_bytes != sizeof h + static_cast<size_t>(h.slots) * sizeof(SlotSels))
     fail("announces " + std::to_string(h.slots) + " slots in " + std::to_string(real_bytes) + " bytes");
   if (h.tokens != tokens || h.sels != sels)
-    fail("holds " + std::to_string(h.tokens) + " tokens / " + std::to_string(h.sels) + " selections, notify announced " +
-         std::to_string(tokens) + " / " + std::to_string(sels));
+    fail("holds " + std::to_string(h.tokens) + " tokens / " + std::to_string(h.sels) +
+         " selections, notify announced " + std::to_string(tokens) + " / " + std::to_string(sels));
   s.tokens = h.tokens;
   s.sels = h.sels;
   s.slots.resize(h.slots);
@@ -359,9 +340,9 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
   const int32_t num_slots = ctx_.placement.num_slots();
   for (size_t i = 0; i < static_cast<size_t>(a.num_tokens) * a.topk; ++i)
     if (a.slots[i] < -1 || a.slots[i] >= num_slots)
-      throw EplabError("engine: rank " + std::to_string(ctx_.rank()) + ", step " + std::to_string(a.step) +
-                       ", layer " + std::to_string(a.layer) + ": token " + std::to_string(i / a.topk) +
-                       " selects slot " + std::to_string(a.slots[i]) + ", outside -1.." + std::to_string(num_slots - 1));
+      throw EplabError("engine: rank " + std::to_string(ctx_.rank()) + ", step " + std::to_string(a.step) + ", layer " +
+                       std::to_string(a.layer) + ": token " + std::to_string(i / a.topk) + " selects slot " +
+                       std::to_string(a.slots[i]) + ", outside -1.." + std::to_string(num_slots - 1));
   ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, a.num_tokens, ctx_.hidden(), true);
   Handle h = algo_->dispatch(ctx_, a);
   if (h.slot_sels.empty()) {  // the algorithm delivered per-row metadata: count from it

@@ -14,6 +14,7 @@
 #include "engine/layout_cache.hpp"
 #include "engine/moe_shape.hpp"
 #include "engine/placement.hpp"
+#include "engine/registry.hpp"
 #include "engine/wire.hpp"
 #include "policies/codecs/codec.hpp"
 
@@ -107,6 +108,9 @@ class Algorithm {
   virtual double scaleout_logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const;
 };
 
+// The algorithm registry (engine/registry.hpp): allgather, flat, hierarchical, low-latency.
+using AlgorithmFactory = std::unique_ptr<Algorithm> (*)();
+Registry<AlgorithmFactory>& algorithm_registry();
 std::vector<std::string> algorithm_names();
 std::unique_ptr<Algorithm> create_algorithm(const std::string& name);
 

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "engine/error.hpp"
+#include "engine/spec_json.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/heat/heat_predictor.hpp"
 #include "python/bindings.hpp"
@@ -209,7 +210,7 @@ dict {"slot_expert": ..., "decision": "..."}.)doc")
             spec.nodes = nodes;
             spec.gpus_per_node = gpus_per_node;
             in.topology = Topology(spec);
-            in.shape = model_preset(model);
+            in.shape = resolve_model(model);
             in.redundant = redundant;
             Placement cur;
             if (!current.is_none()) {

@@ -1,96 +1,52 @@
-// eplab.run(): keyword arguments onto RunConfig, the experiment with the GIL released, the report back as
-// JSON text (the Python side parses it, so the dict matches what `eplab run --report` writes byte for byte).
+// eplab.run(): keyword arguments onto RunConfig through the run option table (driver/run_options.hpp), the
+// experiment with the GIL released, the report back as JSON text (the Python side parses it, so the dict matches what
+// `eplab run --report` writes byte for byte).
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
-#include <functional>
-#include <map>
-#include <type_traits>
-
 #include "engine/error.hpp"
 #include "driver/experiment.hpp"
+#include "driver/run_options.hpp"
 #include "python/bindings.hpp"
 
 namespace eplab::py_bind {
 
 namespace {
 
-using Setter = std::function<void(RunConfig&, const py::handle&)>;
-
-template <class T>
-Setter field(T RunConfig::*member) {
-  return [member](RunConfig& c, const py::handle& v) { c.*member = v.cast<T>(); };
+// A keyword argument's value as JSON, for the option table to check like a config file's.
+nlohmann::json as_json(const py::handle& v, const std::string& key) {
+  if (py::isinstance<py::bool_>(v)) return v.cast<bool>();
+  if (PyIndex_Check(v.ptr())) return v.cast<long long>();  // int, numpy integers
+  if (py::isinstance<py::float_>(v)) return v.cast<double>();
+  if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  throw EplabError("eplab.run: option " + key + "=" + py::repr(v).cast<std::string>() + " has the wrong type");
 }
 
-// Fields that RunConfig gains as the engine grows (policies, training mode, timelines): bound when present, so
-// this file builds against any version of experiment.hpp. The lambda is generic so the branch not taken is
-// never instantiated.
-#define EPLAB_OPTIONAL_FIELD(s, name)        \
-  if constexpr (requires(C & c) { c.name; }) \
-    s.emplace(#name, [](auto& c, const py::handle& v) { c.name = v.cast<std::decay_t<decltype(c.name)>>(); });
-
-template <class C = RunConfig>
-void add_optional_fields(std::map<std::string, Setter>& s) {
-  EPLAB_OPTIONAL_FIELD(s, balancer)
-  EPLAB_OPTIONAL_FIELD(s, heat)
-  EPLAB_OPTIONAL_FIELD(s, rebalance_every)
-  EPLAB_OPTIONAL_FIELD(s, replica_selection)
-  EPLAB_OPTIONAL_FIELD(s, mode)
-  EPLAB_OPTIONAL_FIELD(s, overlap_allreduce)
-  EPLAB_OPTIONAL_FIELD(s, timeline)
-}
-
-// One line per RunConfig field a caller may set; the names are the command line's with '_' for '-'.
-const std::map<std::string, Setter>& setters() {
-  static const std::map<std::string, Setter> s = [] {
-    std::map<std::string, Setter> s = {
-        {"backend", field(&RunConfig::backend)},
-        {"cluster", field(&RunConfig::cluster)},
-        {"nodes", field(&RunConfig::nodes)},
-        {"gpus_per_node", field(&RunConfig::gpus_per_node)},
-        {"model", field(&RunConfig::model)},
-        {"tokens", field(&RunConfig::tokens)},
-        {"routing", field(&RunConfig::routing)},
-        {"trace", field(&RunConfig::trace)},
-        {"hidden", field(&RunConfig::hidden)},
-        {"algorithm", field(&RunConfig::algorithm)},
-        {"dispatch_codec", field(&RunConfig::dispatch_codec)},
-        {"combine_codec", field(&RunConfig::combine_codec)},
-        {"transform", field(&RunConfig::transform)},
-        {"payload", field(&RunConfig::payload)},
-        {"steps", field(&RunConfig::steps)},
-        {"layers", field(&RunConfig::layers)},
-        {"seed", field(&RunConfig::seed)},
-        {"redundant_experts", field(&RunConfig::redundant_experts)},
-        {"timeout_s", field(&RunConfig::timeout_s)},
-        {"verify", field(&RunConfig::verify)},
-        {"experts", field(&RunConfig::experts)},
-        {"sim_model", field(&RunConfig::sim_model)},
-    };
-    add_optional_fields(s);
-    return s;
-  }();
-  return s;
-}
-
+// The defaults, the keyword arguments over them (None keeps a default), then the backend's defaults: the same steps
+// as `eplab run` takes with a config file.
 RunConfig make_config(const py::dict& kwargs) {
-  RunConfig cfg;
+  RunConfig cfg = default_run_config();
+  nlohmann::json j = nlohmann::json::object();
   for (auto [key, value] : kwargs) {
     const std::string k = key.cast<std::string>();
-    auto it = setters().find(k);
-    if (it == setters().end()) {
-      std::string known;
-      for (const auto& [name, s] : setters()) known += (known.empty() ? "" : ", ") + name;
-      throw EplabError("eplab.run: unknown option '" + k + "' (known: " + known + ")");
-    }
-    if (value.is_none()) continue;  // None: keep the default
-    try {
-      it->second(cfg, value);
-    } catch (const py::cast_error&) {
-      throw EplabError("eplab.run: option " + k + "=" + py::repr(value).cast<std::string>() + " has the wrong type");
-    }
+    if (!value.is_none()) j[k] = as_json(value, k);
   }
+  apply_backend_defaults(cfg, read_run_config(j, "eplab.run", cfg));
   return cfg;
+}
+
+const char* type_name(fields::Type t) {
+  switch (t) {
+    case fields::Type::kString:
+      return "str";
+    case fields::Type::kInteger:
+      return "int";
+    case fields::Type::kNumber:
+      return "float";
+    case fields::Type::kBoolean:
+      return "bool";
+  }
+  return "?";
 }
 
 }  // namespace
@@ -100,10 +56,33 @@ void bind_run(py::module_& m) {
       "run_options",
       [] {
         std::vector<std::string> names;
-        for (const auto& [name, s] : setters()) names.push_back(name);
+        for (const auto& o : run_options()) names.push_back(o.field.key);
         return names;
       },
-      "The keyword arguments eplab.run() maps onto the engine's RunConfig.");
+      "The keyword arguments eplab.run() takes: the command line's options with '_' for '-'.");
+
+  m.def(
+      "run_option_table",
+      [] {
+        const nlohmann::json defaults = run_config_to_json(default_run_config());
+        py::list out;
+        for (const auto& o : run_options()) {
+          py::dict d;
+          d["name"] = o.field.key;
+          d["flag"] = o.flag;
+          d["type"] = type_name(o.field.type);
+          d["default"] = py::module_::import("json").attr("loads")(defaults[o.field.key].dump());
+          d["help"] = o.help;
+          out.append(d);
+        }
+        return out;
+      },
+      "The run options (name, command-line flag, type, default, help) every front end is generated from.");
+
+  m.def(
+      "run_config_json", [](const py::dict& options) { return run_config_to_json(make_config(options)).dump(); },
+      py::arg("options"),
+      "The resolved configuration eplab.run(**options) would run, as the JSON `eplab run --dump-config` prints.");
 
   m.def(
       "run_json",

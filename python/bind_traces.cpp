@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "engine/error.hpp"
+#include "engine/spec_json.hpp"
 #include "python/bindings.hpp"
 #include "traces/routing_source.hpp"
 #include "traces/trace_file.hpp"
@@ -15,12 +16,12 @@ namespace {
 
 RoutingParams make_params(const std::string& model, const std::string& cluster, int nodes, int gpus_per_node,
                           int tokens, uint64_t seed) {
-  ClusterSpec spec = cluster_preset(cluster);
+  ClusterSpec spec = resolve_cluster(cluster);
   if (nodes > 0) spec.nodes = nodes;
   if (gpus_per_node > 0) spec.gpus_per_node = gpus_per_node;
   if (tokens < 1) throw EplabError("tokens must be at least 1 per rank, got " + std::to_string(tokens));
   RoutingParams p;
-  p.shape = model_preset(model);
+  p.shape = resolve_model(model);
   p.topology = Topology(spec);
   p.tokens_per_rank = tokens;
   p.seed = seed;

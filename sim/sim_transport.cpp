@@ -128,20 +128,21 @@ void SimWorld::finish_pipeline(int chunks) {
 
 namespace {
 
-// Actors never preempt each other, so shared state needs no lock between two simcalls: lock() and unlock() are
-// free, and the SimGrid mutex is held only around the condition-variable wait itself.
+// A simcall lets other actors run, so even cooperative actors hold the SimGrid mutex from checking a condition
+// to waiting on it: otherwise a wake-up could come in between and be lost.
 class ActorSync : public Sync {
  public:
   explicit ActorSync(const SimWorld& world)
       : world_(world), mu_(s4u::Mutex::create()), cv_(s4u::ConditionVariable::create()) {}
-  void lock() override {}
-  void unlock() override {}
+  void lock() override { mu_->lock(); }
+  void unlock() override { mu_->unlock(); }
   void wait(double until_s) override {
-    std::unique_lock<s4u::Mutex> held(*mu_);
+    std::unique_lock<s4u::Mutex> held(*mu_, std::adopt_lock);
     if (std::isinf(until_s))
       cv_->wait(held);
     else
       cv_->wait_until(held, world_.date_of(until_s));
+    held.release();
   }
   void notify_all() override { cv_->notify_all(); }
 

@@ -11,7 +11,9 @@
 
 #include "engine/moe_shape.hpp"
 #include "engine/placement.hpp"
+#include "engine/registry.hpp"
 #include "engine/topology.hpp"
+#include "policies/heat/policy_spec.hpp"
 
 namespace eplab {
 
@@ -46,6 +48,10 @@ class Balancer {
 // Throws EplabError naming the spec and listing the known names, or naming a malformed parameter.
 std::unique_ptr<Balancer> create_balancer(const std::string& spec);
 std::vector<std::string> balancer_names();
+
+// The balancer registry (engine/registry.hpp): each entry builds a balancer from its parsed spec.
+using BalancerMaker = std::function<std::unique_ptr<Balancer>(const PolicySpec&)>;
+Registry<BalancerMaker>& balancer_registry();
 
 // Balancers supplied at run time (Python subclasses of eplab.Balancer): create_balancer(name) with exactly this
 // name calls the factory before any spec parsing. Registering a name again replaces its factory; built-in names

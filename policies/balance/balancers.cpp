@@ -2,10 +2,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <map>
-#include <mutex>
 
 #include "engine/error.hpp"
+#include "engine/registry.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/heat/policy_spec.hpp"
 
@@ -170,81 +169,48 @@ std::string eplb_suffix(const PolicySpec& s) {
 
 }  // namespace
 
-std::vector<std::string> balancer_names() {
-  return {"none", "eplb[:mode=auto|hierarchical|global,groups=G]",
-          "migration-aware[:horizon=H,bw=GBps,token_us=U,weight_bytes=B,mode=...,groups=G]"};
+EPLAB_REGISTRY(BalancerMaker, balancer_registry, "balancer", r) {
+  r.add("none", "static placement in expert-id order, never rebalanced",
+        without_parameters<Balancer>([] { return std::make_unique<NoneBalancer>(); }));
+  r.add(
+      "eplb", "DeepSeek's EPLB: replicate the hottest experts, pack them onto nodes then GPUs (or globally)",
+      [](const PolicySpec& s) -> std::unique_ptr<Balancer> {
+        s.allow_only({"mode", "groups"});
+        auto [mode, groups] = eplb_args(s);
+        return std::make_unique<EplbBalancer>("eplb:" + eplb_suffix(s), mode, groups);
+      },
+      "eplb[:mode=auto|hierarchical|global,groups=G]");
+  r.add(
+      "migration-aware", "EPLB that moves expert weights only when the forecast gain over a horizon beats the move",
+      [](const PolicySpec& s) -> std::unique_ptr<Balancer> {
+        s.allow_only({"horizon", "bw", "token_us", "weight_bytes", "mode", "groups"});
+        auto [mode, groups] = eplb_args(s);
+        const double h = s.number("horizon", 100), bw = s.number("bw", 0), tok = s.number("token_us", 0),
+                     wb = s.number("weight_bytes", 1);
+        if (h <= 0 || bw < 0 || tok < 0 || wb <= 0)
+          throw EplabError("balancer '" + s.text() + "': horizon and weight_bytes must be > 0, bw and token_us >= 0");
+        const std::string name = "migration-aware:horizon=" + fmt(h) + ",bw=" + fmt(bw) + ",token_us=" + fmt(tok) +
+                                 ",weight_bytes=" + fmt(wb) + "," + eplb_suffix(s);
+        return std::make_unique<MigrationAwareBalancer>(name, EplbBalancer("eplb:" + eplb_suffix(s), mode, groups), h,
+                                                        bw, tok, wb);
+      },
+      "migration-aware[:horizon=H,bw=GBps,token_us=U,weight_bytes=B,mode=...,groups=G]");
 }
 
-namespace {
-
-// Run-time factories; a mutex because registration (Python) and creation (the driver) may be on different threads.
-std::mutex& balancer_factory_mutex() {
-  static std::mutex mu;
-  return mu;
-}
-std::map<std::string, BalancerFactory>& balancer_factories() {
-  static std::map<std::string, BalancerFactory> f;
-  return f;
-}
-
-}  // namespace
+std::vector<std::string> balancer_names() { return balancer_registry().names(); }
 
 void register_balancer_factory(const std::string& name, BalancerFactory factory) {
-  if (name.empty() || name.find(':') != std::string::npos)
-    throw EplabError("balancer name '" + name + "': a registered balancer needs a non-empty name without ':'");
-  for (const char* b : {"none", "eplb", "migration-aware"})
-    if (name == b) throw EplabError("balancer name '" + name + "' is a built-in balancer; choose another name");
   if (!factory) throw EplabError("balancer name '" + name + "': the factory is empty");
-  std::lock_guard<std::mutex> lock(balancer_factory_mutex());
-  balancer_factories()[name] = std::move(factory);
+  balancer_registry().add_user(name, without_parameters<Balancer>(std::move(factory)), ":");
 }
 
-void unregister_balancer_factory(const std::string& name) {
-  std::lock_guard<std::mutex> lock(balancer_factory_mutex());
-  balancer_factories().erase(name);
-}
+void unregister_balancer_factory(const std::string& name) { balancer_registry().remove_user(name); }
 
-std::vector<std::string> registered_balancer_factories() {
-  std::lock_guard<std::mutex> lock(balancer_factory_mutex());
-  std::vector<std::string> names;
-  for (const auto& [name, f] : balancer_factories()) names.push_back(name);
-  return names;
-}
+std::vector<std::string> registered_balancer_factories() { return balancer_registry().user_names(); }
 
 std::unique_ptr<Balancer> create_balancer(const std::string& text) {
-  {
-    BalancerFactory factory;
-    {
-      std::lock_guard<std::mutex> lock(balancer_factory_mutex());
-      auto it = balancer_factories().find(text);
-      if (it != balancer_factories().end()) factory = it->second;
-    }
-    // Called outside the lock: a factory runs user code that may itself create policies.
-    if (factory) return factory();
-  }
   const PolicySpec s("balancer", text);
-  if (s.name() == "none") {
-    s.allow_only({});
-    return std::make_unique<NoneBalancer>();
-  }
-  if (s.name() == "eplb") {
-    s.allow_only({"mode", "groups"});
-    auto [mode, groups] = eplb_args(s);
-    return std::make_unique<EplbBalancer>("eplb:" + eplb_suffix(s), mode, groups);
-  }
-  if (s.name() == "migration-aware") {
-    s.allow_only({"horizon", "bw", "token_us", "weight_bytes", "mode", "groups"});
-    auto [mode, groups] = eplb_args(s);
-    const double h = s.number("horizon", 100), bw = s.number("bw", 0), tok = s.number("token_us", 0),
-                 wb = s.number("weight_bytes", 1);
-    if (h <= 0 || bw < 0 || tok < 0 || wb <= 0)
-      throw EplabError("balancer '" + text + "': horizon and weight_bytes must be > 0, bw and token_us >= 0");
-    const std::string name = "migration-aware:horizon=" + fmt(h) + ",bw=" + fmt(bw) + ",token_us=" + fmt(tok) +
-                             ",weight_bytes=" + fmt(wb) + "," + eplb_suffix(s);
-    return std::make_unique<MigrationAwareBalancer>(name, EplbBalancer("eplb:" + eplb_suffix(s), mode, groups), h, bw,
-                                                    tok, wb);
-  }
-  throw EplabError("unknown balancer '" + text + "' (known: " + join_names(balancer_names()) + ")");
+  return balancer_registry().by_name(s.name())(s);
 }
 
 }  // namespace eplab

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/registry.hpp"
 #include "policies/codecs/codec.hpp"
 
 namespace eplab::codecs {
@@ -96,26 +97,39 @@ class ByteCodec {
 
 enum class StageKind { kQuantizer, kTransform, kBytes };
 
-struct CodecEntry {
-  std::string name;
-  std::string summary;  // one line for `eplab codec list`
+// What a codec name in the registry builds: one stage of a chain, of one of the three kinds.
+struct CodecStage {
   StageKind kind = StageKind::kQuantizer;
   std::function<std::unique_ptr<Codec>(const CodecParams&)> make_quantizer;
   std::function<std::unique_ptr<Transform>(const CodecParams&)> make_transform;
   std::function<std::unique_ptr<ByteCodec>(const CodecParams&)> make_bytes;
+
+  explicit operator bool() const { return make_quantizer || make_transform || make_bytes; }
 };
+inline CodecStage quantizer_stage(std::function<std::unique_ptr<Codec>(const CodecParams&)> make) {
+  return {StageKind::kQuantizer, std::move(make), {}, {}};
+}
+inline CodecStage transform_stage(std::function<std::unique_ptr<Transform>(const CodecParams&)> make) {
+  return {StageKind::kTransform, {}, std::move(make), {}};
+}
+inline CodecStage bytes_stage(std::function<std::unique_ptr<ByteCodec>(const CodecParams&)> make) {
+  return {StageKind::kBytes, {}, {}, std::move(make)};
+}
 
-// Each family adds its entries; registry.cpp calls these explicitly so a static link cannot drop them.
-void add_identity_codecs(std::vector<CodecEntry>& entries);
-void add_fp8_codecs(std::vector<CodecEntry>& entries);
-void add_int8_codecs(std::vector<CodecEntry>& entries);
-void add_mx_codecs(std::vector<CodecEntry>& entries);
-void add_logfmt_codecs(std::vector<CodecEntry>& entries);
-void add_sparse_codecs(std::vector<CodecEntry>& entries);
-void add_delta_codecs(std::vector<CodecEntry>& entries);
-void add_lossless_codecs(std::vector<CodecEntry>& entries);
+// The codec registry: built-in stages by name with a one-line summary (`eplab codec list`), and Python codecs
+// registered at run time as quantizers that take no parameters.
+using CodecRegistry = Registry<CodecStage>;
+CodecRegistry& codec_registry();
 
-const std::vector<CodecEntry>& codec_entries();
+// Each family adds its stages; registry.cpp calls these explicitly so a static link cannot drop them.
+void add_identity_codecs(CodecRegistry& r);
+void add_fp8_codecs(CodecRegistry& r);
+void add_int8_codecs(CodecRegistry& r);
+void add_mx_codecs(CodecRegistry& r);
+void add_logfmt_codecs(CodecRegistry& r);
+void add_sparse_codecs(CodecRegistry& r);
+void add_delta_codecs(CodecRegistry& r);
+void add_lossless_codecs(CodecRegistry& r);
 
 // Exact-size check every fixed-rate decoder starts with.
 void expect_size(const std::string& codec, size_t got, size_t want, int tokens, int hidden);

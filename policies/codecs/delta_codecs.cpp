@@ -142,17 +142,13 @@ class DeltaTransform final : public Transform {
 
 }  // namespace
 
-void add_delta_codecs(std::vector<CodecEntry>& entries) {
-  entries.push_back({"delta",
-                     "difference from the previous message of the stream; delta:period=16 (full frames)",
-                     StageKind::kTransform,
-                     {},
-                     [](const CodecParams& p) -> std::unique_ptr<Transform> {
-                       int period = p.get_int("period", 16);
-                       if (period < 1) throw EplabError("codec spec '" + p.spec() + "': period must be >= 1");
-                       return std::make_unique<DeltaTransform>(p.spec(), period);
-                     },
-                     {}});
+void add_delta_codecs(CodecRegistry& r) {
+  r.add("delta", "difference from the previous message of the stream; delta:period=16 (full frames)",
+        transform_stage([](const CodecParams& p) -> std::unique_ptr<Transform> {
+          int period = p.get_int("period", 16);
+          if (period < 1) throw EplabError("codec spec '" + p.spec() + "': period must be >= 1");
+          return std::make_unique<DeltaTransform>(p.spec(), period);
+        }));
 }
 
 }  // namespace eplab::codecs

@@ -101,30 +101,18 @@ class Fp8BlockCodec final : public Codec {
 
 }  // namespace
 
-void add_fp8_codecs(std::vector<CodecEntry>& entries) {
+void add_fp8_codecs(CodecRegistry& r) {
   auto make = [](Fp8Kind kind, bool ue8m0) {
     return [kind, ue8m0](const CodecParams& p) -> std::unique_ptr<Codec> {
       return std::make_unique<Fp8BlockCodec>(p.spec(), kind, ue8m0);
     };
   };
-  entries.push_back({"fp8-e4m3-b128",
-                     "DeepEP FP8: E4M3 + fp32 scale_inv per 128 channels (8.25 bits/element)",
-                     StageKind::kQuantizer,
-                     make(Fp8Kind::kE4M3, false),
-                     {},
-                     {}});
-  entries.push_back({"fp8-e4m3-b128-ue8m0",
-                     "as fp8-e4m3-b128 with power-of-two E8M0 scales (8.06 bits/element)",
-                     StageKind::kQuantizer,
-                     make(Fp8Kind::kE4M3, true),
-                     {},
-                     {}});
-  entries.push_back({"fp8-e5m2-b128",
-                     "E5M2 + fp32 scale_inv per 128 channels, fmax 57344 (8.25 bits/element)",
-                     StageKind::kQuantizer,
-                     make(Fp8Kind::kE5M2, false),
-                     {},
-                     {}});
+  r.add("fp8-e4m3-b128", "DeepEP FP8: E4M3 + fp32 scale_inv per 128 channels (8.25 bits/element)",
+        quantizer_stage(make(Fp8Kind::kE4M3, false)));
+  r.add("fp8-e4m3-b128-ue8m0", "as fp8-e4m3-b128 with power-of-two E8M0 scales (8.06 bits/element)",
+        quantizer_stage(make(Fp8Kind::kE4M3, true)));
+  r.add("fp8-e5m2-b128", "E5M2 + fp32 scale_inv per 128 channels, fmax 57344 (8.25 bits/element)",
+        quantizer_stage(make(Fp8Kind::kE5M2, false)));
 }
 
 }  // namespace eplab::codecs

@@ -81,13 +81,12 @@ class Bf16Codec final : public Codec {
 
 }  // namespace
 
-void add_identity_codecs(std::vector<CodecEntry>& entries) {
+void add_identity_codecs(CodecRegistry& r) {
   auto fp32 = [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<Fp32Codec>(p.spec()); };
   auto bf16 = [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<Bf16Codec>(p.spec()); };
-  entries.push_back({"fp32", "fp32 wire, bit-exact (32 bits/element)", StageKind::kQuantizer, fp32, {}, {}});
-  entries.push_back({"identity", "alias of fp32", StageKind::kQuantizer, fp32, {}, {}});
-  entries.push_back(
-      {"bf16", "bfloat16 wire, round-to-nearest-even (16 bits/element)", StageKind::kQuantizer, bf16, {}, {}});
+  r.add("fp32", "fp32 wire, bit-exact (32 bits/element)", quantizer_stage(fp32));
+  r.add("identity", "alias of fp32", quantizer_stage(fp32));
+  r.add("bf16", "bfloat16 wire, round-to-nearest-even (16 bits/element)", quantizer_stage(bf16));
 }
 
 }  // namespace eplab::codecs

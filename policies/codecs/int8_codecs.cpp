@@ -62,14 +62,10 @@ class Int8TokenCodec final : public Codec {
 
 }  // namespace
 
-void add_int8_codecs(std::vector<CodecEntry>& entries) {
-  entries.push_back(
-      {"int8-token",
-       "symmetric int8 per token, fp32 scale amax/127 (8 bits/element + 32/token)",
-       StageKind::kQuantizer,
-       [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<Int8TokenCodec>(p.spec()); },
-       {},
-       {}});
+void add_int8_codecs(CodecRegistry& r) {
+  r.add("int8-token", "symmetric int8 per token, fp32 scale amax/127 (8 bits/element + 32/token)",
+        quantizer_stage(
+            [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<Int8TokenCodec>(p.spec()); }));
 }
 
 }  // namespace eplab::codecs

@@ -676,14 +676,10 @@ class LogFmtCodec final : public Codec {
 
 }  // namespace
 
-void add_logfmt_codecs(std::vector<CodecEntry>& entries) {
-  entries.push_back(
-      {"logfmt10",
-       "DeepEP LogFMT-10: sign + 9-bit log2 level per element, log range per 128 (10.5 bits)",
-       StageKind::kQuantizer,
-       [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<LogFmtCodec>(p.spec()); },
-       {},
-       {}});
+void add_logfmt_codecs(CodecRegistry& r) {
+  r.add("logfmt10", "DeepEP LogFMT-10: sign + 9-bit log2 level per element, log range per 128 (10.5 bits)",
+        quantizer_stage(
+            [](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<LogFmtCodec>(p.spec()); }));
 }
 
 }  // namespace eplab::codecs

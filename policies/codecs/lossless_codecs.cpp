@@ -85,28 +85,19 @@ class Lz4Bytes final : public ByteCodec {
 
 }  // namespace
 
-void add_lossless_codecs(std::vector<CodecEntry>& entries) {
-  entries.push_back({"zstd",
-                     "lossless zstd over the quantized bytes; zstd:level=N (or zstd:N), default 3",
-                     StageKind::kBytes,
-                     {},
-                     {},
-                     [](const CodecParams& p) -> std::unique_ptr<ByteCodec> {
-                       int level = p.get_int("level", p.get_int("_0", 3));
-                       if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel()) {
-                         throw EplabError("codec spec '" + p.spec() + "': zstd level must be in [" +
-                                          std::to_string(ZSTD_minCLevel()) + ", " + std::to_string(ZSTD_maxCLevel()) +
-                                          "]");
-                       }
-                       return std::make_unique<ZstdBytes>(p.spec(), level);
-                     }});
-  entries.push_back(
-      {"lz4",
-       "lossless LZ4 (block format, u32 raw-size header) over the quantized bytes",
-       StageKind::kBytes,
-       {},
-       {},
-       [](const CodecParams& p) -> std::unique_ptr<ByteCodec> { return std::make_unique<Lz4Bytes>(p.spec()); }});
+void add_lossless_codecs(CodecRegistry& r) {
+  r.add("zstd", "lossless zstd over the quantized bytes; zstd:level=N (or zstd:N), default 3",
+        bytes_stage([](const CodecParams& p) -> std::unique_ptr<ByteCodec> {
+          int level = p.get_int("level", p.get_int("_0", 3));
+          if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel()) {
+            throw EplabError("codec spec '" + p.spec() + "': zstd level must be in [" +
+                             std::to_string(ZSTD_minCLevel()) + ", " + std::to_string(ZSTD_maxCLevel()) + "]");
+          }
+          return std::make_unique<ZstdBytes>(p.spec(), level);
+        }));
+  r.add("lz4", "lossless LZ4 (block format, u32 raw-size header) over the quantized bytes",
+        bytes_stage(
+            [](const CodecParams& p) -> std::unique_ptr<ByteCodec> { return std::make_unique<Lz4Bytes>(p.spec()); }));
 }
 
 }  // namespace eplab::codecs

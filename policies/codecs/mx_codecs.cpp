@@ -113,28 +113,16 @@ class MxCodec final : public Codec {
 
 }  // namespace
 
-void add_mx_codecs(std::vector<CodecEntry>& entries) {
+void add_mx_codecs(CodecRegistry& r) {
   auto make = [](MxKind kind) {
     return [kind](const CodecParams& p) -> std::unique_ptr<Codec> { return std::make_unique<MxCodec>(p.spec(), kind); };
   };
-  entries.push_back({"mxfp8",
-                     "OCP MXFP8: E4M3 elements, E8M0 scale per 32 (8.25 bits/element)",
-                     StageKind::kQuantizer,
-                     make(MxKind::kFp8),
-                     {},
-                     {}});
-  entries.push_back({"mxfp6",
-                     "OCP MXFP6: E2M3 elements, E8M0 scale per 32 (6.25 bits/element)",
-                     StageKind::kQuantizer,
-                     make(MxKind::kFp6),
-                     {},
-                     {}});
-  entries.push_back({"mxfp4",
-                     "OCP MXFP4: E2M1 elements, E8M0 scale per 32 (4.25 bits/element)",
-                     StageKind::kQuantizer,
-                     make(MxKind::kFp4),
-                     {},
-                     {}});
+  r.add("mxfp8", "OCP MXFP8: E4M3 elements, E8M0 scale per 32 (8.25 bits/element)",
+        quantizer_stage(make(MxKind::kFp8)));
+  r.add("mxfp6", "OCP MXFP6: E2M3 elements, E8M0 scale per 32 (6.25 bits/element)",
+        quantizer_stage(make(MxKind::kFp6)));
+  r.add("mxfp4", "OCP MXFP4: E2M1 elements, E8M0 scale per 32 (4.25 bits/element)",
+        quantizer_stage(make(MxKind::kFp4)));
 }
 
 }  // namespace eplab::codecs

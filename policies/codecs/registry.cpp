@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <mutex>
+#include <optional>
 #include <sstream>
 
 #include "engine/error.hpp"
@@ -22,22 +22,14 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
-std::string known_list() {
-  std::string out;
-  for (const auto& e : codec_entries()) {
-    if (!out.empty()) out += ", ";
-    out += e.name;
-  }
-  return out;
-}
-
 [[noreturn]] void bad_spec(const std::string& spec, const std::string& why) {
-  throw EplabError("codec spec '" + spec + "': " + why + " (known codecs: " + known_list() +
+  throw EplabError("codec spec '" + spec + "': " + why + " (known codecs: " + codec_registry().known() +
                    "; chain them with '+', e.g. topk:ratio=0.25+int8-token+zstd)");
 }
 
 struct ParsedStage {
-  const CodecEntry* entry;
+  std::string name;
+  CodecStage stage;
   CodecParams params;
 };
 
@@ -64,10 +56,9 @@ ParsedStage parse_stage(const std::string& full_spec, const std::string& part) {
       }
     }
   }
-  for (const auto& e : codec_entries()) {
-    if (e.name == name) return ParsedStage{&e, CodecParams(text, std::move(values))};
-  }
-  bad_spec(full_spec, "unknown codec '" + name + "'");
+  std::optional<CodecStage> stage = codec_registry().find(name);
+  if (!stage) bad_spec(full_spec, "unknown codec '" + name + "'");
+  return ParsedStage{name, std::move(*stage), CodecParams(text, std::move(values))};
 }
 
 // Sum of squares helpers for the delta guard.
@@ -380,68 +371,34 @@ const uint8_t* ByteReader::take(size_t n) {
   return p;
 }
 
-const std::vector<CodecEntry>& codec_entries() {
-  static const std::vector<CodecEntry> entries = [] {
-    std::vector<CodecEntry> e;
-    add_identity_codecs(e);
-    add_fp8_codecs(e);
-    add_int8_codecs(e);
-    add_mx_codecs(e);
-    add_logfmt_codecs(e);
-    add_sparse_codecs(e);
-    add_delta_codecs(e);
-    add_lossless_codecs(e);
-    return e;
-  }();
-  return entries;
-}
-
-// Run-time factories; a mutex because ranks create codecs from their own threads.
-std::mutex& factory_mutex() {
-  static std::mutex mu;
-  return mu;
-}
-std::map<std::string, CodecFactory>& factories() {
-  static std::map<std::string, CodecFactory> f;
-  return f;
+EPLAB_REGISTRY(CodecStage, codec_registry, "codec", r) {
+  add_identity_codecs(r);
+  add_fp8_codecs(r);
+  add_int8_codecs(r);
+  add_mx_codecs(r);
+  add_logfmt_codecs(r);
+  add_sparse_codecs(r);
+  add_delta_codecs(r);
+  add_lossless_codecs(r);
 }
 
 }  // namespace codecs
 
 void register_codec_factory(const std::string& name, CodecFactory factory) {
-  using namespace codecs;
-  if (name.empty() || name.find('+') != std::string::npos)
-    throw EplabError("codec name '" + name + "': a registered codec needs a non-empty name without '+'");
-  for (const auto& e : codec_entries())
-    if (e.name == name) throw EplabError("codec name '" + name + "' is a built-in codec; choose another name");
-  std::lock_guard<std::mutex> lock(factory_mutex());
-  factories()[name] = std::move(factory);
+  if (!factory) throw EplabError("codec name '" + name + "': the factory is empty");
+  codecs::codec_registry().add_user(
+      name, codecs::quantizer_stage([factory](const codecs::CodecParams&) { return factory(); }), "+");
 }
 
-void unregister_codec_factory(const std::string& name) {
-  std::lock_guard<std::mutex> lock(codecs::factory_mutex());
-  codecs::factories().erase(name);
-}
+void unregister_codec_factory(const std::string& name) { codecs::codec_registry().remove_user(name); }
 
-std::vector<std::string> registered_codec_factories() {
-  std::lock_guard<std::mutex> lock(codecs::factory_mutex());
-  std::vector<std::string> names;
-  for (const auto& [name, f] : codecs::factories()) names.push_back(name);
-  return names;
-}
+std::vector<std::string> registered_codec_factories() { return codecs::codec_registry().user_names(); }
 
 std::unique_ptr<Codec> create_codec(const std::string& spec) {
   using namespace codecs;
-  {
-    CodecFactory factory;
-    {
-      std::lock_guard<std::mutex> lock(factory_mutex());
-      auto it = factories().find(spec);
-      if (it != factories().end()) factory = it->second;
-    }
-    // Called outside the lock: a factory may itself create codecs.
-    if (factory) return factory();
-  }
+  // Matched whole first: a run-time codec's name may hold the ':' and ',' that separate a stage's parameters.
+  if (std::optional<CodecStage> whole = codec_registry().find(spec); whole && whole->kind == StageKind::kQuantizer)
+    return whole->make_quantizer(CodecParams(spec, {}));
   std::vector<ParsedStage> stages;
   std::string normalized;
   std::stringstream ss(spec);
@@ -457,18 +414,18 @@ std::unique_ptr<Codec> create_codec(const std::string& spec) {
   std::unique_ptr<Codec> terminal;
   std::vector<std::unique_ptr<ByteCodec>> bytes;
   for (auto& s : stages) {
-    switch (s.entry->kind) {
+    switch (s.stage.kind) {
       case StageKind::kTransform:
-        if (terminal || !bytes.empty()) bad_spec(spec, "'" + s.entry->name + "' must come before the quantizer");
-        transforms.push_back(s.entry->make_transform(s.params));
+        if (terminal || !bytes.empty()) bad_spec(spec, "'" + s.name + "' must come before the quantizer");
+        transforms.push_back(s.stage.make_transform(s.params));
         break;
       case StageKind::kQuantizer:
-        if (terminal) bad_spec(spec, "a chain takes one quantizer, '" + s.entry->name + "' is the second");
-        if (!bytes.empty()) bad_spec(spec, "the quantizer '" + s.entry->name + "' must come before byte compressors");
-        terminal = s.entry->make_quantizer(s.params);
+        if (terminal) bad_spec(spec, "a chain takes one quantizer, '" + s.name + "' is the second");
+        if (!bytes.empty()) bad_spec(spec, "the quantizer '" + s.name + "' must come before byte compressors");
+        terminal = s.stage.make_quantizer(s.params);
         break;
       case StageKind::kBytes:
-        bytes.push_back(s.entry->make_bytes(s.params));
+        bytes.push_back(s.stage.make_bytes(s.params));
         break;
     }
     s.params.check_all_used();
@@ -478,19 +435,16 @@ std::unique_ptr<Codec> create_codec(const std::string& spec) {
   return std::make_unique<ChainCodec>(normalized, std::move(transforms), std::move(terminal), std::move(bytes));
 }
 
-std::vector<std::string> codec_names() {
-  std::vector<std::string> names;
-  for (const auto& e : codecs::codec_entries()) names.push_back(e.name);
-  return names;
-}
+std::vector<std::string> codec_names() { return codecs::codec_registry().names(); }
 
 std::vector<CodecInfo> codec_catalog() {
   std::vector<CodecInfo> out;
-  for (const auto& e : codecs::codec_entries()) {
-    const char* kind = e.kind == codecs::StageKind::kQuantizer   ? "quantizer"
-                       : e.kind == codecs::StageKind::kTransform ? "transform"
-                                                                 : "lossless";
-    out.push_back({e.name, kind, e.summary});
+  for (const auto& e : codecs::codec_registry().entries()) {
+    if (!e.builtin) continue;
+    const char* kind = e.factory.kind == codecs::StageKind::kQuantizer   ? "quantizer"
+                       : e.factory.kind == codecs::StageKind::kTransform ? "transform"
+                                                                         : "lossless";
+    out.push_back({e.name, kind, e.help});
   }
   return out;
 }

@@ -282,31 +282,23 @@ class ThresholdTransform final : public SparseTransform {
 
 }  // namespace
 
-void add_sparse_codecs(std::vector<CodecEntry>& entries) {
-  entries.push_back({"topk",
-                     "keep the ceil(ratio*hidden) largest |x| per token; topk:ratio=0.25[,ef=1]",
-                     StageKind::kTransform,
-                     {},
-                     [](const CodecParams& p) -> std::unique_ptr<Transform> {
-                       double ratio = p.get_double("ratio", 0.25);
-                       if (!(ratio > 0 && ratio <= 1)) {
-                         throw EplabError("codec spec '" + p.spec() + "': ratio must be in (0, 1]");
-                       }
-                       return std::make_unique<TopkTransform>(p.spec(), ratio, p.get_bool("ef", false));
-                     },
-                     {}});
-  entries.push_back({"threshold",
-                     "keep |x| >= tau; threshold:tau=0.01[,ef=1]",
-                     StageKind::kTransform,
-                     {},
-                     [](const CodecParams& p) -> std::unique_ptr<Transform> {
-                       double tau = p.get_double("tau", 0.01);
-                       if (!(tau >= 0) || !std::isfinite(tau)) {
-                         throw EplabError("codec spec '" + p.spec() + "': tau must be a finite number >= 0");
-                       }
-                       return std::make_unique<ThresholdTransform>(p.spec(), tau, p.get_bool("ef", false));
-                     },
-                     {}});
+void add_sparse_codecs(CodecRegistry& r) {
+  r.add("topk", "keep the ceil(ratio*hidden) largest |x| per token; topk:ratio=0.25[,ef=1]",
+        transform_stage([](const CodecParams& p) -> std::unique_ptr<Transform> {
+          double ratio = p.get_double("ratio", 0.25);
+          if (!(ratio > 0 && ratio <= 1)) {
+            throw EplabError("codec spec '" + p.spec() + "': ratio must be in (0, 1]");
+          }
+          return std::make_unique<TopkTransform>(p.spec(), ratio, p.get_bool("ef", false));
+        }));
+  r.add("threshold", "keep |x| >= tau; threshold:tau=0.01[,ef=1]",
+        transform_stage([](const CodecParams& p) -> std::unique_ptr<Transform> {
+          double tau = p.get_double("tau", 0.01);
+          if (!(tau >= 0) || !std::isfinite(tau)) {
+            throw EplabError("codec spec '" + p.spec() + "': tau must be a finite number >= 0");
+          }
+          return std::make_unique<ThresholdTransform>(p.spec(), tau, p.get_bool("ef", false));
+        }));
 }
 
 }  // namespace eplab::codecs

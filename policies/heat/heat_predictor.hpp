@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/registry.hpp"
 #include "engine/routing.hpp"
+#include "policies/heat/policy_spec.hpp"
 
 namespace eplab {
 
@@ -26,6 +28,10 @@ class HeatPredictor {
 // Throws EplabError naming the spec and listing the known names, or naming a malformed parameter.
 std::unique_ptr<HeatPredictor> create_heat_predictor(const std::string& spec);
 std::vector<std::string> heat_predictor_names();
+
+// The heat predictor registry (engine/registry.hpp): each entry builds a predictor from its parsed spec.
+using HeatPredictorMaker = std::function<std::unique_ptr<HeatPredictor>(const PolicySpec&)>;
+Registry<HeatPredictorMaker>& heat_predictor_registry();
 
 // Predictors supplied at run time (Python subclasses of eplab.HeatPredictor): create_heat_predictor(name) with
 // exactly this name calls the factory before any spec parsing; the engine creates one per layer, so a factory

@@ -3,10 +3,9 @@
 #include <cmath>
 #include <cstdio>
 #include <deque>
-#include <map>
-#include <mutex>
 
 #include "engine/error.hpp"
+#include "engine/registry.hpp"
 #include "policies/heat/heat_predictor.hpp"
 #include "policies/heat/policy_spec.hpp"
 
@@ -136,82 +135,54 @@ double unit_interval(const PolicySpec& s, const std::string& key, double fallbac
 
 }  // namespace
 
-std::vector<std::string> heat_predictor_names() {
-  return {"last", "ema:alpha=A", "window:w=W", "trend:alpha=A,beta=B"};
+EPLAB_REGISTRY(HeatPredictorMaker, heat_predictor_registry, "heat predictor", r) {
+  r.add("last", "the last step's load",
+        without_parameters<HeatPredictor>([] { return std::make_unique<LastValue>(); }));
+  r.add(
+      "ema", "exponential moving average, weight alpha on the newest step (default 0.5)",
+      [](const PolicySpec& s) -> std::unique_ptr<HeatPredictor> {
+        s.allow_only({"alpha"});
+        const double a = unit_interval(s, "alpha", 0.5);
+        return std::make_unique<Ema>("ema:alpha=" + fmt(a), a);
+      },
+      "ema:alpha=A");
+  r.add(
+      "window", "mean of the last w steps (default 4)",
+      [](const PolicySpec& s) -> std::unique_ptr<HeatPredictor> {
+        s.allow_only({"w"});
+        const double w = s.number("w", 4);
+        if (w < 1 || w != std::floor(w))
+          throw EplabError("heat predictor '" + s.text() + "': w must be an integer >= 1, got " + fmt(w));
+        return std::make_unique<Window>("window:w=" + fmt(w), static_cast<int>(w));
+      },
+      "window:w=W");
+  r.add(
+      "trend", "Holt's linear trend: level alpha (default 0.5), trend beta (default 0.3)",
+      [](const PolicySpec& s) -> std::unique_ptr<HeatPredictor> {
+        s.allow_only({"alpha", "beta"});
+        const double a = unit_interval(s, "alpha", 0.5), b = unit_interval(s, "beta", 0.3);
+        return std::make_unique<Trend>("trend:alpha=" + fmt(a) + ",beta=" + fmt(b), a, b);
+      },
+      "trend:alpha=A,beta=B");
 }
 
-namespace {
-
-// Run-time factories; a mutex because registration (Python) and creation (the driver) may be on different threads.
-std::mutex& heat_predictor_factory_mutex() {
-  static std::mutex mu;
-  return mu;
-}
-std::map<std::string, HeatPredictorFactory>& heat_predictor_factories() {
-  static std::map<std::string, HeatPredictorFactory> f;
-  return f;
-}
-
-}  // namespace
+std::vector<std::string> heat_predictor_names() { return heat_predictor_registry().names(); }
 
 void register_heat_predictor_factory(const std::string& name, HeatPredictorFactory factory) {
-  if (name.empty() || name.find(':') != std::string::npos)
-    throw EplabError("heat predictor name '" + name +
-                     "': a registered heat predictor needs a non-empty name without ':'");
-  for (const char* b : {"last", "ema", "window", "trend", "oracle"})
-    if (name == b)
-      throw EplabError("heat predictor name '" + name + "' is a built-in heat predictor; choose another name");
+  // The driver answers "oracle" itself (the step's own load), so no predictor may take the name.
+  if (name == "oracle")
+    throw EplabError("heat predictor name 'oracle' is a built-in heat predictor; choose another name");
   if (!factory) throw EplabError("heat predictor name '" + name + "': the factory is empty");
-  std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
-  heat_predictor_factories()[name] = std::move(factory);
+  heat_predictor_registry().add_user(name, without_parameters<HeatPredictor>(std::move(factory)), ":");
 }
 
-void unregister_heat_predictor_factory(const std::string& name) {
-  std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
-  heat_predictor_factories().erase(name);
-}
+void unregister_heat_predictor_factory(const std::string& name) { heat_predictor_registry().remove_user(name); }
 
-std::vector<std::string> registered_heat_predictor_factories() {
-  std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
-  std::vector<std::string> names;
-  for (const auto& [name, f] : heat_predictor_factories()) names.push_back(name);
-  return names;
-}
+std::vector<std::string> registered_heat_predictor_factories() { return heat_predictor_registry().user_names(); }
 
 std::unique_ptr<HeatPredictor> create_heat_predictor(const std::string& text) {
-  {
-    HeatPredictorFactory factory;
-    {
-      std::lock_guard<std::mutex> lock(heat_predictor_factory_mutex());
-      auto it = heat_predictor_factories().find(text);
-      if (it != heat_predictor_factories().end()) factory = it->second;
-    }
-    // Called outside the lock: a factory runs user code that may itself create policies.
-    if (factory) return factory();
-  }
   const PolicySpec s("heat predictor", text);
-  if (s.name() == "last") {
-    s.allow_only({});
-    return std::make_unique<LastValue>();
-  }
-  if (s.name() == "ema") {
-    s.allow_only({"alpha"});
-    const double a = unit_interval(s, "alpha", 0.5);
-    return std::make_unique<Ema>("ema:alpha=" + fmt(a), a);
-  }
-  if (s.name() == "window") {
-    s.allow_only({"w"});
-    const double w = s.number("w", 4);
-    if (w < 1 || w != std::floor(w))
-      throw EplabError("heat predictor '" + text + "': w must be an integer >= 1, got " + fmt(w));
-    return std::make_unique<Window>("window:w=" + fmt(w), static_cast<int>(w));
-  }
-  if (s.name() == "trend") {
-    s.allow_only({"alpha", "beta"});
-    const double a = unit_interval(s, "alpha", 0.5), b = unit_interval(s, "beta", 0.3);
-    return std::make_unique<Trend>("trend:alpha=" + fmt(a) + ",beta=" + fmt(b), a, b);
-  }
-  throw EplabError("unknown heat predictor '" + text + "' (known: " + join_names(heat_predictor_names()) + ")");
+  return heat_predictor_registry().by_name(s.name())(s);
 }
 
 void add_expert_load(const RoutingBatch& batch, std::vector<double>& load) {

@@ -2,7 +2,9 @@
 // "name:key=value,key=value". Errors name the spec, the key and what was expected.
 #pragma once
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,16 @@ class PolicySpec {
   std::string kind_, text_, name_;
   std::map<std::string, std::string> kv_;
 };
+
+// A registry entry (a maker from a parsed spec) for a policy that takes no parameters: built-ins such as `none`,
+// and every policy registered at run time.
+template <class T>
+std::function<std::unique_ptr<T>(const PolicySpec&)> without_parameters(std::function<std::unique_ptr<T>()> make) {
+  return [make = std::move(make)](const PolicySpec& s) -> std::unique_ptr<T> {
+    s.allow_only({});
+    return make();
+  };
+}
 
 // "a, b, c" for error messages listing known names.
 std::string join_names(const std::vector<std::string>& names);

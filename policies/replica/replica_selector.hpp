@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/placement.hpp"
+#include "engine/registry.hpp"
 
 namespace eplab {
 
@@ -43,6 +44,9 @@ class TopologyAwareSelector : public ReplicaSelector {
 // round-robin | least-loaded | topology-aware. Throws EplabError listing the known names.
 std::unique_ptr<ReplicaSelector> create_replica_selector(const std::string& name);
 std::vector<std::string> replica_selector_names();
+// The replica selector registry (engine/registry.hpp).
+using ReplicaSelectorFactory = std::unique_ptr<ReplicaSelector> (*)();
+Registry<ReplicaSelectorFactory>& replica_selector_registry();
 
 // Selections each rank receives when `selector` serves `batch` ([ranks], added to `per_rank`).
 void add_rank_load(const RoutingBatch& batch, const Placement& placement, const Topology& topo,

@@ -2,7 +2,6 @@
 #include <limits>
 
 #include "engine/error.hpp"
-#include "policies/heat/policy_spec.hpp"
 #include "policies/replica/replica_selector.hpp"
 
 namespace eplab {
@@ -87,13 +86,21 @@ void TopologyAwareSelector::select(const RoutingBatch& batch, const Placement& p
     }
 }
 
-std::vector<std::string> replica_selector_names() { return {"round-robin", "least-loaded", "topology-aware"}; }
+EPLAB_REGISTRY(ReplicaSelectorFactory, replica_selector_registry, "replica selector", r) {
+  r.add("round-robin", "the replicas of an expert in turn, by (token + k)",
+        []() -> std::unique_ptr<ReplicaSelector> { return std::make_unique<RoundRobinSelector>(); });
+  r.add("least-loaded", "the replica whose rank has received the fewest selections so far in this batch",
+        []() -> std::unique_ptr<ReplicaSelector> { return std::make_unique<LeastLoadedSelector>(); });
+  r.add(
+      "topology-aware", "the cheapest replica from the source: same node, then same rail (or a probed cost matrix)",
+      []() -> std::unique_ptr<ReplicaSelector> { return std::make_unique<TopologyAwareSelector>(); },
+      "topology-aware[:costs=FILE]");
+}
+
+std::vector<std::string> replica_selector_names() { return replica_selector_registry().names(); }
 
 std::unique_ptr<ReplicaSelector> create_replica_selector(const std::string& name) {
-  if (name == "round-robin") return std::make_unique<RoundRobinSelector>();
-  if (name == "least-loaded") return std::make_unique<LeastLoadedSelector>();
-  if (name == "topology-aware") return std::make_unique<TopologyAwareSelector>();
-  throw EplabError("unknown replica selector '" + name + "' (known: " + join_names(replica_selector_names()) + ")");
+  return replica_selector_registry().by_name(name)();
 }
 
 void add_rank_load(const RoutingBatch& batch, const Placement& placement, const Topology& topo,

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/registry.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab {
@@ -30,5 +31,8 @@ void route_token(const float* scores, int num_experts, const std::vector<float>&
 // Biases are replayed from step 0 (and cached), so batch(step, ...) stays random-access and deterministic.
 std::unique_ptr<RoutingSource> make_router_source(const std::string& spec, const RoutingParams& params);
 std::vector<std::string> router_names();
+// The router registry (engine/registry.hpp): each entry builds a source from the spec after "router:".
+using RouterFactory = std::unique_ptr<RoutingSource> (*)(const std::string& spec, const RoutingParams& params);
+Registry<RouterFactory>& router_registry();
 
 }  // namespace eplab

@@ -62,8 +62,6 @@ class RouterSource : public RoutingSource {
     if (const size_t c = text.find_first_of(",:"); c != std::string::npos) text[c] = ':';
     const PolicySpec ps("router", text);
     kind_ = ps.name();
-    if (kind_ != "node-limited" && kind_ != "bias" && kind_ != "topk")
-      throw EplabError("unknown router 'router:" + spec + "' (known: node-limited, bias, topk)");
     ps.allow_only(kind_ == "bias"           ? std::vector<std::string>{"gamma", "m", "skew", "noise"}
                   : kind_ == "node-limited" ? std::vector<std::string>{"m", "skew", "noise"}
                                             : std::vector<std::string>{"skew", "noise"});
@@ -150,12 +148,25 @@ class RouterSource : public RoutingSource {
   std::map<int, std::vector<std::vector<float>>> bias_;  // layer -> bias per step
 };
 
-}  // namespace
-
-std::unique_ptr<RoutingSource> make_router_source(const std::string& spec, const RoutingParams& params) {
+std::unique_ptr<RoutingSource> make_router(const std::string& spec, const RoutingParams& params) {
   return std::make_unique<RouterSource>(spec, params);
 }
 
-std::vector<std::string> router_names() { return {"node-limited", "bias", "topk"}; }
+}  // namespace
+
+// One source class serves every kind; the registry names the kinds and their parameters.
+EPLAB_REGISTRY(RouterFactory, router_registry, "router", r) {
+  r.add("node-limited", "top-k within the M nodes holding a token's best experts (DeepSeek-V3)", &make_router,
+        "node-limited[,m=M]");
+  r.add("bias", "auxiliary-loss-free balancing: a per-expert selection bias moved toward the mean load", &make_router,
+        "bias[,gamma=G,m=M]");
+  r.add("topk", "plain top-k of the gate scores (the baseline)", &make_router);
+}
+
+std::unique_ptr<RoutingSource> make_router_source(const std::string& spec, const RoutingParams& params) {
+  return router_registry().by_name(spec.substr(0, spec.find_first_of(",:")))(spec, params);
+}
+
+std::vector<std::string> router_names() { return router_registry().names(); }
 
 }  // namespace eplab

@@ -24,6 +24,7 @@ from ._eplab import (
     model,
     model_presets,
     routing_specs,
+    run_option_table,
 )
 # Balancers and heat predictors, where this build has them.
 _POLICY_NAMES = ("BalanceInput", "Balancer", "HeatPredictor", "balancer_names", "create_balancer",
@@ -34,9 +35,10 @@ for _name in _POLICY_NAMES:
     if hasattr(_eplab, _name):
         globals()[_name] = getattr(_eplab, _name)
 from . import codecs, plots, traces
-from .result import Result, flatten, run, run_options
+from .result import Result, flatten, run, run_config, run_options
 from .sweeps import grid, sweep
 
 __all__ = ["Codec", "Error", "Result", "RoutingSource", "__version__", "backend_info", "backends", "cluster",
            "cluster_presets", "codecs", "flatten", "plots", "grid", "model", "model_presets", "routing_specs", "run",
-           "run_options", "sweep", "traces"] + [n for n in _POLICY_NAMES if n in globals()]
+           "run_config", "run_option_table", "run_options", "sweep", "traces"]
+__all__ += [n for n in _POLICY_NAMES if n in globals()]

@@ -8,12 +8,8 @@ import shutil
 import sys
 
 from . import _eplab
-from .result import run, run_options
+from .result import run, run_config
 
-_INT = {"nodes", "gpus_per_node", "tokens", "hidden", "steps", "layers", "seed", "redundant_experts"}
-_FLOAT = {"timeout_s"}
-_BOOL = {"overlap_allreduce"}
-_CLI_NAME = {"timeout_s": "timeout"}  # where the command line's name differs from RunConfig's
 
 
 def _find_binary():
@@ -30,20 +26,29 @@ def _flag(text):
 
 
 def _cmd_run(argv):
+    """The options come from the engine's one table, so they and their defaults match `eplab run`'s."""
     p = argparse.ArgumentParser(prog="python3 -m eplab run", description="Runs one EP experiment.")
-    for name in run_options():
-        if name == "verify":
-            continue
-        flag = "--" + _CLI_NAME.get(name, name).replace("_", "-")
-        typ = int if name in _INT else float if name in _FLOAT else _flag if name in _BOOL else str
-        p.add_argument(flag, dest=name, type=typ, default=None)
-    p.add_argument("--no-verify", action="store_true", help="skip the delivery and combine check")
+    types = {"int": int, "float": float, "bool": _flag, "str": str}
+    for o in _eplab.run_option_table():
+        p.add_argument("--" + o["flag"], dest=o["name"], type=types[o["type"]], default=None,
+                       help=f"{o['help']} (default: {o['default']})")
+    p.add_argument("--config", help="read options from this JSON file (keys as eplab.run's; the command line wins)")
+    p.add_argument("--dump-config", action="store_true", help="print the resolved options as a --config file, exit")
+    p.add_argument("--no-verify", action="store_true", help="skip the delivery and combine check (as --verify 0)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--report", help="write the JSON report to this file")
     a = p.parse_args(argv)
-    opts = {k: v for k, v in vars(a).items() if k not in ("no_verify", "quiet", "report") and v is not None}
+    own = ("config", "dump_config", "no_verify", "quiet", "report")
+    opts = {}
+    if a.config:
+        with open(a.config) as f:
+            opts.update(json.load(f))
+    opts.update({k: v for k, v in vars(a).items() if k not in own and v is not None})
     if a.no_verify:
         opts["verify"] = False
+    if a.dump_config:
+        print(json.dumps(run_config(**opts), indent=2, sort_keys=True))
+        return 0
 
     def progress(done, total):
         print(f"\r{done}/{total} layer calls", end="", file=sys.stderr, flush=True)

@@ -14,6 +14,26 @@ def run_options():
     return list(_eplab.run_options())
 
 
+def run_config(**options):
+    """The resolved configuration run(**options) would run, defaults included (what `eplab run --dump-config`
+    prints); cluster and model may be dicts, as for run()."""
+    return json.loads(_eplab.run_config_json(_spec_dicts_as_json(options)))
+
+
+def spec_ref(value):
+    """A cluster or model as the engine's resolver takes it: a dict (a spec file's contents) as JSON text, a preset
+    name or .json path as is."""
+    return json.dumps(value) if isinstance(value, dict) else value
+
+
+def _spec_dicts_as_json(options):
+    opts = dict(options)
+    for key in ("cluster", "model"):
+        if key in opts:
+            opts[key] = spec_ref(opts[key])
+    return opts
+
+
 def _policy_name(value):
     """A spec string for the engine: built-in codecs by their spec, Python codecs registered under their name."""
     if value is None or isinstance(value, str):
@@ -76,16 +96,18 @@ def _register_run_policy(key, value, registered):
 def run(progress=None, **options):
     """Runs one experiment and returns a :class:`Result`.
 
-    Options map onto the engine's RunConfig (see ``run_options()``): backend ("sim", "emu"), cluster, nodes,
-    gpus_per_node, model, tokens (per rank), hidden, routing, trace, algorithm, dispatch_codec, combine_codec
+    Options are the engine's run option table (``run_options()``, ``eplab.run_option_table()`` with types, defaults
+    and help; docs/config.md), the same as `eplab run`'s with the same defaults, backend-dependent ones included
+    (on emu: nodes 2, tokens 256): backend ("sim" where built, else "emu"), cluster and model (a preset name, a .json
+    file, or a dict as eplab.cluster() / eplab.model() return; docs/specs.md), nodes, gpus_per_node, tokens (per rank), hidden, routing, trace, algorithm, dispatch_codec, combine_codec
     (a spec or an eplab.Codec instance, Python subclasses included), transform, payload, steps, layers, seed,
-    redundant_experts, timeout_s, verify, balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
+    redundant_experts, timeout_s, verify, layout_cache, balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
     instance, Python subclasses included; a predictor is copied once per layer, a balancer is shared by all
     layers), rebalance_every. ``progress(done, total)`` is called after each (step, layer).
     The GIL is released while the engine runs; an exception raised in Python code the engine calls is re-raised
     here as itself, traceback included.
     """
-    opts = dict(options)
+    opts = _spec_dicts_as_json(options)
     for key in _POLICY_OPTIONS:
         if key in opts:
             opts[key] = _policy_name(opts[key])

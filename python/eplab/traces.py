@@ -8,13 +8,15 @@
 import numpy as np
 
 from . import _eplab
+from .result import spec_ref
 
 __all__ = ["source", "specs", "write", "read", "header", "summary", "expert_load"]
 
 
 def source(routing="uniform", model="deepseek-v3", cluster="h800-cx7", nodes=0, gpus_per_node=0, tokens=4096, seed=1):
-    """A routing source; ``.batch(step, layer, rank)`` returns a dict with [tokens, topk] arrays."""
-    return _eplab.routing_source(routing, model, cluster, nodes, gpus_per_node, tokens, seed)
+    """A routing source; ``.batch(step, layer, rank)`` returns a dict with [tokens, topk] arrays. ``model`` and
+    ``cluster`` are preset names, .json paths or dicts (docs/specs.md)."""
+    return _eplab.routing_source(routing, spec_ref(model), spec_ref(cluster), nodes, gpus_per_node, tokens, seed)
 
 
 def specs():
@@ -24,7 +26,8 @@ def specs():
 def write(path, routing="uniform", model="deepseek-v3", cluster="h800-cx7", nodes=0, gpus_per_node=0, tokens=4096,
           seed=1, steps=1, layers=1):
     """Writes steps x layers x ranks batches of a generator to ``path``; returns the header dict."""
-    return _eplab.write_trace(str(path), routing, model, cluster, nodes, gpus_per_node, tokens, seed, steps, layers)
+    return _eplab.write_trace(str(path), routing, spec_ref(model), spec_ref(cluster), nodes, gpus_per_node, tokens,
+                              seed, steps, layers)
 
 
 def read(path):

@@ -48,8 +48,10 @@ def test_bad_options_raise_eplab_error(small):
         eplab.run(**small, nodez=3)
     with pytest.raises(eplab.Error, match="no-such-model"):
         eplab.run(**{**small, "model": "no-such-model"})
-    with pytest.raises(eplab.Error, match="wrong type"):
+    with pytest.raises(eplab.Error, match="option 'tokens': expected an integer >= 1, got \"many\""):
         eplab.run(**{**small, "tokens": "many"})
+    with pytest.raises(eplab.Error, match="wrong type"):
+        eplab.run(**{**small, "tokens": [1]})
 
 
 def test_python_codec_inside_an_emu_run(small):
