@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "engine/error.hpp"
+#include "engine/hash.hpp"
 #include "engine/layout_cache.hpp"
 #include "engine/spec_json.hpp"
 #include "policies/balance/balancer.hpp"
@@ -56,11 +57,11 @@ std::function<std::unique_ptr<ReplicaSelector>()> replica_selector_factory(const
 // placement (replica selection reads it) and every rank's routing in rank order (selectors are pure functions
 // of batch, placement and source rank). Weights and activations do not change counts and are left out.
 uint64_t layout_key(int layer, const Placement& placement, const std::vector<const RoutingBatch*>& batches) {
-  uint64_t h = LayoutCache::mix(0x6c61796f7574ull ^ static_cast<uint64_t>(layer));
-  for (int32_t e : placement.slot_expert()) h = LayoutCache::mix(h ^ static_cast<uint32_t>(e));
+  uint64_t h = mix64(0x6c61796f7574ull ^ static_cast<uint64_t>(layer));
+  for (int32_t e : placement.slot_expert()) h = mix64(h ^ static_cast<uint32_t>(e));
   for (const RoutingBatch* b : batches) {
-    h = LayoutCache::mix(h ^ (static_cast<uint64_t>(b->num_tokens) << 8) ^ static_cast<uint64_t>(b->topk));
-    for (int32_t e : b->topk_idx) h = LayoutCache::mix(h ^ static_cast<uint32_t>(e));
+    h = mix64(h ^ (static_cast<uint64_t>(b->num_tokens) << 8) ^ static_cast<uint64_t>(b->topk));
+    for (int32_t e : b->topk_idx) h = mix64(h ^ static_cast<uint32_t>(e));
   }
   return h == 0 ? 1 : h;  // 0 means "not cached"
 }

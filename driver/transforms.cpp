@@ -3,27 +3,21 @@
 #include <cmath>
 
 #include "engine/error.hpp"
+#include "engine/hash.hpp"
 
 namespace eplab {
 namespace {
-
-uint64_t splitmix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 float unit(uint64_t bits) { return static_cast<float>(bits >> 40) * (2.0f / 16777216.0f) - 1.0f; }
 
 }  // namespace
 
 void make_activations(uint64_t seed, int step, int layer, int rank, int tokens, int hidden, float* x) {
-  const uint64_t base = splitmix(splitmix(splitmix(splitmix(seed) ^ step) ^ (static_cast<uint64_t>(layer) << 20)) ^
+  const uint64_t base = mix64(mix64(mix64(mix64(seed) ^ step) ^ (static_cast<uint64_t>(layer) << 20)) ^
                                  (static_cast<uint64_t>(rank) << 40));
   for (int t = 0; t < tokens; ++t) {
-    const uint64_t row = splitmix(base ^ static_cast<uint64_t>(t));
-    for (int h = 0; h < hidden; ++h) x[static_cast<size_t>(t) * hidden + h] = unit(splitmix(row + h));
+    const uint64_t row = mix64(base ^ static_cast<uint64_t>(t));
+    for (int h = 0; h < hidden; ++h) x[static_cast<size_t>(t) * hidden + h] = unit(mix64(row + h));
   }
 }
 
@@ -42,9 +36,9 @@ ExpertTransform::ExpertTransform(std::string kind, int num_experts, int hidden, 
     for (int e = 0; e < num_experts; ++e) {
       w1_[e].resize(ffn_width, hidden);
       w2_[e].resize(hidden, ffn_width);
-      uint64_t s = splitmix(seed ^ (0xE0000000ull + e));
-      for (int i = 0; i < w1_[e].size(); ++i) w1_[e].data()[i] = a1 * unit(s = splitmix(s));
-      for (int i = 0; i < w2_[e].size(); ++i) w2_[e].data()[i] = a2 * unit(s = splitmix(s));
+      uint64_t s = mix64(seed ^ (0xE0000000ull + e));
+      for (int i = 0; i < w1_[e].size(); ++i) w1_[e].data()[i] = a1 * unit(s = mix64(s));
+      for (int i = 0; i < w2_[e].size(); ++i) w2_[e].data()[i] = a2 * unit(s = mix64(s));
     }
   } else if (kind_ != "identity") {
     throw EplabError("unknown expert transform '" + kind_ + "' (known: identity scale ffn)");

@@ -2,7 +2,6 @@
 // receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy),
 // otherwise they wait in a host copy until the receive is posted. All-to-all-v posts every receive first so
 // that every byte is copied once.
-#include <chrono>
 #include <cstring>
 
 #include "emu/thread_backend.hpp"
@@ -13,10 +12,9 @@ namespace {
 
 class ThreadTransport final : public Transport, public AlltoallvExtension {
  public:
-  using Clock = std::chrono::steady_clock;
-  ThreadTransport(Domain& domain, int rank, Clock::time_point t0) : domain_(domain), me_(rank), t0_(t0) {}
+  ThreadTransport(Domain& domain, int rank, const WallClock& clock) : domain_(domain), me_(rank), clock_(clock) {}
   TransportCaps caps() const override { return TransportCaps{}; }
-  double now() const override { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  double now() const override { return clock_(); }
   void post_send(SendOp& op, ConstBuf data) override {
     domain_.deliver(op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr});
     op.done = true;  // copied into the receive buffer or retained: the sender's buffer is free
@@ -30,13 +28,13 @@ class ThreadTransport final : public Transport, public AlltoallvExtension {
   }
   void alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
                  Deadline d) override {
-    f.alltoallv_preposted(tag, sends, recvs, d);
+    f.alltoallv_by_messages(tag, sends, recvs, d, true);
   }
 
  private:
   Domain& domain_;
   int me_;
-  Clock::time_point t0_;
+  const WallClock& clock_;
 };
 
 class ThreadBackend : public Backend {
@@ -47,17 +45,11 @@ class ThreadBackend : public Backend {
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
     if (opts.phantom_payload)
       throw EplabError("backend 'emu' moves real bytes only; phantom payloads need --backend=sim");
-    const auto t0 = ThreadTransport::Clock::now();
-    const auto clock = [t0] { return std::chrono::duration<double>(ThreadTransport::Clock::now() - t0).count(); };
-    Domain domain(topo.size(), topo.size(), 0, make_thread_sync(clock), opts.timeout_s);
-    run_rank_threads(
-        topo.size(),
-        [&](int r) {
-          ThreadTransport t(domain, r, t0);
-          TransportFabric f(domain, t, r, topo);
-          rank_main(f);
-        },
-        [&](const std::string& why) { domain.fail(why); });
+    launch_thread_ranks(topo, opts.timeout_s, [&](Domain& domain, const WallClock& clock, int r) {
+      ThreadTransport t(domain, r, clock);
+      TransportFabric f(domain, t, r, topo);
+      rank_main(f);
+    });
   }
 };
 

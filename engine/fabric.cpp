@@ -8,9 +8,15 @@ namespace eplab {
 Deadline Deadline::after(const Fabric& f, double seconds) { return Deadline{f.now() + seconds}; }
 
 void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
+  alltoallv_by_messages(tag, sends, recvs, d, false);
+}
+
+void Fabric::alltoallv_by_messages(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d,
+                                   bool barrier_before_sends) {
   std::vector<Request> reqs;
   reqs.reserve(sends.size() + recvs.size());
   for (auto& r : recvs) reqs.push_back(irecv(r.peer, tag, r.data));
+  if (barrier_before_sends) barrier();
   for (auto& s : sends) reqs.push_back(isend(s.peer, tag, s.data));
   wait_all(reqs, d);
   for (size_t i = 0; i < recvs.size(); ++i) {

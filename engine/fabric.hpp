@@ -142,6 +142,11 @@ class Fabric {
   // every rank passes the same recorder. Others have no links to report and ignore it.
   virtual void record_links(LinkRecorder* r) {}
 
+  // The all-to-all-v made of isend/irecv: every receive posted, then (with `barrier_before_sends`, once every
+  // rank has posted its receives, so each message is copied straight into its buffer) the sends, then one wait.
+  void alltoallv_by_messages(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d,
+                             bool barrier_before_sends);
+
   // Name of the phase now running, quoted by errors ("rank 3, peer 5, tag 0x..., phase dispatch").
   void set_phase(std::string phase) { phase_ = std::move(phase); }
   const std::string& phase() const { return phase_; }
@@ -151,7 +156,15 @@ class Fabric {
 };
 
 // Tags: a phase id in the top byte, then step, layer and a round counter.
-enum class Phase : uint8_t { kNotify = 1, kDispatch = 2, kCombine = 3, kForward = 4, kAllgather = 5, kBarrier = 6, kUser = 100 };
+enum class Phase : uint8_t {
+  kNotify = 1,
+  kDispatch = 2,
+  kCombine = 3,
+  kForward = 4,
+  kAllgather = 5,
+  kBarrier = 6,
+  kUser = 100
+};
 inline Tag make_tag(Phase p, int step, int layer, int round = 0) {
   return (static_cast<Tag>(p) << 56) | (static_cast<Tag>(step & 0xFFFFFF) << 32) |
          (static_cast<Tag>(layer & 0xFFFF) << 16) | static_cast<Tag>(round & 0xFFFF);

@@ -1,18 +1,13 @@
 #include "engine/layout_cache.hpp"
 
+#include "engine/hash.hpp"
+
 namespace eplab {
 
-uint64_t LayoutCache::mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 uint64_t LayoutCache::routing_hash(int num_tokens, int topk, const int32_t* slots) {
-  uint64_t h = mix((static_cast<uint64_t>(static_cast<uint32_t>(num_tokens)) << 16) ^ static_cast<uint64_t>(topk));
+  uint64_t h = mix64((static_cast<uint64_t>(static_cast<uint32_t>(num_tokens)) << 16) ^ static_cast<uint64_t>(topk));
   const size_t n = static_cast<size_t>(num_tokens) * topk;
-  for (size_t i = 0; i < n; ++i) h = mix(h ^ static_cast<uint32_t>(slots[i]));
+  for (size_t i = 0; i < n; ++i) h = mix64(h ^ static_cast<uint32_t>(slots[i]));
   return h;
 }
 

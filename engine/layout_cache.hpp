@@ -48,8 +48,6 @@ class LayoutCache {
 
   // Hash of one rank's resolved routing (slots, -1 included) and call geometry.
   static uint64_t routing_hash(int num_tokens, int topk, const int32_t* slots);
-  // A 64-bit finalizer (splitmix64) for building keys.
-  static uint64_t mix(uint64_t h);
 
   LayoutCacheStats stats;
 

@@ -18,9 +18,9 @@ class Domain;
 
 struct TransportCaps {
   unsigned memory_kinds = static_cast<unsigned>(MemoryKind::kHost);  // bit set of MemoryKind
-  bool phantom_payload = false;  // accepts sizes without data (modeled backends)
-  bool real_payload = true;      // moves real bytes
-  bool modeled_time = false;     // now() is a model, not a wall clock
+  bool phantom_payload = false;                                      // accepts sizes without data (modeled backends)
+  bool real_payload = true;                                          // moves real bytes
+  bool modeled_time = false;                                         // now() is a model, not a wall clock
   bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
 };
 

@@ -70,8 +70,7 @@ Domain::Domain(int world_size, int local_ranks, int first_local, std::unique_ptr
       timeout_s_(timeout_s),
       boxes_(local_ranks) {
   if (!(timeout_s > 0))  // also refuses NaN
-    throw EplabError("the run's timeout must be a positive number of seconds or inf, got " +
-                     std::to_string(timeout_s));
+    throw EplabError("the run's timeout must be a positive number of seconds or inf, got " + std::to_string(timeout_s));
 }
 
 void Domain::fail(const std::string& why) {
@@ -265,8 +264,8 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       auto* r = dynamic_cast<RecvOp*>(&pending);
       auto* s = dynamic_cast<SendOp*>(&pending);
       const std::string what = "wait: " + where(r ? r->peer : s ? s->peer : -1, r ? r->tag : s ? s->tag : 0);
-      const std::string state = r && !r->matched ? " with the message not yet received"
-                                                 : " with the message's transfer still running";
+      const std::string state =
+          r && !r->matched ? " with the message not yet received" : " with the message's transfer still running";
       lock.unlock();
       throw expired(what, state, caller);
     }
@@ -285,7 +284,8 @@ void TransportFabric::message_barrier() {
   uint8_t token = 1, got = 0;
   for (int k = 1, step = 0; k < n; k *= 2, ++step) {
     const Tag tag = make_tag(Phase::kBarrier, static_cast<int>(round & 0xFFFFFF), 0, step);
-    Request reqs[2] = {irecv((rank_ - k + n) % n, tag, MutBuf{&got, 1}), isend((rank_ + k) % n, tag, ConstBuf{&token, 1})};
+    Request reqs[2] = {irecv((rank_ - k + n) % n, tag, MutBuf{&got, 1}),
+                       isend((rank_ + k) % n, tag, ConstBuf{&token, 1})};
     wait_all(reqs, Deadline{});
   }
 }
@@ -293,21 +293,7 @@ void TransportFabric::message_barrier() {
 void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
   if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv))
     return ext->alltoallv(*this, tag, sends, recvs, d);
-  Fabric::alltoallv(tag, sends, recvs, d);
-}
-
-void TransportFabric::alltoallv_preposted(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
-                                          Deadline d) {
-  std::vector<Request> reqs;
-  reqs.reserve(sends.size() + recvs.size());
-  for (auto& r : recvs) reqs.push_back(irecv(r.peer, tag, r.data));
-  barrier();
-  for (auto& s : sends) reqs.push_back(isend(s.peer, tag, s.data));
-  wait_all(reqs, d);
-  for (size_t i = 0; i < recvs.size(); ++i) {
-    recvs[i].bytes = reqs[i].bytes();
-    recvs[i].total_bytes = reqs[i].total_bytes();
-  }
+  alltoallv_by_messages(tag, sends, recvs, d, false);
 }
 
 void TransportFabric::begin_pipeline(int chunks) {
@@ -324,15 +310,22 @@ void TransportFabric::record_links(LinkRecorder* r) {
 
 // ---- Launching threads ----
 
-void run_rank_threads(int n, const std::function<void(int)>& body,
-                      const std::function<void(const std::string&)>& abort) {
+void launch_thread_ranks(const Topology& topo, double timeout_s,
+                         const std::function<void(Domain&, const WallClock&, int)>& rank) {
+  const int n = topo.size();
+  const WallClock clock;
+  Domain domain(n, n, 0, make_thread_sync(clock), timeout_s);
+  const auto abort = [&](const std::string& why) { domain.fail(why); };
   std::vector<std::exception_ptr> errors(n);
   std::vector<std::thread> threads;
   threads.reserve(n);
   std::string start_error;
   for (int r = 0; r < n; ++r) {
     try {
-      threads.emplace_back([&, r] { run_rank(r, [&] { body(r); }, errors[r], abort); });
+      threads.emplace_back([&, r] {
+        run_rank(
+            r, [&] { rank(domain, clock, r); }, errors[r], abort);
+      });
     } catch (const std::system_error& e) {
       start_error = "cannot start the thread of rank " + std::to_string(r) + " of " + std::to_string(n) + " (" +
                     e.what() +

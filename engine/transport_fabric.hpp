@@ -6,6 +6,7 @@
 // every error.
 #pragma once
 
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <list>
@@ -50,6 +51,15 @@ class SyncLock {
 
 // OS threads: a mutex and a condition variable; `clock` gives the transport's seconds.
 std::unique_ptr<Sync> make_thread_sync(std::function<double()> clock);
+
+// Seconds of the steady clock since a launch started: the clock of transports whose ranks are OS threads.
+class WallClock {
+ public:
+  double operator()() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+
+ private:
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
 
 class Domain {
  public:
@@ -130,9 +140,6 @@ class TransportFabric final : public Fabric {
   // The error for a wait that passed its limit ("<what>: deadline passed (...)<state>"); a hang (not the
   // caller's deadline) fails the whole run. Call without the domain's lock.
   FabricError expired(const std::string& what, const std::string& state, bool caller);
-  // The generic all-to-all-v with every receive posted, and every rank arrived, before any send: each
-  // message is copied once, straight into its receive buffer (in-process transports ask for it).
-  void alltoallv_preposted(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d);
 
  private:
   // A barrier made of messages (dissemination: log2(n) rounds), for ranks in separate processes.
@@ -145,10 +152,11 @@ class TransportFabric final : public Fabric {
   long barrier_round_ = 0;
 };
 
-// Runs body(r) for every rank r in [0, n) on its own thread and joins them. A rank's exception is recorded and
-// `abort` releases the others (run_rank); the first rank's own failure is rethrown at the end. Failing to start
-// a thread is an error naming the limit, after the started ranks have been released.
-void run_rank_threads(int n, const std::function<void(int)>& body,
-                      const std::function<void(const std::string&)>& abort);
+// Launches every rank of `topo` on its own OS thread over one Domain on a WallClock, and joins them:
+// rank(domain, clock, r) sets up rank r's transport and runs it. A rank's exception fails the domain, which
+// releases the others; the first rank's own failure is rethrown at the end. Failing to start a thread is an
+// error naming the limit, after the started ranks have been released.
+void launch_thread_ranks(const Topology& topo, double timeout_s,
+                         const std::function<void(Domain&, const WallClock&, int)>& rank);
 
 }  // namespace eplab

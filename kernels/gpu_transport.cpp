@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <chrono>
 #include <map>
 #include <mutex>
 
@@ -93,10 +92,9 @@ struct Copies {
 
 class GpuTransport final : public Transport {
  public:
-  using Clock = std::chrono::steady_clock;
   GpuTransport(Domain& domain, std::vector<std::unique_ptr<DevicePool>>& pools, int devices, int rank,
-               Clock::time_point t0)
-      : domain_(domain), pools_(pools), devices_(devices), rank_(rank), device_(rank % devices), t0_(t0) {
+               const WallClock& clock)
+      : domain_(domain), pools_(pools), devices_(devices), rank_(rank), device_(rank % devices), clock_(clock) {
     cudaError_t e = cudaSetDevice(device_);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     if (e != cudaSuccess)
@@ -109,7 +107,7 @@ class GpuTransport final : public Transport {
   }
   // Host memory only: the engine hands the transport host buffers, which it stages through the GPU.
   TransportCaps caps() const override { return TransportCaps{}; }
-  double now() const override { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+  double now() const override { return clock_(); }
   std::string endpoint() const override { return " (device " + std::to_string(device_) + ")"; }
   void post_send(SendOp& op, ConstBuf data) override;
   // The copies run on the receiver's stream, so they are issued by the receiver's own wait (test).
@@ -153,7 +151,7 @@ class GpuTransport final : public Transport {
   int devices_;
   int rank_;
   int device_;
-  Clock::time_point t0_;
+  const WallClock& clock_;
   cudaStream_t stream_ = nullptr;
 };
 
@@ -242,19 +240,11 @@ class GpuBackend : public Backend {
     // The pools outlive the domain: messages nobody received still hold pool buffers when it goes.
     std::vector<std::unique_ptr<DevicePool>> pools;
     for (int r = 0; r < topo.size(); ++r) pools.push_back(std::make_unique<DevicePool>(r % devices));
-    const auto t0 = GpuTransport::Clock::now();
-    const auto clock = [t0] { return std::chrono::duration<double>(GpuTransport::Clock::now() - t0).count(); };
-    {
-      Domain domain(topo.size(), topo.size(), 0, make_thread_sync(clock), opts.timeout_s);
-      run_rank_threads(
-          topo.size(),
-          [&](int r) {
-            GpuTransport t(domain, pools, devices, r, t0);
-            TransportFabric f(domain, t, r, topo);
-            rank_main(f);
-          },
-          [&](const std::string& why) { domain.fail(why); });
-    }
+    launch_thread_ranks(topo, opts.timeout_s, [&](Domain& domain, const WallClock& clock, int r) {
+      GpuTransport t(domain, pools, devices, r, clock);
+      TransportFabric f(domain, t, r, topo);
+      rank_main(f);
+    });
     // Let every copy finish before the pools free their buffers.
     for (int d = 0; d < std::min(devices, topo.size()); ++d) {
       cudaSetDevice(d);

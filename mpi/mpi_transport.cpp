@@ -53,8 +53,9 @@ struct Outgoing {
 
 class MpiTransport final : public Transport {
  public:
-  MpiTransport(Domain& domain, MPI_Comm comm, int rank)
-      : domain_(domain), comm_(comm), rank_(rank), t0_(MPI_Wtime()) {}
+  // `t0`: MPI_Wtime() when the launch started, the zero of now() and of the domain's waits.
+  MpiTransport(Domain& domain, MPI_Comm comm, int rank, double t0)
+      : domain_(domain), comm_(comm), rank_(rank), t0_(t0) {}
   ~MpiTransport() override {
     // Failure notices that could not be delivered (the peer is gone) are abandoned, not waited for.
     for (Outgoing& o : notices_)
@@ -127,9 +128,7 @@ class MpiTransport final : public Transport {
   }
 
   // Networked: nobody wakes this rank, so poll the network again soon.
-  void block(Domain& d, RequestState&, double until_s) override {
-    d.sync().wait(std::min(until_s, now() + 50e-6));
-  }
+  void block(Domain& d, RequestState&, double until_s) override { d.sync().wait(std::min(until_s, now() + 50e-6)); }
 
   // Tells every peer why this rank failed, and gives the notices a moment to leave.
   void tell_failure(const std::string& why) {
@@ -197,9 +196,9 @@ class MpiBackend : public Backend {
     MPI_Comm_rank(MPI_COMM_WORLD, &me);
     if (n != topo.size())
       throw EplabError("backend 'mpi' runs one rank per MPI process: this run has " + std::to_string(topo.size()) +
-                       " ranks (" + std::to_string(topo.nodes()) + " nodes x " +
-                       std::to_string(topo.gpus_per_node()) + " GPUs) but " + std::to_string(n) +
-                       " MPI processes were started; run it as mpirun -n " + std::to_string(topo.size()) + " ...");
+                       " ranks (" + std::to_string(topo.nodes()) + " nodes x " + std::to_string(topo.gpus_per_node()) +
+                       " GPUs) but " + std::to_string(n) + " MPI processes were started; run it as mpirun -n " +
+                       std::to_string(topo.size()) + " ...");
     MPI_Comm comm;
     if (MPI_Comm_dup(MPI_COMM_WORLD, &comm) != MPI_SUCCESS) throw EplabError("backend 'mpi': MPI_Comm_dup failed");
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
@@ -207,9 +206,10 @@ class MpiBackend : public Backend {
     {
       const double t0 = MPI_Wtime();
       Domain domain(n, 1, me, make_thread_sync([t0] { return MPI_Wtime() - t0; }), opts.timeout_s);
-      MpiTransport t(domain, comm, me);
+      MpiTransport t(domain, comm, me, t0);
       TransportFabric f(domain, t, me, topo);
-      run_rank(me, [&] { rank_main(f); }, error, [&](const std::string& why) { t.tell_failure(why); });
+      run_rank(
+          me, [&] { rank_main(f); }, error, [&](const std::string& why) { t.tell_failure(why); });
     }
     MPI_Comm_free(&comm);
     if (error) std::rethrow_exception(error);

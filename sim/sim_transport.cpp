@@ -232,10 +232,10 @@ void SimTransport::block(Domain& d, RequestState& pending, double until_s) {
   d.sync().lock();
 }
 
-void SimTransport::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends,
-                             std::span<PeerRecv> recvs, Deadline d) {
+void SimTransport::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
+                             Deadline d) {
   // Per-flow mode: every message its own SimGrid communication (the generic isend/irecv exchange).
-  if (world_.per_flow_) return f.Fabric::alltoallv(tag, sends, recvs, d);
+  if (world_.per_flow_) return f.alltoallv_by_messages(tag, sends, recvs, d, false);
   const int R = world_.size();
   for (auto& s : sends) f.check_peer(s.peer, "alltoallv", tag);
   for (auto& r : recvs) f.check_peer(r.peer, "alltoallv", tag);
@@ -345,7 +345,8 @@ class SimBackend : public Backend {
       s4u::Actor::create("rank" + std::to_string(r), world.platform().hosts[r], [&, r] {
         SimTransport t(world, domain, r);
         TransportFabric f(domain, t, r, world.topology());
-        run_rank(r, [&] { rank_main(f); }, errors[r], [&](const std::string& why) { domain.fail(why); });
+        run_rank(
+            r, [&] { rank_main(f); }, errors[r], [&](const std::string& why) { domain.fail(why); });
       });
     world.start_clock();
     engine.run();

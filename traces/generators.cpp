@@ -147,13 +147,6 @@ double half_normal_quantile_log(double log_u) {
 
 namespace {
 
-uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // Stream labels: a different label per use keeps, say, zipf's expert order independent of its token draws.
 enum : uint64_t {
   kUniformStream = 1,

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/hash.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab {
@@ -17,10 +18,9 @@ class SplitMix64 {
  public:
   explicit SplitMix64(uint64_t seed) : state_(seed) {}
   uint64_t next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    const uint64_t z = mix64(state_);  // the output function of the advanced state
+    state_ += 0x9e3779b97f4a7c15ull;
+    return z;
   }
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
   // In [0, n); the multiply-shift bias is below 2^-40 for the n we use.

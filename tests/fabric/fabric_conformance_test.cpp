@@ -6,8 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <numeric>
 #include <thread>
 
@@ -27,11 +27,11 @@ class FabricConformance : public ::testing::TestWithParam<std::string> {
       GTEST_SKIP() << "backend '" << GetParam() << "' runs one rank per process and this process's launcher started "
                    << n << "; the suite needs mpirun -n 4 (ctest runs fabric_conformance_mpi)";
   }
-  // 2 nodes x 2 GPUs: four ranks.
-  void run(const std::function<void(Fabric&)>& fn) {
+  // 2 nodes x 2 GPUs unless a test asks otherwise (and skips launchers fixed at four ranks).
+  void run(const std::function<void(Fabric&)>& fn, int nodes = 2, int gpus = 2) {
     ClusterSpec spec = cluster_preset("h800-cx7");
-    spec.nodes = 2;
-    spec.gpus_per_node = 2;
+    spec.nodes = nodes;
+    spec.gpus_per_node = gpus;
     auto backend = create_backend(GetParam());
     LaunchOptions opts;
     opts.timeout_s = 20;
@@ -103,6 +103,7 @@ TEST_P(FabricConformance, ManyOutstandingRequests) {
 }
 
 TEST_P(FabricConformance, AllToAllVDeliversEveryPairIncludingSelf) {
+  if (create_backend(GetParam())->fixed_world_size() >= 0) GTEST_SKIP() << "needs 8 ranks; the launcher has 4";
   run(
       [](Fabric& f) {
         const int n = f.size(), me = f.rank();
@@ -121,11 +122,23 @@ TEST_P(FabricConformance, AllToAllVDeliversEveryPairIncludingSelf) {
           ASSERT_EQ(recvs[p].bytes, want) << "from " << p;
           for (size_t i = 0; i < want; ++i) ASSERT_EQ(in[p][i], static_cast<uint8_t>(p * 16 + me));
         }
-      });
+      },
+      2, 4);
 }
 
 TEST_P(FabricConformance, BarrierHoldsEveryoneUntilAllArrive) {
-  // Rank 0 arrives 0.2 s late, on the wall clock and on a modeled one; nobody may leave before it came.
+  // Where the ranks share this process, nobody leaves before every rank has counted itself in.
+  if (create_backend(GetParam())->in_process()) {
+    std::atomic<int> arrived{0};
+    run([&](Fabric& f) {
+      arrived.fetch_add(1);
+      f.barrier();
+      EXPECT_EQ(arrived.load(), f.size());
+      f.barrier();
+    });
+  }
+  // Across processes too: rank 0 arrives 0.2 s late, on the wall clock and on a modeled one; nobody may leave
+  // before it came.
   run([&](Fabric& f) {
     const double t0 = f.now();
     if (f.rank() == 0) {
@@ -158,6 +171,31 @@ TEST_P(FabricConformance, DroppedReceiveIsWithdrawnAndTheMessageGoesToTheNextOne
       f.barrier();
       std::vector<Request> sends{f.isend(0, 7, ConstBuf{&value, sizeof value})};
       f.wait_all(sends, Deadline{});
+    }
+  });
+}
+
+TEST_P(FabricConformance, DroppingOneHandleOfAReceiveKeepsIt) {
+  run([](Fabric& f) {
+    if (f.rank() > 1) {
+      f.barrier();
+      f.barrier();
+      return;
+    }
+    int got = -1, value = 5;
+    if (f.rank() == 0) {
+      Request r = f.irecv(1, 3, MutBuf{&got, sizeof got});
+      f.barrier();
+      f.barrier();  // the message has been sent (and, in one process, matched)
+      std::vector<Request> still{r};
+      r = Request();
+      f.wait_all(still, Deadline{});
+      EXPECT_EQ(got, 5);
+    } else {
+      f.barrier();
+      std::vector<Request> sends{f.isend(0, 3, ConstBuf{&value, sizeof value})};
+      f.wait_all(sends, Deadline{});
+      f.barrier();
     }
   });
 }
