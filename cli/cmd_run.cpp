@@ -12,14 +12,14 @@
 #include <tuple>
 
 #include "cli/args.hpp"
+#include "driver/experiment.hpp"
+#include "driver/plan.hpp"
+#include "driver/run_options.hpp"
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
-#include "driver/experiment.hpp"
 #include "engine/json_fields.hpp"
 #include "engine/moe_shape.hpp"
-#include "driver/run_options.hpp"
-#include "engine/spec_json.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab::cli {
@@ -29,7 +29,7 @@ namespace {
 // generates the routing once instead of once per algorithm.
 class CachedSource : public RoutingSource {
  public:
-  explicit CachedSource(std::unique_ptr<RoutingSource> in) : in_(std::move(in)) {}
+  explicit CachedSource(std::shared_ptr<RoutingSource> in) : in_(std::move(in)) {}
   std::string name() const override { return in_->name(); }
   RoutingBatch batch(int step, int layer, int rank) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -41,26 +41,10 @@ class CachedSource : public RoutingSource {
   int num_layers() const override { return in_->num_layers(); }
 
  private:
-  std::unique_ptr<RoutingSource> in_;
+  std::shared_ptr<RoutingSource> in_;
   std::mutex mu_;
   std::map<std::tuple<int, int, int>, RoutingBatch> cache_;
 };
-
-std::shared_ptr<RoutingSource> shared_routing(const RunConfig& cfg) {
-  ClusterSpec spec = resolve_cluster(cfg.cluster);
-  if (cfg.nodes > 0) spec.nodes = cfg.nodes;
-  if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
-  MoeShape shape = resolve_model(cfg.model);
-  if (cfg.hidden > 0) shape.hidden = cfg.hidden;
-  if (cfg.experts > 0) shape.num_experts = cfg.experts;
-  RoutingParams rp{shape, Topology(spec), cfg.tokens, cfg.seed};
-  return std::make_shared<CachedSource>(make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp));
-}
-
-int RunConfig_ranks(const RunConfig& cfg) {
-  const ClusterSpec spec = resolve_cluster(cfg.cluster);
-  return (cfg.nodes > 0 ? cfg.nodes : spec.nodes) * (cfg.gpus_per_node > 0 ? cfg.gpus_per_node : spec.gpus_per_node);
-}
 
 // Runs one experiment in a child process: an algorithm that runs out of memory or fails takes only its own row
 // with it, and each run's memory is returned before the next starts.
@@ -198,11 +182,14 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::vector<nlohmann::json> reports;
     const auto names = algorithm_names();
     Progress progress("eplab run: algorithm", quiet);
-    if (!cfg.routing_source) cfg.routing_source = shared_routing(cfg);
     // Generate the routing once, here, so every child below inherits it.
+    const Topology topo(config_cluster(cfg));
+    const RoutingParams rp{config_model(cfg), topo, cfg.tokens, cfg.seed};
+    cfg.routing_source =
+        std::make_shared<CachedSource>(make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp));
     for (int step = 0; step < cfg.steps; ++step)
       for (int layer = 0; layer < cfg.layers; ++layer)
-        for (int r = 0; r < RunConfig_ranks(cfg); ++r) cfg.routing_source->batch(step, layer, r);
+        for (int r = 0; r < topo.size(); ++r) cfg.routing_source->batch(step, layer, r);
     for (size_t i = 0; i < names.size(); ++i) {
       RunConfig c = cfg;
       c.algorithm = names[i];

@@ -106,17 +106,27 @@ bool resolve_phantom(const RunConfig& cfg, const Caps& caps) {
 
 }  // namespace
 
-RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
+ClusterSpec config_cluster(const RunConfig& cfg) {
   ClusterSpec spec = resolve_cluster(cfg.cluster);
-  if (cfg.nodes < 0 || cfg.gpus_per_node < 0) throw EplabError("--nodes and --gpus-per-node must be positive");
   if (cfg.nodes > 0) spec.nodes = cfg.nodes;
   if (cfg.gpus_per_node > 0) spec.gpus_per_node = cfg.gpus_per_node;
-  const Topology topo(spec);
+  return spec;
+}
+
+MoeShape config_model(const RunConfig& cfg) {
   MoeShape shape = resolve_model(cfg.model);
-  if (cfg.hidden < 0) throw EplabError("--hidden must be positive, got " + std::to_string(cfg.hidden));
   if (cfg.hidden > 0) shape.hidden = cfg.hidden;
-  if (cfg.experts < 0) throw EplabError("--experts must be positive, got " + std::to_string(cfg.experts));
   if (cfg.experts > 0) shape.num_experts = cfg.experts;
+  return shape;
+}
+
+RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
+  if (cfg.nodes < 0 || cfg.gpus_per_node < 0) throw EplabError("--nodes and --gpus-per-node must be positive");
+  const ClusterSpec spec = config_cluster(cfg);
+  const Topology topo(spec);
+  if (cfg.hidden < 0) throw EplabError("--hidden must be positive, got " + std::to_string(cfg.hidden));
+  if (cfg.experts < 0) throw EplabError("--experts must be positive, got " + std::to_string(cfg.experts));
+  const MoeShape shape = config_model(cfg);
   if (cfg.tokens < 1) throw EplabError("--tokens must be at least 1 per rank, got " + std::to_string(cfg.tokens));
   if (cfg.steps < 1 || cfg.layers < 1) throw EplabError("--steps and --layers must be at least 1");
   if (shape.num_experts % topo.size() != 0 && topo.size() % shape.num_experts != 0)

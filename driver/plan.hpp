@@ -45,6 +45,11 @@ struct RunSetup {
 // Throws EplabError naming the option for a bad configuration.
 RunSetup resolve_run(const RunConfig& cfg, const Backend& backend);
 
+// The cluster and the model the config names (preset or file), with its positive overrides applied (nodes and
+// GPUs per node; hidden size and experts). resolve_run checks the overrides first.
+ClusterSpec config_cluster(const RunConfig& cfg);
+MoeShape config_model(const RunConfig& cfg);
+
 // The run's routing: the config's source, or the generator or trace file it names, checked against the run's
 // steps and layers.
 std::shared_ptr<RoutingSource> open_routing(const RunConfig& cfg, const RunSetup& run);

@@ -37,14 +37,14 @@ const std::vector<Field<C>>& run_fields() {
 const std::vector<RunOption>& run_options() {
   static const std::vector<RunOption> table = {
       opt(text<C>("backend", member(&C::backend), [](const std::string& v) { backend_registry().by_name(v); }),
-          "sim | emu | real (eplab presets)"),
+          "sim | emu | mpi | real (eplab presets)"),
       opt(text<C>("cluster", member(&C::cluster), [](const std::string& v) { resolve_cluster(v); }),
           "cluster preset or FILE.json (eplab presets --dump NAME; docs/specs.md)"),
-      opt(integer<C>("nodes", member(&C::nodes), kNonNegative), "nodes (0: the cluster's; 2 on emu)"),
+      opt(integer<C>("nodes", member(&C::nodes), kNonNegative), "nodes (0: the cluster's; 2 on emu and mpi)"),
       opt(integer<C>("gpus_per_node", member(&C::gpus_per_node), kNonNegative), "GPUs per node (0: the cluster's)"),
       opt(text<C>("model", member(&C::model), [](const std::string& v) { resolve_model(v); }),
           "model preset or FILE.json"),
-      opt(integer<C>("tokens", member(&C::tokens), kAtLeastOne), "tokens per rank (256 on emu)"),
+      opt(integer<C>("tokens", member(&C::tokens), kAtLeastOne), "tokens per rank (256 on emu and mpi)"),
       opt(integer<C>("hidden", member(&C::hidden), kNonNegative), "hidden size (0: the model's)"),
       opt(integer<C>("experts", member(&C::experts), kNonNegative), "routed experts (0: the model's)"),
       opt(text<C>("routing", member(&C::routing)),
