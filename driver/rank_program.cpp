@@ -1,5 +1,6 @@
 #include "driver/rank_program.hpp"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -124,7 +125,9 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
       f.compute(ecost);
       ft.expert1 = f.now();
-      if (!phantom) expert_partials(h, placement, run.transform, engine.reduction(), shape.hidden, partials);
+      const float* expert_out =
+          phantom ? nullptr
+                  : expert_partials(engine.context(), h, placement, run.transform, engine.reduction(), partials);
       if (verify) {
         for (int i = 0; i < h.recv.size(); ++i)
           for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)
@@ -138,17 +141,22 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       out.resize(phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
       f.barrier();
       ft.combine0 = f.now();
-      engine.combine(h, phantom ? nullptr : partials.data(), phantom ? nullptr : out.data());
+      engine.combine(h, expert_out, phantom ? nullptr : out.data());
       rec.record_call(before, engine.stats());
       res.layer_time_s[call] = f.now() - call_t0;
       ft.combine1 = f.now();
       ft.notify_s = rec.notify.back().time_s;
       steps.forward_layer(args, ecost, ft);
-      if (verify) {
-        ref.resize(out.size());
-        reference_combine(batch, slots, x.data(), placement, run.topo, run.transform, engine.reduction(), shape.hidden,
-                          ref.data());
-        rec.add_comparison(out.data(), ref.data(), out.size());
+      if (verify) {  // a slice of tokens at a time: the reference never holds a whole batch's output
+        constexpr int kSlice = 64;
+        const size_t H = static_cast<size_t>(shape.hidden);
+        ref.resize(kSlice * H);
+        for (int t0 = 0; t0 < batch.num_tokens; t0 += kSlice) {
+          const int n = std::min(kSlice, batch.num_tokens - t0);
+          reference_combine(batch, slots, x.data(), placement, run.topo, run.transform, engine.reduction(),
+                            shape.hidden, ref.data(), t0, n);
+          rec.add_comparison(out.data() + t0 * H, ref.data(), n * H);
+        }
       }
       if (layer == cfg.layers - 1) steps.end_step(step);
       if (me == 0 && in.progress) in.progress(call + 1, calls);

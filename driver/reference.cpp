@@ -11,12 +11,13 @@ namespace eplab {
 
 void reference_combine(const RoutingBatch& b, const std::vector<int32_t>& slots, const float* x,
                        const Placement& placement, const Topology& topo, const ExpertTransform& f, ReductionOrder order,
-                       int hidden, float* out) {
+                       int hidden, float* out, int first, int count) {
   const int k = b.topk;
+  const int end = count < 0 ? b.num_tokens : std::min(b.num_tokens, first + count);
   std::vector<float> scratch(hidden), part(hidden), group(hidden);
-  for (int t = 0; t < b.num_tokens; ++t) {
+  for (int t = first; t < end; ++t) {
     const float* xt = x + static_cast<size_t>(t) * hidden;
-    float* o = out + static_cast<size_t>(t) * hidden;
+    float* o = out + static_cast<size_t>(t - first) * hidden;
     std::fill(o, o + hidden, 0.f);
     const int32_t* st = &slots[static_cast<size_t>(t) * k];
     if (order == ReductionOrder::kSelections) {
@@ -51,13 +52,23 @@ void reference_combine(const RoutingBatch& b, const std::vector<int32_t>& slots,
   }
 }
 
-void expert_partials(const Handle& h, const Placement& placement, const ExpertTransform& f, ReductionOrder order,
-                     int hidden, std::vector<float>& partials) {
+const float* expert_partials(EngineContext& c, Handle& h, const Placement& placement, const ExpertTransform& f,
+                             ReductionOrder order, std::vector<float>& partials) {
   const TokenBlock& r = h.recv;
-  partials.assign(static_cast<size_t>(r.size()) * hidden, 0.f);
+  const int hidden = c.hidden();
   std::vector<float> scratch(hidden);
+  if (order != ReductionOrder::kSelections && c.can_map_rows(h)) {
+    partials.clear();
+    c.map_rows(h, [&](int i, const float* xi, float* p) {
+      for (int s = r.sel_begin[i]; s < r.sel_begin[i + 1]; ++s)
+        f.accumulate(placement.expert_of_slot(r.sel_slot[s]), r.sel_weight[s], xi, p, scratch.data());
+    });
+    return nullptr;
+  }
+  partials.assign(static_cast<size_t>(r.size()) * hidden, 0.f);
+  std::vector<float> row(hidden);
   for (int i = 0; i < r.size(); ++i) {
-    const float* xi = &h.recv_x[static_cast<size_t>(i) * hidden];
+    const float* xi = c.recv_row(h, i, row.data());
     float* p = &partials[static_cast<size_t>(i) * hidden];
     for (int s = r.sel_begin[i]; s < r.sel_begin[i + 1]; ++s) {
       const int e = placement.expert_of_slot(r.sel_slot[s]);
@@ -67,6 +78,7 @@ void expert_partials(const Handle& h, const Placement& placement, const ExpertTr
         f.accumulate(e, r.sel_weight[s], xi, p, scratch.data());
     }
   }
+  return partials.data();
 }
 
 void Comparison::merge(const Comparison& o) {

@@ -11,15 +11,20 @@
 
 namespace eplab {
 
-// out [tokens x hidden] = sum over the token's selections of weight x f_expert(x), grouped as `order` says.
+// out [tokens x hidden] = sum over the token's selections of weight x f_expert(x), grouped as `order` says;
+// only tokens [first, first + count) when count >= 0, written from out's first row (so a caller can check a
+// large batch a slice at a time).
 void reference_combine(const RoutingBatch& batch, const std::vector<int32_t>& slots, const float* x,
                        const Placement& placement, const Topology& topo, const ExpertTransform& f, ReductionOrder order,
-                       int hidden, float* out);
+                       int hidden, float* out, int first = 0, int count = -1);
 
 // What an expert GPU computes for the rows it received: per row the weighted sum of its selections'
-// outputs in the order they arrived, or (kSelections) the unweighted output of its one selection.
-void expert_partials(const Handle& h, const Placement& placement, const ExpertTransform& f, ReductionOrder order,
-                     int hidden, std::vector<float>& partials);
+// outputs in the order they arrived, or (kSelections) the unweighted output of its one selection. Where the
+// rows are held in a row-separable wire format and the reduction is per row, the outputs are written in the
+// combine codec's format into h.expert_out (EngineContext::map_rows) and `partials` is left empty; otherwise
+// they go to `partials` in fp32. Returns the fp32 partials combine takes, or null.
+const float* expert_partials(EngineContext& c, Handle& h, const Placement& placement, const ExpertTransform& f,
+                             ReductionOrder order, std::vector<float>& partials);
 
 struct Comparison {
   double max_abs_err = 0;

@@ -193,7 +193,13 @@ void StepDriver::end_step(int step) {
       c_.links.set_phase_prefix("bwd-");
       const double b0 = f.now();
       if (!c_.phantom) {
-        partials_.assign(h.recv_x.begin(), h.recv_x.end());
+        // The gradients stand in as the received rows themselves, in fp32.
+        partials_.resize(static_cast<size_t>(h.recv.size()) * c_.shape.hidden);
+        std::vector<float> row(c_.shape.hidden);
+        for (int i = 0; i < h.recv.size(); ++i) {
+          const float* src = c_.engine.context().recv_row(h, i, row.data());
+          std::copy(src, src + c_.shape.hidden, partials_.begin() + static_cast<ptrdiff_t>(i) * c_.shape.hidden);
+        }
         out_.resize(static_cast<size_t>(l.num_tokens) * c_.shape.hidden);
       }
       c_.engine.combine(h, c_.phantom ? nullptr : partials_.data(), c_.phantom ? nullptr : out_.data());

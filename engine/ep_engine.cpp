@@ -48,6 +48,10 @@ EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, c
       layout_cache(o.layout_cache) {
   if (o.phantom && !f.caps().phantom_payload)
     throw EplabError("phantom payloads (sizes only) need a simulated fabric; this one moves real bytes");
+  if (!o.phantom) {
+    dispatch_row_bytes = dispatch_codec->row_bytes(s.hidden);
+    combine_row_bytes = combine_codec->row_bytes(s.hidden);
+  }
   slot_home.resize(p.num_slots());
   for (int s = 0; s < p.num_slots(); ++s) {
     const int r = p.rank_of_slot(s);
@@ -111,6 +115,7 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
   Message m;
   std::vector<uint8_t> payload;
   codec.encode(rows, b.size(), hidden(), payload, stream);
+  m.bytes.reserve(block_meta_bytes(b.size(), b.num_sels()) + payload.size());
   pack_block(b, payload.size(), m.bytes);
   m.bytes.insert(m.bytes.end(), payload.begin(), payload.end());
   return m;
@@ -119,10 +124,18 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
 EngineContext::Message EngineContext::take_source_block(TokenBlock& b, const float* x, uint64_t stream,
                                                         std::vector<int32_t>& sent_ids, std::vector<float>& scratch) {
   const size_t H = static_cast<size_t>(hidden());
-  scratch.resize(static_cast<size_t>(b.size()) * H);
-  for (int i = 0; i < b.size(); ++i)
-    std::memcpy(&scratch[static_cast<size_t>(i) * H], x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
-  Message m = make_block_message(b, scratch.data(), *dispatch_codec, stream);
+  Message m;
+  if (dispatch_row_bytes > 0) {  // rows encoded one by one straight from the batch, behind the metadata
+    const size_t rows = static_cast<size_t>(b.size()) * dispatch_row_bytes;
+    m.bytes.reserve(block_meta_bytes(b.size(), b.num_sels()) + rows);
+    pack_block(b, rows, m.bytes);
+    for (int32_t t : b.token) dispatch_codec->encode(x + static_cast<size_t>(t) * H, 1, hidden(), m.bytes, stream);
+  } else {
+    scratch.resize(static_cast<size_t>(b.size()) * H);
+    for (int i = 0; i < b.size(); ++i)
+      std::memcpy(&scratch[static_cast<size_t>(i) * H], x + static_cast<size_t>(b.token[i]) * H, H * sizeof(float));
+    m = make_block_message(b, scratch.data(), *dispatch_codec, stream);
+  }
   sent_ids = std::move(b.token);
   b.release();
   return m;
@@ -137,6 +150,52 @@ EngineContext::Message EngineContext::make_rows_message(const float* rows, int n
   return m;
 }
 
+EngineContext::Message EngineContext::partials_message(const Handle& h, const float* partials, size_t first, int n,
+                                                       uint64_t stream) {
+  if (h.expert_out.empty())
+    return make_rows_message(partials ? partials + first * hidden() : nullptr, n, *combine_codec, stream);
+  Message m;
+  m.view = h.expert_out.data() + first * combine_row_bytes;
+  m.view_bytes = static_cast<size_t>(n) * combine_row_bytes;
+  return m;
+}
+
+const float* EngineContext::recv_row(const Handle& h, int i, float* scratch) {
+  if (h.recv_wire.empty()) return h.recv_x.data() + static_cast<size_t>(i) * hidden();
+  dispatch_codec->decode(h.recv_wire.data() + static_cast<size_t>(i) * dispatch_row_bytes, dispatch_row_bytes, 1,
+                         hidden(), scratch);
+  return scratch;
+}
+
+void EngineContext::map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn) {
+  if (!can_map_rows(h)) throw EplabError("engine: map_rows needs rows in a row-separable wire format");
+  const int n = h.recv.size(), H = hidden();
+  const bool in_place = dispatch_row_bytes == combine_row_bytes;
+  std::vector<uint8_t> out;
+  if (in_place)
+    out.swap(h.recv_wire);
+  else
+    out.reserve(static_cast<size_t>(n) * combine_row_bytes);
+  const std::vector<uint8_t>& in = in_place ? out : h.recv_wire;
+  std::vector<float> row(H), part(H);
+  std::vector<uint8_t> enc;
+  for (int i = 0; i < n; ++i) {
+    dispatch_codec->decode(in.data() + static_cast<size_t>(i) * dispatch_row_bytes, dispatch_row_bytes, 1, H,
+                           row.data());
+    std::fill(part.begin(), part.end(), 0.f);
+    fn(i, row.data(), part.data());
+    if (in_place) {
+      enc.clear();
+      combine_codec->encode(part.data(), 1, H, enc);
+      std::memcpy(out.data() + static_cast<size_t>(i) * combine_row_bytes, enc.data(), combine_row_bytes);
+    } else {
+      combine_codec->encode(part.data(), 1, H, out);
+    }
+  }
+  std::vector<uint8_t>().swap(h.recv_wire);
+  h.expert_out = std::move(out);
+}
+
 size_t EngineContext::block_capacity(int tokens, int sels, const Codec& codec) const {
   return block_meta_bytes(tokens, sels) + codec.max_encoded_size(tokens, hidden());
 }
@@ -145,12 +204,8 @@ size_t EngineContext::rows_capacity(int n, const Codec& codec) const {
   return phantom() ? 0 : codec.max_encoded_size(n, hidden());
 }
 
-void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
-                                       std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer) {
-  const std::string what =
-      "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " + fabric.phase();
-  uint64_t payload = 0;
-  const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+void EngineContext::check_block(const TokenBlock& b, size_t off, uint64_t payload, size_t real_bytes,
+                                const std::string& what) const {
   for (int32_t slot : b.sel_slot)
     if (slot < 0 || slot >= placement.num_slots())
       throw FabricError(what + ": selection for slot " + std::to_string(slot) + ", outside 0.." +
@@ -158,6 +213,15 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
   if (off + payload != real_bytes)
     throw FabricError(what + ": block announces " + std::to_string(payload) + " payload bytes, message carries " +
                       std::to_string(real_bytes - off));
+}
+
+void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
+                                       std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer) {
+  const std::string what =
+      "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " + fabric.phase();
+  uint64_t payload = 0;
+  const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+  check_block(b, off, payload, real_bytes, what);
   rows_out.resize(static_cast<size_t>(b.size()) * hidden());
   try {
     codec.decode(msg.data() + off, payload, b.size(), hidden(), rows_out.data(), stream);
@@ -186,6 +250,21 @@ int EngineContext::add_block_message(Handle& h, std::vector<uint8_t>& msg, size_
     add_summary(h, s);
     return static_cast<int>(s.tokens);
   }
+  if (dispatch_row_bytes > 0 && &codec == dispatch_codec.get()) {  // rows stay in the wire format
+    const std::string what = "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
+                             " in phase " + fabric.phase();
+    uint64_t payload = 0;
+    const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+    check_block(b, off, payload, real_bytes, what);
+    if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
+      throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
+                        " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
+    h.recv_wire.insert(h.recv_wire.end(), msg.begin() + static_cast<ptrdiff_t>(off),
+                       msg.begin() + static_cast<ptrdiff_t>(off + payload));
+    std::vector<uint8_t>().swap(msg);
+    h.recv.append(b);
+    return b.size();
+  }
   read_block_message(msg, real_bytes, b, rows, codec, stream, peer);
   std::vector<uint8_t>().swap(msg);
   h.recv.append(b);
@@ -197,6 +276,20 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
                                      const std::vector<int32_t>& ids, float* out, Codec& codec, uint64_t stream,
                                      int peer, std::vector<float>& scratch) {
   const int H = hidden();
+  const size_t rb = &codec == combine_codec.get() ? combine_row_bytes : 0;
+  if (rb > 0 && !phantom()) {  // one row decoded at a time: no message-sized fp32 copy
+    if (real_bytes != ids.size() * rb)
+      throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
+                        " in phase " + fabric.phase() + ": " + std::to_string(real_bytes) + " bytes for " +
+                        std::to_string(ids.size()) + " rows of " + std::to_string(rb));
+    scratch.resize(H);
+    for (size_t j = 0; j < ids.size(); ++j) {
+      codec.decode(msg.data() + j * rb, rb, 1, H, scratch.data(), stream);
+      float* o = out + static_cast<size_t>(ids[j]) * H;
+      for (int e = 0; e < H; ++e) o[e] += scratch[e];
+    }
+    return;
+  }
   scratch.resize(ids.size() * H);
   read_rows_message(msg, real_bytes, static_cast<int>(ids.size()), scratch.data(), codec, stream, peer);
   for (size_t j = 0; j < ids.size(); ++j) {

@@ -81,7 +81,14 @@ struct Handle {
   int num_tokens = 0;         // tokens of this rank's own batch (combine's output rows)
   long token_node_pairs = 0;  // (token, destination node) pairs of the own batch, own node included
   TokenBlock recv;
-  std::vector<float> recv_x;  // [recv.size() x hidden]; empty in phantom mode
+  // The received rows, in one of two forms (both empty in phantom mode): recv_wire when the dispatch codec
+  // encodes rows on their own (Codec::row_bytes; rows stay in the wire format, decoded one at a time by
+  // EngineContext::recv_row), recv_x otherwise.
+  std::vector<float> recv_x;       // [recv.size() x hidden]
+  std::vector<uint8_t> recv_wire;  // [recv.size() x dispatch row bytes]
+  // Expert outputs in the combine codec's row format, written by EngineContext::map_rows; when present, combine
+  // sends slices of it as they are and its partials argument may be null.
+  std::vector<uint8_t> expert_out;  // [recv.size() x combine row bytes]
   // What expert compute and the statistics need, in both modes: rows received, and selections received per
   // local slot ([slots per rank]). Phantom-mode algorithms may fill these and leave `recv` empty (see
   // EngineContext::BlockSummary); otherwise the engine derives them from `recv`.
@@ -152,7 +159,11 @@ class EngineContext {
   struct Message {
     std::vector<uint8_t> bytes;
     size_t phantom_bytes = 0;
-    ConstBuf buf() const { return ConstBuf{bytes.data(), bytes.size(), phantom_bytes}; }
+    const uint8_t* view = nullptr;  // when set, the message is these bytes of a buffer it does not own
+    size_t view_bytes = 0;
+    ConstBuf buf() const {
+      return view ? ConstBuf{view, view_bytes, phantom_bytes} : ConstBuf{bytes.data(), bytes.size(), phantom_bytes};
+    }
   };
   // Real payload: block metadata followed by the block's rows encoded with `codec` (phantom mode sends a
   // BlockSummary instead, below).
@@ -164,6 +175,21 @@ class EngineContext {
                             std::vector<float>& scratch);
   // Rows only (combine); `rows` may be null in phantom mode, which charges their encoded size.
   Message make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream);
+  // Combine's message of the handle's rows [first, first + n): a view of h.expert_out when expert compute wrote
+  // it (map_rows), else those rows of `partials` encoded.
+  Message partials_message(const Handle& h, const float* partials, size_t first, int n, uint64_t stream);
+
+  // Row bytes of the dispatch and combine codecs (Codec::row_bytes; 0 in phantom mode or when a codec does
+  // not encode rows on their own).
+  size_t dispatch_row_bytes = 0, combine_row_bytes = 0;
+  // Received row i of h as fp32: a pointer into recv_x, or row i of recv_wire decoded into `scratch` (hidden).
+  const float* recv_row(const Handle& h, int i, float* scratch);
+  // Expert compute over wire rows: for every received row i, fn(i, row, out) turns the decoded row into its
+  // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — in place
+  // over recv_wire when both codecs' rows have the same size (row i is read before it is overwritten). Only
+  // when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
+  bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }
+  void map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn);
   // Receive capacity for a block message / rows message.
   size_t block_capacity(int tokens, int sels, const Codec& codec) const;
   size_t rows_capacity(int n, const Codec& codec) const;
@@ -171,6 +197,8 @@ class EngineContext {
   // (resized to n x hidden).
   void read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
                           std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer);
+  // Throws unless every selection names a slot of the placement and the payload ends the message.
+  void check_block(const TokenBlock& b, size_t off, uint64_t payload, size_t real_bytes, const std::string& what) const;
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
                          uint64_t stream, int peer);
   // Dispatch's last step at a destination: parses a block message (freeing it), appends its tokens and decoded

@@ -108,15 +108,18 @@ class Flat : public Algorithm {
       size_t tokens = 0, sels = 0;
       for (int r : from) tokens += in_counts[2 * r], sels += in_counts[2 * r + 1];
       h.recv.reserve(tokens, sels);
-      h.recv_x.reserve(tokens * H);
+      if (c.dispatch_row_bytes > 0)
+        h.recv_wire.reserve(tokens * c.dispatch_row_bytes);
+      else
+        h.recv_x.reserve(tokens * H);
     }
     TokenBlock b;
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
-      st->recv_rows[r] = c.add_block_message(h, inbox[r], recvs[i].bytes, in_counts[2 * r], in_counts[2 * r + 1],
-                                             *c.dispatch_codec,
-                                             EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r, b, brows);
+      st->recv_rows[r] =
+          c.add_block_message(h, inbox[r], recvs[i].bytes, in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec,
+                              EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;
@@ -139,8 +142,7 @@ class Flat : public Algorithm {
     for (int r = 0; r < R; ++r) {
       const int n = st.recv_rows[r];
       if (n == 0) continue;
-      msgs[r] = c.make_rows_message(partials ? partials + row * H : nullptr, n, *c.combine_codec,
-                                    EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
+      msgs[r] = c.partials_message(h, partials, row, n, EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
       row += n;
       sends.push_back({r, msgs[r].buf()});
     }

@@ -190,11 +190,28 @@ class Hierarchical : public Algorithm {
         node_slot_sels[e.slot - my_first_slot] += e.sels;
       }
     }
+    // With a row-separable codec the forwarder passes rows on in the wire format: it notes where each one is
+    // in the inbox (kept until the forward messages are built) instead of decoding and re-encoding it.
+    const size_t rb = c.dispatch_row_bytes;
+    std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
     for (size_t i = 0; i < from.size() && !phantom; ++i) {
       const int n = from[i], src = T.rank_of(n, my_local);
-      c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
-                           EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
-      std::vector<uint8_t>().swap(inbox[n]);
+      const uint8_t* wire_rows = nullptr;
+      if (rb > 0) {
+        const std::string what = "rank " + std::to_string(me) + ", message from peer " + std::to_string(src) +
+                                 " in phase " + c.fabric.phase();
+        uint64_t payload = 0;
+        const size_t off = unpack_block(inbox[n].data(), recvs[i].bytes, b, payload, what.c_str());
+        c.check_block(b, off, payload, recvs[i].bytes, what);
+        if (payload != static_cast<uint64_t>(b.size()) * rb)
+          throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
+                            " payload bytes, the codec's rows take " + std::to_string(rb));
+        wire_rows = inbox[n].data() + off;
+      } else {
+        c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
+                             EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
+        std::vector<uint8_t>().swap(inbox[n]);
+      }
       st->fwd_in_rows[n] = b.size();
       for (int j = 0; j < b.size(); ++j) {
         std::fill(last_tok.begin(), last_tok.end(), -1);
@@ -203,8 +220,11 @@ class Hierarchical : public Algorithm {
           if (last_tok[q] < 0) {
             last_tok[q] = to_local[q].size();
             to_local[q].add_token(b.src_rank[j], b.token[j]);
-            local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
-                                 brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
+            if (rb > 0)
+              local_wire[q].push_back(wire_rows + static_cast<size_t>(j) * rb);
+            else
+              local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
+                                   brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
           }
           // Tokens are added one at a time, so the open token of block q is this one.
           to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
@@ -228,12 +248,22 @@ class Hierarchical : public Algorithm {
         sends.push_back({r, fmsgs[q].buf()});
         continue;
       }
-      fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
-                                      EngineContext::stream_id(Phase::kForward, a.layer, me, r));
+      if (rb > 0) {
+        std::vector<uint8_t>& m = fmsgs[q].bytes;
+        const size_t rows = local_wire[q].size() * rb;
+        m.reserve(block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
+        pack_block(to_local[q], rows, m);
+        for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
+        std::vector<const uint8_t*>().swap(local_wire[q]);
+      } else {
+        fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
+                                        EngineContext::stream_id(Phase::kForward, a.layer, me, r));
+      }
       sends.push_back({r, fmsgs[q].buf()});
       to_local[q].release();
       std::vector<float>().swap(local_rows[q]);
     }
+    std::vector<std::vector<uint8_t>>().swap(inbox);
     std::vector<std::vector<uint8_t>> linbox(G);
     std::vector<int> lfrom;
     for (int q = 0; q < G; ++q) {
@@ -256,13 +286,16 @@ class Hierarchical : public Algorithm {
       size_t tokens = 0, sels = 0;
       for (int q : lfrom) tokens += local_in[2 * q], sels += local_in[2 * q + 1];
       h.recv.reserve(tokens, sels);
-      h.recv_x.reserve(tokens * H);
+      if (c.dispatch_row_bytes > 0)
+        h.recv_wire.reserve(tokens * c.dispatch_row_bytes);
+      else
+        h.recv_x.reserve(tokens * H);
     }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
-      st->recv_rows[q] = c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
-                                             *c.dispatch_codec,
-                                             EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
+      st->recv_rows[q] =
+          c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec,
+                              EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;
@@ -291,8 +324,7 @@ class Hierarchical : public Algorithm {
       const int n = st.recv_rows[q];
       if (n == 0) continue;
       const int f = T.rank_of(my_node, q);
-      msgs[q] = c.make_rows_message(partials ? partials + row * H : nullptr, n, *c.combine_codec,
-                                    EngineContext::stream_id(Phase::kForward, h.layer, me, f));
+      msgs[q] = c.partials_message(h, partials, row, n, EngineContext::stream_id(Phase::kForward, h.layer, me, f));
       row += n;
       sends.push_back({f, msgs[q].buf()});
     }
@@ -306,39 +338,68 @@ class Hierarchical : public Algorithm {
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
 
-    // Reduce per received rail row over local ranks (ascending), then send one partial per token back.
+    // Reduce per received rail row over local ranks (ascending), then send one partial per token back. With a
+    // row-separable codec the local rows are decoded one at a time from the inbox and each sum is encoded
+    // straight into its message; otherwise the inboxes are decoded whole first.
+    const size_t rb = c.combine_row_bytes;
     std::vector<std::vector<float>> local(G);
-    if (!c.phantom())
+    if (!c.phantom()) {
       for (size_t i = 0; i < from.size(); ++i) {
         const int q = from[i], r = T.rank_of(my_node, q);
+        if (rb > 0) {
+          if (recvs[i].bytes != static_cast<size_t>(st.fwd_out_rows[q]) * rb)
+            throw FabricError("rank " + std::to_string(me) + ", message from peer " + std::to_string(r) +
+                              " in phase combine: " + std::to_string(recvs[i].bytes) + " bytes for " +
+                              std::to_string(st.fwd_out_rows[q]) + " rows of " + std::to_string(rb));
+          continue;
+        }
         local[q].resize(static_cast<size_t>(st.fwd_out_rows[q]) * H);
         c.read_rows_message(inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
+    }
     std::vector<EngineContext::Message> rmsgs(N);
     sends.clear();
-    std::vector<float> acc;
+    std::vector<float> acc, dec(rb > 0 ? H : 0);
     int in_row = 0;
     for (int n = 0; n < N; ++n) {
       const int rows_n = st.fwd_in_rows[n];
       if (rows_n == 0) continue;
       const int src = T.rank_of(n, my_local);
-      if (!c.phantom()) {
+      const uint64_t stream = EngineContext::stream_id(Phase::kCombine, h.layer, me, src);
+      if (c.phantom()) {
+        rmsgs[n] = c.make_rows_message(nullptr, rows_n, *c.combine_codec, stream);
+      } else if (rb > 0) {
+        acc.resize(H);
+        std::vector<uint8_t>& m = rmsgs[n].bytes;
+        m.reserve(static_cast<size_t>(rows_n) * rb);
+        for (int j = 0; j < rows_n; ++j) {
+          std::fill(acc.begin(), acc.end(), 0.f);
+          for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
+            const auto [q, idx] = st.fwd_map[k];
+            c.combine_codec->decode(inbox[q].data() + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+            for (int e = 0; e < H; ++e) acc[e] += dec[e];
+          }
+          c.combine_codec->encode(acc.data(), 1, H, m, stream);
+        }
+      } else {
         acc.assign(static_cast<size_t>(rows_n) * H, 0.f);
         for (int j = 0; j < rows_n; ++j) {
           float* o = &acc[static_cast<size_t>(j) * H];
-          for (int m = st.fwd_map_begin[in_row + j]; m < st.fwd_map_begin[in_row + j + 1]; ++m) {
-            const auto [q, idx] = st.fwd_map[m];
+          for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
+            const auto [q, idx] = st.fwd_map[k];
             const float* p = &local[q][static_cast<size_t>(idx) * H];
             for (int e = 0; e < H; ++e) o[e] += p[e];
           }
         }
+        rmsgs[n] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec, stream);
       }
       in_row += rows_n;
-      rmsgs[n] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec,
-                                     EngineContext::stream_id(Phase::kCombine, h.layer, me, src));
       sends.push_back({src, rmsgs[n].buf()});
     }
+    std::vector<std::vector<uint8_t>>().swap(inbox);
+    std::vector<std::vector<float>>().swap(local);
+    std::vector<EngineContext::Message>().swap(msgs);
     std::vector<std::vector<uint8_t>> rinbox(N);
     std::vector<int> rfrom;
     std::vector<PeerRecv> rrecvs;

@@ -30,6 +30,10 @@ class Codec {
   // Upper bound on what encode() can produce (receive buffers are sized with it).
   virtual size_t max_encoded_size(int tokens, int hidden) const { return encoded_size(tokens, hidden); }
   virtual bool fixed_rate() const { return true; }
+  // Nonzero when the codec is stateless and encodes every row on its own into exactly this many bytes, so the
+  // encoding of n rows is the n row encodings back to back. The engine then keeps, forwards and sends rows in
+  // the wire format (one copy per hop, no decode and re-encode) and decodes one row at a time where it computes.
+  virtual size_t row_bytes(int hidden) const { return 0; }
 
   // The bound above for messages with this hidden size. Per-token scaling (int8-token) degrades with the
   // row length, so its hidden-free error_bound() is the worst case over every hidden size (1: useless);

@@ -47,6 +47,7 @@ class Fp8BlockCodec final : public Codec {
   size_t encoded_size(int tokens, int hidden) const override {
     return static_cast<size_t>(tokens) * token_bytes(hidden);
   }
+  size_t row_bytes(int hidden) const override { return token_bytes(hidden); }  // codes, then the row's scales
 
   void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t) override {
     expect_shape(spec_, tokens, hidden);

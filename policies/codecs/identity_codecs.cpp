@@ -32,6 +32,7 @@ class Fp32Codec final : public Codec {
   size_t encoded_size(int tokens, int hidden) const override {
     return static_cast<size_t>(tokens) * static_cast<size_t>(hidden) * sizeof(float);
   }
+  size_t row_bytes(int hidden) const override { return encoded_size(1, hidden); }
 
  private:
   std::string spec_;
@@ -68,6 +69,7 @@ class Bf16Codec final : public Codec {
   size_t encoded_size(int tokens, int hidden) const override {
     return static_cast<size_t>(tokens) * static_cast<size_t>(hidden) * sizeof(uint16_t);
   }
+  size_t row_bytes(int hidden) const override { return encoded_size(1, hidden); }
 
  private:
   static void convert(const float* x, size_t n, uint16_t* out) {
