@@ -1,7 +1,7 @@
 // The emulated backend's transport: ranks are threads of one process sharing a Domain. A send is handed to the
-// receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy),
-// otherwise they wait in a host copy until the receive is posted. All-to-all-v posts every receive first so
-// that every byte is copied once.
+// receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy, by
+// the sending thread, outside the domain's lock), otherwise they wait in a host copy until the receive is posted.
+// All-to-all-v posts every receive first so that every byte is copied once.
 #include <cstring>
 
 #include "emu/thread_backend.hpp"
@@ -16,10 +16,20 @@ class ThreadTransport final : public Transport, public AlltoallvExtension {
   TransportCaps caps() const override { return TransportCaps{}; }
   double now() const override { return clock_(); }
   void post_send(SendOp& op, ConstBuf data) override {
-    domain_.deliver(op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr});
-    op.done = true;  // copied into the receive buffer or retained: the sender's buffer is free
+    // Matched to a posted receive: this thread copies the bytes once, without the domain's lock, so ranks copy
+    // in parallel. Otherwise the arrival was retained (copied) to wait for its receive.
+    if (const std::shared_ptr<RecvOp> r =
+            domain_.deliver(op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr})) {
+      std::memcpy(r->buf.ptr, data.ptr, data.bytes);
+      domain_.finish_copy(*r);
+    }
+    op.done = true;  // the bytes are in the receive buffer or retained: the sender's buffer is free
   }
   void on_match(RecvOp& op, Arrival& a) override {
+    if (!a.owner && a.bytes) {  // borrowed from a sender inside post_send: it copies after the lock
+      op.copying = true;
+      return;
+    }
     if (a.bytes) std::memcpy(op.buf.ptr, a.data, a.bytes);
     op.done = true;
   }

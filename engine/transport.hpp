@@ -41,6 +41,7 @@ struct RecvOp : RequestState {
   Tag tag = 0;
   MutBuf buf;
   bool matched = false;            // under the domain's lock
+  bool copying = false;            // matched, and a thread copies the bytes outside the lock (Domain::deliver)
   Arrival msg;                     // kept by transports that move the bytes after the match
   std::shared_ptr<void> transfer;  // the transport's transfer in flight (a modeled flow, device copies)
 };
@@ -93,7 +94,8 @@ class Transport {
   // domain's lock) once the sender's buffer may be reused.
   virtual void post_send(SendOp& op, ConstBuf data) = 0;
   // A receive met its message (sizes already checked): move the bytes into op.buf, or start moving them and
-  // finish in test(). Sets op.done when the bytes are in place.
+  // finish in test(), or (in-process transports, borrowed bytes) set op.copying and leave the copy to the
+  // sending thread, outside the lock (Domain::deliver returns the op). Sets op.done when the bytes are in place.
   virtual void on_match(RecvOp& op, Arrival& a) = 0;
   // An arrival waits unexpected: copy what is only borrowed. Default: a host copy.
   virtual void retain(Arrival& a);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -94,23 +95,31 @@ void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
   via.on_match(op, a);
 }
 
-void Domain::deliver(int dst, Transport& via, Arrival a) {
+std::shared_ptr<RecvOp> Domain::deliver(int dst, Transport& via, Arrival a) {
   SyncLock lock(*sync_);
-  deliver_locked(dst, via, std::move(a));
+  return deliver_locked(dst, via, std::move(a));
 }
 
-void Domain::deliver_locked(int dst, Transport& via, Arrival a) {
+std::shared_ptr<RecvOp> Domain::deliver_locked(int dst, Transport& via, Arrival a) {
   Box& b = box(dst);
   for (auto it = b.posted.begin(); it != b.posted.end(); ++it) {
     if ((*it)->peer != a.src || (*it)->tag != a.tag) continue;
-    const std::shared_ptr<RecvOp> op = *it;
+    std::shared_ptr<RecvOp> op = *it;
     b.posted.erase(it);
     match(*op, a, via);
     sync_->notify_all();
-    return;
+    return op->copying ? op : nullptr;
   }
   via.retain(a);
   b.unexpected.push_back(std::move(a));
+  sync_->notify_all();
+  return nullptr;
+}
+
+void Domain::finish_copy(RecvOp& op) {
+  SyncLock lock(*sync_);
+  op.copying = false;
+  op.done = true;
   sync_->notify_all();
 }
 
@@ -131,6 +140,7 @@ void Domain::post_receive(int me, Transport& via, const std::shared_ptr<RecvOp>&
 void Domain::withdraw(int me, const std::shared_ptr<RecvOp>& op) {
   SyncLock lock(*sync_);
   if (!op->matched) box(me).posted.remove(op);
+  while (op->copying) sync_->wait(std::numeric_limits<double>::infinity());
 }
 
 void Domain::rendezvous(const std::string& who, Transport& clock, const std::function<void()>& last) {

@@ -77,14 +77,19 @@ class Domain {
   const std::string& failure() const { return failure_; }
 
   // A message for local rank `dst` arrived (any thread). Matches the oldest posted receive from (a.src, a.tag),
-  // calling `via.on_match` on it, or queues the arrival unexpected after `via.retain`. Takes the lock.
-  void deliver(int dst, Transport& via, Arrival a);
+  // calling `via.on_match` on it, or queues the arrival unexpected after `via.retain`. Takes the lock. Returns
+  // the matched receive when on_match left its copy to the caller (op->copying): the caller copies the bytes
+  // without the lock, then calls finish_copy. Null otherwise.
+  std::shared_ptr<RecvOp> deliver(int dst, Transport& via, Arrival a);
+  // Takes the lock: the copy of a receive returned by deliver is done.
+  void finish_copy(RecvOp& op);
   // The same with the lock already held.
-  void deliver_locked(int dst, Transport& via, Arrival a);
+  std::shared_ptr<RecvOp> deliver_locked(int dst, Transport& via, Arrival a);
 
   // Lock held. Matches op against rank `me`'s unexpected messages, else posts it.
   void post_receive(int me, Transport& via, const std::shared_ptr<RecvOp>& op);
-  // Takes the lock. Removes a receive that never matched (its Request was dropped: the rank is unwinding).
+  // Takes the lock. Removes a receive that never matched (its Request was dropped: the rank is unwinding), or
+  // waits for a copy into it that is under way, so that nothing writes into a buffer that is gone.
   void withdraw(int me, const std::shared_ptr<RecvOp>& op);
 
   // In-process barrier of every rank (holds_every_rank()): the last to arrive runs `last` first. Throws
