@@ -4,6 +4,7 @@
 #include <chrono>
 #include <optional>
 
+#include "driver/memory_guard.hpp"
 #include "driver/plan.hpp"
 #include "driver/rank_program.hpp"
 #include "driver/rank_result.hpp"
@@ -119,6 +120,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const auto wall0 = std::chrono::steady_clock::now();
   auto backend = create_backend(cfg.backend);
   const RunSetup run = resolve_run(cfg, *backend);
+  check_run_memory(cfg, run);
   const int R = run.topo.size();
   const std::shared_ptr<RoutingSource> routing = open_routing(cfg, run);
   // The ranks of this process share one source through an in-process cache (traces/shared_routing.hpp): it

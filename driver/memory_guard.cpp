@@ -1,0 +1,131 @@
+#include "driver/memory_guard.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "engine/error.hpp"
+#include "policies/codecs/codec.hpp"
+
+namespace eplab {
+namespace {
+
+// Per row: the bytes of its encoded form, and of the form the engine keeps it in (wire rows when the codec
+// encodes rows on their own, fp32 otherwise).
+struct RowCost {
+  double wire = 0, kept = 0;
+};
+
+RowCost row_cost(const std::string& spec, int hidden) {
+  const std::unique_ptr<Codec> c = create_codec(spec);
+  const double wire = static_cast<double>(c->max_encoded_size(1, hidden));
+  const size_t rb = c->row_bytes(hidden);
+  return {wire, rb > 0 ? static_cast<double>(rb) : 4.0 * hidden};
+}
+
+double read_number_file(const char* path) {
+  std::ifstream f(path);
+  std::string s;
+  if (!(f >> s) || s == "max") return 0;
+  return std::strtod(s.c_str(), nullptr);
+}
+
+std::string gb(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+  return buf;
+}
+
+}  // namespace
+
+MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
+  MemoryEstimate e;
+  if (run.phantom) return e;
+  const int R = run.topo.size();
+  e.ranks_here = R;
+  if (!run.in_process) {  // under mpirun: the ranks that share this machine
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    e.ranks_here = local ? std::clamp(std::atoi(local), 1, R) : R;
+  }
+  const double T = cfg.tokens, H = run.shape.hidden, k = run.shape.topk;
+  // Each rank's batch (fp32 activations) and its combined output.
+  e.batch_bytes = 2.0 * T * H * 4.0;
+  // Rows one rank receives in a call: every source sends a token once per destination rank it selects, as
+  // many as a uniform choice of top-k among the experts spread evenly over the ranks reaches on average (skewed
+  // and group-limited routings reach fewer); low-latency sends once per selection, allgather everything.
+  const std::string& algo = run.engine.algorithm;
+  const double E = run.shape.num_experts, per_rank = E / R;
+  double miss = 1;  // P(a rank holds none of a token's k experts) = C(E - E/R, k) / C(E, k)
+  for (int i = 0; i < run.shape.topk; ++i) miss *= std::max(0.0, (E - per_rank - i) / (E - i));
+  e.rows_per_rank = algo == "allgather" ? T * R : algo == "low-latency" ? T * k : T * R * (1 - miss);
+  const RowCost d = row_cost(run.dispatch_codec, run.shape.hidden);
+  const RowCost c = row_cost(run.combine_codec, run.shape.hidden);
+  // Dispatch holds a row in the sender's message, the receiver's buffer and the handle; combine holds the
+  // received row, the expert output (fp32 partials, or wire rows written in place when both formats match) and
+  // the message back in both buffers.
+  const double dispatch_peak = 2.0 * d.wire + d.kept;
+  const double expert_out = c.kept == d.kept && c.kept == c.wire ? 0.0 : c.kept;
+  const double combine_peak = d.kept + expert_out + 2.0 * c.wire;
+  e.rows_bytes = e.rows_per_rank * std::max(dispatch_peak, combine_peak);
+  e.bytes = e.ranks_here * (e.batch_bytes + e.rows_bytes);
+  return e;
+}
+
+double available_memory_bytes() {
+  double avail = 0;
+  std::ifstream f("/proc/meminfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("MemAvailable:", 0) == 0) {
+      std::istringstream is(line.substr(13));
+      double kb = 0;
+      if (is >> kb) avail = kb * 1024.0;
+    }
+  // A container's limit (cgroup v2, then v1) may be lower than what the machine has free.
+  const std::pair<const char*, const char*> cgroups[] = {
+      {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+      {"/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+  for (const auto& [limit_path, usage_path] : cgroups) {
+    const double limit = read_number_file(limit_path);
+    if (limit <= 0 || limit >= 1e18) continue;  // absent or unlimited
+    const double left = std::max(0.0, limit - read_number_file(usage_path));
+    avail = avail > 0 ? std::min(avail, left) : left;
+    break;
+  }
+  return avail;
+}
+
+namespace {
+
+std::string memory_refusal(const RunConfig& cfg, const MemoryEstimate& e, double available) {
+  const double per_rank = e.ranks_here > 0 ? e.bytes / e.ranks_here : 0;
+  const double fit = per_rank > 0 ? available / per_rank : 0;
+  std::string msg = "this run needs about " + gb(e.bytes) + " of memory (" + std::to_string(e.ranks_here) +
+                    " ranks on this machine x " + gb(per_rank) + ": " + std::to_string(cfg.tokens) +
+                    " tokens per rank, up to " + std::to_string(static_cast<long>(e.rows_per_rank)) +
+                    " received rows per rank), but " + gb(available) + " is available. ";
+  // Tokens that would fit: the estimate is linear in tokens per rank.
+  const long tokens_fit = static_cast<long>(cfg.tokens * std::min(1.0, fit / e.ranks_here) * 0.9);
+  msg += "Lower --tokens";
+  if (tokens_fit > 0) msg += " (about " + std::to_string(tokens_fit) + " would fit)";
+  msg +=
+      ", use fewer ranks (--nodes, --gpus-per-node), time sizes only with --payload phantom --backend=sim, "
+      "or set EPLAB_MEMORY_GUARD=0 to run anyway";
+  return msg;
+}
+
+}  // namespace
+
+void check_run_memory(const RunConfig& cfg, const RunSetup& run, double available) {
+  if (const char* off = std::getenv("EPLAB_MEMORY_GUARD"); off && std::string(off) == "0") return;
+  const MemoryEstimate e = estimate_run_memory(cfg, run);
+  if (e.bytes <= 0) return;
+  if (available < 0) available = available_memory_bytes();
+  if (available > 0 && e.bytes > available) throw EplabError(memory_refusal(cfg, e, available));
+}
+
+}  // namespace eplab

@@ -1,0 +1,70 @@
+// The memory guard's estimate (rows a uniform routing delivers, per codec row format) and its refusal.
+#include "driver/memory_guard.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "engine/backend.hpp"
+#include "engine/error.hpp"
+
+namespace eplab {
+namespace {
+
+RunConfig emu_config(int tokens, const std::string& codec) {
+  RunConfig c;
+  c.backend = "emu";
+  c.nodes = 2;
+  c.gpus_per_node = 8;
+  c.model = "deepseek-v3";
+  c.tokens = tokens;
+  c.dispatch_codec = c.combine_codec = codec;
+  return c;
+}
+
+TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
+  const RunConfig c = emu_config(1024, "bf16");
+  const RunSetup run = resolve_run(c, *create_backend("emu"));
+  const MemoryEstimate e = estimate_run_memory(c, run);
+  EXPECT_EQ(e.ranks_here, 16);
+  // Top-8 of 256 experts, 16 per rank: a token misses a rank with probability C(240, 8) / C(256, 8).
+  double miss = 1;
+  for (int i = 0; i < 8; ++i) miss *= (240.0 - i) / (256.0 - i);
+  EXPECT_DOUBLE_EQ(e.rows_per_rank, 1024.0 * 16 * (1 - miss));
+  EXPECT_NEAR(e.rows_per_rank / 1024, 6.52, 0.01);
+  EXPECT_DOUBLE_EQ(e.batch_bytes, 2.0 * 1024 * 7168 * 4);
+  // bf16 rows (14336 bytes) three at a time: message, receive buffer, handle (the expert output is in place).
+  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 3 * 14336);
+  EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes));
+  // A codec that does not encode rows on its own is held in fp32 after dispatch.
+  const RunConfig z = emu_config(1024, "bf16+zstd");
+  EXPECT_GT(estimate_run_memory(z, resolve_run(z, *create_backend("emu"))).rows_bytes, e.rows_bytes);
+}
+
+TEST(MemoryGuard, RefusesWhatDoesNotFitNamingTheEstimateTheMemoryAndTheWayOut) {
+  const RunConfig c = emu_config(16384, "bf16");
+  const RunSetup run = resolve_run(c, *create_backend("emu"));
+  const std::string msg = [&] {
+    try {
+      check_run_memory(c, run, 24e9);
+    } catch (const EplabError& e) {
+      return std::string(e.what());
+    }
+    return std::string("not refused");
+  }();
+  for (const char* part : {"needs about", "16 ranks", "24.0 GB is available", "--tokens", "--payload phantom",
+                           "--backend=sim", "EPLAB_MEMORY_GUARD=0"})
+    EXPECT_NE(msg.find(part), std::string::npos) << part << " missing from: " << msg;
+  EXPECT_NO_THROW(check_run_memory(emu_config(256, "bf16"), run, 24e9));
+  EXPECT_NO_THROW(check_run_memory(c, run, 0));  // available memory unknown: no guess
+}
+
+TEST(MemoryGuard, PhantomRunsNeedNoGuard) {
+  RunConfig c = emu_config(16384, "bf16");
+  c.backend = "sim";
+  if (!create_backend("sim")->unavailable().empty()) GTEST_SKIP() << "sim backend not built";
+  EXPECT_EQ(estimate_run_memory(c, resolve_run(c, *create_backend("sim"))).bytes, 0);
+}
+
+}  // namespace
+}  // namespace eplab
