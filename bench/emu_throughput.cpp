@@ -196,8 +196,8 @@ int main(int argc, char** argv) {
   nlohmann::json a2a_raw;
   for (auto& f : mpi_alltoallv(emu, bin, tmp, a2a_raw)) rows.push_back(f);
   fs::remove_all(tmp);
-  const Figure& a2a = rows[3];  // the median: eplab's times are means over calls, not a best
-  Figure memcpy_row{"memcpy, one core", ""};
+  const Figure& a2a = rows[3];                // the median: eplab's times are means over calls, not a best
+  Figure memcpy_row{"memcpy, one core", ""};  // 1 GB at the measured rate: GBps() reads the memcpy figure
   memcpy_row.bytes = 1e9;
   memcpy_row.time_s = 1 / mc;
 
