@@ -1,21 +1,35 @@
-// Emulated dispatch + combine throughput (16 ranks as threads, hidden 7168, bf16 on the wire) beside this
-// machine's own single-core memcpy bandwidth, measured in the same run. Prints a table and writes JSON.
+// Dispatch + combine throughput of eplab's emu backend (16 ranks as threads) and mpi backend (16 processes under
+// mpirun), beside a plain MPI_Alltoallv moving the same total bytes (bench_mpi_alltoallv) and this machine's
+// single-core memcpy, all measured in one run; hidden 7168, bf16 on the wire. Prints a table and writes JSON.
 //   bench_emu_throughput [TOKENS_PER_RANK [OUT.json]]   (default 2048 tokens, bench/results/emu_throughput.json)
+// The eplab command and bench_mpi_alltoallv are taken from this program's own directory (build/bin).
 // 4096 tokens per rank needs more memory than a 24 GiB machine has: the emulated ranks hold received rows in
 // fp32 (about 0.7 GB per rank at 4096 tokens with deepep routing) besides the bf16 messages in flight.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "driver/experiment.hpp"
 
+namespace fs = std::filesystem;
+
 namespace {
+
+constexpr int kTokenBytes = 7168 * 2;  // one bf16 activation row of DeepSeek-V3
+constexpr int kAlltoallvReps = 10;
 
 double memcpy_GBps() {
   const size_t n = size_t{256} << 20;
@@ -30,6 +44,122 @@ double memcpy_GBps() {
   }
   return best;
 }
+
+// One row of the table. `why` says why a figure was not measured; it is empty when it was.
+struct Figure {
+  std::string name;
+  std::string why;
+  double dispatch_s = NAN, combine_s = NAN, time_s = NAN, bytes = NAN;
+  double GBps() const { return bytes / time_s / 1e9; }
+  bool ran() const { return why.empty(); }
+};
+
+// Bytes the ranks received in dispatch plus those sent back in combine (activation rows on the wire), over the
+// slowest rank's phase times; the same definition for every row.
+Figure eplab_figure(std::string name, const nlohmann::json& r) {
+  const auto& d = r["phases"]["dispatch"];
+  const auto& k = r["phases"]["combine"];
+  const int ranks = r["ranks"].get<int>();
+  Figure f{std::move(name), ""};
+  f.dispatch_s = d["time_s"].get<double>();
+  f.combine_s = k["time_s"].get<double>();
+  f.time_s = f.dispatch_s + f.combine_s;
+  f.bytes = (d["logical_bytes_per_rank"].get<double>() + k["logical_bytes_per_rank"].get<double>()) * ranks;
+  return f;
+}
+
+fs::path self_dir() { return fs::read_symlink("/proc/self/exe").parent_path(); }
+
+bool mpirun_on_path() {
+  const char* path = std::getenv("PATH");
+  std::stringstream ss(path ? path : "");
+  for (std::string dir; std::getline(ss, dir, ':');)
+    if (!dir.empty() && access((fs::path(dir) / "mpirun").c_str(), X_OK) == 0) return true;
+  return false;
+}
+
+std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
+
+// mpirun with the flags both MPI rows share: 16 ranks on fewer cores, and root where the run is root's.
+std::string mpirun(int ranks) {
+  return "mpirun -n " + std::to_string(ranks) + " --oversubscribe" + (geteuid() == 0 ? " --allow-run-as-root" : "");
+}
+
+// Runs `cmd` with its output in `log`; on failure returns why, with the log's last line (mpirun's or the
+// program's own message).
+std::optional<std::string> run_logged(const std::string& cmd, const fs::path& log) {
+  const int rc = std::system((cmd + " > " + quoted(log) + " 2>&1").c_str());
+  if (rc == 0) return std::nullopt;
+  std::ifstream in(log);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  return "exit status " + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : rc) + (last.empty() ? "" : ": " + last);
+}
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+Figure mpi_backend(const eplab::RunConfig& c, const fs::path& bin, const fs::path& tmp) {
+  const std::string name = "eplab mpi (16 processes)";
+  const fs::path eplab = bin / "eplab";
+  if (!mpirun_on_path()) return {name, "mpirun not on PATH"};
+  if (access(eplab.c_str(), X_OK) != 0) return {name, eplab.string() + " not built"};
+  const fs::path report = tmp / "mpi_report.json";
+  const std::string cmd =
+      mpirun(c.nodes * c.gpus_per_node) + " " + quoted(eplab) + " run --backend=mpi --cluster=" + c.cluster +
+      " --nodes=" + std::to_string(c.nodes) + " --gpus-per-node=" + std::to_string(c.gpus_per_node) +
+      " --model=" + c.model + " --tokens=" + std::to_string(c.tokens) + " --routing=" + c.routing +
+      " --dispatch-codec=" + c.dispatch_codec + " --combine-codec=" + c.combine_codec + " --transform=" + c.transform +
+      " --steps=" + std::to_string(c.steps) + " --timeout=" + std::to_string(static_cast<int>(c.timeout_s)) +
+      " --no-verify --quiet" + " --report " + quoted(report);
+  if (auto why = run_logged(cmd, tmp / "mpi_backend.log")) return {name, "eplab run --backend=mpi failed, " + *why};
+  return eplab_figure(name, read_json(report));
+}
+
+// MPI_Alltoallv of the emu run's bytes per rank and phase; two rows, best and median of the repetitions.
+std::vector<Figure> mpi_alltoallv(const nlohmann::json& emu, const fs::path& bin, const fs::path& tmp,
+                                  nlohmann::json& raw) {
+  const std::string best = "MPI_Alltoallv, best of " + std::to_string(kAlltoallvReps);
+  const std::string median = "MPI_Alltoallv, median of " + std::to_string(kAlltoallvReps);
+  const fs::path prog = bin / "bench_mpi_alltoallv";
+  std::string why;
+  if (!mpirun_on_path())
+    why = "mpirun not on PATH";
+  else if (access(prog.c_str(), X_OK) != 0)
+    why = prog.string() + " absent; CMake builds it only where it finds MPI for C";
+  if (!why.empty()) return {{best, why}, {median, why}};
+  // The report holds each phase's bytes per rank (averaged over ranks and calls), not a per-pair matrix.
+  const int ranks = emu["ranks"].get<int>();
+  const long long d = std::llround(emu["phases"]["dispatch"]["logical_bytes_per_rank"].get<double>());
+  const long long k = std::llround(emu["phases"]["combine"]["logical_bytes_per_rank"].get<double>());
+  const fs::path out = tmp / "alltoallv.json";
+  const std::string cmd = mpirun(ranks) + " " + quoted(prog) + " " + std::to_string(d) + " " + std::to_string(k) + " " +
+                          std::to_string(kAlltoallvReps) + " " + quoted(out);
+  if (auto w = run_logged(cmd, tmp / "alltoallv.log")) {
+    why = "bench_mpi_alltoallv failed, " + *w;
+    return {{best, why}, {median, why}};
+  }
+  raw = read_json(out);
+  Figure b{best, ""}, m{median, ""};
+  b.bytes = m.bytes = raw["activation_bytes"].get<double>();
+  b.dispatch_s = raw["best_dispatch_s"].get<double>();
+  b.combine_s = raw["best_combine_s"].get<double>();
+  b.time_s = raw["best_s"].get<double>();
+  m.time_s = raw["median_s"].get<double>();
+  return {b, m};
+}
+
+std::string cell(double v, const char* fmt) {
+  if (std::isnan(v)) return "-";
+  char s[32];
+  std::snprintf(s, sizeof s, fmt, v);
+  return s;
+}
+
+nlohmann::json num(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
 
 }  // namespace
 
@@ -50,36 +180,87 @@ int main(int argc, char** argv) {
   c.steps = 3;
   c.timeout_s = 600;
   c.verify = false;  // a benchmark of the data path; correctness is the test suite's job
+
+  const fs::path bin = self_dir();
+  std::string tmpl = (fs::temp_directory_path() / "eplab_bench_XXXXXX").string();
+  if (!mkdtemp(tmpl.data())) {
+    std::perror("bench_emu_throughput: mkdtemp");
+    return 1;
+  }
+  const fs::path tmp = tmpl;
+
+  // One after another, never side by side: each of them alone wants every core and most of the memory.
   const double mc = memcpy_GBps();
-  const auto r = eplab::run_experiment(c);
-  const auto& d = r["phases"]["dispatch"];
-  const auto& k = r["phases"]["combine"];
-  const int ranks = r["ranks"].get<int>();
-  // Bytes the ranks received in dispatch plus those sent back in combine (activation rows on the wire), over
-  // the slowest rank's phase times.
-  const double bytes = (d["logical_bytes_per_rank"].get<double>() + k["logical_bytes_per_rank"].get<double>()) * ranks;
-  const double time = d["time_s"].get<double>() + k["time_s"].get<double>();
-  const double gbps = bytes / time / 1e9;
-  std::printf("emulated dispatch + combine, %d ranks (threads on this machine), %d tokens/rank, hidden 7168, bf16\n",
-              ranks, tokens);
-  std::printf("%-34s %10s\n", "figure", "value");
-  std::printf("%-34s %10.3f\n", "dispatch time per layer (s)", d["time_s"].get<double>());
-  std::printf("%-34s %10.3f\n", "combine time per layer (s)", k["time_s"].get<double>());
-  std::printf("%-34s %10.2f\n", "activation bytes per layer (GB)", bytes / 1e9);
-  std::printf("%-34s %10.2f\n", "dispatch+combine throughput (GB/s)", gbps);
-  std::printf("%-34s %10.2f\n", "memcpy, one core (GB/s)", mc);
-  std::printf("%-34s %10.2f\n", "throughput / memcpy", gbps / mc);
-  nlohmann::json j = {{"ranks", ranks},
-                      {"tokens_per_rank", tokens},
-                      {"hidden", 7168},
-                      {"codec", "bf16"},
-                      {"steps", c.steps},
-                      {"dispatch_time_s", d["time_s"]},
-                      {"combine_time_s", k["time_s"]},
-                      {"activation_bytes", bytes},
-                      {"throughput_GBps", gbps},
-                      {"memcpy_one_core_GBps", mc},
-                      {"wall_s", r["wall_s"]}};
+  const auto emu = eplab::run_experiment(c);
+  std::vector<Figure> rows = {eplab_figure("eplab emu (16 threads)", emu), mpi_backend(c, bin, tmp)};
+  nlohmann::json a2a_raw;
+  for (auto& f : mpi_alltoallv(emu, bin, tmp, a2a_raw)) rows.push_back(f);
+  fs::remove_all(tmp);
+  const Figure& a2a = rows[3];                // the median: eplab's times are means over calls, not a best
+  Figure memcpy_row{"memcpy, one core", ""};  // 1 GB at the measured rate: GBps() reads the memcpy figure
+  memcpy_row.bytes = 1e9;
+  memcpy_row.time_s = 1 / mc;
+
+  const double emu_bytes = rows[0].bytes;
+  std::printf("dispatch + combine, 16 ranks on this machine, %d tokens/rank, hidden 7168, bf16, %d steps x %d layers\n",
+              tokens, c.steps, c.layers);
+  std::printf(
+      "GB/s = activation bytes per layer (dispatch received + combine sent, summed over ranks) / (dispatch +\n"
+      "combine time, slowest rank); MPI_Alltoallv moves the emu run's bytes per rank, an even split of the\n"
+      "same total bytes over the 16 destinations (the report has no per-pair matrix); x columns use its "
+      "median\n");
+  std::printf("%-28s %10s %10s %10s %9s %8s %11s %9s\n", "figure", "dispatch s", "combine s", "total s", "GB/layer",
+              "GB/s", "x alltoallv", "x memcpy");
+  for (const Figure* f : {&rows[0], &rows[1], &rows[2], &rows[3], &memcpy_row}) {
+    if (!f->ran()) {
+      std::printf("%-28s not run (%s)\n", f->name.c_str(), f->why.c_str());
+      continue;
+    }
+    const bool is_memcpy = f == &memcpy_row;
+    std::printf("%-28s %10s %10s %10s %9s %8.2f %11s %9.3f\n", f->name.c_str(), cell(f->dispatch_s, "%.3f").c_str(),
+                cell(f->combine_s, "%.3f").c_str(), cell(is_memcpy ? NAN : f->time_s, "%.3f").c_str(),
+                cell(is_memcpy ? NAN : f->bytes / 1e9, "%.3f").c_str(), f->GBps(),
+                cell(a2a.ran() ? f->GBps() / a2a.GBps() : NAN, "%.3f").c_str(), f->GBps() / mc);
+  }
+  // The report's bytes per rank are means over ranks and calls; MPI_Alltoallv gets each rounded to a whole byte.
+  std::printf("activation bytes per layer: %.0f = %.1f rows of %d bytes (emu)", emu_bytes, emu_bytes / kTokenBytes,
+              kTokenBytes);
+  if (rows[1].ran()) std::printf(", %.0f (mpi backend)", rows[1].bytes);
+  if (a2a.ran()) std::printf(", %.0f (MPI_Alltoallv, per-rank means rounded to whole bytes)", a2a.bytes);
+  std::printf("\n");
+
+  auto figure_json = [&](const Figure& f) {
+    nlohmann::json j = {{"ran", f.ran()}};
+    if (!f.ran()) {
+      j["why_not"] = f.why;
+      return j;
+    }
+    j.update({{"dispatch_time_s", num(f.dispatch_s)},
+              {"combine_time_s", num(f.combine_s)},
+              {"time_s", f.time_s},
+              {"activation_bytes", f.bytes},
+              {"throughput_GBps", f.GBps()},
+              {"over_memcpy", f.GBps() / mc}});
+    if (a2a.ran()) j["over_mpi_alltoallv_median"] = f.GBps() / a2a.GBps();
+    return j;
+  };
+  nlohmann::json j = {
+      {"ranks", emu["ranks"]},
+      {"tokens_per_rank", tokens},
+      {"hidden", 7168},
+      {"codec", "bf16"},
+      {"steps", c.steps},
+      {"layers", c.layers},
+      {"throughput_definition",
+       "(dispatch received + combine sent activation bytes per layer, summed over ranks) / (dispatch + combine "
+       "time of the slowest rank)"},
+      {"memcpy_one_core_GBps", mc},
+      {"emu", figure_json(rows[0])},
+      {"mpi_backend", figure_json(rows[1])},
+      {"mpi_alltoallv",
+       {{"split", "even split of the same total bytes"}, {"best", figure_json(rows[2])}, {"median", figure_json(a2a)}}},
+      {"emu_wall_s", emu["wall_s"]}};
+  if (a2a.ran()) j["mpi_alltoallv"]["program"] = a2a_raw;
   std::ofstream(out) << j.dump(2) << "\n";
   std::printf("wrote %s\n", out.c_str());
   return 0;
