@@ -2,7 +2,10 @@
 // receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy, by
 // the sending thread, outside the domain's lock), otherwise they wait in a host copy until the receive is posted.
 // All-to-all-v posts every receive first so that every byte is copied once.
+#include <malloc.h>
+
 #include <cstring>
+#include <limits>
 
 #include "emu/thread_backend.hpp"
 #include "engine/transport_fabric.hpp"
@@ -47,6 +50,25 @@ class ThreadTransport final : public Transport, public AlltoallvExtension {
   const WallClock& clock_;
 };
 
+// Ranks allocate buffers of the same sizes call after call. By default glibc hands chunks above a moving
+// threshold back to the kernel when they are freed and trims its arenas, so every call page-faults its buffers
+// in again, which is most of an emulated run's time on a virtual machine. For the run, chunks up to glibc's
+// largest threshold stay in the arenas; afterwards the defaults return and the memory is trimmed.
+class KeepFreedMemory {
+ public:
+  KeepFreedMemory() {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  }
+  ~KeepFreedMemory() {
+    mallopt(M_MMAP_THRESHOLD, 128 << 10);
+    mallopt(M_TRIM_THRESHOLD, 128 << 10);
+    malloc_trim(0);
+  }
+  KeepFreedMemory(const KeepFreedMemory&) = delete;
+  KeepFreedMemory& operator=(const KeepFreedMemory&) = delete;
+};
+
 class ThreadBackend : public Backend {
  public:
   std::string name() const override { return "emu"; }
@@ -55,6 +77,7 @@ class ThreadBackend : public Backend {
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
     if (opts.phantom_payload)
       throw EplabError("backend 'emu' moves real bytes only; phantom payloads need --backend=sim");
+    const KeepFreedMemory keep;
     launch_thread_ranks(topo, opts.timeout_s, [&](Domain& domain, const WallClock& clock, int r) {
       ThreadTransport t(domain, r, clock);
       TransportFabric f(domain, t, r, topo);

@@ -167,6 +167,19 @@ const float* EngineContext::recv_row(const Handle& h, int i, float* scratch) {
   return scratch;
 }
 
+MutBuf EngineContext::inbox(size_t i, size_t bytes) {
+  if (inboxes.size() <= i) inboxes.resize(i + 1);
+  if (inboxes[i].size() < bytes) inboxes[i].resize(bytes);
+  return MutBuf{inboxes[i].data(), bytes};
+}
+
+void EngineContext::take_spare_rows(std::vector<uint8_t>& rows, size_t bytes) {
+  rows.swap(spare_rows);
+  std::vector<uint8_t>().swap(spare_rows);
+  rows.clear();
+  rows.reserve(bytes);
+}
+
 void EngineContext::map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn) {
   if (!can_map_rows(h)) throw EplabError("engine: map_rows needs rows in a row-separable wire format");
   const int n = h.recv.size(), H = hidden();
@@ -241,7 +254,7 @@ void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t re
   }
 }
 
-int EngineContext::add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens,
+int EngineContext::add_block_message(Handle& h, const std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens,
                                      uint32_t sels, Codec& codec, uint64_t stream, int peer, TokenBlock& b,
                                      std::vector<float>& rows) {
   if (phantom()) {
@@ -261,12 +274,10 @@ int EngineContext::add_block_message(Handle& h, std::vector<uint8_t>& msg, size_
                         " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
     h.recv_wire.insert(h.recv_wire.end(), msg.begin() + static_cast<ptrdiff_t>(off),
                        msg.begin() + static_cast<ptrdiff_t>(off + payload));
-    std::vector<uint8_t>().swap(msg);
     h.recv.append(b);
     return b.size();
   }
   read_block_message(msg, real_bytes, b, rows, codec, stream, peer);
-  std::vector<uint8_t>().swap(msg);
   h.recv.append(b);
   h.recv_x.insert(h.recv_x.end(), rows.begin(), rows.end());
   return b.size();
@@ -455,6 +466,7 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
 void EpEngine::combine(Handle& h, const float* partials, float* out) {
   ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.rows, ctx_.hidden(), true);
   algo_->combine(ctx_, h, partials, out);
+  if (h.expert_out.capacity() > ctx_.spare_rows.capacity()) ctx_.spare_rows.swap(h.expert_out);
   ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.num_tokens, ctx_.hidden(), false);
   ctx_.stats.combine.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.combine_codec);
   ctx_.stats.combine.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.combine_codec);

@@ -188,6 +188,16 @@ class EngineContext {
   // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — in place
   // over recv_wire when both codecs' rows have the same size (row i is read before it is overwritten). Only
   // when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
+  // The received-rows buffer of the last call that finished combine, kept for the next dispatch: buffers this
+  // large come straight from the kernel, and page-faulting them in again on every call costs more than the copies.
+  std::vector<uint8_t> spare_rows;
+  // Receive buffers, one per peer of a round, shared by the rounds of a call (each round is done with them
+  // before the next posts its receives) and kept across calls; they only grow, so a call neither zero-fills
+  // nor page-faults them again. inbox(i, bytes) makes buffer i hold at least `bytes` and returns them.
+  std::vector<std::vector<uint8_t>> inboxes;
+  MutBuf inbox(size_t i, size_t bytes);
+  // Moves spare_rows into `rows` (emptied) with room for `bytes`.
+  void take_spare_rows(std::vector<uint8_t>& rows, size_t bytes);
   bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }
   void map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn);
   // Receive capacity for a block message / rows message.
@@ -201,11 +211,11 @@ class EngineContext {
   void check_block(const TokenBlock& b, size_t off, uint64_t payload, size_t real_bytes, const std::string& what) const;
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
                          uint64_t stream, int peer);
-  // Dispatch's last step at a destination: parses a block message (freeing it), appends its tokens and decoded
+  // Dispatch's last step at a destination: parses a block message, appends its tokens and decoded
   // rows to the handle and returns how many rows it held; in phantom mode the message is a block summary,
   // checked against the counts notify announced (tokens, sels), and only its counts reach the handle.
   // `b` and `rows` are scratch.
-  int add_block_message(Handle& h, std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens, uint32_t sels,
+  int add_block_message(Handle& h, const std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens, uint32_t sels,
                         Codec& codec, uint64_t stream, int peer, TokenBlock& b, std::vector<float>& rows);
   // Combine's last step at a source: decodes a rows message answering the tokens `ids` (in the order they were
   // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows.

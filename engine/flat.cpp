@@ -87,13 +87,13 @@ class Flat : public Algorithm {
                                     st->sent_token_ids[r], rows);
       sends.push_back({r, msgs[r].buf()});
     }
-    std::vector<std::vector<uint8_t>> inbox(R);
+    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
       if (in_counts[2 * r] == 0) continue;
-      inbox[r].resize(phantom ? EngineContext::summary_capacity(in_counts[2 * r + 1], spr)
-                              : c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec));
-      recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
+      recvs.push_back(
+          {r, c.inbox(r, phantom ? EngineContext::summary_capacity(in_counts[2 * r + 1], spr)
+                                 : c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec))});
       from.push_back(r);
     }
     c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, recvs);
@@ -109,7 +109,7 @@ class Flat : public Algorithm {
       for (int r : from) tokens += in_counts[2 * r], sels += in_counts[2 * r + 1];
       h.recv.reserve(tokens, sels);
       if (c.dispatch_row_bytes > 0)
-        h.recv_wire.reserve(tokens * c.dispatch_row_bytes);
+        c.take_spare_rows(h.recv_wire, tokens * c.dispatch_row_bytes);
       else
         h.recv_x.reserve(tokens * H);
     }
@@ -146,12 +146,11 @@ class Flat : public Algorithm {
       row += n;
       sends.push_back({r, msgs[r].buf()});
     }
-    std::vector<std::vector<uint8_t>> inbox(R);
+    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
       if (st.sent_tokens[r] == 0) continue;
-      inbox[r].resize(c.rows_capacity(st.sent_tokens[r], *c.combine_codec));
-      recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
+      recvs.push_back({r, c.inbox(r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec))});
       from.push_back(r);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);

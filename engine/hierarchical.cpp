@@ -144,14 +144,15 @@ class Hierarchical : public Algorithm {
                                     st->sent_token_ids[n], rows);
       sends.push_back({f, msgs[n].buf()});
     }
-    std::vector<std::vector<uint8_t>> inbox(N);
+    // Receive buffers (EngineContext::inboxes): rail sources use [0, N), then local ranks [0, G).
+    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
     std::vector<int> from;
     for (int n = 0; n < N; ++n) {
       const uint32_t* cn = &rail_in[n * stride];
       if (cn[0] == 0) continue;
-      inbox[n].resize(phantom ? EngineContext::summary_capacity(cn[1], node_slots)
-                              : c.block_capacity(cn[0], cn[1], *c.dispatch_codec));
-      recvs.push_back({T.rank_of(n, my_local), MutBuf{inbox[n].data(), inbox[n].size()}});
+      recvs.push_back(
+          {T.rank_of(n, my_local), c.inbox(n, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
+                                                      : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
       from.push_back(n);
     }
     c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, 0), sends, recvs);
@@ -181,7 +182,6 @@ class Hierarchical : public Algorithm {
     for (size_t i = 0; i < from.size() && phantom; ++i) {
       const int n = from[i], src = T.rank_of(n, my_local);
       c.read_summary_message(inbox[n], recvs[i].bytes, summary, rail_in[n * stride], rail_in[n * stride + 1], src);
-      std::vector<uint8_t>().swap(inbox[n]);
       st->fwd_in_rows[n] = static_cast<int32_t>(summary.tokens);
       for (const EngineContext::SlotSels& e : summary.slots) {
         if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
@@ -210,7 +210,6 @@ class Hierarchical : public Algorithm {
       } else {
         c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
                              EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
-        std::vector<uint8_t>().swap(inbox[n]);
       }
       st->fwd_in_rows[n] = b.size();
       for (int j = 0; j < b.size(); ++j) {
@@ -263,14 +262,14 @@ class Hierarchical : public Algorithm {
       to_local[q].release();
       std::vector<float>().swap(local_rows[q]);
     }
-    std::vector<std::vector<uint8_t>>().swap(inbox);
-    std::vector<std::vector<uint8_t>> linbox(G);
+    std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
     std::vector<int> lfrom;
     for (int q = 0; q < G; ++q) {
       if (local_in[2 * q] == 0) continue;
-      linbox[q].resize(phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
-                               : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec));
-      lrecvs.push_back({T.rank_of(my_node, q), MutBuf{linbox[q].data(), linbox[q].size()}});
+      lrecvs.push_back(
+          {T.rank_of(my_node, q),
+           c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
+                              : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
       lfrom.push_back(q);
     }
     c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
@@ -287,7 +286,7 @@ class Hierarchical : public Algorithm {
       for (int q : lfrom) tokens += local_in[2 * q], sels += local_in[2 * q + 1];
       h.recv.reserve(tokens, sels);
       if (c.dispatch_row_bytes > 0)
-        h.recv_wire.reserve(tokens * c.dispatch_row_bytes);
+        c.take_spare_rows(h.recv_wire, tokens * c.dispatch_row_bytes);
       else
         h.recv_x.reserve(tokens * H);
     }
@@ -328,12 +327,12 @@ class Hierarchical : public Algorithm {
       row += n;
       sends.push_back({f, msgs[q].buf()});
     }
-    std::vector<std::vector<uint8_t>> inbox(G);
+    // Receive buffers (EngineContext::inboxes): local ranks use [0, G), then rail sources [0, N).
+    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
     std::vector<int> from;
     for (int q = 0; q < G; ++q) {
       if (st.fwd_out_rows[q] == 0) continue;
-      inbox[q].resize(c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec));
-      recvs.push_back({T.rank_of(my_node, q), MutBuf{inbox[q].data(), inbox[q].size()}});
+      recvs.push_back({T.rank_of(my_node, q), c.inbox(q, c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec))});
       from.push_back(q);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
@@ -397,16 +396,14 @@ class Hierarchical : public Algorithm {
       in_row += rows_n;
       sends.push_back({src, rmsgs[n].buf()});
     }
-    std::vector<std::vector<uint8_t>>().swap(inbox);
     std::vector<std::vector<float>>().swap(local);
     std::vector<EngineContext::Message>().swap(msgs);
-    std::vector<std::vector<uint8_t>> rinbox(N);
+    std::vector<std::vector<uint8_t>>& rinbox = c.inboxes;
     std::vector<int> rfrom;
     std::vector<PeerRecv> rrecvs;
     for (int n = 0; n < N; ++n) {
       if (st.sent_tokens[n] == 0) continue;
-      rinbox[n].resize(c.rows_capacity(st.sent_tokens[n], *c.combine_codec));
-      rrecvs.push_back({T.rank_of(n, my_local), MutBuf{rinbox[n].data(), rinbox[n].size()}});
+      rrecvs.push_back({T.rank_of(n, my_local), c.inbox(n, c.rows_capacity(st.sent_tokens[n], *c.combine_codec))});
       rfrom.push_back(n);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
