@@ -70,7 +70,8 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   const double dispatch_peak = 2.0 * d.wire + d.kept;
   const double expert_out = c.kept == d.kept && c.kept == c.wire ? 0.0 : c.kept;
   const double combine_peak = d.kept + expert_out + 2.0 * c.wire;
-  e.rows_bytes = e.rows_per_rank * std::max(dispatch_peak, combine_peak);
+  // The receive buffers are kept across calls and rounds (EngineContext::inboxes), one more row's worth.
+  e.rows_bytes = e.rows_per_rank * (std::max(dispatch_peak, combine_peak) + std::max(d.wire, c.wire));
   e.bytes = e.ranks_here * (e.batch_bytes + e.rows_bytes);
   return e;
 }
@@ -106,7 +107,7 @@ std::string memory_refusal(const RunConfig& cfg, const MemoryEstimate& e, double
   const double fit = per_rank > 0 ? available / per_rank : 0;
   std::string msg = "this run needs about " + gb(e.bytes) + " of memory (" + std::to_string(e.ranks_here) +
                     " ranks on this machine x " + gb(per_rank) + ": " + std::to_string(cfg.tokens) +
-                    " tokens per rank, up to " + std::to_string(static_cast<long>(e.rows_per_rank)) +
+                    " tokens per rank, about " + std::to_string(static_cast<long>(e.rows_per_rank)) +
                     " received rows per rank), but " + gb(available) + " is available. ";
   // Tokens that would fit: the estimate is linear in tokens per rank.
   const long tokens_fit = static_cast<long>(cfg.tokens * std::min(1.0, fit / e.ranks_here) * 0.9);
