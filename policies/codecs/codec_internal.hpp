@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,9 @@ class Transform {
   // Shape of y described by the side information; throws CodecError if the side bytes are malformed.
   virtual Shape parse(const uint8_t* side, size_t size, Shape shape) const = 0;
   virtual void inverse(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream) = 0;
+  // Whether inverse() and reconstruct() accept out == y (an element-wise transform such as delta): the chain
+  // then decodes the terminal straight into the output.
+  virtual bool inverse_in_place() const { return false; }
   // inverse() as the encoder computes it, from the encoder's copy of any state (delta keeps one per side).
   virtual void reconstruct(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream) {
     inverse(side, size, y, shape, out, stream);
@@ -84,6 +88,11 @@ class ByteCodec {
   virtual void encode(const uint8_t* in, size_t size, std::vector<uint8_t>& out) = 0;
   // Decodes into out (replacing its contents); the result must not exceed max_size bytes.
   virtual void decode(const uint8_t* in, size_t size, size_t max_size, std::vector<uint8_t>& out) const = 0;
+  // decode() straight into dst when the content is exactly `want` bytes (at most max_size): returns false,
+  // touching nothing, when the header announces another size, and throws what decode() throws otherwise.
+  virtual bool decode_to(const uint8_t* in, size_t size, size_t max_size, uint8_t* dst, size_t want) const {
+    return false;
+  }
   virtual size_t max_encoded_size(size_t size) const = 0;
   // Compressed/raw ratio seen on the latest encode (or calibration); encoded_size() estimates with it.
   double observed_ratio() const { return ratio_; }
@@ -155,6 +164,34 @@ class ByteReader {
   size_t size_;
   size_t pos_ = 0;
   std::string codec_;
+};
+
+// Buffers a codec reuses from one encode (or decode) to the next, so a steady stream of messages allocates
+// nothing. A codec object may be called from several threads (the stateful transforms lock their maps), so a
+// call that finds the buffers in use gets fresh ones of its own instead of waiting.
+template <typename T>
+class Reusable {
+ public:
+  class Lease {
+   public:
+    explicit Lease(Reusable& r) : lock_(r.mu_, std::try_to_lock) {
+      if (!lock_.owns_lock()) own_ = std::make_unique<T>();
+      value_ = own_ ? own_.get() : &r.value_;
+    }
+    T& operator*() const { return *value_; }
+    T* operator->() const { return value_; }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+    std::unique_ptr<T> own_;
+    T* value_;
+  };
+  // Not reentrant: a call holding a lease must not take a second one from the same object.
+  Lease lease() { return Lease(*this); }
+
+ private:
+  std::mutex mu_;
+  T value_;
 };
 
 template <typename T>

@@ -3,6 +3,7 @@
 // steps are alike. Every N-th message is a full frame, so a receiver that lost a message or was reset
 // recovers; the chain also falls back to a full frame whenever the delta would break its error bound.
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 
@@ -50,9 +51,12 @@ class DeltaTransform final : public Transform {
     side.push_back(full ? kFull : kDelta);
     append_value<uint32_t>(side, seq);
     append_value<uint32_t>(side, full ? seq : s.seq);
-    y.assign(x, x + shape.elements());
-    if (!full) {
-      for (size_t i = 0; i < y.size(); ++i) y[i] -= s.base[i];
+    const size_t n = shape.elements();
+    y.resize(n);
+    if (full) {
+      if (n > 0) std::memcpy(y.data(), x, n * sizeof(float));
+    } else {
+      subtract(x, s.base.data(), n, y.data());
     }
     y_shape = shape;
     pending_[stream] = {full, seq};
@@ -62,12 +66,13 @@ class DeltaTransform final : public Transform {
                    uint64_t stream) override {
     std::lock_guard<std::mutex> lock(mu_);
     Header h = read_header(side, size);
-    std::copy(y, y + shape.elements(), out);
     if (h.kind == kDelta) {
-      const StreamState& s = encoder_[stream];
-      for (size_t i = 0; i < shape.elements(); ++i) out[i] += s.base[i];
+      add(y, encoder_[stream].base.data(), shape.elements(), out);
+    } else if (y != out && shape.elements() > 0) {
+      std::memcpy(out, y, shape.elements() * sizeof(float));
     }
   }
+  bool inverse_in_place() const override { return true; }
 
   void commit(uint64_t stream, const float* x_hat, Shape shape) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -99,9 +104,9 @@ class DeltaTransform final : public Transform {
                          " (lost, reordered or reset stream); it recovers at the next full frame, at most " +
                          std::to_string(period_) + " frames away");
       }
-      for (size_t i = 0; i < shape.elements(); ++i) out[i] = y[i] + s.base[i];
-    } else {
-      std::copy(y, y + shape.elements(), out);
+      add(y, s.base.data(), shape.elements(), out);
+    } else if (y != out && shape.elements() > 0) {
+      std::memcpy(out, y, shape.elements() * sizeof(float));
     }
     s.base.assign(out, out + shape.elements());
     s.shape = shape;
@@ -113,6 +118,14 @@ class DeltaTransform final : public Transform {
   Shape y_shape(Shape shape, bool) const override { return shape; }
 
  private:
+  // out may be y (inverse in place); x and base never alias out.
+  static void subtract(const float* x, const float* base, size_t n, float* out) {
+    for (size_t i = 0; i < n; ++i) out[i] = x[i] - base[i];
+  }
+  static void add(const float* y, const float* base, size_t n, float* out) {
+    for (size_t i = 0; i < n; ++i) out[i] = y[i] + base[i];
+  }
+
   struct Header {
     uint8_t kind;
     uint32_t seq;
