@@ -52,22 +52,27 @@ inline size_t popcount64(uint64_t v) {
   return static_cast<size_t>((v * 0x0101010101010101ull) >> 56);
 }
 
-// Left-packing, portable and AVX2: the keys in [lo, hi], or the positions whose key is >= t, in order. out
-// needs n + 8 slots (both write whole groups of eight).
+// Left-packing, portable and AVX2: the keys in [lo, hi], in order. out needs n + 8 slots (AVX2 writes whole
+// groups of eight); out may be keys itself.
+// The same from a row of floats, keys computed on the way, also counting the keys below lo.
+int pack_row_keys_in_range_portable(const float* row, int n, int32_t lo, int32_t hi, int32_t* out, int* below) {
+  int m = 0, under = 0;
+  uint32_t width = static_cast<uint32_t>(hi - lo);
+  for (int i = 0; i < n; ++i) {
+    int32_t key = keep_key(row[i]);
+    out[m] = key;
+    m += static_cast<uint32_t>(key - lo) <= width;
+    under += key < lo;
+  }
+  *below = under;
+  return m;
+}
 int pack_keys_in_range_portable(const int32_t* keys, int n, int32_t lo, int32_t hi, int32_t* out) {
   int m = 0;
   uint32_t width = static_cast<uint32_t>(hi - lo);
   for (int i = 0; i < n; ++i) {
     out[m] = keys[i];
     m += static_cast<uint32_t>(keys[i] - lo) <= width;
-  }
-  return m;
-}
-int pack_positions_portable(const int32_t* keys, int n, int32_t t, uint32_t* out) {
-  int m = 0;
-  for (int i = 0; i < n; ++i) {
-    out[m] = static_cast<uint32_t>(i);
-    m += keys[i] >= t;
   }
   return m;
 }
@@ -93,6 +98,31 @@ const PackTable& pack_table() {
   return table;
 }
 
+EPLAB_TARGET_AVX2 int pack_row_keys_in_range_avx2(const float* row, int n, int32_t lo, int32_t hi, int32_t* out,
+                                                  int* below) {
+  const PackTable& pt = pack_table();
+  const __m256i low = _mm256_set1_epi32(lo), under = _mm256_set1_epi32(lo - 1), above = _mm256_set1_epi32(hi + 1),
+                magnitude = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(kInfKey);
+  __m256i count = _mm256_setzero_si256();
+  int m = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i));
+    __m256i k = _mm256_min_epi32(_mm256_and_si256(x, magnitude), inf);
+    count = _mm256_sub_epi32(count, _mm256_cmpgt_epi32(low, k));
+    __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(k, under), _mm256_cmpgt_epi32(above, k));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(in));
+    __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(pt.lanes[mask]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), _mm256_permutevar8x32_epi32(k, lanes));
+    m += pt.count[mask];
+  }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), count);
+  int rest_below = 0;
+  m += pack_row_keys_in_range_portable(row + i, n - i, lo, hi, out + m, &rest_below);
+  *below = rest_below + lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+  return m;
+}
+
 EPLAB_TARGET_AVX2 int pack_keys_in_range_avx2(const int32_t* keys, int n, int32_t lo, int32_t hi, int32_t* out) {
   const PackTable& pt = pack_table();
   const __m256i below = _mm256_set1_epi32(lo - 1), above = _mm256_set1_epi32(hi + 1);
@@ -107,46 +137,152 @@ EPLAB_TARGET_AVX2 int pack_keys_in_range_avx2(const int32_t* keys, int n, int32_
   }
   return m + pack_keys_in_range_portable(keys + i, n - i, lo, hi, out + m);
 }
-EPLAB_TARGET_AVX2 int pack_positions_avx2(const int32_t* keys, int n, int32_t t, uint32_t* out) {
-  const PackTable& pt = pack_table();
-  const __m256i below = _mm256_set1_epi32(t - 1), step = _mm256_set1_epi32(8);
-  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  int m = 0, i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
-    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, below)));
-    __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(pt.lanes[mask]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), _mm256_permutevar8x32_epi32(idx, lanes));
-    m += pt.count[mask];
-    idx = _mm256_add_epi32(idx, step);
-  }
-  int rest = pack_positions_portable(keys + i, n - i, t, out + m);
-  for (int j = 0; j < rest; ++j) out[m + j] += static_cast<uint32_t>(i);
-  return m + rest;
-}
 #endif
 
+int pack_row_keys_in_range(const float* row, int n, int32_t lo, int32_t hi, int32_t* out, int* below) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) return pack_row_keys_in_range_avx2(row, n, lo, hi, out, below);
+#endif
+  return pack_row_keys_in_range_portable(row, n, lo, hi, out, below);
+}
 int pack_keys_in_range(const int32_t* keys, int n, int32_t lo, int32_t hi, int32_t* out) {
 #ifdef EPLAB_AVX2_KERNELS
   if (avx2_kernels_enabled()) return pack_keys_in_range_avx2(keys, n, lo, hi, out);
 #endif
   return pack_keys_in_range_portable(keys, n, lo, hi, out);
 }
-// t may be kInfKey + 1 (nothing qualifies).
-int pack_positions(const int32_t* keys, int n, int32_t t, uint32_t* out) {
+
+// Which elements a token keeps: keep_key(x) >= at_least, and when `ties` >= 0 only the first `ties` of those
+// whose key equals at_least (topk's tie-break: the lower position is kept).
+struct KeepRule {
+  int32_t at_least = 0;
+  int ties = -1;
+};
+
+EPLAB_CLONES int count_at_least(const float* row, int n, int32_t t) {
+  int c = 0;
+  for (int i = 0; i < n; ++i) c += keep_key(row[i]) >= t;
+  return c;
+}
+
+// One token's output under a rule: the kept values, in order, to values (values_room slots from there may be
+// written), and either the token's bitmap (bits: ceil(n/8) bytes, all written) or its positions (pos: room
+// for n + 8). Returns how many are kept.
+int emit_portable(const float* row, int n, KeepRule rule, uint8_t* bits, uint32_t* pos, float* values) {
+  if (bits) std::memset(bits, 0, bitmap_bytes(n));
+  const bool all_ties = rule.ties < 0;
+  int m = 0, ties = rule.ties;
+  for (int i = 0; i < n; ++i) {
+    int32_t key = keep_key(row[i]);
+    bool keep = all_ties ? key >= rule.at_least : key > rule.at_least || (key == rule.at_least && ties-- > 0);
+    if (!keep) continue;
+    values[m] = row[i];
+    if (bits) bits[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+    if (pos) pos[m] = static_cast<uint32_t>(i);
+    ++m;
+  }
+  return m;
+}
+
 #ifdef EPLAB_AVX2_KERNELS
-  if (avx2_kernels_enabled()) return pack_positions_avx2(keys, n, t, out);
+// Eight elements at a time: the keep mask is the bitmap byte, and the same lane table packs positions and
+// values (a store whole groups of eight would overrun values near the end goes lane by lane instead).
+EPLAB_TARGET_AVX2 int emit_avx2(const float* row, int n, int32_t at_least, uint8_t* bits, uint32_t* pos, float* values,
+                                int values_room) {
+  const PackTable& pt = pack_table();
+  const __m256i below = _mm256_set1_epi32(at_least - 1), magnitude = _mm256_set1_epi32(0x7fffffff),
+                inf = _mm256_set1_epi32(kInfKey), step = _mm256_set1_epi32(8);
+  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int m = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps(row + i);
+    __m256i key = _mm256_min_epi32(_mm256_and_si256(_mm256_castps_si256(x), magnitude), inf);
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(key, below)));
+    __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(pt.lanes[mask]));
+    if (bits) bits[i / 8] = static_cast<uint8_t>(mask);
+    if (pos) _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + m), _mm256_permutevar8x32_epi32(idx, lanes));
+    if (m + 8 <= values_room) {
+      _mm256_storeu_ps(values + m, _mm256_permutevar8x32_ps(x, lanes));
+    } else {
+      for (int b = 0, j = m; b < 8; ++b) {
+        if (mask >> b & 1) values[j++] = row[i + b];
+      }
+    }
+    m += pt.count[mask];
+    idx = _mm256_add_epi32(idx, step);
+  }
+  if (i < n) {
+    KeepRule rule{at_least, -1};
+    int rest = emit_portable(row + i, n - i, rule, bits ? bits + i / 8 : nullptr, pos ? pos + m : nullptr, values + m);
+    if (pos) {
+      for (int j = 0; j < rest; ++j) pos[m + j] += static_cast<uint32_t>(i);
+    }
+    m += rest;
+  }
+  return m;
+}
+
+// The inverse of the packing for bitmaps: for each mask, where each lane's value comes from in the packed
+// values (its rank among the set lanes) and which lanes are kept.
+struct ExpandTable {
+  alignas(32) int32_t from[256][8];
+  alignas(32) int32_t keep[256][8];
+  ExpandTable() {
+    for (int m = 0; m < 256; ++m) {
+      int c = 0;
+      for (int b = 0; b < 8; ++b) {
+        bool set = m >> b & 1;
+        from[m][b] = set ? c : 0;
+        keep[m][b] = set ? -1 : 0;
+        c += set;
+      }
+    }
+  }
+};
+const ExpandTable& expand_table() {
+  static const ExpandTable table;
+  return table;
+}
+
+// One token's row from its bitmap and its values, dropped positions zero; values[0, values_room) readable.
+// Returns how many values it took.
+EPLAB_TARGET_AVX2 size_t expand_row_avx2(const uint8_t* bits, int hidden, const float* values, size_t values_room,
+                                         float* row) {
+  const PackTable& pt = pack_table();
+  const ExpandTable& et = expand_table();
+  size_t k = 0;
+  int i = 0;
+  for (; i + 8 <= hidden && k + 8 <= values_room; i += 8) {
+    int mask = bits[i / 8];
+    __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(values + k),
+                                        _mm256_load_si256(reinterpret_cast<const __m256i*>(et.from[mask])));
+    v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(et.keep[mask]))));
+    _mm256_storeu_ps(row + i, v);
+    k += pt.count[mask];
+  }
+  for (; i < hidden; ++i) {
+    bool set = bits[i / 8] >> (i % 8) & 1;
+    row[i] = set ? values[k] : 0.0f;
+    k += set;
+  }
+  return k;
+}
 #endif
-  return pack_positions_portable(keys, n, t, out);
+
+int emit(const float* row, int n, KeepRule rule, uint8_t* bits, uint32_t* pos, float* values, int values_room) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (rule.ties < 0 && avx2_kernels_enabled()) return emit_avx2(row, n, rule.at_least, bits, pos, values, values_room);
+#endif
+  return emit_portable(row, n, rule, bits, pos, values);
 }
 
 // Buffers of one encode or decode, kept by the transform between calls.
 struct SparseScratch {
-  std::vector<int32_t> keys;        // one token's selection keys
-  std::vector<int32_t> sample;      // strided sample of them
+  std::vector<int32_t> sample;      // strided sample of a token's selection keys
   std::vector<int32_t> cand;        // keys near the k-th largest
-  std::vector<uint32_t> positions;  // kept positions, ascending within each token, token after token
+  std::vector<uint32_t> positions;  // one token's kept positions (list mode)
   std::vector<uint32_t> counts;     // how many each token keeps
+  std::vector<KeepRule> rules;      // and which
   std::vector<float> acc;           // input plus the stream's residual (error feedback)
 };
 
@@ -167,17 +303,17 @@ int32_t kth_in_range(int32_t* cand, int m, int r, int32_t lo, int32_t hi) {
   return cand[r - before];
 }
 
-// The k-th largest of keys[0, n) for 0 < k < n, i.e. what nth_element over all of them finds. A strided
-// sample brackets it; one pass counts the keys below the bracket and packs those inside, and nth_element runs
-// on those few. If the bracket missed (the sample was unlucky), nth_element runs on all n.
-int32_t kth_largest(const int32_t* keys, int n, int k, SparseScratch& s) {
+// The k-th largest key of row[0, n) for 0 < k < n, i.e. what nth_element over all keys finds. A strided
+// sample brackets it; one pass counts the keys below the bracket and packs those inside, and kth_in_range
+// finds it among those. If the bracket missed (the sample was unlucky), nth_element runs on all n keys.
+int32_t kth_largest(const float* row, int n, int k, SparseScratch& s) {
   const int r = n - k;  // ascending rank of the answer
   s.cand.resize(static_cast<size_t>(n) + 8);
   int32_t* cand = s.cand.data();
-  constexpr int kSample = 256, kMargin = 24;  // the margin is about 3 standard deviations of the sample rank
-  if (n >= 4 * kSample) {
+  constexpr int kSample = 128, kMargin = 16;  // the margin is over 3 standard deviations of the sample rank
+  if (n >= 8 * kSample) {
     s.sample.resize(kSample);
-    for (int j = 0; j < kSample; ++j) s.sample[j] = keys[static_cast<int64_t>(j) * n / kSample];
+    for (int j = 0; j < kSample; ++j) s.sample[j] = keep_key(row[static_cast<int64_t>(j) * n / kSample]);
     int p = static_cast<int>(static_cast<int64_t>(r) * kSample / n);
     int lo_at = p - kMargin, hi_at = p + kMargin;
     int32_t lo = 0, hi = kInfKey;
@@ -192,13 +328,10 @@ int32_t kth_largest(const int32_t* keys, int n, int k, SparseScratch& s) {
       hi = s.sample[hi_at];
     }
     int below = 0;
-    for (int i = 0; i < n; ++i) below += keys[i] < lo;
-    if (below <= r) {
-      int m = pack_keys_in_range(keys, n, lo, hi, cand);
-      if (r - below < m) return kth_in_range(cand, m, r - below, lo, hi);
-    }
+    int m = pack_row_keys_in_range(row, n, lo, hi, cand, &below);
+    if (below <= r && r - below < m) return kth_in_range(cand, m, r - below, lo, hi);
   }
-  std::copy(keys, keys + n, cand);
+  compute_keys(row, n, cand);
   std::nth_element(cand, cand + r, cand + n);
   return cand[r];
 }
@@ -233,25 +366,17 @@ class SparseTransform : public Transform {
       }
       src = s->acc.data();
     }
-    // Which positions each token keeps, ascending.
+    // What each token keeps and how many, then the side information and the values in one pass per token.
     s->counts.resize(shape.tokens);
+    s->rules.resize(shape.tokens);
     size_t total = 0;
     for (int t = 0; t < shape.tokens; ++t) {
-      // Grown, never shrunk: a resize down and up again would zero the elements each message.
-      size_t need = total + static_cast<size_t>(shape.hidden) + 8;
-      if (s->positions.size() < need) s->positions.resize(std::max(need, 2 * s->positions.size()));
-      int c = select(src + static_cast<size_t>(t) * shape.hidden, shape.hidden, s->positions.data() + total, *s);
+      int c = plan(src + static_cast<size_t>(t) * shape.hidden, shape.hidden, s->rules[t], *s);
       s->counts[t] = static_cast<uint32_t>(c);
       total += static_cast<size_t>(c);
     }
-    write_positions(s->positions.data(), s->counts, total, shape, side);
     y.resize(total);
-    float* yv = y.data();
-    const uint32_t* pos = s->positions.data();
-    for (int t = 0; t < shape.tokens; ++t) {
-      const float* row = src + static_cast<size_t>(t) * shape.hidden;
-      for (uint32_t j = 0; j < s->counts[t]; ++j) *yv++ = row[*pos++];
-    }
+    if (shape.tokens > 0) write_positions(src, shape, total, *s, side, y.data());
     y_shape = values_shape(total, shape);
     if (ef_) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -274,10 +399,26 @@ class SparseTransform : public Transform {
   }
 
   Shape parse(const uint8_t* side, size_t size, Shape shape) const override {
-    return values_shape(walk_positions(side, size, shape, [](int, int) {}), shape);
+    return values_shape(walk_positions(
+                            side, size, shape, [](int, int) {}, false),
+                        shape);
   }
 
   void inverse(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t) override {
+#ifdef EPLAB_AVX2_KERNELS
+    if (shape.tokens > 0 && size > 0 && side[0] == kModeBitmap && avx2_kernels_enabled()) {
+      // Checked first (parse's checks: sizes, counts), then every row written whole from its bitmap.
+      const size_t total = walk_positions(
+          side, size, shape, [](int, int) {}, false);
+      const size_t nb = bitmap_bytes(shape.hidden);
+      size_t k = 0;
+      for (int t = 0; t < shape.tokens; ++t) {
+        k += expand_row_avx2(side + 1 + t * nb, shape.hidden, y + k, total - k,
+                             out + static_cast<size_t>(t) * shape.hidden);
+      }
+      return;
+    }
+#endif
     if (shape.elements() > 0) std::memset(out, 0, shape.elements() * sizeof(float));
     size_t k = 0;
     walk_positions(side, size, shape,
@@ -285,59 +426,62 @@ class SparseTransform : public Transform {
   }
 
  protected:
-  // Writes the positions row keeps, ascending, to kept (room for hidden + 8) and returns how many.
-  virtual int select(const float* row, int hidden, uint32_t* kept, SparseScratch& s) const = 0;
+  // Decides what row keeps (the rule) and returns how many elements that is.
+  virtual int plan(const float* row, int hidden, KeepRule& rule, SparseScratch& s) const = 0;
   virtual Shape values_shape(size_t total, Shape shape) const = 0;
   // Whether every token keeps the same count (topk): then the count is not sent.
   virtual bool fixed_count() const = 0;
   virtual int count_for(int hidden) const { return 0; }
 
   // Side: u8 mode; list mode: [u32 count per token unless fixed] then indices (u16 if hidden <= 65536,
-  // else u32) token by token; bitmap mode: ceil(hidden/8) bytes per token, bit i%8 of byte i/8.
-  void write_positions(const uint32_t* pos, const std::vector<uint32_t>& counts, size_t total, Shape shape,
-                       std::vector<uint8_t>& side) const {
-    if (counts.empty()) return;  // no tokens, no side bytes
-    size_t w = index_width(shape.hidden);
-    size_t list = (fixed_count() ? 0 : 4 * counts.size()) + total * w;
-    size_t bitmap = counts.size() * bitmap_bytes(shape.hidden);
+  // else u32) token by token; bitmap mode: ceil(hidden/8) bytes per token, bit i%8 of byte i/8. Appends the
+  // side for the rules and counts in s and writes the kept values of src to values.
+  void write_positions(const float* src, Shape shape, size_t total, SparseScratch& s, std::vector<uint8_t>& side,
+                       float* values) const {
+    const size_t tokens = s.counts.size(), w = index_width(shape.hidden), nb = bitmap_bytes(shape.hidden);
+    size_t list = (fixed_count() ? 0 : 4 * tokens) + total * w;
+    size_t bitmap = tokens * nb;
+    const bool use_list = list <= bitmap;
     size_t at = side.size();
-    if (list <= bitmap) {
-      side.resize(at + 1 + list);
-      uint8_t* p = side.data() + at;
-      *p++ = kModeList;
-      for (uint32_t c : counts) {
-        if (!fixed_count()) {
-          std::memcpy(p, &c, 4);
-          p += 4;
-        }
-        if (w == 2) {
-          for (uint32_t j = 0; j < c; ++j) {
-            uint16_t v = static_cast<uint16_t>(pos[j]);
-            std::memcpy(p + 2 * j, &v, 2);
-          }
-        } else {
-          std::memcpy(p, pos, 4 * static_cast<size_t>(c));
-        }
-        p += w * c;
-        pos += c;
+    side.resize(at + 1 + (use_list ? list : bitmap));
+    uint8_t* p = side.data() + at;
+    *p++ = use_list ? kModeList : kModeBitmap;
+    if (use_list) s.positions.resize(static_cast<size_t>(shape.hidden) + 8);
+    size_t k = 0;
+    for (size_t t = 0; t < tokens; ++t) {
+      const float* row = src + t * static_cast<size_t>(shape.hidden);
+      const uint32_t c = s.counts[t];
+      const int room = static_cast<int>(std::min<size_t>(total - k, static_cast<size_t>(shape.hidden) + 8));
+      if (!use_list) {
+        emit(row, shape.hidden, s.rules[t], p, nullptr, values + k, room);
+        p += nb;
+        k += c;
+        continue;
       }
-    } else {
-      side.resize(at + 1 + bitmap);
-      side[at] = kModeBitmap;
-      uint8_t* bits = side.data() + at + 1;
-      std::memset(bits, 0, bitmap);
-      for (uint32_t c : counts) {
-        for (uint32_t j = 0; j < c; ++j) bits[pos[j] / 8] |= static_cast<uint8_t>(1u << (pos[j] % 8));
-        pos += c;
-        bits += bitmap_bytes(shape.hidden);
+      const uint32_t* pos = s.positions.data();
+      emit(row, shape.hidden, s.rules[t], nullptr, s.positions.data(), values + k, room);
+      k += c;
+      if (!fixed_count()) {
+        std::memcpy(p, &c, 4);
+        p += 4;
       }
+      if (w == 2) {
+        for (uint32_t j = 0; j < c; ++j) {
+          uint16_t v = static_cast<uint16_t>(pos[j]);
+          std::memcpy(p + 2 * j, &v, 2);
+        }
+      } else {
+        std::memcpy(p, pos, 4 * static_cast<size_t>(c));
+      }
+      p += w * c;
     }
   }
 
   // Checks the side information and calls visit(token, position) for every kept position in order; returns
   // how many there are. Throws CodecError on a malformed side.
+  // With visit_bitmaps false, bitmaps are only checked and counted.
   template <typename Visit>
-  size_t walk_positions(const uint8_t* side, size_t size, Shape shape, Visit&& visit) const {
+  size_t walk_positions(const uint8_t* side, size_t size, Shape shape, Visit&& visit, bool visit_bitmaps = true) const {
     ByteReader r(side, size, spec_);
     if (shape.tokens == 0) return 0;
     size_t total = 0;
@@ -384,7 +528,7 @@ class SparseTransform : public Transform {
           corrupt("token " + std::to_string(t) + " keeps " + std::to_string(count) + " positions, expected " +
                   std::to_string(count_for(shape.hidden)));
         }
-        for (size_t b = 0; b < nb; b += 8) {
+        for (size_t b = 0; visit_bitmaps && b < nb; b += 8) {
           uint64_t word = 0;
           std::memcpy(&word, bits + b, std::min<size_t>(8, nb - b));
           size_t left = static_cast<size_t>(shape.hidden) - 8 * b;
@@ -438,25 +582,23 @@ class TopkTransform final : public SparseTransform {
  protected:
   // The k largest keys, ties broken by position (the lower one is kept), so the selection is deterministic:
   // everything above the k-th largest key, then as many of the keys equal to it as fit, from the left.
-  int select(const float* row, int hidden, uint32_t* kept, SparseScratch& s) const override {
+  int plan(const float* row, int hidden, KeepRule& rule, SparseScratch& s) const override {
     const int k = count_for(hidden);
-    if (k <= 0) return 0;
-    s.keys.resize(hidden);
-    int32_t* keys = s.keys.data();
-    compute_keys(row, hidden, keys);
-    if (k >= hidden) return pack_positions(keys, hidden, 0, kept);
-    const int32_t kth = kth_largest(keys, hidden, k, s);
-    int above = 0, equal = 0;
-    for (int i = 0; i < hidden; ++i) {
-      above += keys[i] > kth;
-      equal += keys[i] == kth;
+    if (k <= 0) {
+      rule = {kInfKey + 1, -1};  // nothing
+      return 0;
     }
-    if (above + equal == k) return pack_positions(keys, hidden, kth, kept);
-    int m = 0, ties = k - above;
-    for (int i = 0; i < hidden; ++i) {
-      if (keys[i] > kth || (keys[i] == kth && ties-- > 0)) kept[m++] = static_cast<uint32_t>(i);
+    if (k >= hidden) {
+      rule = {0, -1};  // everything
+      return hidden;
     }
-    return m;
+    const int32_t kth = kth_largest(row, hidden, k, s);
+    if (count_at_least(row, hidden, kth) == k) {
+      rule = {kth, -1};
+    } else {
+      rule = {kth, k - count_at_least(row, hidden, kth + 1)};
+    }
+    return k;
   }
   Shape values_shape(size_t, Shape shape) const override { return {shape.tokens, count_for(shape.hidden)}; }
   bool fixed_count() const override { return true; }
@@ -488,10 +630,9 @@ class ThresholdTransform final : public SparseTransform {
 
  protected:
   // keep_key(x) >= tau in float-against-double terms: the key is at least the smallest float >= tau.
-  int select(const float* row, int hidden, uint32_t* kept, SparseScratch& s) const override {
-    s.keys.resize(hidden);
-    compute_keys(row, hidden, s.keys.data());
-    return pack_positions(s.keys.data(), hidden, tau_key_, kept);
+  int plan(const float* row, int hidden, KeepRule& rule, SparseScratch&) const override {
+    rule = {tau_key_, -1};
+    return count_at_least(row, hidden, tau_key_);
   }
   Shape values_shape(size_t total, Shape shape) const override {
     if (shape.elements() > 0) density_ = static_cast<double>(total) / static_cast<double>(shape.elements());
