@@ -61,9 +61,20 @@ class Transform {
   // Encoder side: what the decoder reconstructs for the last forward() on `stream` (error feedback, delta).
   virtual bool wants_commit() const { return false; }
   virtual void commit(uint64_t stream, const float* x_hat, Shape shape) {}
+  // commit() from a buffer the transform may take (swapping in one it no longer needs): delta keeps the
+  // reconstruction as its next base without copying it.
+  virtual void commit_buffer(uint64_t stream, std::vector<float>& x_hat, Shape shape) {
+    commit(stream, x_hat.data(), shape);
+  }
   // Shape of y described by the side information; throws CodecError if the side bytes are malformed.
   virtual Shape parse(const uint8_t* side, size_t size, Shape shape) const = 0;
   virtual void inverse(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream) = 0;
+  // reconstruct() that also sums (out - x)^2 and x^2 over the frame x, in lanes (reconstruct_sums below), for
+  // the chain's delta guard in the same pass; false (nothing done) where a transform does not offer it.
+  virtual bool reconstruct_with_sums(const uint8_t* side, size_t size, const float* y, Shape shape, float* out,
+                                     uint64_t stream, const float* x, double* err2, double* x2) {
+    return false;
+  }
   // Whether inverse() and reconstruct() accept out == y (an element-wise transform such as delta): the chain
   // then decodes the terminal straight into the output.
   virtual bool inverse_in_place() const { return false; }
@@ -79,6 +90,11 @@ class Transform {
   virtual bool stateful() const { return false; }
   virtual void reset(uint64_t stream) {}
 };
+
+// r = y + base (y where base is null), written to out unless out is null, and the sums of (r - x)^2 and x^2
+// in double, each accumulated in several lanes (so not in element order; the chain's guard allows for that).
+void reconstruct_sums(const float* y, const float* base, const float* x, size_t n, float* out, double* err2,
+                      double* x2);
 
 // A lossless byte-to-byte stage after the terminal codec (zstd, lz4).
 class ByteCodec {

@@ -73,6 +73,14 @@ class DeltaTransform final : public Transform {
     }
   }
   bool inverse_in_place() const override { return true; }
+  bool reconstruct_with_sums(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream,
+                             const float* x, double* err2, double* x2) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Header h = read_header(side, size);
+    const float* base = h.kind == kDelta ? encoder_[stream].base.data() : nullptr;
+    reconstruct_sums(y, base, x, shape.elements(), out, err2, x2);
+    return true;
+  }
 
   void commit(uint64_t stream, const float* x_hat, Shape shape) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -80,13 +88,34 @@ class DeltaTransform final : public Transform {
     if (p == pending_.end()) return;
     StreamState& s = encoder_[stream];
     s.base.assign(x_hat, x_hat + shape.elements());
-    s.shape = shape;
-    s.seq = p->second.seq;
-    s.since_full = p->second.full ? 0 : s.since_full + 1;
-    s.valid = true;
+    advance(s, p->second, shape);
     pending_.erase(p);
   }
 
+  void commit_buffer(uint64_t stream, std::vector<float>& x_hat, Shape shape) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto p = pending_.find(stream);
+    if (p == pending_.end()) return;
+    StreamState& s = encoder_[stream];
+    x_hat.resize(shape.elements());
+    s.base.swap(x_hat);
+    advance(s, p->second, shape);
+    pending_.erase(p);
+  }
+
+ private:
+  struct Pending {
+    bool full;
+    uint32_t seq;
+  };
+  static void advance(StreamState& s, const Pending& p, Shape shape) {
+    s.shape = shape;
+    s.seq = p.seq;
+    s.since_full = p.full ? 0 : s.since_full + 1;
+    s.valid = true;
+  }
+
+ public:
   Shape parse(const uint8_t* side, size_t size, Shape shape) const override {
     read_header(side, size);
     return shape;
@@ -141,10 +170,6 @@ class DeltaTransform final : public Transform {
     return h;
   }
 
-  struct Pending {
-    bool full;
-    uint32_t seq;
-  };
   std::string spec_;
   int period_;
   std::mutex mu_;

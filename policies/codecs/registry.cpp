@@ -9,6 +9,11 @@
 
 #include "engine/error.hpp"
 #include "policies/codecs/codec_internal.hpp"
+#include "policies/codecs/quant_kernels.hpp"
+
+#ifdef EPLAB_AVX2_KERNELS
+#include <immintrin.h>
+#endif
 
 namespace eplab {
 namespace codecs {
@@ -62,28 +67,75 @@ ParsedStage parse_stage(const std::string& full_spec, const std::string& part) {
 }
 
 // The delta guard's test, err <= limit with err = ||reconstruction - x||_2 and limit = bound * ||x||_2, each
-// norm a sum of squares in double taken element by element in order. Four interleaved partial sums (which
+// norm a sum of squares in double taken element by element in order. Partial sums in several lanes (which
 // vectorize) give the same answer unless the two sides are within their rounding error of each other: a sum
 // of n non-negative terms in any order is within (n-1)*2^-53 of the exact sum, relatively. Only then are the
 // sums redone in order, so the decision is always the one the ordered sums make.
-bool delta_within_bound(const float* recon, const float* x, size_t n, double bound) {
-  double e[4] = {0, 0, 0, 0}, s[4] = {0, 0, 0, 0};
+// out = y + base (y alone without base) when out is given, else r = y; the sums of (r - x)^2 and x^2 in lanes.
+void reconstruct_sums_portable(const float* y, const float* base, const float* x, size_t n, float* out, double* err2,
+                               double* x2) {
+  double e[4] = {}, s[4] = {};
   size_t i = 0;
+  auto r_at = [&](size_t k) {
+    float r = base ? y[k] + base[k] : y[k];
+    if (out) out[k] = r;
+    return r;
+  };
   for (; i + 4 <= n; i += 4) {
     for (size_t j = 0; j < 4; ++j) {
-      double d = static_cast<double>(recon[i + j]) - static_cast<double>(x[i + j]);
+      double d = static_cast<double>(r_at(i + j)) - static_cast<double>(x[i + j]);
       double v = static_cast<double>(x[i + j]);
       e[j] += d * d;
       s[j] += v * v;
     }
   }
   for (; i < n; ++i) {
-    double d = static_cast<double>(recon[i]) - static_cast<double>(x[i]);
+    double d = static_cast<double>(r_at(i)) - static_cast<double>(x[i]);
     e[0] += d * d;
     s[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   }
-  double err = std::sqrt((e[0] + e[1]) + (e[2] + e[3]));
-  double limit = bound * std::sqrt((s[0] + s[1]) + (s[2] + s[3]));
+  *err2 = (e[0] + e[1]) + (e[2] + e[3]);
+  *x2 = (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+#ifdef EPLAB_AVX2_KERNELS
+EPLAB_TARGET_AVX2 void reconstruct_sums_avx2(const float* y, const float* base, const float* x, size_t n, float* out,
+                                             double* err2, double* x2) {
+  __m256d e0 = _mm256_setzero_pd(), e1 = e0, s0 = e0, s1 = e0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 r = _mm256_loadu_ps(y + i), v = _mm256_loadu_ps(x + i);
+    if (base) r = _mm256_add_ps(r, _mm256_loadu_ps(base + i));
+    if (out) _mm256_storeu_ps(out + i, r);
+    __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(r)), v0);
+    __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)), v1);
+    e0 = _mm256_add_pd(e0, _mm256_mul_pd(d0, d0));
+    e1 = _mm256_add_pd(e1, _mm256_mul_pd(d1, d1));
+    s0 = _mm256_add_pd(s0, _mm256_mul_pd(v0, v0));
+    s1 = _mm256_add_pd(s1, _mm256_mul_pd(v1, v1));
+  }
+  alignas(32) double e[4], s[4];
+  _mm256_store_pd(e, _mm256_add_pd(e0, e1));
+  _mm256_store_pd(s, _mm256_add_pd(s0, s1));
+  double rest_e = 0, rest_s = 0;
+  reconstruct_sums_portable(y + i, base ? base + i : nullptr, x + i, n - i, out ? out + i : nullptr, &rest_e, &rest_s);
+  *err2 = ((e[0] + e[1]) + (e[2] + e[3])) + rest_e;
+  *x2 = ((s[0] + s[1]) + (s[2] + s[3])) + rest_s;
+}
+#endif
+
+// sums: the lane sums of (recon - x)^2 and x^2 if a transform computed them with recon, else null.
+bool delta_within_bound(const float* recon, const float* x, size_t n, double bound, const double* sums) {
+  double err2 = 0, x2 = 0;
+  if (sums) {
+    err2 = sums[0];
+    x2 = sums[1];
+  } else {
+    reconstruct_sums(recon, nullptr, x, n, nullptr, &err2, &x2);
+  }
+  double err = std::sqrt(err2);
+  double limit = bound * std::sqrt(x2);
   if (std::isnan(err) || std::isnan(limit)) return false;  // a NaN term makes the ordered sum NaN as well
   // Relative error of either sum against the exact one, doubled for the ordered one, halved by the square
   // root, plus the slack of sqrt and the multiply by bound: 4 n 2^-53 covers all of it with room to spare.
@@ -141,10 +193,15 @@ class ChainCodec final : public Codec {
     if (has_delta_ && !attempt.full_frame_forced) {
       // A delta frame is only as good as the delta is small relative to the frame; when the terminal's
       // error on the delta exceeds what the chain promises on the frame, send a full frame instead.
-      if (!delta_within_bound(attempt.reconstruction, x, shape.elements(), bound(hidden))) {
+      if (!delta_within_bound(attempt.reconstruction, x, shape.elements(), bound(hidden),
+                              attempt.has_sums ? attempt.sums : nullptr)) {
         inner.resize(start);
         attempt = encode_once(x, shape, stream, true, inner, es);
       }
+    }
+    if (attempt.fp32_payload) {
+      terminal_->encode(attempt.fp32_payload, attempt.payload_shape.tokens, attempt.payload_shape.hidden, inner,
+                        stream);
     }
     if (needs_commit_) commit(es, stream);
     if (bytes_.empty()) return;
@@ -265,6 +322,10 @@ class ChainCodec final : public Codec {
   struct Attempt {
     bool full_frame_forced = false;
     const float* reconstruction = nullptr;  // the decoder's view of the frame (ef and delta chains only)
+    const float* fp32_payload = nullptr;    // set when the fp32 terminal is still to be written
+    bool has_sums = false;                  // sums of (reconstruction - x)^2 and x^2, from the transform
+    double sums[2] = {0, 0};
+    Shape payload_shape;
   };
   // Buffers of one encode, kept between calls: each transform's side bytes and output, the reconstruction of
   // each transform's input ([0] = the frame), the terminal's decoded output, the byte stages' input and output.
@@ -322,8 +383,17 @@ class ChainCodec final : public Codec {
       // The byte stages read x itself (see encode); the bytes would only be copied here.
       return a;
     }
-    terminal_->encode(cur, last.tokens, last.hidden, inner, stream);
-    if (!needs_commit_ && !has_delta_) return a;
+    if (!needs_commit_ && !has_delta_) {
+      terminal_->encode(cur, last.tokens, last.hidden, inner, stream);
+      return a;
+    }
+    if (terminal_is_fp32_) {
+      // fp32 decodes to its input: encode() writes it once the frame is settled (not for a discarded delta).
+      a.fp32_payload = cur;
+      a.payload_shape = last;
+    } else {
+      terminal_->encode(cur, last.tokens, last.hidden, inner, stream);
+    }
     // What the decoder will see, computed with the encoder's view of each transform's state.
     const float* y = cur;
     if (!terminal_->lossless()) {
@@ -336,7 +406,14 @@ class ChainCodec final : public Codec {
     for (size_t i = nt; i-- > 0;) {
       std::vector<float>& xi = es.inputs[i];
       xi.resize(es.shapes[i].elements());
-      transforms_[i]->reconstruct(es.sides[i].data(), es.sides[i].size(), y, es.shapes[i], xi.data(), stream);
+      // The delta guard (encode) needs sums over the frame's reconstruction: taken in the same pass if it can.
+      if (i == 0 && has_delta_ && !force_full &&
+          transforms_[0]->reconstruct_with_sums(es.sides[0].data(), es.sides[0].size(), y, es.shapes[0], xi.data(),
+                                                stream, x, &a.sums[0], &a.sums[1])) {
+        a.has_sums = true;
+      } else {
+        transforms_[i]->reconstruct(es.sides[i].data(), es.sides[i].size(), y, es.shapes[i], xi.data(), stream);
+      }
       y = xi.data();
     }
     a.reconstruction = y;
@@ -345,7 +422,7 @@ class ChainCodec final : public Codec {
 
   void commit(EncodeScratch& es, uint64_t stream) {
     for (size_t i = transforms_.size(); i-- > 0;) {
-      if (transforms_[i]->wants_commit()) transforms_[i]->commit(stream, es.inputs[i].data(), es.shapes[i]);
+      if (transforms_[i]->wants_commit()) transforms_[i]->commit_buffer(stream, es.inputs[i], es.shapes[i]);
     }
   }
 
@@ -389,6 +466,14 @@ class ChainCodec final : public Codec {
 };
 
 }  // namespace
+
+void reconstruct_sums(const float* y, const float* base, const float* x, size_t n, float* out, double* err2,
+                      double* x2) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) return reconstruct_sums_avx2(y, base, x, n, out, err2, x2);
+#endif
+  reconstruct_sums_portable(y, base, x, n, out, err2, x2);
+}
 
 double CodecParams::get_double(const std::string& key, double fallback) const {
   auto it = values_.find(key);
