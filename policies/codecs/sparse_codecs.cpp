@@ -286,9 +286,28 @@ struct SparseScratch {
   std::vector<float> acc;           // input plus the stream's residual (error feedback)
 };
 
-// The key of ascending rank r among cand[0, m), all in [lo, hi]: a 256-bin histogram over the range finds
-// the bin holding it, and nth_element runs on that bin's keys only (cand is reordered).
-int32_t kth_in_range(int32_t* cand, int m, int r, int32_t lo, int32_t hi) {
+// The k-th largest key of a token and how many keys are greater than it and equal to it.
+struct Kth {
+  int32_t key;
+  int above;
+  int equal;
+};
+
+// Counts keys below and equal to cand[r] once nth_element has put it there.
+void count_around(const int32_t* cand, int m, int r, int* less, int* equal) {
+  int lt = 0, eq = 0;
+  for (int i = 0; i < m; ++i) {
+    lt += cand[i] < cand[r];
+    eq += cand[i] == cand[r];
+  }
+  *less = lt;
+  *equal = eq;
+}
+
+// The key of ascending rank r among cand[0, m), all in [lo, hi], with the counts of the candidates below and
+// equal to it: a 256-bin histogram over the range finds the bin holding it, and nth_element runs on that bin's
+// keys only (cand is reordered).
+Kth kth_in_range(int32_t* cand, int m, int r, int32_t lo, int32_t hi) {
   const uint32_t range = static_cast<uint32_t>(hi - lo);
   int shift = 0;
   while ((range >> shift) >= 256) ++shift;
@@ -300,17 +319,21 @@ int32_t kth_in_range(int32_t* cand, int m, int r, int32_t lo, int32_t hi) {
   const int32_t bin_hi = static_cast<int32_t>(std::min<int64_t>(hi, int64_t{bin_lo} + (int64_t{1} << shift) - 1));
   int in_bin = pack_keys_in_range(cand, m, bin_lo, bin_hi, cand);  // packs forward in place: never overtakes
   std::nth_element(cand, cand + (r - before), cand + in_bin);
-  return cand[r - before];
+  // Keys equal to the answer all lie in its bin; the other bins' keys are below or above it.
+  int less = 0, equal = 0;
+  count_around(cand, in_bin, r - before, &less, &equal);
+  return {cand[r - before], m - before - less - equal, equal};
 }
 
-// The k-th largest key of row[0, n) for 0 < k < n, i.e. what nth_element over all keys finds. A strided
-// sample brackets it; one pass counts the keys below the bracket and packs those inside, and kth_in_range
-// finds it among those. If the bracket missed (the sample was unlucky), nth_element runs on all n keys.
-int32_t kth_largest(const float* row, int n, int k, SparseScratch& s) {
+// The k-th largest key of row[0, n) for 0 < k < n, i.e. what nth_element over all keys finds, and how many
+// keys are above and equal to it. A strided sample brackets it; one pass counts the keys below the bracket and
+// packs those inside, and kth_in_range finds it among those. If the bracket missed (the sample was unlucky),
+// nth_element runs on all n keys.
+Kth kth_largest(const float* row, int n, int k, SparseScratch& s) {
   const int r = n - k;  // ascending rank of the answer
   s.cand.resize(static_cast<size_t>(n) + 8);
   int32_t* cand = s.cand.data();
-  constexpr int kSample = 128, kMargin = 16;  // the margin is over 3 standard deviations of the sample rank
+  constexpr int kSample = 128, kMargin = 14;  // the margin is about 3 standard deviations of the sample rank
   if (n >= 8 * kSample) {
     s.sample.resize(kSample);
     for (int j = 0; j < kSample; ++j) s.sample[j] = keep_key(row[static_cast<int64_t>(j) * n / kSample]);
@@ -329,11 +352,18 @@ int32_t kth_largest(const float* row, int n, int k, SparseScratch& s) {
     }
     int below = 0;
     int m = pack_row_keys_in_range(row, n, lo, hi, cand, &below);
-    if (below <= r && r - below < m) return kth_in_range(cand, m, r - below, lo, hi);
+    // Keys above the bracket are above the answer too: n - below - m of them.
+    if (below <= r && r - below < m) {
+      Kth kth = kth_in_range(cand, m, r - below, lo, hi);
+      kth.above += n - below - m;
+      return kth;
+    }
   }
   compute_keys(row, n, cand);
   std::nth_element(cand, cand + r, cand + n);
-  return cand[r];
+  int less = 0, equal = 0;
+  count_around(cand, n, r, &less, &equal);
+  return {cand[r], n - less - equal, equal};
 }
 
 class SparseTransform : public Transform {
@@ -592,12 +622,8 @@ class TopkTransform final : public SparseTransform {
       rule = {0, -1};  // everything
       return hidden;
     }
-    const int32_t kth = kth_largest(row, hidden, k, s);
-    if (count_at_least(row, hidden, kth) == k) {
-      rule = {kth, -1};
-    } else {
-      rule = {kth, k - count_at_least(row, hidden, kth + 1)};
-    }
+    const Kth kth = kth_largest(row, hidden, k, s);
+    rule = {kth.key, kth.above + kth.equal == k ? -1 : k - kth.above};
     return k;
   }
   Shape values_shape(size_t, Shape shape) const override { return {shape.tokens, count_for(shape.hidden)}; }
