@@ -75,6 +75,13 @@ class Transform {
                                      uint64_t stream, const float* x, double* err2, double* x2) {
     return false;
   }
+  // For a transform whose output is x - base (delta): what forward() does except computing y, i.e. the same
+  // side bytes and pending frame, with the base it would subtract (null for a full frame: y = x), so the chain can
+  // form y a few rows at a time beside the terminal. False (nothing done) where not offered.
+  virtual bool forward_base(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
+                            const float** base) {
+    return false;
+  }
   // Whether inverse() and reconstruct() accept out == y (an element-wise transform such as delta): the chain
   // then decodes the terminal straight into the output.
   virtual bool inverse_in_place() const { return false; }

@@ -41,16 +41,18 @@ class DeltaTransform final : public Transform {
     pending_.erase(stream);
   }
 
+  bool forward_base(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
+                    const float** base) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    *base = begin_frame(shape, stream, force_full, side) ? nullptr : encoder_[stream].base.data();
+    return true;
+  }
+
   void forward(const float* x, Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
                std::vector<float>& y, Shape& y_shape) override {
     std::lock_guard<std::mutex> lock(mu_);
+    bool full = begin_frame(shape, stream, force_full, side);
     StreamState& s = encoder_[stream];
-    bool full = force_full || !s.valid || s.shape.tokens != shape.tokens || s.shape.hidden != shape.hidden ||
-                s.since_full + 1 >= static_cast<uint32_t>(period_);
-    uint32_t seq = s.valid ? s.seq + 1 : 0;
-    side.push_back(full ? kFull : kDelta);
-    append_value<uint32_t>(side, seq);
-    append_value<uint32_t>(side, full ? seq : s.seq);
     const size_t n = shape.elements();
     y.resize(n);
     if (full) {
@@ -59,7 +61,19 @@ class DeltaTransform final : public Transform {
       subtract(x, s.base.data(), n, y.data());
     }
     y_shape = shape;
+  }
+
+  // Decides full or delta frame, writes the side bytes and records the pending frame; returns whether full.
+  bool begin_frame(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side) {
+    StreamState& s = encoder_[stream];
+    bool full = force_full || !s.valid || s.shape.tokens != shape.tokens || s.shape.hidden != shape.hidden ||
+                s.since_full + 1 >= static_cast<uint32_t>(period_);
+    uint32_t seq = s.valid ? s.seq + 1 : 0;
+    side.push_back(full ? kFull : kDelta);
+    append_value<uint32_t>(side, seq);
+    append_value<uint32_t>(side, full ? seq : s.seq);
     pending_[stream] = {full, seq};
+    return full;
   }
 
   void reconstruct(const uint8_t* side, size_t size, const float* y, Shape shape, float* out,

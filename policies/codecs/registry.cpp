@@ -156,11 +156,12 @@ bool delta_within_bound(const float* recon, const float* x, size_t n, double bou
 class ChainCodec final : public Codec {
  public:
   ChainCodec(std::string spec, std::vector<std::unique_ptr<Transform>> transforms, std::unique_ptr<Codec> terminal,
-             std::vector<std::unique_ptr<ByteCodec>> bytes)
+             std::vector<std::unique_ptr<ByteCodec>> bytes, bool terminal_builtin)
       : spec_(std::move(spec)),
         transforms_(std::move(transforms)),
         terminal_(std::move(terminal)),
-        bytes_(std::move(bytes)) {
+        bytes_(std::move(bytes)),
+        terminal_builtin_(terminal_builtin) {
     for (const auto& t : transforms_) {
       has_delta_ = has_delta_ || t->is_delta();
       needs_commit_ = needs_commit_ || t->wants_commit();
@@ -363,6 +364,10 @@ class ChainCodec final : public Codec {
     Attempt a;
     a.full_frame_forced = force_full;
     const size_t nt = transforms_.size();
+    if (nt == 1 && terminal_builtin_ && !terminal_is_fp32_ &&
+        encode_delta_by_rows(x, shape, stream, force_full, inner, es, a)) {
+      return a;
+    }
     es.shapes.assign(1, shape);
     es.sides.resize(nt);
     es.ys.resize(nt);
@@ -420,6 +425,53 @@ class ChainCodec final : public Codec {
     return a;
   }
 
+  // delta+quantizer a few rows at a time: the difference, its encoding, the decoding and the reconstruction with
+  // the guard's sums stay in cache instead of each making a pass over the whole frame. Same bytes and
+  // reconstruction as the general path (each step is element- or token-wise); false where the transform does not
+  // offer its base.
+  bool encode_delta_by_rows(const float* x, Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& inner,
+                            EncodeScratch& es, Attempt& a) {
+    es.sides.resize(1);
+    std::vector<uint8_t>& side = es.sides[0];
+    side.clear();
+    const float* base = nullptr;
+    if (!transforms_[0]->forward_base(shape, stream, force_full, side, &base)) return false;
+    append_value<uint32_t>(inner, static_cast<uint32_t>(side.size()));
+    inner.insert(inner.end(), side.begin(), side.end());
+    es.shapes.assign(2, shape);
+    es.inputs.resize(1);
+    es.inputs[0].resize(shape.elements());
+    float* recon = es.inputs[0].data();
+    const size_t hidden = static_cast<size_t>(shape.hidden);
+    const int rows = hidden > 0 ? static_cast<int>(std::max<size_t>(1, (size_t{32} << 10) / hidden)) : shape.tokens;
+    es.ys.resize(1);
+    es.ys[0].resize(static_cast<size_t>(rows) * hidden);
+    es.y_hat.resize(static_cast<size_t>(rows) * hidden);
+    double err2 = 0, x2 = 0;
+    for (int t0 = 0; t0 < shape.tokens; t0 += rows) {
+      const int n_rows = std::min(rows, shape.tokens - t0);
+      const size_t off = static_cast<size_t>(t0) * hidden, n = static_cast<size_t>(n_rows) * hidden;
+      const float* y = x + off;
+      if (base) {
+        float* d = es.ys[0].data();
+        for (size_t i = 0; i < n; ++i) d[i] = x[off + i] - base[off + i];
+        y = d;
+      }
+      const size_t at = inner.size();
+      terminal_->encode(y, n_rows, shape.hidden, inner, stream);
+      terminal_->decode(inner.data() + at, inner.size() - at, n_rows, shape.hidden, es.y_hat.data(), stream);
+      double e = 0, s = 0;
+      reconstruct_sums(es.y_hat.data(), base ? base + off : nullptr, x + off, n, recon + off, &e, &s);
+      err2 += e;
+      x2 += s;
+    }
+    a.reconstruction = recon;
+    a.has_sums = true;
+    a.sums[0] = err2;
+    a.sums[1] = x2;
+    return true;
+  }
+
   void commit(EncodeScratch& es, uint64_t stream) {
     for (size_t i = transforms_.size(); i-- > 0;) {
       if (transforms_[i]->wants_commit()) transforms_[i]->commit_buffer(stream, es.inputs[i], es.shapes[i]);
@@ -461,6 +513,9 @@ class ChainCodec final : public Codec {
   bool has_delta_ = false;
   bool needs_commit_ = false;
   bool terminal_is_fp32_ = false;
+  // Built-in quantizers encode token by token, tokens back to back (docs/codecs.md, Wire formats), so a run of
+  // rows encodes to the matching slice of the whole encoding: the delta path below relies on that.
+  bool terminal_builtin_ = false;
   Reusable<EncodeScratch> encode_scratch_;
   Reusable<DecodeScratch> decode_scratch_;
 };
@@ -580,7 +635,9 @@ std::unique_ptr<Codec> create_codec(const std::string& spec) {
 
   std::vector<std::unique_ptr<Transform>> transforms;
   std::unique_ptr<Codec> terminal;
+  bool terminal_builtin = true;
   std::vector<std::unique_ptr<ByteCodec>> bytes;
+  const std::vector<std::string> builtins = codec_registry().names();
   for (auto& s : stages) {
     switch (s.stage.kind) {
       case StageKind::kTransform:
@@ -591,6 +648,7 @@ std::unique_ptr<Codec> create_codec(const std::string& spec) {
         if (terminal) bad_spec(spec, "a chain takes one quantizer, '" + s.name + "' is the second");
         if (!bytes.empty()) bad_spec(spec, "the quantizer '" + s.name + "' must come before byte compressors");
         terminal = s.stage.make_quantizer(s.params);
+        terminal_builtin = std::find(builtins.begin(), builtins.end(), s.name) != builtins.end();
         break;
       case StageKind::kBytes:
         bytes.push_back(s.stage.make_bytes(s.params));
@@ -600,7 +658,8 @@ std::unique_ptr<Codec> create_codec(const std::string& spec) {
   }
   if (transforms.empty() && bytes.empty()) return terminal;
   if (!terminal) terminal = create_codec("fp32");
-  return std::make_unique<ChainCodec>(normalized, std::move(transforms), std::move(terminal), std::move(bytes));
+  return std::make_unique<ChainCodec>(normalized, std::move(transforms), std::move(terminal), std::move(bytes),
+                                      terminal_builtin);
 }
 
 std::vector<std::string> codec_names() { return codecs::codec_registry().names(); }
