@@ -333,7 +333,7 @@ Kth kth_largest(const float* row, int n, int k, SparseScratch& s) {
   const int r = n - k;  // ascending rank of the answer
   s.cand.resize(static_cast<size_t>(n) + 8);
   int32_t* cand = s.cand.data();
-  constexpr int kSample = 128, kMargin = 14;  // the margin is about 3 standard deviations of the sample rank
+  constexpr int kSample = 64, kMargin = 10;  // the margin is about 3 standard deviations of the sample rank
   if (n >= 8 * kSample) {
     s.sample.resize(kSample);
     for (int j = 0; j < kSample; ++j) s.sample[j] = keep_key(row[static_cast<int64_t>(j) * n / kSample]);
