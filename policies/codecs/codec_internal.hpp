@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -60,9 +61,30 @@ class Transform {
   // Encoder side: what the decoder reconstructs for the last forward() on `stream` (error feedback, delta).
   virtual bool wants_commit() const { return false; }
   virtual void commit(uint64_t stream, const float* x_hat, Shape shape) {}
+  // commit() from a buffer the transform may take (swapping in one it no longer needs): delta keeps the
+  // reconstruction as its next base without copying it.
+  virtual void commit_buffer(uint64_t stream, std::vector<float>& x_hat, Shape shape) {
+    commit(stream, x_hat.data(), shape);
+  }
   // Shape of y described by the side information; throws CodecError if the side bytes are malformed.
   virtual Shape parse(const uint8_t* side, size_t size, Shape shape) const = 0;
   virtual void inverse(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream) = 0;
+  // reconstruct() that also sums (out - x)^2 and x^2 over the frame x, in lanes (reconstruct_sums below), for
+  // the chain's delta guard in the same pass; false (nothing done) where a transform does not offer it.
+  virtual bool reconstruct_with_sums(const uint8_t* side, size_t size, const float* y, Shape shape, float* out,
+                                     uint64_t stream, const float* x, double* err2, double* x2) {
+    return false;
+  }
+  // For a transform whose output is x - base (delta): what forward() does except computing y, i.e. the same
+  // side bytes and pending frame, with the base it would subtract (null for a full frame: y = x), so the chain can
+  // form y a few rows at a time beside the terminal. False (nothing done) where not offered.
+  virtual bool forward_base(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
+                            const float** base) {
+    return false;
+  }
+  // Whether inverse() and reconstruct() accept out == y (an element-wise transform such as delta): the chain
+  // then decodes the terminal straight into the output.
+  virtual bool inverse_in_place() const { return false; }
   // inverse() as the encoder computes it, from the encoder's copy of any state (delta keeps one per side).
   virtual void reconstruct(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream) {
     inverse(side, size, y, shape, out, stream);
@@ -76,6 +98,11 @@ class Transform {
   virtual void reset(uint64_t stream) {}
 };
 
+// r = y + base (y where base is null), written to out unless out is null, and the sums of (r - x)^2 and x^2
+// in double, each accumulated in several lanes (so not in element order; the chain's guard allows for that).
+void reconstruct_sums(const float* y, const float* base, const float* x, size_t n, float* out, double* err2,
+                      double* x2);
+
 // A lossless byte-to-byte stage after the terminal codec (zstd, lz4).
 class ByteCodec {
  public:
@@ -84,6 +111,11 @@ class ByteCodec {
   virtual void encode(const uint8_t* in, size_t size, std::vector<uint8_t>& out) = 0;
   // Decodes into out (replacing its contents); the result must not exceed max_size bytes.
   virtual void decode(const uint8_t* in, size_t size, size_t max_size, std::vector<uint8_t>& out) const = 0;
+  // decode() straight into dst when the content is exactly `want` bytes (at most max_size): returns false,
+  // touching nothing, when the header announces another size, and throws what decode() throws otherwise.
+  virtual bool decode_to(const uint8_t* in, size_t size, size_t max_size, uint8_t* dst, size_t want) const {
+    return false;
+  }
   virtual size_t max_encoded_size(size_t size) const = 0;
   // Compressed/raw ratio seen on the latest encode (or calibration); encoded_size() estimates with it.
   double observed_ratio() const { return ratio_; }
@@ -155,6 +187,34 @@ class ByteReader {
   size_t size_;
   size_t pos_ = 0;
   std::string codec_;
+};
+
+// Buffers a codec reuses from one encode (or decode) to the next, so a steady stream of messages allocates
+// nothing. A codec object may be called from several threads (the stateful transforms lock their maps), so a
+// call that finds the buffers in use gets fresh ones of its own instead of waiting.
+template <typename T>
+class Reusable {
+ public:
+  class Lease {
+   public:
+    explicit Lease(Reusable& r) : lock_(r.mu_, std::try_to_lock) {
+      if (!lock_.owns_lock()) own_ = std::make_unique<T>();
+      value_ = own_ ? own_.get() : &r.value_;
+    }
+    T& operator*() const { return *value_; }
+    T* operator->() const { return value_; }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+    std::unique_ptr<T> own_;
+    T* value_;
+  };
+  // Not reentrant: a call holding a lease must not take a second one from the same object.
+  Lease lease() { return Lease(*this); }
+
+ private:
+  std::mutex mu_;
+  T value_;
 };
 
 template <typename T>

@@ -3,6 +3,7 @@
 // steps are alike. Every N-th message is a full frame, so a receiver that lost a message or was reset
 // recovers; the chain also falls back to a full frame whenever the delta would break its error bound.
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 
@@ -40,9 +41,30 @@ class DeltaTransform final : public Transform {
     pending_.erase(stream);
   }
 
+  bool forward_base(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
+                    const float** base) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    *base = begin_frame(shape, stream, force_full, side) ? nullptr : encoder_[stream].base.data();
+    return true;
+  }
+
   void forward(const float* x, Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
                std::vector<float>& y, Shape& y_shape) override {
     std::lock_guard<std::mutex> lock(mu_);
+    bool full = begin_frame(shape, stream, force_full, side);
+    StreamState& s = encoder_[stream];
+    const size_t n = shape.elements();
+    y.resize(n);
+    if (full) {
+      if (n > 0) std::memcpy(y.data(), x, n * sizeof(float));
+    } else {
+      subtract(x, s.base.data(), n, y.data());
+    }
+    y_shape = shape;
+  }
+
+  // Decides full or delta frame, writes the side bytes and records the pending frame; returns whether full.
+  bool begin_frame(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side) {
     StreamState& s = encoder_[stream];
     bool full = force_full || !s.valid || s.shape.tokens != shape.tokens || s.shape.hidden != shape.hidden ||
                 s.since_full + 1 >= static_cast<uint32_t>(period_);
@@ -50,23 +72,28 @@ class DeltaTransform final : public Transform {
     side.push_back(full ? kFull : kDelta);
     append_value<uint32_t>(side, seq);
     append_value<uint32_t>(side, full ? seq : s.seq);
-    y.assign(x, x + shape.elements());
-    if (!full) {
-      for (size_t i = 0; i < y.size(); ++i) y[i] -= s.base[i];
-    }
-    y_shape = shape;
     pending_[stream] = {full, seq};
+    return full;
   }
 
   void reconstruct(const uint8_t* side, size_t size, const float* y, Shape shape, float* out,
                    uint64_t stream) override {
     std::lock_guard<std::mutex> lock(mu_);
     Header h = read_header(side, size);
-    std::copy(y, y + shape.elements(), out);
     if (h.kind == kDelta) {
-      const StreamState& s = encoder_[stream];
-      for (size_t i = 0; i < shape.elements(); ++i) out[i] += s.base[i];
+      add(y, encoder_[stream].base.data(), shape.elements(), out);
+    } else if (y != out && shape.elements() > 0) {
+      std::memcpy(out, y, shape.elements() * sizeof(float));
     }
+  }
+  bool inverse_in_place() const override { return true; }
+  bool reconstruct_with_sums(const uint8_t* side, size_t size, const float* y, Shape shape, float* out, uint64_t stream,
+                             const float* x, double* err2, double* x2) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Header h = read_header(side, size);
+    const float* base = h.kind == kDelta ? encoder_[stream].base.data() : nullptr;
+    reconstruct_sums(y, base, x, shape.elements(), out, err2, x2);
+    return true;
   }
 
   void commit(uint64_t stream, const float* x_hat, Shape shape) override {
@@ -75,13 +102,34 @@ class DeltaTransform final : public Transform {
     if (p == pending_.end()) return;
     StreamState& s = encoder_[stream];
     s.base.assign(x_hat, x_hat + shape.elements());
-    s.shape = shape;
-    s.seq = p->second.seq;
-    s.since_full = p->second.full ? 0 : s.since_full + 1;
-    s.valid = true;
+    advance(s, p->second, shape);
     pending_.erase(p);
   }
 
+  void commit_buffer(uint64_t stream, std::vector<float>& x_hat, Shape shape) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto p = pending_.find(stream);
+    if (p == pending_.end()) return;
+    StreamState& s = encoder_[stream];
+    x_hat.resize(shape.elements());
+    s.base.swap(x_hat);
+    advance(s, p->second, shape);
+    pending_.erase(p);
+  }
+
+ private:
+  struct Pending {
+    bool full;
+    uint32_t seq;
+  };
+  static void advance(StreamState& s, const Pending& p, Shape shape) {
+    s.shape = shape;
+    s.seq = p.seq;
+    s.since_full = p.full ? 0 : s.since_full + 1;
+    s.valid = true;
+  }
+
+ public:
   Shape parse(const uint8_t* side, size_t size, Shape shape) const override {
     read_header(side, size);
     return shape;
@@ -99,9 +147,9 @@ class DeltaTransform final : public Transform {
                          " (lost, reordered or reset stream); it recovers at the next full frame, at most " +
                          std::to_string(period_) + " frames away");
       }
-      for (size_t i = 0; i < shape.elements(); ++i) out[i] = y[i] + s.base[i];
-    } else {
-      std::copy(y, y + shape.elements(), out);
+      add(y, s.base.data(), shape.elements(), out);
+    } else if (y != out && shape.elements() > 0) {
+      std::memcpy(out, y, shape.elements() * sizeof(float));
     }
     s.base.assign(out, out + shape.elements());
     s.shape = shape;
@@ -113,6 +161,14 @@ class DeltaTransform final : public Transform {
   Shape y_shape(Shape shape, bool) const override { return shape; }
 
  private:
+  // out may be y (inverse in place); x and base never alias out.
+  static void subtract(const float* x, const float* base, size_t n, float* out) {
+    for (size_t i = 0; i < n; ++i) out[i] = x[i] - base[i];
+  }
+  static void add(const float* y, const float* base, size_t n, float* out) {
+    for (size_t i = 0; i < n; ++i) out[i] = y[i] + base[i];
+  }
+
   struct Header {
     uint8_t kind;
     uint32_t seq;
@@ -128,10 +184,6 @@ class DeltaTransform final : public Transform {
     return h;
   }
 
-  struct Pending {
-    bool full;
-    uint32_t seq;
-  };
   std::string spec_;
   int period_;
   std::mutex mu_;

@@ -19,10 +19,9 @@ class Fp32Codec final : public Codec {
   double error_bound() const override { return 0.0; }
   void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t) override {
     expect_shape(spec_, tokens, hidden);
-    size_t bytes = encoded_size(tokens, hidden);
-    size_t at = out.size();
-    out.resize(at + bytes);
-    if (bytes) std::memcpy(out.data() + at, x, bytes);
+    // insert copies once; resize would zero the bytes first.
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(x);
+    out.insert(out.end(), bytes, bytes + encoded_size(tokens, hidden));
   }
   void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out, uint64_t) override {
     expect_shape(spec_, tokens, hidden);

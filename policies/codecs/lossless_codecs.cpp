@@ -12,7 +12,8 @@
 namespace eplab::codecs {
 namespace {
 
-// Wire: one zstd frame (it records the decompressed size).
+// Wire: one zstd frame (it records the decompressed size). The compression and decompression contexts are
+// kept between messages (ZSTD_compress and ZSTD_decompress set up a fresh one per call; the bytes are the same).
 class ZstdBytes final : public ByteCodec {
  public:
   ZstdBytes(std::string spec, int level) : spec_(std::move(spec)), level_(level) {}
@@ -20,28 +21,56 @@ class ZstdBytes final : public ByteCodec {
   void encode(const uint8_t* in, size_t size, std::vector<uint8_t>& out) override {
     size_t at = out.size();
     out.resize(at + ZSTD_compressBound(size));
-    size_t n = ZSTD_compress(out.data() + at, out.size() - at, in, size, level_);
+    auto ctx = cctx_.lease();
+    if (!ctx->get()) ctx->reset(ZSTD_createCCtx());
+    size_t n = ctx->get() ? ZSTD_compressCCtx(ctx->get(), out.data() + at, out.size() - at, in, size, level_)
+                          : ZSTD_compress(out.data() + at, out.size() - at, in, size, level_);
     if (ZSTD_isError(n)) throw CodecError("codec " + spec_ + ": compression failed: " + ZSTD_getErrorName(n));
     out.resize(at + n);
   }
   void decode(const uint8_t* in, size_t size, size_t max_size, std::vector<uint8_t>& out) const override {
+    unsigned long long raw = content_size(in, size, max_size);
+    out.resize(raw);
+    decompress(in, size, out.data(), raw);
+  }
+  bool decode_to(const uint8_t* in, size_t size, size_t max_size, uint8_t* dst, size_t want) const override {
+    unsigned long long raw = content_size(in, size, max_size);
+    if (raw != want) return false;
+    decompress(in, size, dst, raw);
+    return true;
+  }
+  size_t max_encoded_size(size_t size) const override { return ZSTD_compressBound(size); }
+
+ private:
+  struct FreeCCtx {
+    void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+  };
+  struct FreeDCtx {
+    void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+  };
+
+  unsigned long long content_size(const uint8_t* in, size_t size, size_t max_size) const {
     unsigned long long raw = ZSTD_getFrameContentSize(in, size);
     if (raw == ZSTD_CONTENTSIZE_ERROR || raw == ZSTD_CONTENTSIZE_UNKNOWN || raw > max_size) {
       throw CodecError("codec " + spec_ + ": corrupt zstd frame header (" + std::to_string(size) +
                        " bytes; expected at most " + std::to_string(max_size) + " bytes of content)");
     }
-    out.resize(raw);
-    size_t n = ZSTD_decompress(out.data(), out.size(), in, size);
+    return raw;
+  }
+  void decompress(const uint8_t* in, size_t size, uint8_t* dst, unsigned long long raw) const {
+    auto ctx = dctx_.lease();
+    if (!ctx->get()) ctx->reset(ZSTD_createDCtx());
+    size_t n = ctx->get() ? ZSTD_decompressDCtx(ctx->get(), dst, raw, in, size) : ZSTD_decompress(dst, raw, in, size);
     if (ZSTD_isError(n) || n != raw) {
       throw CodecError("codec " + spec_ + ": corrupt or truncated zstd frame: " +
                        (ZSTD_isError(n) ? ZSTD_getErrorName(n) : "size mismatch"));
     }
   }
-  size_t max_encoded_size(size_t size) const override { return ZSTD_compressBound(size); }
 
- private:
   std::string spec_;
   int level_;
+  Reusable<std::unique_ptr<ZSTD_CCtx, FreeCCtx>> cctx_;
+  mutable Reusable<std::unique_ptr<ZSTD_DCtx, FreeDCtx>> dctx_;
 };
 
 // Wire: u32 raw size, then one LZ4 block.
@@ -62,24 +91,38 @@ class Lz4Bytes final : public ByteCodec {
     out.resize(at + 4 + n);
   }
   void decode(const uint8_t* in, size_t size, size_t max_size, std::vector<uint8_t>& out) const override {
-    ByteReader r(in, size, spec_);
-    uint32_t raw = r.read<uint32_t>();
-    if (raw > max_size) {
-      throw CodecError("codec " + spec_ + ": header claims " + std::to_string(raw) + " bytes, at most " +
-                       std::to_string(max_size) + " possible (corrupt message)");
-    }
+    uint32_t raw = raw_size(in, size, max_size);
     out.resize(raw);
-    int n = LZ4_decompress_safe(reinterpret_cast<const char*>(in + 4), reinterpret_cast<char*>(out.data()),
-                                static_cast<int>(size - 4), static_cast<int>(raw));
-    if (n < 0 || static_cast<uint32_t>(n) != raw) {
-      throw CodecError("codec " + spec_ + ": corrupt or truncated lz4 block");
-    }
+    decompress(in, size, out.data(), raw);
+  }
+  bool decode_to(const uint8_t* in, size_t size, size_t max_size, uint8_t* dst, size_t want) const override {
+    uint32_t raw = raw_size(in, size, max_size);
+    if (raw != want) return false;
+    decompress(in, size, dst, raw);
+    return true;
   }
   size_t max_encoded_size(size_t size) const override {
     return 4 + static_cast<size_t>(LZ4_compressBound(static_cast<int>(std::min<size_t>(size, LZ4_MAX_INPUT_SIZE))));
   }
 
  private:
+  uint32_t raw_size(const uint8_t* in, size_t size, size_t max_size) const {
+    ByteReader r(in, size, spec_);
+    uint32_t raw = r.read<uint32_t>();
+    if (raw > max_size) {
+      throw CodecError("codec " + spec_ + ": header claims " + std::to_string(raw) + " bytes, at most " +
+                       std::to_string(max_size) + " possible (corrupt message)");
+    }
+    return raw;
+  }
+  void decompress(const uint8_t* in, size_t size, uint8_t* dst, uint32_t raw) const {
+    int n = LZ4_decompress_safe(reinterpret_cast<const char*>(in + 4), reinterpret_cast<char*>(dst),
+                                static_cast<int>(size - 4), static_cast<int>(raw));
+    if (n < 0 || static_cast<uint32_t>(n) != raw) {
+      throw CodecError("codec " + spec_ + ": corrupt or truncated lz4 block");
+    }
+  }
+
   std::string spec_;
 };
 
