@@ -9,6 +9,7 @@
 #include "driver/training.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
+#include "engine/huge_pages.hpp"
 
 namespace eplab {
 namespace {
@@ -101,7 +102,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
         if (s >= 0) ++call_load[s];
       for (int s = 0; s < S; ++s) rec.slot_load[s] += call_load[s];
       if (!phantom) {
-        x.resize(static_cast<size_t>(batch.num_tokens) * shape.hidden);
+        resize_huge(x, static_cast<size_t>(batch.num_tokens) * shape.hidden);
         make_activations(cfg.seed, step, layer, me, batch.num_tokens, shape.hidden, x.data());
       }
       DispatchArgs args{step,
@@ -138,7 +139,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
             if (s >= 0) res.expected.push_back({call, placement.rank_of_slot(s), me, t, s});
           }
       }
-      out.resize(phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
+      resize_huge(out, phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
       f.barrier();
       ft.combine0 = f.now();
       engine.combine(h, expert_out, phantom ? nullptr : out.data());

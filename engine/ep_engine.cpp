@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "engine/error.hpp"
+#include "engine/huge_pages.hpp"
 #include "engine/registry.hpp"
 
 namespace eplab {
@@ -121,15 +122,17 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
   return m;
 }
 
-EngineContext::Message EngineContext::take_source_block(TokenBlock& b, const float* x, uint64_t stream,
+EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock& b, const float* x, uint64_t stream,
                                                         std::vector<int32_t>& sent_ids, std::vector<float>& scratch) {
   const size_t H = static_cast<size_t>(hidden());
   Message m;
   if (dispatch_row_bytes > 0) {  // rows encoded one by one straight from the batch, behind the metadata
     const size_t rows = static_cast<size_t>(b.size()) * dispatch_row_bytes;
-    m.bytes.reserve(block_meta_bytes(b.size(), b.num_sels()) + rows);
-    pack_block(b, rows, m.bytes);
-    for (int32_t t : b.token) dispatch_codec->encode(x + static_cast<size_t>(t) * H, 1, hidden(), m.bytes, stream);
+    std::vector<uint8_t>& out = outbox(slot);
+    reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + rows);
+    pack_block(b, rows, out);
+    for (int32_t t : b.token) dispatch_codec->encode(x + static_cast<size_t>(t) * H, 1, hidden(), out, stream);
+    m = Message::view_of(out);
   } else {
     scratch.resize(static_cast<size_t>(b.size()) * H);
     for (int i = 0; i < b.size(); ++i)
@@ -169,15 +172,21 @@ const float* EngineContext::recv_row(const Handle& h, int i, float* scratch) {
 
 MutBuf EngineContext::inbox(size_t i, size_t bytes) {
   if (inboxes.size() <= i) inboxes.resize(i + 1);
-  if (inboxes[i].size() < bytes) inboxes[i].resize(bytes);
+  if (inboxes[i].size() < bytes) resize_huge(inboxes[i], bytes);
   return MutBuf{inboxes[i].data(), bytes};
+}
+
+std::vector<uint8_t>& EngineContext::outbox(size_t i) {
+  if (outboxes.size() <= i) outboxes.resize(i + 1);
+  outboxes[i].clear();
+  return outboxes[i];
 }
 
 void EngineContext::take_spare_rows(std::vector<uint8_t>& rows, size_t bytes) {
   rows.swap(spare_rows);
   std::vector<uint8_t>().swap(spare_rows);
   rows.clear();
-  rows.reserve(bytes);
+  reserve_huge(rows, bytes);
 }
 
 void EngineContext::map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn) {
@@ -188,7 +197,7 @@ void EngineContext::map_rows(Handle& h, const std::function<void(int, const floa
   if (in_place)
     out.swap(h.recv_wire);
   else
-    out.reserve(static_cast<size_t>(n) * combine_row_bytes);
+    reserve_huge(out, static_cast<size_t>(n) * combine_row_bytes);
   const std::vector<uint8_t>& in = in_place ? out : h.recv_wire;
   std::vector<float> row(H), part(H);
   std::vector<uint8_t> enc;

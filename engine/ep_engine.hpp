@@ -161,6 +161,12 @@ class EngineContext {
     size_t phantom_bytes = 0;
     const uint8_t* view = nullptr;  // when set, the message is these bytes of a buffer it does not own
     size_t view_bytes = 0;
+    static Message view_of(const std::vector<uint8_t>& v) {
+      Message m;
+      m.view = v.data();
+      m.view_bytes = v.size();
+      return m;
+    }
     ConstBuf buf() const {
       return view ? ConstBuf{view, view_bytes, phantom_bytes} : ConstBuf{bytes.data(), bytes.size(), phantom_bytes};
     }
@@ -171,7 +177,8 @@ class EngineContext {
   // A source's dispatch message to one peer: gathers the rows of b's tokens from x (the rank's batch) into
   // `scratch`, encodes them with the dispatch codec after b's metadata, then frees b, keeping only its token ids
   // (the order combine's answer comes back in) in sent_ids.
-  Message take_source_block(TokenBlock& b, const float* x, uint64_t stream, std::vector<int32_t>& sent_ids,
+  // With row-separable codecs the message is written into outbox(slot) and viewed.
+  Message take_source_block(size_t slot, TokenBlock& b, const float* x, uint64_t stream, std::vector<int32_t>& sent_ids,
                             std::vector<float>& scratch);
   // Rows only (combine); `rows` may be null in phantom mode, which charges their encoded size.
   Message make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream);
@@ -196,6 +203,10 @@ class EngineContext {
   // nor page-faults them again. inbox(i, bytes) makes buffer i hold at least `bytes` and returns them.
   std::vector<std::vector<uint8_t>> inboxes;
   MutBuf inbox(size_t i, size_t bytes);
+  // Send buffers, kept the same way: outbox(i) is buffer i emptied, its capacity kept; a round's messages are
+  // sent (the exchange has returned) before the next round writes them.
+  std::vector<std::vector<uint8_t>> outboxes;
+  std::vector<uint8_t>& outbox(size_t i);
   // Moves spare_rows into `rows` (emptied) with room for `bytes`.
   void take_spare_rows(std::vector<uint8_t>& rows, size_t bytes);
   bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }

@@ -83,7 +83,7 @@ class Flat : public Algorithm {
         sends.push_back({r, msgs[r].buf()});
         continue;
       }
-      msgs[r] = c.take_source_block(blocks[r], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, r),
+      msgs[r] = c.take_source_block(r, blocks[r], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, r),
                                     st->sent_token_ids[r], rows);
       sends.push_back({r, msgs[r].buf()});
     }

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "engine/ep_engine.hpp"
+#include "engine/huge_pages.hpp"
 
 namespace eplab {
 namespace {
@@ -140,7 +141,7 @@ class Hierarchical : public Algorithm {
         sends.push_back({f, msgs[n].buf()});
         continue;
       }
-      msgs[n] = c.take_source_block(to_node[n], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
+      msgs[n] = c.take_source_block(n, to_node[n], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
                                     st->sent_token_ids[n], rows);
       sends.push_back({f, msgs[n].buf()});
     }
@@ -248,11 +249,13 @@ class Hierarchical : public Algorithm {
         continue;
       }
       if (rb > 0) {
-        std::vector<uint8_t>& m = fmsgs[q].bytes;
+        // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
+        std::vector<uint8_t>& m = c.outbox(q);
         const size_t rows = local_wire[q].size() * rb;
-        m.reserve(block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
+        reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
         pack_block(to_local[q], rows, m);
         for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
+        fmsgs[q] = EngineContext::Message::view_of(m);
         std::vector<const uint8_t*>().swap(local_wire[q]);
       } else {
         fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
@@ -370,8 +373,8 @@ class Hierarchical : public Algorithm {
         rmsgs[n] = c.make_rows_message(nullptr, rows_n, *c.combine_codec, stream);
       } else if (rb > 0) {
         acc.resize(H);
-        std::vector<uint8_t>& m = rmsgs[n].bytes;
-        m.reserve(static_cast<size_t>(rows_n) * rb);
+        std::vector<uint8_t>& m = c.outbox(n);
+        reserve_huge(m, static_cast<size_t>(rows_n) * rb);
         for (int j = 0; j < rows_n; ++j) {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
@@ -381,6 +384,7 @@ class Hierarchical : public Algorithm {
           }
           c.combine_codec->encode(acc.data(), 1, H, m, stream);
         }
+        rmsgs[n] = EngineContext::Message::view_of(m);
       } else {
         acc.assign(static_cast<size_t>(rows_n) * H, 0.f);
         for (int j = 0; j < rows_n; ++j) {
