@@ -80,19 +80,35 @@ void Domain::fail(const std::string& why) {
   sync_->notify_all();
 }
 
-void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
+bool Domain::match_sizes(RecvOp& op, int src, Tag tag, size_t bytes, size_t total_bytes) {
   op.matched = true;
-  op.bytes = a.bytes;
-  op.total_bytes = a.total_bytes;
-  if (a.bytes > op.buf.capacity) {
-    op.error = "irecv: rank " + std::to_string(op.rank) + ", peer " + std::to_string(a.src) + ", tag " +
-               describe_tag(a.tag) + ": message of " + std::to_string(a.bytes) + " bytes exceeds the " +
-               std::to_string(op.buf.capacity) + "-byte receive buffer";
-    op.bytes = 0;
-    op.done = true;
-    return;
+  op.bytes = bytes;
+  op.total_bytes = total_bytes;
+  if (bytes <= op.buf.capacity) return true;
+  op.error = "irecv: rank " + std::to_string(op.rank) + ", peer " + std::to_string(src) + ", tag " + describe_tag(tag) +
+             ": message of " + std::to_string(bytes) + " bytes exceeds the " + std::to_string(op.buf.capacity) +
+             "-byte receive buffer";
+  op.bytes = 0;
+  op.done = true;
+  return false;
+}
+
+void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
+  if (match_sizes(op, a.src, a.tag, a.bytes, a.total_bytes)) via.on_match(op, a);
+}
+
+std::shared_ptr<RecvOp> Domain::claim(int dst, int src, Tag tag, size_t bytes, size_t total_bytes) {
+  SyncLock lock(*sync_);
+  Box& b = box(dst);
+  for (auto it = b.posted.begin(); it != b.posted.end(); ++it) {
+    if ((*it)->peer != src || (*it)->tag != tag) continue;
+    std::shared_ptr<RecvOp> op = *it;
+    b.posted.erase(it);
+    op->copying = match_sizes(*op, src, tag, bytes, total_bytes);
+    sync_->notify_all();
+    return op;
   }
-  via.on_match(op, a);
+  return nullptr;
 }
 
 std::shared_ptr<RecvOp> Domain::deliver(int dst, Transport& via, Arrival a) {

@@ -81,8 +81,13 @@ class Domain {
   // the matched receive when on_match left its copy to the caller (op->copying): the caller copies the bytes
   // without the lock, then calls finish_copy. Null otherwise.
   std::shared_ptr<RecvOp> deliver(int dst, Transport& via, Arrival a);
-  // Takes the lock: the copy of a receive returned by deliver is done.
+  // Takes the lock: the copy of a receive returned by deliver or claim is done.
   void finish_copy(RecvOp& op);
+  // A networked transport that has read a message's header but not its bytes: takes the receive posted for
+  // (src, tag) at local rank `dst`, if any, marked matched. When the bytes fit, op->copying is set and the
+  // caller receives them into op->buf, then calls finish_copy; otherwise the op has failed (error set, done).
+  // Null when no receive is posted: the caller receives the bytes itself and delivers them.
+  std::shared_ptr<RecvOp> claim(int dst, int src, Tag tag, size_t bytes, size_t total_bytes);
   // The same with the lock already held.
   std::shared_ptr<RecvOp> deliver_locked(int dst, Transport& via, Arrival a);
 
@@ -103,6 +108,8 @@ class Domain {
   };
   Box& box(int rank) { return boxes_[rank - first_local_]; }
   void match(RecvOp& op, Arrival& a, Transport& via);
+  // Sets the sizes of a matched receive; false (op failed and done) when the bytes exceed its buffer.
+  bool match_sizes(RecvOp& op, int src, Tag tag, size_t bytes, size_t total_bytes);
 
   int world_size_, local_ranks_, first_local_;
   std::unique_ptr<Sync> sync_;

@@ -1,8 +1,11 @@
-// The MPI transport: one eplab message is one MPI message on a communicator duplicated for each launch, so
+// The MPI transport: one eplab message is two MPI messages on a communicator duplicated for each launch, so
 // nothing of an earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow
-// for eplab's 64-bit tags, so every message carries a 16-byte header (tag, modeled size) and the core matches;
-// MPI's non-overtaking order per sender keeps posting order. A rank that fails tells every peer on a separate
-// MPI tag, and their waits end with its message; a process that dies is reported by mpirun, which ends the job.
+// for eplab's 64-bit tags, so a 24-byte header (tag, real and modeled size) goes first and the bytes follow,
+// sent from the caller's buffer as they are; the receiver reads the header, and when the receive is posted the
+// bytes land in its buffer straight from MPI (one copy, MPI's own), else in a host copy that waits for it. MPI's
+// non-overtaking order per sender keeps posting order and pairs each header with its bytes. A rank that fails
+// tells every peer on a separate MPI tag, and their waits end with its message; a process that dies is reported
+// by mpirun, which ends the job.
 #include <mpi.h>
 
 #include <algorithm>
@@ -10,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <limits>
+#include <string>
 #include <thread>
 
 #include "engine/transport_fabric.hpp"
@@ -18,9 +23,10 @@
 namespace eplab {
 namespace {
 
-constexpr int kDataTag = 1;
+constexpr int kHeaderTag = 1;
 constexpr int kFailureTag = 2;
-constexpr size_t kHeader = 16;
+constexpr int kDataTag = 3;
+constexpr int kHeaderWords = 3;  // eplab tag, real bytes, real + modeled bytes
 
 std::string mpi_text(int code) {
   char buf[MPI_MAX_ERROR_STRING];
@@ -45,10 +51,12 @@ void ensure_mpi() {
   });
 }
 
-// A send in flight: the framed bytes stay alive until MPI is done with them.
+// A send in flight: its header (the bytes are the caller's until the send completes), or a failure notice.
 struct Outgoing {
+  uint64_t header[kHeaderWords] = {0, 0, 0};
   std::vector<uint8_t> frame;
   MPI_Request req = MPI_REQUEST_NULL;
+  MPI_Request data_req = MPI_REQUEST_NULL;
 };
 
 class MpiTransport final : public Transport {
@@ -71,14 +79,18 @@ class MpiTransport final : public Transport {
       op.done = true;
       return;
     }
+    if (data.bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
+      throw FabricError("isend: rank " + std::to_string(rank_) + ", peer " + std::to_string(op.peer) + ": " +
+                        std::to_string(data.bytes) + " bytes exceed one MPI message's count");
     auto out = std::make_shared<Outgoing>();
-    out->frame.resize(kHeader + data.bytes);
-    const uint64_t header[2] = {op.tag, data.total()};
-    std::memcpy(out->frame.data(), header, kHeader);
-    if (data.bytes) std::memcpy(out->frame.data() + kHeader, data.ptr, data.bytes);
-    check(MPI_Isend(out->frame.data(), static_cast<int>(out->frame.size()), MPI_BYTE, op.peer, kDataTag, comm_,
-                    &out->req),
-          "MPI_Isend", op.peer, op.tag);
+    out->header[0] = op.tag;
+    out->header[1] = data.bytes;
+    out->header[2] = data.total();
+    check(MPI_Isend(out->header, kHeaderWords, MPI_UINT64_T, op.peer, kHeaderTag, comm_, &out->req), "MPI_Isend",
+          op.peer, op.tag);
+    if (data.bytes)
+      check(MPI_Isend(data.ptr, static_cast<int>(data.bytes), MPI_BYTE, op.peer, kDataTag, comm_, &out->data_req),
+            "MPI_Isend", op.peer, op.tag);
     op.transfer = std::move(out);
   }
 
@@ -92,38 +104,59 @@ class MpiTransport final : public Transport {
     auto* op = dynamic_cast<SendOp*>(&s);
     if (!op) return false;  // receives complete at the match, in progress()
     auto* out = static_cast<Outgoing*>(op->transfer.get());
+    MPI_Request reqs[2] = {out->req, out->data_req};
     int flag = 0;
-    check(MPI_Test(&out->req, &flag, MPI_STATUS_IGNORE), "MPI_Test", op->peer, op->tag);
+    check(MPI_Testall(2, reqs, &flag, MPI_STATUSES_IGNORE), "MPI_Testall", op->peer, op->tag);
+    out->req = reqs[0];
+    out->data_req = reqs[1];
     if (!flag) return false;
     op->transfer.reset();
     op->done = true;
     return true;
   }
 
-  // Receives whatever has arrived: messages go to the matcher, a failure notice fails the run here too.
+  // Receives whatever has arrived: messages go to the matcher (straight into a posted receive's buffer), a
+  // failure notice fails the run here too.
   void progress() override {
     for (;;) {
       int flag = 0;
       MPI_Status st;
       check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st), "MPI_Iprobe", -1, 0);
       if (!flag) return;
+      const int src = st.MPI_SOURCE;
       int count = 0;
       MPI_Get_count(&st, MPI_BYTE, &count);
-      auto frame = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(count));
-      check(MPI_Recv(frame->data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, comm_, MPI_STATUS_IGNORE), "MPI_Recv",
-            st.MPI_SOURCE, 0);
       if (st.MPI_TAG == kFailureTag) {
-        domain_.fail(std::string(frame->begin(), frame->end()));
+        std::string why(static_cast<size_t>(count), '\0');
+        check(MPI_Recv(why.data(), count, MPI_BYTE, src, kFailureTag, comm_, MPI_STATUS_IGNORE), "MPI_Recv", src, 0);
+        domain_.fail(why);
         continue;
       }
-      if (frame->size() < kHeader)
-        throw FabricError("rank " + std::to_string(rank_) + ": a " + std::to_string(frame->size()) +
-                          "-byte MPI message from rank " + std::to_string(st.MPI_SOURCE) + " has no eplab header");
-      uint64_t header[2];
-      std::memcpy(header, frame->data(), kHeader);
-      const size_t bytes = frame->size() - kHeader;
-      domain_.deliver(rank_, *this,
-                      Arrival{st.MPI_SOURCE, header[0], frame->data() + kHeader, bytes, header[1], frame});
+      if (st.MPI_TAG != kHeaderTag || count != kHeaderWords * 8)
+        throw FabricError("rank " + std::to_string(rank_) + ": a " + std::to_string(count) + "-byte MPI message (tag " +
+                          std::to_string(st.MPI_TAG) + ") from rank " + std::to_string(src) +
+                          " where an eplab header was due");
+      uint64_t header[kHeaderWords];
+      check(MPI_Recv(header, kHeaderWords, MPI_UINT64_T, src, kHeaderTag, comm_, MPI_STATUS_IGNORE), "MPI_Recv", src,
+            0);
+      const Tag tag = header[0];
+      const size_t bytes = header[1];
+      if (bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
+        throw FabricError("rank " + std::to_string(rank_) + ": header from rank " + std::to_string(src) +
+                          " announces " + std::to_string(bytes) + " bytes");
+      const std::shared_ptr<RecvOp> op = bytes ? domain_.claim(rank_, src, tag, bytes, header[2]) : nullptr;
+      if (op && op->copying) {  // posted: MPI writes the bytes where they belong
+        check(MPI_Recv(op->buf.ptr, static_cast<int>(bytes), MPI_BYTE, src, kDataTag, comm_, MPI_STATUS_IGNORE),
+              "MPI_Recv", src, tag);
+        domain_.finish_copy(*op);
+        continue;
+      }
+      auto frame = std::make_shared<std::vector<uint8_t>>(bytes);
+      if (bytes)
+        check(MPI_Recv(frame->data(), static_cast<int>(bytes), MPI_BYTE, src, kDataTag, comm_, MPI_STATUS_IGNORE),
+              "MPI_Recv", src, tag);
+      if (op) continue;  // matched a receive too small for it: that receive has failed, the bytes are dropped
+      domain_.deliver(rank_, *this, Arrival{src, tag, frame->data(), bytes, header[2], frame});
     }
   }
 
