@@ -122,8 +122,8 @@ def test_non_finite_timeout_is_refused_not_fatal(small):
     # An infinite or NaN limit is refused by name; the interpreter lives on and the next run works.
     for bad in (float("inf"), float("nan")):
         with pytest.raises(eplab.Error, match=r"option 'timeout_s': expected a finite number > 0, got (inf|nan)"):
-            eplab.run(**small, timeout_s=bad)
-    assert eplab.run(**small, timeout_s=1e300).verified
+            eplab.run(**{**small, "timeout_s": bad})
+    assert eplab.run(**{**small, "timeout_s": 1e300}).verified
 
 
 def test_unwritable_timeline_fails_before_the_run(small, tmp_path):
