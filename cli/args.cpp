@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 #include "engine/error.hpp"
@@ -36,6 +38,11 @@ Args& Args::opt(const std::string& name, int* t, const std::string& help) {
                       }
                       if (pos != v.size() || v.empty())
                         throw EplabError("--" + name + " expects a whole number, got '" + v + "'");
+                      // Checked before narrowing: 4294967297 must not become 1.
+                      if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max())
+                        throw EplabError("--" + name + " expects a whole number in [" +
+                                         std::to_string(std::numeric_limits<int>::min()) + ", " +
+                                         std::to_string(std::numeric_limits<int>::max()) + "], got '" + v + "'");
                       *t = static_cast<int>(x);
                     }});
 }
@@ -68,6 +75,8 @@ Args& Args::opt(const std::string& name, double* t, const std::string& help) {
                       }
                       if (pos != v.size() || v.empty())
                         throw EplabError("--" + name + " expects a number, got '" + v + "'");
+                      if (!std::isfinite(x))
+                        throw EplabError("--" + name + " expects a finite number, got '" + v + "'");
                       *t = x;
                     }});
 }

@@ -5,6 +5,7 @@
 
 #include "cli/args.hpp"
 #include "engine/error.hpp"
+#include "engine/output_file.hpp"
 #include "policies/codecs/codec_eval.hpp"
 
 namespace eplab::cli {
@@ -63,9 +64,7 @@ int cmd_codec(const std::vector<std::string>& argv) {
   }
   print_eval_table(std::cout, results);
   if (!json.empty()) {
-    std::ofstream f(json);
-    if (!f) throw EplabError("eplab codec eval: cannot write --json file '" + json + "'");
-    f << eval_results_to_json(results).dump(2) << "\n";
+    write_output_file(json, eval_results_to_json(results).dump(2) + "\n", "the --json results");
   }
   return 0;
 }

@@ -8,6 +8,7 @@
 #include "cli/args.hpp"
 #include "engine/error.hpp"
 #include "engine/moe_shape.hpp"
+#include "engine/output_file.hpp"
 #include "engine/spec_json.hpp"
 #include "engine/topology.hpp"
 #include "policies/balance/balancer.hpp"
@@ -142,8 +143,6 @@ int heat_eval(const std::vector<std::string>& argv) {
   std::printf("%-28s %12s %20.3f\n", "oracle (same step)", "0", oracle_sum / k);
   std::printf("%-28s %12s %20.3f\n", "no balancing (none)", "-", none_sum / k);
   if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    if (!f) throw EplabError("heat eval: cannot write --json file '" + o.json + "'");
     const nlohmann::json j = {{"routing", source->name()},
                               {"balancer", balancer->name()},
                               {"replica_selection", o.selector},
@@ -153,7 +152,7 @@ int heat_eval(const std::vector<std::string>& argv) {
                               {"oracle_rank_max_over_mean", oracle_sum / k},
                               {"none_rank_max_over_mean", none_sum / k},
                               {"steps", steps}};
-    f << j.dump(2) << "\n";
+    write_output_file(o.json, j.dump(2) + "\n", "the --json results");
   }
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
 #include "engine/fabric.hpp"
+#include "engine/output_file.hpp"
 #include "engine/spec_json.hpp"
 #include "engine/topology.hpp"
 #include "traces/generators.hpp"
@@ -179,9 +180,7 @@ int cmd_probe(const std::vector<std::string>& argv_in) {
                       {"by_class", classes},
                       {"latency_s", L},
                       {"bandwidth_GBps", B}};
-  std::ofstream out(out_path);
-  out << j.dump(1) << "\n";
-  if (!out) throw EplabError("eplab probe: writing '" + out_path + "' failed");
+  write_output_file(out_path, j.dump(1) + "\n", "the cost matrix");
   std::printf("wrote %s\n", out_path.c_str());
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -20,6 +21,7 @@
 #include "engine/error.hpp"
 #include "engine/json_fields.hpp"
 #include "engine/moe_shape.hpp"
+#include "engine/output_file.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab::cli {
@@ -88,6 +90,13 @@ nlohmann::json run_isolated(const RunConfig& cfg) {
   return nlohmann::json::parse(in);
 }
 
+// Something the verification checked was wrong (delivery, or values against the codecs' bound). A run whose values
+// could not be checked ("delivery only") reports verified false but has not failed.
+bool verification_failed(const nlohmann::json& report) {
+  const auto& v = report["verification"];
+  return v["ran"].get<bool>() && !v.value("passed", report["verified"].get<bool>());
+}
+
 // One row per algorithm on the same cluster and workload: what `eplab run` prints when it compares them.
 void print_comparison(const std::vector<nlohmann::json>& reports) {
   nlohmann::json r0 = reports.front();
@@ -101,7 +110,8 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
   std::printf("eplab %s | %s, %d nodes x %d GPUs = %d ranks | %s | %d tokens/rank | routing %s | %s payload\n",
               r0["backend"].get<std::string>().c_str(), r0["cluster"]["name"].get<std::string>().c_str(),
               r0["cluster"]["nodes"].get<int>(), r0["cluster"]["gpus_per_node"].get<int>(), r0["ranks"].get<int>(),
-              r0["model"]["name"].get<std::string>().c_str(), r0["tokens_per_rank"].get<int>(),
+              r0["model"]["name"].get<std::string>().c_str(),
+              static_cast<int>(std::lround(r0["tokens_per_rank"].get<double>())),
               r0["routing"].get<std::string>().c_str(), r0["payload"].get<std::string>().c_str());
   std::printf("%-13s %10s %10s %10s %10s %10s %10s %11s %11s %7s\n", "algorithm", "notify us", "disp us", "comb us",
               "disp GB/s", "comb GB/s", "RDMA GB/s", "scale-up MB", "scale-out MB", "wall s");
@@ -174,10 +184,9 @@ int cmd_run(const std::vector<std::string>& argv) {
   }
   if (compare && !cfg.timeline.empty())
     throw EplabError("--timeline records one run; drop --compare (or pick one --algorithm)");
-  if (!report_path.empty()) {
-    std::ofstream probe(report_path, std::ios::app);
-    if (!probe) throw EplabError("cannot write the report to '" + report_path + "'");
-  }
+  // Outputs that cannot be written fail now, before the run; an existing report is replaced only once the new
+  // one is written in full.
+  if (!report_path.empty()) check_output_path(report_path, "the report");
   if (compare) {
     std::vector<nlohmann::json> reports;
     const auto names = algorithm_names();
@@ -198,12 +207,14 @@ int cmd_run(const std::vector<std::string>& argv) {
     }
     progress.finish();
     print_comparison(reports);
-    if (!report_path.empty()) {
-      std::ofstream out(report_path);
-      out << nlohmann::json(reports).dump(2) << "\n";
-      if (!out) throw EplabError("writing the report to '" + report_path + "' failed");
+    if (!report_path.empty()) write_output_file(report_path, nlohmann::json(reports).dump(2) + "\n", "the report");
+    // As for one run: 1 when an algorithm failed, else 4 when one failed its verification.
+    bool failed = false, unverified = false;
+    for (const auto& r : reports) {
+      failed = failed || r.contains("error");
+      unverified = unverified || (!r.contains("error") && verification_failed(r));
     }
-    return 0;
+    return failed ? 1 : unverified ? 4 : 0;
   }
   Progress progress("eplab run: layer", quiet);
   auto report = run_experiment(cfg, [&](int d, int t) { progress.update(d, t); });
@@ -228,13 +239,8 @@ int cmd_run(const std::vector<std::string>& argv) {
             ? (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) + " us").c_str()
             : (std::to_string(lc["notify_time_saved_s"].get<double>() * 1e6) + " us wall (emu threads)").c_str());
   }
-  if (!report_path.empty()) {
-    std::ofstream out(report_path);
-    out << report.dump(2) << "\n";
-    if (!out) throw EplabError("writing the report to '" + report_path + "' failed");
-  }
-  const bool verification_failed = report["verification"]["ran"].get<bool>() && !report["verified"].get<bool>();
-  return verification_failed ? 4 : 0;
+  if (!report_path.empty()) write_output_file(report_path, report.dump(2) + "\n", "the report");
+  return verification_failed(report) ? 4 : 0;
 }
 
 }  // namespace

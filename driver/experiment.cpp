@@ -13,6 +13,7 @@
 #include "driver/timeline.hpp"
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
+#include "engine/output_file.hpp"
 #include "policies/balance/balancer.hpp"
 #include "traces/shared_routing.hpp"
 
@@ -118,6 +119,8 @@ void add_plan_report(nlohmann::json& report, const RunConfig& cfg, const RunSetu
 
 nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) {
   const auto wall0 = std::chrono::steady_clock::now();
+  // An output that cannot be written fails now, not after the run.
+  if (!cfg.timeline.empty()) check_output_path(cfg.timeline, "the timeline");
   auto backend = create_backend(cfg.backend);
   const RunSetup run = resolve_run(cfg, *backend);
   check_run_memory(cfg, run);
@@ -162,6 +165,15 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
                   run.phantom,
                   run.backend,
                   cfg.steps * cfg.layers};
+  in.tokens_per_rank = cfg.tokens;
+  if (!cfg.trace.empty()) {
+    // A trace's batches hold what was recorded, whatever --tokens says (an imported rank may hold none).
+    int64_t total = 0;
+    for (int step = 0; step < cfg.steps; ++step)
+      for (int layer = 0; layer < cfg.layers; ++layer)
+        for (int r = 0; r < R; ++r) total += routing->batch(step, layer, r).num_tokens;
+    in.tokens_per_rank = static_cast<double>(total) / (static_cast<double>(cfg.steps) * cfg.layers * R);
+  }
   in.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   std::vector<RankRecord> records;
   std::vector<StepRecord> step_records;

@@ -44,6 +44,9 @@ struct ReportInputs {
   std::string backend;
   int calls = 0;
   double wall_s = 0;
+  // Tokens per rank per call that the routing held: --tokens for generated routing, the batches' own counts
+  // (their mean) for a trace.
+  double tokens_per_rank = 0;
 };
 
 nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord>& ranks, const VerifyResult& v);

@@ -1,6 +1,7 @@
 #include "driver/run_options.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
@@ -74,7 +75,7 @@ const std::vector<RunOption>& run_options() {
           "sim: exchanges as one parallel task per round (ptask, also empty) or per-message flows"),
       // --timeout: the command line's name since the first release.
       opt(real<C>("timeout_s", member(&C::timeout_s), kPositive),
-          "seconds a rank may wait for a peer before the run fails", "timeout"),
+          "seconds a rank may wait for a peer before the run fails (finite; 1e9 for no practical limit)", "timeout"),
       opt(boolean<C>("verify", member(&C::verify)), "check delivery and combine where real bytes move"),
       opt(text<C>("mode", member(&C::mode)), "inference | training (backward pass and dense-gradient all-reduce)"),
       opt(boolean<C>("overlap_allreduce", member(&C::overlap_allreduce)),
@@ -108,6 +109,12 @@ void set_run_option_text(RunConfig& cfg, const RunOption& option, const std::str
     // A number where the text is one; otherwise the text itself, which the field refuses naming what it expected.
     value = nlohmann::json::parse(text, nullptr, false);
     if (value.is_discarded() || !value.is_number()) value = text;
+    // "inf" and "nan" are numbers to strtod but not to JSON: pass them on as numbers, which the field refuses by name.
+    if (value.is_string() && option.field.type == Type::kNumber) {
+      char* end = nullptr;
+      const double x = std::strtod(text.c_str(), &end);
+      if (!text.empty() && *end == '\0') value = x;
+    }
   }
   option.field.set(cfg, value, "--" + option.flag);
 }

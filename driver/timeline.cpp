@@ -5,6 +5,7 @@
 #include <map>
 
 #include "engine/error.hpp"
+#include "engine/output_file.hpp"
 
 namespace eplab {
 
@@ -194,10 +195,7 @@ void Timeline::write(const std::string& path, const nlohmann::json& meta) const 
   other["link_capacity"] = tracks;
   other["link_pid"] = link_pid;
   nlohmann::json doc{{"traceEvents", ev}, {"displayTimeUnit", "ms"}, {"otherData", other}};
-  std::ofstream out(path);
-  if (!out) throw EplabError("cannot write the timeline to '" + path + "'");
-  out << doc.dump() << "\n";
-  if (!out) throw EplabError("writing the timeline to '" + path + "' failed");
+  write_output_file(path, doc.dump() + "\n", "the timeline");
 }
 
 }  // namespace eplab

@@ -56,7 +56,13 @@ struct Field {
 };
 
 [[noreturn]] inline void bad_value(const std::string& where, const std::string& expected, const json& got) {
-  throw EplabError(where + ": expected " + expected + ", got " + got.dump());
+  // dump() writes inf and NaN as null: name them as they were given.
+  std::string text = got.dump();
+  if (got.is_number_float() && !std::isfinite(got.get<double>())) {
+    const double x = got.get<double>();
+    text = std::isnan(x) ? "nan" : x > 0 ? "inf" : "-inf";
+  }
+  throw EplabError(where + ": expected " + expected + ", got " + text);
 }
 
 // Fields reach their value through `at`, a callable taking the struct (const or not) and returning a reference,
@@ -72,11 +78,27 @@ Field<S> integer(std::string key, At at, Range r) {
   using T = std::remove_reference_t<decltype(at(std::declval<S&>()))>;
   return {key, Type::kInteger, [at](const S& s) { return json(at(s)); },
           [at, r](S& s, const json& v, const std::string& where) {
-            const bool in_type =
-                v.is_number_integer() && (std::is_signed_v<T> ? v.get<double>() >= std::numeric_limits<T>::lowest() &&
-                                                                    v.get<double>() <= std::numeric_limits<T>::max()
-                                                              : v.get<double>() >= 0);
-            if (!in_type || !r.holds(v.get<double>()))
+            // The type's own range bounds the value before it is narrowed (4294967297 never becomes 1), and an
+            // error then names the whole allowed range.
+            using L = std::numeric_limits<T>;
+            bool in_type = false;
+            if (v.is_number_unsigned())
+              in_type = v.get<uint64_t>() <= static_cast<uint64_t>(L::max());
+            else if (v.is_number_integer())
+              in_type = v.get<int64_t>() >= static_cast<int64_t>(L::lowest()) &&
+                        (!std::is_signed_v<T> || v.get<int64_t>() <= static_cast<int64_t>(L::max()));
+            else if (v.is_number_float())
+              in_type = v.get<double>() >= static_cast<double>(L::lowest()) &&
+                        v.get<double>() < static_cast<double>(L::max());
+            if (v.is_number() && !in_type) {
+              const std::string lo = r.lo > static_cast<double>(L::lowest())
+                                         ? std::to_string(static_cast<long long>(r.lo))
+                                         : std::to_string(L::lowest());
+              const std::string hi = r.hi < static_cast<double>(L::max()) ? std::to_string(static_cast<long long>(r.hi))
+                                                                          : std::to_string(L::max());
+              bad_value(where, "an integer in [" + lo + ", " + hi + "]", v);
+            }
+            if (!v.is_number_integer() || !r.holds(v.get<double>()))
               bad_value(where, r.lo == kAny.lo ? std::string("an integer") : "an integer " + r.text(), v);
             at(s) = v.get<T>();
           }};
@@ -86,6 +108,8 @@ template <class S, class At>
 Field<S> real(std::string key, At at, Range r) {
   return {key, Type::kNumber, [at](const S& s) { return json(at(s)); },
           [at, r](S& s, const json& v, const std::string& where) {
+            // Finite only: JSON cannot hold inf or NaN, so a configuration that took one could not be written back.
+            if (v.is_number() && !std::isfinite(v.get<double>())) bad_value(where, "a finite number " + r.text(), v);
             if (!v.is_number() || !r.holds(v.get<double>())) bad_value(where, "a number " + r.text(), v);
             at(s) = v.get<double>();
           }};

@@ -27,6 +27,15 @@ namespace {
 // (16k tokens with 256 gate scores each) is about 16 MiB.
 constexpr uint64_t kMaxMessageBytes = 1ull << 30;
 
+// The fewest bytes a batch can take in a file: its length prefix, the record's field tag and length, and the
+// top-k field (>= 1, so always present). A header promising more batches than the file can hold at this size
+// is corrupt, and is refused before anything is sized from it.
+constexpr uint64_t kMinBatchBytes = 5;
+
+// Sanity bounds on header fields that size tables before any batch is read (no model comes near them).
+constexpr int kMaxExperts = 1 << 20;
+constexpr int kMaxLayers = 1 << 16;
+
 std::string trace_name(const std::string& path) { return "trace '" + path + "'"; }
 
 std::string open_error(const std::string& path, const char* mode) {
@@ -109,6 +118,24 @@ void check_header(const TraceHeader& h, const std::string& where) {
   if (h.tokens_per_rank < 0) bad("tokens_per_rank", h.tokens_per_rank, ">= 0");
   if (!h.layer_ids.empty() && static_cast<int>(h.layer_ids.size()) != h.num_layers)
     bad("layer_ids (count)", static_cast<long long>(h.layer_ids.size()), "one per layer (num_layers) or none");
+  if (h.shape.num_experts > kMaxExperts) bad("shape.num_experts", h.shape.num_experts, "at most 1048576");
+  if (h.num_layers > kMaxLayers) bad("num_layers", h.num_layers, "at most 65536");
+  int64_t batches = 0;
+  if (__builtin_mul_overflow(static_cast<int64_t>(h.num_steps), static_cast<int64_t>(h.num_layers), &batches) ||
+      __builtin_mul_overflow(batches, static_cast<int64_t>(h.num_ranks), &batches))
+    throw EplabError(where + ": header fields num_steps x num_layers x num_ranks (" + std::to_string(h.num_steps) +
+                     " x " + std::to_string(h.num_layers) + " x " + std::to_string(h.num_ranks) + ") overflow 64 bits");
+}
+
+// A reader's check on top of check_header: the grid must fit in the bytes that follow the header.
+void check_grid_fits(const TraceHeader& h, const std::string& where, uint64_t bytes_left) {
+  const uint64_t batches = static_cast<uint64_t>(h.num_batches());
+  if (batches > bytes_left / kMinBatchBytes)
+    throw EplabError(where + ": header fields num_steps x num_layers x num_ranks (" + std::to_string(h.num_steps) +
+                     " x " + std::to_string(h.num_layers) + " x " + std::to_string(h.num_ranks) + " = " +
+                     std::to_string(batches) + " batches) cannot fit in the " + std::to_string(bytes_left) +
+                     " bytes after the header (each batch takes at least " + std::to_string(kMinBatchBytes) +
+                     " bytes): a corrupt header or a truncated file");
 }
 
 RoutingBatch from_proto(const pb::Batch& p) {
@@ -282,7 +309,8 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
   pb::Header ph;
   if (!ph.ParseFromString(body)) throw EplabError(trace_name(path_) + ": corrupt header at byte 12 (does not parse)");
   header_ = from_proto(ph);
-  check_header(header_, trace_name(path_));
+  check_header(header_, trace_name(path_) + " (header at byte 12)");
+  check_grid_fits(header_, trace_name(path_) + " (header at byte 12)", file_size_ - offset_);
 }
 
 TraceReader::~TraceReader() = default;

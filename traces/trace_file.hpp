@@ -45,6 +45,8 @@ struct TraceHeader {
   std::vector<int> layer_ids;  // original layer numbers (imports); empty means 0..num_layers-1
   TraceProvenance provenance;
 
+  // Readers and writers refuse a header whose grid product overflows 64 bits, so this is exact on any header
+  // they accepted.
   int64_t num_batches() const { return static_cast<int64_t>(num_steps) * num_layers * num_ranks; }
 };
 

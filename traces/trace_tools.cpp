@@ -56,7 +56,9 @@ TraceSummary summarize_trace(const std::string& path) {
   s.header = reader.header();
   const int e_count = s.header.shape.num_experts;
   s.expert_load.assign(e_count, 0);
-  std::vector<std::vector<uint64_t>> layer_load(s.header.num_layers, std::vector<uint64_t>(e_count, 0));
+  // Per-layer loads only for the layers that hold selections: a header's layer and expert counts alone must not
+  // size an allocation (their product is far beyond memory for a corrupt header that passes the bounds).
+  std::map<int, std::vector<uint64_t>> layer_load;
   s.min_batch_tokens = INT32_MAX;
   while (auto b = reader.next()) {
     ++s.num_batches;
@@ -70,7 +72,9 @@ TraceSummary summarize_trace(const std::string& path) {
       }
       ++s.selections;
       ++s.expert_load[e];
-      ++layer_load[b->layer][e];
+      auto& ll = layer_load[b->layer];
+      if (ll.empty()) ll.assign(e_count, 0);
+      ++ll[e];
     }
   }
   if (s.num_batches == 0) s.min_batch_tokens = 0;
@@ -86,10 +90,11 @@ TraceSummary summarize_trace(const std::string& path) {
     s.load_max_over_mean = max_load / s.load_mean;
     s.load_cv = std::sqrt(var / e_count) / s.load_mean;
   }
-  for (auto& ll : layer_load) {
+  s.layer_max_over_mean.assign(s.header.num_layers, 0.0);
+  for (const auto& [layer, ll] : layer_load) {
     uint64_t total = 0, mx = 0;
     for (uint64_t x : ll) total += x, mx = std::max(mx, x);
-    s.layer_max_over_mean.push_back(total ? mx / (static_cast<double>(total) / e_count) : 0.0);
+    s.layer_max_over_mean[layer] = total ? mx / (static_cast<double>(total) / e_count) : 0.0;
   }
   std::vector<int> order(e_count);
   for (int e = 0; e < e_count; ++e) order[e] = e;
@@ -228,6 +233,13 @@ TraceHeader import_jsonl(const JsonlImportOptions& opts, const std::string& out_
     const int64_t token = integer("token_idx", true, 0);
     const int64_t step = integer("step", false, 0);
     if (layer > INT32_MAX || step > INT32_MAX) throw EplabError(where + ": layer or step number too large");
+    // A token lands on rank token_idx / tokens_per_rank, and a trace holds at most INT32_MAX tokens per rank: a
+    // larger index fits no cluster of this size (and would overflow the arithmetic that places it).
+    const int64_t max_index = static_cast<int64_t>(opts.topology.size()) * INT32_MAX - 1;
+    if (token > max_index)
+      throw EplabError(where + ": token_idx " + std::to_string(token) +
+                       " is too large: " + std::to_string(opts.topology.size()) + " ranks of at most " +
+                       std::to_string(INT32_MAX) + " tokens each hold token_idx 0.." + std::to_string(max_index));
     auto ids_it = j.find("topk_ids");
     auto w_it = j.find("topk_weights");
     if (ids_it == j.end() || !ids_it->is_array())
@@ -332,6 +344,11 @@ TraceHeader import_jsonl(const JsonlImportOptions& opts, const std::string& out_
         }
         w.write(b);
       }
+  // Every row must have gone into a batch: a trace that silently holds fewer tokens than the log is worse than none.
+  if (next != rows.size())
+    throw EplabError(path + ":" + std::to_string(rows[next].line) + ": token_idx " + std::to_string(rows[next].token) +
+                     " could not be placed on any rank (" + std::to_string(next) + " of " +
+                     std::to_string(rows.size()) + " token lines written)");
   w.close();
   return w.header();
 }

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "engine/error.hpp"
 #include "engine/registry.hpp"
@@ -155,10 +156,8 @@ std::pair<Mode, int> eplb_args(const PolicySpec& s) {
     mode = Mode::kGlobal;
   else if (m != "auto")
     throw EplabError("balancer '" + s.text() + "': mode '" + m + "' is not one of auto, hierarchical, global");
-  const double g = s.number("groups", 0);
-  if (g < 0 || g != std::floor(g))
-    throw EplabError("balancer '" + s.text() + "': groups must be an integer >= 1 (0: one per expert), got " + fmt(g));
-  return {mode, static_cast<int>(g)};
+  // 0: one group per expert.
+  return {mode, s.integer("groups", 0, 0, std::numeric_limits<int>::max())};
 }
 
 std::string eplb_suffix(const PolicySpec& s) {

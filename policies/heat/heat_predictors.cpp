@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <deque>
+#include <limits>
 
 #include "engine/error.hpp"
 #include "engine/registry.hpp"
@@ -150,10 +151,8 @@ EPLAB_REGISTRY(HeatPredictorMaker, heat_predictor_registry, "heat predictor", r)
       "window", "mean of the last w steps (default 4)",
       [](const PolicySpec& s) -> std::unique_ptr<HeatPredictor> {
         s.allow_only({"w"});
-        const double w = s.number("w", 4);
-        if (w < 1 || w != std::floor(w))
-          throw EplabError("heat predictor '" + s.text() + "': w must be an integer >= 1, got " + fmt(w));
-        return std::make_unique<Window>("window:w=" + fmt(w), static_cast<int>(w));
+        const int w = s.integer("w", 4, 1, std::numeric_limits<int>::max());
+        return std::make_unique<Window>("window:w=" + std::to_string(w), w);
       },
       "window:w=W");
   r.add(

@@ -44,6 +44,14 @@ double PolicySpec::number(const std::string& key, double fallback) const {
   return v;
 }
 
+int PolicySpec::integer(const std::string& key, int fallback, int lo, int hi) const {
+  const double v = number(key, fallback);
+  if (v < lo || v > hi || v != std::floor(v))
+    throw EplabError(kind_ + " '" + text_ + "': parameter '" + key + "' = '" + kv_.at(key) +
+                     "' must be a whole number in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return static_cast<int>(v);
+}
+
 std::string PolicySpec::string(const std::string& key, const std::string& fallback) const {
   auto it = kv_.find(key);
   return it == kv_.end() ? fallback : it->second;

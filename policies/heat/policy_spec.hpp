@@ -20,6 +20,9 @@ class PolicySpec {
   // Throws EplabError if any key outside `known` was given: a typo must not silently fall back to a default.
   void allow_only(const std::vector<std::string>& known) const;
   double number(const std::string& key, double fallback) const;
+  // A whole number in [lo, hi], checked before it is narrowed to int: "w=1e12" or "groups=2.5" is an error naming
+  // the spec, the key and the range, never a wrapped or truncated value.
+  int integer(const std::string& key, int fallback, int lo, int hi) const;
   std::string string(const std::string& key, const std::string& fallback) const;
 
  private:

@@ -2,6 +2,7 @@
 // optional aux-loss-free balancing bias (replayed from step 0 so every batch is random-access).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -66,7 +67,7 @@ class RouterSource : public RoutingSource {
                   : kind_ == "node-limited" ? std::vector<std::string>{"m", "skew", "noise"}
                                             : std::vector<std::string>{"skew", "noise"});
     const int default_m = kind_ == "node-limited" ? p.shape.max_nodes_per_token : 0;
-    max_nodes_ = static_cast<int>(ps.number("m", default_m));
+    max_nodes_ = ps.integer("m", default_m, 0, std::numeric_limits<int>::max());
     gamma_ = kind_ == "bias" ? ps.number("gamma", 0.001) : 0.0;
     skew_ = ps.number("skew", 1.0);
     noise_ = ps.number("noise", 1.0);

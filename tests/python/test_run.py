@@ -116,3 +116,44 @@ def test_gil_released_during_run(small):
     t.join()
     assert box["r"].verified
     assert spins > 20, "the main thread was starved: run() held the GIL"
+
+
+def test_non_finite_timeout_is_refused_not_fatal(small):
+    # An infinite or NaN limit is refused by name; the interpreter lives on and the next run works.
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(eplab.Error, match=r"option 'timeout_s': expected a finite number > 0, got (inf|nan)"):
+            eplab.run(**{**small, "timeout_s": bad})
+    assert eplab.run(**{**small, "timeout_s": 1e300}).verified
+
+
+def test_unwritable_timeline_fails_before_the_run(small, tmp_path):
+    seen = []
+    with pytest.raises(eplab.Error, match="cannot write the timeline to .*no/such/t.json"):
+        eplab.run(**small, timeline=str(tmp_path / "no" / "such" / "t.json"), progress=lambda d, t: seen.append(d))
+    assert seen == []
+
+
+class ZeroCodec(eplab.Codec):
+    """Decodes to zeros and declares no bound: the run can check delivery, not values."""
+
+    name = "py-zero"
+    lossless = False
+
+    def encode(self, x):
+        return bytes(8)
+
+    def decode(self, data, shape):
+        import numpy as np
+
+        return np.zeros(shape, dtype=np.float32)
+
+    def encoded_size(self, shape):
+        return 8
+
+
+def test_codec_without_a_bound_is_delivery_only(small):
+    r = eplab.run(**small, dispatch_codec=ZeroCodec())
+    v = r.report["verification"]
+    assert v["values"] == "delivery only" and v["delivery_ok"] and v["passed"]
+    assert not r.verified
+    assert "delivery only" in r.summary()

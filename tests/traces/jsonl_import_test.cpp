@@ -131,6 +131,25 @@ INSTANTIATE_TEST_SUITE_P(
                 "token_idx 8 falls on rank 2, but the cluster has 2 ranks of 4 tokens", 3}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// With tokens per rank chosen by the importer, a token_idx of 2^63-1 once overflowed the block size: the
+// import exited 0 having written a trace with 16 of 33 token lines. It must fail, naming the line.
+TEST(JsonlImport, HugeTokenIdxIsRefusedNamingItsLine) {
+  const std::string jsonl = temp_path("huge.jsonl");
+  std::string text;
+  for (int t = 0; t < 32; ++t)
+    text +=
+        "{\"layer\": 0, \"token_idx\": " + std::to_string(t) + ", \"topk_ids\": [1, 2], \"topk_weights\": [1, 1]}\n";
+  text += "{\"layer\": 0, \"token_idx\": 9223372036854775807, \"topk_ids\": [1, 2], \"topk_weights\": [1, 1]}\n";
+  testing::write_text(jsonl, text);
+  const std::string out = temp_path("huge.eptrace");
+  std::filesystem::remove(out);
+  const std::string msg = error_of([&] { import_jsonl(mixtral_on(2, jsonl), out); });
+  EXPECT_NE(msg.find(jsonl + ":33:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("token_idx 9223372036854775807 is too large"), std::string::npos) << msg;
+  // Nothing that reads back as a complete trace was left behind.
+  EXPECT_FALSE(error_of([&] { summarize_trace(out); }).empty());
+}
+
 TEST(JsonlImport, MissingAndEmptyFiles) {
   std::string msg = error_of([&] { import_jsonl(mixtral_on(1, temp_path("nope.jsonl")), temp_path("o.eptrace")); });
   EXPECT_NE(msg.find("no such file"), std::string::npos) << msg;

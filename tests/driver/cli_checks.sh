@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Command-line checks on how `eplab` treats bad values, output files, exit codes and verification wording:
+#   cli_checks.sh EPLAB CASE
+# Each CASE asserts behaviour (exit status, messages, files written), never timing.
+set -u
+eplab=$1
+case_name=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() {
+  echo "FAIL ($case_name): $*"
+  exit 1
+}
+# expect STATUS PATTERN -- ARGS...: runs eplab ARGS, checks the exit status and that stdout+stderr match PATTERN.
+expect() {
+  local want=$1 pattern=$2
+  shift 3
+  local out rc
+  out=$("$eplab" "$@" 2>&1)
+  rc=$?
+  [[ $rc -eq $want ]] || fail "eplab $* exited $rc, expected $want: $out"
+  grep -Eq -- "$pattern" <<<"$out" || fail "eplab $* did not say /$pattern/: $out"
+}
+small=(--backend emu --nodes 1 --gpus-per-node 4 --tokens 32 --model mixtral-8x7b --hidden 256 --quiet)
+
+case $case_name in
+  timeout)
+    # Huge limits run (no steady-clock overflow, no hang); non-finite, negative and zero limits are refused.
+    expect 0 "verified: true" -- run "${small[@]}" --timeout 1e10
+    expect 0 "verified: true" -- run "${small[@]}" --timeout 1e300
+    for v in inf nan; do
+      expect 1 "--timeout: expected a finite number > 0" -- run "${small[@]}" --timeout $v
+      expect 1 "--timeout: expected a finite number > 0" -- run --backend sim --nodes 1 --gpus-per-node 4 --quiet \
+        --timeout $v
+    done
+    for v in -1 0; do expect 1 "--timeout: expected a number > 0" -- run "${small[@]}" --timeout $v; done
+    ;;
+  integer_ranges)
+    # Checked before narrowing, naming the option and the range.
+    for o in nodes gpus-per-node tokens hidden; do
+      expect 1 "--$o: expected an integer in \[[0-9]+, 2147483647\]" -- run "${small[@]}" --$o 4294967297
+    done
+    expect 1 "--overlap-allreduce: expected true or false" -- run "${small[@]}" --overlap-allreduce 4294967297
+    expect 1 "--steps expects a whole number in \[-2147483648, 2147483647\]" -- heat eval --steps 4294967297
+    # Spec parameters too.
+    expect 1 "parameter 'w' = '1e12' must be a whole number in \[1, 2147483647\]" -- run "${small[@]}" \
+      --heat window:w=1e12 --rebalance-every 1 --redundant-experts 4 --balancer eplb
+    expect 1 "parameter 'groups' = '1e12' must be a whole number in \[0, 2147483647\]" -- run "${small[@]}" \
+      --balancer eplb:groups=1e12 --rebalance-every 1 --redundant-experts 4
+    ;;
+  trace_tokens)
+    # A run driven by a trace reports the trace's tokens, not --tokens.
+    "$eplab" trace gen --model mixtral-8x7b --nodes 1 --gpus-per-node 4 --tokens 16 --steps 1 --layers 1 \
+      -o "$tmp/t.eptrace" >/dev/null || fail "trace gen failed"
+    expect 0 "16 tokens/rank" -- run "${small[@]}" --tokens 64 --steps 1 --layers 1 --trace "$tmp/t.eptrace" \
+      --report "$tmp/r.json"
+    grep -q '"tokens_per_rank": 16,' "$tmp/r.json" || fail "report: $(grep tokens_per "$tmp/r.json")"
+    ;;
+  compare_exit)
+    # Every algorithm fails (8 experts do not divide over 3 ranks): exit 1, not 0.
+    expect 1 "failed" -- run --compare --backend emu --nodes 1 --gpus-per-node 3 --tokens 16 --model mixtral-8x7b \
+      --hidden 64 --redundant-experts 4 --quiet
+    ;;
+  output_files)
+    # Write failures are reported, naming the path.
+    expect 1 "'/dev/full' failed" -- codec eval --codec fp32 --tokens 8 --hidden 64 --steps 1 --json /dev/full
+    expect 1 "'/dev/full' failed" -- heat eval --steps 3 --json /dev/full
+    expect 1 "'/dev/full' failed" -- run "${small[@]}" --report /dev/full
+    # An existing report survives a run that fails, and is replaced whole by one that succeeds.
+    echo old >"$tmp/r.json"
+    expect 1 "error" -- run "${small[@]}" --redundant-experts 3 --report "$tmp/r.json"
+    [[ $(cat "$tmp/r.json") == old ]] || fail "the old report was touched"
+    expect 0 "verified" -- run "${small[@]}" --report "$tmp/r.json"
+    grep -q '"verified": true' "$tmp/r.json" || fail "report not replaced"
+    # Unwritable places are found before the run starts (no summary printed).
+    expect 1 "cannot write the timeline to '$tmp/no/such/t.json': cannot create a file in directory" -- \
+      run "${small[@]}" --timeline "$tmp/no/such/t.json"
+    expect 1 "cannot write the report to '$tmp/no/such/r.json': cannot create a file in directory" -- \
+      run "${small[@]}" --report "$tmp/no/such/r.json"
+    ;;
+  verification_values)
+    # A codec whose bound cannot tell zeros from values is checked for delivery only, and says so.
+    expect 0 "verified: false \(delivery only: [0-9]+ selections delivered exactly once; values not checked" -- \
+      run "${small[@]}" --dispatch-codec threshold:tau=1e30 --report "$tmp/r.json"
+    grep -q '"values": "delivery only"' "$tmp/r.json" || fail "verification.values missing"
+    grep -q '"verified": false' "$tmp/r.json" || fail "verified should be false"
+    # Codecs with a bound keep their value check.
+    expect 0 "verified: true \(" -- run "${small[@]}" --dispatch-codec bf16 --report "$tmp/r.json"
+    grep -q '"values": "checked"' "$tmp/r.json" || fail "verification.values should be checked"
+    ;;
+  *)
+    fail "unknown case"
+    ;;
+esac
+echo "PASS ($case_name)"
