@@ -3,8 +3,9 @@
 // single-core memcpy, all measured in one run; hidden 7168, bf16 on the wire. Prints a table and writes JSON.
 //   bench_emu_throughput [TOKENS_PER_RANK [OUT.json]]   (default 2048 tokens, bench/results/emu_throughput.json)
 // The eplab command and bench_mpi_alltoallv are taken from this program's own directory (build/bin).
-// 4096 tokens per rank needs more memory than a 24 GiB machine has: the emulated ranks hold received rows in
-// fp32 (about 0.7 GB per rank at 4096 tokens with deepep routing) besides the bf16 messages in flight.
+// 4096 tokens per rank needs more memory than a 24 GiB machine has: rows stay bf16, but each rank keeps about
+// four row buffers' worth (send, receive, received rows, receive buffers kept across calls); the memory guard
+// refuses it (docs/architecture.md).
 #include <sys/wait.h>
 #include <unistd.h>
 
