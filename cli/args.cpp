@@ -98,6 +98,7 @@ bool Args::parse(const std::vector<std::string>& argv) {
       return false;
     }
     if (a.rfind("--", 0) != 0 || a == "--") {
+      if (positional_.size() == max_positional_) throw UsageError("unexpected argument '" + a + "' (see --help)");
       positional_.push_back(a);
       continue;
     }
@@ -109,11 +110,11 @@ bool Args::parse(const std::vector<std::string>& argv) {
       has_value = true;
     }
     auto it = opts_.find(name);
-    if (it == opts_.end()) throw EplabError("unknown option --" + name + " (see --help)");
+    if (it == opts_.end()) throw UsageError("unknown option --" + name + " (see --help)");
     if (it->second.is_flag) {
-      if (has_value) throw EplabError("--" + name + " takes no value");
+      if (has_value) throw UsageError("--" + name + " takes no value");
     } else if (!has_value) {
-      if (i + 1 >= argv.size()) throw EplabError("--" + name + " needs a value");
+      if (i + 1 >= argv.size()) throw UsageError("--" + name + " needs a value");
       value = argv[++i];
     }
     it->second.set(value);

@@ -8,7 +8,16 @@
 #include <string>
 #include <vector>
 
+#include "engine/error.hpp"
+
 namespace eplab::cli {
+
+// A malformed command line (an unknown option, a missing value, an argument the command does not take): the
+// `eplab` command exits 2 for it, 1 for a well-formed request with a bad value.
+class UsageError : public EplabError {
+ public:
+  using EplabError::EplabError;
+};
 
 class Args {
  public:
@@ -23,8 +32,14 @@ class Args {
   Args& opt(const std::string& name, std::function<void(const std::string&)> set, const std::string& default_text,
             const std::string& help);
 
+  // Arguments that are not options: at most `max` (none unless declared).
+  Args& positionals(size_t max) {
+    max_positional_ = max;
+    return *this;
+  }
   // Parses argv (without the program and subcommand names). Returns false when --help was asked for (the help
-  // is printed). Throws EplabError on an unknown option, a missing value or a value of the wrong type.
+  // is printed). Throws UsageError on an unknown option, a missing value or an argument too many, EplabError on
+  // a value of the wrong type.
   bool parse(const std::vector<std::string>& argv);
   bool given(const std::string& name) const { return given_.count(name) != 0; }
   const std::vector<std::string>& positional() const { return positional_; }
@@ -43,6 +58,7 @@ class Args {
   std::map<std::string, Opt> opts_;
   std::map<std::string, bool> given_;
   std::vector<std::string> positional_;
+  size_t max_positional_ = 0;
 };
 
 // Subcommands register themselves: EPLAB_COMMAND("run", "summary", fn) in their own .cpp file.

@@ -163,7 +163,6 @@ int cmd_run(const std::vector<std::string>& argv) {
   // With no options at all: the 256-GPU default cluster, every algorithm, one comparison table.
   if (argv.empty() && have_sim) compare = true;
   if (!args.parse(argv)) return 0;
-  if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   std::vector<std::string> given;
   if (!config_path.empty()) {
     const std::string source = "config file '" + config_path + "'";

@@ -73,9 +73,10 @@ int cmd_timeline(const std::vector<std::string>& argv_in) {
       .opt("python", &python, "the python3 to run (env EPLAB_PYTHON)")
       .opt("from-us", &t0, "draw from this time (us); -1: the start")
       .opt("to-us", &t1, "draw up to this time (us); -1: the end");
+  args.positionals(2);
   if (!args.parse(argv)) return 0;
   const auto& pos = args.positional();
-  if (pos.size() != 2 || pos[0] != "plot") throw EplabError("usage: eplab timeline plot FILE -o OUT.png (see --help)");
+  if (pos.size() != 2 || pos[0] != "plot") throw UsageError("eplab timeline plot FILE -o OUT.png (see --help)");
   const std::string file = pos[1];
   if (!std::ifstream(file)) throw EplabError("cannot read the timeline '" + file + "'");
   if (output.empty()) throw EplabError("say where to draw it: -o OUT.png");

@@ -56,7 +56,6 @@ int trace_gen(const std::vector<std::string>& argv) {
       .opt("seed", &seed, "seed")
       .opt("output", &out, "output trace file (or -o FILE)");
   if (!args.parse(with_short_output(argv))) return 0;
-  if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   if (out.empty()) throw EplabError("trace gen needs an output file: -o FILE");
   opts.params.shape = resolve_model(model);
   opts.params.topology = make_topology(cluster, nodes, gpus);
@@ -71,8 +70,9 @@ int trace_gen(const std::vector<std::string>& argv) {
 
 int trace_info(const std::vector<std::string>& argv) {
   Args args("eplab trace info FILE", "Print a trace's header, counts and per-expert load.");
+  args.positionals(1);
   if (!args.parse(with_short_output(argv))) return 0;
-  if (args.positional().size() != 1) throw EplabError("trace info takes exactly one trace file");
+  if (args.positional().size() != 1) throw UsageError("trace info takes exactly one trace file (see --help)");
   std::cout << format_trace_summary(summarize_trace(args.positional()[0]));
   return 0;
 }
@@ -92,7 +92,6 @@ int trace_import(const std::vector<std::string>& argv) {
       .opt("tokens", &opts.tokens_per_rank, "tokens per source rank (0: fit the log's tokens)")
       .opt("output", &out, "output trace file (or -o FILE)");
   if (!args.parse(with_short_output(argv))) return 0;
-  if (!args.positional().empty()) throw EplabError("unexpected argument '" + args.positional()[0] + "'");
   if (opts.jsonl_path.empty()) throw EplabError("trace import needs --jsonl FILE");
   if (out.empty()) throw EplabError("trace import needs an output file: -o FILE");
   opts.shape = resolve_model(model);

@@ -6,12 +6,13 @@
 
 #include "cli/args.hpp"
 #include "engine/error.hpp"
+#include "traces/trace_file.hpp"
 
 int main(int argc, char** argv) {
   using eplab::cli::commands;
   std::vector<std::string> args(argv + 1, argv + argc);
   auto usage = [] {
-    std::cout << "usage: eplab COMMAND [options]   (eplab COMMAND --help for its options)\n\n"
+    std::cout << "usage: eplab COMMAND [options]   (eplab COMMAND --help for its options; eplab --version)\n\n"
                  "eplab simulates and measures MoE expert-parallel dispatch/combine.\n\ncommands:\n";
     for (auto& [name, c] : commands()) {
       std::string left = "  " + name;
@@ -22,6 +23,10 @@ int main(int argc, char** argv) {
     usage();
     return args.empty() ? 2 : 0;
   }
+  if (args[0] == "--version" || args[0] == "-V") {
+    std::cout << "eplab " << eplab::eplab_version() << "\n";
+    return 0;
+  }
   auto it = commands().find(args[0]);
   if (it == commands().end()) {
     std::cerr << "eplab: unknown command '" << args[0] << "'\n";
@@ -30,6 +35,9 @@ int main(int argc, char** argv) {
   }
   try {
     return it->second.run(std::vector<std::string>(args.begin() + 1, args.end()));
+  } catch (const eplab::cli::UsageError& e) {
+    std::cerr << "eplab " << args[0] << ": usage error: " << e.what() << "\n";
+    return 2;
   } catch (const eplab::EplabError& e) {
     std::cerr << "eplab " << args[0] << ": error: " << e.what() << "\n";
     return 1;

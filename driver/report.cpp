@@ -7,6 +7,8 @@
 #include <numeric>
 #include <sstream>
 
+#include "traces/trace_file.hpp"
+
 namespace eplab {
 namespace {
 
@@ -85,7 +87,7 @@ void RankRecord::add_comparison(const float* got, const float* want, size_t n) {
 
 nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord>& ranks, const VerifyResult& v) {
   nlohmann::json j;
-  j["eplab_version"] = "0.1.0";
+  j["eplab_version"] = eplab_version();
   j["backend"] = in.backend;
   j["cluster"] = {{"name", in.cluster.name},
                   {"nodes", in.cluster.nodes},

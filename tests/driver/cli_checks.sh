@@ -88,6 +88,18 @@ case $case_name in
     expect 0 "verified: true \(" -- run "${small[@]}" --dispatch-codec bf16 --report "$tmp/r.json"
     grep -q '"values": "checked"' "$tmp/r.json" || fail "verification.values should be checked"
     ;;
+  usage)
+    # A malformed command line exits 2 (usage); a well-formed one with a bad value exits 1 (bad input).
+    expect 2 "usage error: unknown option --bogus" -- run --bogus
+    expect 2 "usage error: --tokens needs a value" -- run --tokens
+    expect 2 "usage error: unexpected argument 'extra'" -- run extra
+    expect 2 "usage error: unexpected argument 'extra'" -- codec eval extra
+    expect 2 "usage error: unexpected argument 'extra'" -- presets extra
+    expect 2 "usage error: trace info takes exactly one trace file" -- trace info
+    expect 2 "unknown command 'nosuch'" -- nosuch
+    expect 1 "error: --tokens: expected an integer" -- run --tokens abc
+    expect 0 "^eplab [0-9]+\.[0-9]+\.[0-9]+$" -- --version
+    ;;
   *)
     fail "unknown case"
     ;;
