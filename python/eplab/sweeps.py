@@ -32,6 +32,59 @@ def _label(value):
     return name if isinstance(name, str) else repr(value)
 
 
+def _policy_bases():
+    from . import _eplab
+
+    return (_eplab.Codec, _eplab.Balancer, _eplab.HeatPredictor)
+
+
+def _rebuild_policy(cls, base, state):
+    """Recreates a Python codec, balancer or heat predictor in a worker: its class, the C++ base initialised
+    (the subclass's own __init__ may take arguments, so it is not called), then its attributes."""
+    obj = cls.__new__(cls)
+    base.__init__(obj)
+    obj.__dict__.update(state)
+    return obj
+
+
+def _pybind11_metaclass():
+    from . import _eplab
+
+    return type(_eplab.Codec)
+
+
+def _dumps(config):
+    """A configuration as bytes a worker can load. Python policies (subclasses of eplab.Codec, Balancer or
+    HeatPredictor) are C++ objects underneath, which pickle refuses; they travel as class and attributes, and
+    classes defined in a notebook or script travel by value (cloudpickle), so workers need not import them."""
+    import io
+
+    import cloudpickle
+
+    bases = _policy_bases()
+    meta = type(bases[0])
+
+    class Pickler(cloudpickle.CloudPickler):
+        def reducer_override(self, obj):
+            # pybind11's metaclass is not importable by name; a worker takes it from its own eplab module.
+            if obj is meta:
+                return _pybind11_metaclass, ()
+            for base in bases:
+                if isinstance(obj, base) and type(obj) is not base:
+                    return _rebuild_policy, (type(obj), base, dict(obj.__dict__))
+            return super().reducer_override(obj)
+
+    buf = io.BytesIO()
+    Pickler(buf).dump(config)
+    return buf.getvalue()
+
+
+def _run_pickled(blob, errors):
+    import pickle
+
+    return _run_one(pickle.loads(blob), errors)
+
+
 def _run_one(config, errors):
     """Runs one configuration in a worker; returns the row (configuration columns first, then the report)."""
     from .result import run
@@ -64,8 +117,9 @@ def sweep(configs, base=None, *, processes=None, client=None, progress=True, err
     configs: a list of option dicts (see eplab.grid) or a dict of axes; base: options shared by all.
     processes: worker processes (default: CPU count, at most the grid size); client: a dask.distributed
     Client to run on instead; progress: a tqdm progress bar; errors: "raise" (the first failure is raised) or
-    "record" (an ``error`` column). Python codecs given as objects must be picklable; with Dask, their class
-    must be importable on the workers.
+    "record" (an ``error`` column). Python codecs, balancers and heat predictors given as objects travel to
+    the workers with their class and attributes (cloudpickle), so classes defined in a notebook work with
+    processes and with Dask alike; their attributes must be picklable.
     """
     import pandas as pd
     from tqdm import tqdm
@@ -79,17 +133,16 @@ def sweep(configs, base=None, *, processes=None, client=None, progress=True, err
         if client is not None:
             from distributed import as_completed
 
-            futures = client.map(_run_one, todo, [errors] * len(todo), pure=False)
+            futures = client.map(_run_pickled, [_dumps(c) for c in todo], [errors] * len(todo), pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             for fut in as_completed(futures):
                 rows[index[fut.key]] = fut.result()
                 bar.update(1)
         elif todo:
             workers = processes or min(len(todo), multiprocessing.cpu_count())
-            # fork keeps classes defined in a notebook's __main__ (Python codecs) usable in the workers.
             ctx = multiprocessing.get_context(mp_context or ("fork" if sys.platform == "linux" else "spawn"))
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_run_one, c, errors): i for i, c in enumerate(todo)}
+                futures = {pool.submit(_run_pickled, _dumps(c), errors): i for i, c in enumerate(todo)}
                 try:
                     for fut in cf.as_completed(futures):
                         rows[futures[fut]] = fut.result()

@@ -1,4 +1,5 @@
 # eplab.sweep(): a grid in worker processes and on a local Dask cluster, one DataFrame row per configuration.
+import numpy as np
 import pytest
 
 import eplab
@@ -50,3 +51,59 @@ def test_sweep_on_local_dask_cluster():
     assert len(workers) == 2
     local = eplab.run(**{**SMALL, **GRID[1]})
     assert df.loc[1, "phases.dispatch.bytes.total"] == local.report["phases"]["dispatch"]["bytes"]["total"]
+
+
+class ScaledHalf(eplab.Codec):
+    """fp16 on the wire; its constructor takes an argument, and it is defined here, not in an installed module."""
+
+    name = "py-scaled-half"
+    lossless = False
+    error_bound = 1e-3
+
+    def __init__(self, label):
+        super().__init__()
+        self.label = label
+
+    def encode(self, x):
+        return np.ascontiguousarray(x, dtype=np.float16).tobytes()
+
+    def decode(self, data, shape):
+        return np.frombuffer(data, dtype=np.float16).astype(np.float32).reshape(shape)
+
+    def encoded_size(self, shape):
+        return int(shape[0]) * int(shape[1]) * 2
+
+
+class ReverseBalancer(eplab.Balancer):
+    """Experts in reverse id order, redundant slots copying the hottest."""
+
+    name = "py-reverse"
+
+    def place(self, inp):
+        order = np.arange(inp.num_experts)[::-1]
+        hot = np.argsort(-inp.heat, kind="stable")[: inp.redundant]
+        return {"slot_expert": np.concatenate([order, hot]).astype(np.int32)}
+
+
+# Python policies in a sweep: 3 codecs x 3 balancers, the Python ones given as objects.
+POLICY_GRID = eplab.grid(dispatch_codec=[ScaledHalf("a"), "bf16", "fp32"],
+                         balancer=[ReverseBalancer(), "eplb", "none"])
+POLICY_BASE = dict(SMALL, redundant_experts=4, heat="oracle", rebalance_every=1, steps=2)
+
+
+def check_policy_sweep(df):
+    assert len(df) == 9 and df["verified"].all()
+    assert list(df["dispatch_codec"][:3]) == ["py-scaled-half"] * 3
+    assert list(df["balancer"][:3]) == ["py-reverse", "eplb", "none"]
+    assert (df["codec.dispatch"][:3] == "py-scaled-half").all()
+
+
+def test_sweep_of_python_policies_in_processes():
+    check_policy_sweep(eplab.sweep(POLICY_GRID, base=POLICY_BASE, processes=2, progress=False))
+
+
+def test_sweep_of_python_policies_on_dask():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        check_policy_sweep(eplab.sweep(POLICY_GRID, base=POLICY_BASE, client=client, progress=False))
