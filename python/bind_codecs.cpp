@@ -68,13 +68,37 @@ class PyCodec : public Codec {
     if (declared) return out;
     return lossless() ? 0.0 : std::numeric_limits<double>::infinity();
   }
+  // Undeclared: fixed rate, as the built-ins, so encode() must produce exactly encoded_size() bytes; a codec whose
+  // size depends on the data says fixed_rate = False and its encoded_size() is then an estimate.
   bool fixed_rate() const override {
-    bool out = false;
+    bool out = true;
     call_python("codec fixed_rate", [&] {
       py::object v = attr("fixed_rate");
+      if (v) out = v.cast<bool>();
+    });
+    return out;
+  }
+  // Undeclared: the expert GEMM decodes first, as for most formats.
+  bool gemm_native() const override {
+    bool out = false;
+    call_python("codec gemm_native", [&] {
+      py::object v = attr("gemm_native");
       out = v && v.cast<bool>();
     });
     return out;
+  }
+  // gpu_seconds(self, shape, encode) -> float when defined; else the memory-bound quantizer model.
+  double gpu_seconds(int tokens, int hidden, bool encode) const override {
+    double out = -1;
+    try_python([&] {
+      py::function f = py::get_override(static_cast<const Codec*>(this), "gpu_seconds");
+      if (!f) return;
+      out = f(py::make_tuple(tokens, hidden), encode).cast<double>();
+      if (!std::isfinite(out) || out < 0)
+        throw EplabError("codec " + name() + " gpu_seconds returned " + std::to_string(out) +
+                         ", not a finite number of seconds >= 0");
+    });
+    return out >= 0 ? out : Codec::gpu_seconds(tokens, hidden, encode);
   }
 
   // Codec calls happen mid-exchange: errors are parked by try_python and placeholder data keeps the run going.
@@ -94,6 +118,13 @@ class PyCodec : public Codec {
         throw EplabError("codec " + name() + " encode produced " + std::to_string(got) + " bytes for " +
                          std::to_string(tokens) + " x " + std::to_string(hidden) + ", more than max_encoded_size() = " +
                          std::to_string(limit) + " (receive buffers are sized with it)");
+      // The simulator charges encoded_size(): a fixed-rate codec that says one size and sends another would make
+      // simulated and emulated runs disagree without a word.
+      if (fixed_rate() && got != encoded_size(tokens, hidden))
+        throw EplabError("codec " + name() + " encode produced " + std::to_string(got) + " bytes for " +
+                         std::to_string(tokens) + " x " + std::to_string(hidden) + ", but its encoded_size() says " +
+                         std::to_string(encoded_size(tokens, hidden)) +
+                         " (set fixed_rate = False if the size depends on the data)");
     });
     if (!ok) out.resize(before + encoded_size(tokens, hidden), 0);
   }
@@ -160,6 +191,10 @@ class ForwardingCodec : public Codec {
   double error_bound() const override { return target_->error_bound(); }
   double error_bound_for(int hidden) const override { return target_->error_bound_for(hidden); }
   bool fixed_rate() const override { return target_->fixed_rate(); }
+  bool gemm_native() const override { return target_->gemm_native(); }
+  double gpu_seconds(int tokens, int hidden, bool encode) const override {
+    return target_->gpu_seconds(tokens, hidden, encode);
+  }
   void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t stream) override {
     target_->encode(x, tokens, hidden, out, stream);
   }
@@ -191,13 +226,23 @@ void bind_codecs(py::module_& m) {
   py::class_<Codec, PyCodec, std::shared_ptr<Codec>>(m, "Codec", R"doc(
 How token activations [tokens, hidden] travel on the wire. Built-ins come from eplab.codecs.create(spec).
 Subclass it in Python (call super().__init__()) and define encode(x) -> bytes, decode(data, shape) -> array,
-encoded_size(shape) -> int, and optionally name, lossless, error_bound, max_encoded_size(shape), reset(stream);
-pass an instance to eplab.run(dispatch_codec=...) and the engine calls it for every message.)doc")
+encoded_size(shape) -> int, and optionally name, lossless, error_bound, fixed_rate (default True: encode must
+produce exactly encoded_size bytes), gemm_native, gpu_seconds(shape, encode) -> s, max_encoded_size(shape),
+reset(stream); pass an instance to eplab.run(dispatch_codec=...) and the engine calls it for every message.)doc")
       .def(py::init<>())
       .def_property_readonly("name", &Codec::name, "The spec that recreates this codec.")
       .def_property_readonly("lossless", &Codec::lossless)
       .def_property_readonly("error_bound", &Codec::error_bound, "Promised bound on ||decode(encode(x)) - x|| / ||x||.")
       .def_property_readonly("fixed_rate", &Codec::fixed_rate)
+      .def_property_readonly("gemm_native", &Codec::gemm_native,
+                             "Whether the expert GEMM takes the encoded form (no decode charged on sim).")
+      .def(
+          "gpu_seconds",
+          [](const Codec& c, const py::handle& shape, bool encode) {
+            auto [t, h] = shape_of(shape);
+            return c.gpu_seconds(t, h, encode);
+          },
+          py::arg("shape"), py::arg("encode") = true, "Modeled GPU time to encode (or decode) `shape` on sim.")
       .def("error_bound_for", &Codec::error_bound_for, py::arg("hidden"))
       .def(
           "encode",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import eplab
-from conftest import HalfCodec
+from conftest import HAS_SIM, SMALL, HalfCodec
 
 
 def test_fp32_round_trip_is_exact(activations):
@@ -85,3 +85,62 @@ def test_python_codec_without_encode_is_an_eplab_error(activations):
     with pytest.raises(eplab.Error, match="must define encode"):
         eplab.codecs.register(Empty()) and eplab.codecs.create("empty").encode(activations)
     eplab.codecs.unregister("empty")
+
+
+class ChargedHalf(eplab.Codec):
+    """fp16 with its own GPU time model; gemm_native says the expert GEMM reads it as it is."""
+
+    name = "py-charged-half"
+    lossless = False
+    error_bound = 1e-3
+
+    def encode(self, x):
+        return np.ascontiguousarray(x, dtype=np.float16).tobytes()
+
+    def decode(self, data, shape):
+        return np.frombuffer(data, dtype=np.float16).astype(np.float32).reshape(shape)
+
+    def encoded_size(self, shape):
+        return int(shape[0]) * int(shape[1]) * 2
+
+    def gpu_seconds(self, shape, encode):
+        return 1e-3 if encode else 2e-3
+
+
+class NativeHalf(ChargedHalf):
+    name = "py-native-half"
+    gemm_native = True
+
+
+@pytest.mark.skipif(not HAS_SIM, reason="the sim backend is not built")
+def test_python_gpu_seconds_and_gemm_native_reach_the_simulator():
+    base = dict(backend="sim", nodes=1, gpus_per_node=4, model="mixtral-8x7b", tokens=64, routing="uniform")
+    charged = eplab.run(**base, dispatch_codec=ChargedHalf()).report["phases"]["dispatch"]["codec_s"]
+    native = eplab.run(**base, dispatch_codec=NativeHalf()).report["phases"]["dispatch"]["codec_s"]
+    assert charged == pytest.approx(3e-3, rel=1e-6)  # encode, then decode at the receiver
+    assert native == pytest.approx(1e-3, rel=1e-6)  # the GEMM takes the encoded form: no decode
+
+
+class ShortHalf(ChargedHalf):
+    """Says two bytes per element and sends one byte less."""
+
+    name = "py-short-half"
+
+    def encode(self, x):
+        return super().encode(x)[:-1]
+
+    def decode(self, data, shape):
+        return super().decode(data + b"\0", shape)
+
+
+def test_fixed_rate_codec_whose_size_disagrees_is_an_error():
+    with pytest.raises(eplab.Error, match=r"encoded_size\(\) says"):
+        eplab.run(**SMALL, dispatch_codec=ShortHalf())
+
+
+def test_variable_rate_codec_may_differ_from_its_estimate():
+    class Estimated(ShortHalf):
+        name = "py-estimated-half"
+        fixed_rate = False
+
+    assert eplab.run(**SMALL, dispatch_codec=Estimated()).verified
