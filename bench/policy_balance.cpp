@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
   const Topology ep64 = cluster(8);
   const int redundant = 64;
   const std::vector<Layer> zipf = generate("zipf:1.2", shape, ep64, tokens, seed, layers);
-  const std::vector<std::string> balancers = {"none", "eplb", "eplb:mode=hierarchical",
+  const std::vector<std::string> balancers = {"none", "eplb:mode=global", "eplb:mode=hierarchical,groups=256",
                                               "eplb:mode=hierarchical,groups=8"};
   const std::vector<std::string> selectors = replica_selector_names();
   std::printf(
@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
       const double worst = *std::max_element(ratio.begin(), ratio.end());
       std::printf("%-32s %-15s %12.3f %12.3f %12.3f %14.3f %9.1f%%\n", balancers[bi].c_str(), selectors[si].c_str(),
                   mean(ratio), worst, mean(slot_ratio), mean(bytes) / 1e9, 100 * mean(localf));
-      if (balancers[bi] == "eplb" && selectors[si] == "round-robin") eplb_rr = worst;
+      if (balancers[bi] == "eplb:mode=global" && selectors[si] == "round-robin") eplb_rr = worst;
       if (balancers[bi] == "none" && selectors[si] == "round-robin") none_rr = mean(ratio);
       rows.push_back({{"balancer", balancers[bi]},
                       {"selector", selectors[si]},
@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
   // ---- Topology-aware vs round-robin scale-out bytes (placements whose replicas span nodes) ----
   std::printf("\nscale-out bytes, topology-aware vs round-robin (same placement and batches):\n");
   nlohmann::json topo_rows = nlohmann::json::array();
-  for (const std::string b : {"eplb", "eplb:mode=hierarchical", "none"}) {
+  for (const std::string b : {"eplb:mode=global", "eplb:mode=hierarchical,groups=256", "none"}) {
     auto find = [&](const std::string& s) {
       for (const auto& r : rows)
         if (r["balancer"] == b && r["selector"] == s) return r["scaleout_bytes_per_layer"].get<double>();
@@ -248,8 +248,8 @@ int main(int argc, char** argv) {
     int redundant;
     double published;
   } cases[] = {{"no EPLB (256 slots)", "none", 0, 1.564},
-               {"EPLB, 288 slots (global)", "eplb", 32, 0.109},
-               {"EPLB, 288 slots (hierarchical)", "eplb:mode=hierarchical", 32, 0.109}};
+               {"EPLB, 288 slots (global)", "eplb:mode=global", 32, 0.109},
+               {"EPLB, 288 slots (hierarchical)", "eplb:mode=hierarchical,groups=256", 32, 0.109}};
   for (const auto& c : cases) {
     std::vector<double> ex;
     for (const Layer& l : r1) {

@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
                          6.0 * shape.hidden * shape.expert_ffn / (c.gpu.fp8_tflops * 1e12);
   const double expert_bytes = expert_weight_bytes(shape, 1), bw = c.nic_GBps * 1e9;
   char ma[128];
-  std::snprintf(ma, sizeof(ma), "migration-aware:horizon=%g,token_us=%g", horizon, token_s * 1e6);
+  std::snprintf(ma, sizeof(ma), "migration-aware:horizon=%g,token_us=%g,mode=global", horizon, token_s * 1e6);
 
   std::vector<Strategy> st;
   auto add = [&](std::string label, std::string heat, std::string bal) {
@@ -85,12 +85,12 @@ int main(int argc, char** argv) {
     s.heat = heat;
     s.balancer = bal;
     if (heat != "oracle") s.predictor = create_heat_predictor(heat);
-    s.bal = create_balancer(bal == "never" ? "eplb" : bal);
+    s.bal = create_balancer(bal == "never" ? "eplb:mode=global" : bal);
     st.push_back(std::move(s));
   };
-  add("oracle heat, eplb every step", "oracle", "eplb");
+  add("oracle heat, eplb every step", "oracle", "eplb:mode=global");
   for (const char* p : {"last", "ema:alpha=0.5", "window:w=4", "trend:alpha=0.5,beta=0.3"})
-    add(std::string(p) + ", eplb every step", p, "eplb");
+    add(std::string(p) + ", eplb every step", p, "eplb:mode=global");
   add("last, never rebalance", "last", "never");
   add("last, migration-aware", "last", ma);
   add("ema:alpha=0.5, migration-aware", "ema:alpha=0.5", ma);

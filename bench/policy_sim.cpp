@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   std::vector<Row> heat_rows;
   for (const std::string h : {"oracle", "last", "ema:alpha=0.5", "window:w=4", "trend:alpha=0.5,beta=0.3"}) {
     RunConfig c = base;
-    c.balancer = "eplb";
+    c.balancer = "eplb:mode=global";
     c.heat = h;
     c.rebalance_every = 1;
     heat_rows.push_back(run("eplb every step, heat " + h, c));
@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   if (aware_heats[0] != "ema:alpha=0.5") aware_heats.push_back("ema:alpha=0.5");
   for (const std::string& h : aware_heats) {
     RunConfig c = base;
-    c.balancer = "migration-aware:horizon=" + std::to_string(horizon);
+    c.balancer = "migration-aware:horizon=" + std::to_string(horizon) + ",mode=global";
     c.heat = h;
     c.rebalance_every = 1;
     when_rows.push_back(run("migration-aware h=" + std::to_string(horizon) + ", " + h, c));
@@ -160,7 +160,7 @@ int main(int argc, char** argv) {
     RunConfig c = base;
     c.balancer = "none";
     when_rows.push_back(run("never (id order)", c));
-    c.balancer = "eplb";
+    c.balancer = "eplb:mode=global";
     c.heat = "oracle";
     c.rebalance_every = base.steps + 1;  // step 0 only: placed once from the first step's load
     when_rows.push_back(run("once (eplb, step 0's load)", c));

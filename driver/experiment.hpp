@@ -41,6 +41,10 @@ struct RunConfig {
   std::string balancer = "none";
   std::string heat = "last";
   int rebalance_every = 0;
+  // Steps the planner plays before the measured ones (routing steps 0..warmup_steps-1; the run's step s is
+  // routing step warmup_steps + s): heat predictors learn and the balancer re-places over them, but no rank
+  // runs them, so their migrations are in no reported figure.
+  int warmup_steps = 0;
   std::string replica_selection = "round-robin";
   double timeout_s = 60;
   bool verify = true;              // check delivery and combine where real bytes move

@@ -129,14 +129,17 @@ RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
   const MoeShape shape = config_model(cfg);
   if (cfg.tokens < 1) throw EplabError("--tokens must be at least 1 per rank, got " + std::to_string(cfg.tokens));
   if (cfg.steps < 1 || cfg.layers < 1) throw EplabError("--steps and --layers must be at least 1");
-  if (shape.num_experts % topo.size() != 0 && topo.size() % shape.num_experts != 0)
-    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) +
-                     " experts, which do not divide over " + std::to_string(topo.size()) + " ranks (" +
-                     std::to_string(spec.nodes) + " nodes x " + std::to_string(spec.gpus_per_node) + " GPUs)");
-  if (topo.size() > shape.num_experts)
-    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) +
-                     " experts, fewer than the " + std::to_string(topo.size()) +
-                     " ranks; every rank needs at least one expert");
+  // Every rank holds slots_per_rank slots, so with enough redundant slots there may be more ranks than experts.
+  if (cfg.redundant_experts < 0)
+    throw EplabError("--redundant-experts must be >= 0, got " + std::to_string(cfg.redundant_experts));
+  if ((shape.num_experts + cfg.redundant_experts) % topo.size() != 0)
+    throw EplabError("model '" + shape.name + "' has " + std::to_string(shape.num_experts) + " experts; with " +
+                     std::to_string(cfg.redundant_experts) + " redundant slots that is " +
+                     std::to_string(shape.num_experts + cfg.redundant_experts) + " slots, which do not divide over " +
+                     std::to_string(topo.size()) + " ranks (" + std::to_string(spec.nodes) + " nodes x " +
+                     std::to_string(spec.gpus_per_node) +
+                     " GPUs); every rank needs the same number of slots, at least one (--redundant-experts)");
+  if (cfg.warmup_steps < 0) throw EplabError("--warmup-steps must be >= 0, got " + std::to_string(cfg.warmup_steps));
   const std::string dcodec = cfg.dispatch_codec.empty() ? shape.dispatch_codec : cfg.dispatch_codec;
   const std::string ccodec = cfg.combine_codec.empty() ? shape.combine_codec : cfg.combine_codec;
   const Caps caps = backend.caps();
@@ -180,44 +183,97 @@ RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
   };
 }
 
+namespace {
+
+// The run's view of a routing whose first `warmup` steps only the planner reads: the run's step s is the
+// source's step warmup + s, and steps -warmup..-1 are the warm-up.
+class WarmupShifted : public RoutingSource {
+ public:
+  WarmupShifted(std::shared_ptr<RoutingSource> inner, int warmup) : inner_(std::move(inner)), warmup_(warmup) {}
+  std::string name() const override { return inner_->name(); }
+  RoutingBatch batch(int step, int layer, int rank) override { return inner_->batch(step + warmup_, layer, rank); }
+  int num_steps() const override { return inner_->num_steps() < 0 ? -1 : inner_->num_steps() - warmup_; }
+  int num_layers() const override { return inner_->num_layers(); }
+  bool concurrent() const override { return inner_->concurrent(); }
+
+ private:
+  std::shared_ptr<RoutingSource> inner_;
+  int warmup_;
+};
+
+}  // namespace
+
 std::shared_ptr<RoutingSource> open_routing(const RunConfig& cfg, const RunSetup& run) {
-  const RoutingParams rp{run.shape, run.topo, cfg.tokens, cfg.seed, cfg.steps, cfg.layers};
+  const int total = cfg.steps + cfg.warmup_steps;
+  const RoutingParams rp{run.shape, run.topo, cfg.tokens, cfg.seed, total, cfg.layers};
   std::shared_ptr<RoutingSource> routing = cfg.routing_source;
   if (!routing) routing = make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp);
   const std::string name = routing->name();
-  if (routing->num_steps() >= 0 && routing->num_steps() < cfg.steps)
+  if (routing->num_steps() >= 0 && routing->num_steps() < total)
     throw EplabError(name + " holds " + std::to_string(routing->num_steps()) + " steps, the run asks for " +
-                     std::to_string(cfg.steps));
+                     std::to_string(cfg.steps) +
+                     (cfg.warmup_steps > 0 ? " after " + std::to_string(cfg.warmup_steps) + " warm-up steps" : ""));
   if (routing->num_layers() >= 0 && routing->num_layers() < cfg.layers)
     throw EplabError(name + " holds " + std::to_string(routing->num_layers()) + " layers, the run asks for " +
                      std::to_string(cfg.layers));
+  if (cfg.warmup_steps > 0) routing = std::make_shared<WarmupShifted>(routing, cfg.warmup_steps);
   return routing;
 }
 
 Plan make_plan(const RunConfig& cfg, const RunSetup& run, RoutingSource& routing, const KeepBatch& keep) {
   const bool oracle = cfg.heat == "oracle";
   const int E = run.shape.num_experts, R = run.topo.size(), calls = cfg.steps * cfg.layers;
+  const int W = cfg.warmup_steps;
   const std::string routing_name = routing.name();
   Plan plan;
   plan.calls.resize(calls);
   std::vector<std::unique_ptr<Balancer>> balancers;
   std::vector<std::unique_ptr<HeatPredictor>> predictors;
   std::vector<std::shared_ptr<const Placement>> current;
+  std::vector<double> load;
+  // Selections per expert of one (step, layer) over all ranks, into `load`; steps -W..-1 are the warm-up's.
+  auto sum_load = [&](int step, int l) {
+    load.assign(E, 0.0);
+    for (int r = 0; r < R; ++r) {
+      const RoutingBatch b = routing.batch(step, l, r);
+      validate_batch(b, E, routing_name.c_str());
+      add_expert_load(b, load);
+    }
+  };
+  // The placement the first step starts from, loaded at startup (nothing migrates). Under the oracle a named
+  // balancer places it from the first step's own load (the first warm-up step's with a warm-up), so it need not
+  // wait for a rebalance; a predictor has no heat yet, and balancers given zero heat spread experts evenly.
+  const bool first_from_load = oracle && cfg.balancer != "none";
   for (int l = 0; l < cfg.layers; ++l) {
     balancers.push_back(create_balancer(cfg.balancer));
     if (!oracle) predictors.push_back(create_heat_predictor(cfg.heat));
-    BalanceResult r =
-        balancers[l]->balance({std::vector<double>(E, 0.0), run.topo, run.shape, cfg.redundant_experts, nullptr});
+    std::vector<double> heat(E, 0.0);
+    if (first_from_load) sum_load(-W, l), heat = load;
+    BalanceResult r = balancers[l]->balance({heat, run.topo, run.shape, cfg.redundant_experts, nullptr});
     current.push_back(std::make_shared<const Placement>(std::move(r.placement)));
   }
   const bool learn = cfg.rebalance_every > 0;
+  // Warm-up steps: the predictors learn and the balancer re-places, on the routing's first W steps; no rank
+  // runs them, so their migrations are in no reported figure. The rebalance schedule counts them.
+  if (learn)
+    for (int w = 0; w < W; ++w)
+      for (int l = 0; l < cfg.layers; ++l) {
+        sum_load(w - W, l);
+        const std::vector<double> forecast = oracle ? load : predictors[l]->predict();
+        if (w % cfg.rebalance_every == 0 && !forecast.empty()) {
+          BalanceResult r =
+              balancers[l]->balance({forecast, run.topo, run.shape, cfg.redundant_experts, current[l].get()});
+          if (slots_changed(*current[l], r.placement) > 0)
+            current[l] = std::make_shared<const Placement>(std::move(r.placement));
+        }
+        if (!oracle) predictors[l]->observe(load);
+      }
   // Keep the batches planning generated when they fit comfortably, so the run does not generate them twice.
   const double batch_bytes = static_cast<double>(calls) * R * cfg.tokens * run.shape.topk * 8.0;
   const bool keeping = learn && keep && batch_bytes < 1e9;
   // The layout cache's keys need every rank's batch of a call: those planning generated, or generated again.
   std::vector<RoutingBatch> generated(cfg.layout_cache > 0 ? R : 0);
   LayoutCache planner_lru(cfg.layout_cache);
-  std::vector<double> load;
   for (int step = 0; step < cfg.steps; ++step)
     for (int l = 0; l < cfg.layers; ++l) {
       LayerPlan& lp = plan.calls[step * cfg.layers + l];
@@ -234,7 +290,7 @@ Plan make_plan(const RunConfig& cfg, const RunSetup& run, RoutingSource& routing
         have_batches = true;
         const std::vector<double> forecast = oracle ? load : predictors[l]->predict();
         if (!forecast.empty()) lp.forecast_mape = forecast_mape(forecast, load);
-        if (step % cfg.rebalance_every == 0 && !forecast.empty()) {
+        if ((W + step) % cfg.rebalance_every == 0 && !forecast.empty()) {
           BalanceResult r =
               balancers[l]->balance({forecast, run.topo, run.shape, cfg.redundant_experts, current[l].get()});
           const int moved = slots_changed(*current[l], r.placement);

@@ -51,7 +51,8 @@ ClusterSpec config_cluster(const RunConfig& cfg);
 MoeShape config_model(const RunConfig& cfg);
 
 // The run's routing: the config's source, or the generator or trace file it names, checked against the run's
-// steps and layers.
+// steps (warm-up included) and layers. With warmup_steps W the run's step s reads the source's step W + s, and
+// steps -W..-1 the source's first W (the planner's warm-up).
 std::shared_ptr<RoutingSource> open_routing(const RunConfig& cfg, const RunSetup& run);
 
 // One expert's weights moving to a slot's new rank from a rank that held the expert before.
@@ -74,11 +75,13 @@ struct Plan {
   int slots() const { return calls.front().placement->num_slots(); }
 };
 
-// Placements per (step, layer): the initial one from the balancer with zero heat; every rebalance_every steps
-// the balancer re-places each layer from the heat forecast. The load predictors learn from is the routing's
-// selections per expert summed over all ranks' batches, which does not depend on the run, so planning ahead
-// is exact. `keep` (may be null) receives the batches planning generated, so an in-process run need not
-// generate them twice; a process that runs one rank passes null.
+// Placements per (step, layer): the initial one from the balancer, with the first step's load under the oracle
+// heat and with zero heat otherwise; every rebalance_every steps the balancer re-places each layer from the heat
+// forecast. warmup_steps steps before the run's first (open_routing shifts the routing past them) only teach the
+// predictors and re-place, unreported. The load predictors learn from is the routing's selections per expert
+// summed over all ranks' batches, which does not depend on the run, so planning ahead is exact. `keep` (may be
+// null) receives the batches planning generated, so an in-process run need not generate them twice; a process
+// that runs one rank passes null.
 using KeepBatch = std::function<void(int step, int layer, int rank, RoutingBatch b)>;
 Plan make_plan(const RunConfig& cfg, const RunSetup& run, RoutingSource& routing, const KeepBatch& keep);
 

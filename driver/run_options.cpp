@@ -66,6 +66,8 @@ const std::vector<RunOption>& run_options() {
           "heat predictor for rebalancing: last | ema:alpha=A | window:w=W | trend:... | oracle"),
       opt(integer<C>("rebalance_every", member(&C::rebalance_every), kNonNegative),
           "re-place experts every N steps, moving weights (0: never)"),
+      opt(integer<C>("warmup_steps", member(&C::warmup_steps), kNonNegative),
+          "steps the planner plays first (predictors learn, experts re-placed), not run or reported"),
       opt(text<C>("replica_selection", member(&C::replica_selection)),
           "round-robin | least-loaded | topology-aware[:costs=FILE from eplab probe]"),
       opt(integer<C>("steps", member(&C::steps), kAtLeastOne), "steps"),

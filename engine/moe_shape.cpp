@@ -18,13 +18,14 @@ MoeShape model_preset(const std::string& name) {
     m.hidden = 7168;
     m.expert_ffn = 2048;
     m.max_nodes_per_token = 4;
+    m.num_expert_groups = 8;  // n_group in the published config (topk_group 4)
     m.num_layers = 58;
     m.dispatch_codec = "fp8-e4m3-b128";
     m.combine_codec = "bf16";
     m.dense_params = 1.87e8;  // MLA attention + norms per layer (about 11B non-expert weights over 61 layers)
     return m;
   }
-  if (name == "mixtral-8x7b") {
+  if (name == "mixtral-8x7b") {  // no expert groups (1)
     m.num_experts = 8;
     m.topk = 2;
     m.hidden = 4096;
@@ -37,7 +38,7 @@ MoeShape model_preset(const std::string& name) {
     return m;
   }
   if (name == "qwen-moe") {
-    // Shaped like Qwen3-30B-A3B: many small experts, top-8.
+    // Shaped like Qwen3-30B-A3B: many small experts, top-8, no expert groups (1).
     m.num_experts = 128;
     m.topk = 8;
     m.hidden = 2048;

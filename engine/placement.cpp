@@ -26,16 +26,20 @@ Placement::Placement(int num_experts, int num_ranks, std::vector<int32_t> slot_e
 }
 
 Placement Placement::contiguous(int num_experts, int num_ranks, int redundant) {
-  if (num_experts % num_ranks != 0)
-    throw EplabError("placement: " + std::to_string(num_experts) + " experts do not divide evenly over " +
-                     std::to_string(num_ranks) + " ranks; choose a rank count that divides the expert count");
-  if (redundant < 0 || redundant % num_ranks != 0)
-    throw EplabError("placement: " + std::to_string(redundant) +
-                     " redundant experts must be a non-negative multiple of " + std::to_string(num_ranks) + " ranks");
-  const int per_rank = num_experts / num_ranks;
-  const int extra = redundant / num_ranks;
+  if (num_ranks < 1) throw EplabError("placement: rank count must be >= 1");
+  if (redundant < 0 || (num_experts + redundant) % num_ranks != 0)
+    throw EplabError("placement: " + std::to_string(num_experts) + " experts and " + std::to_string(redundant) +
+                     " redundant slots do not divide evenly over " + std::to_string(num_ranks) +
+                     " ranks; choose a rank count that divides the expert count, or redundant experts that make the "
+                     "slots a multiple of it");
   std::vector<int32_t> slots;
   slots.reserve(static_cast<size_t>(num_experts) + redundant);
+  if (num_experts % num_ranks != 0) {  // more ranks than experts, say: experts in id order, then copies
+    for (int s = 0; s < num_experts + redundant; ++s) slots.push_back(s % num_experts);
+    return Placement(num_experts, num_ranks, std::move(slots));
+  }
+  const int per_rank = num_experts / num_ranks;
+  const int extra = redundant / num_ranks;
   int next_extra = 0;
   for (int r = 0; r < num_ranks; ++r) {
     for (int i = 0; i < per_rank; ++i) slots.push_back(r * per_rank + i);

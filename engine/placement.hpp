@@ -18,7 +18,8 @@ class Placement {
   Placement(int num_experts, int num_ranks, std::vector<int32_t> slot_expert);
 
   // Experts in id order, num_experts / ranks per rank; redundant slots (a multiple of ranks) are filled
-  // round-robin with experts 0, 1, ... so every slot holds something.
+  // round-robin with experts 0, 1, ... so every slot holds something. Where the experts do not divide over the
+  // ranks (more ranks than experts), experts and redundant slots together must: slot s holds expert s mod E.
   static Placement contiguous(int num_experts, int num_ranks, int redundant = 0);
 
   int num_experts() const { return num_experts_; }

@@ -70,6 +70,15 @@ const std::vector<Field<MoeShape>>& model_fields() {
   return f;
 }
 
+// Model fields a file may leave out whatever its base: files written before the field existed still load.
+const std::vector<Field<MoeShape>>& optional_model_fields() {
+  using M = MoeShape;
+  static const std::vector<Field<M>> f = {
+      integer<M>("num_expert_groups", member(&M::num_expert_groups), kAtLeastOne),
+  };
+  return f;
+}
+
 // Reads `j` over `preset(base)` when it names one, else requires every field. A missing name with a base becomes
 // `source`, so a report never passes a modified spec off as the preset.
 template <class S>
@@ -107,7 +116,11 @@ S resolve(const std::string& ref, const std::string& kind, S (*load)(const json&
 }  // namespace
 
 json cluster_to_json(const ClusterSpec& c) { return to_json(c, cluster_fields()); }
-json model_to_json(const MoeShape& m) { return to_json(m, model_fields()); }
+json model_to_json(const MoeShape& m) {
+  json j = to_json(m, model_fields());
+  j.update(to_json(m, optional_model_fields()));
+  return j;
+}
 
 ClusterSpec cluster_from_json(const json& j, const std::string& source) {
   ClusterSpec c = from_json(j, source, cluster_fields(), &cluster_preset);
@@ -116,7 +129,12 @@ ClusterSpec cluster_from_json(const json& j, const std::string& source) {
 }
 
 MoeShape model_from_json(const json& j, const std::string& source) {
-  MoeShape m = from_json(j, source, model_fields(), &model_preset);
+  json required = j, optional = json::object();
+  if (j.is_object())
+    for (const auto& f : optional_model_fields())
+      if (j.contains(f.key)) optional[f.key] = j[f.key], required.erase(f.key);
+  MoeShape m = from_json(required, source, model_fields(), &model_preset);
+  read(optional, source, optional_model_fields(), m, {});
   if (m.topk > m.num_experts)
     throw EplabError(source + ": field 'topk': expected at most num_experts (" + std::to_string(m.num_experts) +
                      "), got " + std::to_string(m.topk));

@@ -22,6 +22,14 @@ std::vector<double> as_doubles(const py::handle& x) {
   return std::vector<double>(a.data(), a.data() + a.size());
 }
 
+// A copy of `v` as an int64 array of `shape`.
+template <class T>
+py::array_t<int64_t> int64_array(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<int64_t> a(shape);
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
 py::array_t<int32_t> slots_array(const Placement& p) {
   return py::array_t<int32_t>({static_cast<py::ssize_t>(p.num_ranks()), static_cast<py::ssize_t>(p.slots_per_rank())},
                               p.slot_expert().data());
@@ -302,6 +310,44 @@ Subclass it in Python (call super().__init__()) and define observe(self, load) a
       "forecast_mape",
       [](const py::handle& f, const py::handle& a) { return forecast_mape(as_doubles(f), as_doubles(a)); },
       py::arg("forecast"), py::arg("actual"), "Mean absolute percentage error over experts with load > 0.");
+
+  // DeepSeek's EPLB with its own shapes (eplab.policies).
+  m.def(
+      "rebalance_experts",
+      [](const py::handle& weight, int num_replicas, int num_groups, int num_nodes, int num_gpus) {
+        auto a = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(weight);
+        if (!a || a.ndim() != 2)
+          throw EplabError("rebalance_experts: weight must be a 2-D [layers, experts] array of loads, got " +
+                           (a ? std::to_string(a.ndim()) + " dimensions" : std::string("something not numeric")));
+        const py::ssize_t layers = a.shape(0), experts = a.shape(1);
+        if (layers < 1 || experts < 1)
+          throw EplabError("rebalance_experts: weight is " + std::to_string(layers) + " x " + std::to_string(experts) +
+                           "; expected at least one layer and one expert");
+        std::vector<double> w(a.data(), a.data() + a.size());
+        EplbTables t;
+        call_without_gil(
+            [&] { t = rebalance_experts(w, static_cast<int>(layers), num_replicas, num_groups, num_nodes, num_gpus); });
+        return py::make_tuple(int64_array(t.phy2log, {layers, num_replicas}),
+                              int64_array(t.log2phy, {layers, experts, static_cast<py::ssize_t>(t.max_replicas)}),
+                              int64_array(t.logcnt, {layers, experts}));
+      },
+      py::arg("weight"), py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"), py::arg("num_gpus"));
+  m.def(
+      "balanced_packing",
+      [](const py::handle& weight, int num_packs) {
+        const Packing p = balanced_packing(as_doubles(weight), num_packs);
+        const auto n = static_cast<py::ssize_t>(p.pack.size());
+        return py::make_tuple(int64_array(p.pack, {n}), int64_array(p.rank_in_pack, {n}));
+      },
+      py::arg("weight"), py::arg("num_packs"));
+  m.def(
+      "replicate_experts",
+      [](const py::handle& weight, int num_phy) {
+        const Replication r = replicate_experts(as_doubles(weight), num_phy);
+        return py::make_tuple(int64_array(r.phy_to_log, {num_phy}), int64_array(r.replica, {num_phy}),
+                              int64_array(r.count, {static_cast<py::ssize_t>(r.count.size())}));
+      },
+      py::arg("weight"), py::arg("num_phy"));
 }
 
 }  // namespace eplab::py_bind

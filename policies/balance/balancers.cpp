@@ -51,16 +51,23 @@ class EplbBalancer : public Balancer {
   // The candidate placement, aligned with the current one so that a slot keeps its expert where it can.
   Placement candidate(const BalanceInput& in) const {
     const int experts = in.shape.num_experts, nodes = in.topology.nodes();
-    const int groups = groups_ > 0 ? groups_ : experts;
-    // As published, hierarchical when the model's expert groups divide over the nodes, global otherwise. The
-    // groups are a model property, so auto without groups= is global: confining a hot expert's replicas to one
-    // node costs balance (Zipf(1.2) on EP64: rank max/mean 1.74 hierarchical vs 1.04 global, bench/results).
-    bool hier = mode_ == Mode::kHierarchical;
-    if (mode_ == Mode::kAuto)
-      hier = groups_ > 0 && experts % groups == 0 && groups % nodes == 0 && (experts + in.redundant) % nodes == 0;
+    const int model_groups = std::max(in.shape.num_expert_groups, 1);
+    auto divides = [&](int groups) {
+      return experts % groups == 0 && groups % nodes == 0 && in.topology.size() % nodes == 0;
+    };
+    // As DeepSeek's rebalance_experts: hierarchical when the model's expert groups divide over the nodes, global
+    // otherwise. Confining a hot expert's replicas to one node costs balance (Zipf(1.2) on EP64, one group per
+    // expert: rank max/mean 1.74 hierarchical vs 1.04 global, bench/results), so a model without groups (1)
+    // runs global on more than one node. Forced hierarchical without groups= and with groups that do not divide
+    // over the nodes: one group per expert.
+    int groups = groups_ > 0 ? groups_ : model_groups;
+    bool hier = mode_ == Mode::kHierarchical || (mode_ == Mode::kAuto && divides(groups));
+    if (mode_ == Mode::kHierarchical && groups_ == 0 && !divides(groups)) groups = experts;
     Placement p(experts, in.topology.size(),
                 eplb_slots(in.heat, nodes, in.topology.gpus_per_node(), in.redundant, groups, hier));
-    return in.current ? align_placement(*in.current, p) : p;
+    // A hierarchical placement's ranks may trade places only within a node or as whole nodes: relabelling
+    // across nodes would split an expert group over two nodes.
+    return in.current ? align_placement(*in.current, p, hier ? in.topology.gpus_per_node() : 0) : p;
   }
 
   BalanceResult balance(const BalanceInput& in) override {
@@ -156,7 +163,7 @@ std::pair<Mode, int> eplb_args(const PolicySpec& s) {
     mode = Mode::kGlobal;
   else if (m != "auto")
     throw EplabError("balancer '" + s.text() + "': mode '" + m + "' is not one of auto, hierarchical, global");
-  // 0: one group per expert.
+  // 0: the model's expert groups.
   return {mode, s.integer("groups", 0, 0, std::numeric_limits<int>::max())};
 }
 

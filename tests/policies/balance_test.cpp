@@ -171,6 +171,161 @@ TEST(MigrationAware, MovesOnlyChangedSlotsWhenGainAboveCost) {
   EXPECT_EQ(r2.migration_bytes, 0);
 }
 
+// DeepSeek's published worked example (EPLB README): 2 layers of 12 experts, 16 replicas, 4 groups, 2 nodes,
+// 8 GPUs.
+TEST(RebalanceExperts, DeepSeekWorkedExample) {
+  const std::vector<double> weight = {90, 132, 40,  61, 104, 165, 39,  4,   73,  56, 183, 86,
+                                      20, 107, 104, 64, 19,  197, 187, 157, 172, 86, 16,  27};
+  const EplbTables t = rebalance_experts(weight, 2, 16, 4, 2, 8);
+  EXPECT_EQ(t.phy2log, (std::vector<int64_t>{5, 6,  5, 7, 8, 4,  3, 4, 10, 9, 10, 2, 0, 1, 11, 1,
+                                             7, 10, 6, 8, 6, 11, 8, 9, 2,  4, 5,  1, 5, 0, 3,  1}));
+  ASSERT_EQ(t.max_replicas, 2);
+  ASSERT_EQ(t.log2phy.size(), 2u * 12 * 2);
+  for (int l = 0; l < 2; ++l) {
+    int total = 0;
+    for (int e = 0; e < 12; ++e) {
+      const int cnt = static_cast<int>(t.logcnt[l * 12 + e]);
+      total += cnt;
+      for (int k = 0; k < 2; ++k) {
+        const int64_t p = t.log2phy[(l * 12 + e) * 2 + k];
+        if (k < cnt)
+          EXPECT_EQ(t.phy2log[l * 16 + p], e) << "layer " << l << " expert " << e;
+        else
+          EXPECT_EQ(p, -1);
+      }
+    }
+    EXPECT_EQ(total, 16);
+  }
+  // Layer 0: expert 5 (165) and 10 (183) got the second replicas on node 0, then 4 (104) and 1 (132) on node 1.
+  EXPECT_EQ(t.logcnt[5], 2);
+  EXPECT_EQ(t.logcnt[0], 1);
+}
+
+TEST(RebalanceExperts, GlobalWhenGroupsDoNotDivideOverNodes) {
+  std::vector<double> w(12);
+  for (int e = 0; e < 12; ++e) w[e] = (e * 7 % 12) + 1.0;
+  const EplbTables t = rebalance_experts(w, 1, 16, 3, 2, 8);  // 3 groups over 2 nodes: global
+  const EplbLayout g = eplb_hierarchical(w, 16, 1, 1, 8);
+  EXPECT_EQ(t.phy2log, std::vector<int64_t>(g.phy2log.begin(), g.phy2log.end()));
+  // Any expert count: 10 experts on 4 GPUs of 3 slots each.
+  const EplbTables u = rebalance_experts(std::vector<double>(w.begin(), w.begin() + 10), 1, 12, 1, 1, 4);
+  EXPECT_EQ(u.phy2log.size(), 12u);
+}
+
+TEST(RebalanceExperts, RejectsBadShapesAndLoads) {
+  const std::vector<double> w(12, 1.0);
+  auto message = [&](std::vector<double> v, int replicas, int groups, int nodes, int gpus) {
+    try {
+      rebalance_experts(v, 1, replicas, groups, nodes, gpus);
+    } catch (const EplabError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(w, 18, 4, 2, 8).find("replicas do not divide evenly over the GPUs"), std::string::npos);
+  EXPECT_NE(message(w, 16, 5, 1, 8).find("do not divide into 5 groups"), std::string::npos);
+  EXPECT_NE(message(w, 8, 4, 2, 8).find("fewer replicas than experts"), std::string::npos);
+  EXPECT_NE(message(w, 16, 4, 2, 5).find("replicas do not divide"), std::string::npos);
+  EXPECT_NE(message(w, 18, 4, 4, 6).find("GPUs do not divide evenly over the nodes"), std::string::npos);
+  std::vector<double> bad = w;
+  bad[3] = -1;
+  EXPECT_NE(message(bad, 16, 4, 2, 8).find("weight[0][3]"), std::string::npos);
+  bad[3] = std::nan("");
+  EXPECT_NE(message(bad, 16, 4, 2, 8).find("finite"), std::string::npos);
+  bad[3] = INFINITY;
+  EXPECT_NE(message(bad, 16, 4, 2, 8).find("finite"), std::string::npos);
+  EXPECT_THROW(rebalance_experts(w, 5, 16, 4, 2, 8), EplabError);  // 12 values are not 5 layers
+}
+
+TEST(BalancedPacking, OnePerPackKeepsInputOrder) {
+  const Packing p = balanced_packing({1, 5, 3}, 3);
+  EXPECT_EQ(p.pack, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(p.rank_in_pack, (std::vector<int>{0, 0, 0}));
+}
+
+// DeepSeek-V3's shape: 256 experts in 8 groups.
+MoeShape grouped_shape() {
+  MoeShape s = shape(256);
+  s.num_expert_groups = 8;
+  return s;
+}
+
+// Every replica of every expert of a group sits on one node.
+void expect_groups_whole(const Placement& p, int group_size, int gpus, const std::string& what) {
+  for (int g = 0; g < p.num_experts() / group_size; ++g) {
+    std::set<int> ns;
+    for (int e = g * group_size; e < (g + 1) * group_size; ++e)
+      for (int s : p.replicas(e)) ns.insert(p.rank_of_slot(s) / gpus);
+    EXPECT_EQ(ns.size(), 1u) << what << ": group " << g << " spans " << ns.size() << " nodes";
+  }
+}
+
+TEST(Balancer, AutoModeFollowsTheModelsGroups) {
+  BalanceInput in;
+  in.heat = skewed_heat(256, 1.2);
+  in.topology = cluster(4, 8);
+  in.shape = grouped_shape();
+  in.redundant = 32;
+  const Placement auto_p = create_balancer("eplb")->balance(in).placement;
+  EXPECT_EQ(auto_p.slot_expert(),
+            create_balancer("eplb:mode=hierarchical,groups=8")->balance(in).placement.slot_expert());
+  expect_groups_whole(auto_p, 32, 8, "eplb on 4 nodes");
+  // 8 groups do not divide over 16 nodes, and a model without groups has one: global.
+  in.topology = cluster(16, 2);
+  EXPECT_EQ(create_balancer("eplb")->balance(in).placement.slot_expert(),
+            create_balancer("eplb:mode=global")->balance(in).placement.slot_expert());
+  in.topology = cluster(4, 8);
+  in.shape.num_expert_groups = 1;
+  EXPECT_EQ(create_balancer("eplb")->balance(in).placement.slot_expert(),
+            create_balancer("eplb:mode=global")->balance(in).placement.slot_expert());
+}
+
+// Re-planning from the current placement used to relabel ranks across nodes while aligning, splitting groups.
+TEST(Balancer, RebalanceKeepsHierarchicalGroupsOnOneNode) {
+  for (const std::string spec :
+       {"eplb:groups=8", "eplb:mode=hierarchical", "migration-aware:groups=8,horizon=1e6,token_us=10"}) {
+    for (uint32_t seed = 1; seed <= 8; ++seed) {
+      BalanceInput in;
+      in.topology = cluster(4, 8);
+      in.shape = grouped_shape();
+      in.redundant = 32;  // 288 slots
+      in.heat = skewed_heat(256, 1.0);
+      uint32_t x = seed * 2654435761u;
+      auto uniform = [&] {  // xorshift in [0, 1)
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        return (x >> 8) / 16777216.0;
+      };
+      for (double& h : in.heat) h *= 0.5 + uniform();
+      auto balancer = create_balancer(spec);
+      const Placement first = balancer->balance(in).placement;
+      expect_groups_whole(first, 32, 8, spec + " initial, seed " + std::to_string(seed));
+      for (double& h : in.heat) h *= 0.8 + 0.4 * uniform();  // loads drift by up to 20%
+      in.current = &first;
+      const BalanceResult again = balancer->balance(in);
+      EXPECT_TRUE(again.rebalanced) << spec;
+      expect_groups_whole(again.placement, 32, 8, spec + " rebalanced, seed " + std::to_string(seed));
+    }
+  }
+}
+
+TEST(Balancer, MoreRanksThanExpertsWithRedundantSlots) {
+  // DeepSeek-V3 on 128 x 8 GPUs with 768 redundant experts: one slot per rank, every rank holds an expert.
+  BalanceInput in;
+  in.heat = skewed_heat(256, 1.2);
+  in.topology = cluster(128, 8);
+  in.shape = grouped_shape();
+  in.redundant = 768;
+  for (const std::string spec : {"none", "eplb", "eplb:mode=global"}) {
+    const Placement p = create_balancer(spec)->balance(in).placement;
+    EXPECT_EQ(p.num_ranks(), 1024) << spec;
+    EXPECT_EQ(p.slots_per_rank(), 1) << spec;
+  }
+  const Placement c = Placement::contiguous(256, 1024, 768);
+  EXPECT_EQ(c.expert_of_slot(255), 255);
+  EXPECT_EQ(c.expert_of_slot(256), 0);
+  EXPECT_THROW(Placement::contiguous(256, 1024, 700), EplabError);
+}
+
 TEST(BalancerRegistry, UnknownNameAndBadParameters) {
   try {
     create_balancer("greedy");

@@ -7,8 +7,10 @@
 #include <fstream>
 #include <string>
 
-#include "engine/backend.hpp"
 #include "driver/experiment.hpp"
+#include "driver/plan.hpp"
+#include "engine/backend.hpp"
+#include "engine/error.hpp"
 
 namespace eplab {
 namespace {
@@ -116,6 +118,90 @@ TEST(PolicyRunErrors, BadPolicyNamesFailEarly) {
   EXPECT_THROW(run_experiment(c), std::exception);
   c = small_skewed("flat");
   c.rebalance_every = -1;
+  EXPECT_THROW(run_experiment(c), std::exception);
+}
+
+// Zipf(1.2) routing on a simulated cluster (DeepSeek-V3 unless the caller changes it), one layer.
+RunConfig sim_zipf(int nodes, int gpus) {
+  RunConfig c;
+  c.backend = "sim";
+  c.nodes = nodes;
+  c.gpus_per_node = gpus;
+  c.tokens = 256;
+  c.routing = "zipf:1.2";
+  c.timeout_s = 60;
+  return c;
+}
+
+// A named balancer places the first step: under the oracle, from that step's own load, at startup.
+TEST(PolicyRunFirstStep, OracleEplbPlacesTheFirstStepWithoutRebalancing) {
+  if (!have_sim()) GTEST_SKIP() << "built without the sim backend";
+  RunConfig c = sim_zipf(8, 8);  // EP64
+  c.redundant_experts = 64;
+  c.heat = "oracle";
+  const auto none = run_experiment(c);
+  const double imb_none = none["per_step"][0]["rank_max_over_mean"].get<double>();
+  // Auto is hierarchical here (8 groups on 8 nodes: one per node, the hot group's node carries more).
+  for (const std::string b : {"eplb", "eplb:mode=global"}) {
+    c.balancer = b;
+    const auto eplb = run_experiment(c);
+    const double imb = eplb["per_step"][0]["rank_max_over_mean"].get<double>();
+    EXPECT_LT(imb, 0.5 * imb_none) << b;
+    if (b == "eplb:mode=global") {
+      EXPECT_LT(imb, 1.2) << "none: " << imb_none;
+    }
+    EXPECT_EQ(eplb["migration"]["bytes"].get<double>(), 0.0) << b;  // loaded at startup, nothing migrates
+  }
+}
+
+TEST(PolicyRunRanks, MoreRanksThanExpertsWithEnoughRedundantSlots) {
+  if (!have_sim()) GTEST_SKIP() << "built without the sim backend";
+  RunConfig c = sim_zipf(128, 8);  // 1024 ranks, DeepSeek-V3's 256 experts
+  c.redundant_experts = 768;
+  c.balancer = "eplb";
+  const auto backend = create_backend("sim");
+  const RunSetup run = resolve_run(c, *backend);
+  EXPECT_EQ(run.topo.size(), 1024);
+  c.redundant_experts = 700;  // 956 slots do not divide over 1024 ranks
+  try {
+    resolve_run(c, *backend);
+    FAIL() << "expected an error";
+  } catch (const EplabError& e) {
+    EXPECT_NE(std::string(e.what()).find("--redundant-experts"), std::string::npos) << e.what();
+  }
+}
+
+// Warm-up steps: the run's first step is the routing's step W, and the rebalancing they drive is not reported.
+TEST(PolicyRunWarmup, WarmupShiftsTheRoutingAndHidesItsMigration) {
+  if (!have_sim()) GTEST_SKIP() << "built without the sim backend";
+  RunConfig c = sim_zipf(2, 4);
+  c.model = "qwen-moe";
+  c.steps = 3;
+  const auto plain = run_experiment(c);
+  c.steps = 1;
+  c.warmup_steps = 2;
+  const auto warm = run_experiment(c);
+  ASSERT_EQ(warm["per_step"].size(), 1u);
+  EXPECT_DOUBLE_EQ(warm["per_step"][0]["rank_max_over_mean"].get<double>(),
+                   plain["per_step"][2]["rank_max_over_mean"].get<double>());
+
+  c.balancer = "migration-aware";
+  c.heat = "last";
+  c.rebalance_every = 1;
+  c.redundant_experts = 8;
+  c.steps = 3;
+  c.warmup_steps = 0;
+  const auto cold = run_experiment(c);
+  c.warmup_steps = 2;
+  const auto warmed = run_experiment(c);
+  ASSERT_EQ(warmed["per_step"].size(), 3u);
+  // Cold, the first step runs on the even startup placement and the next moves most slots away from it; warmed
+  // up, that happened before the first measured step.
+  EXPECT_GT(cold["migration"]["slots_moved"].get<long>(), 0);
+  EXPECT_LT(warmed["migration"]["slots_moved"].get<long>(), cold["migration"]["slots_moved"].get<long>() / 2);
+  EXPECT_LT(warmed["per_step"][0]["rank_max_over_mean"].get<double>(),
+            cold["per_step"][0]["rank_max_over_mean"].get<double>());
+  c.warmup_steps = -1;
   EXPECT_THROW(run_experiment(c), std::exception);
 }
 
