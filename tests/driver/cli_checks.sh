@@ -57,9 +57,9 @@ case $case_name in
     grep -q '"tokens_per_rank": 16,' "$tmp/r.json" || fail "report: $(grep tokens_per "$tmp/r.json")"
     ;;
   compare_exit)
-    # Every algorithm fails (8 experts do not divide over 3 ranks): exit 1, not 0.
+    # Every algorithm fails (8 experts and 5 redundant slots do not divide over 3 ranks): exit 1, not 0.
     expect 1 "failed" -- run --compare --backend emu --nodes 1 --gpus-per-node 3 --tokens 16 --model mixtral-8x7b \
-      --hidden 64 --redundant-experts 4 --quiet
+      --hidden 64 --redundant-experts 5 --quiet
     ;;
   output_files)
     # Write failures are reported, naming the path.
