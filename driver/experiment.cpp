@@ -87,6 +87,7 @@ void add_plan_report(nlohmann::json& report, const RunConfig& cfg, const RunSetu
   report["policies"] = {{"balancer", cfg.balancer},
                         {"heat", cfg.heat},
                         {"rebalance_every", cfg.rebalance_every},
+                        {"warmup_steps", cfg.warmup_steps},
                         {"replica_selection", cfg.replica_selection},
                         {"redundant_experts", cfg.redundant_experts}};
   report["migration"] = {{"bytes", total_bytes},
