@@ -191,10 +191,6 @@ class EngineContext {
   size_t dispatch_row_bytes = 0, combine_row_bytes = 0;
   // Received row i of h as fp32: a pointer into recv_x, or row i of recv_wire decoded into `scratch` (hidden).
   const float* recv_row(const Handle& h, int i, float* scratch);
-  // Expert compute over wire rows: for every received row i, fn(i, row, out) turns the decoded row into its
-  // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — in place
-  // over recv_wire when both codecs' rows have the same size (row i is read before it is overwritten). Only
-  // when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
   // The received-rows buffer of the last call that finished combine, kept for the next dispatch: buffers this
   // large come straight from the kernel, and page-faulting them in again on every call costs more than the copies.
   std::vector<uint8_t> spare_rows;
@@ -209,6 +205,10 @@ class EngineContext {
   std::vector<uint8_t>& outbox(size_t i);
   // Moves spare_rows into `rows` (emptied) with room for `bytes`.
   void take_spare_rows(std::vector<uint8_t>& rows, size_t bytes);
+  // Expert compute over wire rows: for every received row i, fn(i, row, out) turns the decoded row into its
+  // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — in place
+  // over recv_wire when both codecs' rows have the same size (row i is read before it is overwritten). Only
+  // when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
   bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }
   void map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn);
   // Receive capacity for a block message / rows message.
