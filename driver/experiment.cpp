@@ -167,8 +167,9 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
                   run.backend,
                   cfg.steps * cfg.layers};
   in.tokens_per_rank = cfg.tokens;
-  if (!cfg.trace.empty()) {
-    // A trace's batches hold what was recorded, whatever --tokens says (an imported rank may hold none).
+  if (!cfg.trace.empty() || cfg.routing_source) {
+    // A trace's or a given source's batches hold what was recorded, whatever --tokens says (an imported rank
+    // may hold none).
     int64_t total = 0;
     for (int step = 0; step < cfg.steps; ++step)
       for (int layer = 0; layer < cfg.layers; ++layer)

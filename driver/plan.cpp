@@ -194,6 +194,7 @@ class WarmupShifted : public RoutingSource {
   RoutingBatch batch(int step, int layer, int rank) override { return inner_->batch(step + warmup_, layer, rank); }
   int num_steps() const override { return inner_->num_steps() < 0 ? -1 : inner_->num_steps() - warmup_; }
   int num_layers() const override { return inner_->num_layers(); }
+  int num_ranks() const override { return inner_->num_ranks(); }
   bool concurrent() const override { return inner_->concurrent(); }
 
  private:
@@ -213,6 +214,9 @@ std::shared_ptr<RoutingSource> open_routing(const RunConfig& cfg, const RunSetup
     throw EplabError(name + " holds " + std::to_string(routing->num_steps()) + " steps, the run asks for " +
                      std::to_string(cfg.steps) +
                      (cfg.warmup_steps > 0 ? " after " + std::to_string(cfg.warmup_steps) + " warm-up steps" : ""));
+  if (routing->num_ranks() >= 0 && routing->num_ranks() != run.topo.size())
+    throw EplabError(name + " holds batches for " + std::to_string(routing->num_ranks()) + " ranks, the run has " +
+                     std::to_string(run.topo.size()));
   if (routing->num_layers() >= 0 && routing->num_layers() < cfg.layers)
     throw EplabError(name + " holds " + std::to_string(routing->num_layers()) + " layers, the run asks for " +
                      std::to_string(cfg.layers));

@@ -4,9 +4,9 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
-#include "engine/error.hpp"
 #include "driver/experiment.hpp"
 #include "driver/run_options.hpp"
+#include "engine/error.hpp"
 #include "python/bindings.hpp"
 
 namespace eplab::py_bind {
@@ -86,8 +86,9 @@ void bind_run(py::module_& m) {
 
   m.def(
       "run_json",
-      [](const py::dict& options, const py::object& progress) {
+      [](const py::dict& options, const py::object& progress, const py::object& routing_source) {
         RunConfig cfg = make_config(options);
+        if (!routing_source.is_none()) cfg.routing_source = routing_source.cast<SourceHandle&>().source();
         ProgressFn fn;
         if (!progress.is_none()) {
           auto cb = share_object(progress);
@@ -95,7 +96,7 @@ void bind_run(py::module_& m) {
         }
         return call_without_gil([&] { return run_experiment(cfg, fn).dump(); });
       },
-      py::arg("options"), py::arg("progress") = py::none(),
+      py::arg("options"), py::arg("progress") = py::none(), py::arg("routing_source") = py::none(),
       "Runs one experiment (GIL released) and returns its report as JSON text; see eplab.run().");
 
   m.def(

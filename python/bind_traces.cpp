@@ -60,19 +60,6 @@ py::dict header_dict(const TraceHeader& h) {
   return d;
 }
 
-// A routing source kept open between calls: the generator or the scanned trace index is built once.
-class SourceHandle {
- public:
-  explicit SourceHandle(std::unique_ptr<RoutingSource> s) : src_(std::move(s)) {}
-  std::string name() const { return src_->name(); }
-  int num_steps() const { return src_->num_steps(); }
-  int num_layers() const { return src_->num_layers(); }
-  RoutingBatch batch(int step, int layer, int rank) { return src_->batch(step, layer, rank); }
-
- private:
-  std::unique_ptr<RoutingSource> src_;
-};
-
 }  // namespace
 
 void bind_traces(py::module_& m) {
@@ -80,6 +67,7 @@ void bind_traces(py::module_& m) {
       .def_property_readonly("name", &SourceHandle::name)
       .def_property_readonly("num_steps", &SourceHandle::num_steps, "-1 for generators (unbounded)")
       .def_property_readonly("num_layers", &SourceHandle::num_layers, "-1 for generators (unbounded)")
+      .def_property_readonly("num_ranks", &SourceHandle::num_ranks, "-1 for generators (any)")
       .def(
           "batch",
           [](SourceHandle& s, int step, int layer, int rank) {
@@ -99,6 +87,32 @@ void bind_traces(py::module_& m) {
       py::arg("routing") = "uniform", py::arg("model") = "deepseek-v3", py::arg("cluster") = "h800-cx7",
       py::arg("nodes") = 0, py::arg("gpus_per_node") = 0, py::arg("tokens") = 4096, py::arg("seed") = 1,
       "A routing generator (uniform, deepep, zipf:S, hotset:..., correlated:...) or trace:PATH.");
+
+  m.def(
+      "array_routing",
+      [](const py::list& idx, const py::list& weights, int steps, int layers, int ranks) {
+        if (idx.size() != weights.size())
+          throw EplabError("routing arrays: " + std::to_string(idx.size()) + " index arrays, " +
+                           std::to_string(weights.size()) + " weight arrays");
+        std::vector<RoutingBatch> batches(idx.size());
+        for (size_t i = 0; i < idx.size(); ++i) {
+          auto ids = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(idx[i]);
+          auto w = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(weights[i]);
+          if (!ids || !w || ids.ndim() != 2 || w.ndim() != 2 || ids.shape(0) != w.shape(0) ||
+              ids.shape(1) != w.shape(1))
+            throw EplabError("routing arrays: batch " + std::to_string(i) +
+                             " needs topk_idx and topk_weights of one shape [tokens, topk]");
+          RoutingBatch& b = batches[i];
+          b.num_tokens = static_cast<int>(ids.shape(0));
+          b.topk = static_cast<int>(ids.shape(1));
+          b.topk_idx.assign(ids.data(), ids.data() + ids.size());
+          b.topk_weights.assign(w.data(), w.data() + w.size());
+        }
+        return SourceHandle(make_array_routing(std::move(batches), steps, layers, ranks));
+      },
+      py::arg("topk_idx"), py::arg("topk_weights"), py::arg("steps"), py::arg("layers"), py::arg("ranks"),
+      "Routing from arrays: one [tokens, topk] pair per (step, layer, rank), step-major (see "
+      "eplab.traces.from_arrays).");
 
   m.def(
       "write_trace",

@@ -9,6 +9,8 @@
 #include <string>
 #include <type_traits>
 
+#include "traces/routing_source.hpp"
+
 namespace eplab::py_bind {
 
 namespace py = pybind11;
@@ -75,5 +77,21 @@ std::shared_ptr<py::object> share_object(py::object obj);
 // The value of an attribute a Python subclass overrides (called if it is a method); an empty object when the
 // subclass leaves the base class's own attribute in place. `self` is the Python side of a trampoline.
 py::object overridden_attr(py::handle self, py::handle base_type, const char* attr);
+
+// eplab.RoutingSource: a routing source kept open between calls (a generator, a scanned trace, arrays), which
+// eplab.run(routing=...) hands to the engine as the run's source.
+class SourceHandle {
+ public:
+  explicit SourceHandle(std::shared_ptr<RoutingSource> s) : src_(std::move(s)) {}
+  std::string name() const { return src_->name(); }
+  int num_steps() const { return src_->num_steps(); }
+  int num_layers() const { return src_->num_layers(); }
+  int num_ranks() const { return src_->num_ranks(); }
+  RoutingBatch batch(int step, int layer, int rank) { return src_->batch(step, layer, rank); }
+  const std::shared_ptr<RoutingSource>& source() const { return src_; }
+
+ private:
+  std::shared_ptr<RoutingSource> src_;
+};
 
 }  // namespace eplab::py_bind

@@ -37,7 +37,13 @@ class RoutingSource {
   // True where batch() may run on several threads at once with no lock (the generators); a run may then
   // generate many ranks' batches in parallel. Others are called one at a time.
   virtual bool concurrent() const { return false; }
+  // Ranks the source holds batches for; -1: any (generators). A run on another rank count is refused.
+  virtual int num_ranks() const { return -1; }
 };
+
+// Routing given as arrays (a model's captured top-k, from Python): batches[(step * layers + layer) * ranks +
+// rank], each checked for shape, ids in [-1, num_experts) and finite weights when the run starts.
+std::unique_ptr<RoutingSource> make_array_routing(std::vector<RoutingBatch> batches, int steps, int layers, int ranks);
 
 // A generator by spec (uniform, deepep, zipf:S, hotset:k=K,frac=F,every=N, correlated:rho=R) or a trace file
 // (trace:PATH); throws EplabError naming the spec and listing the known ones if it is unknown, and naming the

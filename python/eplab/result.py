@@ -103,11 +103,24 @@ def run(progress=None, **options):
     (a spec or an eplab.Codec instance, Python subclasses included), transform, payload, steps, layers, seed,
     redundant_experts, timeout_s, verify, layout_cache, balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
     instance, Python subclasses included; a predictor is copied once per layer, a balancer is shared by all
-    layers), rebalance_every. ``progress(done, total)`` is called after each (step, layer).
+    layers), rebalance_every. ``routing`` may also be an eplab.RoutingSource or arrays captured from a model
+    (``topk_idx`` as eplab.traces.from_arrays takes it, NumPy or torch, with ``weights=`` its top-k weights).
+    ``progress(done, total)`` is called after each (step, layer).
     The GIL is released while the engine runs; an exception raised in Python code the engine calls is re-raised
     here as itself, traceback included.
     """
     opts = _spec_dicts_as_json(options)
+    # Routing given as a source (eplab.traces.source / from_arrays) or as arrays: handed to the engine directly.
+    source = None
+    routing = opts.get("routing")
+    if routing is not None and not isinstance(routing, str):
+        from .traces import from_arrays
+
+        source = routing if isinstance(routing, _eplab.RoutingSource) else from_arrays(routing, opts.get("weights"))
+        opts.pop("routing")
+        opts.pop("weights", None)
+    elif "weights" in opts:
+        raise TypeError("weights= goes with routing given as arrays (routing=topk_idx)")
     for key in _POLICY_OPTIONS:
         if key in opts:
             opts[key] = _policy_name(opts[key])
@@ -116,7 +129,7 @@ def run(progress=None, **options):
         for key in ("balancer", "heat"):
             if key in opts:
                 opts[key] = _register_run_policy(key, opts[key], registered)
-        text = _eplab.run_json(opts, progress)
+        text = _eplab.run_json(opts, progress, source)
     finally:
         for unregister, name in registered:
             unregister(name)
