@@ -62,8 +62,79 @@ py::dict header_dict(const TraceHeader& h) {
 
 }  // namespace
 
+namespace {
+
+// The engine's view of a Python routing source: each batch() takes the GIL and calls the object's batch(step,
+// layer, rank), which returns a dict with topk_idx and topk_weights ([tokens, topk]) or that pair. Called one
+// rank at a time (not concurrent); a Python exception is parked and raised by eplab.run as itself.
+class PythonRouting final : public RoutingSource {
+ public:
+  explicit PythonRouting(py::object obj) : obj_(share_object(std::move(obj))) {
+    py::gil_scoped_acquire gil;
+    name_ = read_attr("name", std::string("python"));
+    steps_ = read_attr("num_steps", -1);
+    layers_ = read_attr("num_layers", -1);
+    ranks_ = read_attr("num_ranks", -1);
+  }
+  std::string name() const override { return name_; }
+  int num_steps() const override { return steps_; }
+  int num_layers() const override { return layers_; }
+  int num_ranks() const override { return ranks_; }
+  RoutingBatch batch(int step, int layer, int rank) override {
+    RoutingBatch b;
+    call_python("routing source batch", [&] {
+      py::object r = obj_->attr("batch")(step, layer, rank);
+      py::object idx, w;
+      if (py::isinstance<py::dict>(r)) {
+        py::dict d = r;
+        if (!d.contains("topk_idx")) throw EplabError("RoutingSource.batch must return topk_idx (and topk_weights)");
+        idx = d["topk_idx"];
+        w = d.contains("topk_weights") ? py::object(d["topk_weights"]) : py::object(py::none());
+      } else {
+        py::tuple t = py::cast<py::tuple>(r);
+        if (t.size() != 2) throw EplabError("RoutingSource.batch must return (topk_idx, topk_weights) or a dict");
+        idx = t[0];
+        w = t[1];
+      }
+      auto ids = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(idx);
+      if (!ids || ids.ndim() != 2) throw EplabError("RoutingSource.batch: topk_idx must be [tokens, topk]");
+      b.num_tokens = static_cast<int>(ids.shape(0));
+      b.topk = static_cast<int>(ids.shape(1));
+      b.topk_idx.assign(ids.data(), ids.data() + ids.size());
+      if (w.is_none()) {
+        for (int32_t e : b.topk_idx) b.topk_weights.push_back(e >= 0 ? 1.0f / static_cast<float>(b.topk) : 0.0f);
+      } else {
+        auto ws = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(w);
+        if (!ws || ws.ndim() != 2 || ws.shape(0) != ids.shape(0) || ws.shape(1) != ids.shape(1))
+          throw EplabError("RoutingSource.batch: topk_weights must have topk_idx's shape");
+        b.topk_weights.assign(ws.data(), ws.data() + ws.size());
+      }
+    });
+    b.step = step, b.layer = layer, b.src_rank = rank;
+    return b;
+  }
+
+ private:
+  template <class T>
+  T read_attr(const char* name, T fallback) {
+    py::object v = py::getattr(*obj_, name, py::none());
+    if (v.is_none()) return fallback;
+    if (PyCallable_Check(v.ptr())) v = v();
+    return v.cast<T>();
+  }
+  std::shared_ptr<py::object> obj_;
+  std::string name_;
+  int steps_, layers_, ranks_;
+};
+
+}  // namespace
+
 void bind_traces(py::module_& m) {
-  py::class_<SourceHandle>(m, "RoutingSource", "Routing decisions by (step, layer, rank): a generator or a trace.")
+  py::class_<SourceHandle>(m, "RoutingSource", R"doc(
+Routing decisions by (step, layer, rank): a generator, a trace, arrays, or a Python subclass that defines
+batch(self, step, layer, rank) -> dict(topk_idx=[tokens, topk], topk_weights=...) (or the pair), and optionally
+name, num_steps, num_layers, num_ranks; pass it as eplab.run(routing=...).)doc")
+      .def(py::init<>())
       .def_property_readonly("name", &SourceHandle::name)
       .def_property_readonly("num_steps", &SourceHandle::num_steps, "-1 for generators (unbounded)")
       .def_property_readonly("num_layers", &SourceHandle::num_layers, "-1 for generators (unbounded)")
@@ -87,6 +158,10 @@ void bind_traces(py::module_& m) {
       py::arg("routing") = "uniform", py::arg("model") = "deepseek-v3", py::arg("cluster") = "h800-cx7",
       py::arg("nodes") = 0, py::arg("gpus_per_node") = 0, py::arg("tokens") = 4096, py::arg("seed") = 1,
       "A routing generator (uniform, deepep, zipf:S, hotset:..., correlated:...) or trace:PATH.");
+
+  m.def(
+      "python_routing", [](py::object obj) { return SourceHandle(std::make_shared<PythonRouting>(std::move(obj))); },
+      py::arg("source"), "Wraps a Python subclass of eplab.RoutingSource for the engine (eplab.run does this).");
 
   m.def(
       "array_routing",

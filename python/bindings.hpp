@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "engine/error.hpp"
 #include "traces/routing_source.hpp"
 
 namespace eplab::py_bind {
@@ -80,14 +81,20 @@ py::object overridden_attr(py::handle self, py::handle base_type, const char* at
 
 // eplab.RoutingSource: a routing source kept open between calls (a generator, a scanned trace, arrays), which
 // eplab.run(routing=...) hands to the engine as the run's source.
+// A Python subclass of eplab.RoutingSource holds no C++ source: it defines batch() (and optionally name,
+// num_steps, num_layers, num_ranks) and eplab.run wraps it (python_routing).
 class SourceHandle {
  public:
+  SourceHandle() = default;
   explicit SourceHandle(std::shared_ptr<RoutingSource> s) : src_(std::move(s)) {}
-  std::string name() const { return src_->name(); }
-  int num_steps() const { return src_->num_steps(); }
-  int num_layers() const { return src_->num_layers(); }
-  int num_ranks() const { return src_->num_ranks(); }
-  RoutingBatch batch(int step, int layer, int rank) { return src_->batch(step, layer, rank); }
+  std::string name() const { return src_ ? src_->name() : "python"; }
+  int num_steps() const { return src_ ? src_->num_steps() : -1; }
+  int num_layers() const { return src_ ? src_->num_layers() : -1; }
+  int num_ranks() const { return src_ ? src_->num_ranks() : -1; }
+  RoutingBatch batch(int step, int layer, int rank) {
+    if (!src_) throw EplabError("a subclass of eplab.RoutingSource must define batch(self, step, layer, rank)");
+    return src_->batch(step, layer, rank);
+  }
   const std::shared_ptr<RoutingSource>& source() const { return src_; }
 
  private:

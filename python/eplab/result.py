@@ -116,7 +116,11 @@ def run(progress=None, **options):
     if routing is not None and not isinstance(routing, str):
         from .traces import from_arrays
 
-        source = routing if isinstance(routing, _eplab.RoutingSource) else from_arrays(routing, opts.get("weights"))
+        if isinstance(routing, _eplab.RoutingSource):
+            # A Python subclass defines batch() itself: the engine calls it through a wrapper.
+            source = routing if type(routing) is _eplab.RoutingSource else _eplab.python_routing(routing)
+        else:
+            source = from_arrays(routing, opts.get("weights"))
         opts.pop("routing")
         opts.pop("weights", None)
     elif "weights" in opts:

@@ -75,3 +75,37 @@ def test_bad_arrays_are_refused_naming_the_problem():
         eplab.run(**BASE, routing=idx[0, 0], weights=w[0, 0, :, :10])
     with pytest.raises(TypeError, match="weights= goes with routing given as arrays"):
         eplab.run(**BASE, weights=w[0, 0])
+
+
+class FromModel(eplab.RoutingSource):
+    """A routing source written in Python: here it hands out saved arrays, as a model hook would."""
+
+    name = "from-model"
+    num_steps, num_layers, num_ranks = 1, 1, RANKS
+
+    def __init__(self, idx, w):
+        super().__init__()
+        self.idx, self.w, self.calls = idx, w, 0
+
+    def batch(self, step, layer, rank):
+        self.calls += 1
+        return {"topk_idx": self.idx[rank], "topk_weights": self.w[rank]}
+
+
+def test_a_python_routing_source_is_called_for_every_rank():
+    _, idx, w = generated()
+    src = FromModel(idx[0, 0], w[0, 0])
+    r = eplab.run(**BASE, routing=src)
+    assert r.verified and r.report["routing"] == "from-model"
+    assert src.calls >= RANKS
+    assert dispatch_bytes(r) == dispatch_bytes(eplab.run(**BASE, routing=idx[0, 0], weights=w[0, 0]))
+
+
+def test_a_python_routing_source_error_comes_back_as_itself():
+    class Broken(FromModel):
+        def batch(self, step, layer, rank):
+            raise KeyError(f"no routing for rank {rank}")
+
+    _, idx, w = generated()
+    with pytest.raises(KeyError, match="no routing for rank"):
+        eplab.run(**BASE, routing=Broken(idx[0, 0], w[0, 0]))
