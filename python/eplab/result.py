@@ -191,15 +191,25 @@ class Result:
         return pd.Series(flatten(self.report.get("verification", {})), name="verification", dtype=object)
 
     @property
-    def layer_time_s(self):
-        """Communication time of one MoE layer call: notify + dispatch + combine, as the report measured them."""
+    def comm_time_s(self):
+        """Communication time of one MoE layer call: notify + dispatch + combine, as the report measured them
+        (not the report's per_step[].layer_time_s, which also counts expert compute)."""
         ph = self.report.get("phases", {})
         return float(sum(p.get("time_s", 0.0) for k, p in ph.items() if k in ("notify", "dispatch", "combine")))
 
+    @property
+    def layer_time_s(self):
+        """Former name of comm_time_s (it never included expert compute); kept for old notebooks."""
+        import warnings
+
+        warnings.warn("Result.layer_time_s is comm_time_s (notify + dispatch + combine); the report's "
+                      "per_step[].layer_time_s also counts expert compute", DeprecationWarning, stacklevel=2)
+        return self.comm_time_s
+
     def row(self):
-        """The report flattened to one dict (dotted keys) plus layer_time_s: one row of a sweep's DataFrame."""
+        """The report flattened to one dict (dotted keys) plus comm_time_s: one row of a sweep's DataFrame."""
         r = flatten(self.report)
-        r["layer_time_s"] = self.layer_time_s
+        r["comm_time_s"] = self.comm_time_s
         return r
 
     def to_frame(self):
@@ -218,4 +228,4 @@ class Result:
     def __repr__(self):
         r = self.report
         return (f"<eplab.Result {r.get('backend')} {r.get('ranks')} ranks {r.get('algorithm')} "
-                f"layer_time={self.layer_time_s * 1e6:.1f}us verified={r.get('verified')}>")
+                f"comm_time={self.comm_time_s * 1e6:.1f}us verified={r.get('verified')}>")

@@ -25,7 +25,9 @@ def test_report_keys_and_views(small):
     df = r.phases
     assert {"notify", "dispatch", "combine"} <= set(df.index)
     assert (df.loc["dispatch", "bytes_total"] > 0) and (df["time_s"] > 0).all()
-    assert r.layer_time_s == pytest.approx(df.loc[["notify", "dispatch", "combine"], "time_s"].sum())
+    assert r.comm_time_s == pytest.approx(df.loc[["notify", "dispatch", "combine"], "time_s"].sum())
+    with pytest.warns(DeprecationWarning, match="comm_time_s"):
+        assert r.layer_time_s == r.comm_time_s
     row = r.row()
     assert row["phases.dispatch.time_s"] == rep["phases"]["dispatch"]["time_s"]
     assert "verified" in r.summary()
