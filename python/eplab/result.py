@@ -152,6 +152,9 @@ def flatten(d, prefix=""):
     return out
 
 
+_PHASE_ORDER = ("notify", "dispatch", "expert", "combine")
+
+
 class Result:
     """One run: ``report`` (the JSON report as a dict, keys as documented in README) and DataFrame views."""
 
@@ -172,8 +175,11 @@ class Result:
         import pandas as pd
 
         rows = {}
-        for name, ph in self.report.get("phases", {}).items():
-            rows[name] = {k.replace(".", "_"): v for k, v in flatten(ph).items()}
+        phases = self.report.get("phases", {})
+        # In the order a layer call runs them (the JSON report's keys are sorted by name); others after.
+        order = [p for p in _PHASE_ORDER if p in phases] + sorted(p for p in phases if p not in _PHASE_ORDER)
+        for name in order:
+            rows[name] = {k.replace(".", "_"): v for k, v in flatten(phases[name]).items()}
         df = pd.DataFrame.from_dict(rows, orient="index")
         df.index.name = "phase"
         return df

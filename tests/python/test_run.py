@@ -25,6 +25,7 @@ def test_report_keys_and_views(small):
     df = r.phases
     assert {"notify", "dispatch", "combine"} <= set(df.index)
     assert (df.loc["dispatch", "bytes_total"] > 0) and (df["time_s"] > 0).all()
+    assert list(df.index) == ["notify", "dispatch", "combine"]  # the order a layer call runs them
     assert r.comm_time_s == pytest.approx(df.loc[["notify", "dispatch", "combine"], "time_s"].sum())
     with pytest.warns(DeprecationWarning, match="comm_time_s"):
         assert r.layer_time_s == r.comm_time_s
