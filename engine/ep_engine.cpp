@@ -274,10 +274,12 @@ int EngineContext::add_block_message(Handle& h, const std::vector<uint8_t>& msg,
   }
   if (dispatch_row_bytes > 0 && &codec == dispatch_codec.get()) {  // rows stay in the wire format
     const std::string what = "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
-                             " in phase " + fabric.phase();
+                             " in phase " + fabric.phase() + " (step " + std::to_string(h.step) + ", layer " +
+                             std::to_string(h.layer) + ")";
     uint64_t payload = 0;
     const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
     check_block(b, off, payload, real_bytes, what);
+    check_counts(b, tokens, sels, what);
     if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
       throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
                         " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
@@ -287,9 +289,18 @@ int EngineContext::add_block_message(Handle& h, const std::vector<uint8_t>& msg,
     return b.size();
   }
   read_block_message(msg, real_bytes, b, rows, codec, stream, peer);
+  check_counts(b, tokens, sels,
+               "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
+                   fabric.phase() + " (step " + std::to_string(h.step) + ", layer " + std::to_string(h.layer) + ")");
   h.recv.append(b);
   h.recv_x.insert(h.recv_x.end(), rows.begin(), rows.end());
   return b.size();
+}
+
+void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const {
+  if (static_cast<uint32_t>(b.size()) != tokens || static_cast<uint32_t>(b.num_sels()) != sels)
+    throw FabricError(what + ": holds " + std::to_string(b.size()) + " tokens / " + std::to_string(b.num_sels()) +
+                      " selections, notify announced " + std::to_string(tokens) + " / " + std::to_string(sels));
 }
 
 void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes,

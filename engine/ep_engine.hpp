@@ -218,6 +218,8 @@ class EngineContext {
   // (resized to n x hidden).
   void read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
                           std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer);
+  // Conservation: throws unless a received block holds the tokens and selections its sender announced in notify.
+  void check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const;
   // Throws unless every selection names a slot of the placement and the payload ends the message.
   void check_block(const TokenBlock& b, size_t off, uint64_t payload, size_t real_bytes, const std::string& what) const;
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,

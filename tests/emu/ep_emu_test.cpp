@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <functional>
 
+#include "driver/experiment.hpp"
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
-#include "driver/experiment.hpp"
 #include "tests/emu/emu_test_util.hpp"
 
 namespace eplab {
@@ -217,6 +217,55 @@ TEST(EmuBadInput, SlotsOutsideThePlacementAreErrors) {
           << e.what();
     }
   });
+}
+
+}  // namespace
+}  // namespace eplab
+
+namespace eplab {
+namespace {
+
+// Conservation: a block that holds other counts than its sender announced in notify is an error naming the rank
+// pair, the phase and the call, on both the wire-row path (bf16) and the fp32-decode path (bf16+zstd).
+TEST(EmuConservation, ABlockMustHoldWhatNotifyAnnounced) {
+  ClusterSpec spec = cluster_preset("h800-cx7");
+  spec.nodes = 1;
+  spec.gpus_per_node = 1;
+  MoeShape shape = model_preset("qwen-moe");
+  shape.hidden = 16;
+  const Placement placement = Placement::contiguous(shape.num_experts, 1, 0);
+  for (const char* codec : {"bf16", "bf16+zstd"}) {
+    EngineOptions opts;
+    opts.dispatch_codec = codec;
+    create_backend("emu")->launch(Topology(spec), LaunchOptions{}, [&](Fabric& f) {
+      EpEngine engine(f, shape, placement, opts);
+      EngineContext& c = engine.context();
+      f.set_phase("dispatch");
+      TokenBlock b;
+      for (int t = 0; t < 2; ++t) {
+        b.add_token(0, t);
+        b.add_sel(t, 1.0f);
+      }
+      const std::vector<float> rows(2 * shape.hidden, 1.0f);
+      const EngineContext::Message m = c.make_block_message(b, rows.data(), *c.dispatch_codec, 1);
+      Handle h;
+      h.step = 3;
+      h.layer = 5;
+      TokenBlock scratch;
+      std::vector<float> scratch_rows;
+      EXPECT_EQ(c.add_block_message(h, m.bytes, m.bytes.size(), 2, 2, *c.dispatch_codec, 1, 0, scratch, scratch_rows),
+                2);
+      try {
+        c.add_block_message(h, m.bytes, m.bytes.size(), 3, 3, *c.dispatch_codec, 1, 0, scratch, scratch_rows);
+        ADD_FAILURE() << codec << ": a block of 2 tokens passed for 3";
+      } catch (const FabricError& e) {
+        const std::string w = e.what();
+        for (const char* part : {"rank 0, message from peer 0 in phase dispatch (step 3, layer 5)",
+                                 "holds 2 tokens / 2 selections, notify announced 3 / 3"})
+          EXPECT_NE(w.find(part), std::string::npos) << codec << ": " << part << " missing from: " << w;
+      }
+    });
+  }
 }
 
 }  // namespace
