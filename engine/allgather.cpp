@@ -191,7 +191,7 @@ class Allgather : public Algorithm {
       }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);
     if (!c.phantom()) {
-      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       std::vector<float> rows(static_cast<size_t>(h.num_tokens) * H);
       for (size_t i = 0; i < recvs.size(); ++i) {
         const int r = recvs[i].peer;

@@ -155,7 +155,7 @@ class Flat : public Algorithm {
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);
     if (!c.phantom()) {
-      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       std::vector<float> rows;
       for (size_t i = 0; i < from.size(); ++i) {
         const int r = from[i];

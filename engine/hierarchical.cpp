@@ -419,7 +419,7 @@ class Hierarchical : public Algorithm {
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
     c.fabric.end_pipeline();
     if (!c.phantom()) {
-      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
         const int n = rfrom[i], f = T.rank_of(n, my_local);

@@ -32,9 +32,9 @@ struct LowLatencyState {
   std::vector<std::vector<int32_t>> sent;  // [ranks] (real payload) t * topk + k of each selection sent, in order
   std::vector<int32_t> recv_count;         // [ranks] selections received from each source
   std::vector<int32_t> row_src,
-      row_pos;  // [handle rows] (real payload) source rank and position in its message
-  long valid_sels = 0;                  // own valid selections, local ones included
-  long scaleout_sels = 0;               // of those, selections whose expert lives on another node
+      row_pos;             // [handle rows] (real payload) source rank and position in its message
+  long valid_sels = 0;     // own valid selections, local ones included
+  long scaleout_sels = 0;  // of those, selections whose expert lives on another node
 };
 
 class LowLatency : public Algorithm {
@@ -105,7 +105,7 @@ class LowLatency : public Algorithm {
                             EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r);
         for (size_t j = 0; j < ids.size(); ++j) y[ids[j]] = &rows[r][j * H];
       }
-      std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       for (int t = 0; t < h.num_tokens; ++t) {
         float *o = out + static_cast<size_t>(t) * H;
         for (int k = 0; k < K; ++k) {

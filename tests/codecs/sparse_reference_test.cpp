@@ -147,7 +147,7 @@ void expect_matches(const std::string& spec, const std::vector<float>& x, int to
   EXPECT_EQ(0, std::memcmp(bytes.data(), ref.bytes.data(), bytes.size()));
   std::vector<float> y(x.size(), -7.0f);
   c->decode(bytes.data(), bytes.size(), tokens, hidden, y.data());
-  EXPECT_EQ(0, std::memcmp(y.data(), ref.decoded.data(), y.size() * sizeof(float)));
+  EXPECT_TRUE(y.empty() || std::memcmp(y.data(), ref.decoded.data(), y.size() * sizeof(float)) == 0);
 }
 
 struct Shape {
