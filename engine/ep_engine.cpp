@@ -273,28 +273,34 @@ int EngineContext::add_block_message(Handle& h, const std::vector<uint8_t>& msg,
     return static_cast<int>(s.tokens);
   }
   if (dispatch_row_bytes > 0 && &codec == dispatch_codec.get()) {  // rows stay in the wire format
-    const std::string what = "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
-                             " in phase " + fabric.phase() + " (step " + std::to_string(h.step) + ", layer " +
-                             std::to_string(h.layer) + ")";
-    uint64_t payload = 0;
-    const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
-    check_block(b, off, payload, real_bytes, what);
-    check_counts(b, tokens, sels, what);
-    if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
-      throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
-                        " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
-    h.recv_wire.insert(h.recv_wire.end(), msg.begin() + static_cast<ptrdiff_t>(off),
-                       msg.begin() + static_cast<ptrdiff_t>(off + payload));
+    const uint8_t* rows_at = read_wire_block(msg, real_bytes, b, tokens, sels, peer, h.step, h.layer);
+    h.recv_wire.insert(h.recv_wire.end(), rows_at, rows_at + static_cast<size_t>(b.size()) * dispatch_row_bytes);
     h.recv.append(b);
     return b.size();
   }
   read_block_message(msg, real_bytes, b, rows, codec, stream, peer);
-  check_counts(b, tokens, sels,
-               "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
-                   fabric.phase() + " (step " + std::to_string(h.step) + ", layer " + std::to_string(h.layer) + ")");
+  check_counts(b, tokens, sels, message_context(peer, h.step, h.layer));
   h.recv.append(b);
   h.recv_x.insert(h.recv_x.end(), rows.begin(), rows.end());
   return b.size();
+}
+
+std::string EngineContext::message_context(int peer, int step, int layer) const {
+  return "rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
+         fabric.phase() + " (step " + std::to_string(step) + ", layer " + std::to_string(layer) + ")";
+}
+
+const uint8_t* EngineContext::read_wire_block(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
+                                              uint32_t tokens, uint32_t sels, int peer, int step, int layer) const {
+  const std::string what = message_context(peer, step, layer);
+  uint64_t payload = 0;
+  const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+  check_block(b, off, payload, real_bytes, what);
+  check_counts(b, tokens, sels, what);
+  if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
+    throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
+                      " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
+  return msg.data() + off;
 }
 
 void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const {

@@ -218,6 +218,12 @@ class EngineContext {
   // (resized to n x hidden).
   void read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
                           std::vector<float>& rows_out, Codec& codec, uint64_t stream, int peer);
+  // "rank R, message from peer P in phase X (step S, layer L)": where an error in a received message happened.
+  std::string message_context(int peer, int step, int layer) const;
+  // A block message whose rows are in the dispatch codec's row format: parses and checks its metadata (slots,
+  // payload size, the counts notify announced, whole rows) and returns where its rows start in msg.
+  const uint8_t* read_wire_block(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b, uint32_t tokens,
+                                 uint32_t sels, int peer, int step, int layer) const;
   // Conservation: throws unless a received block holds the tokens and selections its sender announced in notify.
   void check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const;
   // Throws unless every selection names a slot of the placement and the payload ends the message.

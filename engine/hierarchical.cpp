@@ -199,24 +199,12 @@ class Hierarchical : public Algorithm {
       const int n = from[i], src = T.rank_of(n, my_local);
       const uint8_t* wire_rows = nullptr;
       if (rb > 0) {
-        const std::string what = "rank " + std::to_string(me) + ", message from peer " + std::to_string(src) +
-                                 " in phase " + c.fabric.phase() + " (step " + std::to_string(a.step) + ", layer " +
-                                 std::to_string(a.layer) + ")";
-        uint64_t payload = 0;
-        const size_t off = unpack_block(inbox[n].data(), recvs[i].bytes, b, payload, what.c_str());
-        c.check_block(b, off, payload, recvs[i].bytes, what);
-        c.check_counts(b, rail_in[n * stride], rail_in[n * stride + 1], what);
-        if (payload != static_cast<uint64_t>(b.size()) * rb)
-          throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
-                            " payload bytes, the codec's rows take " + std::to_string(rb));
-        wire_rows = inbox[n].data() + off;
+        wire_rows = c.read_wire_block(inbox[n], recvs[i].bytes, b, rail_in[n * stride], rail_in[n * stride + 1], src,
+                                      a.step, a.layer);
       } else {
         c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
                              EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
-        c.check_counts(b, rail_in[n * stride], rail_in[n * stride + 1],
-                       "rank " + std::to_string(me) + ", message from peer " + std::to_string(src) + " in phase " +
-                           c.fabric.phase() + " (step " + std::to_string(a.step) + ", layer " +
-                           std::to_string(a.layer) + ")");
+        c.check_counts(b, rail_in[n * stride], rail_in[n * stride + 1], c.message_context(src, a.step, a.layer));
       }
       st->fwd_in_rows[n] = b.size();
       for (int j = 0; j < b.size(); ++j) {

@@ -176,9 +176,9 @@ TEST(EmuBadInput, ClearErrors) {
   expect_error(bad, "selects expert 128");
 }
 
-// A slot the placement does not have, in a received block message (the sender's error, reported with the peer)
-// or in a caller's dispatch, is an error; it must not index the engine's per-slot tables.
-TEST(EmuBadInput, SlotsOutsideThePlacementAreErrors) {
+// One emulated rank holding every expert of qwen-moe at hidden 16, its engine sending with `codec`: for tests
+// that hand the engine's message functions messages of their own.
+void on_one_rank(const std::string& codec, const std::function<void(EpEngine&, const MoeShape&)>& body) {
   ClusterSpec spec = cluster_preset("h800-cx7");
   spec.nodes = 1;
   spec.gpus_per_node = 1;
@@ -186,9 +186,17 @@ TEST(EmuBadInput, SlotsOutsideThePlacementAreErrors) {
   shape.hidden = 16;
   const Placement placement = Placement::contiguous(shape.num_experts, 1, 0);
   EngineOptions opts;
-  opts.dispatch_codec = "fp32";
+  opts.dispatch_codec = codec;
   create_backend("emu")->launch(Topology(spec), LaunchOptions{}, [&](Fabric& f) {
     EpEngine engine(f, shape, placement, opts);
+    body(engine, shape);
+  });
+}
+
+// A slot the placement does not have, in a received block message (the sender's error, reported with the peer)
+// or in a caller's dispatch, is an error; it must not index the engine's per-slot tables.
+TEST(EmuBadInput, SlotsOutsideThePlacementAreErrors) {
+  on_one_rank("fp32", [](EpEngine& engine, const MoeShape& shape) {
     EngineContext& c = engine.context();
     for (int32_t slot : {shape.num_experts, -1}) {
       TokenBlock b;
@@ -219,28 +227,13 @@ TEST(EmuBadInput, SlotsOutsideThePlacementAreErrors) {
   });
 }
 
-}  // namespace
-}  // namespace eplab
-
-namespace eplab {
-namespace {
-
 // Conservation: a block that holds other counts than its sender announced in notify is an error naming the rank
 // pair, the phase and the call, on both the wire-row path (bf16) and the fp32-decode path (bf16+zstd).
 TEST(EmuConservation, ABlockMustHoldWhatNotifyAnnounced) {
-  ClusterSpec spec = cluster_preset("h800-cx7");
-  spec.nodes = 1;
-  spec.gpus_per_node = 1;
-  MoeShape shape = model_preset("qwen-moe");
-  shape.hidden = 16;
-  const Placement placement = Placement::contiguous(shape.num_experts, 1, 0);
   for (const char* codec : {"bf16", "bf16+zstd"}) {
-    EngineOptions opts;
-    opts.dispatch_codec = codec;
-    create_backend("emu")->launch(Topology(spec), LaunchOptions{}, [&](Fabric& f) {
-      EpEngine engine(f, shape, placement, opts);
+    on_one_rank(codec, [&](EpEngine& engine, const MoeShape& shape) {
       EngineContext& c = engine.context();
-      f.set_phase("dispatch");
+      c.fabric.set_phase("dispatch");
       TokenBlock b;
       for (int t = 0; t < 2; ++t) {
         b.add_token(0, t);

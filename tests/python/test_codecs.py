@@ -87,27 +87,18 @@ def test_python_codec_without_encode_is_an_eplab_error(activations):
     eplab.codecs.unregister("empty")
 
 
-class ChargedHalf(eplab.Codec):
-    """fp16 with its own GPU time model; gemm_native says the expert GEMM reads it as it is."""
+class ChargedHalf(HalfCodec):
+    """conftest's fp16 codec with its own GPU time model."""
 
     name = "py-charged-half"
-    lossless = False
-    error_bound = 1e-3
-
-    def encode(self, x):
-        return np.ascontiguousarray(x, dtype=np.float16).tobytes()
-
-    def decode(self, data, shape):
-        return np.frombuffer(data, dtype=np.float16).astype(np.float32).reshape(shape)
-
-    def encoded_size(self, shape):
-        return int(shape[0]) * int(shape[1]) * 2
 
     def gpu_seconds(self, shape, encode):
         return 1e-3 if encode else 2e-3
 
 
 class NativeHalf(ChargedHalf):
+    """gemm_native: the expert GEMM reads the encoded form."""
+
     name = "py-native-half"
     gemm_native = True
 
