@@ -90,6 +90,13 @@ class LowLatency : public Algorithm {
     // One message per (token, selected expert), as DeepEP counts them; the
     // exchange counted one per peer.
     comb.messages = static_cast<double>(h.rows);
+    // The receive stage reads every returned row and writes each token's sum (BF16, as DeepEP's output).
+    long returned = 0;
+    for (int r = 0; r < R; ++r) returned += st.sent_count[r];
+    receive_stage(c,
+                  static_cast<double>(returned) * c.combine_codec->encoded_size(1, H) +
+                      static_cast<double>(h.num_tokens) * H * 2.0,
+                  "low-latency combine reduce");
 
     if (!c.phantom()) {
       // Weight and sum at the source in top-k order, exactly as the reference
@@ -145,6 +152,21 @@ class LowLatency : public Algorithm {
     int max_tokens = 0;               // num_max_dispatch_tokens_per_rank: the largest batch of any rank
     double t_payload = 0;
   };
+
+  // DeepEP's LL kernels have no pipeline between arrival and the receive stage: a receiver waits for every
+  // source's per-expert count (dispatch) or flag (combine), which a sender signals only after all its data,
+  // and then copies the rows out of its receive buffer into the packed per-expert tensors (dispatch) or reads
+  // every selection's row to sum each token (combine). That pass over HBM is exposed. Normal kernels hide the
+  // equivalent copy: receivers drain their channel ring buffers while data still arrives.
+  static void receive_stage(EngineContext &c, double hbm_bytes, const char *what) {
+    if (hbm_bytes > 0 && c.fabric.caps().modeled_time)
+      c.fabric.compute(ComputeCost{.hbm_bytes = hbm_bytes, .what = what});
+  }
+  // Dispatch's receive stage: every received selection (header and row) read once and written once.
+  void unpack_stage(EngineContext &c, long selections) const {
+    receive_stage(c, 2.0 * static_cast<double>(selections) * selection_bytes(c, *c.dispatch_codec),
+                  "low-latency dispatch unpack");
+  }
 
   static double selection_bytes(const EngineContext &c, const Codec &codec) {
     const double row = static_cast<double>(codec.encoded_size(1, c.hidden()));
@@ -318,6 +340,7 @@ class LowLatency : public Algorithm {
         h.recv_x.insert(h.recv_x.end(), src, src + H);
       }
     }
+    unpack_stage(c, h.recv.size());
     PhaseStats tail;
     tail.time_s = c.fabric.now() - box.t_payload;
     c.stats.dispatch.add(tail);
@@ -341,6 +364,7 @@ class LowLatency : public Algorithm {
         h.slot_sels[s] += n;
         h.rows += n;
       }
+    unpack_stage(c, h.rows);
     PhaseStats tail;
     tail.time_s = c.fabric.now() - box.t_payload;
     c.stats.dispatch.add(tail);

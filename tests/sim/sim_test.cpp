@@ -118,6 +118,35 @@ TEST(SimAnalytic, ComputeFollowsTheRoofline) {
   EXPECT_NEAR(t, 1e12 / (s.gpu.bf16_tflops * 1e12 * s.compute_efficiency), 1e-9);
 }
 
+// Low-latency's receive stages are HBM passes after all data arrived (engine/low_latency.cpp). On one GPU
+// nothing crosses a link, so changing only the wire format changes each phase by exactly the pass's bytes over
+// the roofline's memory bandwidth: dispatch reads and writes every selection (16-byte header + row), combine
+// reads every returned row (and writes the BF16 output, the same both times).
+TEST(SimLowLatency, ReceiveStagesArePassesOverHbm) {
+  auto phase_s = [](const std::string& dispatch_codec, const std::string& combine_codec) {
+    RunConfig c;
+    c.backend = "sim";
+    c.nodes = 1;
+    c.gpus_per_node = 1;
+    c.tokens = 128;
+    c.routing = "uniform";
+    c.algorithm = "low-latency";
+    c.dispatch_codec = dispatch_codec;
+    c.combine_codec = combine_codec;
+    c.payload = "phantom";
+    const auto r = run_experiment(c);
+    return std::pair{r["phases"]["dispatch"]["time_s"].get<double>(), r["phases"]["combine"]["time_s"].get<double>()};
+  };
+  const ClusterSpec s = cluster_preset("h800-cx7");
+  const MoeShape m = model_preset("deepseek-v3");
+  const double hbm = s.gpu.hbm_GBps * 1e9 * s.compute_efficiency, sels = 128.0 * m.topk, H = m.hidden;
+  const auto [d_bf16, c_bf16] = phase_s("bf16", "bf16");
+  const auto [d_fp32, c_fp32] = phase_s("fp32", "fp32");
+  const double want_d = 2 * sels * (4 * H - 2 * H) / hbm, want_c = sels * (4 * H - 2 * H) / hbm;
+  EXPECT_NEAR(d_fp32 - d_bf16, want_d, 1e-3 * want_d);
+  EXPECT_NEAR(c_fp32 - c_bf16, want_c, 1e-3 * want_c);
+}
+
 class SimRoutes : public ::testing::Test {
  protected:
   std::vector<std::string> route(ClusterSpec s, int a, int b, double* lat = nullptr) {
