@@ -38,11 +38,11 @@ from . import codecs, plots, traces
 if hasattr(_eplab, "rebalance_experts"):
     from . import policies
 from .result import Result, flatten, run, run_config, run_options
-from .sweeps import grid, sweep
+from .sweeps import dask_processes, grid, sweep
 
 __all__ = ["Codec", "Error", "Result", "RoutingSource", "__version__", "backend_info", "backends", "cluster",
-           "cluster_presets", "codecs", "flatten", "plots", "grid", "model", "model_presets", "routing_specs", "run",
-           "run_config", "run_option_table", "run_options", "sweep", "traces"]
+           "cluster_presets", "codecs", "dask_processes", "flatten", "plots", "grid", "model", "model_presets",
+           "routing_specs", "run", "run_config", "run_option_table", "run_options", "sweep", "traces"]
 __all__ += [n for n in _POLICY_NAMES if n in globals()]
 if "policies" in globals():
     __all__.append("policies")

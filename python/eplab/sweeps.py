@@ -8,11 +8,16 @@ notebook down. With ``client=`` (a dask.distributed Client) the grid is spread o
 """
 
 import concurrent.futures as cf
+import contextlib
 import itertools
 import multiprocessing
+import os
+import subprocess
 import sys
+import tempfile
+import time
 
-__all__ = ["grid", "sweep"]
+__all__ = ["dask_processes", "grid", "sweep"]
 
 
 def grid(**axes):
@@ -154,3 +159,64 @@ def sweep(configs, base=None, *, processes=None, client=None, progress=True, err
     finally:
         bar.close()
     return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def dask_processes(workers=2, *, threads_per_worker=1, timeout_s=60):
+    """A Dask cluster of separate processes on loopback, the way one spans several machines: one
+    ``dask scheduler`` and ``workers`` ``dask worker`` processes (each ``threads_per_worker`` threads), started
+    with Debian's python, stopped on exit. Yields a connected ``distributed.Client``. Workers inherit this
+    process's environment (PYTHONPATH reaches eplab). On several machines, start the same two commands there
+    and pass ``Client("tcp://scheduler:8786")`` to :func:`sweep` instead.
+
+        with eplab.dask_processes(2) as client:
+            df = eplab.sweep(configs, client=client)
+    """
+    from distributed import Client
+
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="eplab-dask-") as tmp:
+        sched_file = os.path.join(tmp, "scheduler.json")
+        log = open(os.path.join(tmp, "cluster.log"), "w+")
+
+        def start(*args):
+            procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL))
+
+        def failed(what):
+            log.flush()
+            log.seek(0)
+            return RuntimeError(f"eplab.dask_processes: {what}; the cluster's output:\n{log.read()[-4000:]}")
+
+        try:
+            start("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                  "--scheduler-file", sched_file)
+            deadline = time.monotonic() + timeout_s
+            while not os.path.exists(sched_file):
+                if procs[0].poll() is not None:
+                    raise failed(f"the scheduler exited with status {procs[0].returncode}")
+                if time.monotonic() > deadline:
+                    raise failed(f"no scheduler after {timeout_s} s")
+                time.sleep(0.1)
+            for _ in range(workers):
+                start("distributed.cli.dask_worker", "--scheduler-file", sched_file, "--nworkers", "1", "--nthreads",
+                      str(threads_per_worker), "--no-dashboard", "--no-nanny", "--local-directory", tmp)
+            with Client(scheduler_file=sched_file, timeout=timeout_s) as client:
+                try:
+                    client.wait_for_workers(workers, timeout=timeout_s)
+                except Exception as e:  # noqa: BLE001 - reported with the cluster's output
+                    raise failed(f"{workers} workers did not join in {timeout_s} s ({e})") from e
+                yield client
+        finally:
+            for p in reversed(procs):
+                if p.poll() is None:
+                    p.terminate()
+            for p in reversed(procs):
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            log.close()

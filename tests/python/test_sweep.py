@@ -53,6 +53,31 @@ def test_sweep_on_local_dask_cluster():
     assert df.loc[1, "phases.dispatch.bytes.total"] == local.report["phases"]["dispatch"]["bytes"]["total"]
 
 
+def test_sweep_on_dask_scheduler_and_worker_processes():
+    """A real multi-process Dask cluster: a `dask scheduler` and two `dask worker` processes on loopback, as a
+    user spans machines; every configuration runs in a worker process, none in this one."""
+    pytest.importorskip("distributed")
+    import os
+
+    with eplab.dask_processes(2) as client:
+        workers = client.run(os.getpid)
+        df = eplab.sweep(GRID, base=SMALL, client=client, progress=False)
+        ran_in = set(client.gather(client.map(lambda _: os.getpid(), range(8), pure=False)))
+    assert len(workers) == 2 and os.getpid() not in workers.values()
+    assert ran_in <= set(workers.values())
+    assert len(df) == 4 and df["verified"].all()
+    assert list(df["routing"]) == [g["routing"] for g in GRID]
+    local = eplab.run(**{**SMALL, **GRID[3]})
+    assert df.loc[3, "phases.dispatch.bytes.total"] == local.report["phases"]["dispatch"]["bytes"]["total"]
+
+
+def test_dask_processes_rejects_no_workers():
+    pytest.importorskip("distributed")
+    with pytest.raises(ValueError, match="workers"):
+        with eplab.dask_processes(0):
+            pass
+
+
 class ScaledHalf(eplab.Codec):
     """fp16 on the wire; its constructor takes an argument, and it is defined here, not in an installed module."""
 
