@@ -98,7 +98,8 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
                 {"experts", in.shape.num_experts},
                 {"topk", in.shape.topk},
                 {"hidden", in.shape.hidden},
-                {"max_nodes_per_token", in.shape.max_nodes_per_token}};
+                {"max_nodes_per_token", in.shape.max_nodes_per_token},
+                {"num_expert_groups", in.shape.num_expert_groups}};
   j["ranks"] = static_cast<int>(ranks.size());
   j["algorithm"] = in.cfg.algorithm;
   j["codec"] = {{"dispatch", in.dispatch_codec}, {"combine", in.combine_codec}};

@@ -22,6 +22,7 @@ def test_report_keys_and_views(small):
     for phase in ("notify", "dispatch", "combine"):
         assert PHASE_KEYS <= set(rep["phases"][phase]), phase
     assert rep["imbalance"]["rank_max_over_mean"] >= 1.0
+    assert eplab.run(**{**small, "model": "deepseek-v3"}).report["model"]["num_expert_groups"] == 8
     df = r.phases
     assert {"notify", "dispatch", "combine"} <= set(df.index)
     assert (df.loc["dispatch", "bytes_total"] > 0) and (df["time_s"] > 0).all()
