@@ -19,3 +19,8 @@ if(MPI_C_FOUND)
   target_compile_options(bench_mpi_alltoallv PRIVATE -Wall -Wextra $<$<BOOL:${EPLAB_WERROR}>:-Werror>)
   add_dependencies(bench_emu_throughput bench_mpi_alltoallv)
 endif()
+
+# Soak: 10,000 emulated steps in one process, memory sampled per segment.
+add_executable(bench_emu_soak ${CMAKE_CURRENT_SOURCE_DIR}/emu_soak.cpp)
+target_link_libraries(bench_emu_soak PRIVATE eplab eplab_warnings)
+set_target_properties(bench_emu_soak PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
