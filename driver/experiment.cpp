@@ -27,16 +27,17 @@ VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::ve
   vr.tolerance = run.lossless ? 0.0 : run.tolerance;
   vr.transform = cfg.transform;
   if (!run.verify) return vr;
-  std::vector<Delivery> expected, received;
-  for (const RankResult& r : results) {
-    expected.insert(expected.end(), r.expected.begin(), r.expected.end());
-    received.insert(received.end(), r.received.begin(), r.received.end());
-  }
-  const DeliveryCheck c = check_deliveries(std::move(expected), std::move(received));
+  std::vector<const DeliveryLog*> logs;
+  for (const RankResult& r : results) logs.push_back(&r.deliveries);
+  const DeliveryCheck c = check_deliveries(logs);
   vr.selections = c.selections;
   vr.delivery_ok = c.ok;
   vr.missing = c.missing;
   vr.extra = c.extra;
+  vr.mismatched_pairs = c.mismatched_pairs;
+  if (!c.ok)
+    vr.first_mismatch = {c.first.call / cfg.layers, c.first.call % cfg.layers, c.first.src, c.first.dest,
+                         c.first.sent, c.first.got};
   return vr;
 }
 

@@ -74,6 +74,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
   res.layer_time_s.assign(calls, 0.0);
   res.migration_time_s.assign(calls, 0.0);
   res.call_slot_load.assign(static_cast<size_t>(calls) * S, 0);
+  if (verify) res.deliveries.resize(calls, f.size());
   EpEngine engine(f, shape, *in.plan.calls[0].placement, run.engine);
   f.record_links(&in.links);
   StepDriver steps({f, engine, shape, cfg, in.links, in.links.records_rank(me) ? &res.spans : nullptr, phantom},
@@ -132,11 +133,11 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       if (verify) {
         for (int i = 0; i < h.recv.size(); ++i)
           for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)
-            res.received.push_back({call, me, h.recv.src_rank[i], h.recv.token[i], h.recv.sel_slot[s]});
+            res.deliveries.got_from(call, h.recv.src_rank[i]).add(h.recv.token[i], h.recv.sel_slot[s]);
         for (int t = 0; t < batch.num_tokens; ++t)
           for (int k = 0; k < batch.topk; ++k) {
             const int32_t s = slots[static_cast<size_t>(t) * batch.topk + k];
-            if (s >= 0) res.expected.push_back({call, placement.rank_of_slot(s), me, t, s});
+            if (s >= 0) res.deliveries.sent_to(call, placement.rank_of_slot(s)).add(t, s);
           }
       }
       resize_huge(out, phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);

@@ -53,14 +53,12 @@ class Writer {
     num<uint64_t>(v.size());
     for (const PhaseStats& p : v) phase(p);
   }
-  void deliveries(const std::vector<Delivery>& v) {
+  void digests(const std::vector<DeliveryDigest>& v) {
     num<uint64_t>(v.size());
-    for (const Delivery& d : v) {
-      num(d.call);
-      num(d.dest);
-      num(d.src);
-      num(d.token);
-      num(d.slot);
+    for (const DeliveryDigest& d : v) {
+      num(d.count);
+      num(d.h1);
+      num(d.h2);
     }
   }
 };
@@ -114,14 +112,12 @@ class Reader {
     for (PhaseStats& p : v) p = phase(field);
     return v;
   }
-  std::vector<Delivery> deliveries(const char* field) {
-    std::vector<Delivery> v(count(5 * sizeof(int32_t), field));
-    for (Delivery& d : v) {
-      d.call = num<int32_t>(field);
-      d.dest = num<int32_t>(field);
-      d.src = num<int32_t>(field);
-      d.token = num<int32_t>(field);
-      d.slot = num<int32_t>(field);
+  std::vector<DeliveryDigest> digests(const char* field) {
+    std::vector<DeliveryDigest> v(count(sizeof(uint32_t) + 2 * sizeof(uint64_t), field));
+    for (DeliveryDigest& d : v) {
+      d.count = num<uint32_t>(field);
+      d.h1 = num<uint64_t>(field);
+      d.h2 = num<uint64_t>(field);
     }
     return v;
   }
@@ -163,8 +159,9 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r) {
   w.nums(r.layer_time_s);
   w.nums(r.migration_time_s);
   w.nums(r.call_slot_load);
-  w.deliveries(r.expected);
-  w.deliveries(r.received);
+  w.num(r.deliveries.ranks);
+  w.digests(r.deliveries.sent);
+  w.digests(r.deliveries.got);
   w.num<int64_t>(r.layout_cache.hits);
   w.num<int64_t>(r.layout_cache.misses);
   w.num(r.layout_cache.notify_time_saved_s);
@@ -208,8 +205,9 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
   r.layer_time_s = in.nums<double>("layer_time_s");
   r.migration_time_s = in.nums<double>("migration_time_s");
   r.call_slot_load = in.nums<int32_t>("call_slot_load");
-  r.expected = in.deliveries("expected");
-  r.received = in.deliveries("received");
+  r.deliveries.ranks = in.num<int32_t>("deliveries.ranks");
+  r.deliveries.sent = in.digests("deliveries.sent");
+  r.deliveries.got = in.digests("deliveries.got");
   r.layout_cache.hits = in.num<int64_t>("layout_cache.hits");
   r.layout_cache.misses = in.num<int64_t>("layout_cache.misses");
   r.layout_cache.notify_time_saved_s = in.num<double>("layout_cache.notify_time_saved_s");

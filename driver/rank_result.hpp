@@ -22,8 +22,7 @@ struct RankResult {
   std::vector<double> layer_time_s;      // per call: dispatch start to combine end on this rank
   std::vector<double> migration_time_s;  // per call: the weight migration round (modeled time only, else 0)
   std::vector<int32_t> call_slot_load;   // [call * slots + slot]: selections this rank sent to the slot
-  std::vector<Delivery> expected;        // verifying: the selections this rank sent, where they must arrive
-  std::vector<Delivery> received;        // verifying: the selections this rank received
+  DeliveryLog deliveries;                // verifying: digests of what this rank sent and received, per call and peer
   LayoutCacheStats layout_cache;
   std::vector<TimelineSpan> spans;  // only when the run writes a timeline and samples this rank
 };
@@ -31,7 +30,7 @@ struct RankResult {
 // Encoding: "EPRR", a uint32 version (kRankResultVersion), then the fields in declaration order; numbers as
 // their host bytes (little-endian; every rank of a run runs the same build), vectors and strings as a uint64
 // count then their elements, structs field by field. The same result always gives the same bytes.
-constexpr uint32_t kRankResultVersion = 1;
+constexpr uint32_t kRankResultVersion = 2;
 std::vector<uint8_t> encode_rank_result(const RankResult& r);
 // Throws EplabError naming `from_rank` and the field for bytes that are truncated, of another version, or
 // longer than the result they hold.

@@ -107,20 +107,49 @@ Comparison compare(const float* got, const float* want, size_t n) {
   return c;
 }
 
-DeliveryCheck check_deliveries(std::vector<Delivery> expected, std::vector<Delivery> received) {
-  std::sort(expected.begin(), expected.end());
-  std::sort(received.begin(), received.end());
+namespace {
+uint64_t mix64(uint64_t x) {  // SplitMix64's finalizer: a bijection that spreads every input bit
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+void DeliveryDigest::add(int32_t token, int32_t slot) {
+  const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(token)) << 32) | static_cast<uint32_t>(slot);
+  ++count;
+  h1 += mix64(key ^ 0x9e3779b97f4a7c15ULL);
+  h2 += mix64(mix64(key) + 0x632be59bd9b4e019ULL);
+}
+
+void DeliveryLog::resize(int calls, int num_ranks) {
+  ranks = num_ranks;
+  sent.assign(static_cast<size_t>(calls) * num_ranks, {});
+  got.assign(static_cast<size_t>(calls) * num_ranks, {});
+}
+
+DeliveryCheck check_deliveries(const std::vector<const DeliveryLog*>& logs) {
   DeliveryCheck c;
-  c.selections = expected.size();
-  c.ok = expected == received;
-  if (!c.ok) {
-    std::vector<Delivery> missing, extra;
-    std::set_difference(expected.begin(), expected.end(), received.begin(), received.end(),
-                        std::back_inserter(missing));
-    std::set_difference(received.begin(), received.end(), expected.begin(), expected.end(), std::back_inserter(extra));
-    c.missing = missing.size();
-    c.extra = extra.size();
-  }
+  const int R = static_cast<int>(logs.size());
+  for (int r = 0; r < R; ++r)
+    if (logs[r]->ranks != R || logs[r]->sent.size() != logs[0]->sent.size() ||
+        logs[r]->got.size() != logs[r]->sent.size())
+      throw EplabError("verification: rank " + std::to_string(r) + "'s delivery log has another shape than rank 0's");
+  const int calls = R ? static_cast<int>(logs[0]->sent.size() / R) : 0;
+  for (int call = 0; call < calls; ++call)
+    for (int src = 0; src < R; ++src)
+      for (int dest = 0; dest < R; ++dest) {
+        const DeliveryDigest& s = logs[src]->sent[static_cast<size_t>(call) * R + dest];
+        const DeliveryDigest& g = logs[dest]->got[static_cast<size_t>(call) * R + src];
+        c.selections += s.count;
+        if (s == g) continue;
+        if (c.mismatched_pairs++ == 0) c.first = {call, src, dest, s.count, g.count};
+        if (s.count > g.count) c.missing += s.count - g.count;
+        if (g.count > s.count) c.extra += g.count - s.count;
+      }
+  c.ok = c.mismatched_pairs == 0;
   return c;
 }
 

@@ -35,17 +35,42 @@ struct Comparison {
 };
 Comparison compare(const float* got, const float* want, size_t n);
 
-// One selection of one call delivered to (or expected at) a rank: the source rank's token and the physical slot.
-struct Delivery {
-  int32_t call, dest, src, token, slot;
-  auto operator<=>(const Delivery&) const = default;
+// The selections one rank sent to (or received from) one peer in one call, as a multiset digest: their count
+// and two sums of independent 64-bit hashes of (source token, physical slot). A source's digest for a peer equals
+// the peer's digest of what arrived from it exactly when the same selections arrived (a different multiset with
+// equal count and both sums needs a 128-bit hash collision). Order-independent, so arrival order does not matter,
+// and a fixed size per (call, peer), so verifying a run of any length holds calls x ranks digests per rank
+// rather than every selection.
+struct DeliveryDigest {
+  uint32_t count = 0;
+  uint64_t h1 = 0, h2 = 0;
+  void add(int32_t token, int32_t slot);
+  bool operator==(const DeliveryDigest&) const = default;
 };
 
-// Every selection reached exactly the rank holding its slot, exactly once: the two lists, sorted, are equal.
+// A rank's digests, [call x ranks + peer]: `sent` by destination (what its routing sends there), `got` by source
+// (what the engine delivered).
+struct DeliveryLog {
+  int32_t ranks = 0;
+  std::vector<DeliveryDigest> sent, got;
+  void resize(int calls, int num_ranks);
+  DeliveryDigest& sent_to(int call, int dest) { return sent[static_cast<size_t>(call) * ranks + dest]; }
+  DeliveryDigest& got_from(int call, int src) { return got[static_cast<size_t>(call) * ranks + src]; }
+};
+
+// Every selection reached exactly the rank holding its slot, exactly once: for every call and rank pair, what the
+// source sent equals what the destination received. missing / extra: selections by which a pair's counts fall
+// short or exceed; mismatched_pairs: (call, source, destination) triples that differ (in count or content); the
+// first of them in (call, source, destination) order, to name in an error.
 struct DeliveryCheck {
   bool ok = false;
-  size_t selections = 0, missing = 0, extra = 0;
+  size_t selections = 0, missing = 0, extra = 0, mismatched_pairs = 0;
+  struct Pair {
+    int32_t call = -1, src = -1, dest = -1;
+    uint32_t sent = 0, got = 0;
+  } first;
 };
-DeliveryCheck check_deliveries(std::vector<Delivery> expected, std::vector<Delivery> received);
+// logs: one per rank, in rank order.
+DeliveryCheck check_deliveries(const std::vector<const DeliveryLog*>& logs);
 
 }  // namespace eplab

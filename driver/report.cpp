@@ -137,6 +137,12 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
     ver["delivery_ok"] = v.delivery_ok;
     ver["missing"] = v.missing;
     ver["unexpected"] = v.extra;
+    ver["mismatched_pairs"] = v.mismatched_pairs;
+    if (v.mismatched_pairs > 0) {
+      const auto& m = v.first_mismatch;
+      ver["first_mismatch"] = {{"step", m.step}, {"layer", m.layer}, {"src", m.src},
+                               {"dest", m.dest}, {"sent", m.sent},   {"received", m.got}};
+    }
     ver["combine_ok"] = combine_ok;
     ver["elements"] = elems;
     ver["bit_exact"] = mism == 0 && nonf == 0;
@@ -246,6 +252,15 @@ std::string format_summary(const nlohmann::json& r) {
     std::snprintf(line, sizeof line, "verified: false (%s)\n", v["reason"].get<std::string>().c_str());
   }
   os << line;
+  if (v.contains("first_mismatch")) {
+    const auto& m = v["first_mismatch"];
+    std::snprintf(line, sizeof line,
+                  "delivery mismatch in %zu (call, rank pair)s; first: step %d layer %d, rank %d -> rank %d sent %u "
+                  "selections, %u received\n",
+                  v["mismatched_pairs"].get<size_t>(), m["step"].get<int>(), m["layer"].get<int>(),
+                  m["src"].get<int>(), m["dest"].get<int>(), m["sent"].get<unsigned>(), m["received"].get<unsigned>());
+    os << line;
+  }
   std::snprintf(line, sizeof line, "imbalance: rank max/mean %.3f, slot max/mean %.3f | wall %.2f s\n",
                 r["imbalance"]["rank_max_over_mean"].get<double>(), r["imbalance"]["slot_max_over_mean"].get<double>(),
                 r["wall_s"].get<double>());

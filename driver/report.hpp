@@ -32,6 +32,12 @@ struct VerifyResult {
   bool delivery_ok = false;
   double tolerance = 0;
   size_t selections = 0, missing = 0, extra = 0;
+  size_t mismatched_pairs = 0;  // (call, source, destination) triples whose deliveries differ
+  // The first of them: where it happened and how many selections were sent and received.
+  struct Mismatch {
+    int step = -1, layer = -1, src = -1, dest = -1;
+    uint32_t sent = 0, got = 0;
+  } first_mismatch;
   std::string transform;
 };
 

@@ -44,8 +44,10 @@ RankResult sample(int rank) {
   r.layer_time_s = {0.3, 0.4};
   r.migration_time_s = {0, 0.001};
   r.call_slot_load = {1, 2, 3, 4, 5, 6, 7, rank};
-  r.expected = {{0, 1, rank, 3, 4}, {1, 0, rank, 2, 1}};
-  r.received = {{0, rank, 1, 3, 4}};
+  r.deliveries.resize(2, 3);
+  r.deliveries.sent_to(0, 1).add(3, 4);
+  r.deliveries.sent_to(1, 0).add(2, 1);
+  r.deliveries.got_from(0, 1).add(3, 4);
   r.layout_cache.hits = 3;
   r.layout_cache.misses = 1 + rank;
   r.layout_cache.notify_time_saved_s = 1e-5;
@@ -66,8 +68,9 @@ TEST(RankResult, RoundTripsEveryField) {
   EXPECT_EQ(b.record.elements, a.record.elements);
   EXPECT_EQ(b.steps.allreduce_s, a.steps.allreduce_s);
   EXPECT_EQ(b.call_slot_load, a.call_slot_load);
-  EXPECT_EQ(b.expected, a.expected);
-  EXPECT_EQ(b.received, a.received);
+  EXPECT_EQ(b.deliveries.ranks, a.deliveries.ranks);
+  EXPECT_EQ(b.deliveries.sent, a.deliveries.sent);
+  EXPECT_EQ(b.deliveries.got, a.deliveries.got);
   EXPECT_EQ(b.layout_cache.misses, 4);
   ASSERT_EQ(b.spans.size(), 2u);
   EXPECT_EQ(b.spans[1].name, "bwd-combine");
