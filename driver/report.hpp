@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "driver/experiment.hpp"
+#include "driver/overlap.hpp"
 #include "driver/training.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/moe_shape.hpp"
@@ -55,5 +56,10 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
 // fabric recorded links, the `links` utilization summary (Timeline::link_summary).
 void add_step_report(nlohmann::json& report, const ReportInputs& in, const std::vector<StepRecord>& steps,
                      const nlohmann::json& links);
+
+// Two-batch overlap (after add_step_report): the composed schedule's figures replace the step keys (step_time_s,
+// compute_s, comm_fraction = exposed communication / step, tokens_per_s, training.allreduce_exposed_s), and the
+// `overlap` key gives exposed and hidden communication, per phase and per step, beside the serial baseline.
+void add_overlap_report(nlohmann::json& report, const ReportInputs& in, const OverlapResult& o, int ranks);
 
 }  // namespace eplab
