@@ -11,8 +11,8 @@
 #include "driver/rank_result.hpp"
 #include "driver/reference.hpp"
 #include "driver/report.hpp"
-#include "driver/training.hpp"
 #include "driver/timeline.hpp"
+#include "driver/training.hpp"
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
 #include "engine/output_file.hpp"
@@ -130,15 +130,18 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   if (cfg.overlap == "tbo") {
     // The composition adds modeled durations; wall-clock phases on a real-byte backend do not add that way.
     if (!run.caps.modeled_time)
-      throw EplabError("--overlap tbo composes simulated phase durations: it needs a backend with modeled time "
-                       "(sim), not '" + cfg.backend + "'");
+      throw EplabError(
+          "--overlap tbo composes simulated phase durations: it needs a backend with modeled time "
+          "(sim), not '" +
+          cfg.backend + "'");
     // Micro-batch 1's tag layer ids carry kMicroBatchLayerBit; forward, backward and all-reduce ids stay below it.
     if (3 * cfg.layers + 1 >= kMicroBatchLayerBit)
       throw EplabError("--overlap tbo supports up to " + std::to_string((kMicroBatchLayerBit - 2) / 3) +
                        " layers, got " + std::to_string(cfg.layers));
     if (cfg.layout_cache > 0)
-      throw EplabError("--overlap tbo does not support --layout-cache yet: the planner's layout keys name whole "
-                       "batches, not micro-batches");
+      throw EplabError(
+          "--overlap tbo does not support --layout-cache yet: the planner's layout keys name whole "
+          "batches, not micro-batches");
   }
   const int R = run.topo.size();
   const std::shared_ptr<RoutingSource> routing = open_routing(cfg, run);

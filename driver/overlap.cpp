@@ -107,7 +107,8 @@ double covered(std::vector<std::pair<double, double>> a, std::vector<std::pair<d
   size_t j = 0;
   for (auto [a0, a1] : a) {
     while (j < b.size() && b[j].second <= a0) ++j;
-    for (size_t k = j; k < b.size() && b[k].first < a1; ++k) sum += std::max(0.0, std::min(a1, b[k].second) - std::max(a0, b[k].first));
+    for (size_t k = j; k < b.size() && b[k].first < a1; ++k)
+      sum += std::max(0.0, std::min(a1, b[k].second) - std::max(a0, b[k].first));
   }
   return sum;
 }
@@ -152,16 +153,26 @@ int critical_rank(const std::vector<RankFigures>& f) {
 
 const char* op_name(OpKind k) {
   switch (k) {
-    case OpKind::kDense: return "dense";
-    case OpKind::kDispatch: return "dispatch";
-    case OpKind::kExpert: return "expert";
-    case OpKind::kCombine: return "combine";
-    case OpKind::kBwdDispatch: return "bwd-dispatch";
-    case OpKind::kBwdExpert: return "bwd-expert";
-    case OpKind::kBwdCombine: return "bwd-combine";
-    case OpKind::kBwdDense: return "bwd-dense";
-    case OpKind::kAllreduce: return "allreduce";
-    case OpKind::kMigration: return "migration";
+    case OpKind::kDense:
+      return "dense";
+    case OpKind::kDispatch:
+      return "dispatch";
+    case OpKind::kExpert:
+      return "expert";
+    case OpKind::kCombine:
+      return "combine";
+    case OpKind::kBwdDispatch:
+      return "bwd-dispatch";
+    case OpKind::kBwdExpert:
+      return "bwd-expert";
+    case OpKind::kBwdCombine:
+      return "bwd-combine";
+    case OpKind::kBwdDense:
+      return "bwd-dense";
+    case OpKind::kAllreduce:
+      return "allreduce";
+    case OpKind::kMigration:
+      return "migration";
   }
   return "?";
 }
@@ -184,13 +195,14 @@ OverlapResult compose_two_batch(const std::vector<std::vector<OverlapOp>>& ops,
     size_t i = 0;
     while (i < n && same(ops[r][i], ops[0][i])) ++i;
     if (i < n || ops[r].size() != ops[0].size())
-      throw EplabError("two-batch overlap: rank " + std::to_string(r) + " ran a different sequence of phases than rank 0 (op " +
-                       std::to_string(i) + " of " + std::to_string(ops[0].size()) + ")");
+      throw EplabError("two-batch overlap: rank " + std::to_string(r) +
+                       " ran a different sequence of phases than rank 0 (op " + std::to_string(i) + " of " +
+                       std::to_string(ops[0].size()) + ")");
   }
   for (const OverlapOp& o : ops[0])
     if (o.kind < 0 || o.kind > static_cast<int32_t>(OpKind::kMigration) || o.micro_batch < -1 || o.micro_batch > 1)
-      throw EplabError("two-batch overlap: op of step " + std::to_string(o.step) + " has kind " + std::to_string(o.kind) +
-                       " and micro-batch " + std::to_string(o.micro_batch));
+      throw EplabError("two-batch overlap: op of step " + std::to_string(o.step) + " has kind " +
+                       std::to_string(o.kind) + " and micro-batch " + std::to_string(o.micro_batch));
   double base = ops[0].empty() ? 0.0 : ops[0][0].t0;
   for (size_t b = 0; b < ops[0].size();) {
     size_t e = b;
@@ -222,7 +234,8 @@ OverlapResult compose_two_batch(const std::vector<std::vector<OverlapOp>>& ops,
       const std::string name = op_name(p2[i].kind);
       auto it = std::find_if(st.exposed_by_phase.begin(), st.exposed_by_phase.end(),
                              [&](const auto& x) { return x.first == name; });
-      if (it == st.exposed_by_phase.end()) st.exposed_by_phase.push_back({name, 0.0}), it = st.exposed_by_phase.end() - 1;
+      if (it == st.exposed_by_phase.end())
+        st.exposed_by_phase.push_back({name, 0.0}), it = st.exposed_by_phase.end() - 1;
       it->second += by_op[i];
     }
     for (size_t i = 0; i < p2.size(); ++i) {

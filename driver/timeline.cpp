@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <map>
 
 #include "engine/error.hpp"
@@ -28,14 +29,18 @@ void Timeline::set_phase_prefix(std::string prefix) {
 
 void Timeline::shift_rounds(const std::vector<RoundShift>& shifts) {
   std::lock_guard<std::mutex> lock(mu_);
-  // A round starts inside the exchange that ran it; a little slack for the rounding of simulated times.
-  for (Round& r : rounds_)
-    for (const RoundShift& s : shifts)
-      if (r.t0 >= s.sim_t0 - 1e-12 && r.t0 <= s.sim_t1 + 1e-12) {
-        r.t0 += s.shift;
-        r.t1 += s.shift;
-        break;
-      }
+  // A round starts inside the exchange that ran it; a little slack for the rounding of simulated times. The
+  // exchanges ran one after another, so their intervals, sorted by start, are searched.
+  constexpr double kSlack = 1e-12;
+  std::vector<RoundShift> by_start = shifts;
+  std::sort(by_start.begin(), by_start.end(), [](const auto& a, const auto& b) { return a.sim_t0 < b.sim_t0; });
+  for (Round& r : rounds_) {
+    auto it = std::upper_bound(by_start.begin(), by_start.end(), r.t0 + kSlack,
+                               [](double t, const RoundShift& s) { return t < s.sim_t0; });
+    if (it == by_start.begin() || r.t0 > std::prev(it)->sim_t1 + kSlack) continue;
+    r.t0 += std::prev(it)->shift;
+    r.t1 += std::prev(it)->shift;
+  }
 }
 
 void Timeline::set_links(std::vector<LinkInfo> links) {

@@ -3,12 +3,12 @@
 // than the serial one, training composes too, real payloads still verify with micro-batches, the report is the
 // same run after run, the timeline shows both micro-batches, and backends or options it cannot serve are refused.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
-#include <unistd.h>
 
 #include "driver/experiment.hpp"
 #include "engine/backend.hpp"
@@ -107,7 +107,8 @@ TEST(TwoBatchRun, TrainingComposesTheBackwardAndTheAllreduce) {
   c.overlap_allreduce = false;
   const auto serial_ar = run_experiment(c);
   expect_sums(serial_ar);
-  EXPECT_GT(serial_ar["training"]["allreduce_exposed_s"].get<double>(), r["training"]["allreduce_exposed_s"].get<double>());
+  EXPECT_GT(serial_ar["training"]["allreduce_exposed_s"].get<double>(),
+            r["training"]["allreduce_exposed_s"].get<double>());
 }
 
 TEST(TwoBatchRun, RealPayloadsStillVerifyWithMicroBatches) {

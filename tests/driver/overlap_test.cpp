@@ -114,7 +114,7 @@ TEST(TwoBatchOverlap, ExchangesStartTogetherAndMicroBatchesAlternate) {
   }
   // On the slow rank (the fast one waits for it), micro-batch 1's first dispatch runs while micro-batch 0
   // computes its experts.
-  const TimelineSpan *disp1 = nullptr;
+  const TimelineSpan* disp1 = nullptr;
   for (const TimelineSpan* s : by_rank[1])
     if (s->name == "dispatch" && s->lane == 1 && !disp1) disp1 = s;
   ASSERT_NE(disp1, nullptr);
@@ -157,7 +157,8 @@ TEST(TwoBatchOverlap, MigrationIsAJoin) {
   // Weights move before layer 1: neither micro-batch's layer-1 work may start before the move ends.
   size_t at = 0;
   while (ops[at].layer == 0) ++at;
-  ops.insert(ops.begin() + static_cast<ptrdiff_t>(at), OverlapOp{0, static_cast<int32_t>(OpKind::kMigration), -1, 1, 0, 5e-3});
+  ops.insert(ops.begin() + static_cast<ptrdiff_t>(at),
+             OverlapOp{0, static_cast<int32_t>(OpKind::kMigration), -1, 1, 0, 5e-3});
   const OverlapResult o = compose_two_batch({ops}, [](int) { return true; });
   double mig_end = 0, first_layer1 = 1e9, last_layer0 = 0;
   for (size_t i = 0; i < o.spans.size(); ++i) {
