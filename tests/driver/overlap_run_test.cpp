@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -180,6 +181,28 @@ TEST(TwoBatchRun, TimelineShowsBothMicroBatchesOverlapping) {
       EXPECT_LE(e["ts"].get<double>(), last_end + 1e-3);
     }
   }
+}
+
+TEST(TwoBatchRun, PlotDrawsTheMicroBatchRows) {
+  if (!have_sim()) GTEST_SKIP() << "this build has no sim backend";
+  if (std::system("/usr/bin/python3 -c 'import matplotlib, numpy' 2>/dev/null") != 0)
+    GTEST_SKIP() << "/usr/bin/python3 has no matplotlib/numpy";
+  RunConfig c = tbo(1, 4, 2);
+  c.mode = "training";
+  const std::string base =
+      (std::filesystem::temp_directory_path() / ("eplab_tbo_plot_" + std::to_string(getpid()))).string();
+  c.timeline = base + ".json";
+  run_experiment(c);
+  const std::string png = base + ".png";
+  const std::string cmd = "/usr/bin/python3 " + std::string(EPLAB_SOURCE_DIR) + "/python/eplab/timeline_plot.py " +
+                          c.timeline + " -o " + png;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(png, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  EXPECT_EQ(std::string(magic + 1, 3), "PNG");
+  std::remove(c.timeline.c_str());
+  std::remove(png.c_str());
 }
 
 TEST(TwoBatchRun, RefusesWhatItCannotCompose) {
