@@ -5,12 +5,14 @@
 #include <optional>
 
 #include "driver/memory_guard.hpp"
+#include "driver/overlap.hpp"
 #include "driver/plan.hpp"
 #include "driver/rank_program.hpp"
 #include "driver/rank_result.hpp"
 #include "driver/reference.hpp"
 #include "driver/report.hpp"
 #include "driver/timeline.hpp"
+#include "driver/training.hpp"
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
 #include "engine/output_file.hpp"
@@ -35,9 +37,13 @@ VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::ve
   vr.missing = c.missing;
   vr.extra = c.extra;
   vr.mismatched_pairs = c.mismatched_pairs;
-  if (!c.ok)
-    vr.first_mismatch = {c.first.call / cfg.layers, c.first.call % cfg.layers, c.first.src, c.first.dest,
-                         c.first.sent, c.first.got};
+  if (!c.ok) {
+    // With two-batch overlap the digests are per (call, micro-batch): index 2 * call + micro-batch.
+    const bool tbo = cfg.overlap == "tbo";
+    const int call = tbo ? c.first.call / 2 : c.first.call;
+    vr.first_mismatch = {call / cfg.layers, call % cfg.layers, tbo ? c.first.call % 2 : -1, c.first.src,
+                         c.first.dest,      c.first.sent,      c.first.got};
+  }
   return vr;
 }
 
@@ -126,6 +132,22 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   auto backend = create_backend(cfg.backend);
   const RunSetup run = resolve_run(cfg, *backend);
   check_run_memory(cfg, run);
+  if (cfg.overlap == "tbo") {
+    // The composition adds modeled durations; wall-clock phases on a real-byte backend do not add that way.
+    if (!run.caps.modeled_time)
+      throw EplabError(
+          "--overlap tbo composes simulated phase durations: it needs a backend with modeled time "
+          "(sim), not '" +
+          cfg.backend + "'");
+    // Micro-batch 1's tag layer ids carry kMicroBatchLayerBit; forward, backward and all-reduce ids stay below it.
+    if (3 * cfg.layers + 1 >= kMicroBatchLayerBit)
+      throw EplabError("--overlap tbo supports up to " + std::to_string((kMicroBatchLayerBit - 2) / 3) +
+                       " layers, got " + std::to_string(cfg.layers));
+    if (cfg.layout_cache > 0)
+      throw EplabError(
+          "--overlap tbo does not support --layout-cache yet: the planner's layout keys name whole "
+          "batches, not micro-batches");
+  }
   const int R = run.topo.size();
   const std::shared_ptr<RoutingSource> routing = open_routing(cfg, run);
   // The ranks of this process share one source through an in-process cache (traces/shared_routing.hpp): it
@@ -157,6 +179,14 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
 
   std::vector<RankResult>& results = *gathered;
   for (const RankResult& r : results) timeline.add_spans(r.spans);
+  std::optional<OverlapResult> overlap;
+  if (cfg.overlap == "tbo") {
+    std::vector<std::vector<OverlapOp>> ops;
+    for (const RankResult& r : results) ops.push_back(r.steps.ops);
+    overlap = compose_two_batch(ops, [&](int rank) { return timeline.records_rank(rank); });
+    timeline.add_spans(overlap->spans);
+    timeline.shift_rounds(overlap->shifts);
+  }
   const VerifyResult vr = verify_run(cfg, run, results);
   ReportInputs in{cfg,
                   run.cluster,
@@ -186,7 +216,12 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   }
   nlohmann::json report = build_report(in, records, vr);
   add_step_report(report, in, step_records, timeline.link_summary());
-  if (!cfg.timeline.empty()) timeline.write(cfg.timeline, {{"mode", cfg.mode}, {"backend", in.backend}});
+  if (overlap) add_overlap_report(report, in, *overlap, R);
+  if (!cfg.timeline.empty()) {
+    nlohmann::json meta = {{"mode", cfg.mode}, {"backend", in.backend}};
+    if (overlap) meta["overlap"] = cfg.overlap;
+    timeline.write(cfg.timeline, meta);
+  }
   add_plan_report(report, cfg, run, plan, results);
   return report;
 }

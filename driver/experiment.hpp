@@ -51,6 +51,10 @@ struct RunConfig {
   std::string sim_model;           // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
   std::string mode = "inference";  // inference | training (backward pass and dense all-reduce; README)
   bool overlap_allreduce = true;   // training: all-reduce dense gradients during the next layer's backward compute
+  // "tbo": two-batch overlap. Each rank's batch is two micro-batches, each layer opens with their dense
+  // (attention) compute, and the step's time is composed from every phase's simulated duration with one
+  // micro-batch's communication under the other's compute (driver/overlap.hpp; docs/sim.md). "none": off.
+  std::string overlap = "none";
   std::string timeline;            // write a Chrome trace-event timeline to this file (empty: none)
   // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The planner hashes every rank's
   // batch per (step, layer) before the run, and a call whose layout is still cached skips notify on all ranks.

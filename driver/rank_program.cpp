@@ -58,6 +58,72 @@ double migrate(Fabric& f, const RankInputs& in, int step, int layer, const std::
   return phantom ? f.now() - t0 : 0.0;
 }
 
+// Two-batch overlap: the layer's two micro-batches (the batch's first ceil(T/2) tokens, then the rest), each
+// through dense compute -> dispatch -> expert compute -> combine, one phase at a time between barriers, so every
+// phase's simulated duration is its own; driver/overlap.hpp composes the overlapped schedule from them. Returns
+// the layer's serial simulated time.
+double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDriver& steps, RankResult& res, int step,
+                       int layer, const RoutingBatch& batch, const std::vector<int32_t>& slots,
+                       const std::vector<float>& x, std::vector<float>& out) {
+  const RunSetup& run = in.run;
+  const MoeShape& shape = run.shape;
+  const int call = step * in.cfg.layers + layer, K = batch.topk;
+  const LayerPlan& lp = in.plan.calls[call];
+  const Placement& placement = *lp.placement;
+  const size_t H = static_cast<size_t>(shape.hidden);
+  std::vector<float> partials;
+  const EngineStats before = engine.stats();
+  int64_t rows = 0;
+  resize_huge(out, run.phantom ? 0 : static_cast<size_t>(batch.num_tokens) * H);
+  const double t_begin = f.now();
+  for (int mb = 0; mb < 2; ++mb) {
+    const int first = mb == 0 ? 0 : (batch.num_tokens + 1) / 2;
+    const int n = mb == 0 ? (batch.num_tokens + 1) / 2 : batch.num_tokens / 2;
+    steps.dense_forward(mb, layer, n);
+    const size_t sel0 = static_cast<size_t>(first) * K;
+    // No layout key: the planner's keys name whole batches (layout caching is refused with --overlap tbo).
+    DispatchArgs args{step,
+                      layer | (mb ? kMicroBatchLayerBit : 0),
+                      n,
+                      K,
+                      slots.data() + sel0,
+                      batch.topk_weights.data() + sel0,
+                      run.phantom ? nullptr : x.data() + first * H,
+                      &placement};
+    f.barrier();
+    ForwardTimes ft{f.now()};
+    Handle h = engine.dispatch(args);
+    ft.expert0 = f.now();
+    rows += h.rows;
+    f.set_phase("expert");
+    const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+    f.compute(ecost);
+    ft.expert1 = f.now();
+    const float* expert_out =
+        run.phantom ? nullptr
+                    : expert_partials(engine.context(), h, placement, run.transform, engine.reduction(), partials);
+    if (run.verify) {
+      // Tokens are numbered within their micro-batch on both sides: the delivery's call is 2 * call + mb.
+      for (int i = 0; i < h.recv.size(); ++i)
+        for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)
+          res.deliveries.got_from(2 * call + mb, h.recv.src_rank[i]).add(h.recv.token[i], h.recv.sel_slot[s]);
+      for (int t = 0; t < n; ++t)
+        for (int k = 0; k < K; ++k) {
+          const int32_t s = slots[sel0 + static_cast<size_t>(t) * K + k];
+          if (s >= 0) res.deliveries.sent_to(2 * call + mb, placement.rank_of_slot(s)).add(t, s);
+        }
+    }
+    f.barrier();
+    ft.combine0 = f.now();
+    engine.combine(h, expert_out, run.phantom ? nullptr : out.data() + first * H);
+    ft.combine1 = f.now();
+    steps.forward_micro_batch(args, ecost, mb, ft);
+  }
+  res.record.recv_rows.push_back(rows);
+  res.record.record_call(before, engine.stats());
+  return f.now() - t_begin;
+}
+
 }  // namespace
 
 RankResult run_rank(Fabric& f, const RankInputs& in) {
@@ -74,11 +140,12 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
   res.layer_time_s.assign(calls, 0.0);
   res.migration_time_s.assign(calls, 0.0);
   res.call_slot_load.assign(static_cast<size_t>(calls) * S, 0);
-  if (verify) res.deliveries.resize(calls, f.size());
   EpEngine engine(f, shape, *in.plan.calls[0].placement, run.engine);
   f.record_links(&in.links);
   StepDriver steps({f, engine, shape, cfg, in.links, in.links.records_rank(me) ? &res.spans : nullptr, phantom},
                    res.steps);
+  // Delivery digests per call, or per (call, micro-batch) as 2 * call + mb with two-batch overlap.
+  if (verify) res.deliveries.resize(steps.two_batch() ? 2 * calls : calls, f.size());
   const std::unique_ptr<ReplicaSelector> selector = run.make_selector();
   std::vector<int32_t> slots;
   std::vector<float> x, partials, out, ref;
@@ -88,7 +155,12 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       const LayerPlan& lp = in.plan.calls[call];
       if (layer == 0) steps.begin_step(step);
       const Placement& placement = *lp.placement;
-      if (!lp.moves.empty()) res.migration_time_s[call] = migrate(f, in, step, layer, lp.moves);
+      if (!lp.moves.empty()) {
+        res.migration_time_s[call] = migrate(f, in, step, layer, lp.moves);
+        // Two-batch overlap: both micro-batches wait for the weights (the round ends at the barrier).
+        const double t1 = f.now();
+        steps.op(OpKind::kMigration, -1, layer, t1 - res.migration_time_s[call], t1);
+      }
       RoutingBatch batch = in.routing.batch(step, layer, me);
       validate_batch(batch, shape.num_experts, routing_name.c_str());
       if (batch.topk != shape.topk)
@@ -106,49 +178,53 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
         resize_huge(x, static_cast<size_t>(batch.num_tokens) * shape.hidden);
         make_activations(cfg.seed, step, layer, me, batch.num_tokens, shape.hidden, x.data());
       }
-      DispatchArgs args{step,
-                        layer,
-                        batch.num_tokens,
-                        batch.topk,
-                        slots.data(),
-                        batch.topk_weights.data(),
-                        phantom ? nullptr : x.data(),
-                        &placement};
-      args.layout_key = lp.layout_key;
-      args.layout_cached = lp.layout_cached;
-      const EngineStats before = engine.stats();
-      f.barrier();
-      const double call_t0 = f.now();
-      Handle h = engine.dispatch(args);
-      ForwardTimes ft{call_t0, f.now()};
-      rec.recv_rows.push_back(h.rows);
-      // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
-      f.set_phase("expert");
-      const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
-      f.compute(ecost);
-      ft.expert1 = f.now();
-      const float* expert_out =
-          phantom ? nullptr
-                  : expert_partials(engine.context(), h, placement, run.transform, engine.reduction(), partials);
-      if (verify) {
-        for (int i = 0; i < h.recv.size(); ++i)
-          for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)
-            res.deliveries.got_from(call, h.recv.src_rank[i]).add(h.recv.token[i], h.recv.sel_slot[s]);
-        for (int t = 0; t < batch.num_tokens; ++t)
-          for (int k = 0; k < batch.topk; ++k) {
-            const int32_t s = slots[static_cast<size_t>(t) * batch.topk + k];
-            if (s >= 0) res.deliveries.sent_to(call, placement.rank_of_slot(s)).add(t, s);
-          }
+      if (steps.two_batch()) {
+        res.layer_time_s[call] = two_batch_layer(f, in, engine, steps, res, step, layer, batch, slots, x, out);
+      } else {
+        DispatchArgs args{step,
+                          layer,
+                          batch.num_tokens,
+                          batch.topk,
+                          slots.data(),
+                          batch.topk_weights.data(),
+                          phantom ? nullptr : x.data(),
+                          &placement};
+        args.layout_key = lp.layout_key;
+        args.layout_cached = lp.layout_cached;
+        const EngineStats before = engine.stats();
+        f.barrier();
+        const double call_t0 = f.now();
+        Handle h = engine.dispatch(args);
+        ForwardTimes ft{call_t0, f.now()};
+        rec.recv_rows.push_back(h.rows);
+        // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
+        f.set_phase("expert");
+        const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+        f.compute(ecost);
+        ft.expert1 = f.now();
+        const float* expert_out =
+            phantom ? nullptr
+                    : expert_partials(engine.context(), h, placement, run.transform, engine.reduction(), partials);
+        if (verify) {
+          for (int i = 0; i < h.recv.size(); ++i)
+            for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)
+              res.deliveries.got_from(call, h.recv.src_rank[i]).add(h.recv.token[i], h.recv.sel_slot[s]);
+          for (int t = 0; t < batch.num_tokens; ++t)
+            for (int k = 0; k < batch.topk; ++k) {
+              const int32_t s = slots[static_cast<size_t>(t) * batch.topk + k];
+              if (s >= 0) res.deliveries.sent_to(call, placement.rank_of_slot(s)).add(t, s);
+            }
+        }
+        resize_huge(out, phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
+        f.barrier();
+        ft.combine0 = f.now();
+        engine.combine(h, expert_out, phantom ? nullptr : out.data());
+        rec.record_call(before, engine.stats());
+        res.layer_time_s[call] = f.now() - call_t0;
+        ft.combine1 = f.now();
+        ft.notify_s = rec.notify.back().time_s;
+        steps.forward_layer(args, ecost, ft);
       }
-      resize_huge(out, phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
-      f.barrier();
-      ft.combine0 = f.now();
-      engine.combine(h, expert_out, phantom ? nullptr : out.data());
-      rec.record_call(before, engine.stats());
-      res.layer_time_s[call] = f.now() - call_t0;
-      ft.combine1 = f.now();
-      ft.notify_s = rec.notify.back().time_s;
-      steps.forward_layer(args, ecost, ft);
       if (verify) {  // a slice of tokens at a time: the reference never holds a whole batch's output
         constexpr int kSlice = 64;
         const size_t H = static_cast<size_t>(shape.hidden);

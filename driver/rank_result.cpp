@@ -156,6 +156,15 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r) {
   w.nums(r.steps.step_s);
   w.nums(r.steps.compute_s);
   w.nums(r.steps.allreduce_s);
+  w.num<uint64_t>(r.steps.ops.size());
+  for (const OverlapOp& o : r.steps.ops) {
+    w.num(o.step);
+    w.num(o.kind);
+    w.num(o.micro_batch);
+    w.num(o.layer);
+    w.num(o.t0);
+    w.num(o.dur);
+  }
   w.nums(r.layer_time_s);
   w.nums(r.migration_time_s);
   w.nums(r.call_slot_load);
@@ -172,6 +181,7 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r) {
     w.str(s.name);
     w.num(s.t0);
     w.num(s.t1);
+    w.num(s.lane);
   }
   return std::move(w.out);
 }
@@ -202,6 +212,15 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
   r.steps.step_s = in.nums<double>("steps.step_s");
   r.steps.compute_s = in.nums<double>("steps.compute_s");
   r.steps.allreduce_s = in.nums<double>("steps.allreduce_s");
+  r.steps.ops.resize(in.count(4 * sizeof(int32_t) + 2 * sizeof(double), "steps.ops"));
+  for (OverlapOp& o : r.steps.ops) {
+    o.step = in.num<int32_t>("steps.ops.step");
+    o.kind = in.num<int32_t>("steps.ops.kind");
+    o.micro_batch = in.num<int32_t>("steps.ops.micro_batch");
+    o.layer = in.num<int32_t>("steps.ops.layer");
+    o.t0 = in.num<double>("steps.ops.t0");
+    o.dur = in.num<double>("steps.ops.dur");
+  }
   r.layer_time_s = in.nums<double>("layer_time_s");
   r.migration_time_s = in.nums<double>("migration_time_s");
   r.call_slot_load = in.nums<int32_t>("call_slot_load");
@@ -212,12 +231,13 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
   r.layout_cache.misses = in.num<int64_t>("layout_cache.misses");
   r.layout_cache.notify_time_saved_s = in.num<double>("layout_cache.notify_time_saved_s");
   r.layout_cache.notify_time_missed_s = in.num<double>("layout_cache.notify_time_missed_s");
-  r.spans.resize(in.count(sizeof(int32_t) + sizeof(uint64_t) + 2 * sizeof(double), "spans"));
+  r.spans.resize(in.count(2 * sizeof(int32_t) + sizeof(uint64_t) + 2 * sizeof(double), "spans"));
   for (TimelineSpan& s : r.spans) {
     s.rank = in.num<int32_t>("spans.rank");
     s.name = in.str("spans.name");
     s.t0 = in.num<double>("spans.t0");
     s.t1 = in.num<double>("spans.t1");
+    s.lane = in.num<int32_t>("spans.lane");
   }
   in.finish();
   return r;

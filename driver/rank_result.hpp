@@ -30,7 +30,7 @@ struct RankResult {
 // Encoding: "EPRR", a uint32 version (kRankResultVersion), then the fields in declaration order; numbers as
 // their host bytes (little-endian; every rank of a run runs the same build), vectors and strings as a uint64
 // count then their elements, structs field by field. The same result always gives the same bytes.
-constexpr uint32_t kRankResultVersion = 2;
+constexpr uint32_t kRankResultVersion = 3;
 std::vector<uint8_t> encode_rank_result(const RankResult& r);
 // Throws EplabError naming `from_rank` and the field for bytes that are truncated, of another version, or
 // longer than the result they hold.

@@ -142,6 +142,7 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
       const auto& m = v.first_mismatch;
       ver["first_mismatch"] = {{"step", m.step}, {"layer", m.layer}, {"src", m.src},
                                {"dest", m.dest}, {"sent", m.sent},   {"received", m.got}};
+      if (m.micro_batch >= 0) ver["first_mismatch"]["micro_batch"] = m.micro_batch;
     }
     ver["combine_ok"] = combine_ok;
     ver["elements"] = elems;
@@ -215,6 +216,67 @@ void add_step_report(nlohmann::json& j, const ReportInputs& in, const std::vecto
   if (!links.is_null()) j["links"] = links;
 }
 
+void add_overlap_report(nlohmann::json& j, const ReportInputs& in, const OverlapResult& o, int ranks) {
+  const double n = std::max<size_t>(o.steps.size(), 1);
+  double step = 0, compute = 0, comm = 0, exposed = 0, hidden = 0, serial = 0, serial_compute = 0;
+  std::vector<std::pair<std::string, double>> by_phase;
+  nlohmann::json per_step = nlohmann::json::array();
+  for (size_t s = 0; s < o.steps.size(); ++s) {
+    const StepOverlap& st = o.steps[s];
+    step += st.step_s / n;
+    compute += st.compute_s / n;
+    comm += st.comm_s / n;
+    exposed += st.exposed_s / n;
+    hidden += st.hidden_s / n;
+    serial += st.serial_step_s / n;
+    serial_compute += st.serial_compute_s / n;
+    nlohmann::json phases;
+    for (const auto& [name, x] : st.exposed_by_phase) {
+      phases[name] = x;
+      auto it = std::find_if(by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == name; });
+      if (it == by_phase.end()) by_phase.push_back({name, 0.0}), it = by_phase.end() - 1;
+      it->second += x / n;
+    }
+    per_step.push_back({{"step", static_cast<int>(s)},
+                        {"step_time_s", st.step_s},
+                        {"compute_s", st.compute_s},
+                        {"comm_s", st.comm_s},
+                        {"exposed_comm_s", st.exposed_s},
+                        {"hidden_comm_s", st.hidden_s},
+                        {"exposed_by_phase", phases},
+                        {"serial_step_time_s", st.serial_step_s},
+                        {"critical_rank", st.critical_rank}});
+  }
+  nlohmann::json phases = nlohmann::json::object();
+  for (const auto& [name, x] : by_phase) phases[name] = x;
+  j["step_time_s"] = step;
+  j["compute_s"] = compute;
+  j["comm_fraction"] = step > 0 ? std::clamp(exposed / step, 0.0, 1.0) : 0.0;
+  j["tokens_per_s"] = step > 0 ? in.tokens_per_rank * ranks / step : 0.0;
+  if (j.contains("training")) {
+    auto it = std::find_if(by_phase.begin(), by_phase.end(), [](const auto& p) { return p.first == "allreduce"; });
+    j["training"]["allreduce_exposed_s"] = it == by_phase.end() ? 0.0 : it->second;
+  }
+  j["overlap"] = {
+      {"mode", "tbo"},
+      {"micro_batches", 2},
+      {"step_time_s", step},
+      {"compute_s", compute},
+      {"comm_s", comm},
+      {"exposed_comm_s", exposed},
+      {"hidden_comm_s", hidden},
+      {"idle_s", std::max(0.0, step - compute - exposed)},
+      {"exposed_by_phase", phases},
+      {"serial_step_time_s", serial},
+      {"serial_comm_fraction", serial > 0 ? std::clamp((serial - serial_compute) / serial, 0.0, 1.0) : 0.0},
+      {"speedup", step > 0 ? serial / step : 0.0},
+      {"per_step", per_step},
+      {"definition",
+       "critical rank (the last to finish) of the composed schedule: comm_s is its communication stream's busy time "
+       "(waiting for peers included), hidden_comm_s the part its compute overlaps, exposed_comm_s the rest; "
+       "comm_fraction = exposed_comm_s / step_time_s; means over steps (docs/sim.md)"}};
+}
+
 std::string format_summary(const nlohmann::json& r) {
   std::ostringstream os;
   char line[256];
@@ -265,6 +327,18 @@ std::string format_summary(const nlohmann::json& r) {
                 r["imbalance"]["rank_max_over_mean"].get<double>(), r["imbalance"]["slot_max_over_mean"].get<double>(),
                 r["wall_s"].get<double>());
   os << line;
+  if (r.contains("overlap")) {
+    const auto& o = r["overlap"];
+    std::snprintf(line, sizeof line,
+                  "two-batch overlap: %s step %.3f ms (serial %.3f ms, %.2fx), communication %.3f ms: exposed %.3f ms, "
+                  "hidden %.3f ms; comm_fraction %.3f (serial %.3f)\n",
+                  r.value("mode", "inference").c_str(), o["step_time_s"].get<double>() * 1e3,
+                  o["serial_step_time_s"].get<double>() * 1e3, o["speedup"].get<double>(),
+                  o["comm_s"].get<double>() * 1e3, o["exposed_comm_s"].get<double>() * 1e3,
+                  o["hidden_comm_s"].get<double>() * 1e3, r["comm_fraction"].get<double>(),
+                  o["serial_comm_fraction"].get<double>());
+    os << line;
+  }
   if (r.contains("step_time_s") && r.value("mode", "") == "training") {
     std::snprintf(line, sizeof line, "training step: %.3f ms, compute %.3f ms, comm_fraction %.3f, %.0f tokens/s\n",
                   r["step_time_s"].get<double>() * 1e3, r["compute_s"].get<double>() * 1e3,

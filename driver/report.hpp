@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "driver/experiment.hpp"
+#include "driver/overlap.hpp"
 #include "driver/training.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/moe_shape.hpp"
@@ -35,7 +36,7 @@ struct VerifyResult {
   size_t mismatched_pairs = 0;  // (call, source, destination) triples whose deliveries differ
   // The first of them: where it happened and how many selections were sent and received.
   struct Mismatch {
-    int step = -1, layer = -1, src = -1, dest = -1;
+    int step = -1, layer = -1, micro_batch = -1, src = -1, dest = -1;  // micro_batch: -1 without two-batch overlap
     uint32_t sent = 0, got = 0;
   } first_mismatch;
   std::string transform;
@@ -61,5 +62,10 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
 // fabric recorded links, the `links` utilization summary (Timeline::link_summary).
 void add_step_report(nlohmann::json& report, const ReportInputs& in, const std::vector<StepRecord>& steps,
                      const nlohmann::json& links);
+
+// Two-batch overlap (after add_step_report): the composed schedule's figures replace the step keys (step_time_s,
+// compute_s, comm_fraction = exposed communication / step, tokens_per_s, training.allreduce_exposed_s), and the
+// `overlap` key gives exposed and hidden communication, per phase and per step, beside the serial baseline.
+void add_overlap_report(nlohmann::json& report, const ReportInputs& in, const OverlapResult& o, int ranks);
 
 }  // namespace eplab

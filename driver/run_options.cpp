@@ -82,6 +82,12 @@ const std::vector<RunOption>& run_options() {
       opt(text<C>("mode", member(&C::mode)), "inference | training (backward pass and dense-gradient all-reduce)"),
       opt(boolean<C>("overlap_allreduce", member(&C::overlap_allreduce)),
           "training: overlap the dense-gradient all-reduce with backward compute"),
+      opt(text<C>("overlap", member(&C::overlap),
+                  [](const std::string& v) {
+                    if (v != "none" && v != "tbo")
+                      throw EplabError("expected none or tbo (two-batch overlap), got '" + v + "'");
+                  }),
+          "none | tbo: two micro-batches, one's dispatch/combine under the other's compute (sim; docs/sim.md)"),
       opt(text<C>("timeline", member(&C::timeline)), "write a Chrome trace-event timeline (Perfetto) to this file"),
       opt(integer<C>("layout_cache", member(&C::layout_cache), kNonNegative),
           "cached layouts: LRU capacity; a repeated routing skips the count exchange (0: off; docs/policies.md)"),

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <map>
 
 #include "engine/error.hpp"
@@ -24,6 +25,22 @@ void Timeline::add_spans(const std::vector<TimelineSpan>& spans) {
 void Timeline::set_phase_prefix(std::string prefix) {
   std::lock_guard<std::mutex> lock(mu_);
   prefix_ = std::move(prefix);
+}
+
+void Timeline::shift_rounds(const std::vector<RoundShift>& shifts) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // A round starts inside the exchange that ran it; a little slack for the rounding of simulated times. The
+  // exchanges ran one after another, so their intervals, sorted by start, are searched.
+  constexpr double kSlack = 1e-12;
+  std::vector<RoundShift> by_start = shifts;
+  std::sort(by_start.begin(), by_start.end(), [](const auto& a, const auto& b) { return a.sim_t0 < b.sim_t0; });
+  for (Round& r : rounds_) {
+    auto it = std::upper_bound(by_start.begin(), by_start.end(), r.t0 + kSlack,
+                               [](double t, const RoundShift& s) { return t < s.sim_t0; });
+    if (it == by_start.begin() || r.t0 > std::prev(it)->sim_t1 + kSlack) continue;
+    r.t0 += std::prev(it)->shift;
+    r.t1 += std::prev(it)->shift;
+  }
 }
 
 void Timeline::set_links(std::vector<LinkInfo> links) {
@@ -129,27 +146,30 @@ void Timeline::write(const std::string& path, const nlohmann::json& meta) const 
   std::lock_guard<std::mutex> lock(mu_);
   const int gpn = topo_.gpus_per_node();
   nlohmann::json ev = nlohmann::json::array();
-  std::vector<bool> named(topo_.size(), false);
+  // One row (thread) per rank, or per (rank, lane) when spans have lanes (two-batch overlap).
+  int lanes = 1;
+  for (const auto& s : spans_) lanes = std::max(lanes, s.lane + 1);
+  std::vector<bool> named(static_cast<size_t>(topo_.size()) * lanes, false);
   for (const auto& s : spans_) {
-    const int node = s.rank / gpn, local = s.rank % gpn;
-    if (!named[s.rank]) {
-      named[s.rank] = true;
+    const int node = s.rank / gpn, local = s.rank % gpn, tid = local * lanes + s.lane;
+    if (!named[static_cast<size_t>(s.rank) * lanes + s.lane]) {
+      named[static_cast<size_t>(s.rank) * lanes + s.lane] = true;
       ev.push_back(
           {{"ph", "M"}, {"name", "process_name"}, {"pid", node}, {"args", {{"name", "node " + std::to_string(node)}}}});
-      ev.push_back({{"ph", "M"},
-                    {"name", "thread_name"},
-                    {"pid", node},
-                    {"tid", local},
-                    {"args", {{"name", "gpu " + std::to_string(s.rank)}}}});
+      std::string name = "gpu " + std::to_string(s.rank);
+      if (lanes > 1) name += s.lane < 2 ? " micro-batch " + std::to_string(s.lane) : " both micro-batches";
+      ev.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", node}, {"tid", tid}, {"args", {{"name", name}}}});
     }
+    nlohmann::json args = {{"rank", s.rank}};
+    if (lanes > 1) args["lane"] = s.lane;
     ev.push_back({{"ph", "X"},
                   {"cat", "phase"},
                   {"name", s.name},
                   {"pid", node},
-                  {"tid", local},
+                  {"tid", tid},
                   {"ts", s.t0 * 1e6},
                   {"dur", std::max(0.0, s.t1 - s.t0) * 1e6},
-                  {"args", {{"rank", s.rank}}}});
+                  {"args", args}});
   }
   // Link load as a step function per track: rounds that overlap (pipelined stages) add their rates.
   const int link_pid = topo_.nodes();

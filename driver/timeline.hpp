@@ -16,10 +16,13 @@ namespace eplab {
 
 // A phase span of one rank, in seconds of Fabric::now(). A rank collects its own (RankResult) and the process
 // holding rank 0 adds everyone's to its Timeline.
+// `lane` separates spans of one rank that run at the same time: with two-batch overlap the micro-batch (0, 1;
+// 2 for what serves both), drawn as rows of their own.
 struct TimelineSpan {
   int32_t rank = 0;
   std::string name;
   double t0 = 0, t1 = 0;
+  int32_t lane = 0;
 };
 
 // The Timeline is written by the process holding rank 0. Spans reach it through the per-rank results; the
@@ -43,6 +46,13 @@ class Timeline : public LinkRecorder {
   // Prefix for the phase names of the rounds that follow ("bwd-" during a backward pass): the engine's
   // algorithms name their phases dispatch/combine whichever direction the gradients travel.
   void set_phase_prefix(std::string prefix);
+
+  // Two-batch overlap: each link round recorded in [sim_t0, sim_t1] (an exchange of the serial simulation) moves
+  // by `shift`, to where the composed schedule runs that exchange. Rounds outside every interval stay.
+  struct RoundShift {
+    double sim_t0, sim_t1, shift;
+  };
+  void shift_rounds(const std::vector<RoundShift>& shifts);
 
   void set_links(std::vector<LinkInfo> links) override;
   void link_round(const std::string& phase, double t0, double t1, const std::vector<double>& link_bytes) override;

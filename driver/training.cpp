@@ -22,7 +22,8 @@ constexpr size_t kMaxRealPiece = size_t{8} << 20;
 
 }  // namespace
 
-void StepDriver::begin_step(int) {
+void StepDriver::begin_step(int step) {
+  step_ = step;
   c_.f.barrier();
   step0_ = c_.f.now();
   compute_ = 0;
@@ -31,7 +32,8 @@ void StepDriver::begin_step(int) {
 }
 
 void StepDriver::span(const char* name, double t0, double t1) {
-  if (c_.spans) c_.spans->push_back({c_.f.rank(), name, t0, t1});
+  // Two-batch overlap: the timeline shows the composed schedule (driver/overlap.hpp), not the serial one.
+  if (c_.spans && !two_batch_) c_.spans->push_back({c_.f.rank(), name, t0, t1});
 }
 
 double StepDriver::timed_compute(const ComputeCost& cost, const char* name) {
@@ -43,9 +45,9 @@ double StepDriver::timed_compute(const ComputeCost& cost, const char* name) {
   return t1;
 }
 
-ComputeCost StepDriver::dense_cost(double flops_per_param_token, double hbm_bytes) const {
+ComputeCost StepDriver::dense_cost(double flops_per_param_token, double hbm_bytes, int tokens) const {
   ComputeCost c;
-  c.flops = flops_per_param_token * c_.shape.dense_params * c_.cfg.tokens;
+  c.flops = flops_per_param_token * c_.shape.dense_params * tokens;
   c.hbm_bytes = hbm_bytes;
   c.what = "dense";
   return c;
@@ -58,7 +60,15 @@ void StepDriver::forward_layer(const DispatchArgs& args, const ComputeCost& expe
   span("combine", t.combine0, t.combine1);
   compute_ += t.expert1 - t.expert0;
   if (c_.cfg.mode != "training") return;
+  keep_layer(args, expert, args.layer, 0);
+  // The layer's dense part (attention, norms): 2 FLOPs per parameter and token, weights read once.
+  timed_compute(dense_cost(2.0, c_.shape.dense_params * 2.0, c_.cfg.tokens), "dense");
+}
+
+void StepDriver::keep_layer(const DispatchArgs& args, const ComputeCost& expert, int layer, int micro_batch) {
   Layer l;
+  l.layer = layer;
+  l.micro_batch = micro_batch;
   l.num_tokens = args.num_tokens;
   l.topk = args.topk;
   const size_t sel = static_cast<size_t>(args.num_tokens) * args.topk;
@@ -67,8 +77,28 @@ void StepDriver::forward_layer(const DispatchArgs& args, const ComputeCost& expe
   if (args.x) l.x.assign(args.x, args.x + static_cast<size_t>(args.num_tokens) * c_.shape.hidden);
   l.expert = expert;
   layers_.push_back(std::move(l));
-  // The layer's dense part (attention, norms): 2 FLOPs per parameter and token, weights read once.
-  timed_compute(dense_cost(2.0, c_.shape.dense_params * 2.0), "dense");
+}
+
+void StepDriver::op(OpKind kind, int micro_batch, int layer, double t0, double t1) {
+  if (two_batch_) rec_.ops.push_back({step_, static_cast<int32_t>(kind), micro_batch, layer, t0, t1 - t0});
+}
+
+void StepDriver::dense_forward(int micro_batch, int layer, int tokens) {
+  // The micro-batch's dense part (attention, norms): 2 FLOPs per parameter and token; each micro-batch reads
+  // the weights once.
+  const double t0 = c_.f.now();
+  const double t1 = timed_compute(dense_cost(2.0, c_.shape.dense_params * 2.0, tokens), "dense");
+  op(OpKind::kDense, micro_batch, layer, t0, t1);
+}
+
+void StepDriver::forward_micro_batch(const DispatchArgs& args, const ComputeCost& expert, int micro_batch,
+                                     const ForwardTimes& t) {
+  const int layer = args.layer & (kMicroBatchLayerBit - 1);
+  op(OpKind::kDispatch, micro_batch, layer, t.dispatch0, t.expert0);
+  op(OpKind::kExpert, micro_batch, layer, t.expert0, t.expert1);
+  op(OpKind::kCombine, micro_batch, layer, t.combine0, t.combine1);
+  compute_ += t.expert1 - t.expert0;
+  if (c_.cfg.mode == "training") keep_layer(args, expert, layer, micro_batch);
 }
 
 // NCCL-style rings, one per local GPU index when there are several nodes: ring c visits each node's GPUs from
@@ -147,9 +177,78 @@ void StepDriver::allreduce(int step, int id, double bytes) {
   }
 }
 
+// Dispatch's backward: the received rows' gradients return to their tokens' ranks and are summed. With real
+// payloads the gradients stand in as the received rows themselves, in fp32.
+void StepDriver::backward_combine(Handle& h, int num_tokens) {
+  if (!c_.phantom) {
+    partials_.resize(static_cast<size_t>(h.recv.size()) * c_.shape.hidden);
+    std::vector<float> row(c_.shape.hidden);
+    for (int i = 0; i < h.recv.size(); ++i) {
+      const float* src = c_.engine.context().recv_row(h, i, row.data());
+      std::copy(src, src + c_.shape.hidden, partials_.begin() + static_cast<ptrdiff_t>(i) * c_.shape.hidden);
+    }
+    out_.resize(static_cast<size_t>(num_tokens) * c_.shape.hidden);
+  }
+  c_.engine.combine(h, c_.phantom ? nullptr : partials_.data(), c_.phantom ? nullptr : out_.data());
+}
+
+// The backward pass with two micro-batches, every phase one at a time between barriers, recorded as an op: per
+// layer in reverse, each micro-batch's combine backward, expert backward, dispatch backward and dense backward,
+// then (overlapped) the layer's dense gradients of both micro-batches in one all-reduce, which the composed
+// schedule hides behind the next layer's backward compute; not overlapped, all layers' after the backward pass.
+void StepDriver::backward_two_batch(int step) {
+  Fabric& f = c_.f;
+  int L = 0;
+  for (const Layer& l : layers_) L = std::max(L, l.layer + 1);
+  const double layer_grads = dense_grad_bytes(c_.shape);
+  auto all_reduce = [&](int id, int layer, double bytes) {
+    f.barrier();
+    const double t0 = f.now();
+    allreduce(step, id, bytes);
+    op(OpKind::kAllreduce, -1, layer, t0, f.now());
+  };
+  for (int i = static_cast<int>(layers_.size()) - 1; i >= 0;) {
+    // This layer's micro-batches, in micro-batch order.
+    int first = i;
+    while (first > 0 && layers_[first - 1].layer == layers_[i].layer) --first;
+    for (int k = first; k <= i; ++k) {
+      Layer& l = layers_[k];
+      const int mb = l.micro_batch, bl = (L + (L - 1 - l.layer)) | (mb ? kMicroBatchLayerBit : 0);
+      f.barrier();
+      c_.links.set_phase_prefix("bwd-");
+      const double d0 = f.now();
+      DispatchArgs a{
+          step, bl, l.num_tokens, l.topk, l.slots.data(), l.weights.data(), l.x.empty() ? nullptr : l.x.data()};
+      Handle h = c_.engine.dispatch(a);
+      const double d1 = f.now();
+      c_.links.set_phase_prefix("");
+      op(OpKind::kBwdDispatch, mb, l.layer, d0, d1);
+      ComputeCost bwd = l.expert;
+      bwd.flops *= 2;
+      bwd.hbm_bytes *= 2;
+      op(OpKind::kBwdExpert, mb, l.layer, d1, timed_compute(bwd, "bwd-expert"));
+      f.barrier();
+      c_.links.set_phase_prefix("bwd-");
+      const double b0 = f.now();
+      backward_combine(h, l.num_tokens);
+      c_.links.set_phase_prefix("");
+      const double b1 = f.now();
+      op(OpKind::kBwdCombine, mb, l.layer, b0, b1);
+      op(OpKind::kBwdDense, mb, l.layer, b1,
+         timed_compute(dense_cost(4.0, c_.shape.dense_params * 4.0, l.num_tokens), "bwd-dense"));
+    }
+    if (c_.cfg.overlap_allreduce) all_reduce(2 * L + layers_[i].layer, layers_[i].layer, layer_grads);
+    i = first - 1;
+  }
+  if (!c_.cfg.overlap_allreduce) all_reduce(3 * L, 0, layer_grads * L);
+  layers_.clear();
+}
+
 void StepDriver::end_step(int step) {
   Fabric& f = c_.f;
-  if (c_.cfg.mode == "training") {
+  if (c_.cfg.mode == "training" && two_batch_) {
+    backward_two_batch(step);
+  } else if (c_.cfg.mode == "training") {
     const int L = static_cast<int>(layers_.size());
     const bool overlap = c_.cfg.overlap_allreduce;
     const double layer_grads = dense_grad_bytes(c_.shape);
@@ -192,21 +291,11 @@ void StepDriver::end_step(int step) {
       f.barrier();
       c_.links.set_phase_prefix("bwd-");
       const double b0 = f.now();
-      if (!c_.phantom) {
-        // The gradients stand in as the received rows themselves, in fp32.
-        partials_.resize(static_cast<size_t>(h.recv.size()) * c_.shape.hidden);
-        std::vector<float> row(c_.shape.hidden);
-        for (int i = 0; i < h.recv.size(); ++i) {
-          const float* src = c_.engine.context().recv_row(h, i, row.data());
-          std::copy(src, src + c_.shape.hidden, partials_.begin() + static_cast<ptrdiff_t>(i) * c_.shape.hidden);
-        }
-        out_.resize(static_cast<size_t>(l.num_tokens) * c_.shape.hidden);
-      }
-      c_.engine.combine(h, c_.phantom ? nullptr : partials_.data(), c_.phantom ? nullptr : out_.data());
+      backward_combine(h, l.num_tokens);
       c_.links.set_phase_prefix("");
       span("bwd-combine", b0, f.now());
       // Dense backward: 4 FLOPs per parameter and token; weights read and gradients written.
-      timed_compute(dense_cost(4.0, c_.shape.dense_params * 4.0), "bwd-dense");
+      timed_compute(dense_cost(4.0, c_.shape.dense_params * 4.0, c_.cfg.tokens), "bwd-dense");
       if (overlap) pending = layer;
     }
     // What no compute is left to hide: the last layer's gradients (overlapped) or all of them (not).

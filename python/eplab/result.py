@@ -101,7 +101,8 @@ def run(progress=None, **options):
     (on emu: nodes 2, tokens 256): backend ("sim" where built, else "emu"), cluster and model (a preset name, a .json
     file, or a dict as eplab.cluster() / eplab.model() return; docs/specs.md), nodes, gpus_per_node, tokens (per rank), hidden, routing, trace, algorithm, dispatch_codec, combine_codec
     (a spec or an eplab.Codec instance, Python subclasses included), transform, payload, steps, layers, seed,
-    redundant_experts, timeout_s, verify, layout_cache, balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
+    redundant_experts, timeout_s, verify, layout_cache, mode, overlap ("none" or "tbo": two-batch overlap, sim
+    only; Result.overlap, exposed_comm_s, hidden_comm_s), balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
     instance, Python subclasses included; a predictor is copied once per layer, a balancer is shared by all
     layers), rebalance_every. ``routing`` may also be an eplab.RoutingSource or arrays captured from a model
     (``topk_idx`` as eplab.traces.from_arrays takes it, NumPy or torch, with ``weights=`` its top-k weights).
@@ -202,6 +203,28 @@ class Result:
         (not the report's per_step[].layer_time_s, which also counts expert compute)."""
         ph = self.report.get("phases", {})
         return float(sum(p.get("time_s", 0.0) for k, p in ph.items() if k in ("notify", "dispatch", "combine")))
+
+    @property
+    def overlap(self):
+        """Two-batch overlap (``overlap="tbo"``): the report's ``overlap`` dict (composed and serial step time,
+        exposed and hidden communication, per phase and per step); None for a run without it."""
+        return self.report.get("overlap")
+
+    @property
+    def exposed_comm_s(self):
+        """Communication per step that no compute hides: with two-batch overlap the critical rank's exposed
+        communication; without it every exchange is exposed, and this is step_time_s - compute_s. The report's
+        comm_fraction is this over step_time_s."""
+        o = self.report.get("overlap")
+        if o is not None:
+            return float(o["exposed_comm_s"])
+        return float(self.report.get("step_time_s", 0.0) - self.report.get("compute_s", 0.0))
+
+    @property
+    def hidden_comm_s(self):
+        """Communication per step that runs under the other micro-batch's compute (0 without two-batch overlap)."""
+        o = self.report.get("overlap")
+        return float(o["hidden_comm_s"]) if o is not None else 0.0
 
     @property
     def layer_time_s(self):

@@ -89,7 +89,14 @@ def plot(path, out, t_from=None, t_to=None, bins=400):
     tracks = meta.get("link_capacity") or [{"name": n, "GBps": 0} for n in counters]
     tracks = [t for t in tracks if t["name"] in counters]
     tracks = [t for _, t in sorted((track_order(t["name"], i), t) for i, t in enumerate(tracks))]
-    ranks = sorted({s["pid"] * gpn + s["tid"] for s in spans})
+    # A row per rank, or per (rank, lane) where spans have lanes (two-batch overlap: one per micro-batch).
+    def row_key(s):
+        args = s.get("args", {})
+        lane = args.get("lane", 0)
+        return (args.get("rank", s["pid"] * gpn + s["tid"]), lane)
+
+    ranks = sorted({row_key(s) for s in spans})
+    lanes = len({lane for _, lane in ranks}) > 1
     heights = [max(2.0, 0.12 * len(ranks)), max(2.0, 0.05 * len(tracks))] if tracks else [max(2.0, 0.12 * len(ranks))]
     # Constrained layout gives both panels the same width (the colorbar spans them), so time lines up.
     fig, axes = plt.subplots(len(heights), 1, figsize=(12, sum(heights) + 1.6), sharex=True, layout="constrained",
@@ -97,23 +104,30 @@ def plot(path, out, t_from=None, t_to=None, bins=400):
     axes = axes[:, 0]
 
     ax = axes[0]
-    row_of = {r: i for i, r in enumerate(ranks)}
+    row_of = {k: i for i, k in enumerate(ranks)}
     # The all-reduce first: when it is overlapped, the compute it hides under is drawn on top of it.
     seen = {}
     for s in sorted(spans, key=lambda s: (s["name"] != "allreduce", s["ts"])):
-        r = row_of[s["pid"] * gpn + s["tid"]]
+        r = row_of[row_key(s)]
         color, hatch = phase_style(s["name"])
         ax.broken_barh([((s["ts"] - t0) / scale, s["dur"] / scale)], (r - 0.4, 0.8), facecolors=color, hatch=hatch,
                        edgecolor="white" if hatch else color, linewidth=0.0 if not hatch else 0.3)
         seen[s["name"]] = (color, hatch)
     ax.set_ylim(-0.7, len(ranks) - 0.3)
     ax.invert_yaxis()
-    step = max(1, len(ranks) // 16)
+    step = max(1, len(ranks) // (32 if lanes else 16))
     ax.set_yticks(range(0, len(ranks), step))
-    ax.set_yticklabels([f"gpu {ranks[i]}" for i in range(0, len(ranks), step)], fontsize=7)
-    ax.set_ylabel("rank")
+    def label(key):
+        rank, lane = key
+        if not lanes:
+            return f"gpu {rank}"
+        return f"gpu {rank} " + (f"mb{lane}" if lane < 2 else "both")
+
+    ax.set_yticklabels([label(ranks[i]) for i in range(0, len(ranks), step)], fontsize=7)
+    ax.set_ylabel("rank, micro-batch" if lanes else "rank")
     sampled = meta.get("ranks_recorded", "all")
-    fig.suptitle(f"{meta.get('mode', 'run')} on {meta.get('backend', '?')}: {meta.get('ranks', len(ranks))} ranks "
+    tbo = ", two-batch overlap" if meta.get("overlap") == "tbo" else ""
+    fig.suptitle(f"{meta.get('mode', 'run')}{tbo} on {meta.get('backend', '?')}: {meta.get('ranks', len(ranks))} ranks "
                  f"(ranks shown: {sampled})", fontsize=10)
     ax.legend(handles=[Patch(facecolor=c, hatch=h, edgecolor="white" if h else c, label=n) for n, (c, h) in seen.items()],
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(seen), 8), fontsize=7, frameon=False)

@@ -41,6 +41,8 @@ RankResult sample(int rank) {
   r.steps.step_s = {0.1, 0.2};
   r.steps.compute_s = {0.05, 0.06};
   r.steps.allreduce_s = {0, 0.01 * rank};
+  r.steps.ops = {{0, static_cast<int32_t>(OpKind::kDispatch), 1, 2, 0.125, 0.5 + rank},
+                 {1, static_cast<int32_t>(OpKind::kAllreduce), -1, 0, 2.0, 0.25}};
   r.layer_time_s = {0.3, 0.4};
   r.migration_time_s = {0, 0.001};
   r.call_slot_load = {1, 2, 3, 4, 5, 6, 7, rank};
@@ -52,7 +54,7 @@ RankResult sample(int rank) {
   r.layout_cache.misses = 1 + rank;
   r.layout_cache.notify_time_saved_s = 1e-5;
   r.layout_cache.notify_time_missed_s = 2e-5;
-  r.spans = {{rank, "dispatch", 0.5, 0.75}, {rank, "bwd-combine", 1, 1.25}};
+  r.spans = {{rank, "dispatch", 0.5, 0.75}, {rank, "bwd-combine", 1, 1.25, 1}};
   return r;
 }
 
@@ -75,6 +77,11 @@ TEST(RankResult, RoundTripsEveryField) {
   ASSERT_EQ(b.spans.size(), 2u);
   EXPECT_EQ(b.spans[1].name, "bwd-combine");
   EXPECT_EQ(b.spans[1].t1, 1.25);
+  EXPECT_EQ(b.spans[1].lane, 1);
+  ASSERT_EQ(b.steps.ops.size(), 2u);
+  EXPECT_EQ(b.steps.ops[0].micro_batch, 1);
+  EXPECT_EQ(b.steps.ops[0].dur, 3.5);
+  EXPECT_EQ(b.steps.ops[1].kind, static_cast<int32_t>(OpKind::kAllreduce));
 }
 
 TEST(RankResult, SameResultSameBytes) {

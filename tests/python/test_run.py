@@ -161,3 +161,20 @@ def test_codec_without_a_bound_is_delivery_only(small):
     assert v["values"] == "delivery only" and v["delivery_ok"] and v["passed"]
     assert not r.verified
     assert "delivery only" in r.summary()
+
+
+@pytest.mark.skipif(not HAS_SIM, reason="this build has no sim backend")
+def test_two_batch_overlap_keyword_and_result_fields():
+    r = eplab.run(**SIM_SMALL, layers=2, overlap="tbo")
+    o = r.overlap
+    assert o is not None and o["mode"] == "tbo" and o["micro_batches"] == 2
+    assert r.exposed_comm_s + r.hidden_comm_s == pytest.approx(o["comm_s"], rel=1e-12)
+    assert r.hidden_comm_s > 0
+    assert r.report["comm_fraction"] == pytest.approx(r.exposed_comm_s / r.report["step_time_s"])
+    assert r.report["step_time_s"] < o["serial_step_time_s"]
+    assert "two-batch overlap" in r.summary()
+    plain = eplab.run(**SIM_SMALL, layers=2)
+    assert plain.overlap is None and plain.hidden_comm_s == 0.0
+    assert plain.exposed_comm_s == pytest.approx(plain.report["step_time_s"] - plain.report["compute_s"])
+    with pytest.raises(eplab.Error, match="expected none or tbo"):
+        eplab.run(**SIM_SMALL, overlap="three")
