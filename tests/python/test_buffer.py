@@ -313,6 +313,24 @@ def test_buffer_construction_errors():
         eplab.Buffer(backend="emu", nodes=1, gpus_per_node=2, hidden=8)
 
 
+@pytest.mark.skipif("mpi" not in eplab.backends(), reason="this build has no mpi backend")
+def test_a_one_rank_per_process_backend_is_refused():
+    with pytest.raises(eplab.Error, match="one rank per process"):
+        buffer(backend="mpi")
+
+
+def test_expert_alignment_rounds_the_per_expert_counts_up():
+    idx, w = routing(seed=23)
+    buf = buffer()
+    plain = buf.dispatch(exact_rows(), topk_idx=idx, topk_weights=w).num_recv_tokens_per_expert_list
+    aligned = buf.dispatch(exact_rows(), topk_idx=idx, topk_weights=w,
+                           expert_alignment=4).num_recv_tokens_per_expert_list
+    for p, a in zip(plain, aligned):
+        assert a == [-(-c // 4) * 4 for c in p] and all(c % 4 == 0 for c in a)
+    with pytest.raises(ValueError, match="expert_alignment"):
+        buf.dispatch(exact_rows(), topk_idx=idx, topk_weights=w, expert_alignment=0)
+
+
 def test_emu_time_is_wall_clock():
     idx, w = routing()
     res = buffer().dispatch(exact_rows(), topk_idx=idx, topk_weights=w)
