@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <numeric>
 
 #include "engine/error.hpp"
+#include "engine/huge_pages.hpp"
 #include "engine/moe_shape.hpp"
 #include "policies/codecs/codec.hpp"
 
@@ -37,6 +39,14 @@ Placement buffer_placement(const BufferOptions& o, int ranks) {
   return Placement::contiguous(o.num_experts, ranks);
 }
 
+// The rows as fp32: the caller's own, or its bf16 bits widened into `buf` (exact).
+const float* widen(const BufferRows& rows, size_t n, std::vector<float>& buf) {
+  if (!rows.bf16) return rows.f32;
+  resize_huge(buf, n);
+  for (size_t i = 0; i < n; ++i) buf[i] = std::bit_cast<float>(static_cast<uint32_t>(rows.bf16[i]) << 16);
+  return buf.data();
+}
+
 }  // namespace
 
 BufferSession::BufferSession(BufferOptions opts)
@@ -46,6 +56,7 @@ BufferSession::BufferSession(BufferOptions opts)
       backend_(create_backend(opts_.backend)),
       caps_(backend_->caps()),
       id_(next_session_id()) {
+  scratch_.resize(topo_.size());
   if (opts_.hidden < 1)
     throw EplabError("eplab.Buffer: hidden must be at least 1, got " + std::to_string(opts_.hidden));
   if (const std::string why = backend_->unavailable(); !why.empty())
@@ -66,6 +77,20 @@ BufferSession::BufferSession(BufferOptions opts)
                      "'flat', 'hierarchical' or 'allgather'");
 }
 
+void BufferSession::lend_scratch(EngineContext& ctx, int rank) {
+  RankScratch& s = scratch_[rank];
+  ctx.inboxes.swap(s.inboxes);
+  ctx.outboxes.swap(s.outboxes);
+  ctx.spare_rows.swap(s.spare_rows);
+}
+
+void BufferSession::take_scratch(EngineContext& ctx, int rank) {
+  RankScratch& s = scratch_[rank];
+  s.inboxes.swap(ctx.inboxes);
+  s.outboxes.swap(ctx.outboxes);
+  s.spare_rows.swap(ctx.spare_rows);
+}
+
 DispatchLayout BufferSession::layout(const int32_t* topk_idx, int num_tokens, int topk) const {
   std::vector<int32_t> slots(topk_idx, topk_idx + static_cast<size_t>(num_tokens) * topk);
   for (size_t i = 0; i < slots.size(); ++i)
@@ -83,7 +108,7 @@ void BufferSession::check_inputs(const std::vector<BufferRankInput>& inputs, int
   for (size_t r = 0; r < inputs.size(); ++r) {
     const BufferRankInput& in = inputs[r];
     if (in.num_tokens < 0) throw EplabError("dispatch: rank " + std::to_string(r) + " has a negative token count");
-    if (in.num_tokens > 0 && (!in.topk_idx || !in.weights || !in.x))
+    if (in.num_tokens > 0 && (!in.topk_idx || !in.weights || in.x.empty()))
       throw EplabError("dispatch: rank " + std::to_string(r) + " lacks topk_idx, topk_weights or x");
     for (size_t i = 0; i < static_cast<size_t>(in.num_tokens) * topk; ++i)
       if (in.topk_idx[i] < -1 || in.topk_idx[i] >= opts_.num_experts)
@@ -166,13 +191,14 @@ void BufferSession::run_dispatch(BufferHandleState& h, const std::vector<BufferR
     const int me = f.rank();
     EpEngine engine(f, shape, placement_, eo);
     EngineContext& ctx = engine.context();
+    lend_scratch(ctx, me);
     if (vouch) ctx.layout_cache.insert(h.cached[me]);
     DispatchArgs a;
     a.num_tokens = h.num_tokens[me];
     a.topk = topk;
     a.slots = h.slots[me].data();
     a.weights = h.weights[me].data();
-    a.x = inputs[me].x;
+    a.x = widen(inputs[me].x, static_cast<size_t>(a.num_tokens) * H, scratch_[me].rows);
     a.placement = &placement_;
     a.layout_key = h.layout_key;
     a.layout_cached = vouch;
@@ -200,14 +226,11 @@ void BufferSession::run_dispatch(BufferHandleState& h, const std::vector<BufferR
     out.topk_idx.assign(static_cast<size_t>(rows) * topk, -1);
     out.topk_weights.assign(static_cast<size_t>(rows) * topk, 0.f);
     out.tokens_per_expert.assign(epr, 0);
+    // The rows go back in the codec's wire format, which for fp32, bf16 and DeepEP's fp8 is the caller's own
+    // (floats, bf16 bits, codes then scales): a copy, no decoding.
     const size_t wire_row = ctx.dispatch_codec->row_bytes(H);
-    const bool keep_wire = codec.rfind("fp8", 0) == 0;
-    if (keep_wire && wire_row == 0)
-      throw EplabError("dispatch: codec '" + codec + "' has no per-row wire format to hand back");
-    if (keep_wire)
-      out.wire.resize(static_cast<size_t>(rows) * wire_row);
-    else
-      out.x.resize(static_cast<size_t>(rows) * H);
+    if (wire_row == 0) throw EplabError("dispatch: codec '" + codec + "' has no per-row wire format to hand back");
+    resize_huge(out.wire, static_cast<size_t>(rows) * wire_row);
     std::vector<float> scratch(H);
     std::vector<uint8_t> enc;
     for (int i = 0; i < rows; ++i) {
@@ -223,21 +246,21 @@ void BufferSession::run_dispatch(BufferHandleState& h, const std::vector<BufferR
           out.topk_weights[static_cast<size_t>(i) * topk + k] = w[k];
           ++out.tokens_per_expert[local];
         }
-      if (keep_wire && !eh.recv_wire.empty()) {
-        std::copy_n(eh.recv_wire.data() + static_cast<size_t>(j) * wire_row, wire_row,
-                    out.wire.data() + static_cast<size_t>(i) * wire_row);
-      } else if (keep_wire) {  // the algorithm decoded on arrival (allgather): encode the row again, same codec
+      uint8_t* dst = out.wire.data() + static_cast<size_t>(i) * wire_row;
+      if (!eh.recv_wire.empty()) {
+        std::copy_n(eh.recv_wire.data() + static_cast<size_t>(j) * wire_row, wire_row, dst);
+      } else {  // the algorithm decoded on arrival (allgather): encode the row again with the same codec
         enc.clear();
         ctx.dispatch_codec->encode(ctx.recv_row(eh, j, scratch.data()), 1, H, enc);
-        std::copy_n(enc.data(), wire_row, out.wire.data() + static_cast<size_t>(i) * wire_row);
-      } else {
-        const float* row = ctx.recv_row(eh, j, scratch.data());
-        std::copy_n(row, H, out.x.data() + static_cast<size_t>(i) * H);
+        std::copy_n(enc.data(), wire_row, dst);
       }
     }
-    // Combine takes the caller's rows; the received ones are in `out` now.
+    // Combine takes the caller's rows; the received ones are in `out` now, and the wire rows' buffer serves the
+    // next call.
     std::vector<float>().swap(eh.recv_x);
+    if (eh.recv_wire.capacity() > ctx.spare_rows.capacity()) ctx.spare_rows.swap(eh.recv_wire);
     std::vector<uint8_t>().swap(eh.recv_wire);
+    take_scratch(ctx, me);
     handles[me] = std::move(eh);
   });
   h.handles = std::move(handles);
@@ -248,7 +271,7 @@ void BufferSession::run_dispatch(BufferHandleState& h, const std::vector<BufferR
                     *std::max_element(notify_s.begin(), notify_s.end()), caps_.modeled_time};
 }
 
-void BufferSession::combine(BufferHandleState& h, const std::vector<const float*>& partials, const std::string& codec,
+void BufferSession::combine(BufferHandleState& h, const std::vector<BufferRows>& partials, const std::string& codec,
                             std::vector<std::vector<float>>& out, BufferTime& time) {
   std::lock_guard<std::mutex> lock(mu_);
   const int R = topo_.size(), H = opts_.hidden;
@@ -257,7 +280,8 @@ void BufferSession::combine(BufferHandleState& h, const std::vector<const float*
     throw EplabError("combine: " + std::to_string(partials.size()) + " ranks of input for a Buffer of " +
                      std::to_string(R) + " ranks");
   for (int r = 0; r < R; ++r)
-    if (h.rows[r] > 0 && !partials[r]) throw EplabError("combine: rank " + std::to_string(r) + " lacks its rows");
+    if (h.rows[r] > 0 && partials[r].empty())
+      throw EplabError("combine: rank " + std::to_string(r) + " lacks its rows");
   create_codec(codec);
   MoeShape shape;
   shape.name = "buffer";
@@ -272,17 +296,26 @@ void BufferSession::combine(BufferHandleState& h, const std::vector<const float*
   backend_->launch(topo_, LaunchOptions{false, opts_.timeout_s, opts_.sim_model}, [&](Fabric& f) {
     const int me = f.rank();
     EpEngine engine(f, shape, placement_, eo);
+    lend_scratch(engine.context(), me);
     // The caller's rows are in DeepEP's order; the engine wants its own.
     const std::vector<int32_t>& ord = h.order[me];
-    std::vector<float> rows(static_cast<size_t>(h.rows[me]) * H);
-    for (size_t i = 0; i < ord.size(); ++i)
-      std::copy_n(partials[me] + i * H, H, rows.data() + static_cast<size_t>(ord[i]) * H);
-    out[me].assign(static_cast<size_t>(h.num_tokens[me]) * H, 0.f);
+    std::vector<float>& rows = scratch_[me].rows;
+    resize_huge(rows, static_cast<size_t>(h.rows[me]) * H);
+    const BufferRows& in = partials[me];
+    for (size_t i = 0; i < ord.size(); ++i) {
+      float* dst = rows.data() + static_cast<size_t>(ord[i]) * H;
+      if (in.bf16)
+        for (int e = 0; e < H; ++e) dst[e] = std::bit_cast<float>(static_cast<uint32_t>(in.bf16[i * H + e]) << 16);
+      else
+        std::copy_n(in.f32 + i * H, H, dst);
+    }
+    resize_huge(out[me], static_cast<size_t>(h.num_tokens[me]) * H);  // combine writes every element
     f.set_phase("combine");
     f.barrier();
     const double t0 = f.now();
     engine.combine(h.handles[me], rows.data(), out[me].data());
     call_s[me] = f.now() - t0;
+    take_scratch(engine.context(), me);
   });
   time = BufferTime{*std::max_element(call_s.begin(), call_s.end()), 0, caps_.modeled_time};
 }

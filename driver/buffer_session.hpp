@@ -30,13 +30,20 @@ struct BufferOptions {
   std::string sim_model;
 };
 
-// One rank's part of a dispatch: its batch's top-k expert ids (-1 unused), weights and activations (fp32; the
-// caller has widened bf16 or decoded fp8 input already).
+// Rows of one rank as the caller holds them: fp32, or bf16 bits (widened by the rank's own thread, exactly).
+struct BufferRows {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  bool empty() const { return !f32 && !bf16; }
+};
+
+// One rank's part of a dispatch: its batch's top-k expert ids (-1 unused), weights and activations (fp32 or bf16;
+// the caller has decoded fp8 input already).
 struct BufferRankInput {
   int num_tokens = 0;
   const int32_t* topk_idx = nullptr;  // [tokens x topk]
   const float* weights = nullptr;     // [tokens x topk]
-  const float* x = nullptr;           // [tokens x hidden]
+  BufferRows x;                       // [tokens x hidden]
 };
 
 // What one rank received, rows in DeepEP's order: by source rank, then by token.
@@ -45,8 +52,7 @@ struct BufferRecv {
   std::vector<int32_t> topk_idx;             // [rows x topk] local expert index on this rank, -1 elsewhere
   std::vector<float> topk_weights;           // [rows x topk] 0 where topk_idx is -1
   std::vector<int32_t> tokens_per_expert;    // [local experts] received selections per local expert
-  std::vector<float> x;                      // [rows x hidden] decoded rows (fp32 and bf16 codecs)
-  std::vector<uint8_t> wire;                 // [rows x row bytes] the codec's wire rows (fp8 codecs)
+  std::vector<uint8_t> wire;                 // [rows x row bytes] the rows in the dispatch codec's wire format
   int rows() const { return static_cast<int>(src_rank.size()); }
 };
 
@@ -94,7 +100,7 @@ class BufferSession {
                        std::vector<BufferRecv>& recv, BufferTime& time);
   // Combine: partials[r] holds rank r's rows in DeepEP's order ([rows x hidden]), sent with `codec`; out[r]
   // receives rank r's tokens ([num_tokens x hidden]), each the sum of the rows of every rank it reached.
-  void combine(BufferHandleState& h, const std::vector<const float*>& partials, const std::string& codec,
+  void combine(BufferHandleState& h, const std::vector<BufferRows>& partials, const std::string& codec,
                std::vector<std::vector<float>>& out, BufferTime& time);
 
  private:
@@ -103,7 +109,19 @@ class BufferSession {
                     bool cached, std::vector<BufferRecv>& recv, BufferTime& time);
   EngineOptions engine_options(const std::string& dispatch_codec, const std::string& combine_codec) const;
 
+  // Each rank's engine buffers (receive, send, received rows) and combine's reordered rows, kept between calls as
+  // DeepEP's Buffer keeps its own: every call builds fresh engines, and faulting these in again on every call
+  // costs more than the copies (engine/huge_pages.hpp).
+  struct RankScratch {
+    std::vector<std::vector<uint8_t>> inboxes, outboxes;
+    std::vector<uint8_t> spare_rows;
+    std::vector<float> rows;  // dispatch's widened bf16 input, combine's rows in the engine's order
+  };
+  void lend_scratch(EngineContext& ctx, int rank);
+  void take_scratch(EngineContext& ctx, int rank);
+
   BufferOptions opts_;
+  std::vector<RankScratch> scratch_;
   Topology topo_;
   Placement placement_;
   std::unique_ptr<Backend> backend_;

@@ -19,6 +19,14 @@ py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape)
   return a;
 }
 
+// The vector's storage handed to NumPy as it is (received rows and combined tokens are large: no second copy).
+template <class T>
+py::array_t<T> own_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* held = new std::vector<T>(std::move(v));
+  py::capsule free_it(held, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, held->data(), free_it);
+}
+
 // A 2-D array of `cols` columns (any row count), kept alive in `keep` while the GIL is released.
 template <class T>
 const T* rows_of(const py::handle& obj, py::ssize_t cols, const char* what, int rank, py::ssize_t* rows,
@@ -32,15 +40,25 @@ const T* rows_of(const py::handle& obj, py::ssize_t cols, const char* what, int 
   return a.data();
 }
 
+// Rows for the engine: bf16 bits (uint16) when the wire is bf16, else fp32.
+BufferRows rows_in(const py::handle& obj, py::ssize_t cols, const std::string& codec, int rank, py::ssize_t* rows,
+                   std::vector<py::object>& keep) {
+  BufferRows out;
+  if (codec == "bf16")
+    out.bf16 = rows_of<uint16_t>(obj, cols, "x", rank, rows, keep);
+  else
+    out.f32 = rows_of<float>(obj, cols, "x", rank, rows, keep);
+  return out;
+}
+
 py::tuple time_tuple(const BufferTime& t) { return py::make_tuple(t.time_s, t.notify_s, t.modeled); }
 
-py::list recv_list(const std::vector<BufferRecv>& recv, int topk, int hidden) {
+py::list recv_list(std::vector<BufferRecv>& recv, int topk) {
   py::list out;
-  for (const BufferRecv& r : recv) {
+  for (BufferRecv& r : recv) {
     const py::ssize_t n = r.rows();
-    py::object rows = r.wire.empty() ? py::object(to_array(r.x, {n, hidden}))
-                                     : py::object(to_array(r.wire, {n, n ? static_cast<py::ssize_t>(r.wire.size()) / n
-                                                                         : static_cast<py::ssize_t>(0)}));
+    const auto wire_cols = static_cast<py::ssize_t>(n ? r.wire.size() / n : 0);
+    py::object rows = own_array(std::move(r.wire), {n, wire_cols});
     out.append(py::make_tuple(to_array(r.src_rank, {n}), to_array(r.src_token, {n}), to_array(r.topk_idx, {n, topk}),
                               to_array(r.topk_weights, {n, topk}),
                               to_array(r.tokens_per_expert, {static_cast<py::ssize_t>(r.tokens_per_expert.size())}),
@@ -107,7 +125,7 @@ void bind_buffer(py::module_& m) {
               py::ssize_t n_idx = 0, n_w = 0, n_x = 0;
               in[r].topk_idx = rows_of<int32_t>(topk_idx[r], topk, "topk_idx", r, &n_idx, keep);
               in[r].weights = rows_of<float>(weights[r], topk, "topk_weights", r, &n_w, keep);
-              in[r].x = rows_of<float>(x[r], H, "x", r, &n_x, keep);
+              in[r].x = rows_in(x[r], H, codec, r, &n_x, keep);
               if (n_idx != n_w || n_idx != n_x)
                 throw EplabError("dispatch: rank " + std::to_string(r) + " has " + std::to_string(n_x) +
                                  " rows of x, " + std::to_string(n_idx) + " of topk_idx and " + std::to_string(n_w) +
@@ -118,7 +136,7 @@ void bind_buffer(py::module_& m) {
             BufferTime t;
             std::shared_ptr<BufferHandleState> h =
                 call_without_gil([&] { return s.dispatch(in, topk, codec, recv, t); });
-            return py::make_tuple(h, recv_list(recv, topk, H), time_tuple(t));
+            return py::make_tuple(h, recv_list(recv, topk), time_tuple(t));
           },
           py::arg("topk_idx"), py::arg("weights"), py::arg("x"), py::arg("topk"), py::arg("codec"))
       .def(
@@ -131,13 +149,13 @@ void bind_buffer(py::module_& m) {
             std::vector<BufferRankInput> in(R);
             for (int r = 0; r < R; ++r) {
               py::ssize_t n = 0;
-              in[r].x = rows_of<float>(x[r], H, "x", r, &n, keep);
+              in[r].x = rows_in(x[r], H, codec, r, &n, keep);
               in[r].num_tokens = static_cast<int>(n);
             }
             std::vector<BufferRecv> recv;
             BufferTime t;
             call_without_gil([&] { s.dispatch_cached(h, in, codec, recv, t); });
-            return py::make_tuple(recv_list(recv, h.topk, H), time_tuple(t));
+            return py::make_tuple(recv_list(recv, h.topk), time_tuple(t));
           },
           py::arg("handle"), py::arg("x"), py::arg("codec"))
       .def(
@@ -147,10 +165,10 @@ void bind_buffer(py::module_& m) {
             if (static_cast<int>(py::len(rows)) != R)
               throw EplabError("combine: one array of rows per rank (" + std::to_string(R) + ")");
             std::vector<py::object> keep;
-            std::vector<const float*> p(R);
+            std::vector<BufferRows> p(R);
             for (int r = 0; r < R; ++r) {
               py::ssize_t n = 0;
-              p[r] = rows_of<float>(rows[r], H, "x", r, &n, keep);
+              p[r] = rows_in(rows[r], H, codec, r, &n, keep);
               if (h.session == 0 || r >= static_cast<int>(h.rows.size()) || n != h.rows[r])
                 throw EplabError("combine: rank " + std::to_string(r) + " gives " + std::to_string(n) +
                                  " rows; it received " +
@@ -161,7 +179,8 @@ void bind_buffer(py::module_& m) {
             BufferTime t;
             call_without_gil([&] { s.combine(h, p, codec, out, t); });
             py::list outs;
-            for (int r = 0; r < R; ++r) outs.append(to_array(out[r], {static_cast<py::ssize_t>(h.num_tokens[r]), H}));
+            for (int r = 0; r < R; ++r)
+              outs.append(own_array(std::move(out[r]), {static_cast<py::ssize_t>(h.num_tokens[r]), H}));
             return py::make_tuple(outs, time_tuple(t));
           },
           py::arg("handle"), py::arg("rows"), py::arg("codec"));

@@ -148,10 +148,6 @@ def _is_fp8_pair(x):
     return dtype == "uint8" or dtype.startswith("torch.float8") or dtype == "torch.uint8"
 
 
-def _bf16_to_f32(u16):
-    return (np.ascontiguousarray(u16, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
 def _f32_to_bf16(f32):
     """Round to nearest even, as the engine's bf16 codec does; NaN stays NaN."""
     u = np.ascontiguousarray(f32, dtype=np.float32).view(np.uint32)
@@ -323,7 +319,7 @@ class Buffer:
                 raise ValueError(f"x[{r}]: {a.shape[1]} channels, the Buffer has hidden={H}")
             if kind == "bf16" or a.dtype == np.uint16:
                 kind = "bf16"
-                rows.append(_bf16_to_f32(a))
+                rows.append(np.ascontiguousarray(a, dtype=np.uint16))  # widened to fp32 by the ranks' threads
             elif a.dtype == np.float32:
                 rows.append(np.ascontiguousarray(a))
             else:
@@ -332,16 +328,23 @@ class Buffer:
         kind = kind or "fp32"
         return rows, {"fp32": "fp32", "bf16": "bf16"}[kind], is_torch, kind
 
-    def _recv_rows(self, rows, kind, is_torch):
+    def _recv_rows(self, wire, kind, is_torch):
+        """Received rows from the codec's wire rows ([rows, row bytes] uint8): fp32 and bf16 are the values' own
+        bytes; DeepEP's fp8 row is the codes, then the float32 scales."""
+        H, n = self.hidden, len(wire)
         if kind == "fp8":
-            H = self.hidden
-            wide = rows.reshape(len(rows), H + 4 * (H // _FP8_BLOCK))
+            wide = wire.reshape(n, H + 4 * (H // _FP8_BLOCK))
             codes = np.ascontiguousarray(wide[:, :H])
-            scales = np.ascontiguousarray(wide[:, H:]).view(np.float32).reshape(len(rows), H // _FP8_BLOCK)
+            scales = np.ascontiguousarray(wide[:, H:]).view(np.float32).reshape(n, H // _FP8_BLOCK)
             return (_out(codes, is_torch, "fp8"), _out(scales, is_torch))
         if kind == "bf16":
-            return _out(_f32_to_bf16(rows), is_torch, "bf16")
-        return _out(rows, is_torch)
+            return _out(wire.reshape(n, 2 * H).view(np.uint16), is_torch, "bf16")
+        return _out(wire.reshape(n, 4 * H).view(np.float32), is_torch)
+
+    def _combined_rows(self, f32, kind, is_torch):
+        if kind == "bf16":
+            return _out(_f32_to_bf16(f32), is_torch, "bf16")
+        return _out(f32, is_torch)
 
     def dispatch(self, x, handle=None, num_tokens_per_rank=None, num_tokens_per_rdma_rank=None,
                  is_token_in_rank=None, num_tokens_per_expert=None, topk_idx=None, topk_weights=None,
@@ -448,7 +451,7 @@ class Buffer:
                                  f"[{handle.num_recv_tokens[r]}, {self.hidden}] in the handle's dispatch")
             if kind == "bf16" or a.dtype == np.uint16:
                 kind = "bf16"
-                rows_in.append(_bf16_to_f32(a))
+                rows_in.append(np.ascontiguousarray(a, dtype=np.uint16))
             elif a.dtype == np.float32:
                 rows_in.append(np.ascontiguousarray(a))
             elif kind == "fp8" or a.dtype == np.uint8:
@@ -457,7 +460,7 @@ class Buffer:
                 raise TypeError(f"x[{r}]: rows must be float32 or bfloat16, got {a.dtype}")
         kind = kind or "fp32"
         outs, t = self._session.combine(handle._state, rows_in, kind)
-        combined = [self._recv_rows(o, kind, is_torch) for o in outs]
+        combined = [self._combined_rows(o, kind, is_torch) for o in outs]
         weights = None
         if topk_weights is not None:
             w_arrays, w_torch, _ = _per_rank(topk_weights, "topk_weights", self.num_ranks, 2)

@@ -42,7 +42,7 @@ struct Batches {
         w[s].push_back(0.75f);
         for (int e = 0; e < kHidden; ++e) x[s].push_back(static_cast<float>(s * 100 + t * 10 + e % 7));
       }
-      inputs.push_back({kTokens, idx[s].data(), w[s].data(), x[s].data()});
+      inputs.push_back({kTokens, idx[s].data(), w[s].data(), BufferRows{x[s].data(), nullptr}});
     }
   }
   // Ranks (experts / 2 per rank) token t of rank s reaches.
@@ -55,6 +55,9 @@ struct Batches {
     return out;
   }
 };
+
+// Received rows sent with the fp32 codec: its wire format is the floats themselves.
+const float* rows_of(const BufferRecv& r) { return reinterpret_cast<const float*>(r.wire.data()); }
 
 class BufferSessionTest : public ::testing::TestWithParam<std::string> {};
 
@@ -74,7 +77,7 @@ TEST_P(BufferSessionTest, RowsInSourceOrderAndCombineSumsThem) {
         ASSERT_LT(row, recv[r].rows());
         EXPECT_EQ(recv[r].src_rank[row], s);
         EXPECT_EQ(recv[r].src_token[row], t);
-        EXPECT_EQ(recv[r].x[row * kHidden + 3], b.x[s][t * kHidden + 3]);
+        EXPECT_EQ(rows_of(recv[r])[row * kHidden + 3], b.x[s][t * kHidden + 3]);
         for (int k = 0; k < kTopk; ++k) {
           const int32_t e = b.idx[s][t * kTopk + k];
           const bool mine = e >= 0 && e / 2 == r;
@@ -86,8 +89,8 @@ TEST_P(BufferSessionTest, RowsInSourceOrderAndCombineSumsThem) {
     EXPECT_EQ(row, recv[r].rows());
   }
   // Every rank sends its rows back unchanged: each token comes back times the ranks it reached.
-  std::vector<const float*> rows;
-  for (const BufferRecv& r : recv) rows.push_back(r.x.data());
+  std::vector<BufferRows> rows;
+  for (const BufferRecv& r : recv) rows.push_back(BufferRows{rows_of(r), nullptr});
   std::vector<std::vector<float>> out;
   session.combine(*h, rows, "fp32", out, time);
   for (int s = 0; s < kRanks; ++s)
@@ -108,7 +111,8 @@ TEST_P(BufferSessionTest, CachedDispatchMovesNewRowsAlongTheSameLayout) {
   for (int r = 0; r < kRanks; ++r) {
     ASSERT_EQ(again[r].rows(), first[r].rows());
     EXPECT_EQ(again[r].src_token, first[r].src_token);
-    for (size_t i = 0; i < first[r].x.size(); ++i) EXPECT_EQ(again[r].x[i], first[r].x[i] + 1);
+    ASSERT_EQ(again[r].wire.size(), static_cast<size_t>(first[r].rows()) * kHidden * sizeof(float));
+    for (int i = 0; i < first[r].rows() * kHidden; ++i) EXPECT_EQ(rows_of(again[r])[i], rows_of(first[r])[i] + 1);
   }
   b.inputs[1].num_tokens = kTokens - 1;
   EXPECT_THROW(session.dispatch_cached(*h, b.inputs, "fp32", again, time), EplabError);
