@@ -21,6 +21,7 @@ void bind_traces(py::module_& m);
 void bind_codecs(py::module_& m);
 void bind_policies(py::module_& m);
 void bind_run(py::module_& m);
+void bind_buffer(py::module_& m);
 
 // Python code called from C++ (a trampoline) must not let py::error_already_set unwind through engine
 // threads, whose error handling may reword or wrap it. The trampoline parks the first Python exception here

@@ -147,4 +147,5 @@ PYBIND11_MODULE(_eplab, m) {
   bind_policies(m);
 #endif
   bind_run(m);
+  bind_buffer(m);
 }

@@ -35,14 +35,15 @@ for _name in _POLICY_NAMES:
     if hasattr(_eplab, _name):
         globals()[_name] = getattr(_eplab, _name)
 from . import codecs, plots, traces
+from .buffer import Buffer, BufferHandle
 if hasattr(_eplab, "rebalance_experts"):
     from . import policies
 from .result import Result, flatten, run, run_config, run_options
 from .sweeps import dask_processes, grid, sweep
 
-__all__ = ["Codec", "Error", "Result", "RoutingSource", "__version__", "backend_info", "backends", "cluster",
-           "cluster_presets", "codecs", "dask_processes", "flatten", "plots", "grid", "model", "model_presets",
-           "routing_specs", "run", "run_config", "run_option_table", "run_options", "sweep", "traces"]
+__all__ = ["Buffer", "BufferHandle", "Codec", "Error", "Result", "RoutingSource", "__version__", "backend_info",
+           "backends", "cluster", "cluster_presets", "codecs", "dask_processes", "flatten", "plots", "grid", "model",
+           "model_presets", "routing_specs", "run", "run_config", "run_option_table", "run_options", "sweep", "traces"]
 __all__ += [n for n in _POLICY_NAMES if n in globals()]
 if "policies" in globals():
     __all__.append("policies")
