@@ -411,7 +411,8 @@ class Buffer:
                  expert_alignment=1, config=None, previous_event=None, async_finish=False,
                  allocate_on_comm_stream=False):
         """Every rank's dispatch: ``(recv_x, recv_topk_idx, recv_topk_weights, num_recv_tokens_per_expert_list,
-        handle, event)``, each a list with one entry per rank.
+        handle, event)``, each a list with one entry per rank (on mpi: this process's rank's arguments and results,
+        no lists; every process calls it together).
 
         x: [ranks, tokens, hidden] (or one [tokens, hidden] per rank) float32 or bfloat16 (torch.bfloat16, or
         its bits as uint16), or a pair (codes, scales) of DeepEP fp8: E4M3 codes (torch.float8_e4m3fn or uint8)

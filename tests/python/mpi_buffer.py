@@ -3,7 +3,7 @@
 # (not collected by pytest: it needs mpirun). Every process regenerates every rank's routing and activations from
 # a shared seed and checks its own rank's results against a NumPy reference: the layout, the received rows in
 # DeepEP's order with local expert indices and weights, the per-expert counts, combine's sums and summed weights,
-# cached dispatch, and bf16 rows. The ranks' verdicts are then gathered through one more dispatch, and rank 0
+# cached dispatch, bf16 rows, and fp8 rows with one rank dispatching no tokens. The ranks' verdicts are then gathered through one more dispatch, and rank 0
 # prints the summary line ctest matches only when every rank passed.
 import sys
 import traceback
@@ -124,6 +124,35 @@ def check_algorithm(c, algorithm):
     return buf
 
 
+def check_fp8_and_an_empty_rank(c):
+    """DeepEP's fp8 (codes, scales) arrive unchanged (each 128-channel block's largest |code| 448, as DeepEP's cast
+    makes it), while rank 2 dispatches no tokens at all; combine still returns every rank's tokens."""
+    hidden = 256
+    buf = eplab.Buffer(backend="mpi", nodes=NODES, gpus_per_node=GPUS, num_experts=EXPERTS, hidden=hidden,
+                       algorithm="hierarchical", timeout_s=30)
+    me = buf.rank
+    idx, w = routing(seed=15)
+    idx[2] = -1  # rank 2's tokens are cut to none below; nobody may expect rows from it
+    rng = np.random.default_rng(16)
+    codes = rng.integers(0, 0x7E, size=(RANKS, TOKENS, hidden)).astype(np.uint8)
+    codes |= (rng.random(codes.shape) < 0.5).astype(np.uint8) << 7
+    codes[codes == 0x80] = 0
+    codes[:, :, ::128] = 0x7E
+    amax = (rng.random((RANKS, TOKENS, hidden // 128)) * 10 + 0.01).astype(np.float32)
+    scales = amax / np.float32(448)  # DeepEP's scale_inv of a block whose amax is `amax`
+    n = 0 if me == 2 else TOKENS
+    res = buf.dispatch((codes[me, :n], scales[me, :n]), topk_idx=idx[me, :n], topk_weights=w[me, :n])
+    src, tok = np.nonzero(reached(idx)[:, :, me])
+    got_codes, got_scales = res.recv_x
+    c.check(np.array_equal(res.recv_src_rank, src) and np.array_equal(got_codes, codes[src, tok]) and
+            np.array_equal(got_scales, scales[src, tok]), "fp8: codes and scales arrive unchanged")
+    y = np.ones((len(src), hidden), dtype=np.float32)
+    comb = buf.combine(y, res.handle)
+    want = np.repeat(reached(idx)[me, :n].sum(1)[:, None], hidden, 1).astype(np.float32)
+    c.check(comb.combined_x.shape == (n, hidden) and np.array_equal(comb.combined_x, want),
+            f"fp8: combine over a dispatch where rank 2 had no tokens ({n} here)")
+
+
 def gather_verdicts(buf, ok):
     """Every rank's verdict on every rank, through one dispatch: each rank sends one token to an expert of every
     rank, its row holding 1 if it passed. A broken dispatch fails this too, which is what it should do."""
@@ -143,6 +172,7 @@ def main():
     try:
         for algorithm in ALGORITHMS:
             buf = check_algorithm(c, algorithm)
+        check_fp8_and_an_empty_rank(c)
     except Exception:  # a rank that cannot finish its checks still takes part in the verdicts if it can
         traceback.print_exc()
         c.check(False, "an exception")
@@ -154,7 +184,8 @@ def main():
         print(f"rank {buf.rank}: FAILED gathering the verdicts", flush=True)
         return 1
     if buf.rank == 0 and all(verdicts):
-        print(f"mpi Buffer: all {RANKS} ranks passed ({', '.join(ALGORITHMS)}; {c.count} checks each)", flush=True)
+        print(f"mpi Buffer: all {RANKS} ranks passed ({', '.join(ALGORITHMS)}, fp8; {c.count} checks each)",
+              flush=True)
     return 0 if all(verdicts) else 1
 
 
