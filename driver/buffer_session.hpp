@@ -1,6 +1,7 @@
 // The session behind eplab.Buffer: DeepEP's per-call API (layout, dispatch -> handle -> combine, cached dispatch)
-// over eplab's engine, for a process that stands for every rank of a run (emu threads, sim actors). Each call
-// launches the backend's ranks afresh; what must outlive a call (engine handles, the cached layout) lives here.
+// over eplab's engine. A process holds every rank of an in-process run (emu threads, sim actors) or, on mpi, its
+// own rank only, as in DeepEP. Each call launches the backend's ranks afresh; what must outlive a call (engine
+// handles, the cached layout) lives here. Per-rank vectors hold the ranks this process holds, first_rank() on.
 #pragma once
 
 #include <cstdint>
@@ -56,31 +57,44 @@ struct BufferRecv {
   int rows() const { return static_cast<int>(src_rank.size()); }
 };
 
-// Time of one call, the slowest rank's: modeled seconds on simulated backends, wall seconds otherwise.
+// Time of one call, the slowest held rank's (on mpi: this process's rank): modeled seconds on simulated backends,
+// wall seconds otherwise.
 struct BufferTime {
   double time_s = 0;
   double notify_s = 0;  // dispatch only: the count exchange (0 when a cached layout skipped it)
   bool modeled = false;
 };
 
-// A dispatch's layout and the engine state combine needs, kept between Python calls (DeepEP's handle).
+// A dispatch's layout and the engine state combine needs, kept between Python calls (DeepEP's handle). Every
+// vector has one entry per rank this process holds.
 struct BufferHandleState {
   uint64_t session = 0;  // the session that made it
   uint64_t layout_key = 0;
   int topk = 0;
-  std::vector<int> num_tokens;              // [ranks]
-  std::vector<std::vector<int32_t>> slots;  // [ranks][tokens x topk]
-  std::vector<std::vector<float>> weights;  // [ranks][tokens x topk]
-  std::vector<LayoutCache::Entry> cached;   // [ranks] each rank's notify result, for cached dispatch
-  std::vector<Handle> handles;              // [ranks] of the latest dispatch over this layout (rows released)
-  std::vector<std::vector<int32_t>> order;  // [ranks][rows] engine row of each row in DeepEP's order
-  std::vector<int> rows;                    // [ranks] rows received
+  std::vector<int> num_tokens;              // [held]
+  std::vector<std::vector<int32_t>> slots;  // [held][tokens x topk]
+  std::vector<std::vector<float>> weights;  // [held][tokens x topk]
+  std::vector<LayoutCache::Entry> cached;   // [held] each rank's notify result, for cached dispatch
+  std::vector<Handle> handles;              // [held] of the latest dispatch over this layout (rows released)
+  std::vector<std::vector<int32_t>> order;  // [held][rows] engine row of each row in DeepEP's order
+  std::vector<int> rows;                    // [held] rows received
+  // [held][rows x topk] the source's expert ids and weights of each received row in DeepEP's order: read from
+  // the sources' inputs in process, sent by the sources on mpi (once per handle; cached dispatch reuses them).
+  std::vector<std::vector<int32_t>> recv_experts;
+  std::vector<std::vector<float>> recv_weights;
 };
 
 class BufferSession {
  public:
+  // On a multi-process backend (mpi) the constructor is collective: every process of the launch makes its
+  // Buffer together, as DeepEP's, and learns its rank from a first launch.
   explicit BufferSession(BufferOptions opts);
   const BufferOptions& options() const { return opts_; }
+  // The ranks this process holds: every one (first 0) in process, its own one on mpi.
+  int first_rank() const { return first_rank_; }
+  int held_ranks() const { return held_; }
+  bool holds_every_rank() const { return held_ == topo_.size(); }
+  bool one_rank_per_process() const { return !backend_->in_process(); }
   const Topology& topology() const { return topo_; }
   int num_ranks() const { return topo_.size(); }
   int experts_per_rank() const { return opts_.num_experts / topo_.size(); }
@@ -90,7 +104,7 @@ class BufferSession {
   DispatchLayout layout(const int32_t* topk_idx, int num_tokens, int topk) const;
 
   // Every rank's dispatch together with `codec` on the wire ("fp32", "bf16", "fp8-e4m3-b128", ...). `inputs` has
-  // one entry per rank. Fills `recv` (one per rank) and returns the handle.
+  // one entry per held rank. Fills `recv` (one per held rank) and returns the handle. Collective over the ranks.
   std::shared_ptr<BufferHandleState> dispatch(const std::vector<BufferRankInput>& inputs, int topk,
                                               const std::string& codec, std::vector<BufferRecv>& recv,
                                               BufferTime& time);
@@ -98,13 +112,20 @@ class BufferSession {
   // the count exchange skipped on every rank. Updates h's engine handles.
   void dispatch_cached(BufferHandleState& h, const std::vector<BufferRankInput>& inputs, const std::string& codec,
                        std::vector<BufferRecv>& recv, BufferTime& time);
-  // Combine: partials[r] holds rank r's rows in DeepEP's order ([rows x hidden]), sent with `codec`; out[r]
-  // receives rank r's tokens ([num_tokens x hidden]), each the sum of the rows of every rank it reached.
+  // Combine: partials[i] holds held rank i's rows in DeepEP's order ([rows x hidden]), sent with `codec`; out[i]
+  // receives its tokens ([num_tokens x hidden]), each the sum of the rows of every rank it reached. With
+  // `topk_weights` (one [rows x topk] per held rank, or empty) `out_weights[i]` receives the same sums of those
+  // ([num_tokens x topk]), sent back to the sources after the timed combine.
   void combine(BufferHandleState& h, const std::vector<BufferRows>& partials, const std::string& codec,
-               std::vector<std::vector<float>>& out, BufferTime& time);
+               std::vector<std::vector<float>>& out, BufferTime& time,
+               const std::vector<const float*>& topk_weights = {},
+               std::vector<std::vector<float>>* out_weights = nullptr);
 
  private:
   void check_inputs(const std::vector<BufferRankInput>& inputs, int topk) const;
+  void check_held(size_t n, const char* what) const;
+  // Each received row's source expert ids and weights (h.recv_experts / recv_weights of held rank `me`).
+  void recv_routing(Fabric& f, BufferHandleState& h, const Handle& eh, const std::vector<int32_t>& ord);
   void run_dispatch(BufferHandleState& h, const std::vector<BufferRankInput>& inputs, const std::string& codec,
                     bool cached, std::vector<BufferRecv>& recv, BufferTime& time);
   EngineOptions engine_options(const std::string& dispatch_codec, const std::string& combine_codec) const;
@@ -126,6 +147,7 @@ class BufferSession {
   Placement placement_;
   std::unique_ptr<Backend> backend_;
   Caps caps_;
+  int first_rank_ = 0, held_ = 0;
   uint64_t id_;
   uint64_t next_key_ = 1;
   std::mutex mu_;  // one call at a time: a call launches every rank

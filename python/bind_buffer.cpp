@@ -1,5 +1,6 @@
 // eplab._BufferSession: the C++ session behind eplab.Buffer (driver/buffer_session.hpp), over NumPy arrays that
-// python/eplab/buffer.py has already checked, made contiguous and widened to fp32. Calls release the GIL.
+// python/eplab/buffer.py has already checked, made contiguous and widened to fp32. Calls release the GIL. Lists
+// of per-rank arrays hold the ranks this process holds (every rank in process, its own on mpi).
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -94,6 +95,9 @@ void bind_buffer(py::module_& m) {
            py::arg("backend"), py::arg("cluster"), py::arg("nodes"), py::arg("gpus_per_node"), py::arg("num_experts"),
            py::arg("hidden"), py::arg("algorithm"), py::arg("timeout_s"), py::arg("sim_model"))
       .def_property_readonly("num_ranks", &BufferSession::num_ranks)
+      .def_property_readonly("first_rank", &BufferSession::first_rank)
+      .def_property_readonly("held_ranks", &BufferSession::held_ranks)
+      .def_property_readonly("one_rank_per_process", &BufferSession::one_rank_per_process)
       .def_property_readonly("num_nodes", [](const BufferSession& s) { return s.topology().nodes(); })
       .def_property_readonly("experts_per_rank", &BufferSession::experts_per_rank)
       .def_property_readonly("modeled_time", &BufferSession::modeled_time)
@@ -115,10 +119,11 @@ void bind_buffer(py::module_& m) {
           "dispatch",
           [](BufferSession& s, const py::list& topk_idx, const py::list& weights, const py::list& x, int topk,
              const std::string& codec) {
-            const int R = s.num_ranks(), H = s.options().hidden;
+            const int R = s.held_ranks(), H = s.options().hidden;
             if (static_cast<int>(py::len(topk_idx)) != R || static_cast<int>(py::len(weights)) != R ||
                 static_cast<int>(py::len(x)) != R)
-              throw EplabError("dispatch: one array per rank (" + std::to_string(R) + ") of topk_idx, weights and x");
+              throw EplabError("dispatch: one array per held rank (" + std::to_string(R) +
+                               ") of topk_idx, weights and x");
             std::vector<py::object> keep;
             std::vector<BufferRankInput> in(R);
             for (int r = 0; r < R; ++r) {
@@ -142,9 +147,9 @@ void bind_buffer(py::module_& m) {
       .def(
           "dispatch_cached",
           [](BufferSession& s, BufferHandleState& h, const py::list& x, const std::string& codec) {
-            const int R = s.num_ranks(), H = s.options().hidden;
+            const int R = s.held_ranks(), H = s.options().hidden;
             if (static_cast<int>(py::len(x)) != R)
-              throw EplabError("dispatch: one array of x per rank (" + std::to_string(R) + ")");
+              throw EplabError("dispatch: one array of x per held rank (" + std::to_string(R) + ")");
             std::vector<py::object> keep;
             std::vector<BufferRankInput> in(R);
             for (int r = 0; r < R; ++r) {
@@ -160,30 +165,51 @@ void bind_buffer(py::module_& m) {
           py::arg("handle"), py::arg("x"), py::arg("codec"))
       .def(
           "combine",
-          [](BufferSession& s, BufferHandleState& h, const py::list& rows, const std::string& codec) {
-            const int R = s.num_ranks(), H = s.options().hidden;
+          [](BufferSession& s, BufferHandleState& h, const py::list& rows, const std::string& codec,
+             const py::object& topk_weights) {
+            const int R = s.held_ranks(), H = s.options().hidden;
             if (static_cast<int>(py::len(rows)) != R)
-              throw EplabError("combine: one array of rows per rank (" + std::to_string(R) + ")");
+              throw EplabError("combine: one array of rows per held rank (" + std::to_string(R) + ")");
             std::vector<py::object> keep;
             std::vector<BufferRows> p(R);
             for (int r = 0; r < R; ++r) {
               py::ssize_t n = 0;
               p[r] = rows_in(rows[r], H, codec, r, &n, keep);
               if (h.session == 0 || r >= static_cast<int>(h.rows.size()) || n != h.rows[r])
-                throw EplabError("combine: rank " + std::to_string(r) + " gives " + std::to_string(n) +
+                throw EplabError("combine: rank " + std::to_string(s.first_rank() + r) + " gives " + std::to_string(n) +
                                  " rows; it received " +
                                  (r < static_cast<int>(h.rows.size()) ? std::to_string(h.rows[r]) : "?") +
                                  " in the handle's dispatch");
             }
-            std::vector<std::vector<float>> out;
+            std::vector<const float*> w;
+            if (!topk_weights.is_none()) {
+              const py::list wl = topk_weights.cast<py::list>();
+              if (static_cast<int>(py::len(wl)) != R)
+                throw EplabError("combine: one array of topk_weights per held rank (" + std::to_string(R) + ")");
+              for (int r = 0; r < R; ++r) {
+                py::ssize_t n = 0;
+                w.push_back(rows_of<float>(wl[r], h.topk, "topk_weights", s.first_rank() + r, &n, keep));
+                if (n != h.rows[r])
+                  throw EplabError("combine: topk_weights of rank " + std::to_string(s.first_rank() + r) + " has " +
+                                   std::to_string(n) + " rows; it received " + std::to_string(h.rows[r]));
+              }
+            }
+            std::vector<std::vector<float>> out, out_w;
             BufferTime t;
-            call_without_gil([&] { s.combine(h, p, codec, out, t); });
+            call_without_gil([&] { s.combine(h, p, codec, out, t, w, &out_w); });
             py::list outs;
             for (int r = 0; r < R; ++r)
               outs.append(own_array(std::move(out[r]), {static_cast<py::ssize_t>(h.num_tokens[r]), H}));
-            return py::make_tuple(outs, time_tuple(t));
+            py::object weights_out = py::none();
+            if (!w.empty()) {
+              py::list wo;
+              for (int r = 0; r < R; ++r)
+                wo.append(own_array(std::move(out_w[r]), {static_cast<py::ssize_t>(h.num_tokens[r]), h.topk}));
+              weights_out = wo;
+            }
+            return py::make_tuple(outs, weights_out, time_tuple(t));
           },
-          py::arg("handle"), py::arg("rows"), py::arg("codec"));
+          py::arg("handle"), py::arg("rows"), py::arg("codec"), py::arg("topk_weights") = py::none());
 }
 
 }  // namespace eplab::py_bind

@@ -6,10 +6,15 @@
         x, topk_idx=topk_idx, topk_weights=topk_weights)        # every rank at once: [ranks, tokens, ...] or lists
     combined_x, combined_topk_weights, event = buf.combine(y, handle)
 
-One Buffer in one process stands for every rank of the run, so dispatch and combine, which all ranks perform
-together, take arrays stacked over ranks or one array per rank, and return one array per rank (ranks receive
-different row counts). Inputs are NumPy arrays, or torch tensors (then the outputs are torch tensors too).
-docs/python.md gives dtypes, orders and how each DeepEP argument maps.
+On emu and sim one Buffer in one process stands for every rank of the run, so dispatch and combine, which all
+ranks perform together, take arrays stacked over ranks or one array per rank, and return one array per rank
+(ranks receive different row counts). On mpi each process holds the Buffer of its own rank, as in DeepEP:
+
+    mpirun -n 4 python3 script.py   # in script.py: eplab.Buffer(backend="mpi", nodes=2, gpus_per_node=2, ...)
+
+and every process calls dispatch and combine together with its own rank's arrays, getting its own results.
+Inputs are NumPy arrays, or torch tensors (then the outputs are torch tensors too). docs/python.md gives dtypes,
+orders and how each DeepEP argument maps.
 """
 
 from collections import namedtuple
@@ -31,40 +36,55 @@ class DispatchLayout(namedtuple("DispatchLayout", "num_tokens_per_rank num_token
 
 class DispatchResult(namedtuple("DispatchResult", "recv_x recv_topk_idx recv_topk_weights "
                                                   "num_recv_tokens_per_expert_list handle event")):
-    """DeepEP's dispatch result (one entry per rank in each field), plus ``time_s``, ``notify_time_s``,
-    ``simulated`` and ``recv_src_rank`` / ``recv_src_token`` (where each received row came from)."""
+    """DeepEP's dispatch result (one entry per rank in each field; on mpi this process's rank's own), plus
+    ``time_s``, ``notify_time_s``, ``simulated`` and ``recv_src_rank`` / ``recv_src_token`` (where each received
+    row came from)."""
 
 
 class CombineResult(namedtuple("CombineResult", "combined_x combined_topk_weights event")):
-    """DeepEP's combine result (one entry per rank), plus ``time_s`` and ``simulated``."""
+    """DeepEP's combine result (one entry per rank; on mpi this process's rank's own), plus ``time_s`` and
+    ``simulated``."""
 
 
 class BufferHandle:
     """What dispatch returns and combine takes back (DeepEP's handle). Pass it to ``dispatch(x, handle=h)`` to
-    send new activations along the same layout without the count exchange (DeepEP's cached dispatch)."""
+    send new activations along the same layout without the count exchange (DeepEP's cached dispatch).
+
+    Per-rank fields are lists with one entry per rank, or on mpi this process's rank's own value."""
 
     def __init__(self, buffer, state, src_rank, src_token):
         self._buffer = buffer
         self._state = state
-        self.recv_src_rank = src_rank    # [ranks] of [rows]: the source rank of each received row
-        self.recv_src_token = src_token  # [ranks] of [rows]: its token index in the source's batch
+        self._src_rank = src_rank    # [held ranks] of [rows]: the source rank of each received row
+        self._src_token = src_token  # [held ranks] of [rows]: its token index in the source's batch
+
+    @property
+    def recv_src_rank(self):
+        """The source rank of each received row."""
+        return self._buffer._unwrap(self._src_rank)
+
+    @property
+    def recv_src_token(self):
+        """Each received row's token index in its source's batch."""
+        return self._buffer._unwrap(self._src_token)
 
     @property
     def num_tokens(self):
-        """Tokens of each rank's batch (combine's output rows), one entry per rank."""
-        return list(self._state.num_tokens)
+        """Tokens of each rank's batch (combine's output rows)."""
+        return self._buffer._unwrap(list(self._state.num_tokens))
 
     @property
     def num_recv_tokens(self):
-        """Rows each rank received (combine takes as many back), one entry per rank."""
-        return list(self._state.num_recv_rows)
+        """Rows each rank received (combine takes as many back)."""
+        return self._buffer._unwrap(list(self._state.num_recv_rows))
 
     @property
     def topk(self):
         return self._state.topk
 
     def __repr__(self):
-        return f"eplab.BufferHandle(ranks={len(self.num_tokens)}, tokens={self.num_tokens}, recv={self.num_recv_tokens})"
+        where = "" if self._buffer.rank is None else f"rank={self._buffer.rank}, "
+        return f"eplab.BufferHandle({where}tokens={self.num_tokens}, recv={self.num_recv_tokens})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -212,10 +232,13 @@ def _out(a, is_torch, kind=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 class Buffer:
-    """DeepEP's ``deep_ep.Buffer`` for every rank of an eplab run in this process.
+    """DeepEP's ``deep_ep.Buffer``: for every rank of an eplab run in this process (emu, sim), or for this
+    process's own rank (mpi).
 
-    backend: "emu" (ranks as threads, wall-clock time) or "sim" (SimGrid, modeled time of ``cluster``); both move
-    real bytes. nodes x gpus_per_node ranks hold num_experts experts, num_experts / ranks each in id order (rank r:
+    backend: "emu" (ranks as threads, wall-clock time), "sim" (SimGrid, modeled time of ``cluster``) or "mpi"
+    (one rank per process of ``mpirun -n nodes*gpus_per_node``, wall-clock time; making the Buffer, dispatch and
+    combine are collective, every process calls them together); all move real bytes. On mpi ``rank`` is this
+    process's rank and per-rank arguments and results are this rank's own arrays, not lists. nodes x gpus_per_node ranks hold num_experts experts, num_experts / ranks each in id order (rank r:
     experts [r * E/R, (r + 1) * E/R), as DeepEP). algorithm: "hierarchical" (DeepEP's internode kernels: RDMA to
     the same rail, then NVLink), "flat" or "allgather"; "low-latency" follows DeepEP's low_latency_* semantics
     and is refused here. timeout_s bounds one blocked wait.
@@ -237,12 +260,41 @@ class Buffer:
         self.hidden = int(hidden)
         self.num_ranks = self._session.num_ranks
         self.group_size = self.num_ranks  # DeepEP's name
+        # One rank per process (mpi): this process's rank, whose arrays every call takes and returns; else None
+        # and every call takes and returns one entry per rank.
+        self.rank = self._session.first_rank if self._session.one_rank_per_process else None
+        self._held = self._session.held_ranks
         self.num_nodes = self._session.num_nodes
         self.num_local_experts = self._session.experts_per_rank
         self.simulated = self._session.modeled_time
 
+    def get_rank(self):
+        """DeepEP's name: this process's rank (mpi); in process, where the Buffer holds every rank, None."""
+        return self.rank
+
+    def _unwrap(self, per_held):
+        """Results of the held ranks as the caller sees them: the list, or on mpi the one rank's own entry."""
+        return per_held if self.rank is None else per_held[0]
+
+    def _per_rank(self, value, name, ndim):
+        """The held ranks' arrays of one argument, as _per_rank; on mpi this rank's own array."""
+        if self.rank is None:
+            return _per_rank(value, name, self.num_ranks, ndim)
+        if value is None:
+            raise ValueError(f"{name} is required")
+        arr, is_torch, kind = _as_numpy(value, name)
+        if arr.ndim != ndim:
+            raise ValueError(f"{name}: on mpi each process passes its own rank's array of {ndim} dimensions, got "
+                             f"shape {tuple(arr.shape)}")
+        return [arr], is_torch, kind
+
+    def _where(self, r):
+        """The rank of held entry r, for messages."""
+        return r if self.rank is None else self.rank
+
     def __repr__(self):
-        return (f"eplab.Buffer(backend={self.backend!r}, ranks={self.num_ranks} ({self.num_nodes} nodes), "
+        where = "" if self.rank is None else f"rank={self.rank} of "
+        return (f"eplab.Buffer(backend={self.backend!r}, {where}ranks={self.num_ranks} ({self.num_nodes} nodes), "
                 f"num_experts={self.num_experts}, hidden={self.hidden}, algorithm={self.algorithm!r})")
 
     # -- layout ----------------------------------------------------------------------------------------------
@@ -266,13 +318,21 @@ class Buffer:
         None on one node, num_tokens_per_expert [experts], is_token_in_rank [tokens, ranks] bool, event=None)``.
 
         topk_idx: [tokens, topk] expert ids (-1 unused) of one rank's batch, or every rank's (stacked or a list)
-        with ``rank=r`` saying whose. A token counts once per rank and node it reaches; every selection counts
+        with ``rank=r`` saying whose. On mpi it is this process's batch (``rank``, if given, must be its own). A
+        token counts once per rank and node it reaches; every selection counts
         toward its expert. The counts are int32, as DeepEP's. Calls complete at once: event is None.
         """
         if int(num_experts) != self.num_experts:
             raise ValueError(f"num_experts={num_experts}, but the Buffer holds {self.num_experts} experts")
-        if isinstance(topk_idx, (list, tuple)) or (getattr(topk_idx, "ndim", 2) == 3):
-            arrays, is_torch, _ = _per_rank(topk_idx, "topk_idx", self.num_ranks, 2)
+        if self.rank is not None and rank is not None and int(rank) != self.rank:
+            raise ValueError(f"rank={rank}: this process holds rank {self.rank} of the mpi Buffer; each process "
+                             f"asks for its own batch's layout")
+        if self.rank is not None:
+            a, is_torch, _ = _as_numpy(topk_idx, "topk_idx")
+            if a.ndim != 2:
+                raise ValueError(f"topk_idx: expected this rank's [tokens, topk], got shape {tuple(a.shape)}")
+        elif isinstance(topk_idx, (list, tuple)) or (getattr(topk_idx, "ndim", 2) == 3):
+            arrays, is_torch, _ = self._per_rank(topk_idx, "topk_idx", 2)
             if rank is None:
                 raise ValueError("topk_idx holds every rank's batch: say whose layout with rank=r")
             if not 0 <= int(rank) < self.num_ranks:
@@ -299,8 +359,8 @@ class Buffer:
             if H % _FP8_BLOCK:
                 raise ValueError(f"x: fp8 needs hidden divisible by {_FP8_BLOCK} (scales per 128 channels), "
                                  f"the Buffer has hidden={H}")
-            codes, is_torch, kind = _per_rank(x[0], "x (fp8 codes)", self.num_ranks, 2)
-            scales, _, _ = _per_rank(x[1], "x (fp8 scales)", self.num_ranks, 2)
+            codes, is_torch, kind = self._per_rank(x[0], "x (fp8 codes)", 2)
+            scales, _, _ = self._per_rank(x[1], "x (fp8 scales)", 2)
             rows = []
             for r, (c, s) in enumerate(zip(codes, scales)):
                 if c.dtype != np.uint8:
@@ -312,7 +372,7 @@ class Buffer:
                                      f"got {s.dtype} {tuple(s.shape)}")
                 rows.append(np.ascontiguousarray(_fp8_decode(np.ascontiguousarray(c), s, H), dtype=np.float32))
             return rows, _FP8_CODEC, is_torch, "fp8"
-        arrays, is_torch, kind = _per_rank(x, "x", self.num_ranks, 2)
+        arrays, is_torch, kind = self._per_rank(x, "x", 2)
         rows = []
         for r, a in enumerate(arrays):
             if a.shape[1] != H:
@@ -351,7 +411,8 @@ class Buffer:
                  expert_alignment=1, config=None, previous_event=None, async_finish=False,
                  allocate_on_comm_stream=False):
         """Every rank's dispatch: ``(recv_x, recv_topk_idx, recv_topk_weights, num_recv_tokens_per_expert_list,
-        handle, event)``, each a list with one entry per rank.
+        handle, event)``, each a list with one entry per rank (on mpi: this process's rank's arguments and results,
+        no lists; every process calls it together).
 
         x: [ranks, tokens, hidden] (or one [tokens, hidden] per rank) float32 or bfloat16 (torch.bfloat16, or
         its bits as uint16), or a pair (codes, scales) of DeepEP fp8: E4M3 codes (torch.float8_e4m3fn or uint8)
@@ -370,14 +431,14 @@ class Buffer:
             if topk_idx is not None or topk_weights is not None:
                 raise ValueError("dispatch with handle= reuses the handle's topk_idx and topk_weights; pass neither")
             recv, t = self._session.dispatch_cached(handle._state, rows, codec)
-            res = DispatchResult([self._recv_rows(rr[5], kind, is_torch) for rr in recv], None, None, None, None,
-                                 None)
+            res = DispatchResult(self._unwrap([self._recv_rows(rr[5], kind, is_torch) for rr in recv]), None, None,
+                                 None, None, None)
             return self._timed(res, t, handle)
-        idx_arrays, idx_torch, _ = _per_rank(topk_idx, "topk_idx", self.num_ranks, 2)
-        w_arrays, _, _ = _per_rank(topk_weights, "topk_weights", self.num_ranks, 2)
+        idx_arrays, idx_torch, _ = self._per_rank(topk_idx, "topk_idx", 2)
+        w_arrays, _, _ = self._per_rank(topk_weights, "topk_weights", 2)
         topk = idx_arrays[0].shape[1] if idx_arrays else 0
         idx32, w32 = [], []
-        for r in range(self.num_ranks):
+        for r in range(self._held):
             i, w = idx_arrays[r], w_arrays[r]
             if i.shape[1] != topk:
                 raise ValueError(f"topk_idx[{r}]: top-{i.shape[1]}, rank 0 has top-{topk}")
@@ -398,9 +459,9 @@ class Buffer:
         a = int(expert_alignment)
         counts = [[int(-(-int(c) // a) * a) for c in rr[4]] for rr in recv]
         torch_out = is_torch or idx_torch
-        res = DispatchResult([self._recv_rows(rr[5], kind, is_torch) for rr in recv],
-                             [_out(rr[2].astype(np.int64), torch_out) for rr in recv],
-                             [_out(rr[3], torch_out) for rr in recv], counts, h, None)
+        res = DispatchResult(self._unwrap([self._recv_rows(rr[5], kind, is_torch) for rr in recv]),
+                             self._unwrap([_out(rr[2].astype(np.int64), torch_out) for rr in recv]),
+                             self._unwrap([_out(rr[3], torch_out) for rr in recv]), self._unwrap(counts), h, None)
         return self._timed(res, t, h)
 
     def _timed(self, res, t, h):
@@ -417,7 +478,7 @@ class Buffer:
         layouts = [self._session.layout(i) for i in idx32]
         for name, (value, field) in given.items():
             ndim = 2 if field == 3 else 1
-            arrays, _, _ = _per_rank(value, name, self.num_ranks, ndim)
+            arrays, _, _ = self._per_rank(value, name, ndim)
             for r, a in enumerate(arrays):
                 if not np.array_equal(np.asarray(a).astype(np.int64), layouts[r][field].astype(np.int64)):
                     raise ValueError(f"{name}[{r}] disagrees with the layout of topk_idx[{r}] "
@@ -427,14 +488,16 @@ class Buffer:
 
     def combine(self, x, handle, topk_weights=None, bias=None, config=None, previous_event=None, async_finish=False,
                 allocate_on_comm_stream=False):
-        """Every rank's combine: ``(combined_x, combined_topk_weights, event)``, one entry per rank.
+        """Every rank's combine: ``(combined_x, combined_topk_weights, event)``, one entry per rank (on mpi, this
+        process's rank's own).
 
         x: each rank's rows in the order dispatch returned them ([rows, hidden] per rank, float32 or bfloat16;
         fp8 is refused, as by DeepEP's combine). combined_x[r][t] is the sum of the rows every rank that token t
         reached sends back (summed in fp32; bf16 output rounded once at the end): weights are the caller's
         expert computation's business, so combining dispatch's rows unchanged gives each token times the
         number of ranks it reached. topk_weights (optional, [rows, topk] per rank) are summed the same way into
-        combined_topk_weights, else None. bias is not supported (None only).
+        combined_topk_weights (sent back to the sources after the timed combine), else None. bias is not
+        supported (None only).
         """
         if not isinstance(handle, BufferHandle) or handle._buffer is not self:
             raise ValueError("handle: not a handle of this Buffer's dispatch")
@@ -443,12 +506,12 @@ class Buffer:
         if _is_fp8_pair(x):
             raise TypeError("x: combine takes float32 or bfloat16 rows; fp8 (codes, scales) is dispatch-only, as "
                             "in DeepEP")
-        arrays, is_torch, kind = _per_rank(x, "x", self.num_ranks, 2)
+        arrays, is_torch, kind = self._per_rank(x, "x", 2)
         rows_in = []
         for r, a in enumerate(arrays):
-            if a.shape != (handle.num_recv_tokens[r], self.hidden):
-                raise ValueError(f"x[{r}]: shape {tuple(a.shape)}, rank {r} received "
-                                 f"[{handle.num_recv_tokens[r]}, {self.hidden}] in the handle's dispatch")
+            if a.shape != (handle._state.num_recv_rows[r], self.hidden):
+                raise ValueError(f"x[{r}]: shape {tuple(a.shape)}, rank {self._where(r)} received "
+                                 f"[{handle._state.num_recv_rows[r]}, {self.hidden}] in the handle's dispatch")
             if kind == "bf16" or a.dtype == np.uint16:
                 kind = "bf16"
                 rows_in.append(np.ascontiguousarray(a, dtype=np.uint16))
@@ -459,21 +522,18 @@ class Buffer:
             else:
                 raise TypeError(f"x[{r}]: rows must be float32 or bfloat16, got {a.dtype}")
         kind = kind or "fp32"
-        outs, t = self._session.combine(handle._state, rows_in, kind)
-        combined = [self._combined_rows(o, kind, is_torch) for o in outs]
-        weights = None
+        w32, w_torch = None, False
         if topk_weights is not None:
-            w_arrays, w_torch, _ = _per_rank(topk_weights, "topk_weights", self.num_ranks, 2)
-            sums = [np.zeros((n, handle.topk), dtype=np.float32) for n in handle.num_tokens]
+            w_arrays, w_torch, _ = self._per_rank(topk_weights, "topk_weights", 2)
+            w32 = []
             for r, w in enumerate(w_arrays):
-                if w.shape != (handle.num_recv_tokens[r], handle.topk):
+                if w.shape != (handle._state.num_recv_rows[r], handle.topk):
                     raise ValueError(f"topk_weights[{r}]: shape {tuple(w.shape)}, expected "
-                                     f"[{handle.num_recv_tokens[r]}, {handle.topk}]")
-                w = np.asarray(w, dtype=np.float32)
-                for src in np.unique(handle.recv_src_rank[r]):
-                    sel = handle.recv_src_rank[r] == src
-                    np.add.at(sums[src], handle.recv_src_token[r][sel], w[sel])
-            weights = [_out(s, is_torch or w_torch) for s in sums]
+                                     f"[{handle._state.num_recv_rows[r]}, {handle.topk}]")
+                w32.append(np.ascontiguousarray(w, dtype=np.float32))
+        outs, sums, t = self._session.combine(handle._state, rows_in, kind, w32)
+        combined = self._unwrap([self._combined_rows(o, kind, is_torch) for o in outs])
+        weights = None if sums is None else self._unwrap([_out(s, is_torch or w_torch) for s in sums])
         res = CombineResult(combined, weights, None)
         res.time_s, _, res.simulated = t
         return res

@@ -1,5 +1,7 @@
 # eplab.Buffer (DeepEP's per-call API) against NumPy references written here from DeepEP's definitions: the
 # layout, the rows each rank receives, combine's sums, cached dispatch, dtypes and the errors.
+import os
+
 import numpy as np
 import pytest
 
@@ -314,9 +316,18 @@ def test_buffer_construction_errors():
 
 
 @pytest.mark.skipif("mpi" not in eplab.backends(), reason="this build has no mpi backend")
-def test_a_one_rank_per_process_backend_is_refused():
-    with pytest.raises(eplab.Error, match="one rank per process"):
+@pytest.mark.skipif(any(v in os.environ for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")),
+                    reason="started by an MPI launcher")
+def test_mpi_outside_mpirun_says_how_to_start_it():
+    # One rank per process: a lone process cannot hold a 4-rank Buffer (tests/python/mpi_buffer.py runs it under
+    # mpirun).
+    with pytest.raises(eplab.Error, match=r"one rank per process.*4 ranks.*1 process.*mpirun -n 4"):
         buffer(backend="mpi")
+
+
+def test_an_in_process_buffer_holds_every_rank():
+    buf = buffer()
+    assert buf.rank is None and buf.get_rank() is None and buf.num_ranks == RANKS
 
 
 def test_expert_alignment_rounds_the_per_expert_counts_up():
