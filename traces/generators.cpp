@@ -527,7 +527,12 @@ class DeepepRouting : public Generator {
         ++used[j];
         cand[c] = {log_rank[c], expert_perm[at]};
       }
-      for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile_log(log_rank[c]);
+      // The scores only make the weights: one quantile per pick, most of the generator's time when the run
+      // does not read them.
+      if (p_.weights || gate_scores_)
+        for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile_log(log_rank[c]);
+      else
+        std::fill(score.begin(), score.end(), 1.0);
       write_token(b, t, cand.data(), score.data());
       if (!gate_scores_) continue;
       // The chosen experts and drawn heads have log ranks; the rest are iid uniform below a bound, drawn as

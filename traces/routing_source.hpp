@@ -23,6 +23,9 @@ struct RoutingParams {
   // trace fails before the run starts rather than half-way through it.
   int steps = 0;
   int layers = 0;
+  // False where nothing reads the weights (phantom payloads: only counts travel and combine sums nothing), so a
+  // generator may write equal weights 1/k instead of drawing them; the expert ids are the same either way.
+  bool weights = true;
 };
 
 // batch() does not change what later calls return, and the built-in sources allow concurrent calls (one
