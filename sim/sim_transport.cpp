@@ -1,5 +1,6 @@
 #include "sim/sim_transport.hpp"
 
+#include <malloc.h>
 #include <xbt/log.h>
 
 #include <algorithm>
@@ -303,6 +304,11 @@ void configure_simgrid_once() {
   // One actor per GPU: 2048 default 8 MiB stacks are 16 GiB of address space. The engine's frames are shallow
   // (its data lives on the heap), so 1 MiB is ample.
   s4u::Engine::set_config("contexts/stack-size", 1024);
+  // Every layer allocates and frees the same large buffers (a rank's routing batch and slots, a round's bytes
+  // matrix, ranks² doubles at 4096 GPUs): from the heap they are reused, while above glibc's mmap threshold each
+  // would be mapped, page-faulted in zeroed and unmapped again, which cost a quarter of the run's time.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 double roofline_seconds(const ClusterSpec& spec, const ComputeCost& c) {
