@@ -47,6 +47,7 @@ class TimedSource : public eplab::RoutingSource {
   bool concurrent() const override { return in_->concurrent(); }
   int num_steps() const override { return in_->num_steps(); }
   int num_layers() const override { return in_->num_layers(); }
+  int fixed_tokens() const override { return in_->fixed_tokens(); }
   double seconds = 0;
 
  private:

@@ -195,6 +195,7 @@ class WarmupShifted : public RoutingSource {
   int num_steps() const override { return inner_->num_steps() < 0 ? -1 : inner_->num_steps() - warmup_; }
   int num_layers() const override { return inner_->num_layers(); }
   int num_ranks() const override { return inner_->num_ranks(); }
+  int fixed_tokens() const override { return inner_->fixed_tokens(); }
   bool concurrent() const override { return inner_->concurrent(); }
 
  private:

@@ -286,6 +286,7 @@ class Generator : public RoutingSource {
   }
   std::string name() const override { return name_; }
   bool concurrent() const override { return true; }  // fill() is a pure function of (params, step, layer, rank)
+  int fixed_tokens() const override { return p_.tokens_per_rank; }
 
   RoutingBatch batch(int step, int layer, int rank) override {
     if (step < 0 || layer < 0 || rank < 0 || rank >= p_.topology.size())

@@ -25,6 +25,7 @@ class SharedRoutingSource : public RoutingSource {
   std::string name() const override { return inner_->name(); }
   int num_steps() const override { return inner_->num_steps(); }
   int num_layers() const override { return inner_->num_layers(); }
+  int fixed_tokens() const override { return inner_->fixed_tokens(); }
   bool concurrent() const override { return true; }
   // A kept batch is moved out on its first request; later requests for it generate it again.
   RoutingBatch batch(int step, int layer, int rank) override;
