@@ -1,8 +1,11 @@
-// Simulator speed and memory: one layer of dispatch + combine (phantom payload, deepseek-v3, 4096 tokens per
-// rank, h800-cx7) for 64 to 2048 GPUs per algorithm. Each run is a child process, so its peak resident memory
-// (getrusage ru_maxrss) is its own. Prints a table; writes JSON with --json FILE.
-// Past 256 GPUs every GPU holds one expert (DeepSeek-V3 has 256).
+// Simulator speed and memory (phantom payload, deepseek-v3, 4096 tokens per rank, h800-cx7, deepep routing). Each
+// run is a child process, so its peak resident memory (getrusage ru_maxrss) is its own. Prints a table; writes
+// JSON with --json FILE. Past 256 GPUs every GPU holds one expert (DeepSeek-V3 has 256).
 //   bench_sim_speed [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]
+//       one layer of dispatch + combine per GPU count (doubling from min to max) and algorithm;
+//   bench_sim_speed --targets [--json FILE]
+//       the rows issue 15 sets targets for, each printed beside its target: whole DeepSeek-V3 steps (58 MoE
+//       layers, inference and training) at 256 GPUs, hierarchical at 4096 GPUs, every algorithm at 1024 and 2048.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,6 +47,7 @@ class TimedSource : public eplab::RoutingSource {
   bool concurrent() const override { return in_->concurrent(); }
   int num_steps() const override { return in_->num_steps(); }
   int num_layers() const override { return in_->num_layers(); }
+  int fixed_tokens() const override { return in_->fixed_tokens(); }
   double seconds = 0;
 
  private:
@@ -63,11 +67,22 @@ class TimedSource : public eplab::RoutingSource {
 
 struct Result {
   double wall_s = -1, routing_s = -1, sim_dispatch_s = -1, sim_combine_s = -1;
+  double cpu_s = -1;  // user + system CPU time of the child: close to wall on an idle core, and far steadier
+                      // than wall while other jobs share the core
   long maxrss_kb = -1;
   bool ok = false;
 };
 
-Result run_child(int ranks, const std::string& algorithm) {
+// One measured configuration; targets <= 0 are none.
+struct Row {
+  int ranks;
+  std::string algorithm;
+  int layers = 1;
+  std::string mode = "inference";
+  double target_s = 0, target_MB = 0;
+};
+
+Result run_child(const Row& row) {
   int fd[2];
   if (pipe(fd) != 0) return {};
   std::fflush(stdout);  // the child must not inherit (and later print) the parent's buffered lines
@@ -79,22 +94,26 @@ Result run_child(int ranks, const std::string& algorithm) {
       eplab::RunConfig c;
       c.backend = "sim";
       c.cluster = "h800-cx7";
-      c.nodes = ranks / 8;
+      c.nodes = row.ranks / 8;
       c.gpus_per_node = 8;
       c.tokens = 4096;
       c.routing = "deepep";
-      c.algorithm = algorithm;
+      c.algorithm = row.algorithm;
+      c.layers = row.layers;
+      c.mode = row.mode;
       c.payload = "phantom";
       c.timeout_s = 600;
       // DeepSeek-V3 has 256 experts; past 256 GPUs every GPU keeps one expert (the shape is otherwise the same).
-      if (ranks > 256) c.experts = ranks;
+      if (row.ranks > 256) c.experts = row.ranks;
       eplab::ClusterSpec spec = eplab::cluster_preset(c.cluster);
       spec.nodes = c.nodes;
       spec.gpus_per_node = c.gpus_per_node;
       eplab::MoeShape shape = eplab::model_preset(c.model);
       if (c.experts > 0) shape.num_experts = c.experts;
-      auto timed = std::make_shared<TimedSource>(
-          eplab::make_routing(c.routing, eplab::RoutingParams{shape, eplab::Topology(spec), c.tokens, c.seed}));
+      // As the driver opens it for a phantom run: nothing reads the weights, so the generator skips them.
+      eplab::RoutingParams rp{shape, eplab::Topology(spec), c.tokens, c.seed, c.steps, c.layers};
+      rp.weights = false;
+      auto timed = std::make_shared<TimedSource>(eplab::make_routing(c.routing, rp));
       c.routing_source = timed;
       const auto t0 = std::chrono::steady_clock::now();
       const auto r = eplab::run_experiment(c);
@@ -104,11 +123,13 @@ Result run_child(int ranks, const std::string& algorithm) {
       res.sim_combine_s = r["phases"]["combine"]["time_s"].get<double>();
       res.ok = true;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "%d ranks, %s: %s\n", ranks, algorithm.c_str(), e.what());
+      std::fprintf(stderr, "%d ranks, %s: %s\n", row.ranks, row.algorithm.c_str(), e.what());
     }
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     res.maxrss_kb = ru.ru_maxrss;
+    res.cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
     if (write(fd[1], &res, sizeof res) != static_cast<ssize_t>(sizeof res)) _exit(1);
     _exit(0);
   }
@@ -125,6 +146,7 @@ Result run_child(int ranks, const std::string& algorithm) {
 
 int main(int argc, char** argv) {
   int min_ranks = 64, max_ranks = 2048;
+  bool targets = false;
   std::vector<std::string> algorithms;
   std::string json_path;
   for (int i = 1; i < argc; ++i) {
@@ -134,37 +156,77 @@ int main(int argc, char** argv) {
       min_ranks = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc)
       algorithms.push_back(argv[++i]);
+    else if (!std::strcmp(argv[i], "--targets"))
+      targets = true;
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
       json_path = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]\n"
+                   "       %s --targets [--json FILE]\n",
+                   argv[0], argv[0]);
       return 2;
     }
   }
-  if (algorithms.empty()) algorithms = eplab::algorithm_names();
+  std::vector<Row> rows;
+  if (targets) {
+    // Issue 15's targets: wall seconds on one core, and peak memory where it names one.
+    rows.push_back({256, "hierarchical", 58, "inference", 5, 0});
+    rows.push_back({256, "hierarchical", 58, "training", 15, 0});
+    rows.push_back({4096, "hierarchical", 1, "inference", 30, 4096});
+    for (int ranks : {1024, 2048})
+      for (const char* a : {"flat", "low-latency", "allgather"}) rows.push_back({ranks, a, 1, "inference", ranks == 1024 ? 5.0 : 20.0, 0});
+  } else {
+    if (algorithms.empty()) algorithms = eplab::algorithm_names();
+    for (int ranks = min_ranks; ranks <= max_ranks; ranks *= 2)
+      for (const auto& a : algorithms) rows.push_back({ranks, a});
+  }
   nlohmann::json out = nlohmann::json::array();
-  std::printf("eplab sim speed: one layer dispatch + combine, h800-cx7, deepseek-v3, 4096 tokens/rank, deepep\n");
+  std::printf("eplab sim speed: %s, h800-cx7, deepseek-v3, 4096 tokens/rank, deepep, phantom payload\n",
+              targets ? "issue 15's rows (layers: MoE layers of one step)" : "one layer dispatch + combine");
   std::printf(
-      "wall = whole run_experiment; routing = time inside the deepep routing generator; sim = wall - routing\n");
-  std::printf("%6s %-14s %10s %11s %10s %12s %14s %14s\n", "GPUs", "algorithm", "wall (s)", "routing (s)", "sim (s)",
-              "peak RSS MB", "sim disp (us)", "sim comb (us)");
-  for (int ranks = min_ranks; ranks <= max_ranks; ranks *= 2)
-    for (const auto& a : algorithms) {
-      const Result r = run_child(ranks, a);
-      std::printf("%6d %-14s %10.2f %11.2f %10.2f %12.0f %14.1f %14.1f%s\n", ranks, a.c_str(), r.wall_s, r.routing_s,
-                  r.wall_s - r.routing_s, r.maxrss_kb / 1024.0, r.sim_dispatch_s * 1e6, r.sim_combine_s * 1e6,
-                  r.ok ? "" : "  FAILED");
-      std::fflush(stdout);
-      out.push_back({{"gpus", ranks},
-                     {"algorithm", a},
-                     {"ok", r.ok},
-                     {"wall_s", r.wall_s},
-                     {"routing_s", r.routing_s},
-                     {"sim_wall_s", r.wall_s - r.routing_s},
-                     {"peak_rss_MB", r.maxrss_kb / 1024.0},
-                     {"sim_dispatch_s", r.sim_dispatch_s},
-                     {"sim_combine_s", r.sim_combine_s}});
+      "wall = whole run_experiment; routing = time inside the deepep routing generator; sim = wall - routing;\n"
+      "cpu = the run's user + system CPU time (wall on an idle core; steadier under load); met: wall (cpu met:\n"
+      "CPU time) and RSS within target; sim disp/comb = simulated dispatch/combine time per call (mean)\n");
+  std::printf("%6s %-13s %6s %-9s %9s %9s %8s %8s %8s %8s %10s %5s %7s %12s %12s\n", "GPUs", "algorithm", "layers",
+              "mode", "wall (s)", "target s", "cpu (s)", "rout (s)", "sim (s)", "RSS MB", "target MB", "met",
+              "cpu met", "sim disp us", "sim comb us");
+  for (const Row& row : rows) {
+    const Result r = run_child(row);
+    const bool rss_met = row.target_MB <= 0 || r.maxrss_kb / 1024.0 <= row.target_MB;
+    const bool met = r.ok && (row.target_s <= 0 || r.wall_s <= row.target_s) && rss_met;
+    const bool cpu_met = r.ok && (row.target_s <= 0 || r.cpu_s <= row.target_s) && rss_met;
+    const bool has_target = row.target_s > 0 || row.target_MB > 0;
+    char ts[32] = "-", tm[32] = "-";
+    if (row.target_s > 0) std::snprintf(ts, sizeof ts, "%.0f", row.target_s);
+    if (row.target_MB > 0) std::snprintf(tm, sizeof tm, "%.0f", row.target_MB);
+    std::printf("%6d %-13s %6d %-9s %9.2f %9s %8.2f %8.2f %8.2f %8.0f %10s %5s %7s %12.1f %12.1f%s\n", row.ranks,
+                row.algorithm.c_str(), row.layers, row.mode.c_str(), r.wall_s, ts, r.cpu_s, r.routing_s,
+                r.wall_s - r.routing_s,
+                r.maxrss_kb / 1024.0, tm, has_target ? (met ? "yes" : "NO") : "-",
+                has_target ? (cpu_met ? "yes" : "NO") : "-",
+                r.sim_dispatch_s * 1e6, r.sim_combine_s * 1e6, r.ok ? "" : "  FAILED");
+    std::fflush(stdout);
+    nlohmann::json j = {{"gpus", row.ranks},
+                        {"algorithm", row.algorithm},
+                        {"layers", row.layers},
+                        {"mode", row.mode},
+                        {"ok", r.ok},
+                        {"wall_s", r.wall_s},
+                        {"cpu_s", r.cpu_s},
+                        {"routing_s", r.routing_s},
+                        {"sim_wall_s", r.wall_s - r.routing_s},
+                        {"peak_rss_MB", r.maxrss_kb / 1024.0},
+                        {"sim_dispatch_s", r.sim_dispatch_s},
+                        {"sim_combine_s", r.sim_combine_s}};
+    if (row.target_s > 0) j["target_wall_s"] = row.target_s;
+    if (row.target_MB > 0) j["target_rss_MB"] = row.target_MB;
+    if (has_target) {
+      j["target_met"] = met;
+      j["target_met_cpu"] = cpu_met;
     }
+    out.push_back(j);
+  }
   if (!json_path.empty()) {
     std::ofstream f(json_path);
     f << nlohmann::json{{"rows", out}}.dump(2) << "\n";

@@ -198,7 +198,9 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
                   run.backend,
                   cfg.steps * cfg.layers};
   in.tokens_per_rank = cfg.tokens;
-  if (!cfg.trace.empty() || cfg.routing_source) {
+  if ((!cfg.trace.empty() || cfg.routing_source) && routing->fixed_tokens() >= 0) {
+    in.tokens_per_rank = routing->fixed_tokens();  // a generator given as the source: no need to draw it again
+  } else if (!cfg.trace.empty() || cfg.routing_source) {
     // A trace's or a given source's batches hold what was recorded, whatever --tokens says (an imported rank
     // may hold none).
     int64_t total = 0;

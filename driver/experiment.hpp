@@ -48,7 +48,7 @@ struct RunConfig {
   std::string replica_selection = "round-robin";
   double timeout_s = 60;
   bool verify = true;              // check delivery and combine where real bytes move
-  std::string sim_model;           // sim: how exchanges are modeled, "" (= "ptask") or "flows" (docs/sim.md)
+  std::string sim_model;           // sim: "" (= "ptask"), "ptask-pairs" or "flows" (docs/sim.md)
   std::string mode = "inference";  // inference | training (backward pass and dense all-reduce; README)
   bool overlap_allreduce = true;   // training: all-reduce dense gradients during the next layer's backward compute
   // "tbo": two-batch overlap. Each rank's batch is two micro-batches, each layer opens with their dense

@@ -195,6 +195,7 @@ class WarmupShifted : public RoutingSource {
   int num_steps() const override { return inner_->num_steps() < 0 ? -1 : inner_->num_steps() - warmup_; }
   int num_layers() const override { return inner_->num_layers(); }
   int num_ranks() const override { return inner_->num_ranks(); }
+  int fixed_tokens() const override { return inner_->fixed_tokens(); }
   bool concurrent() const override { return inner_->concurrent(); }
 
  private:
@@ -206,7 +207,8 @@ class WarmupShifted : public RoutingSource {
 
 std::shared_ptr<RoutingSource> open_routing(const RunConfig& cfg, const RunSetup& run) {
   const int total = cfg.steps + cfg.warmup_steps;
-  const RoutingParams rp{run.shape, run.topo, cfg.tokens, cfg.seed, total, cfg.layers};
+  RoutingParams rp{run.shape, run.topo, cfg.tokens, cfg.seed, total, cfg.layers};
+  rp.weights = !run.phantom;  // phantom payloads carry counts only: no figure depends on the weights
   std::shared_ptr<RoutingSource> routing = cfg.routing_source;
   if (!routing) routing = make_routing(cfg.trace.empty() ? cfg.routing : "trace:" + cfg.trace, rp);
   const std::string name = routing->name();

@@ -74,7 +74,8 @@ const std::vector<RunOption>& run_options() {
       opt(integer<C>("layers", member(&C::layers), kAtLeastOne), "MoE layers per step"),
       opt(integer<C>("seed", member(&C::seed), kNonNegative), "seed for routing and activations"),
       opt(text<C>("sim_model", member(&C::sim_model)),
-          "sim: exchanges as one parallel task per round (ptask, also empty) or per-message flows"),
+          "sim: exchanges as one parallel task per round (ptask, also empty; ptask-pairs: over every rank pair, "
+          "unreduced) or per-message flows"),
       // --timeout: the command line's name since the first release.
       opt(real<C>("timeout_s", member(&C::timeout_s), kPositive),
           "seconds a rank may wait for a peer before the run fails (finite; 1e9 for no practical limit)", "timeout"),

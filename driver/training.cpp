@@ -73,7 +73,8 @@ void StepDriver::keep_layer(const DispatchArgs& args, const ComputeCost& expert,
   l.topk = args.topk;
   const size_t sel = static_cast<size_t>(args.num_tokens) * args.topk;
   l.slots.assign(args.slots, args.slots + sel);
-  l.weights.assign(args.weights, args.weights + sel);
+  // Phantom payloads read no weights (only counts travel), and 58 layers of them would hold ~1 GB at 256 GPUs.
+  if (!c_.phantom) l.weights.assign(args.weights, args.weights + sel);
   if (args.x) l.x.assign(args.x, args.x + static_cast<size_t>(args.num_tokens) * c_.shape.hidden);
   l.expert = expert;
   layers_.push_back(std::move(l));
@@ -262,8 +263,13 @@ void StepDriver::end_step(int step) {
       c_.links.set_phase_prefix("bwd-");
       const double notify0 = c_.engine.stats().notify.time_s;
       const double d0 = f.now();
-      DispatchArgs a{
-          step, bl, l.num_tokens, l.topk, l.slots.data(), l.weights.data(), l.x.empty() ? nullptr : l.x.data()};
+      DispatchArgs a{step,
+                     bl,
+                     l.num_tokens,
+                     l.topk,
+                     l.slots.data(),
+                     l.weights.empty() ? nullptr : l.weights.data(),
+                     l.x.empty() ? nullptr : l.x.data()};
       Handle h = c_.engine.dispatch(a);
       const double d1 = f.now(), notify_s = c_.engine.stats().notify.time_s - notify0;
       c_.links.set_phase_prefix("");

@@ -1,5 +1,6 @@
 #include "sim/sim_transport.hpp"
 
+#include <malloc.h>
 #include <xbt/log.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <simgrid/s4u/Host.hpp>
 #include <simgrid/s4u/Mutex.hpp>
 
+#include "sim/round_matrix.hpp"
 #include "sim/sim_backend.hpp"
 
 namespace eplab::sim {
@@ -81,6 +83,11 @@ void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
   // and finishes the task when its most loaded link has drained, after the largest route latency.
   const bool any = std::any_of(round.bytes.begin(), round.bytes.end(), [](double x) { return x > 0; });
   std::vector<double> flops(R, 0.0);
+  std::vector<double> per_link;
+  if (any && recorder_) per_link = link_bytes(round.bytes);
+  // Same link loads and latency, O(ranks) pairs instead of up to ranks²: SimGrid expands a task link by link
+  // per pair, searching the task's constraints each time, which made all-pairs rounds grow as ranks³.
+  if (any && !all_pairs_) reduce_round_matrix(topo_, round.bytes);
   if (pipelined) {
     // A pipelined stage starts now and runs concurrently with the stages before and after it; the ranks go on
     // (their data is already in place) and meet again in end_pipeline.
@@ -89,7 +96,7 @@ void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
       auto task = s4u::this_actor::exec_init(platform_.hosts, flops, round.bytes);
       task->start();
       pipeline_tasks_.push_back(task);
-      if (recorder_) pipeline_records_.push_back({round_phase_, s4u::Engine::get_clock(), link_bytes(round.bytes)});
+      if (recorder_) pipeline_records_.push_back({round_phase_, s4u::Engine::get_clock(), std::move(per_link)});
     }
     return;
   }
@@ -97,7 +104,7 @@ void SimWorld::run_round(Tag tag, Round& round, bool pipelined) {
   if (any) s4u::this_actor::parallel_execute(platform_.hosts, flops, round.bytes);
   if (any && recorder_)
     recorder_->link_round(round_phase_, since_start(start), since_start(s4u::Engine::get_clock()),
-                          link_bytes(round.bytes));
+                          std::move(per_link));
   if (topo_.spec().round_overhead_s > 0) s4u::this_actor::sleep_for(topo_.spec().round_overhead_s);
 }
 
@@ -297,6 +304,11 @@ void configure_simgrid_once() {
   // One actor per GPU: 2048 default 8 MiB stacks are 16 GiB of address space. The engine's frames are shallow
   // (its data lives on the heap), so 1 MiB is ample.
   s4u::Engine::set_config("contexts/stack-size", 1024);
+  // Every layer allocates and frees the same large buffers (a rank's routing batch and slots, a round's bytes
+  // matrix, ranks² doubles at 4096 GPUs): from the heap they are reused, while above glibc's mmap threshold each
+  // would be mapped, page-faulted in zeroed and unmapped again, which cost a quarter of the run's time.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 double roofline_seconds(const ClusterSpec& spec, const ComputeCost& c) {
@@ -328,8 +340,10 @@ class SimBackend : public Backend {
     return c;
   }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
-    if (!opts.sim_model.empty() && opts.sim_model != "ptask" && opts.sim_model != "flows")
-      throw EplabError("backend 'sim': unknown exchange model '" + opts.sim_model + "' (known: ptask, flows)");
+    if (!opts.sim_model.empty() && opts.sim_model != "ptask" && opts.sim_model != "ptask-pairs" &&
+        opts.sim_model != "flows")
+      throw EplabError("backend 'sim': unknown exchange model '" + opts.sim_model +
+                       "' (known: ptask, ptask-pairs, flows)");
     int argc = 1;
     char name[] = "eplab";
     char* argv[] = {name, nullptr};
@@ -339,6 +353,7 @@ class SimBackend : public Backend {
     configure_simgrid_once();
     SimWorld world(topo, opts.phantom_payload);
     world.per_flow_ = opts.sim_model == "flows";
+    world.all_pairs_ = opts.sim_model == "ptask-pairs";
     Domain domain(topo.size(), topo.size(), 0, make_actor_sync(world), opts.timeout_s);
     std::vector<std::exception_ptr> errors(topo.size());
     for (int r = 0; r < topo.size(); ++r)

@@ -36,6 +36,9 @@ class SimWorld {
   void start_clock();
   // "flows" exchange model: alltoallv as one SimGrid communication per message, not one parallel task.
   bool per_flow_ = false;
+  // "ptask-pairs" exchange model: the round's parallel task over every non-zero pair as the engine sent them,
+  // not the reduced matrix with the same link loads (sim/round_matrix.hpp); for tests and studies.
+  bool all_pairs_ = false;
   // Where rounds report their bytes per link (timeline, link utilization); null: not recorded.
   void set_recorder(LinkRecorder* r);
 

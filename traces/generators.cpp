@@ -286,6 +286,7 @@ class Generator : public RoutingSource {
   }
   std::string name() const override { return name_; }
   bool concurrent() const override { return true; }  // fill() is a pure function of (params, step, layer, rank)
+  int fixed_tokens() const override { return p_.tokens_per_rank; }
 
   RoutingBatch batch(int step, int layer, int rank) override {
     if (step < 0 || layer < 0 || rank < 0 || rank >= p_.topology.size())
@@ -527,7 +528,12 @@ class DeepepRouting : public Generator {
         ++used[j];
         cand[c] = {log_rank[c], expert_perm[at]};
       }
-      for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile_log(log_rank[c]);
+      // The scores only make the weights: one quantile per pick, most of the generator's time when the run
+      // does not read them.
+      if (p_.weights || gate_scores_)
+        for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile_log(log_rank[c]);
+      else
+        std::fill(score.begin(), score.end(), 1.0);
       write_token(b, t, cand.data(), score.data());
       if (!gate_scores_) continue;
       // The chosen experts and drawn heads have log ranks; the rest are iid uniform below a bound, drawn as

@@ -23,6 +23,9 @@ struct RoutingParams {
   // trace fails before the run starts rather than half-way through it.
   int steps = 0;
   int layers = 0;
+  // False where nothing reads the weights (phantom payloads: only counts travel and combine sums nothing), so a
+  // generator may write equal weights 1/k instead of drawing them; the expert ids are the same either way.
+  bool weights = true;
 };
 
 // batch() does not change what later calls return, and the built-in sources allow concurrent calls (one
@@ -39,6 +42,9 @@ class RoutingSource {
   virtual bool concurrent() const { return false; }
   // Ranks the source holds batches for; -1: any (generators). A run on another rank count is refused.
   virtual int num_ranks() const { return -1; }
+  // Tokens in every batch, when that is fixed (the generators: tokens_per_rank); -1 when batches may differ
+  // (traces, arrays), and a run that reports tokens per rank must count them.
+  virtual int fixed_tokens() const { return -1; }
 };
 
 // Routing given as arrays (a model's captured top-k, from Python): batches[(step * layers + layer) * ranks +

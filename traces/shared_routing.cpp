@@ -1,5 +1,7 @@
 #include "traces/shared_routing.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <exception>
@@ -28,9 +30,21 @@ void SharedRoutingSource::keep(int step, int layer, int rank, RoutingBatch b) {
   h.batches[rank] = std::move(b);
 }
 
+namespace {
+
+// The cores this process may run on: a run pinned to one core (taskset) gains nothing from a second thread,
+// which would only take turns with the first.
+int usable_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
+}  // namespace
+
 void SharedRoutingSource::prefetch(int step, int layer, Held& held) {
   held.batches.assign(ranks_, RoutingBatch{});
-  const int workers = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, ranks_);
+  const int workers = std::clamp(usable_cores(), 1, ranks_);
   std::atomic<int> next{0};
   std::vector<std::exception_ptr> errors(workers);
   const auto work = [&](int w) {

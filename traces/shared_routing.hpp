@@ -17,13 +17,15 @@ namespace eplab {
 class SharedRoutingSource : public RoutingSource {
  public:
   // `ranks`: the world size. `prefetch` (needs inner->concurrent()): the first request for a (step, layer)
-  // generates every rank's batch of it on all cores. Simulated ranks are actors on one OS thread, so batches
-  // generated as each asks would be generated one after another; this keeps them parallel.
+  // generates every rank's batch of it on all the cores the process may use (its affinity mask). Simulated ranks
+  // are actors on one OS thread, so batches generated as each asks would be generated one after another; this
+  // keeps them parallel.
   SharedRoutingSource(std::shared_ptr<RoutingSource> inner, int ranks, bool prefetch);
 
   std::string name() const override { return inner_->name(); }
   int num_steps() const override { return inner_->num_steps(); }
   int num_layers() const override { return inner_->num_layers(); }
+  int fixed_tokens() const override { return inner_->fixed_tokens(); }
   bool concurrent() const override { return true; }
   // A kept batch is moved out on its first request; later requests for it generate it again.
   RoutingBatch batch(int step, int layer, int rank) override;

@@ -329,6 +329,26 @@ TEST(Generators, DeepepScoresDoNotChangeTheRouting) {
   }
 }
 
+// A phantom run asks for no weights: the same expert ids, and weights that are finite and sum to one per token.
+TEST(Generators, WithoutWeightsTheRoutingIsTheSame) {
+  for (const std::string spec : {"deepep", "uniform"})
+    for (int nodes : {32, 8, 6}) {
+      RoutingParams p = params("deepseek-v3", nodes, 1, 512, 9);
+      auto full = make_routing(spec, p);
+      p.weights = false;
+      auto ids_only = make_routing(spec, p);
+      for (int r : {0, 3}) {
+        const RoutingBatch a = full->batch(1, 2, r), b = ids_only->batch(1, 2, r);
+        EXPECT_EQ(a.topk_idx, b.topk_idx) << spec << ", " << nodes << " nodes";
+        for (int t = 0; t < b.num_tokens; ++t) {
+          double sum = 0;
+          for (int k = 0; k < b.topk; ++k) sum += b.weight(t, k);
+          ASSERT_NEAR(sum, 1.0, 1e-5) << spec << ", token " << t;
+        }
+      }
+    }
+}
+
 TEST(Generators, DeepepRejectsTooFewExpertsPerNode) {
   RoutingParams p = params("mixtral-8x7b", 16, 1, 8);  // 8 experts over 16 nodes: some nodes hold none
   p.shape.max_nodes_per_token = 1;
