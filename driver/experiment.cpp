@@ -152,10 +152,10 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const std::shared_ptr<RoutingSource> routing = open_routing(cfg, run);
   // The ranks of this process share one source through an in-process cache (traces/shared_routing.hpp): it
   // hands out the batches planning generated, or, on simulated fabrics (actors on one OS thread), prefetches
-  // each call's batches for every rank on all cores. Batches depend only on (step, layer, rank), so this
-  // changes speed, never results.
+  // each call's batches for every rank on all cores, and the next call's in the background while this one is
+  // simulated. Batches depend only on (step, layer, rank), so this changes speed, never results.
   const auto shared = std::make_shared<SharedRoutingSource>(
-      routing, R, run.in_process && run.caps.modeled_time && routing->concurrent() && R > 1);
+      routing, R, run.in_process && run.caps.modeled_time && routing->concurrent() && R > 1, cfg.steps, cfg.layers);
   KeepBatch keep;
   if (run.in_process)
     keep = [&](int step, int layer, int rank, RoutingBatch b) { shared->keep(step, layer, rank, std::move(b)); };

@@ -51,6 +51,26 @@ TEST(SharedRoutingSource, PrefetchGeneratesACallOnceForEveryRank) {
   expect_batch_of(shared.batch(1, 1, 3), 1, 1, 3);  // asked again: generated again, the same batch
 }
 
+// With the run's steps and layers, the next call is generated in the background while this one is used (on a
+// machine with one usable core, synchronously): either way every batch is the source's, and each call of the run
+// is generated exactly once, the last one's look-ahead included (there is none past the end).
+TEST(SharedRoutingSource, LookAheadHandsOutTheSameBatchesAndGeneratesEachCallOnce) {
+  auto inner = std::make_shared<CountingSource>(true);
+  {
+    SharedRoutingSource shared(inner, 4, true, 3, 2);
+    for (int step = 0; step < 3; ++step)
+      for (int layer = 0; layer < 2; ++layer)
+        for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(step, layer, r), step, layer, r);
+  }
+  EXPECT_EQ(inner->calls, 3 * 2 * 4);
+  // A call the run skips (asked out of order): the look-ahead of it is dropped, what is asked is still right.
+  auto again = std::make_shared<CountingSource>(true);
+  SharedRoutingSource shared(again, 4, true, 3, 2);
+  for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(0, 0, r), 0, 0, r);
+  for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(2, 1, r), 2, 1, r);
+  for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(0, 1, r), 0, 1, r);
+}
+
 TEST(SharedRoutingSource, KeptBatchesGoOutOnceThenComeFromTheSource) {
   auto inner = std::make_shared<CountingSource>(false);
   SharedRoutingSource shared(inner, 4, false);
