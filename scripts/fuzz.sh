@@ -82,7 +82,11 @@ for t in "${targets[@]}"; do
   took=$(($(date +%s) - start))
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
-  inputs=$(find "$seeds" "$dir/corpus/$t" -type f | wc -l)
+  if [[ $mode == replay ]]; then
+    inputs=${#files[@]}
+  else
+    inputs=$(find "$seeds" "$dir/corpus/$t" -type f | wc -l)
+  fi
   if ((rc == 0)); then
     status=ok
   else
