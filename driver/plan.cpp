@@ -36,16 +36,24 @@ std::function<std::unique_ptr<ReplicaSelector>()> replica_selector_factory(const
     throw EplabError("cost matrix '" + path + "': not JSON: " + e.what());
   }
   const char* key = metric == "latency" ? "latency_s" : "bandwidth_GBps";
-  if (!j.contains("ranks") || j["ranks"].get<int>() != ranks || !j.contains(key) || j[key].size() != size_t(ranks))
-    throw EplabError("cost matrix '" + path + "': expected \"ranks\": " + std::to_string(ranks) + " and a " +
-                     std::to_string(ranks) + " x " + std::to_string(ranks) + " \"" + key + "\" matrix");
+  const auto shape_error = [&] {
+    return EplabError("cost matrix '" + path + "': expected \"ranks\": " + std::to_string(ranks) + " and a " +
+                      std::to_string(ranks) + " x " + std::to_string(ranks) + " \"" + key + "\" matrix of numbers");
+  };
+  // Every access checks the type first: nlohmann's own type_error would name neither the file nor the field.
+  if (!j.is_object() || !j.contains("ranks") || !j["ranks"].is_number_integer() || j["ranks"] != ranks ||
+      !j.contains(key) || !j[key].is_array() || j[key].size() != size_t(ranks))
+    throw shape_error();
   std::vector<double> cost(static_cast<size_t>(ranks) * ranks);
   for (int a = 0; a < ranks; ++a) {
-    if (j[key][a].size() != size_t(ranks))
-      throw EplabError("cost matrix '" + path + "': row " + std::to_string(a) + " of \"" + key + "\" has " +
-                       std::to_string(j[key][a].size()) + " entries, expected " + std::to_string(ranks));
+    const nlohmann::json& row = j[key][a];
+    if (!row.is_array() || row.size() != size_t(ranks))
+      throw EplabError("cost matrix '" + path + "': row " + std::to_string(a) + " of \"" + key + "\" is " +
+                       (row.is_array() ? std::to_string(row.size()) + " entries" : std::string("not an array")) +
+                       ", expected " + std::to_string(ranks) + " numbers");
     for (int b = 0; b < ranks; ++b) {
-      const double v = j[key][a][b].get<double>();
+      if (!row[b].is_number()) throw shape_error();
+      const double v = row[b].get<double>();
       // Cheaper = lower latency, or higher bandwidth (self has infinite bandwidth: cost 0).
       cost[static_cast<size_t>(a) * ranks + b] = metric == "latency" ? v : (a == b || v <= 0 ? 0.0 : 1.0 / v);
     }

@@ -56,8 +56,9 @@ struct Field {
 };
 
 [[noreturn]] inline void bad_value(const std::string& where, const std::string& expected, const json& got) {
-  // dump() writes inf and NaN as null: name them as they were given.
-  std::string text = got.dump();
+  // dump() writes inf and NaN as null: name them as they were given. Text from a command line need not be UTF-8,
+  // which plain dump() refuses by throwing: the message shows such bytes as U+FFFD instead.
+  std::string text = got.dump(-1, ' ', false, json::error_handler_t::replace);
   if (got.is_number_float() && !std::isfinite(got.get<double>())) {
     const double x = got.get<double>();
     text = std::isnan(x) ? "nan" : x > 0 ? "inf" : "-inf";

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -20,9 +21,20 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 
 std::pair<int, int> shape_of(const py::handle& shape) {
   auto t = shape.cast<std::vector<py::ssize_t>>();
-  if (t.size() != 2 || t[0] < 0 || t[1] < 0)
-    throw EplabError("codec shape must be (tokens, hidden) with non-negative sizes");
+  if (t.size() != 2 || t[0] < 0 || t[1] < 0 || t[0] > INT_MAX || t[1] > INT_MAX)
+    throw EplabError("codec shape must be (tokens, hidden) with sizes in [0, " + std::to_string(INT_MAX) + "]");
   return {static_cast<int>(t[0]), static_cast<int>(t[1])};
+}
+
+// Whether a buffer's elements lie in C order with no gaps (strides are in bytes and may be negative).
+bool c_contiguous(const py::buffer_info& b) {
+  if (b.size == 0) return true;
+  py::ssize_t expect = b.itemsize;
+  for (py::ssize_t i = b.ndim - 1; i >= 0; --i) {
+    if (b.shape[i] != 1 && b.strides[i] != expect) return false;
+    expect *= b.shape[i];
+  }
+  return true;
 }
 
 FloatArray as_matrix(const py::handle& x) {
@@ -31,6 +43,9 @@ FloatArray as_matrix(const py::handle& x) {
   if (a.ndim() == 1) a = a.reshape({py::ssize_t(1), a.shape(0)});
   if (a.ndim() != 2)
     throw EplabError("codec input must be a [tokens, hidden] array, got " + std::to_string(a.ndim()) + " dims");
+  if (a.shape(0) > INT_MAX || a.shape(1) > INT_MAX)
+    throw EplabError("codec input is " + std::to_string(a.shape(0)) + " x " + std::to_string(a.shape(1)) +
+                     ": at most " + std::to_string(INT_MAX) + " tokens and channels");
   return a;
 }
 
@@ -258,7 +273,14 @@ reset(stream); pass an instance to eplab.run(dispatch_codec=...) and the engine 
           "decode",
           [](Codec& c, const py::buffer& data, const py::handle& shape, uint64_t stream) {
             auto [tokens, hidden] = shape_of(shape);
+            // A message is its bytes in order: a strided or reversed view (a column of a 2-D array, x[::-1]) is
+            // read through a C-ordered copy, never as the memory its buffer pointer happens to start.
             py::buffer_info info = data.request();
+            py::object copy;
+            if (!c_contiguous(info)) {
+              copy = py::module_::import("builtins").attr("memoryview")(data).attr("tobytes")();
+              info = py::reinterpret_borrow<py::buffer>(copy).request();
+            }
             py::array_t<float> out({static_cast<py::ssize_t>(tokens), static_cast<py::ssize_t>(hidden)});
             float* dst = out.mutable_data();
             const auto* src = static_cast<const uint8_t*>(info.ptr);

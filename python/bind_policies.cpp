@@ -78,8 +78,7 @@ class PyBalancer : public Balancer {
         if (d.contains("decision")) decision = d["decision"].cast<std::string>();
         r = d["slot_expert"];
       }
-      auto a = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(r);
-      if (!a) throw EplabError(who + " must return slot_expert: one expert id per slot");
+      auto a = int32_ids(r, who + " must return slot_expert: one expert id per slot; it");
       slot_expert.assign(a.data(), a.data() + a.size());
     });
     if (static_cast<int>(slot_expert.size()) != ranks * slots)
@@ -222,8 +221,7 @@ dict {"slot_expert": ..., "decision": "..."}.)doc")
             in.redundant = redundant;
             Placement cur;
             if (!current.is_none()) {
-              auto a = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(current);
-              if (!a) throw EplabError("current must be a slot_expert array");
+              auto a = int32_ids(current, "current (a slot_expert array)");
               cur = Placement(in.shape.num_experts, spec.size(), std::vector<int32_t>(a.data(), a.data() + a.size()));
               in.current = &cur;
             }
@@ -280,8 +278,8 @@ Subclass it in Python (call super().__init__()) and define observe(self, load) a
   m.def(
       "rank_load",
       [](const py::handle& slot_expert, int num_experts, const py::handle& heat) {
-        auto a = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(slot_expert);
-        if (!a || a.ndim() != 2) throw EplabError("slot_expert must be a [ranks, slots] array");
+        auto a = int32_ids(slot_expert, "slot_expert");
+        if (a.ndim() != 2) throw EplabError("slot_expert must be a [ranks, slots] array");
         Placement p(num_experts, static_cast<int>(a.shape(0)), std::vector<int32_t>(a.data(), a.data() + a.size()));
         std::vector<double> v = rank_load(p, as_doubles(heat));
         return py::array_t<double>(v.size(), v.data());

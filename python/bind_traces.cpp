@@ -96,8 +96,8 @@ class PythonRouting final : public RoutingSource {
         idx = t[0];
         w = t[1];
       }
-      auto ids = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(idx);
-      if (!ids || ids.ndim() != 2) throw EplabError("RoutingSource.batch: topk_idx must be [tokens, topk]");
+      auto ids = int32_ids(idx, "RoutingSource.batch: topk_idx");
+      if (ids.ndim() != 2) throw EplabError("RoutingSource.batch: topk_idx must be [tokens, topk]");
       b.num_tokens = static_cast<int>(ids.shape(0));
       b.topk = static_cast<int>(ids.shape(1));
       b.topk_idx.assign(ids.data(), ids.data() + ids.size());
@@ -171,9 +171,9 @@ name, num_steps, num_layers, num_ranks; pass it as eplab.run(routing=...).)doc")
                            std::to_string(weights.size()) + " weight arrays");
         std::vector<RoutingBatch> batches(idx.size());
         for (size_t i = 0; i < idx.size(); ++i) {
-          auto ids = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(idx[i]);
+          auto ids = int32_ids(idx[i], "routing arrays: batch " + std::to_string(i) + ": topk_idx");
           auto w = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(weights[i]);
-          if (!ids || !w || ids.ndim() != 2 || w.ndim() != 2 || ids.shape(0) != w.shape(0) ||
+          if (!w || ids.ndim() != 2 || w.ndim() != 2 || ids.shape(0) != w.shape(0) ||
               ids.shape(1) != w.shape(1))
             throw EplabError("routing arrays: batch " + std::to_string(i) +
                              " needs topk_idx and topk_weights of one shape [tokens, topk]");

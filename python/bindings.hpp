@@ -2,6 +2,7 @@
 // bridge that carries a Python exception raised inside engine threads back to the Python caller intact.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <functional>
@@ -35,6 +36,12 @@ void rethrow_parked_python_error();
 
 // eplab.Error, once the module has created it.
 PyObject*& error_type();
+
+// Ids (expert or slot ids) from any array-like, as a C-contiguous int32 array, refusing what a cast would change:
+// a dtype that is not an integer (1.9 is not expert 1, True is not expert 1) and values outside int32 (2**32 + 3
+// is not 3). An empty array may have any dtype (np.asarray([]) is float64). Views of any strides are copied.
+// Errors begin with `what`.
+py::array_t<int32_t, py::array::c_style> int32_ids(const py::handle& x, const std::string& what);
 
 // Runs a long C++ call with the GIL released; a Python error parked meanwhile replaces whatever C++ threw.
 // A codec may park an error and let the call finish (see try_python), so a parked error is checked on success too.

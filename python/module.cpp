@@ -2,8 +2,11 @@
 // module, the single Python exception (eplab.Error) and the parking slot for Python errors from engine threads.
 #include <pybind11/pybind11.h>
 
+#include <climits>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <utility>
 
 #include "engine/error.hpp"
 #include "policies/codecs/codec.hpp"
@@ -28,6 +31,32 @@ std::optional<py::error_already_set>& parked() {
 PyObject*& error_type() {
   static PyObject* type = nullptr;
   return type;
+}
+
+py::array_t<int32_t, py::array::c_style> int32_ids(const py::handle& x, const std::string& what) {
+  using Ids = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+  py::array a = py::array::ensure(x);
+  if (!a) throw EplabError(what + " must be an array of integer ids");
+  if (a.size() > 0) {
+    const char kind = a.dtype().kind();
+    if (kind != 'i' && kind != 'u')
+      throw EplabError(what + " must hold integer ids, got dtype " + py::str(a.dtype()).cast<std::string>());
+    // Widened without loss (unsigned as unsigned, so 2**64 - 1 is not -1), then range-checked.
+    auto out_of_range = [&](auto wide) {
+      const auto* v = wide.data();
+      for (py::ssize_t i = 0; i < wide.size(); ++i)
+        if (std::cmp_less(v[i], INT32_MIN) || std::cmp_greater(v[i], INT32_MAX)) return std::to_string(v[i]);
+      return std::string();
+    };
+    const std::string bad =
+        kind == 'u'
+            ? out_of_range(py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(a))
+            : out_of_range(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a));
+    if (!bad.empty()) throw EplabError(what + " holds " + bad + ", which is not an int32 id");
+  }
+  Ids ids = Ids::ensure(a);
+  if (!ids) throw EplabError(what + " must be an array of integer ids");
+  return ids;
 }
 
 void park_python_error(py::error_already_set& e) {

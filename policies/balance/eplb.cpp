@@ -42,6 +42,8 @@ Replication replicate_experts(const std::vector<double>& weight, int num_phy) {
   if (num_phy < n)
     throw EplabError("replicate experts: " + std::to_string(num_phy) + " physical slots for " + std::to_string(n) +
                      " experts; every expert needs one");
+  if (n == 0 && num_phy > 0)
+    throw EplabError("replicate experts: " + std::to_string(num_phy) + " physical slots for 0 experts: nothing to replicate");
   Replication r{std::vector<int>(num_phy), std::vector<int>(num_phy, 0), std::vector<int>(n, 1)};
   std::iota(r.phy_to_log.begin(), r.phy_to_log.begin() + n, 0);
   for (int p = n; p < num_phy; ++p) {

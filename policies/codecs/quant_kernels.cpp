@@ -10,6 +10,7 @@
 #include "policies/codecs/float_formats.hpp"
 
 #ifdef EPLAB_AVX2_KERNELS
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -591,7 +592,12 @@ bool avx2_kernels_enabled() {
 }
 bool avx2_f16c_kernels_enabled() {
 #ifdef EPLAB_AVX2_KERNELS
-  static const bool has_f16c = __builtin_cpu_supports("f16c");
+  // CPUID leaf 1, not __builtin_cpu_supports("f16c"): clang before 15 does not know that feature name (the fuzz
+  // build uses clang 14).
+  static const bool has_f16c = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+  }();
   return has_f16c && avx2_kernels_enabled();
 #else
   return false;

@@ -7,7 +7,9 @@
 
 #include "policies/codecs/block_quant.hpp"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Not under ThreadSanitizer: the loader runs a clone's resolver while relocating, before the TSan runtime is up,
+// and the instrumented resolver crashes every test binary at start-up (scripts/sanitize.sh thread).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define EPLAB_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define EPLAB_CLONES

@@ -25,6 +25,23 @@ def _as_array(x, dtype):
     return np.ascontiguousarray(np.asarray(x), dtype=dtype)
 
 
+_INT32 = np.iinfo(np.int32)
+
+
+def _as_ids(x):
+    """Expert ids as int32, refusing what a cast would change: fractions (1.9 is not expert 1), booleans, and
+    integers outside int32 (2**32 + 3 is not expert 3). An empty list may have any numeric dtype."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"topk_idx must hold integer expert ids, got dtype {a.dtype}")
+    if a.size and (a.min() < -1 or a.max() > _INT32.max):
+        raise ValueError(f"topk_idx holds {a.min() if a.min() < -1 else a.max()}: expert ids are -1 (no expert) or "
+                         f"0..{_INT32.max}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
 def from_arrays(topk_idx, topk_weights=None):
     """Routing captured from a model, as ``eplab.run(routing=...)`` takes it: NumPy arrays or torch tensors.
 
@@ -34,7 +51,7 @@ def from_arrays(topk_idx, topk_weights=None):
     fit in what the arrays hold, and its rank count must equal theirs.
     """
     if isinstance(topk_idx, (list, tuple)):
-        idx = [_as_array(a, np.int32) for a in topk_idx]
+        idx = [_as_ids(a) for a in topk_idx]
         if topk_weights is None:
             w = [np.where(a >= 0, 1.0 / max(a.shape[-1], 1), 0.0).astype(np.float32) for a in idx]
         else:
@@ -45,7 +62,7 @@ def from_arrays(topk_idx, topk_weights=None):
             if a.ndim != 2:
                 raise ValueError(f"each rank's topk_idx must be [tokens, topk], got shape {a.shape}")
         return _eplab.array_routing(idx, w, 1, 1, len(idx))
-    idx = _as_array(topk_idx, np.int32)
+    idx = _as_ids(topk_idx)
     if idx.ndim == 3:
         idx = idx[None, None]
     if idx.ndim != 5:
@@ -60,8 +77,9 @@ def from_arrays(topk_idx, topk_weights=None):
         if w.shape != idx.shape:
             raise ValueError(f"topk_weights has shape {w.shape}, topk_idx {idx.shape}")
     steps, layers, ranks = idx.shape[:3]
-    flat_i = idx.reshape(-1, *idx.shape[3:])
-    flat_w = w.reshape(-1, *w.shape[3:])
+    # Not reshape(-1, ...): with zero tokens the -1 is ambiguous and NumPy refuses it.
+    flat_i = idx.reshape(steps * layers * ranks, *idx.shape[3:])
+    flat_w = w.reshape(steps * layers * ranks, *w.shape[3:])
     return _eplab.array_routing(list(flat_i), list(flat_w), steps, layers, ranks)
 
 

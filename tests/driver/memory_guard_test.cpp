@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
@@ -63,7 +65,10 @@ TEST(MemoryGuard, RefusesWhatDoesNotFitNamingTheEstimateTheMemoryAndTheWayOut) {
 TEST(MemoryGuard, PhantomRunsNeedNoGuard) {
   RunConfig c = emu_config(16384, "bf16");
   c.backend = "sim";
-  if (!create_backend("sim")->unavailable().empty()) GTEST_SKIP() << "sim backend not built";
+  // create_backend throws for a backend this build left out, so ask the registry's names first.
+  const std::vector<std::string> built = backend_names();
+  if (std::find(built.begin(), built.end(), "sim") == built.end() || !create_backend("sim")->unavailable().empty())
+    GTEST_SKIP() << "sim backend not built";
   EXPECT_EQ(estimate_run_memory(c, resolve_run(c, *create_backend("sim"))).bytes, 0);
 }
 

@@ -47,6 +47,15 @@ TEST(RunOptions, CommandLineTextIsConvertedAndChecked) {
             std::string::npos);
 }
 
+// Found by fuzz_run_option (fuzz/corpus/fuzz_run_option/crash-invalid-utf8): command-line bytes that are not UTF-8
+// made the error message itself throw nlohmann's type_error in place of the error naming the option.
+TEST(RunOptions, TextThatIsNotUtf8IsRefusedByName) {
+  RunConfig cfg = default_run_config();
+  EXPECT_EQ(error_of([&] { set_run_option_text(cfg, option("tokens"), "\xff\xff" "60"); }),
+            "--tokens: expected an integer >= 1, got \"\xef\xbf\xbd\xef\xbf\xbd" "60\"");
+  EXPECT_EQ(error_of([&] { set_run_option_text(cfg, option("timeout_s"), "\xc3"); }).rfind("--timeout: expected", 0), 0u);
+}
+
 TEST(RunOptions, ConfigRoundTripsAndNamesBadKeys) {
   RunConfig cfg = default_run_config();
   cfg.tokens = 77;

@@ -69,6 +69,13 @@ TEST(ReplicateExperts, LargestLoadPerReplica) {
   EXPECT_THROW(replicate_experts({1, 2, 3}, 2), EplabError);
 }
 
+// Found by tests/python/test_buffers.py (a zero-size load array from Python): extra slots for no experts read the
+// empty load vector at expert 0, a segfault, before this was refused.
+TEST(ReplicateExperts, NoExpertsIsAnErrorOrNothing) {
+  EXPECT_THROW(replicate_experts({}, 4), EplabError);
+  EXPECT_TRUE(replicate_experts({}, 0).phy_to_log.empty());
+}
+
 class EplbInvariants : public ::testing::TestWithParam<bool> {};
 
 TEST_P(EplbInvariants, ReplicasSlotsHottestAndBalance) {

@@ -121,6 +121,24 @@ TEST(PolicyRunErrors, BadPolicyNamesFailEarly) {
   EXPECT_THROW(run_experiment(c), std::exception);
 }
 
+// A cost matrix of the wrong JSON types threw nlohmann's type_error, which names neither the file nor the field.
+TEST(PolicyRunErrors, CostMatrixOfWrongTypesIsRefusedNamingTheFile) {
+  const std::string path = ::testing::TempDir() + "bad_costs.json";
+  for (const char* text : {R"({"ranks": "four", "latency_s": []})", R"({"ranks": 4, "latency_s": {"a": 1}})",
+                           R"({"ranks": 4, "latency_s": [1, 2, 3, 4]})", R"({"ranks": 4, "latency_s": [[0,1,1,1],
+                           [1,0,1,1], [1,1,0,"x"], [1,1,1,0]]})", "[4]"}) {
+    std::ofstream(path) << text;
+    RunConfig c = small_skewed("flat");
+    c.replica_selection = "topology-aware:costs=" + path;
+    try {
+      run_experiment(c);
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const EplabError& e) {
+      EXPECT_NE(std::string(e.what()).find("cost matrix '" + path + "'"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // Zipf(1.2) routing on a simulated cluster (DeepSeek-V3 unless the caller changes it), one layer.
 RunConfig sim_zipf(int nodes, int gpus) {
   RunConfig c;
