@@ -162,11 +162,13 @@ def sweep(configs, base=None, *, processes=None, client=None, progress=True, err
 
 
 @contextlib.contextmanager
-def dask_processes(workers=2, *, threads_per_worker=1, timeout_s=60):
+def dask_processes(workers=2, *, threads_per_worker=1, timeout_s=60, pin_cores=False):
     """A Dask cluster of separate processes on loopback, the way one spans several machines: one
     ``dask scheduler`` and ``workers`` ``dask worker`` processes (each ``threads_per_worker`` threads), started
     with Debian's python, stopped on exit. Yields a connected ``distributed.Client``. Workers inherit this
-    process's environment (PYTHONPATH reaches eplab). On several machines, start the same two commands there
+    process's environment (PYTHONPATH reaches eplab). ``pin_cores``: worker i may run on core i only (of the
+    cores this process may use, round robin), one worker per core as on a cluster; a simulation on one core
+    then generates its routing without a helper thread. On several machines, start the same two commands there
     and pass ``Client("tcp://scheduler:8786")`` to :func:`sweep` instead.
 
         with eplab.dask_processes(2) as client:
@@ -181,9 +183,10 @@ def dask_processes(workers=2, *, threads_per_worker=1, timeout_s=60):
         sched_file = os.path.join(tmp, "scheduler.json")
         log = open(os.path.join(tmp, "cluster.log"), "w+")
 
-        def start(*args):
+        def start(*args, core=None):
+            pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
             procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL))
+                                          stdin=subprocess.DEVNULL, preexec_fn=pin))
 
         def failed(what):
             log.flush()
@@ -200,9 +203,11 @@ def dask_processes(workers=2, *, threads_per_worker=1, timeout_s=60):
                 if time.monotonic() > deadline:
                     raise failed(f"no scheduler after {timeout_s} s")
                 time.sleep(0.1)
-            for _ in range(workers):
+            cores = sorted(os.sched_getaffinity(0))
+            for i in range(workers):
                 start("distributed.cli.dask_worker", "--scheduler-file", sched_file, "--nworkers", "1", "--nthreads",
-                      str(threads_per_worker), "--no-dashboard", "--no-nanny", "--local-directory", tmp)
+                      str(threads_per_worker), "--no-dashboard", "--no-nanny", "--local-directory", tmp,
+                      core=cores[i % len(cores)] if pin_cores else None)
             with Client(scheduler_file=sched_file, timeout=timeout_s) as client:
                 try:
                     client.wait_for_workers(workers, timeout=timeout_s)
