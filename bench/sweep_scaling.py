@@ -59,7 +59,8 @@ def main():
             if "wall" in c or c not in first:
                 continue
             a, b = f[c], first[c]
-            if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+            numeric = [pd.api.types.is_numeric_dtype(x) and not pd.api.types.is_bool_dtype(x) for x in (a, b)]
+            if all(numeric):
                 rel = ((a - b).abs() / b.abs().where(b != 0, 1)).fillna(0)
                 worst = max(worst, float(rel.max()))
                 if (rel > 1e-9).any():
