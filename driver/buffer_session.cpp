@@ -202,6 +202,19 @@ void BufferSession::check_inputs(const std::vector<BufferRankInput>& inputs, int
   }
 }
 
+MoeShape BufferSession::engine_shape(int topk, const std::string& dispatch_codec,
+                                    const std::string& combine_codec) const {
+  MoeShape shape;
+  shape.name = "buffer";
+  shape.num_experts = opts_.num_experts;
+  shape.topk = topk;
+  shape.hidden = opts_.hidden;
+  shape.max_nodes_per_token = 0;
+  shape.dispatch_codec = dispatch_codec;
+  shape.combine_codec = combine_codec;
+  return shape;
+}
+
 EngineOptions BufferSession::engine_options(const std::string& dispatch_codec, const std::string& combine_codec) const {
   EngineOptions eo;
   eo.algorithm = opts_.algorithm;
@@ -256,13 +269,7 @@ void BufferSession::run_dispatch(BufferHandleState& h, const std::vector<BufferR
                                  BufferTime& time) {
   const int R = held_, H = opts_.hidden, topk = h.topk, epr = experts_per_rank();
   create_codec(codec);  // an unknown codec fails here, once, not on every rank
-  MoeShape shape;
-  shape.name = "buffer";
-  shape.num_experts = opts_.num_experts;
-  shape.topk = topk;
-  shape.hidden = H;
-  shape.max_nodes_per_token = 0;
-  shape.dispatch_codec = codec;
+  const MoeShape shape = engine_shape(topk, codec, "fp32");
   const EngineOptions eo = engine_options(codec, "fp32");
   recv.assign(R, BufferRecv{});
   std::vector<Handle> handles(R);
@@ -377,13 +384,7 @@ void BufferSession::combine(BufferHandleState& h, const std::vector<BufferRows>&
     out_weights->assign(R, {});
   }
   create_codec(codec);
-  MoeShape shape;
-  shape.name = "buffer";
-  shape.num_experts = opts_.num_experts;
-  shape.topk = topk;
-  shape.hidden = H;
-  shape.max_nodes_per_token = 0;
-  shape.combine_codec = codec;
+  const MoeShape shape = engine_shape(topk, "fp32", codec);
   const EngineOptions eo = engine_options("fp32", codec);
   out.assign(R, {});
   std::vector<double> call_s(R, 0);

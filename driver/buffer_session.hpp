@@ -128,6 +128,9 @@ class BufferSession {
   void recv_routing(Fabric& f, BufferHandleState& h, const Handle& eh, const std::vector<int32_t>& ord);
   void run_dispatch(BufferHandleState& h, const std::vector<BufferRankInput>& inputs, const std::string& codec,
                     bool cached, std::vector<BufferRecv>& recv, BufferTime& time);
+  // The model shape and engine options of one call: the session's experts and hidden size, the call's top-k and
+  // codecs (the phase a call does not run keeps fp32).
+  MoeShape engine_shape(int topk, const std::string& dispatch_codec, const std::string& combine_codec) const;
   EngineOptions engine_options(const std::string& dispatch_codec, const std::string& combine_codec) const;
 
   // Each rank's engine buffers (receive, send, received rows) and combine's reordered rows, kept between calls as
