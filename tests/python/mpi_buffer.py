@@ -1,56 +1,21 @@
 # eplab.Buffer on the mpi backend, one rank per process as in DeepEP. Run by ctest as
 #   mpirun -n 4 python3 tests/python/mpi_buffer.py
 # (not collected by pytest: it needs mpirun). Every process regenerates every rank's routing and activations from
-# a shared seed and checks its own rank's results against a NumPy reference: the layout, the received rows in
-# DeepEP's order with local expert indices and weights, the per-expert counts, combine's sums and summed weights,
-# cached dispatch, bf16 rows, and fp8 rows with one rank dispatching no tokens. The ranks' verdicts are then gathered through one more dispatch, and rank 0
-# prints the summary line ctest matches only when every rank passed.
+# a shared seed and checks its own rank's results against the NumPy references of buffer_reference.py: the
+# layout, the received rows in DeepEP's order with local expert indices and weights, the per-expert counts,
+# combine's sums and summed weights, cached dispatch, bf16 rows, and fp8 rows with one rank dispatching no tokens.
+# The ranks' verdicts are then gathered through one more dispatch, and rank 0 prints the summary line ctest
+# matches only when every rank passed.
 import sys
 import traceback
 
 import numpy as np
 
 import eplab
+from buffer_reference import (ALGORITHMS, EXPERTS, GPUS, HIDDEN, NODES, RANKS, TOKENS, bf16_bits,
+                              exact_rows, expected_recv, reached, routing)
 
-NODES, GPUS, EXPERTS, HIDDEN, TOPK, TOKENS = 2, 2, 16, 64, 3, 24
-RANKS = NODES * GPUS
 EPR = EXPERTS // RANKS
-ALGORITHMS = ["flat", "hierarchical", "allgather"]
-
-
-def routing(seed):
-    """[ranks, tokens, topk] distinct experts per token, some selections -1, and float32 weights."""
-    rng = np.random.default_rng(seed)
-    idx = np.stack([np.stack([rng.permutation(EXPERTS)[:TOPK] for _ in range(TOKENS)]) for _ in range(RANKS)])
-    idx[rng.random(idx.shape) < 0.1] = -1
-    return idx.astype(np.int64), rng.random(idx.shape).astype(np.float32)
-
-
-def exact_rows(seed):
-    """Activations of at most 4 significant bits: every sum below is exact in fp32 and in bf16."""
-    rng = np.random.default_rng(seed)
-    return (rng.integers(-16, 16, size=(RANKS, TOKENS, HIDDEN)) / 16).astype(np.float32)
-
-
-def reached(idx):
-    """[ranks, tokens, ranks] bool: does token t of rank s select an expert of rank r."""
-    out = np.zeros(idx.shape[:2] + (RANKS,), dtype=bool)
-    for r in range(RANKS):
-        out[..., r] = ((idx >= r * EPR) & (idx < (r + 1) * EPR)).any(-1)
-    return out
-
-
-def expected_recv(me, idx, w, x):
-    """What rank `me` receives in DeepEP's order (source rank, then token): sources, tokens, rows, local top-k
-    indices (-1 elsewhere), their weights (0 elsewhere) and the per-local-expert counts."""
-    reach = reached(idx)
-    src, tok = np.nonzero(reach[:, :, me])  # row-major: by source, then token
-    local = idx[src, tok] - me * EPR
-    mine = (idx[src, tok] >= 0) & (local >= 0) & (local < EPR)
-    topk_idx = np.where(mine, local, -1)
-    topk_w = np.where(mine, w[src, tok], 0).astype(np.float32)
-    counts = [int((topk_idx == e).sum()) for e in range(EPR)]
-    return src, tok, x[src, tok], topk_idx, topk_w, counts
 
 
 class Checks:
@@ -113,13 +78,13 @@ def check_algorithm(c, algorithm):
 
     # bf16 rows (their bits as uint16): exact on the way out, the sums (at most 4 terms of 4 significant bits)
     # exact on the way back.
-    bits = (x[me].view(np.uint32) >> 16).astype(np.uint16)
+    bits = bf16_bits(x[me])
     res16 = buf.dispatch(bits, topk_idx=idx[me], topk_weights=w[me])
-    c.check(res16.recv_x.dtype == np.uint16 and np.array_equal(res16.recv_x, (rows.view(np.uint32) >> 16)
-                                                                  .astype(np.uint16)), f"{algorithm}: bf16 rows")
+    c.check(res16.recv_x.dtype == np.uint16 and np.array_equal(res16.recv_x, bf16_bits(rows)),
+            f"{algorithm}: bf16 rows")
     comb16 = buf.combine(res16.recv_x, res16.handle)
     want16 = x[me] * reach[me].sum(1)[:, None].astype(np.float32)
-    c.check(np.array_equal(comb16.combined_x, (want16.view(np.uint32) >> 16).astype(np.uint16)),
+    c.check(np.array_equal(comb16.combined_x, bf16_bits(want16)),
             f"{algorithm}: bf16 combine")
     return buf
 
@@ -156,7 +121,6 @@ def check_fp8_and_an_empty_rank(c):
 def gather_verdicts(buf, ok):
     """Every rank's verdict on every rank, through one dispatch: each rank sends one token to an expert of every
     rank, its row holding 1 if it passed. A broken dispatch fails this too, which is what it should do."""
-    me = buf.rank
     idx = (np.arange(RANKS) * EPR).reshape(1, RANKS)
     w = np.ones((1, RANKS), dtype=np.float32)
     x = np.full((1, HIDDEN), 1.0 if ok else 0.0, dtype=np.float32)

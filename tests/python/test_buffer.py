@@ -6,35 +6,9 @@ import numpy as np
 import pytest
 
 import eplab
+from buffer_reference import (ALGORITHMS, EXPERTS, GPUS, HIDDEN, NODES, RANKS, TOKENS, bf16_bits, bf16_value,
+                              exact_rows, reached, routing)
 from conftest import HAS_SIM
-
-NODES, GPUS, EXPERTS, HIDDEN, TOPK, TOKENS = 2, 2, 16, 64, 3, 24
-RANKS = NODES * GPUS
-ALGORITHMS = ["flat", "hierarchical", "allgather"]
-
-
-def routing(seed=1, ranks=RANKS, tokens=TOKENS, experts=EXPERTS, topk=TOPK, unused=0.1):
-    """[ranks, tokens, topk] distinct experts per token, some selections -1, and float32 weights."""
-    rng = np.random.default_rng(seed)
-    idx = np.stack([np.stack([rng.permutation(experts)[:topk] for _ in range(tokens)]) for _ in range(ranks)])
-    idx[rng.random(idx.shape) < unused] = -1
-    w = rng.random(idx.shape).astype(np.float32)
-    return idx.astype(np.int64), w
-
-
-def exact_rows(seed=2, ranks=RANKS, tokens=TOKENS, hidden=HIDDEN):
-    """Activations of at most 4 significant bits: up to 4 copies of one sum exactly in fp32 and in bf16 (8 bits)."""
-    rng = np.random.default_rng(seed)
-    return (rng.integers(-16, 16, size=(ranks, tokens, hidden)) / 16).astype(np.float32)
-
-
-def reached(idx, experts=EXPERTS, ranks=RANKS):
-    """[ranks, tokens, ranks] bool: does token t of rank s select an expert of rank r."""
-    epr = experts // ranks
-    out = np.zeros(idx.shape[:2] + (ranks,), dtype=bool)
-    for r in range(ranks):
-        out[..., r] = ((idx >= r * epr) & (idx < (r + 1) * epr)).any(-1)
-    return out
 
 
 def buffer(algorithm="hierarchical", **kw):
@@ -42,14 +16,6 @@ def buffer(algorithm="hierarchical", **kw):
                 algorithm=algorithm, timeout_s=20)
     args.update(kw)
     return eplab.Buffer(**args)
-
-
-def bf16_bits(f32):
-    return (np.asarray(f32, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
-
-
-def bf16_value(bits):
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 # -- layout ---------------------------------------------------------------------------------------------------
