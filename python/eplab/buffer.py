@@ -158,6 +158,19 @@ def _per_rank(value, name, ranks, ndim):
     return arrays, is_torch, kind
 
 
+def _f32_weights(arrays, shapes, against):
+    """Each rank's top-k weights as contiguous float32, after checking their shape ([tokens or rows, topk], as
+    `against` says) and that they are floating point."""
+    out = []
+    for r, (w, shape) in enumerate(zip(arrays, shapes)):
+        if w.shape != tuple(shape):
+            raise ValueError(f"topk_weights[{r}]: shape {tuple(w.shape)}, expected {list(shape)} as {against}")
+        if w.dtype.kind != "f":
+            raise TypeError(f"topk_weights[{r}]: weights must be floating point (DeepEP: float32), got {w.dtype}")
+        out.append(np.ascontiguousarray(w, dtype=np.float32))
+    return out
+
+
 def _is_fp8_pair(x):
     """DeepEP's fp8 input: a tuple (codes, scales) whose codes are float8_e4m3fn or uint8 (a tuple of two float
     arrays is one array per rank of a two-rank Buffer)."""
@@ -437,19 +450,15 @@ class Buffer:
         idx_arrays, idx_torch, _ = self._per_rank(topk_idx, "topk_idx", 2)
         w_arrays, _, _ = self._per_rank(topk_weights, "topk_weights", 2)
         topk = idx_arrays[0].shape[1] if idx_arrays else 0
-        idx32, w32 = [], []
+        idx32 = []
         for r in range(self._held):
             i, w = idx_arrays[r], w_arrays[r]
             if i.shape[1] != topk:
                 raise ValueError(f"topk_idx[{r}]: top-{i.shape[1]}, rank 0 has top-{topk}")
             if i.shape[0] != rows[r].shape[0]:
                 raise ValueError(f"topk_idx[{r}]: {i.shape[0]} tokens, x[{r}] has {rows[r].shape[0]}")
-            if w.shape != i.shape:
-                raise ValueError(f"topk_weights[{r}]: shape {tuple(w.shape)}, topk_idx[{r}] has {tuple(i.shape)}")
-            if w.dtype.kind != "f":
-                raise TypeError(f"topk_weights[{r}]: weights must be floating point (DeepEP: float32), got {w.dtype}")
             idx32.append(self._topk(i, f"topk_idx[{r}]"))
-            w32.append(np.ascontiguousarray(w, dtype=np.float32))
+        w32 = _f32_weights(w_arrays, [i.shape for i in idx_arrays], "topk_idx")
         self._check_layout_args(idx32, num_tokens_per_rank, num_tokens_per_rdma_rank, num_tokens_per_expert,
                                 is_token_in_rank)
         if int(expert_alignment) < 1:
@@ -525,12 +534,7 @@ class Buffer:
         w32, w_torch = None, False
         if topk_weights is not None:
             w_arrays, w_torch, _ = self._per_rank(topk_weights, "topk_weights", 2)
-            w32 = []
-            for r, w in enumerate(w_arrays):
-                if w.shape != (handle._state.num_recv_rows[r], handle.topk):
-                    raise ValueError(f"topk_weights[{r}]: shape {tuple(w.shape)}, expected "
-                                     f"[{handle._state.num_recv_rows[r]}, {handle.topk}]")
-                w32.append(np.ascontiguousarray(w, dtype=np.float32))
+            w32 = _f32_weights(w_arrays, [(n, handle.topk) for n in handle._state.num_recv_rows], "the handle's rows")
         outs, sums, t = self._session.combine(handle._state, rows_in, kind, w32)
         combined = self._unwrap([self._combined_rows(o, kind, is_torch) for o in outs])
         weights = None if sums is None else self._unwrap([_out(s, is_torch or w_torch) for s in sums])
