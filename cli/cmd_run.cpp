@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "cli/args.hpp"
+#include "cli/run_args.hpp"
 #include "driver/experiment.hpp"
 #include "driver/plan.hpp"
 #include "driver/run_options.hpp"
@@ -140,43 +141,20 @@ void print_comparison(const std::vector<nlohmann::json>& reports) {
 int cmd_run(const std::vector<std::string>& argv) {
   RunConfig cfg = default_run_config();
   const bool have_sim = cfg.backend == "sim";
-  std::string report_path, config_path;
-  bool quiet = false, no_verify = false, compare = false, dump_config = false;
+  std::string report_path;
+  bool quiet = false, compare = false, dump_config = false;
   Args args("eplab run [options]",
             "Run dispatch -> expert compute -> combine for steps x layers on a backend and report phase times,\n"
             "bandwidths (DeepEP's definitions), bytes by link class, imbalance and verification.");
-  // The run options come from the one table (driver/run_options.hpp); their text is applied after --config's file,
-  // so the command line overrides it.
-  std::vector<std::pair<const RunOption*, std::string>> typed;
-  for (const RunOption& o : run_options()) {
-    const nlohmann::json d = o.field.get(cfg);
-    args.opt(
-        o.flag, [&typed, &o](const std::string& v) { typed.emplace_back(&o, v); },
-        d.is_string() ? d.get<std::string>() : d.dump(), o.help);
-  }
-  args.opt("config", &config_path, "read options from this JSON file (keys as eplab.run's; the command line wins)")
-      .flag("dump-config", &dump_config, "print the resolved options as a --config file and exit")
+  RunArgs run_args(args, cfg);
+  args.flag("dump-config", &dump_config, "print the resolved options as a --config file and exit")
       .opt("report", &report_path, "write the JSON report to this file")
-      .flag("no-verify", &no_verify, "skip the delivery and combine check (as --verify 0)")
       .flag("compare", &compare, "run every algorithm on the same workload and print one table")
       .flag("quiet", &quiet, "no progress line");
   // With no options at all: the 256-GPU default cluster, every algorithm, one comparison table.
   if (argv.empty() && have_sim) compare = true;
   if (!args.parse(argv)) return 0;
-  std::vector<std::string> given;
-  if (!config_path.empty()) {
-    const std::string source = "config file '" + config_path + "'";
-    given = read_run_config(fields::parse_file(config_path, source), source, cfg);
-  }
-  for (const auto& [o, text] : typed) {
-    set_run_option_text(cfg, *o, text);
-    given.push_back(o->field.key);
-  }
-  if (no_verify) {
-    cfg.verify = false;
-    given.push_back("verify");
-  }
-  apply_backend_defaults(cfg, given);
+  run_args.apply();
   if (dump_config) {
     std::cout << run_config_to_json(cfg).dump(2) << "\n";
     return 0;

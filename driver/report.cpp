@@ -30,15 +30,17 @@ double max_over_mean(const std::vector<double>& v) {
   return mean > 0 ? *std::max_element(v.begin(), v.end()) / mean : 0;
 }
 
-// Phase figures: time is the slowest rank of each call, averaged over calls; bytes and logical bytes are
-// per call summed over ranks (bytes) or averaged over ranks (bandwidths, as DeepEP reports per rank).
+// Phase figures: time is the slowest rank of each call (call_time_s), averaged over calls; bytes and logical bytes
+// are per call summed over ranks (bytes) or averaged over ranks (bandwidths, as DeepEP reports per rank).
 nlohmann::json phase_json(const std::vector<RankRecord>& ranks, std::vector<PhaseStats> RankRecord::*which, int calls) {
   const size_t R = ranks.size();
   double time = 0;
+  nlohmann::json call_time = nlohmann::json::array();
   for (int c = 0; c < calls; ++c) {
     double worst = 0;
     for (auto& r : ranks) worst = std::max(worst, (r.*which)[c].time_s);
     time += worst;
+    call_time.push_back(worst);
   }
   time /= std::max(calls, 1);
   PhaseStats sum;
@@ -49,6 +51,7 @@ nlohmann::json phase_json(const std::vector<RankRecord>& ranks, std::vector<Phas
   auto bw = [&](double bytes_per_rank) { return time > 0 ? bytes_per_rank / time / 1e9 : 0.0; };
   nlohmann::json j;
   j["time_s"] = time;
+  j["call_time_s"] = std::move(call_time);  // each call's slowest rank (eplab validate leaves out warm-up calls)
   j["codec_s"] = sum.codec_s * per_rank_call;
   j["logical_bw_GBps"] = bw(sum.logical_bytes * per_rank_call);
   j["scaleout_bw_GBps"] = bw(sum.scaleout_logical_bytes * per_rank_call);

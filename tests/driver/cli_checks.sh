@@ -100,6 +100,33 @@ case $case_name in
     expect 1 "error: --tokens: expected an integer" -- run --tokens abc
     expect 0 "^eplab [0-9]+\.[0-9]+\.[0-9]+$" -- --version
     ;;
+  validate)
+    # Measured on emu, predicted on sim with the cluster fitted to emu's probe: the table has every phase, and its
+    # predictions are exactly what `eplab run` on that fitted cluster gives (means after the first call).
+    expect 0 "dispatch \+ combine" -- validate "${small[@]}" --steps 3 --json "$tmp/v.json" --cluster-out "$tmp/fit.json"
+    expect 0 "phantom payload" -- run "${small[@]}" --backend sim --cluster "$tmp/fit.json" --payload phantom --steps 3 \
+      --report "$tmp/p.json"
+    /usr/bin/python3 - "$tmp/v.json" "$tmp/p.json" <<'PY' || fail "validate's predictions differ from eplab run's"
+import json, sys
+v, p = (json.load(open(f)) for f in sys.argv[1:])
+rows = {r["phase"]: r for r in v["phases"]}
+assert list(rows) == ["notify", "dispatch", "combine", "dispatch + combine"], list(rows)
+for ph in ("notify", "dispatch", "combine"):
+    calls = p["phases"][ph]["call_time_s"][1:]
+    assert abs(rows[ph]["predicted_s"] - sum(calls) / len(calls)) <= 1e-12, (ph, rows[ph], calls)
+    assert rows[ph]["measured_s"] > 0, rows[ph]
+assert v["measured_verified"] is True
+PY
+    # A measured report of another workload, a file that is not a probe, and sim as the "machine" are refused.
+    "$eplab" run "${small[@]}" --steps 3 --report "$tmp/m.json" >/dev/null || fail "eplab run on emu failed"
+    "$eplab" probe --backend emu --nodes 1 --gpus-per-node 4 -o "$tmp/probe.json" >/dev/null || fail "probe failed"
+    expect 0 "measured on emu" -- validate "${small[@]}" --steps 3 --measured "$tmp/m.json" --probe "$tmp/probe.json"
+    expect 1 "'tokens_per_rank' is 32" -- validate "${small[@]}" --steps 3 --tokens 64 --measured "$tmp/m.json" \
+      --probe "$tmp/probe.json"
+    echo '{}' >"$tmp/bad.json"
+    expect 1 "probe '$tmp/bad.json': not a probe" -- validate "${small[@]}" --probe "$tmp/bad.json"
+    expect 1 "measures on a machine" -- validate --backend sim --nodes 1 --gpus-per-node 2 --quiet
+    ;;
   *)
     fail "unknown case"
     ;;
