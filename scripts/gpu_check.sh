@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the already-built GPU checks on the device machine: kernel tests, the fabric conformance suite over
-# the `real` backend, one `eplab run --backend=real` and the GPU benchmark. Every step runs even if an
+# the `real` backend, one `eplab run --backend=real`, the probe and measured run `eplab validate` reads, and the GPU
+# benchmark. Every step runs even if an
 # earlier one failed; logs, reports and a summary go to $OUT. Build the folder with scripts/gpu_pack.sh.
 #   scripts/gpu_check.sh DIR        (env: OUT=output folder, default ./gpu-check-out; STEP_TIMEOUT=s per step)
 set -u
@@ -30,6 +31,12 @@ step kernels_test "$DIR/kernels_test" --gtest_output="json:$OUT/kernels_test.jso
 step fabric_real "$DIR/fabric_conformance_test" --gtest_filter='*real*' --gtest_output="json:$OUT/fabric_real.json"
 step eplab_run "$DIR/eplab" run --backend=real --nodes 1 --gpus-per-node 4 --model qwen-moe --tokens 256 --quiet \
   --report "$OUT/real.json"
+# The machine's side of `eplab validate` (no SimGrid here): its probe and a measured run of 5 calls. Afterwards,
+# where sim is built: eplab validate --nodes 1 --gpus-per-node 4 --model qwen-moe --tokens 256 --steps 5 \
+#   --probe OUT/probe.json --measured OUT/validate_run.json --plot v.png
+step probe "$DIR/eplab" probe --backend=real --nodes 1 --gpus-per-node 4 -o "$OUT/probe.json"
+step validate_run "$DIR/eplab" run --backend=real --nodes 1 --gpus-per-node 4 --model qwen-moe --tokens 256 --steps 5 \
+  --quiet --report "$OUT/validate_run.json"
 step gpu_bench "$DIR/gpu_bench" --json "$OUT/gpu_bench.json"
 
 # A GPU check that skipped ran nothing: on the device machine that is a failure, not a pass.
