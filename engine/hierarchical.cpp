@@ -55,8 +55,8 @@ class Hierarchical : public Algorithm {
     if (phantom) {
       // Counts only: per token, its distinct destination nodes and ranks (a stamp per node and rank, updated
       // without branches), and selections per slot; the per-node and per-rank selection counts are sums of the
-      // slots' afterwards. One pass with no data-dependent branch: at 256 ranks and 58 layers this loop runs over
-      // nearly half a billion selections.
+      // slots' afterwards (rank r = n * G + q holds slots [r * spr, (r + 1) * spr)). One pass with no branch on
+      // where a token goes: at 256 ranks and 58 layers this loop runs over nearly half a billion selections.
       std::vector<uint32_t> rank_tokens(static_cast<size_t>(N) * G, 0), node_tokens(N, 0);
       const EngineContext::SlotHome* home = c.slot_home.data();
       for (int t = 0; t < a.num_tokens; ++t) {
