@@ -439,19 +439,21 @@ double Algorithm::scaleout_logical_bytes(const EngineContext& c, const Handle& h
 
 namespace {
 
+// A stamp per node, updated without branches: this runs once per selection of every rank and layer.
 long count_token_node_pairs(const EngineContext& c, const DispatchArgs& a) {
   std::vector<int> last(c.topo.nodes(), -1);
+  const EngineContext::SlotHome* home = c.slot_home.data();
   long pairs = 0;
-  for (int t = 0; t < a.num_tokens; ++t)
+  for (int t = 0; t < a.num_tokens; ++t) {
+    const int32_t* ts = a.slots + static_cast<size_t>(t) * a.topk;
     for (int k = 0; k < a.topk; ++k) {
-      const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
+      const int32_t s = ts[k];
       if (s < 0) continue;
-      const int n = c.slot_home[s].node;
-      if (last[n] != t) {
-        last[n] = t;
-        ++pairs;
-      }
+      const int n = home[s].node;
+      pairs += last[n] != t;
+      last[n] = t;
     }
+  }
   return pairs;
 }
 
@@ -468,7 +470,12 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
                      std::to_string(ctx_.placement.num_ranks()) + " x " +
                      std::to_string(ctx_.placement.slots_per_rank()));
   const int32_t num_slots = ctx_.placement.num_slots();
-  for (size_t i = 0; i < static_cast<size_t>(a.num_tokens) * a.topk; ++i)
+  const size_t sels = static_cast<size_t>(a.num_tokens) * a.topk;
+  // First an OR of compares the compiler vectorizes; the loop that names the offending token runs only when
+  // there is one.
+  int32_t bad = 0;
+  for (size_t i = 0; i < sels; ++i) bad |= (a.slots[i] < -1) | (a.slots[i] >= num_slots);
+  for (size_t i = 0; i < sels && bad; ++i)
     if (a.slots[i] < -1 || a.slots[i] >= num_slots)
       throw EplabError("engine: rank " + std::to_string(ctx_.rank()) + ", step " + std::to_string(a.step) + ", layer " +
                        std::to_string(a.layer) + ": token " + std::to_string(i / a.topk) + " selects slot " +
@@ -483,7 +490,7 @@ Handle EpEngine::dispatch(const DispatchArgs& a) {
   }
   ctx_.stats.dispatch.codec_s += charge_codec(ctx_.fabric, *ctx_.dispatch_codec, h.rows, ctx_.hidden(), false);
   h.placement = a.placement ? a.placement : &ctx_.placement;
-  h.token_node_pairs = count_token_node_pairs(ctx_, a);
+  if (h.token_node_pairs < 0) h.token_node_pairs = count_token_node_pairs(ctx_, a);
   ctx_.stats.dispatch.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.dispatch_codec);
   ctx_.stats.dispatch.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.dispatch_codec);
   return h;

@@ -78,8 +78,10 @@ struct DispatchArgs {
 struct Handle {
   int step = 0;
   int layer = 0;
-  int num_tokens = 0;         // tokens of this rank's own batch (combine's output rows)
-  long token_node_pairs = 0;  // (token, destination node) pairs of the own batch, own node included
+  int num_tokens = 0;  // tokens of this rank's own batch (combine's output rows)
+  // (token, destination node) pairs of the own batch, own node included; an algorithm that counts them anyway
+  // sets them, else (-1) the engine counts them after dispatch.
+  long token_node_pairs = -1;
   TokenBlock recv;
   // The received rows, in one of two forms (both empty in phantom mode): recv_wire when the dispatch codec
   // encodes rows on their own (Codec::row_bytes; rows stay in the wire format, decoded one at a time by

@@ -23,6 +23,12 @@ Placement::Placement(int num_experts, int num_ranks, std::vector<int32_t> slot_e
   }
   for (int e = 0; e < num_experts; ++e)
     if (replicas_[e].empty()) throw EplabError("placement: expert " + std::to_string(e) + " has no slot");
+  sole_slot_.assign(1 + static_cast<size_t>(num_experts), -1);
+  all_sole_ = true;
+  for (int e = 0; e < num_experts; ++e) {
+    sole_slot_[1 + e] = replicas_[e].size() == 1 ? replicas_[e][0] : kManyReplicas;
+    all_sole_ = all_sole_ && replicas_[e].size() == 1;
+  }
 }
 
 Placement Placement::contiguous(int num_experts, int num_ranks, int redundant) {
@@ -51,6 +57,11 @@ Placement Placement::contiguous(int num_experts, int num_ranks, int redundant) {
 void RoundRobinSelector::select(const RoutingBatch& batch, const Placement& placement, const Topology&,
                                 std::vector<int32_t>& slots) {
   slots.resize(batch.topk_idx.size());
+  if (placement.all_sole()) {  // no replicas to choose between: the table maps -1 to -1 as well
+    const int32_t* sole = placement.sole_slots();
+    for (size_t i = 0; i < slots.size(); ++i) slots[i] = sole[batch.topk_idx[i]];
+    return;
+  }
   for (int t = 0; t < batch.num_tokens; ++t)
     for (int k = 0; k < batch.topk; ++k) {
       const size_t i = static_cast<size_t>(t) * batch.topk + k;

@@ -30,6 +30,11 @@ class Placement {
   int32_t expert_of_slot(int slot) const { return slot_expert_[slot]; }
   const std::vector<int32_t>& replicas(int expert) const { return replicas_[expert]; }
   const std::vector<int32_t>& slot_expert() const { return slot_expert_; }
+  // The slot of each expert that has exactly one (kManyReplicas otherwise), readable at expert -1 too (slot -1):
+  // selection without replicas is one table look-up per (token, k). all_sole(): no expert has replicas.
+  static constexpr int32_t kManyReplicas = -2;
+  const int32_t* sole_slots() const { return sole_slot_.data() + 1; }
+  bool all_sole() const { return all_sole_; }
 
  private:
   int num_experts_ = 0;
@@ -37,6 +42,8 @@ class Placement {
   int slots_per_rank_ = 0;
   std::vector<int32_t> slot_expert_;
   std::vector<std::vector<int32_t>> replicas_;
+  std::vector<int32_t> sole_slot_;  // [1 + num_experts]: expert -1, then each expert
+  bool all_sole_ = false;
 };
 
 // Chooses the physical slot serving each (token, k) of a batch. Deterministic for a given input.

@@ -26,7 +26,11 @@ int usable_cores() {
 
 SharedRoutingSource::SharedRoutingSource(std::shared_ptr<RoutingSource> inner, int ranks, bool prefetch, int steps,
                                          int layers)
-    : inner_(std::move(inner)), ranks_(ranks), prefetch_(prefetch), steps_(steps), layers_(layers),
+    : inner_(std::move(inner)),
+      ranks_(ranks),
+      prefetch_(prefetch),
+      steps_(steps),
+      layers_(layers),
       cores_(std::max(1, usable_cores())) {
   if (prefetch_ && !inner_->concurrent())
     throw EplabError("routing '" + inner_->name() +
@@ -49,25 +53,32 @@ void SharedRoutingSource::keep(int step, int layer, int rank, RoutingBatch b) {
   h.batches[rank] = std::move(b);
 }
 
-void SharedRoutingSource::prefetch(int step, int layer, Held& held, int workers) {
-  held.batches.assign(ranks_, RoutingBatch{});
+void SharedRoutingSource::work(Job& job) {
+  try {
+    for (int r; (r = job.next.fetch_add(1)) < ranks_;)
+      job.batches[r] = inner_->batch(job.call.first, job.call.second, r);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(job.mu);
+    if (!job.error) job.error = std::current_exception();
+    job.next = ranks_;
+  }
+}
+
+void SharedRoutingSource::run(Job& job, int workers) {
   workers = std::clamp(workers, 1, ranks_);
-  std::atomic<int> next{0};
-  std::vector<std::exception_ptr> errors(workers);
-  const auto work = [&](int w) {
-    try {
-      for (int r; (r = next.fetch_add(1)) < ranks_;) held.batches[r] = inner_->batch(step, layer, r);
-    } catch (...) {
-      errors[w] = std::current_exception();
-      next = ranks_;
-    }
-  };
   std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
-  work(0);
+  for (int w = 1; w < workers; ++w) threads.emplace_back([this, &job] { work(job); });
+  work(job);
   for (std::thread& t : threads) t.join();
-  for (const std::exception_ptr& e : errors)
-    if (e) std::rethrow_exception(e);
+}
+
+void SharedRoutingSource::prefetch(int step, int layer, Held& held, int workers) {
+  Job job;
+  job.call = {step, layer};
+  job.batches.resize(ranks_);
+  run(job, workers);
+  if (job.error) std::rethrow_exception(job.error);
+  held.batches = std::move(job.batches);
   held.present.assign(ranks_, true);
   held.left = ranks_;
 }
@@ -75,18 +86,12 @@ void SharedRoutingSource::prefetch(int step, int layer, Held& held, int workers)
 void SharedRoutingSource::start_ahead(int step, int layer) {
   if (steps_ <= 0 || layers_ <= 0 || cores_ < 2) return;
   Call next = layer + 1 < layers_ ? Call{step, layer + 1} : Call{step + 1, 0};
-  if (next.first >= steps_ || held_.count(next) || ahead_call_ == next) return;
+  if (next.first >= steps_ || held_.count(next) || (ahead_ && ahead_->call == next)) return;
   if (ahead_thread_.joinable()) ahead_thread_.join();  // a call that was never requested: its batches go
-  ahead_call_ = next;
-  ahead_ = Held{};
-  ahead_error_ = nullptr;
-  ahead_thread_ = std::thread([this, next] {
-    try {
-      prefetch(next.first, next.second, ahead_, cores_ - 1);
-    } catch (...) {
-      ahead_error_ = std::current_exception();
-    }
-  });
+  ahead_ = std::make_unique<Job>();
+  ahead_->call = next;
+  ahead_->batches.resize(ranks_);
+  ahead_thread_ = std::thread([this, job = ahead_.get()] { run(*job, cores_ - 1); });
 }
 
 RoutingBatch SharedRoutingSource::batch(int step, int layer, int rank) {
@@ -94,11 +99,14 @@ RoutingBatch SharedRoutingSource::batch(int step, int layer, int rank) {
   auto it = held_.find({step, layer});
   if (it == held_.end() && prefetch_) {
     Held fresh;
-    if (ahead_call_ == Call{step, layer}) {
+    if (ahead_ && ahead_->call == Call{step, layer}) {
+      work(*ahead_);  // the ranks the background has not started yet, here, rather than waiting for them
       ahead_thread_.join();
-      ahead_call_ = {-1, -1};
-      if (ahead_error_) std::rethrow_exception(std::exchange(ahead_error_, nullptr));
-      fresh = std::move(ahead_);
+      const std::unique_ptr<Job> job = std::move(ahead_);
+      if (job->error) std::rethrow_exception(job->error);
+      fresh.batches = std::move(job->batches);
+      fresh.present.assign(ranks_, true);
+      fresh.left = ranks_;
     } else {
       prefetch(step, layer, fresh, cores_);
     }

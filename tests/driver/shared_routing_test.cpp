@@ -3,9 +3,14 @@
 #include "traces/shared_routing.hpp"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -69,6 +74,57 @@ TEST(SharedRoutingSource, LookAheadHandsOutTheSameBatchesAndGeneratesEachCallOnc
   for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(0, 0, r), 0, 0, r);
   for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(2, 1, r), 2, 1, r);
   for (int r = 0; r < 4; ++r) expect_batch_of(shared.batch(0, 1, r), 0, 1, r);
+}
+
+// The first of layer 1's batches each other thread takes waits (up to 10 s) until the thread that asks for
+// layer 1 has generated one of them: the look-ahead job finishes in time only if the asking thread joins it
+// rather than waiting for it. The last rank of layer 1 fails.
+class HeldBackSource : public RoutingSource {
+ public:
+  explicit HeldBackSource(std::thread::id asker) : asker_(asker) {}
+  std::string name() const override { return "held back"; }
+  bool concurrent() const override { return true; }
+  RoutingBatch batch(int step, int layer, int rank) override {
+    if (layer == 1 && rank == 255) throw EplabError("no batch for rank 255 of layer 1");
+    if (layer == 1) {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (std::this_thread::get_id() == asker_) {
+        ++by_asker;
+        cv_.notify_all();
+      } else if (waited_.insert(std::this_thread::get_id()).second) {
+        cv_.wait_for(lock, std::chrono::seconds(10), [&] { return by_asker > 0; });
+      }
+    }
+    RoutingBatch b;
+    b.step = step;
+    b.layer = layer;
+    b.src_rank = rank;
+    b.num_tokens = 1;
+    b.topk = 3;
+    b.topk_idx = {step, layer, rank};
+    b.topk_weights = {1, 1, 1};
+    return b;
+  }
+  int by_asker = 0;  // under mu_
+
+ private:
+  std::thread::id asker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::set<std::thread::id> waited_;  // each other thread waits at its first batch only
+};
+
+TEST(SharedRoutingSource, TheAskingThreadJoinsTheLookAheadAndItsErrorsReachIt) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < 2)
+    GTEST_SKIP() << "one usable core: no look-ahead";
+  auto inner = std::make_shared<HeldBackSource>(std::this_thread::get_id());
+  SharedRoutingSource shared(inner, 256, true, 1, 2);
+  for (int r = 0; r < 256; ++r) expect_batch_of(shared.batch(0, 0, r), 0, 0, r);  // starts layer 1 ahead
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(shared.batch(0, 1, 0), EplabError);  // the last rank failed, on whichever thread generated it
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));  // nobody waited out the 10 s
+  EXPECT_GT(inner->by_asker, 0);
 }
 
 TEST(SharedRoutingSource, KeptBatchesGoOutOnceThenComeFromTheSource) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
@@ -123,6 +124,49 @@ TEST(Placement, ContiguousWithRedundantSlots) {
   EXPECT_EQ(p.replicas(7).size(), 1u);
   EXPECT_THROW(Placement::contiguous(8, 3), EplabError);
   EXPECT_THROW(Placement::contiguous(8, 4, 3), EplabError);
+}
+
+// The selector's table path (no expert has replicas) against the replica lists it stands for, and the general
+// path once one expert has a second slot.
+TEST(Placement, RoundRobinSelectionWithAndWithoutReplicas) {
+  RoutingBatch b;
+  b.num_tokens = 3;
+  b.topk = 2;
+  b.topk_idx = {5, 0, -1, 7, 3, 5};
+  b.topk_weights.assign(6, 0.5f);
+  RoundRobinSelector sel;
+  std::vector<int32_t> slots;
+  const Placement sole(8, 2, {5, 6, 7, 0, 1, 2, 3, 4});
+  EXPECT_TRUE(sole.all_sole());
+  sel.select(b, sole, topo(1, 2), slots);
+  EXPECT_EQ(slots, (std::vector<int32_t>{0, 3, -1, 2, 6, 0}));
+  const Placement twice(8, 2, {5, 6, 7, 0, 1, 2, 3, 4, 5, 0});  // expert 5 in slots 0 and 8, expert 0 in 3 and 9
+  EXPECT_FALSE(twice.all_sole());
+  EXPECT_EQ(twice.sole_slots()[5], Placement::kManyReplicas);
+  EXPECT_EQ(twice.sole_slots()[-1], -1);
+  sel.select(b, twice, topo(1, 2), slots);
+  // Replica (t + k) mod 2: token 0 takes expert 5's first slot and expert 0's second; token 2 expert 5's second.
+  EXPECT_EQ(slots, (std::vector<int32_t>{0, 9, -1, 2, 6, 8}));
+}
+
+TEST(Routing, ValidateBatchNamesTheBadEntry) {
+  RoutingBatch b;
+  b.num_tokens = 2;
+  b.topk = 2;
+  b.topk_idx = {0, 1, -1, 3};
+  b.topk_weights = {0.5f, 0.5f, 1.0f, 0.0f};
+  EXPECT_NO_THROW(validate_batch(b, 4, "test"));
+  b.topk_idx[3] = 4;
+  EXPECT_THROW(validate_batch(b, 4, "test"), EplabError);
+  b.topk_idx[3] = -2;
+  EXPECT_THROW(validate_batch(b, 4, "test"), EplabError);
+  b.topk_idx[3] = 3;
+  b.topk_weights[1] = std::numeric_limits<float>::infinity();
+  EXPECT_THROW(validate_batch(b, 4, "test"), EplabError);
+  b.topk_weights[1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(validate_batch(b, 4, "test"), EplabError);
+  b.topk_weights[1] = -std::numeric_limits<float>::max();
+  EXPECT_NO_THROW(validate_batch(b, 4, "test"));
 }
 
 }  // namespace
