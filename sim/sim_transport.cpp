@@ -347,6 +347,14 @@ class SimBackend : public Backend {
     int argc = 1;
     char name[] = "eplab";
     char* argv[] = {name, nullptr};
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer cannot follow SimGrid's default actor contexts (stacks switched by hand inside an
+    // uninstrumented library: it reports the switches as stack errors). One thread per actor, handed control in
+    // turn, runs the same simulation on stacks ASan knows, only slower; sanitizer builds use it. The factory is
+    // chosen when an engine is created, hence before it.
+    xbt_log_control_set("xbt_cfg.thresh:warning");
+    s4u::Engine::set_config("contexts/factory", std::string("thread"));
+#endif
     // One engine per launch; SimGrid allows a new one once the previous is gone. Its clock keeps running
     // across engines, so the world measures time from its own start.
     s4u::Engine engine(&argc, argv);
