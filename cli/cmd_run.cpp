@@ -168,7 +168,13 @@ int cmd_run(const std::vector<std::string>& argv) {
     const std::string source = "config file '" + config_path + "'";
     given = read_run_config(fields::parse_file(config_path, source), source, cfg);
   }
+  std::vector<std::string> lists_cleared;  // a repeatable option on the command line replaces a config file's list
   for (const auto& [o, text] : typed) {
+    if (o->field.type == fields::Type::kStringList &&
+        std::find(lists_cleared.begin(), lists_cleared.end(), o->field.key) == lists_cleared.end()) {
+      o->field.set(cfg, nlohmann::json::array(), "--" + o->flag);
+      lists_cleared.push_back(o->field.key);
+    }
     set_run_option_text(cfg, *o, text);
     given.push_back(o->field.key);
   }

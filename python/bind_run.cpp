@@ -19,6 +19,11 @@ nlohmann::json as_json(const py::handle& v, const std::string& key) {
   if (PyIndex_Check(v.ptr())) return v.cast<long long>();  // int, numpy integers
   if (py::isinstance<py::float_>(v)) return v.cast<double>();
   if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  if (py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) {  // a repeatable option (faults)
+    nlohmann::json items = nlohmann::json::array();
+    for (const py::handle& item : v) items.push_back(as_json(item, key));
+    return items;
+  }
   throw EplabError("eplab.run: option " + key + "=" + py::repr(v).cast<std::string>() + " has the wrong type");
 }
 
@@ -45,6 +50,8 @@ const char* type_name(fields::Type t) {
       return "float";
     case fields::Type::kBoolean:
       return "bool";
+    case fields::Type::kStringList:
+      return "list";
   }
   return "?";
 }
