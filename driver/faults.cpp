@@ -159,9 +159,13 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
       refuse(
           "@t:T is not supported: a step's simulated start is known only once the steps before it ran, and faults "
           "are planned before ranks start; give the step, @step:S");
-    if (f.kind == FaultKind::kNic || f.kind == FaultKind::kLink || f.kind == FaultKind::kFlap)
+    if (f.kind == FaultKind::kNic || f.kind == FaultKind::kFlap)
       refuse(std::string(fault_kind_name(f.kind)) +
-             " faults are parsed but not modeled yet on any backend (docs/faults.md): use gpu, straggler or stall");
+             " faults are parsed but not modeled yet on any backend (docs/faults.md): use gpu, link, straggler or "
+             "stall");
+    if (f.kind == FaultKind::kLink && !run.caps.modeled_time)
+      refuse("a link fault changes a simulated link; backend '" + cfg.backend +
+             "' moves real bytes between threads or processes and has no links to degrade (use --backend sim)");
     if (f.kind == FaultKind::kGpu) {
       if (cfg.backend == "mpi")
         refuse("a failed GPU on mpi would need its process to exit mid-run, which this build does not support");
@@ -187,6 +191,13 @@ double FaultPlan::slowdown(int rank) const {
   double x = 1;
   for (const FaultSpec& f : faults)
     if (f.kind == FaultKind::kStraggler && f.rank == rank) x *= f.slowdown;
+  return x;
+}
+
+double FaultPlan::nic_fraction(int rank, int step) const {
+  double x = -1;
+  for (const FaultSpec& f : faults)
+    if (f.kind == FaultKind::kLink && f.rank == rank && f.step == step) x = f.bw_pct / 100;
   return x;
 }
 

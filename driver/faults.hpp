@@ -69,6 +69,8 @@ struct FaultPlan {
   // Straggler slowdown of `rank`'s compute (1: none), and the stall it takes at the start of `step` (0: none).
   double slowdown(int rank) const;
   double stall_s(int rank, int step) const;
+  // The bandwidth fraction `rank`'s NIC links take at the start of `step` (-1: no change then).
+  double nic_fraction(int rank, int step) const;
 };
 
 // Builds the fault plan and applies failures to `plan`: from each failure step on, every layer's placement is

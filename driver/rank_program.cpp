@@ -196,6 +196,10 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
           const double waited = wait_out(f, run, faults->detect_timeout_s, "fault-detect");
           if (!faults->dead(me, step)) res.faults.detect_s += waited;
         }
+        // A degraded link: this rank changes its own NIC links (platform state every rank sees) before the
+        // step's first barrier, so no transfer of the step runs at the old bandwidth.
+        if (const double x = faults->nic_fraction(me, step); x > 0 && !f.set_nic_bandwidth_fraction(me, x))
+          throw EplabError("rank " + std::to_string(me) + ": the fabric has no links to degrade (a link fault)");
         if (const double stall = faults->stall_s(me, step); stall > 0) {
           f.set_phase("fault-stall");
           wait_out(f, run, stall, "fault-stall");

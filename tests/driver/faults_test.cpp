@@ -127,7 +127,6 @@ TEST(FaultRuns, RunChecksNameTheSpec) {
       {"gpu:64@step:1", "rank 64 is outside 0..63"},
       {"gpu:1@step:4", "step 4 is outside the run's steps 0..3"},
       {"gpu:1@t:0.1", "@t:T is not supported"},
-      {"link:1@step:1,bw=50", "not modeled yet"},
       {"nic:1@step:1", "not modeled yet"},
       {"flap:1,period=2", "not modeled yet"},
   };
@@ -254,6 +253,35 @@ TEST(FaultRuns, StragglerSlowsTheLayer) {
   EXPECT_GT(r.at("step_time").at("layers_s").get<double>(), base * 1.2);
   EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), 0);
   EXPECT_DOUBLE_EQ(r.at("faults").at("list")[0].at("slowdown").get<double>(), 4.0);
+}
+
+TEST(FaultRuns, DegradedLinkSlowsDispatch) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(0);
+  c.faults = {};
+  c.steps = 2;
+  const nlohmann::json base = run_experiment(c);
+  c.faults = {"link:3@step:1,bw=10"};
+  const nlohmann::json r = run_experiment(c);
+  // Step 0 runs at full bandwidth (the same time as without the fault), step 1 with rank 3's NIC at 10%.
+  EXPECT_DOUBLE_EQ(r.at("per_step")[0].at("layer_time_s").get<double>(),
+                   base.at("per_step")[0].at("layer_time_s").get<double>());
+  EXPECT_GT(r.at("per_step")[1].at("layer_time_s").get<double>(),
+            1.5 * base.at("per_step")[1].at("layer_time_s").get<double>());
+  EXPECT_GT(r.at("phases").at("dispatch").at("time_s").get<double>(),
+            base.at("phases").at("dispatch").at("time_s").get<double>());
+  // The simulator's other exchange models see the same degraded link.
+  c.sim_model = "ptask-pairs";
+  const nlohmann::json pairs = run_experiment(c);
+  EXPECT_NEAR(pairs.at("per_step")[1].at("layer_time_s").get<double>(),
+              r.at("per_step")[1].at("layer_time_s").get<double>(),
+              1e-9 * r.at("per_step")[1].at("layer_time_s").get<double>());
+}
+
+TEST(FaultRuns, LinkFaultsAreRefusedOnEmu) {
+  RunConfig c = emu_run();
+  c.faults = {"link:1@step:0,bw=50"};
+  EXPECT_NE(error_of([&] { run_experiment(c); }).find("has no links to degrade"), std::string::npos);
 }
 
 TEST(FaultRuns, StallDelaysItsStepOnEmu) {
