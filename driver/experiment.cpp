@@ -143,7 +143,7 @@ void add_fault_report(nlohmann::json& report, const RunConfig& cfg, const RunSet
   ver["lost_selections"] = lost;
   if (lost > 0)
     ver["lost_note"] = std::to_string(lost) +
-                       " (token, expert) selections had no surviving replica: not dispatched, and left out of the "
+                       " (token, expert) selections had no reachable replica: not dispatched, and left out of the "
                        "reference the combine is checked against (faults.first_lost lists the first)";
 }
 

@@ -159,10 +159,13 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
       refuse(
           "@t:T is not supported: a step's simulated start is known only once the steps before it ran, and faults "
           "are planned before ranks start; give the step, @step:S");
-    if (f.kind == FaultKind::kNic || f.kind == FaultKind::kFlap)
-      refuse(std::string(fault_kind_name(f.kind)) +
-             " faults are parsed but not modeled yet on any backend (docs/faults.md): use gpu, link, straggler or "
-             "stall");
+    if ((f.kind == FaultKind::kNic || f.kind == FaultKind::kFlap) && cfg.backend == "mpi")
+      refuse("NIC faults are not supported on mpi yet");
+    if (f.kind == FaultKind::kNic || f.kind == FaultKind::kFlap) {
+      if (cfg.overlap != "none") refuse("NIC faults do not combine with --overlap tbo yet");
+      if (cfg.mode != "inference") refuse("NIC faults run in --mode inference only");
+      if (cfg.layout_cache > 0) refuse("NIC faults do not combine with --layout-cache (the routing changes)");
+    }
     if (f.kind == FaultKind::kLink && !run.caps.modeled_time)
       refuse("a link fault changes a simulated link; backend '" + cfg.backend +
              "' moves real bytes between threads or processes and has no links to degrade (use --backend sim)");
@@ -185,6 +188,25 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
 
 bool FaultPlan::fails_at(int step) const {
   return std::find(failure_steps.begin(), failure_steps.end(), step) != failure_steps.end();
+}
+
+bool FaultPlan::detects_at(int step) const {
+  return std::find(detect_steps.begin(), detect_steps.end(), step) != detect_steps.end();
+}
+
+bool FaultPlan::nic_down(int rank, int step) const {
+  for (const FaultSpec& f : faults) {
+    if (f.rank != rank) continue;
+    if (f.kind == FaultKind::kNic && step >= f.step) return true;
+    if (f.kind == FaultKind::kFlap && (step / f.period) % 2 == 1) return true;
+  }
+  return false;
+}
+
+bool FaultPlan::reachable(int src, int dst, int step) const {
+  if (dead(dst, step)) return false;
+  if (src / gpus_per_node == dst / gpus_per_node) return true;
+  return !nic_down(src, step) && !nic_down(dst, step);
 }
 
 double FaultPlan::slowdown(int rank) const {
@@ -279,6 +301,7 @@ std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetu
   auto fp = std::make_shared<FaultPlan>();
   fp->faults = check_faults(cfg, run);
   fp->detect_timeout_s = cfg.detect_timeout_s;
+  fp->gpus_per_node = run.topo.gpus_per_node();
   const int R = run.topo.size(), E = run.shape.num_experts;
   fp->dead_from.assign(R, FaultPlan::kNever);
   for (const FaultSpec& f : fp->faults)
@@ -287,6 +310,16 @@ std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetu
     if (fp->dead_from[r] != FaultPlan::kNever) fp->failure_steps.push_back(fp->dead_from[r]);
   std::sort(fp->failure_steps.begin(), fp->failure_steps.end());
   fp->failure_steps.erase(std::unique(fp->failure_steps.begin(), fp->failure_steps.end()), fp->failure_steps.end());
+  // Detection: every GPU failure, and every step a NIC goes from up to down.
+  fp->detect_steps = fp->failure_steps;
+  for (int step = 0; step < cfg.steps; ++step)
+    for (int r = 0; r < R; ++r)
+      if (fp->nic_down(r, step) && (step == 0 || !fp->nic_down(r, step - 1))) fp->detect_steps.push_back(step);
+  std::sort(fp->detect_steps.begin(), fp->detect_steps.end());
+  fp->detect_steps.erase(std::unique(fp->detect_steps.begin(), fp->detect_steps.end()), fp->detect_steps.end());
+  for (int step = 0; step < cfg.steps && fp->first_affected_step == std::numeric_limits<int>::max(); ++step)
+    for (int r = 0; r < R; ++r)
+      if (fp->dead(r, step) || fp->nic_down(r, step)) fp->first_affected_step = step;
   const std::string routing_name = routing.name();
   for (int step : fp->failure_steps) {
     std::vector<char> dead(R, 0);
@@ -315,7 +348,7 @@ std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetu
 
 void failover_select(const FaultPlan& fp, int step, int layer, int src_rank, const RoutingBatch& batch,
                      const Placement& placement, std::vector<int32_t>& slots, FaultCounts& counts) {
-  if (!fp.any_failure() || step < fp.failure_steps.front()) return;
+  if (step < fp.first_affected_step) return;
   std::vector<int32_t> live;
   for (int t = 0; t < batch.num_tokens; ++t)
     for (int k = 0; k < batch.topk; ++k) {
@@ -325,7 +358,7 @@ void failover_select(const FaultPlan& fp, int step, int layer, int src_rank, con
       bool had_dead = false;
       live.clear();
       for (int32_t s : placement.replicas(e)) {
-        if (fp.dead(placement.rank_of_slot(s), step))
+        if (!fp.reachable(src_rank, placement.rank_of_slot(s), step))
           had_dead = true;
         else
           live.push_back(s);
@@ -339,7 +372,7 @@ void failover_select(const FaultPlan& fp, int step, int layer, int src_rank, con
         continue;
       }
       ++counts.rerouted;
-      if (slots[i] < 0 || fp.dead(placement.rank_of_slot(slots[i]), step))
+      if (slots[i] < 0 || !fp.reachable(src_rank, placement.rank_of_slot(slots[i]), step))
         slots[i] = live[static_cast<size_t>(t + k) % live.size()];
     }
 }
@@ -372,6 +405,8 @@ nlohmann::json fault_report(const FaultPlan& fp, const std::vector<FaultCounts>&
     if (f.step >= 0) j["step"] = f.step;
     if (f.kind == FaultKind::kStraggler) j["slowdown"] = f.slowdown;
     if (f.kind == FaultKind::kStall) j["stall_s"] = f.stall_s;
+    if (f.kind == FaultKind::kLink) j["bw_pct"] = f.bw_pct;
+    if (f.kind == FaultKind::kFlap) j["period"] = f.period;
     list.push_back(std::move(j));
   }
   std::vector<int> dead;

@@ -52,7 +52,10 @@ struct FaultPlan {
   static constexpr int kNever = std::numeric_limits<int>::max();
   std::vector<FaultSpec> faults;
   std::vector<int> dead_from;       // [rank]
-  std::vector<int> failure_steps;   // steps at which some rank fails (detection is charged there), ascending
+  std::vector<int> failure_steps;   // steps at which some GPU fails (re-plan and recovery), ascending
+  std::vector<int> detect_steps;    // steps at which a GPU fails or a NIC goes down (detection), ascending
+  int gpus_per_node = 1;
+  int first_affected_step = std::numeric_limits<int>::max();  // the first step some selection may be re-routed
   double detect_timeout_s = 0;
   // Per layer and failure: experts left with no replica on a live rank (lost from that step on).
   struct LostExperts {
@@ -66,6 +69,12 @@ struct FaultPlan {
   bool any_failure() const { return !failure_steps.empty(); }
   bool dead(int rank, int step) const { return step >= dead_from[rank]; }
   bool fails_at(int step) const;
+  bool detects_at(int step) const;
+  // A NIC down (nic:R@step:S from S on; flap:R,period=P in steps [P, 2P), [3P, 4P), ...).
+  bool nic_down(int rank, int step) const;
+  // Whether EP traffic from `src` can reach GPU `dst` at `step`: not to a failed GPU, and not across nodes when
+  // either end's NIC is down (within a node the scale-up domain still connects them).
+  bool reachable(int src, int dst, int step) const;
   // Straggler slowdown of `rank`'s compute (1: none), and the stall it takes at the start of `step` (0: none).
   double slowdown(int rank) const;
   double stall_s(int rank, int step) const;
@@ -82,8 +91,8 @@ std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetu
 
 // Per-rank fault counters, summed on rank 0 for the report.
 struct FaultCounts {
-  int64_t rerouted = 0;  // selections of an expert that had a replica on a dead rank, served by a live one
-  int64_t lost = 0;      // selections of an expert with no live replica: not dispatched
+  int64_t rerouted = 0;  // selections of an expert with an unreachable replica, served by a reachable one
+  int64_t lost = 0;      // selections of an expert with no reachable replica: not dispatched
   int64_t departed = 0;  // tokens of a dead rank's own batches (left the run with it; not counted as lost)
   double detect_s = 0;   // time this rank spent waiting out detection deadlines
   // The first lost selections, five int32 per entry: step, layer, source rank, token, expert.
@@ -91,8 +100,9 @@ struct FaultCounts {
 };
 inline constexpr size_t kLostSamples = 8;
 
-// After the replica selector ran: every selection whose slot is on a rank dead at `step` moves to a live replica
-// of its expert (round-robin over them by token + k, as the default selector), or becomes -1 and is counted lost.
+// After the replica selector ran: every selection whose slot `src_rank` cannot reach at `step` (a failed GPU, a NIC
+// down across nodes) moves to a reachable replica of its expert (round-robin over them by token + k, as the
+// default selector), or becomes -1 and is counted lost.
 void failover_select(const FaultPlan& fp, int step, int layer, int src_rank, const RoutingBatch& batch,
                      const Placement& placement, std::vector<int32_t>& slots, FaultCounts& counts);
 

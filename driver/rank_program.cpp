@@ -191,7 +191,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
         // A GPU fails at the start of the step: every rank waits out the detection deadline before the
         // failover (the re-placed experts' weights move in this call's migration below). A stall delays
         // only its rank; the others wait for it at the next barrier.
-        if (faults->fails_at(step)) {
+        if (faults->detects_at(step)) {
           f.set_phase("fault-detect");
           const double waited = wait_out(f, run, faults->detect_timeout_s, "fault-detect");
           if (!faults->dead(me, step)) res.faults.detect_s += waited;

@@ -315,7 +315,7 @@ std::string format_summary(const nlohmann::json& r) {
   }
   os << line;
   if (v.value("lost_selections", int64_t{0}) > 0) {
-    std::snprintf(line, sizeof line, "  %lld selections LOST to failed GPUs (no surviving replica), left out of the check\n",
+    std::snprintf(line, sizeof line, "  %lld selections LOST to faults (no reachable replica), left out of the check\n",
                   static_cast<long long>(v["lost_selections"].get<int64_t>()));
     os << line;
   }

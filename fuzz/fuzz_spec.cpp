@@ -94,6 +94,9 @@ std::vector<double> some_heat(int n, int shift) {
   fp.dead_from.assign(4, FaultPlan::kNever);
   fp.dead_from[f.rank % 4] = 0;
   fp.failure_steps = {0};
+  fp.detect_steps = {0};
+  fp.gpus_per_node = 2;
+  fp.first_affected_step = 0;
   const RoutingParams params{fuzz::small_model(), fuzz::small_cluster(), 8, 1, 0, 0};
   const RoutingBatch batch = make_routing("uniform", params)->batch(0, 0, 1);
   const Placement placement = Placement::contiguous(16, 4, 4);

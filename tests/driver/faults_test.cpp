@@ -127,8 +127,6 @@ TEST(FaultRuns, RunChecksNameTheSpec) {
       {"gpu:64@step:1", "rank 64 is outside 0..63"},
       {"gpu:1@step:4", "step 4 is outside the run's steps 0..3"},
       {"gpu:1@t:0.1", "@t:T is not supported"},
-      {"nic:1@step:1", "not modeled yet"},
-      {"flap:1,period=2", "not modeled yet"},
   };
   for (const auto& [spec, part] : cases) {
     RunConfig c = sim_run(0);
@@ -241,6 +239,11 @@ TEST(FaultRuns, EmuFailoverVerifiesRealBytes) {
             std::string::npos);
   EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
   EXPECT_NE(format_summary(r).find(std::to_string(lost) + " selections LOST"), std::string::npos);
+  // A NIC down on emu: the same failover selection, real bytes verified.
+  c.faults = {"nic:1@step:1"};
+  r = run_experiment(c);
+  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+  EXPECT_EQ(r.at("verification").at("lost_selections"), r.at("faults").at("tokens_lost"));
 }
 
 TEST(FaultRuns, StragglerSlowsTheLayer) {
@@ -253,6 +256,44 @@ TEST(FaultRuns, StragglerSlowsTheLayer) {
   EXPECT_GT(r.at("step_time").at("layers_s").get<double>(), base * 1.2);
   EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), 0);
   EXPECT_DOUBLE_EQ(r.at("faults").at("list")[0].at("slowdown").get<double>(), 4.0);
+}
+
+// A NIC down isolates its GPU from other nodes, both ways: other nodes' selections of its experts go to replicas
+// elsewhere (with 64 redundant experts rank 5's all have one, on ranks 20-23 and 1), and its own selections of
+// experts with no replica in its node are lost: counted here from the routing and the placement.
+TEST(FaultRuns, NicDownLosesOnlyItsOwnCrossNodeSelections) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(64);
+  c.faults = {"nic:5@step:2"};
+  const nlohmann::json r = run_experiment(c);
+  const nlohmann::json& f = r.at("faults");
+  const MoeShape shape = resolve_model(c.model);
+  ClusterSpec spec = resolve_cluster(c.cluster);
+  spec.nodes = c.nodes;
+  spec.gpus_per_node = c.gpus_per_node;
+  const Topology topo(spec);
+  const Placement p = Placement::contiguous(shape.num_experts, topo.size(), 64);
+  std::vector<char> in_node_0(shape.num_experts, 0);
+  for (int s = 0; s < p.num_slots(); ++s)
+    if (topo.node_of(p.rank_of_slot(s)) == 0) in_node_0[p.expert_of_slot(s)] = 1;
+  RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+  rp.weights = false;
+  auto routing = make_routing(c.routing, rp);
+  int64_t expected = 0;
+  for (int step = 2; step < c.steps; ++step)
+    for (int32_t e : routing->batch(step, 0, 5).topk_idx) expected += !in_node_0[e];
+  ASSERT_GT(expected, 0);
+  EXPECT_EQ(f.at("tokens_lost").get<int64_t>(), expected);
+  EXPECT_GT(f.at("tokens_rerouted").get<int64_t>(), 0);
+  EXPECT_EQ(f.at("tokens_departed").get<int64_t>(), 0);
+  EXPECT_TRUE(f.at("failed_ranks").empty());
+  for (const auto& s : f.at("first_lost")) EXPECT_EQ(s.at("source_rank").get<int>(), 5);
+  EXPECT_DOUBLE_EQ(f.at("detect_s").get<double>(), c.detect_timeout_s);
+  // A flapping NIC is down in steps [1, 2) and [3, 4): detected twice.
+  c.faults = {"flap:5,period=1"};
+  const nlohmann::json fl = run_experiment(c);
+  EXPECT_DOUBLE_EQ(fl.at("faults").at("detect_s").get<double>(), 2 * c.detect_timeout_s);
+  EXPECT_GT(fl.at("faults").at("tokens_lost").get<int64_t>(), 0);
 }
 
 TEST(FaultRuns, DegradedLinkSlowsDispatch) {
