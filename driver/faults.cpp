@@ -68,8 +68,8 @@ FaultSpec parse_fault(const std::string& text) {
   const size_t colon = text.find(':');
   if (colon == std::string::npos) bad(text, "no ':' after the kind");
   const std::string kind = text.substr(0, colon);
-  const std::map<std::string, FaultKind> kinds = {{"gpu", FaultKind::kGpu},   {"nic", FaultKind::kNic},
-                                                  {"link", FaultKind::kLink}, {"straggler", FaultKind::kStraggler},
+  const std::map<std::string, FaultKind> kinds = {{"gpu", FaultKind::kGpu},     {"nic", FaultKind::kNic},
+                                                  {"link", FaultKind::kLink},   {"straggler", FaultKind::kStraggler},
                                                   {"stall", FaultKind::kStall}, {"flap", FaultKind::kFlap}};
   const auto k = kinds.find(kind);
   if (k == kinds.end()) bad(text, "unknown kind '" + kind + "'");
@@ -176,7 +176,8 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
       if (cfg.overlap != "none") refuse("GPU failures do not combine with --overlap tbo yet");
       if (cfg.rebalance_every > 0)
         refuse("GPU failures do not combine with --rebalance-every yet (the balancers place over every rank)");
-      if (cfg.layout_cache > 0) refuse("GPU failures do not combine with --layout-cache (the failed rank's batch changes)");
+      if (cfg.layout_cache > 0)
+        refuse("GPU failures do not combine with --layout-cache (the failed rank's batch changes)");
       if (!dead[f.rank]) ++failed;
       dead[f.rank] = 1;
       if (failed >= R) refuse("every rank would have failed: at least one must survive");
@@ -184,10 +185,6 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
     out.push_back(std::move(f));
   }
   return out;
-}
-
-bool FaultPlan::fails_at(int step) const {
-  return std::find(failure_steps.begin(), failure_steps.end(), step) != failure_steps.end();
 }
 
 bool FaultPlan::detects_at(int step) const {
@@ -270,7 +267,8 @@ Repair repair_layer(const Placement& old_p, const std::vector<char>& dead, const
       if (rep.slot_expert[s] != donor || dead[old_p.rank_of_slot(s)]) continue;
       bool holds = false;
       const int r = old_p.rank_of_slot(s);
-      for (int i = 0; i < old_p.slots_per_rank(); ++i) holds = holds || rep.slot_expert[r * old_p.slots_per_rank() + i] == hot;
+      for (int i = 0; i < old_p.slots_per_rank(); ++i)
+        holds = holds || rep.slot_expert[r * old_p.slots_per_rank() + i] == hot;
       if (!holds) slot = s;
     }
     for (int s = old_p.num_slots() - 1; s >= 0 && slot < 0; --s)
@@ -387,8 +385,8 @@ nlohmann::json fault_report(const FaultPlan& fp, const std::vector<FaultCounts>&
     sum.departed += c.departed;
     sum.detect_s = std::max(sum.detect_s, c.detect_s);
     for (size_t i = 0; i + 5 <= c.first_lost.size(); i += 5)
-      lost.push_back({c.first_lost[i], c.first_lost[i + 1], c.first_lost[i + 2], c.first_lost[i + 3],
-                      c.first_lost[i + 4]});
+      lost.push_back(
+          {c.first_lost[i], c.first_lost[i + 1], c.first_lost[i + 2], c.first_lost[i + 3], c.first_lost[i + 4]});
   }
   // The first few by (step, layer, source, token), whichever rank reported them.
   std::sort(lost.begin(), lost.end());

@@ -30,12 +30,12 @@ struct FaultSpec {
   std::string text;
   FaultKind kind = FaultKind::kGpu;
   int rank = 0;
-  int step = -1;         // @step:S; -1 when not given
-  double at_s = -1;      // @t:T; -1 when not given
-  double bw_pct = 0;     // link: bandwidth left, in (0, 100) percent
-  double slowdown = 1;   // straggler: compute this many times slower
-  double stall_s = 0;    // stall: seconds
-  int period = 0;        // flap: steps between state changes
+  int step = -1;        // @step:S; -1 when not given
+  double at_s = -1;     // @t:T; -1 when not given
+  double bw_pct = 0;    // link: bandwidth left, in (0, 100) percent
+  double slowdown = 1;  // straggler: compute this many times slower
+  double stall_s = 0;   // stall: seconds
+  int period = 0;       // flap: steps between state changes
 };
 
 // Parses one spec; throws EplabError naming the spec and the part that is wrong (the grammar is in
@@ -51,9 +51,9 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run);
 struct FaultPlan {
   static constexpr int kNever = std::numeric_limits<int>::max();
   std::vector<FaultSpec> faults;
-  std::vector<int> dead_from;       // [rank]
-  std::vector<int> failure_steps;   // steps at which some GPU fails (re-plan and recovery), ascending
-  std::vector<int> detect_steps;    // steps at which a GPU fails or a NIC goes down (detection), ascending
+  std::vector<int> dead_from;      // [rank]
+  std::vector<int> failure_steps;  // steps at which some GPU fails (re-plan and recovery), ascending
+  std::vector<int> detect_steps;   // steps at which a GPU fails or a NIC goes down (detection), ascending
   int gpus_per_node = 1;
   int first_affected_step = std::numeric_limits<int>::max();  // the first step some selection may be re-routed
   double detect_timeout_s = 0;
@@ -65,10 +65,7 @@ struct FaultPlan {
   std::vector<LostExperts> lost_experts;
   int slots_restored = 0;  // surviving slots re-assigned to experts that lost a replica
 
-  bool any() const { return !faults.empty(); }
-  bool any_failure() const { return !failure_steps.empty(); }
   bool dead(int rank, int step) const { return step >= dead_from[rank]; }
-  bool fails_at(int step) const;
   bool detects_at(int step) const;
   // A NIC down (nic:R@step:S from S on; flap:R,period=P in steps [P, 2P), [3P, 4P), ...).
   bool nic_down(int rank, int step) const;

@@ -1,6 +1,6 @@
 // Every spec parser: the bytes are the text after --routing, --dispatch-codec, --balancer, --heat,
-// --replica-selection or --fault. One source, one executable per kind (EPLAB_FUZZ_SPEC_*). A spec that is accepted is then
-// used once on a small model, and must keep its promises (a codec's size bound and error bound).
+// --replica-selection or --fault. One source, one executable per kind (EPLAB_FUZZ_SPEC_*). A spec that is accepted is
+// then used once on a small model, and must keep its promises (a codec's size bound and error bound).
 #include <cmath>
 #include <cstdint>
 #include <string>

@@ -2,6 +2,8 @@
 // failed GPU on sim with and without redundant experts (lost selections counted exactly, against a count made
 // here from the routing and the placement), the same on emu with real bytes verified, stragglers and stalls,
 // and runs without --fault keeping their report free of fault keys.
+#include "driver/faults.hpp"
+
 #include <gtest/gtest.h>
 
 #include <set>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "driver/experiment.hpp"
-#include "driver/faults.hpp"
 #include "driver/run_options.hpp"
 #include "engine/backend.hpp"
 #include "engine/placement.hpp"
@@ -99,8 +100,9 @@ TEST(FaultSpecs, RunOptionIsRepeatableAndAListInConfigFiles) {
   EXPECT_EQ(from_file.faults.size(), 2u);
   read_run_config(nlohmann::json::parse(R"({"faults": "gpu:3@step:1"})"), "f", from_file);
   EXPECT_EQ(from_file.faults, std::vector<std::string>{"gpu:3@step:1"});
-  EXPECT_NE(error_of([&] { read_run_config(nlohmann::json::parse(R"({"faults": [3]})"), "f", from_file); })
-                .find("f: option 'faults': expected a string or a list of strings"),
+  EXPECT_NE(error_of([&] {
+              read_run_config(nlohmann::json::parse(R"({"faults": [3]})"), "f", from_file);
+            }).find("f: option 'faults': expected a string or a list of strings"),
             std::string::npos);
   // The resolved configuration writes the list back and reads it again.
   RunConfig back = default_run_config();
@@ -192,7 +194,7 @@ TEST(FaultRuns, FailedGpuWithoutRedundancyLosesExactlyItsExpertsSelections) {
   ASSERT_GT(expected, 0);
   EXPECT_EQ(f.at("tokens_lost").get<int64_t>(), expected);
   EXPECT_EQ(f.at("tokens_rerouted").get<int64_t>(), 0);  // rank 5's experts had no other replica
-  EXPECT_EQ(f.at("lost_experts").size(), 2u);             // one entry per layer
+  EXPECT_EQ(f.at("lost_experts").size(), 2u);            // one entry per layer
   EXPECT_EQ(f.at("lost_experts")[0].at("experts"), nlohmann::json::array({20, 21, 22, 23}));
   ASSERT_FALSE(f.at("first_lost").empty());
   for (const auto& s : f.at("first_lost")) {
