@@ -1,5 +1,7 @@
 #include "cli/run_args.hpp"
 
+#include <algorithm>
+
 #include "engine/json_fields.hpp"
 
 namespace eplab::cli {
@@ -21,7 +23,13 @@ void RunArgs::apply() {
     const std::string source = "config file '" + config_path_ + "'";
     given_ = read_run_config(fields::parse_file(config_path_, source), source, cfg_);
   }
+  std::vector<std::string> lists_cleared;  // a repeatable option on the command line replaces a config file's list
   for (const auto& [o, text] : typed_) {
+    if (o->field.type == fields::Type::kStringList &&
+        std::find(lists_cleared.begin(), lists_cleared.end(), o->field.key) == lists_cleared.end()) {
+      o->field.set(cfg_, nlohmann::json::array(), "--" + o->flag);
+      lists_cleared.push_back(o->field.key);
+    }
     set_run_option_text(cfg_, *o, text);
     given_.push_back(o->field.key);
   }

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <optional>
 
+#include "driver/faults.hpp"
 #include "driver/memory_guard.hpp"
 #include "driver/overlap.hpp"
 #include "driver/plan.hpp"
@@ -123,6 +124,29 @@ void add_plan_report(nlohmann::json& report, const RunConfig& cfg, const RunSetu
                             {"timed", run.phantom}};
 }
 
+// Faults: the counters of every rank, the failure steps' migration (the recovery), and the lost selections in
+// the verification block too, so a verified run that lost selections says so beside "verified".
+void add_fault_report(nlohmann::json& report, const RunConfig& cfg, const RunSetup& run, const FaultPlan& fp,
+                      const std::vector<RankResult>& results) {
+  std::vector<FaultCounts> counts;
+  for (const RankResult& r : results) counts.push_back(r.faults);
+  double migrate_s = 0;
+  for (int step : fp.failure_steps)
+    for (int l = 0; l < cfg.layers; ++l) {
+      double t = 0;
+      for (const RankResult& r : results) t = std::max(t, r.migration_time_s[step * cfg.layers + l]);
+      migrate_s += t;
+    }
+  report["faults"] = fault_report(fp, counts, migrate_s, run.caps.modeled_time);
+  const int64_t lost = report["faults"]["tokens_lost"].get<int64_t>();
+  nlohmann::json& ver = report["verification"];
+  ver["lost_selections"] = lost;
+  if (lost > 0)
+    ver["lost_note"] = std::to_string(lost) +
+                       " (token, expert) selections had no reachable replica: not dispatched, and left out of the "
+                       "reference the combine is checked against (faults.first_lost lists the first)";
+}
+
 }  // namespace
 
 nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) {
@@ -159,7 +183,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   KeepBatch keep;
   if (run.in_process)
     keep = [&](int step, int layer, int rank, RoutingBatch b) { shared->keep(step, layer, rank, std::move(b)); };
-  const Plan plan = make_plan(cfg, run, *routing, keep);
+  Plan plan = make_plan(cfg, run, *routing, keep);
+  plan.faults = plan_faults(cfg, run, *routing, plan);
   Timeline timeline(run.topo, !cfg.timeline.empty());
   const RankInputs inputs{cfg, run, plan, *shared, timeline, progress};
 
@@ -225,6 +250,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     timeline.write(cfg.timeline, meta);
   }
   add_plan_report(report, cfg, run, plan, results);
+  if (plan.faults) add_fault_report(report, cfg, run, *plan.faults, results);
   return report;
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "traces/routing_source.hpp"
 
@@ -59,6 +60,11 @@ struct RunConfig {
   // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The planner hashes every rank's
   // batch per (step, layer) before the run, and a call whose layout is still cached skips notify on all ranks.
   int layout_cache = 0;
+  // Injected faults (driver/faults.hpp, docs/faults.md): specs such as "gpu:5@step:2"; empty: none, and the
+  // report is exactly what it is without this option. Survivors wait detect_timeout_s at a failed step before
+  // they act on the failure (a heartbeat deadline; simulated time on sim).
+  std::vector<std::string> faults;
+  double detect_timeout_s = 1.0;
 };
 
 using ProgressFn = std::function<void(int done, int total)>;

@@ -70,8 +70,11 @@ struct LayerPlan {
   bool layout_cached = false;  // the planner's LRU holds layout_key: every rank skips notify
 };
 
+struct FaultPlan;  // driver/faults.hpp
+
 struct Plan {
   std::vector<LayerPlan> calls;  // [step * layers + layer]
+  std::shared_ptr<const FaultPlan> faults;  // null without --fault
   int slots() const { return calls.front().placement->num_slots(); }
 };
 

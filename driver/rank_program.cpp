@@ -1,10 +1,13 @@
 #include "driver/rank_program.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "driver/faults.hpp"
 #include "driver/reference.hpp"
 #include "driver/training.hpp"
 #include "engine/ep_engine.hpp"
@@ -58,6 +61,29 @@ double migrate(Fabric& f, const RankInputs& in, int step, int layer, const std::
   return phantom ? f.now() - t0 : 0.0;
 }
 
+// A fault's waiting (a detection deadline, a stall): simulated time where time is modeled, a sleep elsewhere.
+// Returns the time it took on this rank's clock.
+double wait_out(Fabric& f, const RunSetup& run, double seconds, const char* what) {
+  const double t0 = f.now();
+  if (run.caps.modeled_time) {
+    ComputeCost c;
+    c.fixed_s = seconds;
+    c.what = what;
+    f.compute(c);
+  } else {
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  }
+  return f.now() - t0;
+}
+
+// A straggler's expert compute: the roofline's inputs scaled (both terms scale, so its time does) where time is
+// modeled; where it is measured, the rank sleeps (x - 1) times what the compute took.
+void slow_down(ComputeCost& c, double x) {
+  c.flops *= x;
+  c.hbm_bytes *= x;
+  c.fixed_s *= x;
+}
+
 // Two-batch overlap: the layer's two micro-batches (the batch's first ceil(T/2) tokens, then the rest), each
 // through dense compute -> dispatch -> expert compute -> combine, one phase at a time between barriers, so every
 // phase's simulated duration is its own; driver/overlap.hpp composes the overlapped schedule from them. Returns
@@ -96,12 +122,17 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
     ft.expert0 = f.now();
     rows += h.rows;
     f.set_phase("expert");
-    const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+    ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+    const double slow = in.plan.faults ? in.plan.faults->slowdown(f.rank()) : 1.0;
+    if (slow > 1 && run.caps.modeled_time) slow_down(ecost, slow);
     f.compute(ecost);
     ft.expert1 = f.now();
+    const auto e0 = std::chrono::steady_clock::now();
     const float* expert_out =
         run.phantom ? nullptr
                     : expert_partials(engine.context(), h, placement, run.transform, engine.reduction(), partials);
+    if (slow > 1 && !run.caps.modeled_time)
+      std::this_thread::sleep_for((slow - 1) * (std::chrono::steady_clock::now() - e0));
     if (run.verify) {
       // Tokens are numbered within their micro-batch on both sides: the delivery's call is 2 * call + mb.
       for (int i = 0; i < h.recv.size(); ++i)
@@ -147,6 +178,8 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
   // Delivery digests per call, or per (call, micro-batch) as 2 * call + mb with two-batch overlap.
   if (verify) res.deliveries.resize(steps.two_batch() ? 2 * calls : calls, f.size());
   const std::unique_ptr<ReplicaSelector> selector = run.make_selector();
+  const FaultPlan* faults = in.plan.faults.get();
+  const double slow = faults ? faults->slowdown(me) : 1.0;
   std::vector<int32_t> slots;
   std::vector<float> x, partials, out, ref;
   for (int step = 0; step < cfg.steps; ++step)
@@ -154,6 +187,24 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       const int call = step * cfg.layers + layer;
       const LayerPlan& lp = in.plan.calls[call];
       if (layer == 0) steps.begin_step(step);
+      if (faults && layer == 0) {
+        // A GPU fails at the start of the step: every rank waits out the detection deadline before the
+        // failover (the re-placed experts' weights move in this call's migration below). A stall delays
+        // only its rank; the others wait for it at the next barrier.
+        if (faults->detects_at(step)) {
+          f.set_phase("fault-detect");
+          const double waited = wait_out(f, run, faults->detect_timeout_s, "fault-detect");
+          if (!faults->dead(me, step)) res.faults.detect_s += waited;
+        }
+        // A degraded link: this rank changes its own NIC links (platform state every rank sees) before the
+        // step's first barrier, so no transfer of the step runs at the old bandwidth.
+        if (const double x = faults->nic_fraction(me, step); x > 0 && !f.set_nic_bandwidth_fraction(me, x))
+          throw EplabError("rank " + std::to_string(me) + ": the fabric has no links to degrade (a link fault)");
+        if (const double stall = faults->stall_s(me, step); stall > 0) {
+          f.set_phase("fault-stall");
+          wait_out(f, run, stall, "fault-stall");
+        }
+      }
       const Placement& placement = *lp.placement;
       if (!lp.moves.empty()) {
         res.migration_time_s[call] = migrate(f, in, step, layer, lp.moves);
@@ -166,7 +217,16 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       if (batch.topk != shape.topk)
         throw EplabError(routing_name + ": batch has top-" + std::to_string(batch.topk) + ", model '" + shape.name +
                          "' uses top-" + std::to_string(shape.topk));
+      if (faults && faults->dead(me, step)) {
+        // A failed GPU's own batch leaves the run with it: it sends nothing (counted apart from lost selections).
+        res.faults.departed += batch.num_tokens;
+        batch.num_tokens = 0;
+        batch.topk_idx.clear();
+        batch.topk_weights.clear();
+        batch.gate_scores.clear();
+      }
       selector->select(batch, placement, run.topo, slots);
+      if (faults) failover_select(*faults, step, layer, me, batch, placement, slots, res.faults);
       // Past selection only the slots and weights are read, unless verification replays the batch; at scale
       // every simulated rank holds its batch through dispatch at once, so the expert ids go now.
       if (!verify) std::vector<int32_t>().swap(batch.topk_idx);
@@ -199,12 +259,16 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
         rec.recv_rows.push_back(h.rows);
         // Expert compute: the model's FFN cost on simulated fabrics, the verification transform on real bytes.
         f.set_phase("expert");
-        const ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+        ComputeCost ecost = expert_cost(h, shape, run.dispatch_codec);
+        if (slow > 1 && run.caps.modeled_time) slow_down(ecost, slow);
         f.compute(ecost);
         ft.expert1 = f.now();
+        const auto e0 = std::chrono::steady_clock::now();
         const float* expert_out =
             phantom ? nullptr
                     : expert_partials(engine.context(), h, placement, run.transform, engine.reduction(), partials);
+        if (slow > 1 && !run.caps.modeled_time)
+          std::this_thread::sleep_for((slow - 1) * (std::chrono::steady_clock::now() - e0));
         if (verify) {
           for (int i = 0; i < h.recv.size(); ++i)
             for (int s = h.recv.sel_begin[i]; s < h.recv.sel_begin[i + 1]; ++s)

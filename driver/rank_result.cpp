@@ -183,6 +183,11 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r) {
     w.num(s.t1);
     w.num(s.lane);
   }
+  w.num<int64_t>(r.faults.rerouted);
+  w.num<int64_t>(r.faults.lost);
+  w.num<int64_t>(r.faults.departed);
+  w.num(r.faults.detect_s);
+  w.nums(r.faults.first_lost);
   return std::move(w.out);
 }
 
@@ -239,6 +244,11 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
     s.t1 = in.num<double>("spans.t1");
     s.lane = in.num<int32_t>("spans.lane");
   }
+  r.faults.rerouted = in.num<int64_t>("faults.rerouted");
+  r.faults.lost = in.num<int64_t>("faults.lost");
+  r.faults.departed = in.num<int64_t>("faults.departed");
+  r.faults.detect_s = in.num<double>("faults.detect_s");
+  r.faults.first_lost = in.nums<int32_t>("faults.first_lost");
   in.finish();
   return r;
 }

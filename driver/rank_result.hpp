@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "driver/faults.hpp"
 #include "driver/reference.hpp"
 #include "driver/report.hpp"
 #include "driver/timeline.hpp"
@@ -25,12 +26,13 @@ struct RankResult {
   DeliveryLog deliveries;                // verifying: digests of what this rank sent and received, per call and peer
   LayoutCacheStats layout_cache;
   std::vector<TimelineSpan> spans;  // only when the run writes a timeline and samples this rank
+  FaultCounts faults;               // injected faults (driver/faults.hpp): zero without --fault
 };
 
 // Encoding: "EPRR", a uint32 version (kRankResultVersion), then the fields in declaration order; numbers as
 // their host bytes (little-endian; every rank of a run runs the same build), vectors and strings as a uint64
 // count then their elements, structs field by field. The same result always gives the same bytes.
-constexpr uint32_t kRankResultVersion = 3;
+constexpr uint32_t kRankResultVersion = 4;
 std::vector<uint8_t> encode_rank_result(const RankResult& r);
 // Throws EplabError naming `from_rank` and the field for bytes that are truncated, of another version, or
 // longer than the result they hold.

@@ -317,6 +317,23 @@ std::string format_summary(const nlohmann::json& r) {
     std::snprintf(line, sizeof line, "verified: false (%s)\n", v["reason"].get<std::string>().c_str());
   }
   os << line;
+  if (v.value("lost_selections", int64_t{0}) > 0) {
+    std::snprintf(line, sizeof line, "  %lld selections LOST to faults (no reachable replica), left out of the check\n",
+                  static_cast<long long>(v["lost_selections"].get<int64_t>()));
+    os << line;
+  }
+  if (r.contains("faults")) {
+    const auto& fl = r["faults"];
+    std::snprintf(line, sizeof line,
+                  "faults: %zu injected, failed ranks %s; selections rerouted %lld, lost %lld; tokens departed with "
+                  "failed ranks %lld; detect %.3f s, recover %.6f s (migrate)\n",
+                  fl["list"].size(), fl["failed_ranks"].dump().c_str(),
+                  static_cast<long long>(fl["tokens_rerouted"].get<int64_t>()),
+                  static_cast<long long>(fl["tokens_lost"].get<int64_t>()),
+                  static_cast<long long>(fl["tokens_departed"].get<int64_t>()), fl["detect_s"].get<double>(),
+                  fl["recover_s"].get<double>());
+    os << line;
+  }
   if (v.contains("first_mismatch")) {
     const auto& m = v["first_mismatch"];
     std::snprintf(line, sizeof line,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "driver/faults.hpp"
 #include "engine/backend.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
@@ -92,6 +93,11 @@ const std::vector<RunOption>& run_options() {
       opt(text<C>("timeline", member(&C::timeline)), "write a Chrome trace-event timeline (Perfetto) to this file"),
       opt(integer<C>("layout_cache", member(&C::layout_cache), kNonNegative),
           "cached layouts: LRU capacity; a repeated routing skips the count exchange (0: off; docs/policies.md)"),
+      opt(string_list<C>("faults", member(&C::faults), [](const std::string& v) { parse_fault(v); }),
+          "inject a fault, repeatable: gpu:R@step:S | straggler:R,x=Y | stall:R@step:S,for=D | ... (docs/faults.md)",
+          "fault"),
+      opt(real<C>("detect_timeout_s", member(&C::detect_timeout_s), kPositive),
+          "seconds survivors wait at a failed step before acting on the failure (docs/faults.md)", "detect-timeout"),
   };
   return table;
 }
@@ -111,7 +117,11 @@ void apply_backend_defaults(RunConfig& cfg, const std::vector<std::string>& give
 
 void set_run_option_text(RunConfig& cfg, const RunOption& option, const std::string& text) {
   nlohmann::json value = text;
-  if (option.field.type == Type::kBoolean) {
+  if (option.field.type == Type::kStringList) {
+    // Repeatable: each occurrence adds one item to what is there (cmd_run clears a config file's list first).
+    value = option.field.get(cfg);
+    value.push_back(text);
+  } else if (option.field.type == Type::kBoolean) {
     if (text == "1" || text == "true" || text == "on") value = true;
     if (text == "0" || text == "false" || text == "off") value = false;
   } else if (option.field.type != Type::kString) {

@@ -142,6 +142,10 @@ class Fabric {
   // every rank passes the same recorder. Others have no links to report and ignore it.
   virtual void record_links(LinkRecorder* r) {}
 
+  // Injected faults (driver/faults.hpp): sets `rank`'s NIC links (both directions) to `fraction` of their
+  // modeled bandwidth from now on, for every rank of the run. Returns false on a fabric without links to change.
+  virtual bool set_nic_bandwidth_fraction(int rank, double fraction) { return false; }
+
   // The all-to-all-v made of isend/irecv: every receive posted, then (with `barrier_before_sends`, once every
   // rank has posted its receives, so each message is copied straight into its buffer) the sends, then one wait.
   void alltoallv_by_messages(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d,

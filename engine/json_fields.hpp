@@ -44,7 +44,7 @@ inline constexpr Range kNonNegative{0, false};
 inline constexpr Range kAtLeastOne{1, false};
 inline constexpr Range kFraction{0, true, 1};
 
-enum class Type { kString, kInteger, kNumber, kBoolean };
+enum class Type { kString, kInteger, kNumber, kBoolean, kStringList };
 
 template <class S>
 struct Field {
@@ -139,6 +139,35 @@ Field<S> text(std::string key, At at, std::function<void(const std::string&)> ch
               }
             }
             at(s) = v.get<std::string>();
+          }};
+}
+
+// A list of strings (a repeatable option such as --fault), each checked by `check` when given. A single string
+// stands for a one-element list, so a config file or keyword argument may give one value without brackets.
+template <class S, class At>
+Field<S> string_list(std::string key, At at, std::function<void(const std::string&)> check = {}) {
+  return {key, Type::kStringList, [at](const S& s) { return json(at(s)); },
+          [at, check](S& s, const json& v, const std::string& where) {
+            std::vector<std::string> items;
+            if (v.is_string()) {
+              items.push_back(v.get<std::string>());
+            } else if (v.is_array()) {
+              for (const json& e : v) {
+                if (!e.is_string()) bad_value(where, "a string or a list of strings", v);
+                items.push_back(e.get<std::string>());
+              }
+            } else {
+              bad_value(where, "a string or a list of strings", v);
+            }
+            if (check)
+              for (const std::string& item : items) {
+                try {
+                  check(item);
+                } catch (const EplabError& e) {
+                  throw EplabError(where + ": " + e.what());
+                }
+              }
+            at(s) = std::move(items);
           }};
 }
 

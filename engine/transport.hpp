@@ -53,7 +53,7 @@ struct SendOp : RequestState {
 };
 
 // Optional features, asked for by id so a transport implements only what it has.
-enum class ExtensionId { kAlltoallv, kPipeline, kLinkRecording };
+enum class ExtensionId { kAlltoallv, kPipeline, kLinkRecording, kLinkFaults };
 
 class TransportFabric;
 
@@ -73,6 +73,12 @@ struct PipelineExtension {
 struct LinkRecordingExtension {
   virtual ~LinkRecordingExtension() = default;
   virtual void record_links(LinkRecorder* r) = 0;
+};
+
+// Injected link faults (Fabric::set_nic_bandwidth_fraction): a transport that models links changes one.
+struct LinkFaultExtension {
+  virtual ~LinkFaultExtension() = default;
+  virtual void set_nic_bandwidth_fraction(int rank, double fraction) = 0;
 };
 
 // One rank's transport. The core calls every method from the rank's own thread (or actor), except on_match and

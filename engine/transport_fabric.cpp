@@ -330,6 +330,12 @@ void TransportFabric::end_pipeline() {
   if (auto* ext = transport_.find<PipelineExtension>(ExtensionId::kPipeline)) ext->end_pipeline(*this);
 }
 
+bool TransportFabric::set_nic_bandwidth_fraction(int rank, double fraction) {
+  auto* ext = transport_.find<LinkFaultExtension>(ExtensionId::kLinkFaults);
+  if (ext) ext->set_nic_bandwidth_fraction(rank, fraction);
+  return ext != nullptr;
+}
+
 void TransportFabric::record_links(LinkRecorder* r) {
   if (auto* ext = transport_.find<LinkRecordingExtension>(ExtensionId::kLinkRecording)) ext->record_links(r);
 }

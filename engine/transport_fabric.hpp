@@ -141,6 +141,7 @@ class TransportFabric final : public Fabric {
   void begin_pipeline(int chunks) override;
   void end_pipeline() override;
   void record_links(LinkRecorder* r) override;
+  bool set_nic_bandwidth_fraction(int rank, double fraction) override;
 
   Domain& domain() { return domain_; }
   Transport& transport() { return transport_; }

@@ -1,11 +1,12 @@
-// Every spec parser: the bytes are the text after --routing, --dispatch-codec, --balancer, --heat or
-// --replica-selection. One source, one executable per kind (EPLAB_FUZZ_SPEC_*). A spec that is accepted is then
-// used once on a small model, and must keep its promises (a codec's size bound and error bound).
+// Every spec parser: the bytes are the text after --routing, --dispatch-codec, --balancer, --heat,
+// --replica-selection or --fault. One source, one executable per kind (EPLAB_FUZZ_SPEC_*). A spec that is accepted is
+// then used once on a small model, and must keep its promises (a codec's size bound and error bound).
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "driver/faults.hpp"
 #include "fuzz/fuzz_util.hpp"
 #include "policies/balance/balancer.hpp"
 #include "policies/codecs/codec.hpp"
@@ -82,6 +83,34 @@ std::vector<double> some_heat(int n, int shift) {
   selector->select(batch, placement, params.topology, slots);
 }
 
+[[maybe_unused]] void use_fault(const std::string& spec) {
+  const FaultSpec f = parse_fault(spec);
+  if (f.rank < 0 || f.step < -1 || !std::isfinite(f.at_s) || !std::isfinite(f.slowdown) || !std::isfinite(f.stall_s) ||
+      !std::isfinite(f.bw_pct) || f.slowdown < 1 || f.period < 0)
+    fuzz::invariant_failed(spec + ": parsed to a field out of its range");
+  // The failover selection with that rank (mod the small cluster's 4) failed at step 0.
+  FaultPlan fp;
+  fp.faults = {f};
+  fp.dead_from.assign(4, FaultPlan::kNever);
+  fp.dead_from[f.rank % 4] = 0;
+  fp.failure_steps = {0};
+  fp.detect_steps = {0};
+  fp.gpus_per_node = 2;
+  fp.first_affected_step = 0;
+  const RoutingParams params{fuzz::small_model(), fuzz::small_cluster(), 8, 1, 0, 0};
+  const RoutingBatch batch = make_routing("uniform", params)->batch(0, 0, 1);
+  const Placement placement = Placement::contiguous(16, 4, 4);
+  std::vector<int32_t> slots;
+  RoundRobinSelector().select(batch, placement, params.topology, slots);
+  FaultCounts counts;
+  failover_select(fp, 0, 0, 1, batch, placement, slots, counts);
+  for (int32_t s : slots)
+    if (s >= 0 && placement.rank_of_slot(s) == f.rank % 4)
+      fuzz::invariant_failed(spec + ": a selection still goes to the failed rank");
+  if (counts.lost + counts.rerouted > static_cast<int64_t>(slots.size()))
+    fuzz::invariant_failed(spec + ": more selections counted than the batch holds");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -97,6 +126,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     use_heat(spec);
 #elif defined(EPLAB_FUZZ_SPEC_REPLICA)
     use_replica(spec);
+#elif defined(EPLAB_FUZZ_SPEC_FAULT)
+    use_fault(spec);
 #else
 #error "define one EPLAB_FUZZ_SPEC_* kind"
 #endif

@@ -13,12 +13,24 @@ namespace eplab::py_bind {
 
 namespace {
 
-// A keyword argument's value as JSON, for the option table to check like a config file's.
+bool is_list_option(const std::string& key) {
+  for (const auto& o : run_options())
+    if (o.field.key == key) return o.field.type == fields::Type::kStringList;
+  return false;
+}
+
+// A keyword argument's value as JSON, for the option table to check like a config file's. Lists only for list
+// options (faults); elsewhere a list is the wrong type.
 nlohmann::json as_json(const py::handle& v, const std::string& key) {
   if (py::isinstance<py::bool_>(v)) return v.cast<bool>();
   if (PyIndex_Check(v.ptr())) return v.cast<long long>();  // int, numpy integers
   if (py::isinstance<py::float_>(v)) return v.cast<double>();
   if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  if ((py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) && is_list_option(key)) {
+    nlohmann::json items = nlohmann::json::array();
+    for (const py::handle& item : v) items.push_back(as_json(item, key));
+    return items;
+  }
   throw EplabError("eplab.run: option " + key + "=" + py::repr(v).cast<std::string>() + " has the wrong type");
 }
 
@@ -45,6 +57,8 @@ const char* type_name(fields::Type t) {
       return "float";
     case fields::Type::kBoolean:
       return "bool";
+    case fields::Type::kStringList:
+      return "list";
   }
   return "?";
 }

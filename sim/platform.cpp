@@ -96,6 +96,14 @@ Platform build_platform(const Topology& topo) {
   return p;
 }
 
+void set_nic_bandwidth(const Topology& topo, int rank, double fraction) {
+  const ClusterSpec& s = topo.spec();
+  const double nic_Bps = s.nic_GBps * 1e9 * s.nic_efficiency * s.nics_per_gpu;
+  const std::string g = "gpu" + std::to_string(rank);
+  for (const char* dir : {"-nic-up", "-nic-down"})
+    simgrid::s4u::Link::by_name(g + dir)->set_bandwidth(nic_Bps * fraction);
+}
+
 std::vector<std::string> route_link_names(const Platform& p, int a, int b, double* latency) {
   std::vector<simgrid::s4u::Link*> links;
   double lat = 0;

@@ -23,6 +23,10 @@ struct Platform {
 // Builds the platform into the running s4u::Engine, which must not have one yet.
 Platform build_platform(const Topology& topo);
 
+// Injected link faults: `rank`'s NIC links, both directions, at `fraction` of their modeled bandwidth (the
+// platform must be built and running).
+void set_nic_bandwidth(const Topology& topo, int rank, double fraction);
+
 // Names of the links a message from rank a to rank b crosses, in order, and the route's latency in seconds
 // (for tests and for `eplab probe`-style introspection).
 std::vector<std::string> route_link_names(const Platform& p, int a, int b, double* latency = nullptr);

@@ -188,8 +188,16 @@ void* SimTransport::extension(ExtensionId id) {
       return static_cast<PipelineExtension*>(this);
     case ExtensionId::kLinkRecording:
       return static_cast<LinkRecordingExtension*>(this);
+    case ExtensionId::kLinkFaults:
+      return static_cast<LinkFaultExtension*>(this);
   }
   return nullptr;
+}
+
+// The reduced round matrices stay exact: they keep every link's load (sim/round_matrix.hpp), and a link's
+// bandwidth is the link's own, whatever the matrix.
+void SimTransport::set_nic_bandwidth_fraction(int rank, double fraction) {
+  set_nic_bandwidth(world_.topology(), rank, fraction);
 }
 
 void SimTransport::post_send(SendOp& op, ConstBuf data) {

@@ -81,7 +81,8 @@ class SimWorld {
 class SimTransport final : public Transport,
                            public AlltoallvExtension,
                            public PipelineExtension,
-                           public LinkRecordingExtension {
+                           public LinkRecordingExtension,
+                           public LinkFaultExtension {
  public:
   SimTransport(SimWorld& world, Domain& domain, int rank) : world_(world), domain_(domain), rank_(rank) {}
   TransportCaps caps() const override;
@@ -98,6 +99,7 @@ class SimTransport final : public Transport,
   void begin_pipeline(TransportFabric&, int chunks) override { pipeline_chunks_ = std::max(chunks, 1); }
   void end_pipeline(TransportFabric& f) override;
   void record_links(LinkRecorder* r) override { world_.set_recorder(r); }
+  void set_nic_bandwidth_fraction(int rank, double fraction) override;
 
  private:
   SimWorld& world_;

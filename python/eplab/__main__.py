@@ -30,6 +30,10 @@ def _cmd_run(argv):
     p = argparse.ArgumentParser(prog="python3 -m eplab run", description="Runs one EP experiment.")
     types = {"int": int, "float": float, "bool": _flag, "str": str}
     for o in _eplab.run_option_table():
+        if o["type"] == "list":  # repeatable (--fault): each occurrence adds one item
+            p.add_argument("--" + o["flag"], dest=o["name"], action="append", default=None,
+                           help=f"{o['help']} (repeatable)")
+            continue
         p.add_argument("--" + o["flag"], dest=o["name"], type=types[o["type"]], default=None,
                        help=f"{o['help']} (default: {o['default']})")
     p.add_argument("--config", help="read options from this JSON file (keys as eplab.run's; the command line wins)")

@@ -28,6 +28,11 @@ def spec_ref(value):
 
 def _spec_dicts_as_json(options):
     opts = dict(options)
+    # fault= reads as naturally as faults= for one fault: the same option (a spec or a list of specs).
+    if "fault" in opts:
+        if "faults" in opts:
+            raise TypeError("give fault= or faults=, not both")
+        opts["faults"] = opts.pop("fault")
     for key in ("cluster", "model"):
         if key in opts:
             opts[key] = spec_ref(opts[key])
@@ -104,7 +109,8 @@ def run(progress=None, **options):
     redundant_experts, timeout_s, verify, layout_cache, mode, overlap ("none" or "tbo": two-batch overlap, sim
     only; Result.overlap, exposed_comm_s, hidden_comm_s), balancer and heat (a spec or an eplab.Balancer / eplab.HeatPredictor
     instance, Python subclasses included; a predictor is copied once per layer, a balancer is shared by all
-    layers), rebalance_every. ``routing`` may also be an eplab.RoutingSource or arrays captured from a model
+    layers), rebalance_every, faults (or fault=: one ``--fault`` spec or a list, docs/faults.md) and
+    detect_timeout_s. ``routing`` may also be an eplab.RoutingSource or arrays captured from a model
     (``topk_idx`` as eplab.traces.from_arrays takes it, NumPy or torch, with ``weights=`` its top-k weights).
     ``progress(done, total)`` is called after each (step, layer).
     The GIL is released while the engine runs; an exception raised in Python code the engine calls is re-raised

@@ -55,6 +55,11 @@ RankResult sample(int rank) {
   r.layout_cache.notify_time_saved_s = 1e-5;
   r.layout_cache.notify_time_missed_s = 2e-5;
   r.spans = {{rank, "dispatch", 0.5, 0.75}, {rank, "bwd-combine", 1, 1.25, 1}};
+  r.faults.rerouted = 11;
+  r.faults.lost = 2 + rank;
+  r.faults.departed = 64;
+  r.faults.detect_s = 0.5;
+  r.faults.first_lost = {2, 0, rank, 7, 21};
   return r;
 }
 
@@ -78,6 +83,11 @@ TEST(RankResult, RoundTripsEveryField) {
   EXPECT_EQ(b.spans[1].name, "bwd-combine");
   EXPECT_EQ(b.spans[1].t1, 1.25);
   EXPECT_EQ(b.spans[1].lane, 1);
+  EXPECT_EQ(b.faults.rerouted, 11);
+  EXPECT_EQ(b.faults.lost, 5);
+  EXPECT_EQ(b.faults.departed, 64);
+  EXPECT_EQ(b.faults.detect_s, 0.5);
+  EXPECT_EQ(b.faults.first_lost, (std::vector<int32_t>{2, 0, 3, 7, 21}));
   ASSERT_EQ(b.steps.ops.size(), 2u);
   EXPECT_EQ(b.steps.ops[0].micro_batch, 1);
   EXPECT_EQ(b.steps.ops[0].dur, 3.5);
@@ -101,7 +111,7 @@ TEST(RankResult, RefusesDamagedBytesNamingTheRank) {
   };
   std::vector<uint8_t> truncated(bytes.begin(), bytes.end() - 3);
   EXPECT_NE(message(truncated).find("rank 5"), std::string::npos) << message(truncated);
-  EXPECT_NE(message(truncated).find("truncated in spans"), std::string::npos) << message(truncated);
+  EXPECT_NE(message(truncated).find("faults.first_lost"), std::string::npos) << message(truncated);
   std::vector<uint8_t> longer = bytes;
   longer.push_back(0);
   EXPECT_NE(message(longer).find("left over"), std::string::npos) << message(longer);

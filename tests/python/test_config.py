@@ -30,7 +30,7 @@ def test_table_names_every_keyword_argument():
     assert [o["name"] for o in table] == eplab.run_options()
     assert "layout_cache" in eplab.run_options()
     for o in table:
-        assert o["type"] in ("int", "float", "bool", "str") and o["help"]
+        assert o["type"] in ("int", "float", "bool", "str", "list") and o["help"]
 
 
 @needs_bin

@@ -1,0 +1,346 @@
+// Injected faults (driver/faults.hpp): the spec grammar's accepted and refused inputs, the run-level checks, a
+// failed GPU on sim with and without redundant experts (lost selections counted exactly, against a count made
+// here from the routing and the placement), the same on emu with real bytes verified, stragglers and stalls,
+// and runs without --fault keeping their report free of fault keys.
+#include "driver/faults.hpp"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "driver/experiment.hpp"
+#include "driver/run_options.hpp"
+#include "engine/backend.hpp"
+#include "engine/placement.hpp"
+#include "engine/spec_json.hpp"
+#include "engine/topology.hpp"
+#include "tests/engine/error_of.hpp"
+#include "traces/routing_source.hpp"
+
+namespace eplab {
+namespace {
+
+bool have_sim() { return backend_registry().find("sim") != nullptr; }
+
+TEST(FaultSpecs, AcceptedSpecsParseToTheirFields) {
+  FaultSpec g = parse_fault("gpu:5@step:2");
+  EXPECT_EQ(g.kind, FaultKind::kGpu);
+  EXPECT_EQ(g.rank, 5);
+  EXPECT_EQ(g.step, 2);
+  const FaultSpec n = parse_fault("nic:0@step:1");
+  EXPECT_EQ(n.kind, FaultKind::kNic);
+  const FaultSpec l = parse_fault("link:3@step:0,bw=12.5");
+  EXPECT_EQ(l.kind, FaultKind::kLink);
+  EXPECT_DOUBLE_EQ(l.bw_pct, 12.5);
+  const FaultSpec s = parse_fault("straggler:2,x=1.5");
+  EXPECT_EQ(s.kind, FaultKind::kStraggler);
+  EXPECT_DOUBLE_EQ(s.slowdown, 1.5);
+  EXPECT_EQ(s.step, -1);
+  const FaultSpec st = parse_fault("stall:1@step:3,for=0.25");
+  EXPECT_DOUBLE_EQ(st.stall_s, 0.25);
+  EXPECT_EQ(st.step, 3);
+  EXPECT_EQ(parse_fault("flap:4,period=2").period, 2);
+  EXPECT_DOUBLE_EQ(parse_fault("gpu:0@t:0.5").at_s, 0.5);
+}
+
+TEST(FaultSpecs, RefusedSpecsNameTheSpecAndThePart) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", "no ':'"},
+      {"gpu", "no ':'"},
+      {"gpu:", "the rank"},
+      {"gpu:5", "needs a trigger"},
+      {"gpu:-1@step:2", "the rank"},
+      {"gpu:4294967297@step:1", "the rank"},
+      {"gpu:99999999999@step:1", "the rank"},
+      {"gpu:5@step:1e3", "the step"},
+      {"gpu:5@step:", "the step"},
+      {"gpu:5@", "nothing after '@'"},
+      {"gpu:5@when:3", "@step:S or @t:T"},
+      {"gpu:1@t:-1", "the time"},
+      {"gpu:1@t:nan", "the time"},
+      {"gpu:1@step:1,x=2", "unknown parameter 'x'"},
+      {"link:1@step:0", "needs bw="},
+      {"link:1@step:0,bw=100", "(0, 100)"},
+      {"link:1@step:0,bw=0", "(0, 100)"},
+      {"link:1@step:0,bw=1e400", "finite"},
+      {"straggler:1@step:2,x=2", "whole run"},
+      {"straggler:1,x=nan", "finite"},
+      {"straggler:1,x=inf", "finite"},
+      {"straggler:1,x=0.5", "[1, 1e6]"},
+      {"straggler:1,x=2,x=3", "given twice"},
+      {"straggler:1,x", "not key=value"},
+      {"stall:1@step:0,for=-1", "(0, 1e6]"},
+      {"stall:1@step:0,for=0", "(0, 1e6]"},
+      {"flap:1,period=0", "at least 1"},
+      {"flap:1,period=2.5", "period"},
+      {"disk:1@step:1", "unknown kind 'disk'"},
+  };
+  for (const auto& [spec, part] : cases) {
+    const std::string e = error_of([&] { parse_fault(spec); });
+    EXPECT_NE(e.find("fault '" + spec + "'"), std::string::npos) << spec << ": " << e;
+    EXPECT_NE(e.find(part), std::string::npos) << spec << ": " << e;
+  }
+}
+
+TEST(FaultSpecs, RunOptionIsRepeatableAndAListInConfigFiles) {
+  RunConfig cfg = default_run_config();
+  const RunOption* fault = nullptr;
+  for (const RunOption& o : run_options())
+    if (o.flag == "fault") fault = &o;
+  ASSERT_NE(fault, nullptr);
+  set_run_option_text(cfg, *fault, "gpu:1@step:0");
+  set_run_option_text(cfg, *fault, "straggler:2,x=3");
+  EXPECT_EQ(cfg.faults, (std::vector<std::string>{"gpu:1@step:0", "straggler:2,x=3"}));
+  EXPECT_NE(error_of([&] { set_run_option_text(cfg, *fault, "gpu:1"); }).find("--fault: fault 'gpu:1'"),
+            std::string::npos);
+  RunConfig from_file = default_run_config();
+  read_run_config(nlohmann::json::parse(R"({"faults": ["gpu:3@step:1", "stall:0@step:0,for=1"]})"), "f", from_file);
+  EXPECT_EQ(from_file.faults.size(), 2u);
+  read_run_config(nlohmann::json::parse(R"({"faults": "gpu:3@step:1"})"), "f", from_file);
+  EXPECT_EQ(from_file.faults, std::vector<std::string>{"gpu:3@step:1"});
+  EXPECT_NE(error_of([&] {
+              read_run_config(nlohmann::json::parse(R"({"faults": [3]})"), "f", from_file);
+            }).find("f: option 'faults': expected a string or a list of strings"),
+            std::string::npos);
+  // The resolved configuration writes the list back and reads it again.
+  RunConfig back = default_run_config();
+  read_run_config(run_config_to_json(cfg), "dump", back);
+  EXPECT_EQ(back.faults, cfg.faults);
+}
+
+RunConfig sim_run(int redundant) {
+  RunConfig c;
+  c.backend = "sim";
+  c.nodes = 8;
+  c.gpus_per_node = 8;
+  c.model = "deepseek-v3";
+  c.tokens = 256;
+  c.steps = 4;
+  c.redundant_experts = redundant;
+  c.faults = {"gpu:5@step:2"};
+  return c;
+}
+
+TEST(FaultRuns, RunChecksNameTheSpec) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"gpu:64@step:1", "rank 64 is outside 0..63"},
+      {"gpu:1@step:4", "step 4 is outside the run's steps 0..3"},
+      {"gpu:1@t:0.1", "@t:T is not supported"},
+  };
+  for (const auto& [spec, part] : cases) {
+    RunConfig c = sim_run(0);
+    c.faults = {spec};
+    const std::string e = error_of([&] { run_experiment(c); });
+    EXPECT_NE(e.find("fault '" + spec + "'"), std::string::npos) << e;
+    EXPECT_NE(e.find(part), std::string::npos) << e;
+  }
+  RunConfig c = sim_run(0);
+  c.rebalance_every = 1;
+  EXPECT_NE(error_of([&] { run_experiment(c); }).find("--rebalance-every"), std::string::npos);
+}
+
+TEST(FaultRuns, FailedGpuWithRedundantExpertsLosesNothing) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(64);
+  const nlohmann::json r = run_experiment(c);
+  const nlohmann::json& f = r.at("faults");
+  EXPECT_EQ(f.at("tokens_lost").get<int64_t>(), 0);
+  EXPECT_GT(f.at("tokens_rerouted").get<int64_t>(), 0);
+  // Rank 5's own batches of steps 2 and 3 (one layer) left with it.
+  EXPECT_EQ(f.at("tokens_departed").get<int64_t>(), 2 * c.tokens);
+  EXPECT_DOUBLE_EQ(f.at("detect_s").get<double>(), c.detect_timeout_s);
+  EXPECT_GT(f.at("recover_s").get<double>(), 0.0);
+  EXPECT_GT(f.at("slots_restored").get<int>(), 0);
+  EXPECT_EQ(f.at("failed_ranks"), nlohmann::json::array({5}));
+  EXPECT_TRUE(f.at("first_lost").empty());
+  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), 0);
+}
+
+// Lost selections, counted here from the routing and the placement: with one slot per expert (no redundant
+// experts, the contiguous placement) rank r holds experts 4r..4r+3 alone, and every selection of one of them by a
+// surviving rank from the failure step on is lost.
+TEST(FaultRuns, FailedGpuWithoutRedundancyLosesExactlyItsExpertsSelections) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(0);
+  c.layers = 2;
+  const nlohmann::json r = run_experiment(c);
+  const nlohmann::json& f = r.at("faults");
+  const MoeShape shape = resolve_model(c.model);
+  ClusterSpec spec = resolve_cluster(c.cluster);
+  spec.nodes = c.nodes;
+  spec.gpus_per_node = c.gpus_per_node;
+  const Topology topo(spec);
+  const Placement p = Placement::contiguous(shape.num_experts, topo.size(), 0);
+  std::set<int> alone_on_5;
+  for (int e = 0; e < shape.num_experts; ++e) {
+    bool elsewhere = false;
+    for (int32_t s : p.replicas(e)) elsewhere = elsewhere || p.rank_of_slot(s) != 5;
+    if (!elsewhere) alone_on_5.insert(e);
+  }
+  EXPECT_EQ(alone_on_5, (std::set<int>{20, 21, 22, 23}));
+  RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+  rp.weights = false;
+  auto routing = make_routing(c.routing, rp);
+  int64_t expected = 0;
+  for (int step = 2; step < c.steps; ++step)
+    for (int l = 0; l < c.layers; ++l)
+      for (int src = 0; src < topo.size(); ++src) {
+        if (src == 5) continue;
+        for (int32_t e : routing->batch(step, l, src).topk_idx) expected += alone_on_5.count(e);
+      }
+  ASSERT_GT(expected, 0);
+  EXPECT_EQ(f.at("tokens_lost").get<int64_t>(), expected);
+  EXPECT_EQ(f.at("tokens_rerouted").get<int64_t>(), 0);  // rank 5's experts had no other replica
+  EXPECT_EQ(f.at("lost_experts").size(), 2u);            // one entry per layer
+  EXPECT_EQ(f.at("lost_experts")[0].at("experts"), nlohmann::json::array({20, 21, 22, 23}));
+  ASSERT_FALSE(f.at("first_lost").empty());
+  for (const auto& s : f.at("first_lost")) {
+    EXPECT_EQ(s.at("step").get<int>(), 2);
+    EXPECT_TRUE(alone_on_5.count(s.at("expert").get<int>()));
+    EXPECT_NE(s.at("source_rank").get<int>(), 5);
+  }
+  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), expected);
+}
+
+RunConfig emu_run() {
+  RunConfig c = default_run_config();
+  c.backend = "emu";
+  c.nodes = 2;
+  c.gpus_per_node = 4;
+  c.model = "mixtral-8x7b";
+  c.experts = 32;
+  c.hidden = 256;
+  c.tokens = 32;
+  c.steps = 3;
+  c.redundant_experts = 8;
+  c.detect_timeout_s = 0.01;
+  return c;
+}
+
+TEST(FaultRuns, EmuFailoverVerifiesRealBytes) {
+  // 32 experts, 4 per rank, and rank r's redundant slot holds expert r: rank 1's experts 4..7 have replicas on
+  // ranks 4..7 and its redundant expert 1 on rank 0, so nothing is lost.
+  RunConfig c = emu_run();
+  c.faults = {"gpu:1@step:1"};
+  nlohmann::json r = run_experiment(c);
+  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+  EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), 0);
+  EXPECT_GT(r.at("faults").at("tokens_rerouted").get<int64_t>(), 0);
+  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), 0);
+  // Rank 5's experts 20..23 have no other replica: their selections are lost, counted in both blocks, and the
+  // rest still checks against the reference without them.
+  c.faults = {"gpu:5@step:1"};
+  r = run_experiment(c);
+  const int64_t lost = r.at("faults").at("tokens_lost").get<int64_t>();
+  EXPECT_GT(lost, 0);
+  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), lost);
+  EXPECT_NE(r.at("verification").value("lost_note", "").find(std::to_string(lost) + " (token, expert)"),
+            std::string::npos);
+  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+  EXPECT_NE(format_summary(r).find(std::to_string(lost) + " selections LOST"), std::string::npos);
+  // A NIC down on emu: the same failover selection, real bytes verified.
+  c.faults = {"nic:1@step:1"};
+  r = run_experiment(c);
+  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+  EXPECT_EQ(r.at("verification").at("lost_selections"), r.at("faults").at("tokens_lost"));
+}
+
+TEST(FaultRuns, StragglerSlowsTheLayer) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(0);
+  c.faults = {};
+  const double base = run_experiment(c).at("step_time").at("layers_s").get<double>();
+  c.faults = {"straggler:3,x=4"};
+  const nlohmann::json r = run_experiment(c);
+  EXPECT_GT(r.at("step_time").at("layers_s").get<double>(), base * 1.2);
+  EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), 0);
+  EXPECT_DOUBLE_EQ(r.at("faults").at("list")[0].at("slowdown").get<double>(), 4.0);
+}
+
+// A NIC down isolates its GPU from other nodes, both ways: other nodes' selections of its experts go to replicas
+// elsewhere (with 64 redundant experts rank 5's all have one, on ranks 20-23 and 1), and its own selections of
+// experts with no replica in its node are lost: counted here from the routing and the placement.
+TEST(FaultRuns, NicDownLosesOnlyItsOwnCrossNodeSelections) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(64);
+  c.faults = {"nic:5@step:2"};
+  const nlohmann::json r = run_experiment(c);
+  const nlohmann::json& f = r.at("faults");
+  const MoeShape shape = resolve_model(c.model);
+  ClusterSpec spec = resolve_cluster(c.cluster);
+  spec.nodes = c.nodes;
+  spec.gpus_per_node = c.gpus_per_node;
+  const Topology topo(spec);
+  const Placement p = Placement::contiguous(shape.num_experts, topo.size(), 64);
+  std::vector<char> in_node_0(shape.num_experts, 0);
+  for (int s = 0; s < p.num_slots(); ++s)
+    if (topo.node_of(p.rank_of_slot(s)) == 0) in_node_0[p.expert_of_slot(s)] = 1;
+  RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+  rp.weights = false;
+  auto routing = make_routing(c.routing, rp);
+  int64_t expected = 0;
+  for (int step = 2; step < c.steps; ++step)
+    for (int32_t e : routing->batch(step, 0, 5).topk_idx) expected += !in_node_0[e];
+  ASSERT_GT(expected, 0);
+  EXPECT_EQ(f.at("tokens_lost").get<int64_t>(), expected);
+  EXPECT_GT(f.at("tokens_rerouted").get<int64_t>(), 0);
+  EXPECT_EQ(f.at("tokens_departed").get<int64_t>(), 0);
+  EXPECT_TRUE(f.at("failed_ranks").empty());
+  for (const auto& s : f.at("first_lost")) EXPECT_EQ(s.at("source_rank").get<int>(), 5);
+  EXPECT_DOUBLE_EQ(f.at("detect_s").get<double>(), c.detect_timeout_s);
+  // A flapping NIC is down in steps [1, 2) and [3, 4): detected twice.
+  c.faults = {"flap:5,period=1"};
+  const nlohmann::json fl = run_experiment(c);
+  EXPECT_DOUBLE_EQ(fl.at("faults").at("detect_s").get<double>(), 2 * c.detect_timeout_s);
+  EXPECT_GT(fl.at("faults").at("tokens_lost").get<int64_t>(), 0);
+}
+
+TEST(FaultRuns, DegradedLinkSlowsDispatch) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(0);
+  c.faults = {};
+  c.steps = 2;
+  const nlohmann::json base = run_experiment(c);
+  c.faults = {"link:3@step:1,bw=10"};
+  const nlohmann::json r = run_experiment(c);
+  // Step 0 runs at full bandwidth (the same time as without the fault), step 1 with rank 3's NIC at 10%.
+  EXPECT_DOUBLE_EQ(r.at("per_step")[0].at("layer_time_s").get<double>(),
+                   base.at("per_step")[0].at("layer_time_s").get<double>());
+  EXPECT_GT(r.at("per_step")[1].at("layer_time_s").get<double>(),
+            1.5 * base.at("per_step")[1].at("layer_time_s").get<double>());
+  EXPECT_GT(r.at("phases").at("dispatch").at("time_s").get<double>(),
+            base.at("phases").at("dispatch").at("time_s").get<double>());
+  // The simulator's other exchange models see the same degraded link.
+  c.sim_model = "ptask-pairs";
+  const nlohmann::json pairs = run_experiment(c);
+  EXPECT_NEAR(pairs.at("per_step")[1].at("layer_time_s").get<double>(),
+              r.at("per_step")[1].at("layer_time_s").get<double>(),
+              1e-9 * r.at("per_step")[1].at("layer_time_s").get<double>());
+}
+
+TEST(FaultRuns, LinkFaultsAreRefusedOnEmu) {
+  RunConfig c = emu_run();
+  c.faults = {"link:1@step:0,bw=50"};
+  EXPECT_NE(error_of([&] { run_experiment(c); }).find("has no links to degrade"), std::string::npos);
+}
+
+TEST(FaultRuns, StallDelaysItsStepOnEmu) {
+  RunConfig c = emu_run();
+  c.faults = {"stall:2@step:1,for=0.3"};
+  const nlohmann::json r = run_experiment(c);
+  EXPECT_TRUE(r.at("verified").get<bool>());
+  EXPECT_GE(r.at("wall_s").get<double>(), 0.3);  // a lower bound: the sleep itself
+}
+
+TEST(FaultRuns, RunsWithoutFaultsHaveNoFaultKeys) {
+  RunConfig c = emu_run();
+  const nlohmann::json r = run_experiment(c);
+  EXPECT_FALSE(r.contains("faults"));
+  EXPECT_FALSE(r.at("verification").contains("lost_selections"));
+}
+
+}  // namespace
+}  // namespace eplab
