@@ -59,6 +59,13 @@ struct RunConfig {
   // Cached layouts (engine/layout_cache.hpp): LRU capacity in layouts; 0 = off. The planner hashes every rank's
   // batch per (step, layer) before the run, and a call whose layout is still cached skips notify on all ranks.
   int layout_cache = 0;
+  // Checkpoints (driver/checkpoint.hpp, docs/checkpoints.md): write the run's state to `checkpoint` every
+  // `checkpoint_every` steps; `stop_after_steps` > 0 ends the run once that many steps have run, with its
+  // checkpoint written; `resume` continues a run from a checkpoint of the same configuration.
+  std::string checkpoint;
+  int checkpoint_every = 1;
+  int stop_after_steps = 0;
+  std::string resume;
 };
 
 using ProgressFn = std::function<void(int done, int total)>;

@@ -92,6 +92,13 @@ const std::vector<RunOption>& run_options() {
       opt(text<C>("timeline", member(&C::timeline)), "write a Chrome trace-event timeline (Perfetto) to this file"),
       opt(integer<C>("layout_cache", member(&C::layout_cache), kNonNegative),
           "cached layouts: LRU capacity; a repeated routing skips the count exchange (0: off; docs/policies.md)"),
+      opt(text<C>("checkpoint", member(&C::checkpoint)),
+          "write the run's state to this file at step boundaries (docs/checkpoints.md)"),
+      opt(integer<C>("checkpoint_every", member(&C::checkpoint_every), kAtLeastOne),
+          "with --checkpoint: write it every N steps"),
+      opt(integer<C>("stop_after_steps", member(&C::stop_after_steps), kNonNegative),
+          "with --checkpoint: end the run after N steps, its checkpoint written (0: run every step)"),
+      opt(text<C>("resume", member(&C::resume)), "continue a run from this checkpoint (same options)"),
   };
   return table;
 }
