@@ -21,8 +21,8 @@ namespace {
 
 constexpr char kFormat[] = "eplab-checkpoint";
 // Options that say how a run is carried out, not what it computes: a resumed run may change them.
-constexpr const char* kNotConfig[] = {"checkpoint", "checkpoint_every", "stop_after_steps", "resume", "timeout_s",
-                                      "timeline"};
+constexpr const char* kNotConfig[] = {"checkpoint", "checkpoint_every", "stop_after_steps",
+                                      "resume",     "timeout_s",        "timeline"};
 
 uint64_t mix_in(uint64_t h, uint64_t v) { return mix64(h ^ v); }
 
@@ -94,7 +94,8 @@ uint64_t plan_hash(const Plan& plan, int calls) {
   for (int c = 0; c < calls && c < static_cast<int>(plan.calls.size()); ++c) {
     const LayerPlan& lp = plan.calls[c];
     for (int32_t e : lp.placement->slot_expert()) h = mix_in(h, static_cast<uint32_t>(e));
-    for (const Transfer& t : lp.moves) h = mix_in(h, (static_cast<uint64_t>(t.src) << 32) | static_cast<uint32_t>(t.dst));
+    for (const Transfer& t : lp.moves)
+      h = mix_in(h, (static_cast<uint64_t>(t.src) << 32) | static_cast<uint32_t>(t.dst));
     h = mix_in(h, static_cast<uint64_t>(lp.slots_moved));
     h = mix_in(h, std::bit_cast<uint64_t>(lp.forecast_mape));
     h = mix_in(h, lp.layout_key);
@@ -117,14 +118,17 @@ void check_checkpoint_options(const RunConfig& cfg, const RunSetup& run) {
     throw EplabError(which + " needs every rank in one process (sim, emu); backend '" + cfg.backend +
                      "' runs ranks as separate processes, whose states are not gathered yet (docs/checkpoints.md)");
   if (!cfg.timeline.empty())
-    throw EplabError(which + " with --timeline: a checkpoint keeps the link totals, not the rounds a timeline file "
-                             "draws; drop --timeline");
+    throw EplabError(which +
+                     " with --timeline: a checkpoint keeps the link totals, not the rounds a timeline file "
+                     "draws; drop --timeline");
   if (cfg.overlap != "none")
-    throw EplabError(which + " with --overlap " + cfg.overlap + ": two-batch overlap is composed after the run "
-                             "from every step's phases and is not checkpointed yet");
+    throw EplabError(which + " with --overlap " + cfg.overlap +
+                     ": two-batch overlap is composed after the run "
+                     "from every step's phases and is not checkpointed yet");
   if (cfg.routing_source)
-    throw EplabError(which + " needs the routing named by options (--routing or --trace): a routing source set by "
-                             "code cannot be checked to be the same on resume");
+    throw EplabError(which +
+                     " needs the routing named by options (--routing or --trace): a routing source set by "
+                     "code cannot be checked to be the same on resume");
   if (!cfg.checkpoint.empty()) check_output_path(cfg.checkpoint, "the checkpoint");
 }
 
@@ -192,7 +196,8 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
   if (!body.ParseFromString(env.body())) refuse(source, "corrupt: its contents are not a checkpoint body");
   Checkpoint c;
   c.config = nlohmann::json::parse(body.config_json(), nullptr, false);
-  if (c.config.is_discarded() || !c.config.is_object()) refuse(source, "corrupt: its configuration is not a JSON object");
+  if (c.config.is_discarded() || !c.config.is_object())
+    refuse(source, "corrupt: its configuration is not a JSON object");
   c.steps_done = body.steps_done();
   if (c.steps_done < 1) refuse(source, "corrupt: " + std::to_string(c.steps_done) + " steps done");
   c.plan_hash = body.plan_hash();
@@ -200,16 +205,15 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
     const checkpoint::Rank& pr = body.ranks(r);
     RankCheckpoint rc;
     try {
-      rc.result = decode_rank_result(
-          {reinterpret_cast<const uint8_t*>(pr.result().data()), pr.result().size()}, r);
+      rc.result = decode_rank_result({reinterpret_cast<const uint8_t*>(pr.result().data()), pr.result().size()}, r);
     } catch (const EplabError& e) {
       refuse(source, std::string("corrupt state of rank ") + std::to_string(r) + ": " + e.what());
     }
     rc.dispatch_codec_state.assign(pr.dispatch_codec_state().begin(), pr.dispatch_codec_state().end());
     rc.combine_codec_state.assign(pr.combine_codec_state().begin(), pr.combine_codec_state().end());
     for (const checkpoint::LayoutEntry& pe : pr.layout_entries())
-      rc.layout_entries.push_back({pe.key(), pe.own_hash(), {pe.counts().begin(), pe.counts().end()},
-                                   pe.notify_time_s()});
+      rc.layout_entries.push_back(
+          {pe.key(), pe.own_hash(), {pe.counts().begin(), pe.counts().end()}, pe.notify_time_s()});
     rc.layout_stats = {pr.layout_hits(), pr.layout_misses(), pr.layout_saved_s(), pr.layout_missed_s()};
     rc.clock_s = pr.clock_s();
     c.ranks.push_back(std::move(rc));
@@ -251,8 +255,8 @@ void check_resume(const Checkpoint& c, const std::string& path, const RunConfig&
     if (!c.config.contains(key))
       refuse(source, "was written by a run without option " + flag_of(key) + " (another eplab version?)");
     if (c.config[key] != value)
-      refuse(source, "belongs to another configuration: " + flag_of(key) + " was " + c.config[key].dump() +
-                         " there, " + value.dump() + " here");
+      refuse(source, "belongs to another configuration: " + flag_of(key) + " was " + c.config[key].dump() + " there, " +
+                         value.dump() + " here");
   }
   for (const auto& [key, value] : c.config.items())
     if (!mine.contains(key)) refuse(source, "names option '" + key + "', which this run does not have");

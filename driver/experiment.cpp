@@ -138,8 +138,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   std::optional<Checkpoint> resume;
   if (!cfg.resume.empty()) resume = read_checkpoint(cfg.resume);
   if (resume && cfg.stop_after_steps > 0 && cfg.stop_after_steps <= resume->steps_done)
-    throw EplabError("--stop-after-steps " + std::to_string(cfg.stop_after_steps) + ": the checkpoint '" +
-                     cfg.resume + "' has " + std::to_string(resume->steps_done) + " steps done already");
+    throw EplabError("--stop-after-steps " + std::to_string(cfg.stop_after_steps) + ": the checkpoint '" + cfg.resume +
+                     "' has " + std::to_string(resume->steps_done) + " steps done already");
   if (cfg.overlap == "tbo") {
     // The composition adds modeled durations; wall-clock phases on a real-byte backend do not add that way.
     if (!run.caps.modeled_time)
@@ -178,8 +178,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   }
   std::optional<CheckpointSink> sink;
   if (!cfg.checkpoint.empty()) sink.emplace(cfg, plan, timeline, R);
-  const RankInputs inputs{cfg, run, plan, *shared, timeline, progress, resume ? &*resume : nullptr,
-                          sink ? &*sink : nullptr};
+  const RankInputs inputs{
+      cfg, run, plan, *shared, timeline, progress, resume ? &*resume : nullptr, sink ? &*sink : nullptr};
 
   // What the ranks of this process hand back: rank 0 all ranks' results, every rank that it ran here (each
   // writes its own element).

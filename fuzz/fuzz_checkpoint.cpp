@@ -17,9 +17,8 @@ void read_back(std::span<const uint8_t> bytes) {
   const Checkpoint c = parse_checkpoint(bytes, "fuzz input");
   for (const RankCheckpoint& r : c.ranks)
     for (const char* spec : {"delta+bf16", "delta:period=3+fp8-e4m3-b128", "topk:ratio=0.25,ef=1+bf16"})
-      fuzz::refused_or_done([&] {
-        create_codec(spec)->load_state(r.dispatch_codec_state.data(), r.dispatch_codec_state.size());
-      });
+      fuzz::refused_or_done(
+          [&] { create_codec(spec)->load_state(r.dispatch_codec_state.data(), r.dispatch_codec_state.size()); });
   const std::string again = serialize_checkpoint(c);
   const Checkpoint c2 =
       parse_checkpoint({reinterpret_cast<const uint8_t*>(again.data()), again.size()}, "fuzz input written back");

@@ -17,6 +17,7 @@
 #include "engine/backend.hpp"
 #include "engine/error.hpp"
 #include "policies/codecs/codec.hpp"
+#include "traces/trace_file.hpp"
 
 namespace eplab {
 namespace {
@@ -156,6 +157,47 @@ TEST(CheckpointRun, EmuDeltaStoppedAndResumedGivesTheUninterruptedReport) {
   every.checkpoint = temp_path("emu_every.ckpt");
   EXPECT_EQ(without_times(run_experiment(every)).dump(1), without_times(whole).dump(1));
   EXPECT_EQ(read_checkpoint(every.checkpoint).steps_done, c.steps);
+}
+
+// A trace whose every step routes alike, so the layout cache hits from the second step on.
+std::string repeating_trace(const RunConfig& c) {
+  const std::string path = temp_path("repeat.eptrace");
+  TraceHeader h;
+  h.shape = config_model(c);
+  h.nodes = c.nodes;
+  h.gpus_per_node = c.gpus_per_node;
+  h.num_steps = c.steps;
+  h.num_layers = c.layers;
+  h.num_ranks = c.nodes * c.gpus_per_node;
+  h.tokens_per_rank = c.tokens;
+  TraceWriter w(path, h);
+  for (int step = 0; step < h.num_steps; ++step)
+    for (int layer = 0; layer < h.num_layers; ++layer)
+      for (int rank = 0; rank < h.num_ranks; ++rank) {
+        RoutingBatch b{step, layer, rank, c.tokens, h.shape.topk, {}, {}, {}};
+        for (int t = 0; t < c.tokens; ++t)
+          for (int k = 0; k < h.shape.topk; ++k) {
+            b.topk_idx.push_back((t * 3 + rank * 5 + layer + k * 4) % h.shape.num_experts);
+            b.topk_weights.push_back(0.5f + 0.01f * static_cast<float>(k));
+          }
+        w.write(b);
+      }
+  w.close();
+  return path;
+}
+
+TEST(CheckpointRun, LayoutCacheHitsCarryAcrossTheResume) {
+  RunConfig c = emu_delta_config();
+  c.balancer = "none";
+  c.rebalance_every = 0;
+  c.trace = repeating_trace(c);
+  const nlohmann::json whole = run_experiment(c);
+  ASSERT_GT(whole["layout_cache"]["hits"].get<long>(), 2) << whole["layout_cache"].dump();
+  const std::string path = stopped_checkpoint(c, 2, "emu_cache.ckpt");
+  EXPECT_EQ(read_checkpoint(path).ranks[1].layout_entries.size(), 2u);  // one per layer
+  RunConfig r = c;
+  r.resume = path;
+  EXPECT_EQ(without_times(run_experiment(r)).dump(1), without_times(whole).dump(1));
 }
 
 TEST(CheckpointRun, ResumingWithoutTheCodecStateFails) {
