@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -216,6 +218,9 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
           {pe.key(), pe.own_hash(), {pe.counts().begin(), pe.counts().end()}, pe.notify_time_s()});
     rc.layout_stats = {pr.layout_hits(), pr.layout_misses(), pr.layout_saved_s(), pr.layout_missed_s()};
     rc.clock_s = pr.clock_s();
+    // A resumed rank sleeps until this date: it must be one a run can have reached.
+    if (!std::isfinite(rc.clock_s) || rc.clock_s < 0)
+      refuse(source, "corrupt: rank " + std::to_string(r) + "'s clock is " + std::to_string(rc.clock_s) + " s");
     c.ranks.push_back(std::move(rc));
   }
   size_t link_count = 0;
@@ -228,6 +233,13 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
     link_count = pl.bytes_size();
     Timeline::PhaseLinkState p{pl.name(), {pl.bytes().begin(), pl.bytes().end()}, {}};
     for (int i = 0; i < pl.span_t0_size(); ++i) p.spans.push_back({pl.span_t0(i), pl.span_t1(i)});
+    for (double b : p.bytes)
+      if (!std::isfinite(b) || b < 0)
+        refuse(source, "corrupt: link phase '" + pl.name() + "' carried " + std::to_string(b) + " bytes");
+    for (auto [t0, t1] : p.spans)
+      if (!std::isfinite(t0) || !std::isfinite(t1) || t1 < t0)
+        refuse(source, "corrupt: link phase '" + pl.name() + "' has a round from " + std::to_string(t0) + " to " +
+                           std::to_string(t1) + " s");
     c.links.push_back(std::move(p));
   }
   return c;
@@ -238,6 +250,16 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
 }
 
 Checkpoint read_checkpoint(const std::string& path) {
+  // Sized before it is read: a checkpoint is a regular file, and one past protobuf's 2 GB limit cannot be parsed.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status))
+    refuse(quoted(path), "cannot be opened: " + (ec ? ec.message() : std::string("no such file")));
+  if (!std::filesystem::is_regular_file(status)) refuse(quoted(path), "is not a regular file");
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) refuse(quoted(path), "cannot be sized: " + ec.message());
+  if (size > static_cast<uintmax_t>(std::numeric_limits<int>::max()))
+    refuse(quoted(path), "is " + std::to_string(size) + " bytes, more than a checkpoint can hold (2 GB)");
   std::ifstream in(path, std::ios::binary);
   if (!in) refuse(quoted(path), std::string("cannot be opened: ") + std::strerror(errno));
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -97,6 +97,8 @@ case $case_name in
     check "checkpoint '$tmp/c.ckpt': belongs to another configuration: --tokens was 32 there, 64 here" \
       "${small[@]}" --tokens 64 --resume "$tmp/c.ckpt"
     check "checkpoint '$tmp/none.ckpt': cannot be opened" "${small[@]}" --resume "$tmp/none.ckpt"
+    check "checkpoint '/dev/zero': is not a regular file" "${small[@]}" --resume /dev/zero
+    check "checkpoint '$tmp/out.txt': (truncated or corrupt|not an eplab checkpoint)" "${small[@]}" --resume "$tmp/out.txt"
     # An unwritable checkpoint path is found before the run starts.
     check "cannot write the checkpoint to '$tmp/no/such/c.ckpt'" "${small[@]}" --checkpoint "$tmp/no/such/c.ckpt"
     check "--stop-after-steps 1 needs --checkpoint" "${small[@]}" --stop-after-steps 1
