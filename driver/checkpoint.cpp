@@ -157,6 +157,16 @@ std::string serialize_checkpoint(const Checkpoint& c) {
     pr->set_layout_saved_s(r.layout_stats.notify_time_saved_s);
     pr->set_layout_missed_s(r.layout_stats.notify_time_missed_s);
     pr->set_clock_s(r.clock_s);
+    for (const PhaseStats* s : {&r.engine_stats.notify, &r.engine_stats.dispatch, &r.engine_stats.combine}) {
+      checkpoint::PhaseFigures* pf = pr->add_engine_stats();
+      pf->set_time_s(s->time_s);
+      pf->set_codec_s(s->codec_s);
+      for (double b : s->bytes) pf->add_bytes(b);
+      pf->set_logical_bytes(s->logical_bytes);
+      pf->set_scaleout_logical_bytes(s->scaleout_logical_bytes);
+      pf->set_messages(s->messages);
+      pf->set_calls(s->calls);
+    }
   }
   for (const Timeline::PhaseLinkState& p : c.links) {
     checkpoint::PhaseLinks* pl = body.add_links();
@@ -218,6 +228,24 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
           {pe.key(), pe.own_hash(), {pe.counts().begin(), pe.counts().end()}, pe.notify_time_s()});
     rc.layout_stats = {pr.layout_hits(), pr.layout_misses(), pr.layout_saved_s(), pr.layout_missed_s()};
     rc.clock_s = pr.clock_s();
+    if (pr.engine_stats_size() != 3)
+      refuse(source, "corrupt: rank " + std::to_string(r) + " holds " + std::to_string(pr.engine_stats_size()) +
+                         " engine phase totals, expected 3 (notify, dispatch, combine)");
+    PhaseStats* totals[] = {&rc.engine_stats.notify, &rc.engine_stats.dispatch, &rc.engine_stats.combine};
+    for (int i = 0; i < 3; ++i) {
+      const checkpoint::PhaseFigures& pf = pr.engine_stats(i);
+      if (pf.bytes_size() != 3)
+        refuse(source, "corrupt: rank " + std::to_string(r) + "'s engine totals hold " +
+                           std::to_string(pf.bytes_size()) + " link classes, expected 3");
+      PhaseStats& s = *totals[i];
+      s.time_s = pf.time_s();
+      s.codec_s = pf.codec_s();
+      for (int b = 0; b < 3; ++b) s.bytes[b] = pf.bytes(b);
+      s.logical_bytes = pf.logical_bytes();
+      s.scaleout_logical_bytes = pf.scaleout_logical_bytes();
+      s.messages = pf.messages();
+      s.calls = pf.calls();
+    }
     // A resumed rank sleeps until this date: it must be one a run can have reached.
     if (!std::isfinite(rc.clock_s) || rc.clock_s < 0)
       refuse(source, "corrupt: rank " + std::to_string(r) + "'s clock is " + std::to_string(rc.clock_s) + " s");
@@ -304,6 +332,7 @@ void save_engine(EpEngine& engine, RankCheckpoint& out) {
   ctx.combine_codec->save_state(out.combine_codec_state);
   out.layout_entries.assign(ctx.layout_cache.entries().begin(), ctx.layout_cache.entries().end());
   out.layout_stats = ctx.layout_cache.stats;
+  out.engine_stats = ctx.stats;
 }
 
 void restore_engine(EpEngine& engine, const RankCheckpoint& in, const std::string& source) {
@@ -317,6 +346,7 @@ void restore_engine(EpEngine& engine, const RankCheckpoint& in, const std::strin
   }
   for (auto it = in.layout_entries.rbegin(); it != in.layout_entries.rend(); ++it) ctx.layout_cache.insert(*it);
   ctx.layout_cache.stats = in.layout_stats;
+  ctx.stats = in.engine_stats;
 }
 
 CheckpointSink::CheckpointSink(const RunConfig& cfg, const Plan& plan, Timeline& links, int ranks)

@@ -33,7 +33,8 @@ struct RankCheckpoint {
   std::vector<uint8_t> dispatch_codec_state, combine_codec_state;
   std::vector<LayoutCache::Entry> layout_entries;  // most recently used first
   LayoutCacheStats layout_stats;
-  double clock_s = 0;  // Fabric::exact_clock
+  EngineStats engine_stats;  // the engine's running totals
+  double clock_s = 0;        // Fabric::exact_clock
 };
 
 struct Checkpoint {
