@@ -159,6 +159,8 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::cout << run_config_to_json(cfg).dump(2) << "\n";
     return 0;
   }
+  if (compare && (!cfg.checkpoint.empty() || !cfg.resume.empty()))
+    throw EplabError("--checkpoint and --resume belong to one run; drop --compare (or pick one --algorithm)");
   if (compare && !cfg.timeline.empty())
     throw EplabError("--timeline records one run; drop --compare (or pick one --algorithm)");
   // Outputs that cannot be written fail now, before the run; an existing report is replaced only once the new
@@ -198,6 +200,13 @@ int cmd_run(const std::vector<std::string>& argv) {
   progress.finish();
   // A process of a multi-process run that did not hold rank 0 has nothing to print: rank 0 reports for all.
   if (report.value("role", "") == "worker") return 0;
+  if (report.value("stopped", false)) {  // --stop-after-steps: no report yet, the checkpoint holds the run
+    std::printf("stopped after %d of %d steps; checkpoint written to %s (continue with --resume %s)\n",
+                report["steps_done"].get<int>(), report["steps"].get<int>(), cfg.checkpoint.c_str(),
+                cfg.checkpoint.c_str());
+    if (!report_path.empty()) write_output_file(report_path, report.dump(2) + "\n", "the report");
+    return 0;
+  }
   std::cout << format_summary(report);
   if (cfg.rebalance_every > 0) {
     const auto& m = report["migration"];

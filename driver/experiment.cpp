@@ -4,6 +4,7 @@
 #include <chrono>
 #include <optional>
 
+#include "driver/checkpoint.hpp"
 #include "driver/faults.hpp"
 #include "driver/memory_guard.hpp"
 #include "driver/overlap.hpp"
@@ -155,7 +156,14 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   if (!cfg.timeline.empty()) check_output_path(cfg.timeline, "the timeline");
   auto backend = create_backend(cfg.backend);
   const RunSetup run = resolve_run(cfg, *backend);
+  check_checkpoint_options(cfg, run);
   check_run_memory(cfg, run);
+  // A checkpoint that cannot be read, or is of another configuration, fails before planning.
+  std::optional<Checkpoint> resume;
+  if (!cfg.resume.empty()) resume = read_checkpoint(cfg.resume);
+  if (resume && cfg.stop_after_steps > 0 && cfg.stop_after_steps <= resume->steps_done)
+    throw EplabError("--stop-after-steps " + std::to_string(cfg.stop_after_steps) + ": the checkpoint '" + cfg.resume +
+                     "' has " + std::to_string(resume->steps_done) + " steps done already");
   if (cfg.overlap == "tbo") {
     // The composition adds modeled durations; wall-clock phases on a real-byte backend do not add that way.
     if (!run.caps.modeled_time)
@@ -181,12 +189,22 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const auto shared = std::make_shared<SharedRoutingSource>(
       routing, R, run.in_process && run.caps.modeled_time && routing->concurrent() && R > 1, cfg.steps, cfg.layers);
   KeepBatch keep;
+  const int first_step = resume ? resume->steps_done : 0;
   if (run.in_process)
-    keep = [&](int step, int layer, int rank, RoutingBatch b) { shared->keep(step, layer, rank, std::move(b)); };
+    keep = [&](int step, int layer, int rank, RoutingBatch b) {
+      if (step >= first_step) shared->keep(step, layer, rank, std::move(b));  // a resumed run skips the others
+    };
   Plan plan = make_plan(cfg, run, *routing, keep);
   plan.faults = plan_faults(cfg, run, *routing, plan);
   Timeline timeline(run.topo, !cfg.timeline.empty());
-  const RankInputs inputs{cfg, run, plan, *shared, timeline, progress};
+  if (resume) {
+    check_resume(*resume, cfg.resume, cfg, run, plan);
+    timeline.restore_link_state(std::move(resume->links));
+  }
+  std::optional<CheckpointSink> sink;
+  if (!cfg.checkpoint.empty()) sink.emplace(cfg, plan, timeline, R);
+  const RankInputs inputs{
+      cfg, run, plan, *shared, timeline, progress, resume ? &*resume : nullptr, sink ? &*sink : nullptr};
 
   // What the ranks of this process hand back: rank 0 all ranks' results, every rank that it ran here (each
   // writes its own element).
@@ -194,9 +212,18 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   std::vector<char> ran_here(R, 0);
   backend->launch(run.topo, LaunchOptions{run.phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
     ran_here[f.rank()] = 1;
-    std::vector<RankResult> all = gather_rank_results(f, run_rank(f, inputs), cfg.timeout_s);
+    RankResult mine = run_rank(f, inputs);
+    if (cfg.stop_after_steps > 0) return;  // stopped early: the checkpoint holds the state, no report is built
+    std::vector<RankResult> all = gather_rank_results(f, std::move(mine), cfg.timeout_s);
     if (f.rank() == 0) gathered = std::move(all);
   });
+  if (cfg.stop_after_steps > 0)
+    return {{"stopped", true},
+            {"steps_done", cfg.stop_after_steps},
+            {"steps", cfg.steps},
+            {"checkpoint", cfg.checkpoint},
+            {"checkpoints_written", sink->written()},
+            {"resume_with", "--resume " + cfg.checkpoint}};
   if (!gathered) {
     const auto first = std::find(ran_here.begin(), ran_here.end(), 1);
     return {{"rank", first == ran_here.end() ? -1 : static_cast<int>(first - ran_here.begin())}, {"role", "worker"}};

@@ -65,6 +65,13 @@ struct RunConfig {
   // they act on the failure (a heartbeat deadline; simulated time on sim).
   std::vector<std::string> faults;
   double detect_timeout_s = 1.0;
+  // Checkpoints (driver/checkpoint.hpp, docs/checkpoints.md): write the run's state to `checkpoint` every
+  // `checkpoint_every` steps; `stop_after_steps` > 0 ends the run once that many steps have run, with its
+  // checkpoint written; `resume` continues a run from a checkpoint of the same configuration.
+  std::string checkpoint;
+  int checkpoint_every = 1;
+  int stop_after_steps = 0;
+  std::string resume;
 };
 
 using ProgressFn = std::function<void(int done, int total)>;

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "driver/checkpoint.hpp"
 #include "driver/faults.hpp"
 #include "driver/reference.hpp"
 #include "driver/training.hpp"
@@ -164,25 +165,34 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
   const bool phantom = run.phantom, verify = run.verify;
   const int me = f.rank(), S = in.plan.slots(), calls = cfg.steps * cfg.layers;
   const std::string routing_name = in.routing.name();
-  RankResult res;
+  // A resumed run starts from the figures its checkpoint accumulated (check_resume vouched for their sizes).
+  RankResult res = in.resume ? in.resume->ranks[me].result : RankResult{};
+  const int first_step = in.resume ? in.resume->steps_done : 0;
   res.rank = me;
   RankRecord& rec = res.record;
-  rec.slot_load.assign(S, 0);
-  res.layer_time_s.assign(calls, 0.0);
-  res.migration_time_s.assign(calls, 0.0);
-  res.call_slot_load.assign(static_cast<size_t>(calls) * S, 0);
+  if (!in.resume) {
+    rec.slot_load.assign(S, 0);
+    res.layer_time_s.assign(calls, 0.0);
+    res.migration_time_s.assign(calls, 0.0);
+    res.call_slot_load.assign(static_cast<size_t>(calls) * S, 0);
+  }
   EpEngine engine(f, shape, *in.plan.calls[0].placement, run.engine);
   f.record_links(&in.links);
   StepDriver steps({f, engine, shape, cfg, in.links, in.links.records_rank(me) ? &res.spans : nullptr, phantom},
                    res.steps);
   // Delivery digests per call, or per (call, micro-batch) as 2 * call + mb with two-batch overlap.
-  if (verify) res.deliveries.resize(steps.two_batch() ? 2 * calls : calls, f.size());
+  if (verify && !in.resume) res.deliveries.resize(steps.two_batch() ? 2 * calls : calls, f.size());
+  if (in.resume) {
+    restore_engine(engine, in.resume->ranks[me], "'" + cfg.resume + "'");
+    f.advance_clock(in.resume->ranks[me].clock_s);
+  }
+  bool stopped = false;
   const std::unique_ptr<ReplicaSelector> selector = run.make_selector();
   const FaultPlan* faults = in.plan.faults.get();
   const double slow = faults ? faults->slowdown(me) : 1.0;
   std::vector<int32_t> slots;
   std::vector<float> x, partials, out, ref;
-  for (int step = 0; step < cfg.steps; ++step)
+  for (int step = first_step; step < cfg.steps && !stopped; ++step)
     for (int layer = 0; layer < cfg.layers; ++layer) {
       const int call = step * cfg.layers + layer;
       const LayerPlan& lp = in.plan.calls[call];
@@ -302,6 +312,15 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
       }
       if (layer == cfg.layers - 1) steps.end_step(step);
       if (me == 0 && in.progress) in.progress(call + 1, calls);
+      if (layer == cfg.layers - 1 && in.checkpoint && in.checkpoint->due(step + 1)) {
+        RankCheckpoint state;
+        res.layout_cache = engine.context().layout_cache.stats;
+        state.result = res;
+        save_engine(engine, state);
+        state.clock_s = f.exact_clock();
+        in.checkpoint->deposit(step + 1, me, std::move(state));
+        stopped = in.checkpoint->stops(step + 1);
+      }
     }
   res.layout_cache = engine.context().layout_cache.stats;
   return res;

@@ -12,6 +12,9 @@
 
 namespace eplab {
 
+struct Checkpoint;
+class CheckpointSink;
+
 struct RankInputs {
   const RunConfig& cfg;
   const RunSetup& run;
@@ -21,6 +24,10 @@ struct RankInputs {
   // backward rounds; spans go into the RankResult instead. Also says which ranks the timeline samples.
   Timeline& links;
   const ProgressFn& progress;  // called by rank 0 after each call
+  // Checkpoints (driver/checkpoint.hpp): the state to resume from (null: start at step 0), and where each step
+  // boundary's state goes (null: none is written).
+  const Checkpoint* resume = nullptr;
+  CheckpointSink* checkpoint = nullptr;
 };
 
 RankResult run_rank(Fabric& f, const RankInputs& in);

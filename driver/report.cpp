@@ -236,7 +236,8 @@ void add_overlap_report(nlohmann::json& j, const ReportInputs& in, const Overlap
     nlohmann::json phases;
     for (const auto& [name, x] : st.exposed_by_phase) {
       phases[name] = x;
-      auto it = std::find_if(by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == name; });
+      // Captured by an init-capture: clang 14 (the fuzz and sanitizer builds) cannot capture a structured binding.
+      auto it = std::find_if(by_phase.begin(), by_phase.end(), [&n = name](const auto& p) { return p.first == n; });
       if (it == by_phase.end()) by_phase.push_back({name, 0.0}), it = by_phase.end() - 1;
       it->second += x / n;
     }

@@ -98,6 +98,13 @@ const std::vector<RunOption>& run_options() {
           "fault"),
       opt(real<C>("detect_timeout_s", member(&C::detect_timeout_s), kPositive),
           "seconds survivors wait at a failed step before acting on the failure (docs/faults.md)", "detect-timeout"),
+      opt(text<C>("checkpoint", member(&C::checkpoint)),
+          "write the run's state to this file at step boundaries (docs/checkpoints.md)"),
+      opt(integer<C>("checkpoint_every", member(&C::checkpoint_every), kAtLeastOne),
+          "with --checkpoint: write it every N steps"),
+      opt(integer<C>("stop_after_steps", member(&C::stop_after_steps), kNonNegative),
+          "with --checkpoint: end the run after N steps, its checkpoint written (0: run every step)"),
+      opt(text<C>("resume", member(&C::resume)), "continue a run from this checkpoint (same options)"),
   };
   return table;
 }

@@ -102,6 +102,19 @@ void Timeline::link_round(const std::string& phase, double t0, double t1, const 
   rounds_.push_back(std::move(r));
 }
 
+std::vector<Timeline::PhaseLinkState> Timeline::link_state() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<PhaseLinkState> out;
+  for (const auto& [name, pl] : phases_) out.push_back({name, pl.bytes, pl.spans});
+  return out;
+}
+
+void Timeline::restore_link_state(std::vector<PhaseLinkState> phases) {
+  std::lock_guard<std::mutex> lock(mu_);
+  phases_.clear();
+  for (PhaseLinkState& p : phases) phases_.push_back({std::move(p.name), {std::move(p.bytes), std::move(p.spans)}});
+}
+
 nlohmann::json Timeline::link_summary() const {
   std::lock_guard<std::mutex> lock(mu_);
   if (links_.empty() || phases_.empty()) return nullptr;

@@ -62,6 +62,17 @@ class Timeline : public LinkRecorder {
   // when no fabric recorded links.
   nlohmann::json link_summary() const;
 
+  // Checkpoints (driver/checkpoint.hpp): the per-phase link totals so far, and their restoration before a resumed
+  // run records more, so that its summary is the uninterrupted run's. The rounds kept for write() are not saved
+  // (a run that writes a timeline is refused a checkpoint).
+  struct PhaseLinkState {
+    std::string name;
+    std::vector<double> bytes;
+    std::vector<std::pair<double, double>> spans;
+  };
+  std::vector<PhaseLinkState> link_state() const;
+  void restore_link_state(std::vector<PhaseLinkState> phases);
+
   // Writes the Chrome trace-event JSON; `meta` goes into its otherData with what was sampled or aggregated.
   void write(const std::string& path, const nlohmann::json& meta) const;
 

@@ -124,6 +124,11 @@ class Fabric {
   virtual double now() const = 0;
   virtual void compute(const ComputeCost& c) = 0;
   virtual void barrier() = 0;
+  // Checkpoints (driver/checkpoint.hpp): a modeled clock's exact date since the launch (now() is rounded), and
+  // moving this rank's clock on to such a date, so that a resumed simulation goes on from the date it stopped at
+  // and its times round as the uninterrupted run's did. Wall clocks keep their own time (the defaults).
+  virtual double exact_clock() const { return now(); }
+  virtual void advance_clock(double exact) {}
   // Pins or checks a buffer the fabric will move; throws FabricError for a memory kind it cannot reach.
   virtual MemoryRegion register_memory(void* ptr, size_t bytes, MemoryKind kind) = 0;
   virtual void deregister_memory(const MemoryRegion& r) = 0;

@@ -45,6 +45,8 @@ class LayoutCache {
   void insert(Entry e);
   // Keys, most recently used first (tests, diagnostics).
   std::vector<uint64_t> keys() const;
+  // The entries, most recently used first (checkpoints save them; inserting them in reverse restores the order).
+  const std::list<Entry>& entries() const { return lru_; }
 
   // Hash of one rank's resolved routing (slots, -1 included) and call geometry.
   static uint64_t routing_hash(int num_tokens, int topk, const int32_t* slots);

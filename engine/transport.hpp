@@ -89,6 +89,9 @@ class Transport {
   virtual TransportCaps caps() const = 0;
   // Seconds since the launch started: simulated where caps().modeled_time, wall clock elsewhere.
   virtual double now() const = 0;
+  // Fabric::exact_clock and advance_clock (checkpoints): only a modeled clock has anything to do.
+  virtual double exact_clock() const { return now(); }
+  virtual void advance_clock(double exact) {}
   // Local work: the simulator advances its clock by the model; others do nothing.
   virtual void charge(const ComputeCost&) {}
   // Pins or checks a region; throws FabricError for a memory kind the transport cannot reach.

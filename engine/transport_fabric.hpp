@@ -131,6 +131,8 @@ class TransportFabric final : public Fabric {
   Request irecv(int peer, Tag tag, MutBuf data) override;
   void wait_all(std::span<Request> reqs, Deadline d) override;
   double now() const override { return transport_.now(); }
+  double exact_clock() const override { return transport_.exact_clock(); }
+  void advance_clock(double exact) override { transport_.advance_clock(exact); }
   void compute(const ComputeCost& c) override { transport_.charge(c); }
   void barrier() override;
   MemoryRegion register_memory(void* ptr, size_t bytes, MemoryKind kind) override {

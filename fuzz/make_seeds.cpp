@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "driver/checkpoint.hpp"
 #include "driver/run_options.hpp"
 #include "engine/spec_json.hpp"
 #include "fuzz/fuzz_util.hpp"
@@ -66,6 +67,23 @@ int main(int argc, char** argv) {
       put(root / "fuzz_cluster_model", "seed-cluster-" + name, "c" + cluster_to_json(cluster_preset(name)).dump(1));
     for (const std::string& name : model_preset_names())
       put(root / "fuzz_cluster_model", "seed-model-" + name, "m" + model_to_json(model_preset(name)).dump(1));
+    // A checkpoint: two emulated ranks with delta codecs stopped after one of two steps, as --checkpoint writes it.
+    {
+      RunConfig c = default_run_config();
+      c.backend = "emu";
+      c.nodes = 1;
+      c.gpus_per_node = 2;
+      c.model = "mixtral-8x7b";
+      c.hidden = 16;
+      c.tokens = 4;
+      c.steps = 2;
+      c.dispatch_codec = c.combine_codec = "delta+bf16";
+      c.checkpoint = fuzz::scratch_path(".ckpt");
+      c.stop_after_steps = 1;
+      run_experiment(c);
+      put(root / "fuzz_checkpoint", "seed-emu-delta.ckpt", slurp(c.checkpoint));
+      fs::remove(c.checkpoint);
+    }
     // Codec messages: two rows of activations encoded by each codec, at hidden 64 and 130 (a partial block).
     const std::vector<std::string> specs = fuzz::decode_specs();
     for (size_t i = 0; i < specs.size(); ++i) {

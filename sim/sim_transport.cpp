@@ -180,6 +180,14 @@ TransportCaps SimTransport::caps() const {
 // the subtraction leaves last-bit noise; rounding to whole picoseconds makes the same run give the same times.
 double SimTransport::now() const { return world_.since_start(s4u::Engine::get_clock()); }
 
+double SimTransport::exact_clock() const { return world_.since_date(s4u::Engine::get_clock()); }
+
+// A fresh process starts its launch at SimGrid date 0, so sleeping from there lands on the saved date exactly.
+void SimTransport::advance_clock(double exact) {
+  const double wait = world_.date_of_exact(exact) - s4u::Engine::get_clock();
+  if (wait > 0) s4u::this_actor::sleep_for(wait);
+}
+
 void* SimTransport::extension(ExtensionId id) {
   switch (id) {
     case ExtensionId::kAlltoallv:

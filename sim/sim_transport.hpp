@@ -34,6 +34,9 @@ class SimWorld {
   // of since_start cannot leave a waiter just short of its limit, waking again and again at the same date.
   double date_of(double s) const { return s + t0_ + 1e-12; }
   void start_clock();
+  // Unrounded: since_start without the rounding, and the date of such a value (checkpoints).
+  double since_date(double date) const { return date - t0_; }
+  double date_of_exact(double s) const { return s + t0_; }
   // "flows" exchange model: alltoallv as one SimGrid communication per message, not one parallel task.
   bool per_flow_ = false;
   // "ptask-pairs" exchange model: the round's parallel task over every non-zero pair as the engine sent them,
@@ -87,6 +90,8 @@ class SimTransport final : public Transport,
   SimTransport(SimWorld& world, Domain& domain, int rank) : world_(world), domain_(domain), rank_(rank) {}
   TransportCaps caps() const override;
   double now() const override;
+  double exact_clock() const override;
+  void advance_clock(double exact) override;
   void charge(const ComputeCost& c) override;
   void post_send(SendOp& op, ConstBuf data) override;
   void on_match(RecvOp& op, Arrival& a) override;

@@ -41,6 +41,12 @@ class Codec {
   virtual double error_bound_for(int hidden) const { return error_bound(); }
   // Forgets a stream's state (delta base frame, error-feedback residual) on both the encode and decode side.
   virtual void reset(uint64_t stream) {}
+  // Checkpoints (driver/checkpoint.hpp): a stateful codec's stream state (delta references, error-feedback
+  // residuals), encode and decode side, appended to `out` as bytes that load_state() takes back into a codec of
+  // the same spec; the same state always gives the same bytes. Stateless codecs write and read nothing.
+  // load_state throws CodecError naming the codec for bytes it did not write.
+  virtual void save_state(std::vector<uint8_t>& out) const {}
+  virtual void load_state(const uint8_t* data, size_t size);
   // Lets a data-dependent codec refine encoded_size() from a representative sample (the simulator calls
   // this once with generated or traced activations). Fixed-rate codecs ignore it.
   virtual void calibrate(const float* sample, int tokens, int hidden) {}

@@ -96,7 +96,22 @@ class Transform {
   virtual Shape y_shape(Shape shape, bool worst) const = 0;
   virtual bool stateful() const { return false; }
   virtual void reset(uint64_t stream) {}
+  // Codec::save_state / load_state for this stage: stateful stages append their streams, read them back from
+  // `in` (which spans the whole chain's state), throwing CodecError on bytes they did not write.
+  virtual void save_state(std::vector<uint8_t>& out) const {}
+  virtual void load_state(class ByteReader& in) {}
 };
+
+// Stream state as bytes: little-endian numbers, vectors as a uint64 count then their elements, maps in stream
+// order (so one state gives one encoding).
+template <typename T>
+void put_state(std::vector<uint8_t>& out, T v) {
+  const auto* b = reinterpret_cast<const uint8_t*>(&v);
+  out.insert(out.end(), b, b + sizeof v);
+}
+void put_floats(std::vector<uint8_t>& out, const std::vector<float>& v);
+// Reads what put_floats wrote; a count beyond the bytes left is refused before anything is allocated.
+void get_floats(class ByteReader& in, std::vector<float>& v);
 
 // r = y + base (y where base is null), written to out unless out is null, and the sums of (r - x)^2 and x^2
 // in double, each accumulated in several lanes (so not in element order; the chain's guard allows for that).

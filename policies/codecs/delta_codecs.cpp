@@ -17,6 +17,14 @@ constexpr uint8_t kFull = 0;
 constexpr uint8_t kDelta = 1;
 constexpr size_t kSideBytes = 1 + 4 + 4;  // u8 kind, u32 frame number, u32 base frame number
 
+template <typename Map>
+std::vector<uint64_t> sorted_keys(const Map& m) {
+  std::vector<uint64_t> keys;
+  for (const auto& kv : m) keys.push_back(kv.first);
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
 struct StreamState {
   std::vector<float> base;  // the receiver's reconstruction of frame `seq`
   Shape shape;
@@ -39,6 +47,62 @@ class DeltaTransform final : public Transform {
     encoder_.erase(stream);
     decoder_.erase(stream);
     pending_.erase(stream);
+  }
+
+  // Encoder and decoder references, then frames in flight (none between two calls of the engine), each map in
+  // stream order.
+  void save_state(std::vector<uint8_t>& out) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto* m : {&encoder_, &decoder_}) {
+      put_state<uint64_t>(out, m->size());
+      for (uint64_t stream : sorted_keys(*m)) {
+        const StreamState& s = m->at(stream);
+        put_state(out, stream);
+        put_state<int32_t>(out, s.shape.tokens);
+        put_state<int32_t>(out, s.shape.hidden);
+        put_state(out, s.seq);
+        put_state(out, s.since_full);
+        put_state<uint8_t>(out, s.valid);
+        put_floats(out, s.base);
+      }
+    }
+    put_state<uint64_t>(out, pending_.size());
+    for (uint64_t stream : sorted_keys(pending_)) {
+      put_state(out, stream);
+      put_state<uint8_t>(out, pending_.at(stream).full);
+      put_state(out, pending_.at(stream).seq);
+    }
+  }
+  void load_state(ByteReader& in) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto* m : {&encoder_, &decoder_}) {
+      m->clear();
+      const auto n = in.read<uint64_t>();
+      for (uint64_t i = 0; i < n; ++i) {
+        const auto stream = in.read<uint64_t>();
+        StreamState s;
+        s.shape.tokens = in.read<int32_t>();
+        s.shape.hidden = in.read<int32_t>();
+        s.seq = in.read<uint32_t>();
+        s.since_full = in.read<uint32_t>();
+        s.valid = in.read<uint8_t>() != 0;
+        get_floats(in, s.base);
+        if (s.shape.tokens < 0 || s.shape.hidden < 0 || (s.valid && s.base.size() != s.shape.elements()))
+          throw CodecError("codec " + spec_ + ": saved state of stream " + std::to_string(stream) + " holds " +
+                           std::to_string(s.base.size()) + " reference values for a " + std::to_string(s.shape.tokens) +
+                           " x " + std::to_string(s.shape.hidden) + " frame");
+        (*m)[stream] = std::move(s);
+      }
+    }
+    pending_.clear();
+    const auto n = in.read<uint64_t>();
+    for (uint64_t i = 0; i < n; ++i) {
+      const auto stream = in.read<uint64_t>();
+      Pending p;
+      p.full = in.read<uint8_t>() != 0;
+      p.seq = in.read<uint32_t>();
+      pending_[stream] = p;
+    }
   }
 
   bool forward_base(Shape shape, uint64_t stream, bool force_full, std::vector<uint8_t>& side,
@@ -186,7 +250,7 @@ class DeltaTransform final : public Transform {
 
   std::string spec_;
   int period_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::unordered_map<uint64_t, StreamState> encoder_;
   std::unordered_map<uint64_t, StreamState> decoder_;
   std::unordered_map<uint64_t, Pending> pending_;

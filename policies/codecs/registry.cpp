@@ -181,6 +181,24 @@ class ChainCodec final : public Codec {
     terminal_->reset(stream);
   }
 
+  // The stages' states in chain order, then the terminal's as a counted blob (it may be any codec).
+  void save_state(std::vector<uint8_t>& out) const override {
+    for (const auto& t : transforms_) t->save_state(out);
+    std::vector<uint8_t> term;
+    terminal_->save_state(term);
+    put_state<uint64_t>(out, term.size());
+    out.insert(out.end(), term.begin(), term.end());
+  }
+  void load_state(const uint8_t* data, size_t size) override {
+    ByteReader in(data, size, spec_ + " (saved state)");
+    for (auto& t : transforms_) t->load_state(in);
+    const auto n = in.read<uint64_t>();
+    if (n != in.remaining())
+      throw CodecError("codec " + spec_ + ": saved state holds " + std::to_string(in.remaining()) +
+                       " bytes for the terminal codec, its count says " + std::to_string(n));
+    terminal_->load_state(in.take(n), n);
+  }
+
   void encode(const float* x, int tokens, int hidden, std::vector<uint8_t>& out, uint64_t stream) override {
     expect_shape(spec_, tokens, hidden);
     Shape shape{tokens, hidden};
@@ -583,6 +601,21 @@ void expect_shape(const std::string& codec, int tokens, int hidden) {
   }
 }
 
+void put_floats(std::vector<uint8_t>& out, const std::vector<float>& v) {
+  put_state<uint64_t>(out, v.size());
+  const auto* b = reinterpret_cast<const uint8_t*>(v.data());
+  out.insert(out.end(), b, b + v.size() * sizeof(float));
+}
+
+void get_floats(ByteReader& in, std::vector<float>& v) {
+  const auto n = in.read<uint64_t>();
+  if (n > in.remaining() / sizeof(float))
+    throw CodecError("saved codec state: " + std::to_string(n) + " floats announced at byte " +
+                     std::to_string(in.position()) + ", " + std::to_string(in.remaining()) + " bytes left");
+  v.resize(n);
+  if (n) std::memcpy(v.data(), in.take(n * sizeof(float)), n * sizeof(float));
+}
+
 const uint8_t* ByteReader::take(size_t n) {
   if (n > size_ - pos_) {
     throw CodecError("codec " + codec_ + ": encoded buffer ends at byte " + std::to_string(size_) + " but " +
@@ -606,6 +639,12 @@ EPLAB_REGISTRY(CodecStage, codec_registry, "codec", r) {
 }
 
 }  // namespace codecs
+
+void Codec::load_state(const uint8_t* data, size_t size) {
+  if (size != 0)
+    throw CodecError("codec " + name() + " keeps no stream state, but the saved state holds " + std::to_string(size) +
+                     " bytes (a checkpoint of another codec?)");
+}
 
 void register_codec_factory(const std::string& name, CodecFactory factory) {
   if (!factory) throw EplabError("codec name '" + name + "': the factory is empty");

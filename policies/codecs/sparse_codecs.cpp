@@ -379,6 +379,34 @@ class SparseTransform : public Transform {
     pending_.erase(stream);
   }
 
+  // Error feedback's residuals and accumulators in flight, each map in stream order.
+  void save_state(std::vector<uint8_t>& out) const override {
+    if (!ef_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto* m : {&residual_, &pending_}) {
+      std::vector<uint64_t> keys;
+      for (const auto& kv : *m) keys.push_back(kv.first);
+      std::sort(keys.begin(), keys.end());
+      put_state<uint64_t>(out, keys.size());
+      for (uint64_t k : keys) {
+        put_state(out, k);
+        put_floats(out, m->at(k));
+      }
+    }
+  }
+  void load_state(ByteReader& in) override {
+    if (!ef_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto* m : {&residual_, &pending_}) {
+      m->clear();
+      const auto n = in.read<uint64_t>();
+      for (uint64_t i = 0; i < n; ++i) {
+        const auto k = in.read<uint64_t>();
+        get_floats(in, (*m)[k]);
+      }
+    }
+  }
+
   void forward(const float* x, Shape shape, uint64_t stream, bool, std::vector<uint8_t>& side, std::vector<float>& y,
                Shape& y_shape) override {
     auto s = scratch_.lease();
@@ -583,7 +611,7 @@ class SparseTransform : public Transform {
 
   std::string spec_;
   bool ef_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::unordered_map<uint64_t, std::vector<float>> residual_;
   std::unordered_map<uint64_t, std::vector<float>> pending_;
   Reusable<SparseScratch> scratch_;

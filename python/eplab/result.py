@@ -112,6 +112,8 @@ def run(progress=None, **options):
     layers), rebalance_every, faults (or fault=: one ``--fault`` spec or a list, docs/faults.md) and
     detect_timeout_s. ``routing`` may also be an eplab.RoutingSource or arrays captured from a model
     (``topk_idx`` as eplab.traces.from_arrays takes it, NumPy or torch, with ``weights=`` its top-k weights).
+    checkpoint, checkpoint_every, stop_after_steps and resume write and continue from checkpoints (docs/checkpoints.md;
+    a run ended by stop_after_steps returns a Result whose report is ``{"stopped": True, "steps_done": ...}``).
     ``progress(done, total)`` is called after each (step, layer).
     The GIL is released while the engine runs; an exception raised in Python code the engine calls is re-raised
     here as itself, traceback included.
