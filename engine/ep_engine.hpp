@@ -192,8 +192,8 @@ class EngineContext {
                       std::span<PeerRecv> row_recvs);
   // The destination's side of a split block: parses and checks the metadata (as read_wire_block) against the
   // rows message's size, then appends the block's tokens to the handle (its rows are already in place).
-  int add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes,
-                      uint32_t tokens, uint32_t sels, int peer, TokenBlock& b);
+  int add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes, uint32_t tokens,
+                      uint32_t sels, int peer, TokenBlock& b);
   // Real payload: block metadata followed by the block's rows encoded with `codec` (phantom mode sends a
   // BlockSummary instead, below).
   Message make_block_message(const TokenBlock& b, const float* rows, Codec& codec, uint64_t stream);

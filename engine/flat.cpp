@@ -123,8 +123,8 @@ class Flat : public Algorithm {
         meta_sends.push_back({s.peer, msgs[s.peer].meta()});
         row_sends.push_back({s.peer, msgs[s.peer].rows()});
       }
-      c.exchange_split(disp, make_tag(Phase::kDispatch, a.step, a.layer), make_tag(Phase::kDispatch, a.step, a.layer, 1),
-                       meta_sends, row_sends, recvs, row_recvs);
+      c.exchange_split(disp, make_tag(Phase::kDispatch, a.step, a.layer),
+                       make_tag(Phase::kDispatch, a.step, a.layer, 1), meta_sends, row_sends, recvs, row_recvs);
     } else {
       c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, recvs);
     }

@@ -298,8 +298,8 @@ class Hierarchical : public Algorithm {
         meta_sends.push_back({s.peer, m.meta()});
         row_sends.push_back({s.peer, m.rows()});
       }
-      c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 0), make_tag(Phase::kForward, a.step, a.layer, 1),
-                       meta_sends, row_sends, lrecvs, row_recvs);
+      c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 0),
+                       make_tag(Phase::kForward, a.step, a.layer, 1), meta_sends, row_sends, lrecvs, row_recvs);
     } else {
       c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
     }
