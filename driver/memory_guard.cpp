@@ -64,14 +64,35 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   e.rows_per_rank = algo == "allgather" ? T * R : algo == "low-latency" ? T * k : T * R * (1 - miss);
   const RowCost d = row_cost(run.dispatch_codec, run.shape.hidden);
   const RowCost c = row_cost(run.combine_codec, run.shape.hidden);
-  // Dispatch holds a row in the sender's message, the receiver's buffer and the handle; combine holds the
-  // received row, the expert output (fp32 partials, or wire rows written in place when both formats match) and
-  // the message back in both buffers.
-  const double dispatch_peak = 2.0 * d.wire + d.kept;
-  const double expert_out = c.kept == d.kept && c.kept == c.wire ? 0.0 : c.kept;
-  const double combine_peak = d.kept + expert_out + 2.0 * c.wire;
-  // The receive buffers are kept across calls and rounds (EngineContext::inboxes), one more row's worth.
-  e.rows_bytes = e.rows_per_rank * (std::max(dispatch_peak, combine_peak) + std::max(d.wire, c.wire));
+  const bool wire_rows = d.kept == d.wire && c.kept == c.wire;  // both codecs encode rows on their own
+  if (wire_rows && !run.caps.modeled_time && (algo == "flat" || algo == "hierarchical")) {
+    // EngineContext::split_blocks: the last stage receives rows straight into the handle's rows buffer, which
+    // expert compute overwrites with its outputs (in place when both row sizes agree); a rank's send buffers
+    // (what it sent, as many rows as it receives on average) take combine's answers back when those rows are
+    // no larger (EngineContext::reply_box). Two row buffers, where the rows are equal.
+    const double expert_out = c.kept == d.kept ? 0.0 : c.kept;
+    const double replies = c.wire <= d.wire ? 0.0 : c.wire;
+    e.rows_bytes = e.rows_per_rank * (d.wire + d.kept + expert_out + replies);
+    if (algo == "hierarchical" && run.topo.nodes() > 1) {
+      // Across the rail a token travels once per node it selects: the forwarder's receive buffers hold those
+      // rows, the source's send buffers held them before the forward messages, and the sums going back are
+      // built apart from the local answers they add up.
+      const double N = run.topo.nodes(), per_node = E / N;
+      double node_miss = 1;  // P(a node holds none of a token's k experts)
+      for (int i = 0; i < run.shape.topk; ++i) node_miss *= std::max(0.0, (E - per_node - i) / (E - i));
+      const double pairs = T * N * (1 - node_miss);
+      e.rows_bytes += pairs * (2.0 * d.wire + c.wire);
+    }
+  } else {
+    // Dispatch holds a row in the sender's message, the receiver's buffer and the handle; combine holds the
+    // received row, the expert output (fp32 partials, or wire rows written in place when both formats match)
+    // and the message back in both buffers.
+    const double dispatch_peak = 2.0 * d.wire + d.kept;
+    const double expert_out = c.kept == d.kept && c.kept == c.wire ? 0.0 : c.kept;
+    const double combine_peak = d.kept + expert_out + 2.0 * c.wire;
+    // The receive buffers are kept across calls and rounds (EngineContext::inboxes), one more row's worth.
+    e.rows_bytes = e.rows_per_rank * (std::max(dispatch_peak, combine_peak) + std::max(d.wire, c.wire));
+  }
   e.bytes = e.ranks_here * (e.batch_bytes + e.rows_bytes);
   return e;
 }

@@ -131,8 +131,10 @@ EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock&
     std::vector<uint8_t>& out = outbox(slot);
     reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + rows);
     pack_block(b, rows, out);
+    const size_t meta = out.size();
     for (int32_t t : b.token) dispatch_codec->encode(x + static_cast<size_t>(t) * H, 1, hidden(), out, stream);
     m = Message::view_of(out);
+    m.meta_bytes = meta;
   } else {
     scratch.resize(static_cast<size_t>(b.size()) * H);
     for (int i = 0; i < b.size(); ++i)
@@ -180,6 +182,54 @@ std::vector<uint8_t>& EngineContext::outbox(size_t i) {
   if (outboxes.size() <= i) outboxes.resize(i + 1);
   outboxes[i].clear();
   return outboxes[i];
+}
+
+void EngineContext::ensure_boxes(size_t n) {
+  if (inboxes.size() < n) inboxes.resize(n);
+  if (outboxes.size() < n) outboxes.resize(n);
+}
+
+std::vector<uint8_t>& EngineContext::reply_box(size_t i, size_t bytes) {
+  if (i < outboxes.size() && outboxes[i].size() >= bytes) return outboxes[i];
+  inbox(i, bytes);
+  return inboxes[i];
+}
+
+void EngineContext::take_spare_rows_sized(std::vector<uint8_t>& rows, size_t bytes) {
+  rows.swap(spare_rows);
+  std::vector<uint8_t>().swap(spare_rows);
+  if (rows.capacity() < bytes) rows.clear();  // a larger buffer comes: nothing to copy over
+  resize_huge(rows, bytes);
+}
+
+void EngineContext::exchange_split(PhaseStats& st, Tag meta_tag, Tag rows_tag, std::span<const PeerSend> meta_sends,
+                                   std::span<const PeerSend> row_sends, std::span<PeerRecv> meta_recvs,
+                                   std::span<PeerRecv> row_recvs) {
+  for (auto& s : meta_sends) {
+    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+    st.messages += 1;
+  }
+  for (auto& s : row_sends)
+    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+  fabric.alltoallv(meta_tag, meta_sends, meta_recvs, deadline());
+  fabric.alltoallv(rows_tag, row_sends, row_recvs, deadline());
+}
+
+int EngineContext::add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes,
+                                   uint32_t tokens, uint32_t sels, int peer, TokenBlock& b) {
+  const std::string what = message_context(peer, h.step, h.layer);
+  uint64_t payload = 0;
+  const size_t off = unpack_block(meta.data(), meta_bytes, b, payload, what.c_str());
+  if (off != meta_bytes)
+    throw FabricError(what + ": block metadata takes " + std::to_string(off) + " bytes, its message has " +
+                      std::to_string(meta_bytes));
+  check_block(b, off, payload, off + row_bytes, what);
+  check_counts(b, tokens, sels, what);
+  if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
+    throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
+                      " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
+  h.recv.append(b);
+  return b.size();
 }
 
 void EngineContext::take_spare_rows(std::vector<uint8_t>& rows, size_t bytes) {

@@ -163,6 +163,9 @@ class EngineContext {
     size_t phantom_bytes = 0;
     const uint8_t* view = nullptr;  // when set, the message is these bytes of a buffer it does not own
     size_t view_bytes = 0;
+    // A block message whose rows are in the dispatch codec's row format: its metadata bytes, where the rows
+    // start (0 otherwise). Split exchanges (split_blocks) send the two parts as two messages.
+    size_t meta_bytes = 0;
     static Message view_of(const std::vector<uint8_t>& v) {
       Message m;
       m.view = v.data();
@@ -172,7 +175,27 @@ class EngineContext {
     ConstBuf buf() const {
       return view ? ConstBuf{view, view_bytes, phantom_bytes} : ConstBuf{bytes.data(), bytes.size(), phantom_bytes};
     }
+    ConstBuf meta() const { return ConstBuf{buf().ptr, meta_bytes}; }
+    ConstBuf rows() const {
+      const ConstBuf b = buf();
+      return ConstBuf{static_cast<const uint8_t*>(b.ptr) + meta_bytes, b.bytes - meta_bytes};
+    }
   };
+  // Whether dispatch's last stage receives each block's rows straight into the handle's rows buffer
+  // (Handle::recv_wire): the block then travels as two messages, its metadata into a small receive buffer and
+  // its rows where they will stay, so the destination neither holds a second copy of its rows nor copies them
+  // again. Only for row-separable dispatch codecs, and only where time is not a model: a simulated fabric would
+  // charge the second message's latency, so sim keeps one message per block.
+  bool split_blocks() const { return dispatch_row_bytes > 0 && !phantom() && !fabric.caps().modeled_time; }
+  // A split block exchange: the metadata parts (tag meta_tag), then the rows (rows_tag). Counted as one message
+  // per block, as the unsplit exchange counts it.
+  void exchange_split(PhaseStats& st, Tag meta_tag, Tag rows_tag, std::span<const PeerSend> meta_sends,
+                      std::span<const PeerSend> row_sends, std::span<PeerRecv> meta_recvs,
+                      std::span<PeerRecv> row_recvs);
+  // The destination's side of a split block: parses and checks the metadata (as read_wire_block) against the
+  // rows message's size, then appends the block's tokens to the handle (its rows are already in place).
+  int add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes, uint32_t tokens,
+                      uint32_t sels, int peer, TokenBlock& b);
   // Real payload: block metadata followed by the block's rows encoded with `codec` (phantom mode sends a
   // BlockSummary instead, below).
   Message make_block_message(const TokenBlock& b, const float* rows, Codec& codec, uint64_t stream);
@@ -205,8 +228,19 @@ class EngineContext {
   // sent (the exchange has returned) before the next round writes them.
   std::vector<std::vector<uint8_t>> outboxes;
   std::vector<uint8_t>& outbox(size_t i);
+  // Makes inboxes and outboxes hold at least n buffers, so that references to them stay valid while a call
+  // asks for more.
+  void ensure_boxes(size_t n);
+  // A receive buffer for combine's answer to what outbox i sent in dispatch: outbox i itself when it holds at
+  // least `bytes` (its message has been sent, and the answer is no larger than what was sent when the combine
+  // codec's rows are no larger than the dispatch codec's), else inbox(i, bytes). A rank then keeps one buffer
+  // for both, not two.
+  std::vector<uint8_t>& reply_box(size_t i, size_t bytes);
   // Moves spare_rows into `rows` (emptied) with room for `bytes`.
   void take_spare_rows(std::vector<uint8_t>& rows, size_t bytes);
+  // Moves spare_rows into `rows`, sized to `bytes` for receives to write into; only bytes beyond the spare
+  // buffer's previous size are zero-filled (a kept buffer is not cleared and filled again on every call).
+  void take_spare_rows_sized(std::vector<uint8_t>& rows, size_t bytes);
   // Expert compute over wire rows: for every received row i, fn(i, row, out) turns the decoded row into its
   // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — in place
   // over recv_wire when both codecs' rows have the same size (row i is read before it is overwritten). Only

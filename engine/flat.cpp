@@ -87,39 +87,67 @@ class Flat : public Algorithm {
                                     st->sent_token_ids[r], rows);
       sends.push_back({r, msgs[r].buf()});
     }
-    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
-    std::vector<int> from;
-    for (int r = 0; r < R; ++r) {
-      if (in_counts[2 * r] == 0) continue;
-      recvs.push_back(
-          {r, c.inbox(r, phantom ? EngineContext::summary_capacity(in_counts[2 * r + 1], spr)
-                                 : c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec))});
-      from.push_back(r);
-    }
-    c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, recvs);
-    std::vector<EngineContext::Message>().swap(msgs);
-
+    // Receive buffers: the whole message in inbox(r), or (split_blocks) the metadata there and the rows
+    // straight into the handle's rows buffer, sources in rank order.
+    const bool split = c.split_blocks();
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
+    size_t in_tokens = 0, in_sels = 0;
+    for (int r = 0; r < R; ++r) in_tokens += in_counts[2 * r], in_sels += in_counts[2 * r + 1];
+    if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
+    c.ensure_boxes(R);
+    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
+    std::vector<int> from;
+    std::vector<PeerSend> row_sends;
+    std::vector<PeerRecv> row_recvs;
+    size_t row_at = 0;
+    for (int r = 0; r < R; ++r) {
+      if (in_counts[2 * r] == 0) continue;
+      if (split) {
+        recvs.push_back({r, c.inbox(r, block_meta_bytes(in_counts[2 * r], in_counts[2 * r + 1]))});
+        const size_t bytes = in_counts[2 * r] * c.dispatch_row_bytes;
+        row_recvs.push_back({r, MutBuf{h.recv_wire.data() + row_at, bytes}});
+        row_at += bytes;
+      } else {
+        recvs.push_back(
+            {r, c.inbox(r, phantom ? EngineContext::summary_capacity(in_counts[2 * r + 1], spr)
+                                   : c.block_capacity(in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec))});
+      }
+      from.push_back(r);
+    }
+    if (split) {
+      std::vector<PeerSend> meta_sends;
+      for (const PeerSend& s : sends) {
+        meta_sends.push_back({s.peer, msgs[s.peer].meta()});
+        row_sends.push_back({s.peer, msgs[s.peer].rows()});
+      }
+      c.exchange_split(disp, make_tag(Phase::kDispatch, a.step, a.layer),
+                       make_tag(Phase::kDispatch, a.step, a.layer, 1), meta_sends, row_sends, recvs, row_recvs);
+    } else {
+      c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer), sends, recvs);
+    }
+    std::vector<EngineContext::Message>().swap(msgs);
+
     st->recv_rows.assign(R, 0);
-    if (!phantom) {
-      size_t tokens = 0, sels = 0;
-      for (int r : from) tokens += in_counts[2 * r], sels += in_counts[2 * r + 1];
-      h.recv.reserve(tokens, sels);
+    if (!phantom) h.recv.reserve(in_tokens, in_sels);
+    if (!phantom && !split) {  // split blocks' rows are in place already
       if (c.dispatch_row_bytes > 0)
-        c.take_spare_rows(h.recv_wire, tokens * c.dispatch_row_bytes);
+        c.take_spare_rows(h.recv_wire, in_tokens * c.dispatch_row_bytes);
       else
-        h.recv_x.reserve(tokens * H);
+        h.recv_x.reserve(in_tokens * H);
     }
     TokenBlock b;
     std::vector<float> brows;
     for (size_t i = 0; i < from.size(); ++i) {
       const int r = from[i];
       st->recv_rows[r] =
-          c.add_block_message(h, inbox[r], recvs[i].bytes, in_counts[2 * r], in_counts[2 * r + 1], *c.dispatch_codec,
-                              EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r, b, brows);
+          split ? c.add_split_block(h, inbox[r], recvs[i].bytes, row_recvs[i].bytes, in_counts[2 * r],
+                                    in_counts[2 * r + 1], r, b)
+                : c.add_block_message(h, inbox[r], recvs[i].bytes, in_counts[2 * r], in_counts[2 * r + 1],
+                                      *c.dispatch_codec, EngineContext::stream_id(Phase::kDispatch, a.layer, r, me), r,
+                                      b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;
@@ -146,11 +174,16 @@ class Flat : public Algorithm {
       row += n;
       sends.push_back({r, msgs[r].buf()});
     }
-    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
+    // Each answer lands in the buffer its dispatch message left (EngineContext::reply_box).
+    c.ensure_boxes(R);
+    std::vector<const std::vector<uint8_t>*> box;
     std::vector<int> from;
     for (int r = 0; r < R; ++r) {
       if (st.sent_tokens[r] == 0) continue;
-      recvs.push_back({r, c.inbox(r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec))});
+      const size_t cap = c.rows_capacity(st.sent_tokens[r], *c.combine_codec);
+      std::vector<uint8_t>& v = c.reply_box(r, cap);
+      recvs.push_back({r, MutBuf{v.data(), cap}});
+      box.push_back(&v);
       from.push_back(r);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs);
@@ -159,7 +192,7 @@ class Flat : public Algorithm {
       std::vector<float> rows;
       for (size_t i = 0; i < from.size(); ++i) {
         const int r = from[i];
-        c.add_rows_message(inbox[r], recvs[i].bytes, st.sent_token_ids[r], out, *c.combine_codec,
+        c.add_rows_message(*box[i], recvs[i].bytes, st.sent_token_ids[r], out, *c.combine_codec,
                            EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r, rows);
       }
     }

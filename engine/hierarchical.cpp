@@ -278,8 +278,10 @@ class Hierarchical : public Algorithm {
         const size_t rows = local_wire[q].size() * rb;
         reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
         pack_block(to_local[q], rows, m);
+        const size_t meta = m.size();
         for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
         fmsgs[q] = EngineContext::Message::view_of(m);
+        fmsgs[q].meta_bytes = meta;
         std::vector<const uint8_t*>().swap(local_wire[q]);
       } else {
         fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
@@ -289,41 +291,69 @@ class Hierarchical : public Algorithm {
       to_local[q].release();
       std::vector<float>().swap(local_rows[q]);
     }
-    std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
-    std::vector<int> lfrom;
-    for (int q = 0; q < G; ++q) {
-      if (local_in[2 * q] == 0) continue;
-      lrecvs.push_back(
-          {T.rank_of(my_node, q),
-           c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
-                              : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
-      lfrom.push_back(q);
-    }
-    c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
-    c.fabric.end_pipeline();
-    std::vector<EngineContext::Message>().swap(fmsgs);
-
+    // The last stage's receive buffers: whole messages in inbox(q), or (split_blocks) the metadata there and the
+    // rows straight into the handle's rows buffer, local ranks in order.
+    const bool split = c.split_blocks();
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
     h.token_node_pairs = 0;
     for (int n = 0; n < N; ++n) h.token_node_pairs += counts[static_cast<size_t>(n) * stride];
+    size_t in_tokens = 0, in_sels = 0;
+    for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
+    if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
+    c.ensure_boxes(std::max(N, G));
+    std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
+    std::vector<int> lfrom;
+    std::vector<PeerRecv> row_recvs;
+    size_t row_at = 0;
+    for (int q = 0; q < G; ++q) {
+      if (local_in[2 * q] == 0) continue;
+      const int r = T.rank_of(my_node, q);
+      if (split) {
+        lrecvs.push_back({r, c.inbox(q, block_meta_bytes(local_in[2 * q], local_in[2 * q + 1]))});
+        const size_t bytes = local_in[2 * q] * c.dispatch_row_bytes;
+        row_recvs.push_back({r, MutBuf{h.recv_wire.data() + row_at, bytes}});
+        row_at += bytes;
+      } else {
+        lrecvs.push_back(
+            {r, c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
+                                   : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
+      }
+      lfrom.push_back(q);
+    }
+    if (split) {
+      std::vector<PeerSend> meta_sends, row_sends;
+      for (const PeerSend& s : sends) {
+        const EngineContext::Message& m = fmsgs[T.local_of(s.peer)];
+        meta_sends.push_back({s.peer, m.meta()});
+        row_sends.push_back({s.peer, m.rows()});
+      }
+      c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 0),
+                       make_tag(Phase::kForward, a.step, a.layer, 1), meta_sends, row_sends, lrecvs, row_recvs);
+    } else {
+      c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
+    }
+    c.fabric.end_pipeline();
+    std::vector<EngineContext::Message>().swap(fmsgs);
+
     st->recv_rows.assign(G, 0);
-    if (!phantom) {
-      size_t tokens = 0, sels = 0;
-      for (int q : lfrom) tokens += local_in[2 * q], sels += local_in[2 * q + 1];
-      h.recv.reserve(tokens, sels);
+    if (!phantom) h.recv.reserve(in_tokens, in_sels);
+    if (!phantom && !split) {  // split blocks' rows are in place already
       if (c.dispatch_row_bytes > 0)
-        c.take_spare_rows(h.recv_wire, tokens * c.dispatch_row_bytes);
+        c.take_spare_rows(h.recv_wire, in_tokens * c.dispatch_row_bytes);
       else
-        h.recv_x.reserve(tokens * H);
+        h.recv_x.reserve(in_tokens * H);
     }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
       st->recv_rows[q] =
-          c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec,
-                              EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
+          split ? c.add_split_block(h, linbox[q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
+                                    local_in[2 * q + 1], f, b)
+                : c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
+                                      *c.dispatch_codec, EngineContext::stream_id(Phase::kForward, a.layer, f, me), f,
+                                      b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;
@@ -356,12 +386,20 @@ class Hierarchical : public Algorithm {
       row += n;
       sends.push_back({f, msgs[q].buf()});
     }
-    // Receive buffers (EngineContext::inboxes): local ranks use [0, G), then rail sources [0, N).
-    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
+    // Receive buffers (EngineContext::reply_box): local ranks' answers land in the buffers the forward messages
+    // to them left ([0, G)), rail sources' in [0, N); the messages back across the rail are built in outboxes
+    // [back, back + N), apart from both: from the local answers they sum, and from the rail's answers, which
+    // arrive while they are sent.
+    const int back = std::max(N, G);
+    c.ensure_boxes(static_cast<size_t>(back + N));
+    std::vector<const std::vector<uint8_t>*> inbox(G, nullptr);
     std::vector<int> from;
     for (int q = 0; q < G; ++q) {
       if (st.fwd_out_rows[q] == 0) continue;
-      recvs.push_back({T.rank_of(my_node, q), c.inbox(q, c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec))});
+      const size_t cap = c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec);
+      std::vector<uint8_t>& v = c.reply_box(q, cap);
+      recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
+      inbox[q] = &v;
       from.push_back(q);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
@@ -382,7 +420,7 @@ class Hierarchical : public Algorithm {
           continue;
         }
         local[q].resize(static_cast<size_t>(st.fwd_out_rows[q]) * H);
-        c.read_rows_message(inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
+        c.read_rows_message(*inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
     }
@@ -399,13 +437,13 @@ class Hierarchical : public Algorithm {
         rmsgs[n] = c.make_rows_message(nullptr, rows_n, *c.combine_codec, stream);
       } else if (rb > 0) {
         acc.resize(H);
-        std::vector<uint8_t>& m = c.outbox(n);
+        std::vector<uint8_t>& m = c.outbox(static_cast<size_t>(back + n));
         reserve_huge(m, static_cast<size_t>(rows_n) * rb);
         for (int j = 0; j < rows_n; ++j) {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
             const auto [q, idx] = st.fwd_map[k];
-            c.combine_codec->decode(inbox[q].data() + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+            c.combine_codec->decode(inbox[q]->data() + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
             for (int e = 0; e < H; ++e) acc[e] += dec[e];
           }
           c.combine_codec->encode(acc.data(), 1, H, m, stream);
@@ -428,12 +466,15 @@ class Hierarchical : public Algorithm {
     }
     std::vector<std::vector<float>>().swap(local);
     std::vector<EngineContext::Message>().swap(msgs);
-    std::vector<std::vector<uint8_t>>& rinbox = c.inboxes;
+    std::vector<const std::vector<uint8_t>*> rinbox(N, nullptr);
     std::vector<int> rfrom;
     std::vector<PeerRecv> rrecvs;
     for (int n = 0; n < N; ++n) {
       if (st.sent_tokens[n] == 0) continue;
-      rrecvs.push_back({T.rank_of(n, my_local), c.inbox(n, c.rows_capacity(st.sent_tokens[n], *c.combine_codec))});
+      const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
+      std::vector<uint8_t>& v = c.reply_box(n, cap);
+      rrecvs.push_back({T.rank_of(n, my_local), MutBuf{v.data(), cap}});
+      rinbox[n] = &v;
       rfrom.push_back(n);
     }
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
@@ -443,7 +484,7 @@ class Hierarchical : public Algorithm {
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
         const int n = rfrom[i], f = T.rank_of(n, my_local);
-        c.add_rows_message(rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
+        c.add_rows_message(*rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
       }
     }

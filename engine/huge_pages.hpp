@@ -22,12 +22,13 @@ inline void advise_huge_pages(void* p, size_t bytes) {
 }
 
 // v.reserve(n), advising fresh storage before anything touches it. A buffer kept across calls is sized for
-// the largest call so far; a growing one gets an eighth more than asked, so that calls a little larger than
-// the last do not each allocate (and fault in) a new buffer.
+// the largest call so far, and gets an eighth more than asked from the first call on, so that calls a little
+// larger than the first (routing varies from call to call) do not each allocate and fault in a new buffer. The
+// headroom costs address space only: pages nobody touches are never resident.
 template <class T>
 void reserve_huge(std::vector<T>& v, size_t n) {
   if (v.capacity() >= n) return;
-  v.reserve(v.capacity() > 0 ? n + n / 8 : n);
+  v.reserve(n + n / 8);
   advise_huge_pages(v.data(), v.capacity() * sizeof(T));
 }
 

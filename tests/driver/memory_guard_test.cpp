@@ -35,10 +35,19 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   EXPECT_DOUBLE_EQ(e.rows_per_rank, 1024.0 * 16 * (1 - miss));
   EXPECT_NEAR(e.rows_per_rank / 1024, 6.52, 0.01);
   EXPECT_DOUBLE_EQ(e.batch_bytes, 2.0 * 1024 * 7168 * 4);
-  // bf16 rows (14336 bytes) three at a time (message, receive buffer, handle; the expert output is in place),
-  // plus the receive buffers kept across calls.
-  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 4 * 14336);
+  // Hierarchical (the default): bf16 rows (14336 bytes) twice (the send buffers, which take combine's answers
+  // back, and the handle's rows, received in place and overwritten by the expert outputs), plus per (token,
+  // node) pair the rail's send and receive buffers and the sum sent back.
+  double node_miss = 1;
+  for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
+  const double pairs = 1024.0 * 2 * (1 - node_miss);
+  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 2 * 14336 + pairs * 3 * 14336);
   EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes));
+  // Flat has no rail stage.
+  RunConfig f = c;
+  f.algorithm = "flat";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f, resolve_run(f, *create_backend("emu"))).rows_bytes,
+                   e.rows_per_rank * 2 * 14336);
   // A codec that does not encode rows on its own is held in fp32 after dispatch.
   const RunConfig z = emu_config(1024, "bf16+zstd");
   EXPECT_GT(estimate_run_memory(z, resolve_run(z, *create_backend("emu"))).rows_bytes, e.rows_bytes);

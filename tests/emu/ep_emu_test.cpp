@@ -261,5 +261,48 @@ TEST(EmuConservation, ABlockMustHoldWhatNotifyAnnounced) {
   }
 }
 
+// Where the last stage receives rows straight into the handle (EngineContext::split_blocks), the block's
+// metadata arrives alone: it must still hold what notify announced, and announce the rows message's size.
+TEST(EmuConservation, ASplitBlockMustHoldWhatNotifyAnnouncedAndAnnounceItsRows) {
+  on_one_rank("bf16", [&](EpEngine& engine, const MoeShape& shape) {
+    EngineContext& c = engine.context();
+    EXPECT_TRUE(c.split_blocks());  // emu, a row-separable codec
+    c.fabric.set_phase("dispatch");
+    TokenBlock b;
+    for (int t = 0; t < 2; ++t) {
+      b.add_token(0, t);
+      b.add_sel(t, 1.0f);
+    }
+    const size_t rows = 2 * c.dispatch_row_bytes;
+    ASSERT_EQ(c.dispatch_row_bytes, 2u * shape.hidden);
+    std::vector<uint8_t> meta;
+    pack_block(b, rows, meta);
+    Handle h;
+    h.step = 3;
+    h.layer = 5;
+    TokenBlock scratch;
+    EXPECT_EQ(c.add_split_block(h, meta, meta.size(), rows, 2, 2, 0, scratch), 2);
+    EXPECT_EQ(h.recv.size(), 2);
+    const auto error_of = [&](size_t row_bytes, uint32_t tokens) {
+      try {
+        c.add_split_block(h, meta, meta.size(), row_bytes, tokens, tokens, 0, scratch);
+      } catch (const FabricError& e) {
+        return std::string(e.what());
+      }
+      return std::string("accepted");
+    };
+    const std::string counts = error_of(rows, 3);
+    EXPECT_NE(counts.find("holds 2 tokens / 2 selections, notify announced 3 / 3"), std::string::npos) << counts;
+    EXPECT_NE(counts.find("rank 0, message from peer 0 in phase dispatch (step 3, layer 5)"), std::string::npos)
+        << counts;
+    const std::string size = error_of(rows - 1, 2);
+    EXPECT_NE(size.find("block announces " + std::to_string(rows) + " payload bytes, message carries " +
+                        std::to_string(rows - 1)),
+              std::string::npos)
+        << size;
+    EXPECT_EQ(h.recv.size(), 2);  // a refused block adds nothing
+  });
+}
+
 }  // namespace
 }  // namespace eplab
