@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test suite under sanitizers, in a build folder of its own:
-#   scripts/sanitize.sh [asan|thread] [ctest args...]
-# asan (default): AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/), the whole suite in two passes. First
-#       every C++ test, the simulator's included (an ASan build runs SimGrid actors on threads, see
-#       sim/sim_transport.cpp) and the MPI ones (mpirun is uninstrumented; what OpenMPI's own libraries keep until
-#       exit is suppressed in scripts/lsan.supp, each entry with its reason). Then the Python and notebook tests with
-#       the instrumented module loaded into Debian's uninstrumented python3: the ASan runtime has to come first, so
-#       it is preloaded (LD_PRELOAD), and leak checking is off for that pass because CPython and NumPy keep
-#       allocations until exit (every other check stays on). CI runs this mode (.ci/run).
+#   scripts/sanitize.sh [asan|asan-all|thread] [ctest args...]
+# asan (default): AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/), the C++ unit tests: ctest without the
+#       Python, notebook, MPI and simulator tests. CI runs this mode (.ci/run).
+# asan-all: the same build, the whole suite in two passes. First every C++ test, the simulator's included (an ASan
+#       build runs SimGrid actors on threads, which ASan can follow: sim/sim_transport.cpp) and the MPI ones
+#       (mpirun is uninstrumented; what OpenMPI's own libraries keep until exit is suppressed in scripts/lsan.supp,
+#       each entry with its reason). Then the Python and notebook tests with the instrumented module loaded into
+#       Debian's uninstrumented python3: the ASan runtime has to come first, so it is preloaded (LD_PRELOAD), and
+#       leak checking is off for that pass because CPython and NumPy keep allocations until exit.
 # thread: ThreadSanitizer (build-tsan/), the tests that run ranks as threads: the emulated backend, the fabric
 #       conformance suite on emu, the shared routing source, the driver and the policy runs. MPI ranks are processes
 #       of one thread each, and OpenMPI's own progress threads are uninstrumented, so the MPI tests are left out.
@@ -22,14 +23,19 @@ common=(-DEPLAB_BENCH=OFF -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF)
 targets=()
 preloaded=()  # a second ctest pass, with the sanitizer's runtime preloaded: the tests run by Python
 case $kind in
-  asan)
+  asan | asan-all)
     dir=build-asan
     flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
     export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0
     export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp:print_suppressions=0"
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-    select=(-E "python|notebook")
-    preloaded=(-R "python|notebook")
+    if [[ $kind == asan ]]; then
+      common+=(-DEPLAB_WITH_PYTHON=OFF)
+      select=(-E "python|notebook|mpi|/sim|^Sim|sim_test|_sim")
+    else
+      select=(-E "python|notebook")
+      preloaded=(-R "python|notebook")
+    fi
     ;;
   thread)
     dir=build-tsan
@@ -43,7 +49,7 @@ case $kind in
     select=(-E "_NOT_BUILT|python|notebook|mpi|eplab_run|eplab_cli")
     ;;
   *)
-    echo "usage: scripts/sanitize.sh [asan|thread] [ctest args...]" >&2
+    echo "usage: scripts/sanitize.sh [asan|asan-all|thread] [ctest args...]" >&2
     exit 2
     ;;
 esac
