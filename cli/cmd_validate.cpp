@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <optional>
+#include <string>
 
 #include "cli/args.hpp"
 #include "cli/plot_script.hpp"
@@ -37,6 +39,29 @@ void check_same_workload(const nlohmann::json& measured, const nlohmann::json& p
     throw EplabError(source +
                      ": another hidden size than the command line's workload; pass the measured run's options");
 }
+
+// A file in /tmp for one command's intermediate output, removed when it goes out of scope (also on an error).
+class ScratchFile {
+ public:
+  // `suffix` is kept at the end of the name (a cluster file is known by its .json); `what` names it in errors.
+  ScratchFile(const std::string& suffix, const std::string& what) {
+    std::string name = "/tmp/eplab-validate-XXXXXX" + suffix;
+    const int fd = mkstemps(name.data(), static_cast<int>(suffix.size()));
+    if (fd < 0) throw EplabError("cannot create a temporary file for " + what + " in /tmp");
+    close(fd);
+    path_ = name;
+  }
+  ScratchFile(const ScratchFile&) = delete;
+  ScratchFile& operator=(const ScratchFile&) = delete;
+  ~ScratchFile() {
+    std::error_code ignored;
+    std::filesystem::remove(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 void print_probe_fit(const ClusterFit& fit) {
   std::printf("%-26s %14s %14s %14s\n", "probe", "measured", "fitted sim", "preset sim");
@@ -111,15 +136,9 @@ int cmd_validate(const std::vector<std::string>& argv_in) {
   const ClusterFit fit = fit_cluster(base, probe);
 
   // The fitted cluster goes to a file: a run names its cluster by preset or file.
-  std::string cluster_file = cluster_out;
-  std::string temp;
-  if (cluster_file.empty()) {
-    char name[] = "/tmp/eplab-fitted-XXXXXX.json";  // a cluster file is known by its .json
-    const int fd = mkstemps(name, 5);
-    if (fd < 0) throw EplabError("cannot create a temporary file for the fitted cluster in /tmp");
-    close(fd);
-    cluster_file = temp = name;
-  }
+  std::optional<ScratchFile> scratch_cluster;
+  if (cluster_out.empty()) scratch_cluster.emplace(".json", "the fitted cluster");
+  const std::string cluster_file = cluster_out.empty() ? scratch_cluster->path() : cluster_out;
   write_output_file(cluster_file, cluster_to_json(fit.fitted).dump(2) + "\n", "the fitted cluster");
 
   RunConfig sim_cfg = cfg;
@@ -128,15 +147,9 @@ int cmd_validate(const std::vector<std::string>& argv_in) {
   sim_cfg.payload = "phantom";
   sim_cfg.verify = false;
   sim_cfg.timeline.clear();
-  nlohmann::json measured, predicted;
-  try {
-    if (!quiet) std::fprintf(stderr, "eplab validate: predicting on sim ...\n");
-    predicted = run_experiment(sim_cfg);
-  } catch (...) {
-    if (!temp.empty()) std::filesystem::remove(temp);
-    throw;
-  }
-  if (!temp.empty()) std::filesystem::remove(temp);
+  if (!quiet) std::fprintf(stderr, "eplab validate: predicting on sim ...\n");
+  const nlohmann::json predicted = run_experiment(sim_cfg);
+  nlohmann::json measured;
   if (!measured_path.empty()) {
     const std::string source = "report '" + measured_path + "'";
     measured = fields::parse_file(measured_path, source);
@@ -186,18 +199,14 @@ int cmd_validate(const std::vector<std::string>& argv_in) {
     std::printf("wrote %s\n", json_path.c_str());
   }
   if (!plot_path.empty()) {
-    std::string data = json_path;
-    if (data.empty()) {
-      char name[] = "/tmp/eplab-validate-XXXXXX";
-      const int fd = mkstemp(name);
-      if (fd < 0) throw EplabError("cannot create a temporary file for the plot's data in /tmp");
-      close(fd);
-      data = name;
-      write_output_file(data, out.dump() + "\n", "the plot's data");
+    std::optional<ScratchFile> scratch_data;
+    if (json_path.empty()) {
+      scratch_data.emplace("", "the plot's data");
+      write_output_file(scratch_data->path(), out.dump() + "\n", "the plot's data");
     }
+    const std::string data = json_path.empty() ? scratch_data->path() : json_path;
     const int rc = run_process(
         {python, find_plot_script("validate_plot.py", "EPLAB_VALIDATE_PLOT"), data, "-o", plot_path}, false);
-    if (json_path.empty()) std::filesystem::remove(data);
     if (rc != 0) throw EplabError("validate_plot.py failed (exit status " + std::to_string(rc) + ")");
     std::printf("wrote %s\n", plot_path.c_str());
   }
