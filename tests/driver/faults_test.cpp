@@ -11,10 +11,10 @@
 #include <vector>
 
 #include "driver/experiment.hpp"
+#include "driver/plan.hpp"
 #include "driver/run_options.hpp"
 #include "engine/backend.hpp"
 #include "engine/placement.hpp"
-#include "engine/spec_json.hpp"
 #include "engine/topology.hpp"
 #include "tests/engine/error_of.hpp"
 #include "traces/routing_source.hpp"
@@ -168,11 +168,8 @@ TEST(FaultRuns, FailedGpuWithoutRedundancyLosesExactlyItsExpertsSelections) {
   c.layers = 2;
   const nlohmann::json r = run_experiment(c);
   const nlohmann::json& f = r.at("faults");
-  const MoeShape shape = resolve_model(c.model);
-  ClusterSpec spec = resolve_cluster(c.cluster);
-  spec.nodes = c.nodes;
-  spec.gpus_per_node = c.gpus_per_node;
-  const Topology topo(spec);
+  const MoeShape shape = config_model(c);
+  const Topology topo(config_cluster(c));
   const Placement p = Placement::contiguous(shape.num_experts, topo.size(), 0);
   std::set<int> alone_on_5;
   for (int e = 0; e < shape.num_experts; ++e) {
@@ -269,11 +266,8 @@ TEST(FaultRuns, NicDownLosesOnlyItsOwnCrossNodeSelections) {
   c.faults = {"nic:5@step:2"};
   const nlohmann::json r = run_experiment(c);
   const nlohmann::json& f = r.at("faults");
-  const MoeShape shape = resolve_model(c.model);
-  ClusterSpec spec = resolve_cluster(c.cluster);
-  spec.nodes = c.nodes;
-  spec.gpus_per_node = c.gpus_per_node;
-  const Topology topo(spec);
+  const MoeShape shape = config_model(c);
+  const Topology topo(config_cluster(c));
   const Placement p = Placement::contiguous(shape.num_experts, topo.size(), 64);
   std::vector<char> in_node_0(shape.num_experts, 0);
   for (int s = 0; s < p.num_slots(); ++s)
