@@ -1,10 +1,6 @@
 // `eplab run`: one experiment on a backend; prints a summary table and writes the JSON report.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -48,48 +44,6 @@ class CachedSource : public RoutingSource {
   std::mutex mu_;
   std::map<std::tuple<int, int, int>, RoutingBatch> cache_;
 };
-
-// Runs one experiment in a child process: an algorithm that runs out of memory or fails takes only its own row
-// with it, and each run's memory is returned before the next starts.
-nlohmann::json run_isolated(const RunConfig& cfg) {
-  int fd[2];
-  if (pipe(fd) != 0) throw EplabError("eplab run: pipe() failed");
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  if (pid < 0) throw EplabError("eplab run: fork() failed");
-  if (pid == 0) {
-    close(fd[0]);
-    std::string out;
-    try {
-      out = run_experiment(cfg).dump();
-    } catch (const std::exception& e) {
-      out = nlohmann::json{{"algorithm", cfg.algorithm}, {"error", e.what()}}.dump();
-    }
-    size_t off = 0;
-    while (off < out.size()) {
-      const ssize_t n = write(fd[1], out.data() + off, out.size() - off);
-      if (n <= 0) break;
-      off += static_cast<size_t>(n);
-    }
-    _exit(0);
-  }
-  close(fd[1]);
-  std::string in;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd[0], buf, sizeof buf)) > 0) in.append(buf, static_cast<size_t>(n));
-  close(fd[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (in.empty()) {
-    const std::string why = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status)) +
-                                                      (WTERMSIG(status) == SIGKILL ? " (out of memory?)" : "")
-                                                : "exited with status " + std::to_string(WEXITSTATUS(status));
-    return nlohmann::json{{"algorithm", cfg.algorithm}, {"error", why}};
-  }
-  return nlohmann::json::parse(in);
-}
 
 // Something the verification checked was wrong (delivery, or values against the codecs' bound). A run whose values
 // could not be checked ("delivery only") reports verified false but has not failed.
@@ -181,7 +135,10 @@ int cmd_run(const std::vector<std::string>& argv) {
     for (size_t i = 0; i < names.size(); ++i) {
       RunConfig c = cfg;
       c.algorithm = names[i];
-      reports.push_back(run_isolated(c));
+      // In a child process each: an algorithm that runs out of memory or fails takes only its own row with it.
+      nlohmann::json r = run_experiment_in_child(c);
+      if (r.contains("error")) r["algorithm"] = c.algorithm;
+      reports.push_back(std::move(r));
       progress.update(static_cast<int>(i + 1), static_cast<int>(names.size()));
     }
     progress.finish();

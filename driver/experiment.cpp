@@ -1,7 +1,12 @@
 #include "driver/experiment.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <optional>
 
 #include "driver/checkpoint.hpp"
@@ -43,8 +48,8 @@ VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::ve
     // With two-batch overlap the digests are per (call, micro-batch): index 2 * call + micro-batch.
     const bool tbo = cfg.overlap == "tbo";
     const int call = tbo ? c.first.call / 2 : c.first.call;
-    vr.first_mismatch = {call / cfg.layers, call % cfg.layers, tbo ? c.first.call % 2 : -1, c.first.src,
-                         c.first.dest,      c.first.sent,      c.first.got};
+    vr.first_mismatch = {call / cfg.layers, call % cfg.layers, tbo ? c.first.call % 2 : -1, c.first.src, c.first.dest,
+                         c.first.sent,      c.first.got};
   }
   return vr;
 }
@@ -279,6 +284,50 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   add_plan_report(report, cfg, run, plan, results);
   if (plan.faults) add_fault_report(report, cfg, run, *plan.faults, results);
   return report;
+}
+
+nlohmann::json run_experiment_in_child(const RunConfig& cfg) {
+  int fd[2];
+  if (pipe(fd) != 0) throw EplabError("cannot start a run in a child process: pipe() failed");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fd[0]);
+    close(fd[1]);
+    throw EplabError("cannot start a run in a child process: fork() failed");
+  }
+  if (pid == 0) {
+    close(fd[0]);
+    std::string out;
+    try {
+      out = run_experiment(cfg).dump();
+    } catch (const std::exception& e) {
+      out = nlohmann::json{{"error", e.what()}}.dump();
+    }
+    size_t off = 0;
+    while (off < out.size()) {
+      const ssize_t n = write(fd[1], out.data() + off, out.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    _exit(0);
+  }
+  close(fd[1]);
+  std::string in;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd[0], buf, sizeof buf)) > 0) in.append(buf, static_cast<size_t>(n));
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (in.empty()) {
+    const std::string why = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status)) +
+                                                      (WTERMSIG(status) == SIGKILL ? " (out of memory?)" : "")
+                                                : "exited with status " + std::to_string(WEXITSTATUS(status));
+    return nlohmann::json{{"error", why}};
+  }
+  return nlohmann::json::parse(in);
 }
 
 }  // namespace eplab

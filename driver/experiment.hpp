@@ -82,6 +82,11 @@ using ProgressFn = std::function<void(int done, int total)>;
 // than timeout_s.
 nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress = {});
 
+// run_experiment in a child process of its own: a run that runs out of memory or crashes takes only the child
+// with it, its memory goes back when it ends, and it starts from a fresh process-wide state (SimGrid's clock), as
+// a separate `eplab run` would. Returns the report, or {"error": why} when the run threw or the child died.
+nlohmann::json run_experiment_in_child(const RunConfig& cfg);
+
 // A few lines a person reads: phase times, bandwidths, bytes by link class, verification.
 std::string format_summary(const nlohmann::json& report);
 

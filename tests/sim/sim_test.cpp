@@ -2,14 +2,12 @@
 // one link each get half; routes cross the expected links), real-byte runs verified like emu, and
 // determinism (the same run twice gives the same report).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <simgrid/s4u/Engine.hpp>
 
-#include "engine/ep_engine.hpp"
 #include "driver/experiment.hpp"
+#include "engine/ep_engine.hpp"
 #include "sim/platform.hpp"
 #include "sim/sim_backend.hpp"
 #include "sim/sim_transport.hpp"
@@ -312,31 +310,9 @@ INSTANTIATE_TEST_SUITE_P(Every, SimAlgorithms, ::testing::ValuesIn(algorithm_nam
 
 // Each run in its own process, as two invocations of `eplab run` would be (SimGrid's clock is process-wide).
 std::string report_in_child(const RunConfig& c) {
-  int fd[2];
-  if (pipe(fd) != 0) return "pipe failed";
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fd[0]);
-    auto r = run_experiment(c);
-    r.erase("wall_s");
-    const std::string s = r.dump();
-    size_t off = 0;
-    while (off < s.size()) {
-      const ssize_t n = write(fd[1], s.data() + off, s.size() - off);
-      if (n <= 0) break;
-      off += static_cast<size_t>(n);
-    }
-    _exit(0);
-  }
-  close(fd[1]);
-  std::string out;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  close(fd[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return out;
+  nlohmann::json r = run_experiment_in_child(c);
+  r.erase("wall_s");
+  return r.dump();
 }
 
 TEST(SimDeterminism, TwoIdenticalRunsGiveIdenticalReports) {
