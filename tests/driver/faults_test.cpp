@@ -342,6 +342,31 @@ TEST(FaultRuns, EmuFailoverEveryDirectAlgorithm) {
   }
 }
 
+// Without redundant experts on emu: rank 1 stops at step 1 and its experts 4..7 (32 experts, 4 a rank) are on no
+// live GPU; every selection of them by the others from step 1 on is lost, counted here from the routing.
+TEST(FaultRuns, EmuFailedGpuWithoutRedundancyCountsLostExactly) {
+  RunConfig c = emu_run();
+  c.redundant_experts = 0;
+  c.faults = {"gpu:1@step:1"};
+  const nlohmann::json r = run_experiment(c);
+  const MoeShape shape = config_model(c);
+  const Topology topo(config_cluster(c));
+  RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+  rp.weights = false;
+  auto routing = make_routing(c.routing, rp);
+  int64_t expected = 0;
+  for (int step = 1; step < c.steps; ++step)
+    for (int l = 0; l < c.layers; ++l)
+      for (int src = 0; src < topo.size(); ++src)
+        if (src != 1)
+          for (int32_t e : routing->batch(step, l, src).topk_idx) expected += e >= 4 && e < 8;
+  ASSERT_GT(expected, 0);
+  EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), expected);
+  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), expected);
+  EXPECT_EQ(r.at("faults").at("lost_experts")[0].at("experts"), nlohmann::json::array({4, 5, 6, 7}));
+  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+}
+
 TEST(FaultRuns, FailedGpuOnEmuRefusesRelaying) {
   RunConfig c = emu_run();
   c.algorithm = "hierarchical";

@@ -20,7 +20,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 run=(run --backend=mpi --nodes 2 --gpus-per-node 2 --model mixtral-8x7b --hidden 256 --tokens 64 --steps 3
   --algorithm flat --redundant-experts 4 --detect-timeout 0.05 --timeout 60 --quiet)
 
-out=$("$mpiexec" -n 4 --oversubscribe "$eplab" "${run[@]}" --fault gpu:1@step:1 2>&1)
+out=$(timeout 120 "$mpiexec" -n 4 --oversubscribe "$eplab" "${run[@]}" --fault gpu:1@step:1 2>&1)
 grep -q "start the run as mpirun --enable-recovery" <<<"$out" || fail "no refusal without --enable-recovery: $out"
 
 # check REPORT EXPR...: each Python expression over the report `r` must hold.
@@ -38,7 +38,7 @@ PY
 }
 
 t0=$(date +%s.%N)
-out=$("$mpiexec" -n 4 --oversubscribe --enable-recovery "$eplab" "${run[@]}" --fault gpu:1@step:1 \
+out=$(timeout 120 "$mpiexec" -n 4 --oversubscribe --enable-recovery "$eplab" "${run[@]}" --fault gpu:1@step:1 \
   --report "$tmp/kept.json" 2>&1)
 rc=$?
 t1=$(date +%s.%N)
@@ -49,7 +49,7 @@ check "$tmp/kept.json" 'r["verified"] is True' 'r["faults"]["tokens_lost"] == 0'
   'abs(r["phases"]["notify"]["messages"] - (4 * 4 + 2 * 3 * 3) / 3) < 1e-9'
 echo "gpu:1@step:1: verified, 0 lost, mpirun wall $(/usr/bin/python3 -c "print(round($t1 - $t0, 2))") s"
 
-out=$("$mpiexec" -n 4 --oversubscribe --enable-recovery "$eplab" "${run[@]}" --fault gpu:3@step:1 \
+out=$(timeout 120 "$mpiexec" -n 4 --oversubscribe --enable-recovery "$eplab" "${run[@]}" --fault gpu:3@step:1 \
   --report "$tmp/lost.json" 2>&1)
 rc=$?
 [[ $rc -eq 0 ]] || fail "gpu:3@step:1 exited $rc: $out"
