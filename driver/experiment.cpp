@@ -212,8 +212,8 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const RankInputs inputs{cfg,      run, plan, *shared, timeline, progress, resume ? &*resume : nullptr,
                           sink ? &*sink : nullptr, &departed};
 
-  // What the ranks of this process hand back: rank 0 all ranks' results, every rank that it ran here (each
-  // writes its own element).
+  // What the ranks of this process hand back: the gathering rank (rank 0, or the lowest live one when rank 0's
+  // GPU failed) all ranks' results, every rank that it ran here (each writes its own element).
   std::optional<std::vector<RankResult>> gathered;
   std::vector<char> ran_here(R, 0);
   backend->launch(run.topo, LaunchOptions{run.phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {

@@ -274,9 +274,9 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
         // weights move in this call's migration below), then leaves the failed ranks out of the fabric from
         // now on. A stall delays only its rank; the others wait for it at the next barrier.
         if (stopping && faults->dead(me, step)) {
+          res.layout_cache = engine.context().layout_cache.stats;
           stop_failed_rank(f, in, res, step);
           if (stopped_here) *stopped_here = true;
-          res.layout_cache = engine.context().layout_cache.stats;
           return res;
         }
         if (faults->detects_at(step)) {
