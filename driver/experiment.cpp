@@ -208,20 +208,26 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   }
   std::optional<CheckpointSink> sink;
   if (!cfg.checkpoint.empty()) sink.emplace(cfg, plan, timeline, R);
-  const RankInputs inputs{
-      cfg, run, plan, *shared, timeline, progress, resume ? &*resume : nullptr, sink ? &*sink : nullptr};
+  DepartedResults departed;
+  const RankInputs inputs{cfg,      run, plan, *shared, timeline, progress, resume ? &*resume : nullptr,
+                          sink ? &*sink : nullptr, &departed};
 
-  // What the ranks of this process hand back: rank 0 all ranks' results, every rank that it ran here (each
-  // writes its own element).
+  // What the ranks of this process hand back: the gathering rank (rank 0, or the lowest live one when rank 0's
+  // GPU failed) all ranks' results, every rank that it ran here (each writes its own element).
   std::optional<std::vector<RankResult>> gathered;
   std::vector<char> ran_here(R, 0);
   backend->launch(run.topo, LaunchOptions{run.phantom, cfg.timeout_s, cfg.sim_model}, [&](Fabric& f) {
     ran_here[f.rank()] = 1;
-    RankResult mine = run_rank(f, inputs);
+    bool failed = false;
+    RankResult mine = run_rank(f, inputs, &failed);
+    if (failed) return;                     // its GPU failed: its result is in `departed`, it takes no further part
     if (cfg.stop_after_steps > 0) return;  // stopped early: the checkpoint holds the state, no report is built
     std::vector<RankResult> all = gather_rank_results(f, std::move(mine), cfg.timeout_s);
-    if (f.rank() == 0) gathered = std::move(all);
+    if (!all.empty()) gathered = std::move(all);
   });
+  // The failed ranks' results up to their failure (every rank has returned: nothing writes them any more).
+  if (gathered)
+    for (auto& [r, result] : departed.results) (*gathered)[r] = std::move(result);
   if (cfg.stop_after_steps > 0)
     return {{"stopped", true},
             {"steps_done", cfg.stop_after_steps},

@@ -170,8 +170,29 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
       refuse("a link fault changes a simulated link; backend '" + cfg.backend +
              "' moves real bytes between threads or processes and has no links to degrade (use --backend sim)");
     if (f.kind == FaultKind::kGpu) {
-      if (cfg.backend == "mpi")
-        refuse("a failed GPU on mpi would need its process to exit mid-run, which this build does not support");
+      // On emu and mpi the failed rank stops (its thread returns, its process exits) and the others carry on
+      // among themselves: what depends on every rank taking part to the end is refused.
+      if (!run.caps.modeled_time) {
+        if (cfg.algorithm == "hierarchical")
+          refuse(
+              "--algorithm hierarchical relays every token crossing nodes through the GPU of the sender's local "
+              "index on the destination node; a failed GPU stops and cannot relay, and re-routing its rail through "
+              "another GPU of its node is not implemented: use --algorithm flat, low-latency or allgather (or "
+              "--backend sim, where the failed GPU keeps relaying)");
+        if (!cfg.checkpoint.empty() || !cfg.resume.empty())
+          refuse("--checkpoint and --resume need every rank's state at each step boundary; a failed rank stops");
+      }
+      if (cfg.backend == "mpi") {
+        if (f.rank == 0)
+          refuse("on mpi rank 0 collects every rank's results and writes the report: fail another rank");
+        const char* recovery = std::getenv("OMPI_MCA_orte_enable_recovery");
+        if (!recovery || std::string(recovery) != "1")
+          refuse(
+              "on mpi the failed rank's process exits at its step, and without recovery OpenMPI's mpirun (4.1) "
+              "aborts the whole job when one process exits before MPI_Finalize (\"mpirun has exited due to process "
+              "rank R ... exiting improperly\"); start the run as mpirun --enable-recovery ... (or "
+              "--mca orte_enable_recovery 1), which lets the other processes run on");
+      }
       if (cfg.mode != "inference") refuse("GPU failures run in --mode inference only");
       if (cfg.overlap != "none") refuse("GPU failures do not combine with --overlap tbo yet");
       if (cfg.rebalance_every > 0)
@@ -184,6 +205,13 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
     }
     out.push_back(std::move(f));
   }
+  return out;
+}
+
+std::vector<int> FaultPlan::failing_at(int step) const {
+  std::vector<int> out;
+  for (size_t r = 0; r < dead_from.size(); ++r)
+    if (dead_from[r] == step) out.push_back(static_cast<int>(r));
   return out;
 }
 
@@ -300,6 +328,7 @@ std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetu
   fp->faults = check_faults(cfg, run);
   fp->detect_timeout_s = cfg.detect_timeout_s;
   fp->gpus_per_node = run.topo.gpus_per_node();
+  fp->ranks_stop = !run.caps.modeled_time;
   const int R = run.topo.size(), E = run.shape.num_experts;
   fp->dead_from.assign(R, FaultPlan::kNever);
   for (const FaultSpec& f : fp->faults)
@@ -410,7 +439,7 @@ nlohmann::json fault_report(const FaultPlan& fp, const std::vector<FaultCounts>&
   std::vector<int> dead;
   for (size_t r = 0; r < fp.dead_from.size(); ++r)
     if (fp.dead_from[r] != FaultPlan::kNever) dead.push_back(static_cast<int>(r));
-  return {{"list", list},
+  nlohmann::json out = {{"list", list},
           {"failed_ranks", dead},
           {"tokens_rerouted", sum.rerouted},
           {"tokens_lost", sum.lost},
@@ -425,6 +454,9 @@ nlohmann::json fault_report(const FaultPlan& fp, const std::vector<FaultCounts>&
           {"recover_s", recover_migrate_s},
           {"slots_restored", fp.slots_restored},
           {"timed", timed}};
+  // emu and mpi: the failed ranks stopped (threads returned, processes exited) and the others ran on alone.
+  if (fp.ranks_stop && !dead.empty()) out["failed_ranks_stopped"] = true;
+  return out;
 }
 
 }  // namespace eplab

@@ -64,8 +64,14 @@ struct FaultPlan {
   };
   std::vector<LostExperts> lost_experts;
   int slots_restored = 0;  // surviving slots re-assigned to experts that lost a replica
+  // Whether a failed rank really stops (emu: its thread returns; mpi: its process exits) and the survivors carry
+  // on among themselves (Fabric::mark_failed). Where time is modeled (sim) it keeps taking part with an empty
+  // batch instead: the simulated failure is a model of the platform, and its reports stay as they were.
+  bool ranks_stop = false;
 
   bool dead(int rank, int step) const { return step >= dead_from[rank]; }
+  // The ranks that fail at the start of `step`, ascending.
+  std::vector<int> failing_at(int step) const;
   bool detects_at(int step) const;
   // A NIC down (nic:R@step:S from S on; flap:R,period=P in steps [P, 2P), [3P, 4P), ...).
   bool nic_down(int rank, int step) const;
@@ -78,6 +84,10 @@ struct FaultPlan {
   // The bandwidth fraction `rank`'s NIC links take at the start of `step` (-1: no change then).
   double nic_fraction(int rank, int step) const;
 };
+
+// The exit status of an mpi process whose GPU failed (`gpu:R@step:S`): it leaves with _exit at step S, after
+// handing its results to rank 0; `mpirun --enable-recovery` lets the others carry on (docs/faults.md).
+inline constexpr int kFailedRankExitStatus = 75;
 
 // Builds the fault plan and applies failures to `plan`: from each failure step on, every layer's placement is
 // re-planned without the dead ranks (their slots stay in the placement, never selected) and the weight moves of

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "driver/checkpoint.hpp"
 #include "driver/faults.hpp"
@@ -75,6 +78,71 @@ double wait_out(Fabric& f, const RunSetup& run, double seconds, const char* what
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   }
   return f.now() - t0;
+}
+
+// Tags of a failed rank's hand-over to rank 0 (mpi): its result's size, then its bytes.
+Tag handover_tag(int step, int part) { return make_tag(Phase::kUser, step, 0, 0x100 + part); }
+
+// A rank whose GPU failed at `step` stops here, before any exchange of the step. Its records get empty entries
+// for the calls and steps it does not run (the report reads every rank's records per call), and its tokens from
+// `step` on leave with it. On emu the result is put for the launcher. On mpi it goes to rank 0, and once those
+// sends have completed (their bytes have left the process, as every send of its earlier steps had before it got
+// here) the process exits.
+void stop_failed_rank(Fabric& f, const RankInputs& in, RankResult& res, int step) {
+  const RunConfig& cfg = in.cfg;
+  const int me = f.rank();
+  for (int s = step; s < cfg.steps; ++s)
+    for (int l = 0; l < cfg.layers; ++l) {
+      res.faults.departed += in.routing.batch(s, l, me).num_tokens;
+      res.record.recv_rows.push_back(0);
+      res.record.record_call(EngineStats{}, EngineStats{});
+    }
+  for (int s = step; s < cfg.steps; ++s) {
+    res.steps.step_s.push_back(0);
+    res.steps.compute_s.push_back(0);
+    res.steps.allreduce_s.push_back(0);
+  }
+  if (in.run.in_process) {
+    in.departed->put(res);
+    return;
+  }
+  f.set_phase("fault-handover");
+  const std::vector<uint8_t> bytes = encode_rank_result(res);
+  const uint64_t n = bytes.size();
+  Request reqs[2] = {f.isend(0, handover_tag(step, 0), ConstBuf{&n, sizeof n}),
+                     f.isend(0, handover_tag(step, 1), ConstBuf{bytes.data(), bytes.size()})};
+  f.wait_all(reqs, Deadline::after(f, cfg.timeout_s));
+  std::fflush(stdout);
+  std::fflush(stderr);
+  _exit(kFailedRankExitStatus);  // a real exit: no MPI_Finalize, no destructors, nothing more sent
+}
+
+// Rank 0's side of the hand-over (mpi), at the detection point: the results of the ranks failing at `step`.
+void receive_handovers(Fabric& f, const RankInputs& in, int step, const std::vector<int>& failing) {
+  f.set_phase("fault-handover");
+  const Deadline d = Deadline::after(f, in.cfg.timeout_s);
+  std::vector<uint64_t> sizes(failing.size(), 0);
+  std::vector<Request> reqs;
+  for (size_t i = 0; i < failing.size(); ++i)
+    reqs.push_back(f.irecv(failing[i], handover_tag(step, 0), MutBuf{&sizes[i], sizeof(uint64_t)}));
+  f.wait_all(reqs, d);
+  std::vector<std::vector<uint8_t>> bytes(failing.size());
+  reqs.clear();
+  for (size_t i = 0; i < failing.size(); ++i) {
+    if (sizes[i] > (uint64_t{1} << 32))
+      throw EplabError("fault hand-over: rank 0, peer " + std::to_string(failing[i]) + ": a result of " +
+                       std::to_string(sizes[i]) + " bytes announced");
+    bytes[i].resize(sizes[i]);
+    reqs.push_back(f.irecv(failing[i], handover_tag(step, 1), MutBuf{bytes[i].data(), bytes[i].size()}));
+  }
+  f.wait_all(reqs, d);
+  for (size_t i = 0; i < failing.size(); ++i) {
+    RankResult r = decode_rank_result(std::span<const uint8_t>(bytes[i].data(), reqs[i].bytes()), failing[i]);
+    if (r.rank != failing[i])
+      throw EplabError("fault hand-over: rank 0, peer " + std::to_string(failing[i]) + ": the result is rank " +
+                       std::to_string(r.rank) + "'s");
+    in.departed->put(std::move(r));
+  }
 }
 
 // A straggler's expert compute: the roofline's inputs scaled (both terms scale, so its time does) where time is
@@ -158,7 +226,7 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
 
 }  // namespace
 
-RankResult run_rank(Fabric& f, const RankInputs& in) {
+RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
   const RunConfig& cfg = in.cfg;
   const RunSetup& run = in.run;
   const MoeShape& shape = run.shape;
@@ -196,15 +264,31 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
     for (int layer = 0; layer < cfg.layers; ++layer) {
       const int call = step * cfg.layers + layer;
       const LayerPlan& lp = in.plan.calls[call];
-      if (layer == 0) steps.begin_step(step);
+      // Where failed ranks stop, the survivors act on a failure before the step's first barrier, which is then
+      // of the live ranks; on sim the step begins first, as it always has.
+      const bool stopping = faults && faults->ranks_stop;
+      if (layer == 0 && !stopping) steps.begin_step(step);
       if (faults && layer == 0) {
-        // A GPU fails at the start of the step: every rank waits out the detection deadline before the
-        // failover (the re-placed experts' weights move in this call's migration below). A stall delays
-        // only its rank; the others wait for it at the next barrier.
+        // A GPU fails at the start of the step. Where ranks stop, it stops here, before any exchange of the
+        // step. Every survivor waits out the detection deadline before the failover (the re-placed experts'
+        // weights move in this call's migration below), then leaves the failed ranks out of the fabric from
+        // now on. A stall delays only its rank; the others wait for it at the next barrier.
+        if (stopping && faults->dead(me, step)) {
+          res.layout_cache = engine.context().layout_cache.stats;
+          stop_failed_rank(f, in, res, step);
+          if (stopped_here) *stopped_here = true;
+          return res;
+        }
         if (faults->detects_at(step)) {
           f.set_phase("fault-detect");
           const double waited = wait_out(f, run, faults->detect_timeout_s, "fault-detect");
           if (!faults->dead(me, step)) res.faults.detect_s += waited;
+        }
+        if (stopping) {
+          const std::vector<int> failing = faults->failing_at(step);
+          if (!failing.empty() && !run.in_process && me == 0) receive_handovers(f, in, step, failing);
+          for (int r : failing) f.mark_failed(r);
+          steps.begin_step(step);  // the first barrier of the live ranks
         }
         // A degraded link: this rank changes its own NIC links (platform state every rank sees) before the
         // step's first barrier, so no transfer of the step runs at the old bandwidth.
@@ -228,7 +312,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
         throw EplabError(routing_name + ": batch has top-" + std::to_string(batch.topk) + ", model '" + shape.name +
                          "' uses top-" + std::to_string(shape.topk));
       if (faults && faults->dead(me, step)) {
-        // A failed GPU's own batch leaves the run with it: it sends nothing (counted apart from lost selections).
+        // (sim) A failed GPU's own batch leaves the run with it: it sends nothing (counted apart from lost selections).
         res.faults.departed += batch.num_tokens;
         batch.num_tokens = 0;
         batch.topk_idx.clear();

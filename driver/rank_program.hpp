@@ -3,6 +3,9 @@
 // of a process shares read-only, and returns what it measured as a RankResult; it writes nothing shared.
 #pragma once
 
+#include <map>
+#include <mutex>
+
 #include "driver/experiment.hpp"
 #include "driver/plan.hpp"
 #include "driver/rank_result.hpp"
@@ -14,6 +17,18 @@ namespace eplab {
 
 struct Checkpoint;
 class CheckpointSink;
+
+// What the ranks that stopped (a failed GPU on emu and mpi, docs/faults.md) measured before they failed: put by
+// the failed rank's own thread (emu) or by rank 0 from the failed process's hand-over (mpi), read by the launcher
+// once the ranks are done, so the report counts every rank's steps before the failure.
+struct DepartedResults {
+  std::mutex mu;
+  std::map<int, RankResult> results;
+  void put(RankResult r) {
+    std::lock_guard<std::mutex> lock(mu);
+    results[r.rank] = std::move(r);
+  }
+};
 
 struct RankInputs {
   const RunConfig& cfg;
@@ -28,8 +43,11 @@ struct RankInputs {
   // boundary's state goes (null: none is written).
   const Checkpoint* resume = nullptr;
   CheckpointSink* checkpoint = nullptr;
+  DepartedResults* departed = nullptr;  // where failed ranks' results go (null: no rank stops)
 };
 
-RankResult run_rank(Fabric& f, const RankInputs& in);
+// A rank whose GPU fails at step S (FaultPlan::ranks_stop) returns at the start of S with `stopped` set, its
+// result put in in.departed; on mpi its process hands the result to rank 0 and exits instead of returning.
+RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped = nullptr);
 
 }  // namespace eplab

@@ -256,40 +256,44 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
 std::vector<RankResult> gather_rank_results(Fabric& f, RankResult mine, double timeout_s) {
   const Tag size_tag = make_tag(Phase::kUser, kGatherStep, 0, 0), data_tag = make_tag(Phase::kUser, kGatherStep, 0, 1);
   const int R = f.size();
+  const std::vector<int> live = f.live_ranks();
+  const int root = live.front();
+  std::vector<int> peers(live.begin() + 1, live.end());
   f.set_phase("gather");
   const Deadline d = Deadline::after(f, timeout_s);
-  if (f.rank() != 0) {
+  if (f.rank() != root) {
     const std::vector<uint8_t> bytes = encode_rank_result(mine);
     const uint64_t n = bytes.size();
-    Request reqs[2] = {f.isend(0, size_tag, ConstBuf{&n, sizeof n}),
-                       f.isend(0, data_tag, ConstBuf{bytes.data(), bytes.size()})};
+    Request reqs[2] = {f.isend(root, size_tag, ConstBuf{&n, sizeof n}),
+                       f.isend(root, data_tag, ConstBuf{bytes.data(), bytes.size()})};
     f.wait_all(reqs, d);
     return {};
   }
   std::vector<uint64_t> sizes(R, 0);
   std::vector<Request> reqs;
-  for (int p = 1; p < R; ++p) reqs.push_back(f.irecv(p, size_tag, MutBuf{&sizes[p], sizeof(uint64_t)}));
+  for (int p : peers) reqs.push_back(f.irecv(p, size_tag, MutBuf{&sizes[p], sizeof(uint64_t)}));
   f.wait_all(reqs, d);
-  for (int p = 1; p < R; ++p)
-    if (reqs[p - 1].bytes() != sizeof(uint64_t))
-      throw EplabError("gather: rank 0, peer " + std::to_string(p) + ": result size message of " +
-                       std::to_string(reqs[p - 1].bytes()) + " bytes, expected 8");
+  for (size_t i = 0; i < peers.size(); ++i)
+    if (reqs[i].bytes() != sizeof(uint64_t))
+      throw EplabError("gather: rank " + std::to_string(root) + ", peer " + std::to_string(peers[i]) +
+                       ": result size message of " + std::to_string(reqs[i].bytes()) + " bytes, expected 8");
   std::vector<std::vector<uint8_t>> bytes(R);
   reqs.clear();
-  for (int p = 1; p < R; ++p) {
+  for (int p : peers) {
     bytes[p].resize(sizes[p]);
     reqs.push_back(f.irecv(p, data_tag, MutBuf{bytes[p].data(), bytes[p].size()}));
   }
   f.wait_all(reqs, d);
   std::vector<RankResult> all(R);
-  all[0] = std::move(mine);
-  for (int p = 1; p < R; ++p) {
-    if (reqs[p - 1].bytes() != sizes[p])
-      throw EplabError("gather: rank 0, peer " + std::to_string(p) + ": result of " +
-                       std::to_string(reqs[p - 1].bytes()) + " bytes, announced " + std::to_string(sizes[p]));
+  all[root] = std::move(mine);
+  for (size_t i = 0; i < peers.size(); ++i) {
+    const int p = peers[i];
+    if (reqs[i].bytes() != sizes[p])
+      throw EplabError("gather: rank " + std::to_string(root) + ", peer " + std::to_string(p) + ": result of " +
+                       std::to_string(reqs[i].bytes()) + " bytes, announced " + std::to_string(sizes[p]));
     all[p] = decode_rank_result(bytes[p], p);
     if (all[p].rank != p)
-      throw EplabError("gather: rank 0, peer " + std::to_string(p) + ": the result is rank " +
+      throw EplabError("gather: rank " + std::to_string(root) + ", peer " + std::to_string(p) + ": the result is rank " +
                        std::to_string(all[p].rank) + "'s");
   }
   return all;

@@ -38,7 +38,8 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r);
 // longer than the result they hold.
 RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank);
 
-// Collective: every rank passes its result; rank 0 gets all of them in rank order, the others an empty
+// Collective over the live ranks (Fabric::mark_failed): every one passes its result; the lowest live rank (rank 0
+// unless it failed) gets a vector of every rank's in rank order, failed ranks' left empty, the others an empty
 // vector. Runs after the measured work (point-to-point messages tagged Phase::kUser, real bytes even where
 // payloads are phantom); the fabric's phase is "gather" during it. Throws FabricError past timeout_s.
 std::vector<RankResult> gather_rank_results(Fabric& f, RankResult mine, double timeout_s);

@@ -186,6 +186,7 @@ class Allgather : public Algorithm {
     std::vector<std::vector<uint8_t>> inbox(R);
     if (h.num_tokens > 0)
       for (int r = 0; r < R; ++r) {
+        if (!c.fabric.live(r)) continue;  // a failed rank (Fabric::mark_failed) returns nothing
         inbox[r].resize(c.rows_capacity(h.num_tokens, *c.combine_codec));
         recvs.push_back({r, MutBuf{inbox[r].data(), inbox[r].size()}});
       }

@@ -90,6 +90,8 @@ void EngineContext::store_counts(const DispatchArgs& a, std::vector<uint32_t> co
 
 void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
   for (auto& s : sends) {
+    if (!fabric.live(s.peer)) continue;  // a failed peer's entry is dropped by the fabric: nothing moves
+
     st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
     st.messages += 1;
   }
@@ -206,11 +208,12 @@ void EngineContext::exchange_split(PhaseStats& st, Tag meta_tag, Tag rows_tag, s
                                    std::span<const PeerSend> row_sends, std::span<PeerRecv> meta_recvs,
                                    std::span<PeerRecv> row_recvs) {
   for (auto& s : meta_sends) {
+    if (!fabric.live(s.peer)) continue;
     st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
     st.messages += 1;
   }
   for (auto& s : row_sends)
-    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+    if (fabric.live(s.peer)) st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
   fabric.alltoallv(meta_tag, meta_sends, meta_recvs, deadline());
   fabric.alltoallv(rows_tag, row_sends, row_recvs, deadline());
 }

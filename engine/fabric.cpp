@@ -8,7 +8,43 @@ namespace eplab {
 Deadline Deadline::after(const Fabric& f, double seconds) { return Deadline{f.now() + seconds}; }
 
 void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
-  alltoallv_by_messages(tag, sends, recvs, d, false);
+  alltoallv_live(sends, recvs, [&](std::span<const PeerSend> s, std::span<PeerRecv> r) {
+    alltoallv_by_messages(tag, s, r, d, false);
+  });
+}
+
+void Fabric::mark_failed(int rank) {
+  if (rank < 0 || rank >= size())
+    throw EplabError("mark_failed: rank " + std::to_string(rank) + " is outside 0.." + std::to_string(size() - 1));
+  if (rank == this->rank())
+    throw EplabError("mark_failed: rank " + std::to_string(rank) + " cannot mark itself failed");
+  if (failed_.empty()) failed_.assign(size(), 0);
+  failed_[rank] = 1;
+}
+
+std::vector<int> Fabric::live_ranks() const {
+  std::vector<int> out;
+  for (int r = 0; r < size(); ++r)
+    if (live(r)) out.push_back(r);
+  return out;
+}
+
+void Fabric::alltoallv_live(std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
+                            const std::function<void(std::span<const PeerSend>, std::span<PeerRecv>)>& run) {
+  if (failed_.empty()) return run(sends, recvs);
+  std::vector<PeerSend> live_sends;
+  std::vector<PeerRecv> live_recvs;
+  std::vector<size_t> at;  // index in `recvs` of each live receive
+  for (const PeerSend& s : sends)
+    if (live(s.peer)) live_sends.push_back(s);
+  for (size_t i = 0; i < recvs.size(); ++i) {
+    recvs[i].bytes = recvs[i].total_bytes = 0;
+    if (!live(recvs[i].peer)) continue;
+    live_recvs.push_back(recvs[i]);
+    at.push_back(i);
+  }
+  run(live_sends, live_recvs);
+  for (size_t j = 0; j < at.size(); ++j) recvs[at[j]] = live_recvs[j];
 }
 
 void Fabric::alltoallv_by_messages(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d,

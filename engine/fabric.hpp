@@ -156,12 +156,27 @@ class Fabric {
   void alltoallv_by_messages(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d,
                              bool barrier_before_sends);
 
+  // Failed ranks (driver/faults.hpp, emu and mpi): every survivor marks a rank that stopped, at the same point of
+  // its program (where a membership service would announce it once its deadline passed). From then on alltoallv
+  // leaves it out (a receive from it ends with 0 bytes, a send to it is dropped), barriers are of the live ranks,
+  // and isend/irecv naming it are errors. Every rank is live until marked.
+  virtual void mark_failed(int rank);
+  bool live(int rank) const { return rank < 0 || rank >= static_cast<int>(failed_.size()) || !failed_[rank]; }
+  // The live ranks, ascending.
+  std::vector<int> live_ranks() const;
+
   // Name of the phase now running, quoted by errors ("rank 3, peer 5, tag 0x..., phase dispatch").
   void set_phase(std::string phase) { phase_ = std::move(phase); }
   const std::string& phase() const { return phase_; }
 
  protected:
+  // alltoallv over the live ranks: calls `run` with the entries of live peers only, then gives the receives
+  // it left out 0 bytes.
+  void alltoallv_live(std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
+                      const std::function<void(std::span<const PeerSend>, std::span<PeerRecv>)>& run);
+
   std::string phase_ = "setup";
+  std::vector<char> failed_;  // [rank] marked failed; empty while none is
 };
 
 // Tags: a phase id in the top byte, then step, layer and a round counter.

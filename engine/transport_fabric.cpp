@@ -1,5 +1,6 @@
 #include "engine/transport_fabric.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -69,7 +70,9 @@ Domain::Domain(int world_size, int local_ranks, int first_local, std::unique_ptr
       first_local_(first_local),
       sync_(std::move(sync)),
       timeout_s_(timeout_s),
-      boxes_(local_ranks) {
+      boxes_(local_ranks),
+      failed_(world_size, 0),
+      live_(world_size) {
   if (!(timeout_s > 0))  // also refuses NaN
     throw EplabError("the run's timeout must be a positive number of seconds or inf, got " + std::to_string(timeout_s));
 }
@@ -159,10 +162,17 @@ void Domain::withdraw(int me, const std::shared_ptr<RecvOp>& op) {
   while (op->copying) sync_->wait(std::numeric_limits<double>::infinity());
 }
 
+void Domain::mark_failed(int rank) {
+  SyncLock lock(*sync_);
+  if (failed_[rank]) return;
+  failed_[rank] = 1;
+  --live_;
+}
+
 void Domain::rendezvous(const std::string& who, Transport& clock, const std::function<void()>& last) {
   SyncLock lock(*sync_);
   const long gen = barrier_gen_;
-  if (++barrier_count_ == world_size_) {
+  if (++barrier_count_ >= live_) {
     if (last) {
       // The others sleep until the generation moves; `last` may block (a simulated wait), so without the lock.
       lock.unlock();
@@ -212,6 +222,9 @@ std::string TransportFabric::where(int peer, Tag tag) const {
 void TransportFabric::check_peer(int peer, const char* op, Tag tag) const {
   if (peer < 0 || peer >= size())
     throw FabricError(std::string(op) + ": " + where(peer, tag) + ": peer outside 0.." + std::to_string(size() - 1));
+  if (!live(peer))
+    throw FabricError(std::string(op) + ": " + where(peer, tag) + ": peer " + std::to_string(peer) +
+                      " has failed (marked by mark_failed): nothing may be sent to or awaited from it");
 }
 
 double TransportFabric::limit_of(Deadline d, bool* caller) const {
@@ -305,21 +318,30 @@ void TransportFabric::barrier() {
 }
 
 void TransportFabric::message_barrier() {
-  const int n = size();
+  const std::vector<int> live = live_ranks();
+  const int n = static_cast<int>(live.size());
+  const int me = static_cast<int>(std::find(live.begin(), live.end(), rank_) - live.begin());
   const long round = barrier_round_++;
   uint8_t token = 1, got = 0;
   for (int k = 1, step = 0; k < n; k *= 2, ++step) {
     const Tag tag = make_tag(Phase::kBarrier, static_cast<int>(round & 0xFFFFFF), 0, step);
-    Request reqs[2] = {irecv((rank_ - k + n) % n, tag, MutBuf{&got, 1}),
-                       isend((rank_ + k) % n, tag, ConstBuf{&token, 1})};
+    Request reqs[2] = {irecv(live[(me - k + n) % n], tag, MutBuf{&got, 1}),
+                       isend(live[(me + k) % n], tag, ConstBuf{&token, 1})};
     wait_all(reqs, Deadline{});
   }
 }
 
 void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
-  if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv))
-    return ext->alltoallv(*this, tag, sends, recvs, d);
-  alltoallv_by_messages(tag, sends, recvs, d, false);
+  alltoallv_live(sends, recvs, [&](std::span<const PeerSend> s, std::span<PeerRecv> r) {
+    if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv))
+      return ext->alltoallv(*this, tag, s, r, d);
+    alltoallv_by_messages(tag, s, r, d, false);
+  });
+}
+
+void TransportFabric::mark_failed(int rank) {
+  Fabric::mark_failed(rank);
+  domain_.mark_failed(rank);
 }
 
 void TransportFabric::begin_pipeline(int chunks) {

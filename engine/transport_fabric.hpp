@@ -97,7 +97,12 @@ class Domain {
   // waits for a copy into it that is under way, so that nothing writes into a buffer that is gone.
   void withdraw(int me, const std::shared_ptr<RecvOp>& op);
 
-  // In-process barrier of every rank (holds_every_rank()): the last to arrive runs `last` first. Throws
+  // A rank of this domain stopped (Fabric::mark_failed): barriers from now on are of the others. Every survivor
+  // calls it before its next barrier, and the failed rank never enters one again, so no barrier under way
+  // counts it. Takes the lock; idempotent.
+  void mark_failed(int rank);
+
+  // In-process barrier of every live rank (holds_every_rank()): the last to arrive runs `last` first. Throws
   // FabricError naming `who` after timeout_s on the transport clock, or when the run failed.
   void rendezvous(const std::string& who, Transport& clock, const std::function<void()>& last = {});
 
@@ -118,6 +123,8 @@ class Domain {
   std::string failure_;
   int barrier_count_ = 0;
   long barrier_gen_ = 0;
+  std::vector<char> failed_;  // [rank] marked failed
+  int live_ = 0;              // ranks a barrier waits for
 };
 
 class TransportFabric final : public Fabric {
@@ -144,6 +151,7 @@ class TransportFabric final : public Fabric {
   void end_pipeline() override;
   void record_links(LinkRecorder* r) override;
   bool set_nic_bandwidth_fraction(int rank, double fraction) override;
+  void mark_failed(int rank) override;
 
   Domain& domain() { return domain_; }
   Transport& transport() { return transport_; }
@@ -157,7 +165,8 @@ class TransportFabric final : public Fabric {
   FabricError expired(const std::string& what, const std::string& state, bool caller);
 
  private:
-  // A barrier made of messages (dissemination: log2(n) rounds), for ranks in separate processes.
+  // A barrier made of messages (dissemination over the live ranks: log2(n) rounds), for ranks in separate
+  // processes.
   void message_barrier();
 
   Domain& domain_;

@@ -5,7 +5,8 @@
 // bytes land in its buffer straight from MPI (one copy, MPI's own), else in a host copy that waits for it. MPI's
 // non-overtaking order per sender keeps posting order and pairs each header with its bytes. A rank that fails
 // tells every peer on a separate MPI tag, and their waits end with its message; a process that dies is reported
-// by mpirun, which ends the job.
+// by mpirun, which ends the job, unless it is a failed GPU's process under mpirun --enable-recovery
+// (docs/faults.md): the others then run on without it.
 #include <mpi.h>
 
 #include <algorithm>
@@ -35,7 +36,13 @@ std::string mpi_text(int code) {
   return std::string(buf, static_cast<size_t>(len));
 }
 
-// MPI is initialized once per process, on first use, and finalized at exit.
+// Set when a launch ended with failed ranks (an injected GPU failure: the rank's process exited mid-run). Then
+// this process leaves without MPI_Finalize: OpenMPI 4.1's finalize waits in a fence of every process of the job,
+// and with one gone it can wait forever (seen here when survivors reached it right after the exit); under
+// `mpirun --enable-recovery`, which a GPU failure on mpi requires, mpirun accepts an exit without it.
+bool g_peer_exited = false;
+
+// MPI is initialized once per process, on first use, and finalized at exit (unless a peer exited, above).
 void ensure_mpi() {
   int ready = 0;
   MPI_Initialized(&ready);
@@ -47,7 +54,7 @@ void ensure_mpi() {
   std::atexit([] {
     int done = 0;
     MPI_Finalized(&done);
-    if (!done) MPI_Finalize();
+    if (!done && !g_peer_exited) MPI_Finalize();
   });
 }
 
@@ -243,6 +250,7 @@ class MpiBackend : public Backend {
       TransportFabric f(domain, t, me, topo);
       run_rank(
           me, [&] { rank_main(f); }, error, [&](const std::string& why) { t.tell_failure(why); });
+      if (f.live_ranks().size() < static_cast<size_t>(n)) g_peer_exited = true;
     }
     MPI_Comm_free(&comm);
     if (error) std::rethrow_exception(error);

@@ -13,6 +13,7 @@
 #include "driver/experiment.hpp"
 #include "driver/plan.hpp"
 #include "driver/run_options.hpp"
+#include "driver/rank_result.hpp"
 #include "engine/backend.hpp"
 #include "engine/placement.hpp"
 #include "engine/topology.hpp"
@@ -214,6 +215,8 @@ RunConfig emu_run() {
   c.steps = 3;
   c.redundant_experts = 8;
   c.detect_timeout_s = 0.01;
+  // A failed GPU stops on emu, and hierarchical would need it to relay (refused: FailedGpuOnEmuRefusesRelaying).
+  c.algorithm = "flat";
   return c;
 }
 
@@ -227,6 +230,14 @@ TEST(FaultRuns, EmuFailoverVerifiesRealBytes) {
   EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), 0);
   EXPECT_GT(r.at("faults").at("tokens_rerouted").get<int64_t>(), 0);
   EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), 0);
+  EXPECT_TRUE(r.at("faults").at("failed_ranks_stopped").get<bool>());
+  // Rank 1's thread stopped at step 1: from then on it sent no notify message and none was sent to it. Flat's
+  // notify goes from every rank to every rank, itself included: 8 x 8 messages a call before, 7 x 7 after.
+  const int R = 8, S = 1;
+  EXPECT_DOUBLE_EQ(r.at("phases").at("notify").at("messages").get<double>(),
+                   (S * R * R + (c.steps - S) * (R - 1) * (R - 1)) / static_cast<double>(c.steps));
+  // Its tokens of steps 1 and 2 left with it (32 a step), as on sim.
+  EXPECT_EQ(r.at("faults").at("tokens_departed").get<int64_t>(), (c.steps - S) * c.tokens);
   // Rank 5's experts 20..23 have no other replica: their selections are lost, counted in both blocks, and the
   // rest still checks against the reference without them.
   c.faults = {"gpu:5@step:1"};
@@ -243,6 +254,129 @@ TEST(FaultRuns, EmuFailoverVerifiesRealBytes) {
   r = run_experiment(c);
   EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
   EXPECT_EQ(r.at("verification").at("lost_selections"), r.at("faults").at("tokens_lost"));
+}
+
+// The fabric's live-rank set on emu: a rank that stops is left out of barriers and all-to-alls once the others
+// marked it, and messages naming it are errors; the others never wait for it (a wait would end at the 20 s limit).
+TEST(FaultRuns, AFailedRankIsLeftOutOfTheFabric) {
+  auto backend = create_backend("emu");
+  ClusterSpec spec = cluster_preset("h800-cx7");
+  spec.nodes = 1;
+  spec.gpus_per_node = 4;
+  const Topology topo(spec);
+  constexpr int kFailed = 2;
+  std::vector<std::vector<size_t>> got(4);
+  std::vector<std::vector<int32_t>> values(4);
+  std::vector<std::string> send_error(4), recv_error(4);
+  std::vector<std::vector<RankResult>> gathered(4);
+  backend->launch(topo, LaunchOptions{false, 20, ""}, [&](Fabric& f) {
+    const int me = f.rank();
+    f.barrier();
+    if (me == kFailed) return;  // stops: no barrier, no message from here on
+    f.mark_failed(kFailed);
+    f.barrier();  // of the three live ranks
+    int32_t out[4], in[4] = {-1, -1, -1, -1};
+    std::vector<PeerSend> sends;
+    std::vector<PeerRecv> recvs;
+    for (int p = 0; p < 4; ++p) {
+      out[p] = 10 * me + p;
+      sends.push_back({p, ConstBuf{&out[p], 4}});
+      recvs.push_back({p, MutBuf{&in[p], 4}, 99, 99});
+    }
+    f.alltoallv(make_tag(Phase::kUser, 0, 0), sends, recvs, Deadline::after(f, 10));
+    for (const PeerRecv& r : recvs) got[me].push_back(r.bytes);
+    values[me].assign(in, in + 4);
+    send_error[me] = error_of([&] { f.isend(kFailed, make_tag(Phase::kUser, 1, 0), ConstBuf{out, 4}); });
+    recv_error[me] = error_of([&] { f.irecv(kFailed, make_tag(Phase::kUser, 1, 0), MutBuf{in, 4}); });
+    RankResult mine;
+    mine.rank = me;
+    gathered[me] = gather_rank_results(f, mine, 10);
+  });
+  for (int me = 0; me < 4; ++me) {
+    if (me == kFailed) {
+      EXPECT_TRUE(got[me].empty());
+      continue;
+    }
+    SCOPED_TRACE(me);
+    ASSERT_EQ(got[me].size(), 4u);
+    for (int p = 0; p < 4; ++p) {
+      EXPECT_EQ(got[me][p], p == kFailed ? 0u : 4u) << p;
+      EXPECT_EQ(values[me][p], p == kFailed ? -1 : 10 * p + me) << p;
+    }
+    EXPECT_NE(send_error[me].find("peer 2 has failed"), std::string::npos) << send_error[me];
+    EXPECT_NE(recv_error[me].find("peer 2 has failed"), std::string::npos) << recv_error[me];
+  }
+  // The gather is of the live ranks: rank 0 gets the others', the failed rank's entry left empty.
+  ASSERT_EQ(gathered[0].size(), 4u);
+  EXPECT_EQ(gathered[0][1].rank, 1);
+  EXPECT_EQ(gathered[0][3].rank, 3);
+  EXPECT_EQ(gathered[0][kFailed].rank, -1);
+}
+
+// The algorithms that send straight to the expert's GPU (flat, low-latency) or to every rank (allgather) run on
+// among the live ranks; each verifies with the failed rank's results up to its failure kept. When rank 0 fails,
+// the lowest live rank gathers the report.
+TEST(FaultRuns, EmuFailoverEveryDirectAlgorithm) {
+  for (const std::string algorithm : {"flat", "low-latency", "allgather"}) {
+    for (const std::string spec : {"gpu:1@step:1", "gpu:0@step:2"}) {
+      SCOPED_TRACE(algorithm + " " + spec);
+      RunConfig c = emu_run();
+      c.algorithm = algorithm;
+      c.faults = {spec};
+      const nlohmann::json r = run_experiment(c);
+      EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+      // Rank 1's experts all have a replica elsewhere; rank 0's redundant slot holds its own expert 0, which dies
+      // with it (the contiguous placement), so expert 0's selections are lost from step 2 on, and counted.
+      const int64_t lost = r.at("faults").at("tokens_lost").get<int64_t>();
+      EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), lost);
+      if (spec == "gpu:1@step:1") {
+        EXPECT_EQ(lost, 0);
+      }
+      if (spec == "gpu:0@step:2") {
+        EXPECT_GT(lost, 0);
+        for (const auto& e : r.at("faults").at("lost_experts")) EXPECT_EQ(e.at("experts"), nlohmann::json({0}));
+      }
+      EXPECT_TRUE(r.at("faults").at("failed_ranks_stopped").get<bool>());
+      EXPECT_EQ(r.at("ranks").get<int>(), 8);
+    }
+  }
+}
+
+// Without redundant experts on emu: rank 1 stops at step 1 and its experts 4..7 (32 experts, 4 a rank) are on no
+// live GPU; every selection of them by the others from step 1 on is lost, counted here from the routing.
+TEST(FaultRuns, EmuFailedGpuWithoutRedundancyCountsLostExactly) {
+  RunConfig c = emu_run();
+  c.redundant_experts = 0;
+  c.faults = {"gpu:1@step:1"};
+  const nlohmann::json r = run_experiment(c);
+  const MoeShape shape = config_model(c);
+  const Topology topo(config_cluster(c));
+  RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+  rp.weights = false;
+  auto routing = make_routing(c.routing, rp);
+  int64_t expected = 0;
+  for (int step = 1; step < c.steps; ++step)
+    for (int l = 0; l < c.layers; ++l)
+      for (int src = 0; src < topo.size(); ++src)
+        if (src != 1)
+          for (int32_t e : routing->batch(step, l, src).topk_idx) expected += e >= 4 && e < 8;
+  ASSERT_GT(expected, 0);
+  EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), expected);
+  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), expected);
+  EXPECT_EQ(r.at("faults").at("lost_experts")[0].at("experts"), nlohmann::json::array({4, 5, 6, 7}));
+  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+}
+
+TEST(FaultRuns, FailedGpuOnEmuRefusesRelaying) {
+  RunConfig c = emu_run();
+  c.algorithm = "hierarchical";
+  c.faults = {"gpu:1@step:1"};
+  const std::string e = error_of([&] { run_experiment(c); });
+  EXPECT_NE(e.find("fault 'gpu:1@step:1': --algorithm hierarchical relays"), std::string::npos) << e;
+  EXPECT_NE(e.find("use --algorithm flat"), std::string::npos) << e;
+  // A stall or a NIC down stops nothing: hierarchical still runs with them.
+  c.faults = {"stall:1@step:1,for=0.01"};
+  EXPECT_TRUE(run_experiment(c).at("verified").get<bool>());
 }
 
 TEST(FaultRuns, StragglerSlowsTheLayer) {

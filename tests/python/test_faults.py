@@ -15,7 +15,7 @@ needs_bin = pytest.mark.skipif(not os.access(BIN, os.X_OK), reason="eplab execut
 needs_sim = pytest.mark.skipif(not HAS_SIM, reason="no sim backend in this build")
 
 SMALL_EMU = dict(backend="emu", nodes=2, gpus_per_node=4, model="mixtral-8x7b", experts=32, hidden=256, tokens=32,
-                 steps=3, redundant_experts=8, detect_timeout_s=0.01, timeout_s=20)
+                 steps=3, redundant_experts=8, detect_timeout_s=0.01, timeout_s=20, algorithm="flat")
 
 
 def test_faults_as_a_list_or_one_spec():
