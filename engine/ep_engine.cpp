@@ -122,11 +122,30 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
   return m;
 }
 
-EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock& b, const float* x, uint64_t stream,
-                                                        std::vector<int32_t>& sent_ids, std::vector<float>& scratch) {
+EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock& b, const DispatchArgs& a,
+                                                        uint64_t stream, std::vector<int32_t>& sent_ids,
+                                                        std::vector<float>& scratch) {
   const size_t H = static_cast<size_t>(hidden());
+  const float* x = a.x;
   Message m;
-  if (dispatch_row_bytes > 0) {  // rows encoded one by one straight from the batch, behind the metadata
+  if (a.x_rows != nullptr) {  // the batch's wire rows, copied behind the metadata
+    if (dispatch_row_bytes == 0)
+      throw EplabError("engine: rank " + std::to_string(rank()) + ": dispatch got wire rows, but its codec '" +
+                       opts.dispatch_codec + "' does not encode rows on their own");
+    const size_t rb = dispatch_row_bytes;
+    std::vector<uint8_t>& out = outbox(slot);
+    reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + static_cast<size_t>(b.size()) * rb);
+    pack_block(b, static_cast<size_t>(b.size()) * rb, out);
+    const size_t meta = out.size();
+    out.resize(meta + static_cast<size_t>(b.size()) * rb);
+    uint8_t* dst = out.data() + meta;
+    for (int32_t t : b.token) {
+      std::memcpy(dst, a.x_rows + static_cast<size_t>(t) * rb, rb);
+      dst += rb;
+    }
+    m = Message::view_of(out);
+    m.meta_bytes = meta;
+  } else if (dispatch_row_bytes > 0) {  // rows encoded one by one straight from the batch, behind the metadata
     const size_t rows = static_cast<size_t>(b.size()) * dispatch_row_bytes;
     std::vector<uint8_t>& out = outbox(slot);
     reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + rows);
@@ -510,7 +529,7 @@ long count_token_node_pairs(const EngineContext& c, const DispatchArgs& a) {
 }  // namespace
 
 Handle EpEngine::dispatch(const DispatchArgs& a) {
-  if (!ctx_.phantom() && a.x == nullptr && a.num_tokens > 0)
+  if (!ctx_.phantom() && a.x == nullptr && a.x_rows == nullptr && a.num_tokens > 0)
     throw EplabError("engine: dispatch without activations needs phantom mode");
   if (a.placement && (a.placement->num_ranks() != ctx_.placement.num_ranks() ||
                       a.placement->slots_per_rank() != ctx_.placement.slots_per_rank()))
