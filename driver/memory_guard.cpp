@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "policies/codecs/codec.hpp"
 
@@ -52,8 +53,6 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
     e.ranks_here = local ? std::clamp(std::atoi(local), 1, R) : R;
   }
   const double T = cfg.tokens, H = run.shape.hidden, k = run.shape.topk;
-  // Each rank's batch (fp32 activations) and its combined output.
-  e.batch_bytes = 2.0 * T * H * 4.0;
   // Rows one rank receives in a call: every source sends a token once per destination rank it selects, as
   // many as a uniform choice of top-k among the experts spread evenly over the ranks reaches on average (skewed
   // and group-limited routings reach fewer); low-latency sends once per selection, allgather everything.
@@ -65,7 +64,22 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   const RowCost d = row_cost(run.dispatch_codec, run.shape.hidden);
   const RowCost c = row_cost(run.combine_codec, run.shape.hidden);
   const bool wire_rows = d.kept == d.wire && c.kept == c.wire;  // both codecs encode rows on their own
-  if (wire_rows && !run.caps.modeled_time && (algo == "flat" || algo == "hierarchical")) {
+  // Each rank's batch and its combined output (fp32). Flat and hierarchical take the batch as the dispatch
+  // codec's rows when it encodes rows on their own (EpEngine::takes_wire_batch), else it is fp32 activations;
+  // the rows live in the output's buffer unless training keeps them or two micro-batches interleave
+  // (driver/rank_program.cpp).
+  const bool wire_batch = d.kept == d.wire && (algo == "flat" || algo == "hierarchical");
+  const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo";
+  e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * 4.0;
+  if (wire_rows && !run.caps.modeled_time && algo == "flat") {
+    // The last stage receives rows straight into the handle's rows buffer, which expert compute overwrites with
+    // its outputs (in place when both row sizes agree); the payload moves in rounds of kFlatRoundPeers peers,
+    // so the send buffers, which take combine's answers back, hold that many peers' rows (a token sent once
+    // per destination rank it selects: T (1 - miss) rows to a peer on average).
+    const double expert_out = c.kept == d.kept ? 0.0 : c.kept;
+    const double round_rows = std::min(R, kFlatRoundPeers) * T * (1 - miss);
+    e.rows_bytes = e.rows_per_rank * (d.kept + expert_out) + round_rows * std::max(d.wire, c.wire);
+  } else if (wire_rows && !run.caps.modeled_time && algo == "hierarchical") {
     // EngineContext::split_blocks: the last stage receives rows straight into the handle's rows buffer, which
     // expert compute overwrites with its outputs (in place when both row sizes agree); a rank's send buffers
     // (what it sent, as many rows as it receives on average) take combine's answers back when those rows are
