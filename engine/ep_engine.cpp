@@ -217,7 +217,15 @@ std::vector<uint8_t>& EngineContext::reply_box(size_t i, size_t bytes) {
 void EngineContext::take_spare_rows_sized(std::vector<uint8_t>& rows, size_t bytes) {
   rows.swap(spare_rows);
   std::vector<uint8_t>().swap(spare_rows);
-  if (rows.capacity() < bytes) rows.clear();  // a larger buffer comes: nothing to copy over
+  // Room for the expert outputs too where combine's rows are the larger (fp8 in, bf16 out): map_rows writes
+  // them over the received rows, and a buffer that had to grow then would hold both for a moment.
+  size_t room = bytes;
+  if (dispatch_row_bytes > 0 && combine_row_bytes > dispatch_row_bytes)
+    room = bytes / dispatch_row_bytes * combine_row_bytes;
+  if (rows.capacity() < room) {  // a larger buffer comes: nothing to copy over
+    rows.clear();
+    reserve_huge(rows, room);
+  }
   resize_huge(rows, bytes);
 }
 
@@ -262,6 +270,28 @@ void EngineContext::map_rows(Handle& h, const std::function<void(int, const floa
   if (!can_map_rows(h)) throw EplabError("engine: map_rows needs rows in a row-separable wire format");
   const int n = h.recv.size(), H = hidden();
   const bool in_place = dispatch_row_bytes == combine_row_bytes;
+  if (combine_row_bytes > dispatch_row_bytes) {
+    // Larger outputs (fp8 rows in, bf16 out) are written over the received rows too, last row first: output
+    // row i starts at i x combine bytes, past the end of every input row before i (i x dispatch bytes), and row
+    // i itself is decoded before its output overwrites it. The rank then holds one buffer of outputs, not the
+    // received rows and the outputs side by side; the buffer was sized for them (take_spare_rows_sized).
+    std::vector<uint8_t> buf;
+    buf.swap(h.recv_wire);
+    resize_huge(buf, static_cast<size_t>(n) * combine_row_bytes);
+    std::vector<float> row(H), part(H);
+    std::vector<uint8_t> enc;
+    for (int i = n - 1; i >= 0; --i) {
+      dispatch_codec->decode(buf.data() + static_cast<size_t>(i) * dispatch_row_bytes, dispatch_row_bytes, 1, H,
+                             row.data());
+      std::fill(part.begin(), part.end(), 0.f);
+      fn(i, row.data(), part.data());
+      enc.clear();
+      combine_codec->encode(part.data(), 1, H, enc);
+      std::memcpy(buf.data() + static_cast<size_t>(i) * combine_row_bytes, enc.data(), combine_row_bytes);
+    }
+    h.expert_out = std::move(buf);
+    return;
+  }
   std::vector<uint8_t> out;
   if (in_place)
     out.swap(h.recv_wire);
