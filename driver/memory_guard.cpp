@@ -71,22 +71,22 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   const bool wire_batch = d.kept == d.wire && (algo == "flat" || algo == "hierarchical");
   const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo";
   e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * 4.0;
+  // The handle's rows per received row: the last stage receives rows straight into the handle's rows buffer,
+  // which expert compute overwrites with its outputs where they are no smaller (EngineContext::map_rows; a
+  // buffer with room for the larger), else writes them beside it.
+  const double handle_row = c.kept >= d.kept ? c.kept : d.kept + c.kept;
   if (wire_rows && !run.caps.modeled_time && algo == "flat") {
-    // The last stage receives rows straight into the handle's rows buffer, which expert compute overwrites with
-    // its outputs (in place when both row sizes agree); the payload moves in rounds of kFlatRoundPeers peers,
-    // so the send buffers, which take combine's answers back, hold that many peers' rows (a token sent once
-    // per destination rank it selects: T (1 - miss) rows to a peer on average).
-    const double expert_out = c.kept == d.kept ? 0.0 : c.kept;
+    // The payload moves in rounds of kFlatRoundPeers peers, so the send buffers, which take combine's answers
+    // back, hold that many peers' rows (a token sent once per destination rank it selects: T (1 - miss) rows
+    // to a peer on average).
     const double round_rows = std::min(R, kFlatRoundPeers) * T * (1 - miss);
-    e.rows_bytes = e.rows_per_rank * (d.kept + expert_out) + round_rows * std::max(d.wire, c.wire);
+    e.rows_bytes = e.rows_per_rank * handle_row + round_rows * std::max(d.wire, c.wire);
   } else if (wire_rows && !run.caps.modeled_time && algo == "hierarchical") {
-    // EngineContext::split_blocks: the last stage receives rows straight into the handle's rows buffer, which
-    // expert compute overwrites with its outputs (in place when both row sizes agree); a rank's send buffers
-    // (what it sent, as many rows as it receives on average) take combine's answers back when those rows are
-    // no larger (EngineContext::reply_box). Two row buffers, where the rows are equal.
-    const double expert_out = c.kept == d.kept ? 0.0 : c.kept;
+    // Besides the handle's rows, a rank's send buffers (what it sent, as many rows as it receives on average)
+    // take combine's answers back when those rows are no larger (EngineContext::reply_box). Two row buffers,
+    // where the rows are equal.
     const double replies = c.wire <= d.wire ? 0.0 : c.wire;
-    e.rows_bytes = e.rows_per_rank * (d.wire + d.kept + expert_out + replies);
+    e.rows_bytes = e.rows_per_rank * (d.wire + handle_row + replies);
     if (algo == "hierarchical" && run.topo.nodes() > 1) {
       // Across the rail a token travels once per node it selects: the forwarder's receive buffers hold those
       // rows, the source's send buffers held them before the forward messages, and the sums going back are

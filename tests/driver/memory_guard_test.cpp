@@ -54,6 +54,13 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   f.algorithm = "flat";
   EXPECT_DOUBLE_EQ(estimate_run_memory(f, resolve_run(f, *create_backend("emu"))).rows_bytes,
                    e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
+  // DeepSeek-V3's own codecs, fp8 rows (7168 + 56 scales x 4 bytes) in and bf16 out: expert compute writes the
+  // larger outputs over the received rows, so the handle holds bf16 rows only; the round buffers take bf16
+  // answers.
+  RunConfig f8 = f;
+  f8.dispatch_codec = "fp8-e4m3-b128";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f8, resolve_run(f8, *create_backend("emu"))).rows_bytes,
+                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
   // Algorithms that read the batch as fp32 hold it so.
   RunConfig l = c;
   l.algorithm = "low-latency";
