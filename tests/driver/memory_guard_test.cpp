@@ -47,7 +47,7 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
   const double pairs = 1024.0 * 2 * (1 - node_miss);
   EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 2 * 14336 + pairs * 3 * 14336);
-  EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes));
+  EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes) * 1.07);  // and the allocator's slack
   // Flat has no rail stage, and sends in rounds of kFlatRoundPeers (2) peers: the handle's rows, and the send
   // buffers of two peers' rows (1024 (1 - miss) tokens each).
   RunConfig f = c;
