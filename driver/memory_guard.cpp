@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "policies/codecs/codec.hpp"
 
@@ -52,8 +53,6 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
     e.ranks_here = local ? std::clamp(std::atoi(local), 1, R) : R;
   }
   const double T = cfg.tokens, H = run.shape.hidden, k = run.shape.topk;
-  // Each rank's batch (fp32 activations) and its combined output.
-  e.batch_bytes = 2.0 * T * H * 4.0;
   // Rows one rank receives in a call: every source sends a token once per destination rank it selects, as
   // many as a uniform choice of top-k among the experts spread evenly over the ranks reaches on average (skewed
   // and group-limited routings reach fewer); low-latency sends once per selection, allgather everything.
@@ -65,14 +64,29 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   const RowCost d = row_cost(run.dispatch_codec, run.shape.hidden);
   const RowCost c = row_cost(run.combine_codec, run.shape.hidden);
   const bool wire_rows = d.kept == d.wire && c.kept == c.wire;  // both codecs encode rows on their own
-  if (wire_rows && !run.caps.modeled_time && (algo == "flat" || algo == "hierarchical")) {
-    // EngineContext::split_blocks: the last stage receives rows straight into the handle's rows buffer, which
-    // expert compute overwrites with its outputs (in place when both row sizes agree); a rank's send buffers
-    // (what it sent, as many rows as it receives on average) take combine's answers back when those rows are
-    // no larger (EngineContext::reply_box). Two row buffers, where the rows are equal.
-    const double expert_out = c.kept == d.kept ? 0.0 : c.kept;
+  // Each rank's batch and its combined output (fp32). Flat and hierarchical take the batch as the dispatch
+  // codec's rows when it encodes rows on their own (EpEngine::takes_wire_batch), else it is fp32 activations;
+  // the rows live in the output's buffer unless training keeps them or two micro-batches interleave
+  // (driver/rank_program.cpp).
+  const bool wire_batch = d.kept == d.wire && (algo == "flat" || algo == "hierarchical");
+  const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo";
+  e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * 4.0;
+  // The handle's rows per received row: the last stage receives rows straight into the handle's rows buffer,
+  // which expert compute overwrites with its outputs where they are no smaller (EngineContext::map_rows; a
+  // buffer with room for the larger), else writes them beside it.
+  const double handle_row = c.kept >= d.kept ? c.kept : d.kept + c.kept;
+  if (wire_rows && !run.caps.modeled_time && algo == "flat") {
+    // The payload moves in rounds of kFlatRoundPeers peers, so the send buffers, which take combine's answers
+    // back, hold that many peers' rows (a token sent once per destination rank it selects: T (1 - miss) rows
+    // to a peer on average).
+    const double round_rows = std::min(R, kFlatRoundPeers) * T * (1 - miss);
+    e.rows_bytes = e.rows_per_rank * handle_row + round_rows * std::max(d.wire, c.wire);
+  } else if (wire_rows && !run.caps.modeled_time && algo == "hierarchical") {
+    // Besides the handle's rows, a rank's send buffers (what it sent, as many rows as it receives on average)
+    // take combine's answers back when those rows are no larger (EngineContext::reply_box). Two row buffers,
+    // where the rows are equal.
     const double replies = c.wire <= d.wire ? 0.0 : c.wire;
-    e.rows_bytes = e.rows_per_rank * (d.wire + d.kept + expert_out + replies);
+    e.rows_bytes = e.rows_per_rank * (d.wire + handle_row + replies);
     if (algo == "hierarchical" && run.topo.nodes() > 1) {
       // Across the rail a token travels once per node it selects: the forwarder's receive buffers hold those
       // rows, the source's send buffers held them before the forward messages, and the sums going back are
@@ -93,7 +107,11 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
     // The receive buffers are kept across calls and rounds (EngineContext::inboxes), one more row's worth.
     e.rows_bytes = e.rows_per_rank * (std::max(dispatch_peak, combine_peak) + std::max(d.wire, c.wire));
   }
-  e.bytes = e.ranks_here * (e.batch_bytes + e.rows_bytes);
+  // What the buffers above leave out: chunks the allocator keeps after a buffer grew (emu keeps freed chunks
+  // for the run), metadata and routing. Measured at 6-9% of them for flat and hierarchical at 1024-4096
+  // tokens per rank (16 ranks, DeepSeek-V3; docs/architecture.md).
+  constexpr double kAllocatorSlack = 1.07;
+  e.bytes = e.ranks_here * (e.batch_bytes + e.rows_bytes) * kAllocatorSlack;
   return e;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
@@ -153,13 +154,29 @@ void slow_down(ComputeCost& c, double x) {
   c.fixed_s *= x;
 }
 
+// The batch in the dispatch codec's row format (EpEngine::takes_wire_batch) at `rows`, made a token at a time, so
+// that the batch's fp32 activations (117 MB a rank at 4096 tokens x 7168) are never held: bf16 rows take half
+// that. Each row is encoded on its own, as a source's messages would encode it.
+void make_wire_batch(const RunConfig& cfg, int step, int layer, int rank, int tokens, int hidden, Codec& codec,
+                     uint8_t* rows, std::vector<float>& scratch) {
+  const size_t rb = codec.row_bytes(hidden);
+  std::vector<uint8_t> enc;
+  scratch.resize(static_cast<size_t>(hidden));
+  for (int t = 0; t < tokens; ++t) {
+    make_activations(cfg.seed, step, layer, rank, 1, hidden, scratch.data(), t);
+    enc.clear();
+    codec.encode(scratch.data(), 1, hidden, enc);
+    std::memcpy(rows + static_cast<size_t>(t) * rb, enc.data(), rb);
+  }
+}
+
 // Two-batch overlap: the layer's two micro-batches (the batch's first ceil(T/2) tokens, then the rest), each
 // through dense compute -> dispatch -> expert compute -> combine, one phase at a time between barriers, so every
 // phase's simulated duration is its own; driver/overlap.hpp composes the overlapped schedule from them. Returns
 // the layer's serial simulated time.
 double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDriver& steps, RankResult& res, int step,
                        int layer, const RoutingBatch& batch, const std::vector<int32_t>& slots,
-                       const std::vector<float>& x, std::vector<float>& out) {
+                       const std::vector<float>& x, const std::vector<uint8_t>& x_rows, std::vector<float>& out) {
   const RunSetup& run = in.run;
   const MoeShape& shape = run.shape;
   const int call = step * in.cfg.layers + layer, K = batch.topk;
@@ -183,8 +200,9 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
                       K,
                       slots.data() + sel0,
                       batch.topk_weights.data() + sel0,
-                      run.phantom ? nullptr : x.data() + first * H,
+                      run.phantom || x.empty() ? nullptr : x.data() + first * H,
                       &placement};
+    if (!x_rows.empty()) args.x_rows = x_rows.data() + first * engine.context().dispatch_row_bytes;
     f.barrier();
     ForwardTimes ft{f.now()};
     Handle h = engine.dispatch(args);
@@ -259,7 +277,16 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
   const FaultPlan* faults = in.plan.faults.get();
   const double slow = faults ? faults->slowdown(me) : 1.0;
   std::vector<int32_t> slots;
-  std::vector<float> x, partials, out, ref;
+  std::vector<float> x, partials, out, ref, x_slice;
+  // Wire rows of the batch where dispatch takes them (x stays empty); the verification reference then makes
+  // each slice's fp32 activations again from the seed, as the batch was made. Dispatch has sent every row
+  // (copied into its messages) when it returns, and only combine writes the output, after it: so the rows
+  // live in the tail of the output's buffer, one buffer for both, unless training keeps the batch for the
+  // backward pass or two micro-batches interleave dispatch and combine.
+  const bool wire_batch = !phantom && engine.takes_wire_batch();
+  const bool batch_in_out = wire_batch && cfg.mode != "training" && !steps.two_batch();
+  std::vector<uint8_t> x_rows;
+  const uint8_t* batch_rows = nullptr;
   for (int step = first_step; step < cfg.steps && !stopped; ++step)
     for (int layer = 0; layer < cfg.layers; ++layer) {
       const int call = step * cfg.layers + layer;
@@ -328,12 +355,25 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
       for (int32_t s : slots)
         if (s >= 0) ++call_load[s];
       for (int s = 0; s < S; ++s) rec.slot_load[s] += call_load[s];
-      if (!phantom) {
+      if (wire_batch) {
+        const size_t bytes = static_cast<size_t>(batch.num_tokens) * engine.context().dispatch_row_bytes;
+        uint8_t* at = nullptr;
+        if (batch_in_out) {  // row bytes <= fp32's: the rows fit in the output's buffer
+          resize_huge(out, static_cast<size_t>(batch.num_tokens) * shape.hidden);
+          at = reinterpret_cast<uint8_t*>(out.data()) + out.size() * sizeof(float) - bytes;
+        } else {
+          resize_huge(x_rows, bytes);
+          at = x_rows.data();
+        }
+        make_wire_batch(cfg, step, layer, me, batch.num_tokens, shape.hidden, *engine.context().dispatch_codec, at,
+                        x_slice);
+        batch_rows = at;
+      } else if (!phantom) {
         resize_huge(x, static_cast<size_t>(batch.num_tokens) * shape.hidden);
         make_activations(cfg.seed, step, layer, me, batch.num_tokens, shape.hidden, x.data());
       }
       if (steps.two_batch()) {
-        res.layer_time_s[call] = two_batch_layer(f, in, engine, steps, res, step, layer, batch, slots, x, out);
+        res.layer_time_s[call] = two_batch_layer(f, in, engine, steps, res, step, layer, batch, slots, x, x_rows, out);
       } else {
         DispatchArgs args{step,
                           layer,
@@ -341,8 +381,9 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
                           batch.topk,
                           slots.data(),
                           batch.topk_weights.data(),
-                          phantom ? nullptr : x.data(),
+                          phantom || wire_batch ? nullptr : x.data(),
                           &placement};
+        if (wire_batch) args.x_rows = batch_rows;
         args.layout_key = lp.layout_key;
         args.layout_cached = lp.layout_cached;
         const EngineStats before = engine.stats();
@@ -387,10 +428,12 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
         constexpr int kSlice = 64;
         const size_t H = static_cast<size_t>(shape.hidden);
         ref.resize(kSlice * H);
+        if (wire_batch) x_slice.resize(kSlice * H);
         for (int t0 = 0; t0 < batch.num_tokens; t0 += kSlice) {
           const int n = std::min(kSlice, batch.num_tokens - t0);
-          reference_combine(batch, slots, x.data(), placement, run.topo, run.transform, engine.reduction(),
-                            shape.hidden, ref.data(), t0, n);
+          if (wire_batch) make_activations(cfg.seed, step, layer, me, n, shape.hidden, x_slice.data(), t0);
+          reference_combine(batch, slots, wire_batch ? x_slice.data() : x.data(), placement, run.topo, run.transform,
+                            engine.reduction(), shape.hidden, ref.data(), t0, n, wire_batch ? t0 : 0);
           rec.add_comparison(out.data() + t0 * H, ref.data(), n * H);
         }
       }

@@ -11,12 +11,12 @@ namespace eplab {
 
 void reference_combine(const RoutingBatch& b, const std::vector<int32_t>& slots, const float* x,
                        const Placement& placement, const Topology& topo, const ExpertTransform& f, ReductionOrder order,
-                       int hidden, float* out, int first, int count) {
+                       int hidden, float* out, int first, int count, int x_first) {
   const int k = b.topk;
   const int end = count < 0 ? b.num_tokens : std::min(b.num_tokens, first + count);
   std::vector<float> scratch(hidden), part(hidden), group(hidden);
   for (int t = first; t < end; ++t) {
-    const float* xt = x + static_cast<size_t>(t) * hidden;
+    const float* xt = x + static_cast<size_t>(t - x_first) * hidden;
     float* o = out + static_cast<size_t>(t - first) * hidden;
     std::fill(o, o + hidden, 0.f);
     const int32_t* st = &slots[static_cast<size_t>(t) * k];

@@ -13,10 +13,11 @@ namespace eplab {
 
 // out [tokens x hidden] = sum over the token's selections of weight x f_expert(x), grouped as `order` says;
 // only tokens [first, first + count) when count >= 0, written from out's first row (so a caller can check a
-// large batch a slice at a time).
+// large batch a slice at a time). x holds the activations of tokens from x_first on (a caller that regenerates
+// a slice's activations passes x_first = first).
 void reference_combine(const RoutingBatch& batch, const std::vector<int32_t>& slots, const float* x,
                        const Placement& placement, const Topology& topo, const ExpertTransform& f, ReductionOrder order,
-                       int hidden, float* out, int first = 0, int count = -1);
+                       int hidden, float* out, int first = 0, int count = -1, int x_first = 0);
 
 // What an expert GPU computes for the rows it received: per row the weighted sum of its selections'
 // outputs in the order they arrived, or (kSelections) the unweighted output of its one selection. Where the

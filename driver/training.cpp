@@ -76,6 +76,9 @@ void StepDriver::keep_layer(const DispatchArgs& args, const ComputeCost& expert,
   // Phantom payloads read no weights (only counts travel), and 58 layers of them would hold ~1 GB at 256 GPUs.
   if (!c_.phantom) l.weights.assign(args.weights, args.weights + sel);
   if (args.x) l.x.assign(args.x, args.x + static_cast<size_t>(args.num_tokens) * c_.shape.hidden);
+  if (args.x_rows)
+    l.x_rows.assign(args.x_rows,
+                    args.x_rows + static_cast<size_t>(args.num_tokens) * c_.engine.context().dispatch_row_bytes);
   l.expert = expert;
   layers_.push_back(std::move(l));
 }
@@ -220,6 +223,7 @@ void StepDriver::backward_two_batch(int step) {
       const double d0 = f.now();
       DispatchArgs a{
           step, bl, l.num_tokens, l.topk, l.slots.data(), l.weights.data(), l.x.empty() ? nullptr : l.x.data()};
+      if (!l.x_rows.empty()) a.x_rows = l.x_rows.data();
       Handle h = c_.engine.dispatch(a);
       const double d1 = f.now();
       c_.links.set_phase_prefix("");
@@ -270,6 +274,7 @@ void StepDriver::end_step(int step) {
                      l.slots.data(),
                      l.weights.empty() ? nullptr : l.weights.data(),
                      l.x.empty() ? nullptr : l.x.data()};
+      if (!l.x_rows.empty()) a.x_rows = l.x_rows.data();
       Handle h = c_.engine.dispatch(a);
       const double d1 = f.now(), notify_s = c_.engine.stats().notify.time_s - notify0;
       c_.links.set_phase_prefix("");

@@ -71,6 +71,7 @@ class StepDriver {
     int num_tokens = 0, topk = 0;
     std::vector<int32_t> slots;
     std::vector<float> weights, x;
+    std::vector<uint8_t> x_rows;  // the batch as wire rows, where dispatch took it so (DispatchArgs::x_rows)
     ComputeCost expert;
     int layer = 0, micro_batch = 0;  // two-batch overlap: which layer and micro-batch (else the layer's index)
   };

@@ -12,11 +12,11 @@ float unit(uint64_t bits) { return static_cast<float>(bits >> 40) * (2.0f / 1677
 
 }  // namespace
 
-void make_activations(uint64_t seed, int step, int layer, int rank, int tokens, int hidden, float* x) {
+void make_activations(uint64_t seed, int step, int layer, int rank, int tokens, int hidden, float* x, int first_token) {
   const uint64_t base = mix64(mix64(mix64(mix64(seed) ^ step) ^ (static_cast<uint64_t>(layer) << 20)) ^
                                  (static_cast<uint64_t>(rank) << 40));
   for (int t = 0; t < tokens; ++t) {
-    const uint64_t row = mix64(base ^ static_cast<uint64_t>(t));
+    const uint64_t row = mix64(base ^ static_cast<uint64_t>(first_token + t));
     for (int h = 0; h < hidden; ++h) x[static_cast<size_t>(t) * hidden + h] = unit(mix64(row + h));
   }
 }

@@ -12,7 +12,7 @@
 namespace eplab {
 
 // Fills x [tokens x hidden] with values in [-1, 1) that depend only on (seed, step, layer, rank, token, channel).
-void make_activations(uint64_t seed, int step, int layer, int rank, int tokens, int hidden, float* x);
+void make_activations(uint64_t seed, int step, int layer, int rank, int tokens, int hidden, float* x, int first_token = 0);
 
 class ExpertTransform {
  public:

@@ -124,11 +124,30 @@ EngineContext::Message EngineContext::make_block_message(const TokenBlock& b, co
   return m;
 }
 
-EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock& b, const float* x, uint64_t stream,
-                                                        std::vector<int32_t>& sent_ids, std::vector<float>& scratch) {
+EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock& b, const DispatchArgs& a,
+                                                        uint64_t stream, std::vector<int32_t>& sent_ids,
+                                                        std::vector<float>& scratch) {
   const size_t H = static_cast<size_t>(hidden());
+  const float* x = a.x;
   Message m;
-  if (dispatch_row_bytes > 0) {  // rows encoded one by one straight from the batch, behind the metadata
+  if (a.x_rows != nullptr) {  // the batch's wire rows, copied behind the metadata
+    if (dispatch_row_bytes == 0)
+      throw EplabError("engine: rank " + std::to_string(rank()) + ": dispatch got wire rows, but its codec '" +
+                       opts.dispatch_codec + "' does not encode rows on their own");
+    const size_t rb = dispatch_row_bytes;
+    std::vector<uint8_t>& out = outbox(slot);
+    reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + static_cast<size_t>(b.size()) * rb);
+    pack_block(b, static_cast<size_t>(b.size()) * rb, out);
+    const size_t meta = out.size();
+    out.resize(meta + static_cast<size_t>(b.size()) * rb);
+    uint8_t* dst = out.data() + meta;
+    for (int32_t t : b.token) {
+      std::memcpy(dst, a.x_rows + static_cast<size_t>(t) * rb, rb);
+      dst += rb;
+    }
+    m = Message::view_of(out);
+    m.meta_bytes = meta;
+  } else if (dispatch_row_bytes > 0) {  // rows encoded one by one straight from the batch, behind the metadata
     const size_t rows = static_cast<size_t>(b.size()) * dispatch_row_bytes;
     std::vector<uint8_t>& out = outbox(slot);
     reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + rows);
@@ -200,7 +219,15 @@ std::vector<uint8_t>& EngineContext::reply_box(size_t i, size_t bytes) {
 void EngineContext::take_spare_rows_sized(std::vector<uint8_t>& rows, size_t bytes) {
   rows.swap(spare_rows);
   std::vector<uint8_t>().swap(spare_rows);
-  if (rows.capacity() < bytes) rows.clear();  // a larger buffer comes: nothing to copy over
+  // Room for the expert outputs too where combine's rows are the larger (fp8 in, bf16 out): map_rows writes
+  // them over the received rows, and a buffer that had to grow then would hold both for a moment.
+  size_t room = bytes;
+  if (dispatch_row_bytes > 0 && combine_row_bytes > dispatch_row_bytes)
+    room = bytes / dispatch_row_bytes * combine_row_bytes;
+  if (rows.capacity() < room) {  // a larger buffer comes: nothing to copy over
+    rows.clear();
+    reserve_huge(rows, room);
+  }
   resize_huge(rows, bytes);
 }
 
@@ -246,6 +273,28 @@ void EngineContext::map_rows(Handle& h, const std::function<void(int, const floa
   if (!can_map_rows(h)) throw EplabError("engine: map_rows needs rows in a row-separable wire format");
   const int n = h.recv.size(), H = hidden();
   const bool in_place = dispatch_row_bytes == combine_row_bytes;
+  if (combine_row_bytes > dispatch_row_bytes) {
+    // Larger outputs (fp8 rows in, bf16 out) are written over the received rows too, last row first: output
+    // row i starts at i x combine bytes, past the end of every input row before i (i x dispatch bytes), and row
+    // i itself is decoded before its output overwrites it. The rank then holds one buffer of outputs, not the
+    // received rows and the outputs side by side; the buffer was sized for them (take_spare_rows_sized).
+    std::vector<uint8_t> buf;
+    buf.swap(h.recv_wire);
+    resize_huge(buf, static_cast<size_t>(n) * combine_row_bytes);
+    std::vector<float> row(H), part(H);
+    std::vector<uint8_t> enc;
+    for (int i = n - 1; i >= 0; --i) {
+      dispatch_codec->decode(buf.data() + static_cast<size_t>(i) * dispatch_row_bytes, dispatch_row_bytes, 1, H,
+                             row.data());
+      std::fill(part.begin(), part.end(), 0.f);
+      fn(i, row.data(), part.data());
+      enc.clear();
+      combine_codec->encode(part.data(), 1, H, enc);
+      std::memcpy(buf.data() + static_cast<size_t>(i) * combine_row_bytes, enc.data(), combine_row_bytes);
+    }
+    h.expert_out = std::move(buf);
+    return;
+  }
   std::vector<uint8_t> out;
   if (in_place)
     out.swap(h.recv_wire);
@@ -513,7 +562,7 @@ long count_token_node_pairs(const EngineContext& c, const DispatchArgs& a) {
 }  // namespace
 
 Handle EpEngine::dispatch(const DispatchArgs& a) {
-  if (!ctx_.phantom() && a.x == nullptr && a.num_tokens > 0)
+  if (!ctx_.phantom() && a.x == nullptr && a.x_rows == nullptr && a.num_tokens > 0)
     throw EplabError("engine: dispatch without activations needs phantom mode");
   if (a.placement && (a.placement->num_ranks() != ctx_.placement.num_ranks() ||
                       a.placement->slots_per_rank() != ctx_.placement.slots_per_rank()))

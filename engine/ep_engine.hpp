@@ -71,6 +71,11 @@ struct DispatchArgs {
   // takes its counts from its cache and skips notify. Without the vouch, notify runs and fills the entry.
   uint64_t layout_key = 0;
   bool layout_cached = false;
+  // The batch already in the dispatch codec's row format ([tokens x Codec::row_bytes]), instead of x, for an
+  // engine whose takes_wire_batch() is true: half the memory of fp32 activations with bf16, and a source's
+  // messages are the batch's rows copied as they are (a row-separable codec encodes each row on its own, so
+  // the bytes are those encoding x would give).
+  const uint8_t* x_rows = nullptr;
 };
 
 // Returned by dispatch, consumed by combine. `recv` lists every row this rank received: its origin
@@ -100,6 +105,13 @@ struct Handle {
   const Placement* placement = nullptr;  // the placement dispatch ran with (never null after dispatch)
 };
 
+// Flat's payload where rows travel straight into place (EngineContext::split_blocks) moves in rounds of this many
+// peers: dispatch's send buffers and combine's reply buffers then hold a round's rows, not a whole call's. At
+// 16 ranks x 4096 tokens (DeepSeek-V3, bf16) a rank sends about 380 MB of rows per call; in rounds of two peers
+// its buffers hold about 48 MB. Two, not one, so that two ranks answer in each of combine's rounds and both
+// cores of a small machine copy. driver/memory_guard sizes a run with it.
+constexpr int kFlatRoundPeers = 2;
+
 class EngineContext;
 
 class Algorithm {
@@ -107,6 +119,9 @@ class Algorithm {
   virtual ~Algorithm() = default;
   virtual std::string name() const = 0;
   virtual ReductionOrder reduction() const = 0;
+  // Whether dispatch reads the batch only through EngineContext::take_source_block, so it may come as wire
+  // rows (DispatchArgs::x_rows).
+  virtual bool takes_wire_rows() const { return false; }
   virtual Handle dispatch(EngineContext& c, const DispatchArgs& a) = 0;
   // partials: [handle.recv.size() x hidden] — per row the weighted sum of its selections' expert outputs, or
   // (kSelections) the unweighted output of its single selection. out: [handle.num_tokens x hidden].
@@ -203,8 +218,9 @@ class EngineContext {
   // `scratch`, encodes them with the dispatch codec after b's metadata, then frees b, keeping only its token ids
   // (the order combine's answer comes back in) in sent_ids.
   // With row-separable codecs the message is written into outbox(slot) and viewed.
-  Message take_source_block(size_t slot, TokenBlock& b, const float* x, uint64_t stream, std::vector<int32_t>& sent_ids,
-                            std::vector<float>& scratch);
+  // x_rows, when set, is the batch in the dispatch codec's row format (DispatchArgs::x_rows): its rows are copied.
+  Message take_source_block(size_t slot, TokenBlock& b, const DispatchArgs& a, uint64_t stream,
+                            std::vector<int32_t>& sent_ids, std::vector<float>& scratch);
   // Rows only (combine); `rows` may be null in phantom mode, which charges their encoded size.
   Message make_rows_message(const float* rows, int n, Codec& codec, uint64_t stream);
   // Combine's message of the handle's rows [first, first + n): a view of h.expert_out when expert compute wrote
@@ -242,9 +258,10 @@ class EngineContext {
   // buffer's previous size are zero-filled (a kept buffer is not cleared and filled again on every call).
   void take_spare_rows_sized(std::vector<uint8_t>& rows, size_t bytes);
   // Expert compute over wire rows: for every received row i, fn(i, row, out) turns the decoded row into its
-  // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — in place
-  // over recv_wire when both codecs' rows have the same size (row i is read before it is overwritten). Only
-  // when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
+  // partial (out: hidden floats, zeroed), which is encoded into h.expert_out with the combine codec — over
+  // recv_wire's own buffer when the combine row is as large as the dispatch row or larger (first row first when
+  // equal, last row first when larger: row i is read before anything overwrites it), else into a new buffer.
+  // Only when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
   bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }
   void map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn);
   // Receive capacity for a block message / rows message.
@@ -318,6 +335,9 @@ class EpEngine {
   Handle dispatch(const DispatchArgs& a);
   void combine(Handle& h, const float* partials, float* out);
   ReductionOrder reduction() const { return algo_->reduction(); }
+  // Whether dispatch takes the batch as wire rows (DispatchArgs::x_rows): real bytes, a row-separable dispatch
+  // codec and an algorithm that reads the batch only to send it.
+  bool takes_wire_batch() const { return ctx_.dispatch_row_bytes > 0 && algo_->takes_wire_rows(); }
   const Algorithm& algorithm() const { return *algo_; }
   EngineContext& context() { return ctx_; }
   const EngineStats& stats() const { return ctx_.stats; }

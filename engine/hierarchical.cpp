@@ -37,6 +37,7 @@ class Hierarchical : public Algorithm {
  public:
   std::string name() const override { return "hierarchical"; }
   ReductionOrder reduction() const override { return ReductionOrder::kNodes; }
+  bool takes_wire_rows() const override { return true; }
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
@@ -171,7 +172,7 @@ class Hierarchical : public Algorithm {
         sends.push_back({f, msgs[n].buf()});
         continue;
       }
-      msgs[n] = c.take_source_block(n, to_node[n], a.x, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
+      msgs[n] = c.take_source_block(n, to_node[n], a, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
                                     st->sent_token_ids[n], rows);
       sends.push_back({f, msgs[n].buf()});
     }

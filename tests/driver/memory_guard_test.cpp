@@ -34,7 +34,12 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   for (int i = 0; i < 8; ++i) miss *= (240.0 - i) / (256.0 - i);
   EXPECT_DOUBLE_EQ(e.rows_per_rank, 1024.0 * 16 * (1 - miss));
   EXPECT_NEAR(e.rows_per_rank / 1024, 6.52, 0.01);
-  EXPECT_DOUBLE_EQ(e.batch_bytes, 2.0 * 1024 * 7168 * 4);
+  // The batch as bf16 rows (14336 bytes) in the tail of the combined output's fp32 buffer.
+  EXPECT_DOUBLE_EQ(e.batch_bytes, 1024.0 * 7168 * 4);
+  RunConfig tr = c;  // training keeps the batch's rows for the backward pass: a buffer of their own
+  tr.mode = "training";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(tr, resolve_run(tr, *create_backend("emu"))).batch_bytes,
+                   1024.0 * 14336 + 1024.0 * 7168 * 4);
   // Hierarchical (the default): bf16 rows (14336 bytes) twice (the send buffers, which take combine's answers
   // back, and the handle's rows, received in place and overwritten by the expert outputs), plus per (token,
   // node) pair the rail's send and receive buffers and the sum sent back.
@@ -42,12 +47,25 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
   const double pairs = 1024.0 * 2 * (1 - node_miss);
   EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 2 * 14336 + pairs * 3 * 14336);
-  EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes));
-  // Flat has no rail stage.
+  EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes) * 1.07);  // and the allocator's slack
+  // Flat has no rail stage, and sends in rounds of kFlatRoundPeers (2) peers: the handle's rows, and the send
+  // buffers of two peers' rows (1024 (1 - miss) tokens each).
   RunConfig f = c;
   f.algorithm = "flat";
   EXPECT_DOUBLE_EQ(estimate_run_memory(f, resolve_run(f, *create_backend("emu"))).rows_bytes,
-                   e.rows_per_rank * 2 * 14336);
+                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
+  // DeepSeek-V3's own codecs, fp8 rows (7168 + 56 scales x 4 bytes) in and bf16 out: expert compute writes the
+  // larger outputs over the received rows, so the handle holds bf16 rows only; the round buffers take bf16
+  // answers.
+  RunConfig f8 = f;
+  f8.dispatch_codec = "fp8-e4m3-b128";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f8, resolve_run(f8, *create_backend("emu"))).rows_bytes,
+                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
+  // Algorithms that read the batch as fp32 hold it so.
+  RunConfig l = c;
+  l.algorithm = "low-latency";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(l, resolve_run(l, *create_backend("emu"))).batch_bytes,
+                   2.0 * 1024 * 7168 * 4);
   // A codec that does not encode rows on its own is held in fp32 after dispatch.
   const RunConfig z = emu_config(1024, "bf16+zstd");
   EXPECT_GT(estimate_run_memory(z, resolve_run(z, *create_backend("emu"))).rows_bytes, e.rows_bytes);
