@@ -355,14 +355,18 @@ class Generator : public RoutingSource {
     b.src_rank = rank;
     b.num_tokens = p_.tokens_per_rank;
     b.topk = topk_;
-    b.topk_idx.resize(static_cast<size_t>(b.num_tokens) * topk_);
-    b.topk_weights.resize(b.topk_idx.size());
+    if (!sizes_batch()) {
+      b.topk_idx.resize(static_cast<size_t>(b.num_tokens) * topk_);
+      b.topk_weights.resize(b.topk_idx.size());
+    }
     fill(b);
     return b;
   }
 
  protected:
   virtual void fill(RoutingBatch& b) const = 0;
+  // True where fill() sizes topk_idx and topk_weights itself (writing each entry once, with no zero-fill first).
+  virtual bool sizes_batch() const { return false; }
   int32_t* ids(RoutingBatch& b, int t) const { return b.topk_idx.data() + static_cast<size_t>(t) * topk_; }
   float* weights(RoutingBatch& b, int t) const { return b.topk_weights.data() + static_cast<size_t>(t) * topk_; }
 
@@ -468,6 +472,7 @@ class DeepepRouting : public Generator {
   }
 
  protected:
+  bool sizes_batch() const override { return equal_nodes_; }
   void fill(RoutingBatch& b) const override {
     if (gate_scores_) b.gate_scores.resize(static_cast<size_t>(b.num_tokens) * num_experts_);
     if (equal_nodes_)
@@ -649,7 +654,17 @@ class DeepepRouting : public Generator {
     // Without scores every weight is 1 / k, as write_token makes it from equal scores.
     const bool scores = p_.weights || gate_scores_;
     const float equal_weight = static_cast<float>(1.0 * (1.0 / static_cast<double>(topk_)));
-    if (!scores) std::fill(b.topk_weights.begin(), b.topk_weights.end(), equal_weight);
+    // A phantom run's batches are written once: the ids a chunk at a time, the weights in one pass.
+    const size_t entries = static_cast<size_t>(b.num_tokens) * topk;
+    std::vector<int32_t> chunk_ids;
+    if (scores) {
+      b.topk_idx.resize(entries);
+      b.topk_weights.resize(entries);
+    } else {
+      b.topk_idx.reserve(entries);
+      b.topk_weights.assign(entries, equal_weight);
+      chunk_ids.resize(static_cast<size_t>(kChunk) * topk);
+    }
     for (int t0 = 0; t0 < b.num_tokens; t0 += kChunk) {
       const int n = std::min(kChunk, b.num_tokens - t0);
       for (int t = 0; t < n; ++t) {
@@ -676,7 +691,7 @@ class DeepepRouting : public Generator {
           std::swap(node_perm[j], node_perm[pick]);
           base[j] = first_[node_perm[j]];
         }
-        int32_t* out = ids(b, t0 + t);
+        int32_t* out = scores ? ids(b, t0 + t) : chunk_ids.data() + static_cast<size_t>(t) * topk;
         int32_t* const experts = expert_perm.data();
         for (int c = 0; c < topk; ++c) {
           const int j = from[static_cast<size_t>(c) * kChunk + t];
@@ -727,6 +742,7 @@ class DeepepRouting : public Generator {
         for (int j = kept; j < nodes_; ++j)
           for (int e = first_[node_perm[j]]; e < first_[node_perm[j] + 1]; ++e) fill_below(e, dropped_best);
       }
+      if (!scores) b.topk_idx.insert(b.topk_idx.end(), chunk_ids.begin(), chunk_ids.begin() + n * topk);
     }
   }
 
