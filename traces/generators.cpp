@@ -635,6 +635,22 @@ class DeepepRouting : public Generator {
     const int n_idx = kept + topk_;      // per token: which nodes, then which expert of each pick's node
     const int topk = topk_;              // a local: the stores into the batch cannot change it
     if (kept > 16) throw EplabError("routing '" + name_ + "': more than 16 nodes per token");
+    // Without scores every weight is 1 / k, as write_token makes it from equal scores. A phantom run's batches
+    // are written once (the ids a chunk at a time, the weights in one pass). They are sized before the scratch
+    // below is allocated, in the order batch() used: sized after it, with glibc's default thresholds (no
+    // mallopt, as in the emu backend or bench_sim_speed --generator), every batch's pages were given back to
+    // the kernel and faulted in again (40 page faults per batch, measured).
+    const bool scores = p_.weights || gate_scores_;
+    const float equal_weight = static_cast<float>(1.0 * (1.0 / static_cast<double>(topk)));
+    const size_t entries = static_cast<size_t>(b.num_tokens) * topk;
+    if (scores) {
+      b.topk_idx.resize(entries);
+      b.topk_weights.resize(entries);
+    } else {
+      b.topk_idx.reserve(entries);
+      b.topk_weights.assign(entries, equal_weight);
+    }
+    std::vector<int32_t> chunk_ids(scores ? 0 : static_cast<size_t>(kChunk) * topk);
     // Partial Fisher-Yates over permutations carried from token to token (nodes; each node's experts within
     // its block): every draw is uniform over what this token has not used, whatever order earlier tokens left.
     std::vector<int32_t> node_perm(nodes_), expert_perm(num_experts_);
@@ -651,20 +667,6 @@ class DeepepRouting : public Generator {
     std::vector<int> used(kept), base(kept);
     std::vector<Ranked> cand(topk_);
     std::vector<double> score(topk_, 1.0);
-    // Without scores every weight is 1 / k, as write_token makes it from equal scores.
-    const bool scores = p_.weights || gate_scores_;
-    const float equal_weight = static_cast<float>(1.0 * (1.0 / static_cast<double>(topk_)));
-    // A phantom run's batches are written once: the ids a chunk at a time, the weights in one pass.
-    const size_t entries = static_cast<size_t>(b.num_tokens) * topk;
-    std::vector<int32_t> chunk_ids;
-    if (scores) {
-      b.topk_idx.resize(entries);
-      b.topk_weights.resize(entries);
-    } else {
-      b.topk_idx.reserve(entries);
-      b.topk_weights.assign(entries, equal_weight);
-      chunk_ids.resize(static_cast<size_t>(kChunk) * topk);
-    }
     for (int t0 = 0; t0 < b.num_tokens; t0 += kChunk) {
       const int n = std::min(kChunk, b.num_tokens - t0);
       for (int t = 0; t < n; ++t) {
