@@ -617,6 +617,13 @@ class DeepepRouting : public Generator {
     merge_sse2(e, head, left, from, used, log_rank);
   }
 
+  // fill_equal_nodes' working arrays, kept per thread between batches.
+  struct Scratch {
+    std::vector<int32_t> node_perm, expert_perm, from, taken_before, chunk_ids;
+    std::vector<double> exps, head, left, log_rank, last_log_u;
+    std::vector<uint32_t> idx;
+  };
+
   // Tokens go through three passes, a chunk at a time: (1) walk the random stream in its order (per token the
   // kept + topk - 1 Exp(1) variates, then the kept + topk index draws), keeping the draws; (2) the merges, which
   // depend only on a token's own draws, kLanes tokens at once; (3) the permutations carried from token to token,
@@ -636,10 +643,7 @@ class DeepepRouting : public Generator {
     const int topk = topk_;              // a local: the stores into the batch cannot change it
     if (kept > 16) throw EplabError("routing '" + name_ + "': more than 16 nodes per token");
     // Without scores every weight is 1 / k, as write_token makes it from equal scores. A phantom run's batches
-    // are written once (the ids a chunk at a time, the weights in one pass). They are sized before the scratch
-    // below is allocated, in the order batch() used: sized after it, with glibc's default thresholds (no
-    // mallopt, as in the emu backend or bench_sim_speed --generator), every batch's pages were given back to
-    // the kernel and faulted in again (40 page faults per batch, measured).
+    // are written once (the ids a chunk at a time, the weights in one pass).
     const bool scores = p_.weights || gate_scores_;
     const float equal_weight = static_cast<float>(1.0 * (1.0 / static_cast<double>(topk)));
     const size_t entries = static_cast<size_t>(b.num_tokens) * topk;
@@ -650,20 +654,40 @@ class DeepepRouting : public Generator {
       b.topk_idx.reserve(entries);
       b.topk_weights.assign(entries, equal_weight);
     }
-    std::vector<int32_t> chunk_ids(scores ? 0 : static_cast<size_t>(kChunk) * topk);
     // Partial Fisher-Yates over permutations carried from token to token (nodes; each node's experts within
     // its block): every draw is uniform over what this token has not used, whatever order earlier tokens left.
-    std::vector<int32_t> node_perm(nodes_), expert_perm(num_experts_);
+    // The scratch lives with the thread, which generates many batches: a batch allocates only its own ids and
+    // weights, as when it was drawn token by token (with glibc's default thresholds, as in the emu backend, a
+    // few more allocations per batch made it give the batch's pages back and fault them in on every batch).
+    thread_local Scratch scratch;
+    std::vector<int32_t>& node_perm = scratch.node_perm;
+    std::vector<int32_t>& expert_perm = scratch.expert_perm;
+    node_perm.resize(nodes_);
+    expert_perm.resize(num_experts_);
     std::iota(node_perm.begin(), node_perm.end(), 0);
     std::iota(expert_perm.begin(), expert_perm.end(), 0);
     // Per chunk token ([index][token]): its Exp(1) draws; per kept node (slot), best first, the log rank of its
     // best expert not yet taken (-inf when none is left) and how many of its experts below that are not drawn
-    // yet; the merge's picks (slot and log rank). Padding lanes past the batch's end hold harmless values.
-    std::vector<double> exps(static_cast<size_t>(kChunk) * n_exp, 1.0), head(static_cast<size_t>(kChunk) * kept);
-    std::vector<double> left(static_cast<size_t>(kChunk) * kept);
-    std::vector<int32_t> from(static_cast<size_t>(kChunk) * topk_), taken_before(static_cast<size_t>(kChunk) * topk_);
-    std::vector<double> log_rank(static_cast<size_t>(kChunk) * topk_), last_log_u(kChunk);
-    std::vector<uint32_t> idx(static_cast<size_t>(kChunk) * n_idx);  // [token][index]: the index draws' top bits
+    // yet; the merge's picks (slot, the slot's picks before, log rank). Padding lanes past the batch's end hold
+    // harmless values (draws of earlier chunks, or 1).
+    std::vector<double>& exps = scratch.exps;
+    std::vector<double>& head = scratch.head;
+    std::vector<double>& left = scratch.left;
+    std::vector<int32_t>& from = scratch.from;
+    std::vector<int32_t>& taken_before = scratch.taken_before;
+    std::vector<double>& log_rank = scratch.log_rank;
+    std::vector<double>& last_log_u = scratch.last_log_u;
+    std::vector<uint32_t>& idx = scratch.idx;  // [token][index]: the index draws' top bits
+    std::vector<int32_t>& chunk_ids = scratch.chunk_ids;
+    exps.assign(static_cast<size_t>(kChunk) * n_exp, 1.0);
+    head.resize(static_cast<size_t>(kChunk) * kept);
+    left.resize(static_cast<size_t>(kChunk) * kept);
+    from.resize(static_cast<size_t>(kChunk) * topk);
+    taken_before.resize(static_cast<size_t>(kChunk) * topk);
+    log_rank.resize(static_cast<size_t>(kChunk) * topk);
+    last_log_u.resize(kChunk);
+    idx.resize(static_cast<size_t>(kChunk) * n_idx);
+    chunk_ids.resize(static_cast<size_t>(kChunk) * topk);
     std::vector<int> used(kept), base(kept);
     std::vector<Ranked> cand(topk_);
     std::vector<double> score(topk_, 1.0);
