@@ -7,6 +7,7 @@
 #include <cstring>
 #include <type_traits>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -500,13 +501,14 @@ class DeepepRouting : public Generator {
     }
   }
 
-  // The top k of the kept nodes' descending log-rank sequences for kLanes tokens at once, lane l being token l of
-  // the group (every array is [index][kChunk tokens], the group's tokens at t): pick c is log_rank[c], from slot
-  // from[c]. A slot's next rank, head - e[c] / left, replaces its head only once the head is taken; e[c] is the
-  // token's c-th Exp(1) variate after its kept nodes' ones. head and left (ranks not yet drawn) are per slot.
-  // Every operation is the scalar merge's, lane by lane (compares and selects, one multiply and one subtraction
-  // per new rank, 1 / left by IEEE division as the inv_ table holds it), so the picks are bit for bit the same;
-  // the lanes are independent tokens, so there is no branch on the data and the picks of several tokens overlap.
+  // The top k of the kept nodes' descending log-rank sequences for L tokens at once, lane l being token l of the
+  // group (every array is [index][kChunk tokens], the group's tokens at t): pick c is log_rank[c], from slot
+  // from[c], which earlier picks took used[c] experts of. A slot's next rank, head - e[c] * (1 / left), replaces
+  // its head only once the head is taken; e[c] is the token's c-th Exp(1) variate after its kept nodes' ones. head
+  // and left (ranks not yet drawn) are per slot. Every operation is the scalar merge's, lane by lane (compares and
+  // selects, one multiply and one subtraction per new rank, 1 / left by IEEE division as the inv_ table holds it),
+  // so the picks are bit for bit the same; the lanes are independent tokens, so there is no branch on the data
+  // and the picks of several tokens overlap.
   template <int L>
   using Lanes = typename MergeLanes<L>::Doubles;
 
@@ -526,20 +528,22 @@ class DeepepRouting : public Generator {
     std::memcpy(p, &i, sizeof i);
   }
 
+  // state: 3 * kept vectors (head, left, 1 / left per slot), a local array when KEPT is fixed (registers, once
+  // the loops over the slots are unrolled).
   template <int L, int KEPT>
-  [[gnu::always_inline]] inline void merge_lanes(int kept_n, const double* e, double* head_io, double* left_io, int32_t* from, int32_t* used,
-                   double* log_rank) const {
-    constexpr int kMax = KEPT > 0 ? KEPT : 16;
+  [[gnu::always_inline]] inline void merge_core(Lanes<L>* state, int kept_n, const double* e, double* head_io,
+                                                double* left_io, int32_t* from, int32_t* used,
+                                                double* log_rank) const {
     const int kept = KEPT > 0 ? KEPT : kept_n;
+    Lanes<L>* head = state;
+    Lanes<L>* left = state + kept;
+    Lanes<L>* inv = state + 2 * kept;  // a slot's left changes only when it is taken, and its 1 / left with it
     const double m1 = first_[1] - 1;
-    Lanes<L> head[kMax], left[kMax];
     for (int j = 0; j < kept; ++j) {
       load<L>(head[j], head_io + j * kChunk);
       load<L>(left[j], left_io + j * kChunk);
+      inv[j] = 1.0 / left[j];
     }
-    // The taken slot's 1 / left, kept up to date for every slot: a slot's left changes only when it is taken.
-    Lanes<L> inv[kMax];
-    for (int j = 0; j < kept; ++j) inv[j] = 1.0 / left[j];
     const Lanes<L> none = Lanes<L>{} - HUGE_VAL;
     for (int c = 0; c < topk_; ++c) {
       Lanes<L> top = head[0], taken = Lanes<L>{}, left_t = left[0], inv_t = inv[0];
@@ -560,7 +564,7 @@ class DeepepRouting : public Generator {
       const auto more = left_t > 0;
       const Lanes<L> next = more ? top - ec * inv_t : none;  // the scalar merge's top - e * inv_[left]
       const Lanes<L> left_next = more ? left_t - 1 : left_t;
-      const Lanes<L> inv_next = 1.0 / left_next;
+      const Lanes<L> inv_next = 1.0 / left_next;  // inf once left is 0, where it is never used
       for (int j = 0; j < kept; ++j) {
         const auto now = taken == j;
         head[j] = now ? next : head[j];
@@ -571,6 +575,23 @@ class DeepepRouting : public Generator {
     for (int j = 0; j < kept; ++j) {
       store<L>(head_io + j * kChunk, head[j]);
       store<L>(left_io + j * kChunk, left[j]);
+    }
+  }
+
+  template <int L, int KEPT>
+  [[gnu::always_inline]] inline void merge_lanes(int kept_n, const double* e, double* head_io, double* left_io,
+                                                 int32_t* from, int32_t* used, double* log_rank) const {
+    if constexpr (KEPT > 0) {
+      Lanes<L> state[3 * KEPT];
+      merge_core<L, KEPT>(state, KEPT, e, head_io, left_io, from, used, log_rank);
+    } else {  // more than 8 nodes per token (a model without a node limit on many nodes): rare, so no registers
+      // Plain doubles, aligned by hand for the vectors: no std::vector<Lanes> code built for the default ISA.
+      constexpr size_t kAlign = sizeof(Lanes<L>);
+      std::vector<double> buf(3 * static_cast<size_t>(kept_n) * L + kAlign / sizeof(double));
+      void* p = buf.data();
+      size_t room = buf.size() * sizeof(double);
+      std::align(kAlign, 3 * static_cast<size_t>(kept_n) * kAlign, p, room);
+      merge_core<L, 0>(static_cast<Lanes<L>*>(p), kept_n, e, head_io, left_io, from, used, log_rank);
     }
   }
 
@@ -626,10 +647,10 @@ class DeepepRouting : public Generator {
 
   // Tokens go through three passes, a chunk at a time: (1) walk the random stream in its order (per token the
   // kept + topk - 1 Exp(1) variates, then the kept + topk index draws), keeping the draws; (2) the merges, which
-  // depend only on a token's own draws, kLanes tokens at once; (3) the permutations carried from token to token,
+  // depend only on a token's own draws, 2 to 8 tokens at once; (3) the permutations carried from token to token,
   // the ids and weights. The draws and their uses are exactly those of drawing token by token, so the batch is
   // the same; only the work is arranged differently.
-  static constexpr int kChunk = 128;  // a multiple of kLanes
+  static constexpr int kChunk = 128;  // a multiple of the widest merge's 8 lanes
 
   void fill_equal_nodes(RoutingBatch& b) const {
     BlockStream rng(stream_seed(p_.seed, kDeepepStream, b.step, b.layer, b.src_rank));
@@ -641,7 +662,6 @@ class DeepepRouting : public Generator {
     const int n_exp = kept + topk_ - 1;  // per token: the kept nodes' ranks, then the merge's steps
     const int n_idx = kept + topk_;      // per token: which nodes, then which expert of each pick's node
     const int topk = topk_;              // a local: the stores into the batch cannot change it
-    if (kept > 16) throw EplabError("routing '" + name_ + "': more than 16 nodes per token");
     // Without scores every weight is 1 / k, as write_token makes it from equal scores. A phantom run's batches
     // are written once (the ids a chunk at a time, the weights in one pass).
     const bool scores = p_.weights || gate_scores_;
