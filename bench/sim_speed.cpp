@@ -9,12 +9,19 @@
 //   bench_sim_speed --whole-steps [--json FILE]
 //       only the two whole-step rows of --targets (their target is wall time on the 2-core machine: run it
 //       without taskset to let routing generation use the second core).
+//   bench_sim_speed --generator [--json FILE]
+//       the deepep generator alone on the calling thread (DeepSeek-V3, 32 x 8 GPUs, 4096 tokens/rank): CPU ns per
+//       token without weights (what a phantom run asks for) and with them; EPLAB_ROUTING_ISA=sse2|avx2|avx512
+//       narrows the vector width of its merge (the batches are the same at every width).
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -145,11 +152,64 @@ Result run_child(const Row& row) {
   return res;
 }
 
+// CPU seconds of the calling thread (the generator runs on it alone, so other jobs' load shows in wall time only).
+double thread_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// The deepep generator by itself: layers 0..3 of step 0 for every rank of 32 x 8 GPUs (4.2M tokens), the best of
+// three passes, with and without weights.
+int bench_generator(const std::string& json_path) {
+  const char* isa = std::getenv("EPLAB_ROUTING_ISA");
+  std::printf("eplab deepep generator: deepseek-v3, h800-cx7 32 x 8 GPUs, 4096 tokens/rank, layers 0-3 of step 0, "
+              "one thread; merge width: %s\n",
+              isa ? isa : "widest the CPU has");
+  std::printf("%-8s %10s %14s %14s\n", "weights", "tokens", "cpu ns/token", "wall ns/token");
+  nlohmann::json out = nlohmann::json::array();
+  for (bool weights : {false, true}) {
+    eplab::ClusterSpec spec = eplab::cluster_preset("h800-cx7");
+    spec.nodes = 32;
+    spec.gpus_per_node = 8;
+    eplab::RoutingParams rp;
+    rp.shape = eplab::model_preset("deepseek-v3");
+    rp.topology = eplab::Topology(spec);
+    rp.tokens_per_rank = 4096;
+    rp.weights = weights;
+    auto src = eplab::make_routing("deepep", rp);
+    constexpr int kLayers = 4;
+    const double tokens = static_cast<double>(kLayers) * spec.size() * rp.tokens_per_rank;
+    double best_cpu = 1e30, best_wall = 1e30;
+    int64_t sink = 0;  // keeps the batches observable
+    for (int pass = 0; pass < 3; ++pass) {
+      const double c0 = thread_cpu_s();
+      const auto w0 = std::chrono::steady_clock::now();
+      for (int layer = 0; layer < kLayers; ++layer)
+        for (int r = 0; r < spec.size(); ++r) sink += src->batch(0, layer, r).topk_idx[0];
+      best_cpu = std::min(best_cpu, thread_cpu_s() - c0);
+      best_wall = std::min(best_wall, std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count());
+    }
+    std::printf("%-8s %10.0f %14.1f %14.1f\n", weights ? "yes" : "no", tokens, best_cpu / tokens * 1e9,
+                best_wall / tokens * 1e9);
+    out.push_back({{"weights", weights},
+                   {"tokens", tokens},
+                   {"cpu_ns_per_token", best_cpu / tokens * 1e9},
+                   {"wall_ns_per_token", best_wall / tokens * 1e9},
+                   {"checksum", sink}});
+  }
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << nlohmann::json{{"merge_isa", isa ? isa : "auto"}, {"rows", out}}.dump(2) << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int min_ranks = 64, max_ranks = 2048;
-  bool targets = false, whole_steps = false;
+  bool targets = false, whole_steps = false, generator = false;
   std::vector<std::string> algorithms;
   std::string json_path;
   for (int i = 1; i < argc; ++i) {
@@ -163,17 +223,21 @@ int main(int argc, char** argv) {
       targets = true;
     else if (!std::strcmp(argv[i], "--whole-steps"))
       targets = whole_steps = true;
+    else if (!std::strcmp(argv[i], "--generator"))
+      generator = true;
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
       json_path = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--min-ranks N] [--max-ranks N] [--algorithm NAME ...] [--json FILE]\n"
                    "       %s --targets [--json FILE]\n"
-                   "       %s --whole-steps [--json FILE]\n",
-                   argv[0], argv[0], argv[0]);
+                   "       %s --whole-steps [--json FILE]\n"
+                   "       %s --generator [--json FILE]\n",
+                   argv[0], argv[0], argv[0], argv[0]);
       return 2;
     }
   }
+  if (generator) return bench_generator(json_path);
   std::vector<Row> rows;
   if (targets) {
     // Issue 15's targets: wall seconds (on the 2-core machine for the whole steps, on one core for the rest), and

@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -25,7 +29,8 @@ class ExpZiggurat {
   }
 
   // Exp(1): one draw, a compare and a multiply 99% of the time.
-  double sample(SplitMix64& rng) const {
+  template <class Rng>
+  double sample(Rng& rng) const {
     const uint64_t bits = rng.next();
     const int i = static_cast<int>(bits & 255);
     const uint64_t j = bits >> 11;  // 53 bits, disjoint from the layer's 8
@@ -59,7 +64,8 @@ class ExpZiggurat {
   }
 
   // The draw fell in a layer's part that sticks out of the curve, or in the base strip past kR.
-  [[gnu::noinline]] double outside(SplitMix64& rng, int i, double x) const {
+  template <class Rng>
+  [[gnu::noinline]] double outside(Rng& rng, int i, double x) const {
     for (;;) {
       if (i == 0) return kR - std::log(1.0 - rng.uniform());  // the tail beyond kR is kR + Exp(1)
       if (f_[i] + rng.uniform() * (f_[i - 1] - f_[i]) < std::exp(-x)) return x;
@@ -74,6 +80,43 @@ class ExpZiggurat {
   uint64_t k_[256];  // a 53-bit draw below k_[i] lands inside the curve without further test
   double w_[256];    // abscissa per unit of the 53-bit draw
   double f_[256];    // e^-x_i
+};
+
+// A SplitMix64 stream whose draws are computed a block ahead: draw n is mix64 of the seed advanced n times, a
+// pure function of n, so a block is one loop without a carried dependency (AVX-512 multiplies 8 at once).
+// next(), uniform() and below() give exactly SplitMix64's sequence.
+class BlockStream {
+ public:
+  explicit BlockStream(uint64_t seed) : state_(seed) {}
+  uint64_t next() {
+    if (pos_ == kBlock) refill();
+    return buf_[pos_++];
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+ private:
+  static constexpr int kBlock = 256;
+  static constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ull;
+
+  [[gnu::always_inline]] static inline void fill(uint64_t state, uint64_t* out) {
+    for (int i = 0; i < kBlock; ++i) out[i] = mix64(state + static_cast<uint64_t>(i) * kGamma);
+  }
+  static void fill_default(uint64_t state, uint64_t* out) { fill(state, out); }
+  [[gnu::target("avx512f,avx512dq")]] static void fill_avx512(uint64_t state, uint64_t* out) { fill(state, out); }
+
+  void refill() {
+    static const bool wide = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    if (wide)
+      fill_avx512(state_, buf_);
+    else
+      fill_default(state_, buf_);
+    state_ += kBlock * kGamma;
+    pos_ = 0;
+  }
+
+  uint64_t state_;
+  int pos_ = kBlock;
+  uint64_t buf_[kBlock];
 };
 
 }  // namespace
@@ -146,6 +189,20 @@ double half_normal_quantile_log(double log_u) {
 }
 
 namespace {
+
+// The widest vectors deepep's merge may use on this CPU: 0 SSE2, 1 AVX2, 2 AVX-512. Every width gives the same
+// picks; EPLAB_ROUTING_ISA=sse2|avx2|avx512 narrows the choice (the tests compare the widths).
+int merge_isa() {
+  int isa = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+  if (const char* v = std::getenv("EPLAB_ROUTING_ISA")) {
+    const std::string want = v;
+    const int asked = want == "sse2" ? 0 : want == "avx2" ? 1 : want == "avx512" ? 2 : -1;
+    if (asked < 0)
+      throw EplabError("EPLAB_ROUTING_ISA='" + want + "': expected sse2, avx2 or avx512");
+    isa = std::min(isa, asked);
+  }
+  return isa;
+}
 
 // Stream labels: a different label per use keeps, say, zipf's expert order independent of its token draws.
 enum : uint64_t {
@@ -299,14 +356,18 @@ class Generator : public RoutingSource {
     b.src_rank = rank;
     b.num_tokens = p_.tokens_per_rank;
     b.topk = topk_;
-    b.topk_idx.resize(static_cast<size_t>(b.num_tokens) * topk_);
-    b.topk_weights.resize(b.topk_idx.size());
+    if (!sizes_batch()) {
+      b.topk_idx.resize(static_cast<size_t>(b.num_tokens) * topk_);
+      b.topk_weights.resize(b.topk_idx.size());
+    }
     fill(b);
     return b;
   }
 
  protected:
   virtual void fill(RoutingBatch& b) const = 0;
+  // True where fill() sizes topk_idx and topk_weights itself (writing each entry once, with no zero-fill first).
+  virtual bool sizes_batch() const { return false; }
   int32_t* ids(RoutingBatch& b, int t) const { return b.topk_idx.data() + static_cast<size_t>(t) * topk_; }
   float* weights(RoutingBatch& b, int t) const { return b.topk_weights.data() + static_cast<size_t>(t) * topk_; }
 
@@ -365,6 +426,25 @@ class UniformRouting : public Generator {
 //
 // Unequal nodes (num_experts not a multiple of the nodes) take the direct path: a rank per node, the kept
 // nodes' experts drawn in full below each node's best.
+// deepep's merge vectors: L doubles (and L int32 for the picks it writes out).
+template <int L>
+struct MergeLanes;
+template <>
+struct MergeLanes<2> {
+  typedef double Doubles __attribute__((vector_size(16)));
+  typedef int32_t Ints __attribute__((vector_size(8)));
+};
+template <>
+struct MergeLanes<4> {
+  typedef double Doubles __attribute__((vector_size(32)));
+  typedef int32_t Ints __attribute__((vector_size(16)));
+};
+template <>
+struct MergeLanes<8> {
+  typedef double Doubles __attribute__((vector_size(64)));
+  typedef int32_t Ints __attribute__((vector_size(32)));
+};
+
 class DeepepRouting : public Generator {
  public:
   DeepepRouting(std::string name, const RoutingParams& p, bool gate_scores)
@@ -393,6 +473,7 @@ class DeepepRouting : public Generator {
   }
 
  protected:
+  bool sizes_batch() const override { return equal_nodes_; }
   void fill(RoutingBatch& b) const override {
     if (gate_scores_) b.gate_scores.resize(static_cast<size_t>(b.num_tokens) * num_experts_);
     if (equal_nodes_)
@@ -420,147 +501,294 @@ class DeepepRouting : public Generator {
     }
   }
 
-  // The top k of the kept nodes' descending log-rank sequences: pick c is log_rank[c], from slot from[c]. A slot's
-  // next rank is drawn only once its current one is taken. head and left (ranks not yet drawn) are per slot.
-  // Each step waits on the previous one's compare, so with few slots they stay in registers (KEPT > 0).
-  template <int KEPT>
-  void merge_kept(const ExpZiggurat& exponential, SplitMix64& rng, int kept, double* head_io, int* left_io, int* from,
-                  double* log_rank) const {
-    constexpr int kCap = KEPT > 0 ? KEPT : 1;
-    double fixed_head[kCap];
-    int fixed_left[kCap];
-    double* head = KEPT > 0 ? fixed_head : head_io;
-    int* left = KEPT > 0 ? fixed_left : left_io;
-    if (KEPT > 0) {
-      kept = KEPT;
-      for (int j = 0; j < KEPT; ++j) {
-        fixed_head[j] = head_io[j];
-        fixed_left[j] = left_io[j];
-      }
-    }
-    for (int c = 0; c < topk_; ++c) {
-      int taken = 0;
-      double top = head[0];
-      for (int j = 1; j < kept; ++j) {
-        const bool above = head[j] > top;
-        taken = above ? j : taken;
-        top = above ? head[j] : top;
-      }
-      from[c] = taken;
-      log_rank[c] = top;
-      if (c == topk_ - 1) break;
-      const double e = exponential.sample(rng);
-      for (int j = 0; j < kept; ++j) {
-        const bool now = j == taken;
-        const double next = left[j] > 0 ? top - e * inv_[left[j]] : -HUGE_VAL;
-        head[j] = now ? next : head[j];
-        left[j] -= now && left[j] > 0;
-      }
-    }
-    if (KEPT > 0)
-      for (int j = 0; j < KEPT; ++j) {
-        head_io[j] = fixed_head[j];
-        left_io[j] = fixed_left[j];
-      }
+  // The top k of the kept nodes' descending log-rank sequences for L tokens at once, lane l being token l of the
+  // group (every array is [index][kChunk tokens], the group's tokens at t): pick c is log_rank[c], from slot
+  // from[c], which earlier picks took used[c] experts of. A slot's next rank, head - e[c] * (1 / left), replaces
+  // its head only once the head is taken; e[c] is the token's c-th Exp(1) variate after its kept nodes' ones. head
+  // and left (ranks not yet drawn) are per slot. Every operation is the scalar merge's, lane by lane (compares and
+  // selects, one multiply and one subtraction per new rank, 1 / left by IEEE division as the inv_ table holds it),
+  // so the picks are bit for bit the same; the lanes are independent tokens, so there is no branch on the data
+  // and the picks of several tokens overlap.
+  template <int L>
+  using Lanes = typename MergeLanes<L>::Doubles;
+
+  // By reference: a vector this wide passed by value would depend on the target's ABI.
+  template <int L>
+  [[gnu::always_inline]] static inline void load(Lanes<L>& v, const double* p) {
+    std::memcpy(&v, p, sizeof v);
+  }
+  template <int L>
+  [[gnu::always_inline]] static inline void store(double* p, const Lanes<L>& v) {
+    std::memcpy(p, &v, sizeof v);
+  }
+  template <int L>
+  [[gnu::always_inline]] static inline void store_int(int32_t* p, const Lanes<L>& v) {
+    using Ints = typename MergeLanes<L>::Ints;
+    const Ints i = __builtin_convertvector(v, Ints);
+    std::memcpy(p, &i, sizeof i);
   }
 
-  void merge(const ExpZiggurat& exponential, SplitMix64& rng, double* head, int* left, int* from,
-             double* log_rank) const {
-    switch (max_nodes_) {
-      case 1:
-        return merge_kept<1>(exponential, rng, 1, head, left, from, log_rank);
-      case 2:
-        return merge_kept<2>(exponential, rng, 2, head, left, from, log_rank);
-      case 3:
-        return merge_kept<3>(exponential, rng, 3, head, left, from, log_rank);
-      case 4:
-        return merge_kept<4>(exponential, rng, 4, head, left, from, log_rank);
-      case 5:
-        return merge_kept<5>(exponential, rng, 5, head, left, from, log_rank);
-      case 6:
-        return merge_kept<6>(exponential, rng, 6, head, left, from, log_rank);
-      case 7:
-        return merge_kept<7>(exponential, rng, 7, head, left, from, log_rank);
-      case 8:
-        return merge_kept<8>(exponential, rng, 8, head, left, from, log_rank);
-      default:
-        return merge_kept<0>(exponential, rng, max_nodes_, head, left, from, log_rank);
+  // state: 3 * kept vectors (head, left, 1 / left per slot), a local array when KEPT is fixed (registers, once
+  // the loops over the slots are unrolled).
+  template <int L, int KEPT>
+  [[gnu::always_inline]] inline void merge_core(Lanes<L>* state, int kept_n, const double* e, double* head_io,
+                                                double* left_io, int32_t* from, int32_t* used,
+                                                double* log_rank) const {
+    const int kept = KEPT > 0 ? KEPT : kept_n;
+    Lanes<L>* head = state;
+    Lanes<L>* left = state + kept;
+    Lanes<L>* inv = state + 2 * kept;  // a slot's left changes only when it is taken, and its 1 / left with it
+    const double m1 = first_[1] - 1;
+    for (int j = 0; j < kept; ++j) {
+      load<L>(head[j], head_io + j * kChunk);
+      load<L>(left[j], left_io + j * kChunk);
+      inv[j] = 1.0 / left[j];
+    }
+    const Lanes<L> none = Lanes<L>{} - HUGE_VAL;
+    for (int c = 0; c < topk_; ++c) {
+      Lanes<L> top = head[0], taken = Lanes<L>{}, left_t = left[0], inv_t = inv[0];
+      for (int j = 1; j < kept; ++j) {
+        const auto above = head[j] > top;
+        top = above ? head[j] : top;
+        taken = above ? Lanes<L>{} + j : taken;
+        left_t = above ? left[j] : left_t;
+        inv_t = above ? inv[j] : inv_t;
+      }
+      // The slot and how many of its experts earlier picks took (m - 1 - left: the last one leaves left at 0).
+      store_int<L>(from + c * kChunk, taken);
+      store_int<L>(used + c * kChunk, m1 - left_t);
+      store<L>(log_rank + c * kChunk, top);
+      if (c == topk_ - 1) break;
+      Lanes<L> ec;
+      load<L>(ec, e + c * kChunk);
+      const auto more = left_t > 0;
+      const Lanes<L> next = more ? top - ec * inv_t : none;  // the scalar merge's top - e * inv_[left]
+      const Lanes<L> left_next = more ? left_t - 1 : left_t;
+      const Lanes<L> inv_next = 1.0 / left_next;  // inf once left is 0, where it is never used
+      for (int j = 0; j < kept; ++j) {
+        const auto now = taken == j;
+        head[j] = now ? next : head[j];
+        left[j] = now ? left_next : left[j];
+        inv[j] = now ? inv_next : inv[j];
+      }
+    }
+    for (int j = 0; j < kept; ++j) {
+      store<L>(head_io + j * kChunk, head[j]);
+      store<L>(left_io + j * kChunk, left[j]);
     }
   }
+
+  template <int L, int KEPT>
+  [[gnu::always_inline]] inline void merge_lanes(int kept_n, const double* e, double* head_io, double* left_io,
+                                                 int32_t* from, int32_t* used, double* log_rank) const {
+    if constexpr (KEPT > 0) {
+      Lanes<L> state[3 * KEPT];
+      merge_core<L, KEPT>(state, KEPT, e, head_io, left_io, from, used, log_rank);
+    } else {  // more than 8 nodes per token (a model without a node limit on many nodes): rare, so no registers
+      // Plain doubles, aligned by hand for the vectors: no std::vector<Lanes> code built for the default ISA.
+      constexpr size_t kAlign = sizeof(Lanes<L>);
+      std::vector<double> buf(3 * static_cast<size_t>(kept_n) * L + kAlign / sizeof(double));
+      void* p = buf.data();
+      size_t room = buf.size() * sizeof(double);
+      std::align(kAlign, 3 * static_cast<size_t>(kept_n) * kAlign, p, room);
+      merge_core<L, 0>(static_cast<Lanes<L>*>(p), kept_n, e, head_io, left_io, from, used, log_rank);
+    }
+  }
+
+  template <int L, int KEPT>
+  [[gnu::always_inline]] inline void merge_chunk(const double* e, double* head, double* left, int32_t* from,
+                                                 int32_t* used, double* log_rank) const {
+    for (int t = 0; t < kChunk; t += L)
+      merge_lanes<L, KEPT>(max_nodes_, e + t, head + t, left + t, from + t, used + t, log_rank + t);
+  }
+
+  // A chunk's merges, L tokens per vector (L = 2 fits SSE2, which every x86-64 has; 4 and 8 fill AVX2's and
+  // AVX-512's registers). Each width does the same IEEE operations on every lane, so all give the same picks.
+  template <int L>
+  [[gnu::always_inline]] inline void merge_width(const double* e, double* head, double* left, int32_t* from,
+                                                 int32_t* used, double* log_rank) const {
+    switch (max_nodes_) {
+      case 1: return merge_chunk<L, 1>(e, head, left, from, used, log_rank);
+      case 2: return merge_chunk<L, 2>(e, head, left, from, used, log_rank);
+      case 3: return merge_chunk<L, 3>(e, head, left, from, used, log_rank);
+      case 4: return merge_chunk<L, 4>(e, head, left, from, used, log_rank);
+      case 5: return merge_chunk<L, 5>(e, head, left, from, used, log_rank);
+      case 6: return merge_chunk<L, 6>(e, head, left, from, used, log_rank);
+      case 7: return merge_chunk<L, 7>(e, head, left, from, used, log_rank);
+      case 8: return merge_chunk<L, 8>(e, head, left, from, used, log_rank);
+      default: return merge_chunk<L, 0>(e, head, left, from, used, log_rank);
+    }
+  }
+  void merge_sse2(const double* e, double* head, double* left, int32_t* from, int32_t* used,
+                  double* log_rank) const {
+    merge_width<2>(e, head, left, from, used, log_rank);
+  }
+  [[gnu::target("avx2")]] void merge_avx2(const double* e, double* head, double* left, int32_t* from, int32_t* used,
+                                          double* log_rank) const {
+    merge_width<4>(e, head, left, from, used, log_rank);
+  }
+  [[gnu::target("avx512f")]] void merge_avx512(const double* e, double* head, double* left, int32_t* from,
+                                               int32_t* used, double* log_rank) const {
+    merge_width<8>(e, head, left, from, used, log_rank);
+  }
+  void merge(const double* e, double* head, double* left, int32_t* from, int32_t* used, double* log_rank) const {
+    static const int isa = merge_isa();
+    if (isa >= 2) return merge_avx512(e, head, left, from, used, log_rank);
+    if (isa == 1) return merge_avx2(e, head, left, from, used, log_rank);
+    merge_sse2(e, head, left, from, used, log_rank);
+  }
+
+  // fill_equal_nodes' working arrays, kept per thread between batches.
+  struct Scratch {
+    std::vector<int32_t> node_perm, expert_perm, from, taken_before, chunk_ids;
+    std::vector<double> exps, head, left, log_rank, last_log_u;
+    std::vector<uint32_t> idx;
+  };
+
+  // Tokens go through three passes, a chunk at a time: (1) walk the random stream in its order (per token the
+  // kept + topk - 1 Exp(1) variates, then the kept + topk index draws), keeping the draws; (2) the merges, which
+  // depend only on a token's own draws, 2 to 8 tokens at once; (3) the permutations carried from token to token,
+  // the ids and weights. The draws and their uses are exactly those of drawing token by token, so the batch is
+  // the same; only the work is arranged differently.
+  static constexpr int kChunk = 128;  // a multiple of the widest merge's 8 lanes
 
   void fill_equal_nodes(RoutingBatch& b) const {
-    SplitMix64 rng(stream_seed(p_.seed, kDeepepStream, b.step, b.layer, b.src_rank));
+    BlockStream rng(stream_seed(p_.seed, kDeepepStream, b.step, b.layer, b.src_rank));
     SplitMix64 fill_rng(stream_seed(p_.seed, kDeepepFillStream, b.step, b.layer, b.src_rank));
     const ExpZiggurat& exponential = ExpZiggurat::get();
     const int m = first_[1];
     const int kept = max_nodes_;
     const double inv_m = inv_[m];
+    const int n_exp = kept + topk_ - 1;  // per token: the kept nodes' ranks, then the merge's steps
+    const int n_idx = kept + topk_;      // per token: which nodes, then which expert of each pick's node
+    const int topk = topk_;              // a local: the stores into the batch cannot change it
+    // Without scores every weight is 1 / k, as write_token makes it from equal scores. A phantom run's batches
+    // are written once (the ids a chunk at a time, the weights in one pass).
+    const bool scores = p_.weights || gate_scores_;
+    const float equal_weight = static_cast<float>(1.0 * (1.0 / static_cast<double>(topk)));
+    const size_t entries = static_cast<size_t>(b.num_tokens) * topk;
+    if (scores) {
+      b.topk_idx.resize(entries);
+      b.topk_weights.resize(entries);
+    } else {
+      b.topk_idx.reserve(entries);
+      b.topk_weights.assign(entries, equal_weight);
+    }
     // Partial Fisher-Yates over permutations carried from token to token (nodes; each node's experts within
     // its block): every draw is uniform over what this token has not used, whatever order earlier tokens left.
-    std::vector<int32_t> node_perm(nodes_), expert_perm(num_experts_);
+    // The scratch lives with the thread, which generates many batches: a batch allocates only its own ids and
+    // weights, as when it was drawn token by token (with glibc's default thresholds, as in the emu backend, a
+    // few more allocations per batch made it give the batch's pages back and fault them in on every batch).
+    thread_local Scratch scratch;
+    std::vector<int32_t>& node_perm = scratch.node_perm;
+    std::vector<int32_t>& expert_perm = scratch.expert_perm;
+    node_perm.resize(nodes_);
+    expert_perm.resize(num_experts_);
     std::iota(node_perm.begin(), node_perm.end(), 0);
     std::iota(expert_perm.begin(), expert_perm.end(), 0);
-    // Per kept node (slot), best first: the log rank of its best expert not yet taken (-inf when none is left),
-    // how many of its experts below that are not drawn yet, and how many it gave the token.
-    std::vector<double> head(kept);
-    std::vector<int> left(kept), used(kept), base(kept);
-    std::vector<int> from(topk_);  // the slot of each pick
+    // Per chunk token ([index][token]): its Exp(1) draws; per kept node (slot), best first, the log rank of its
+    // best expert not yet taken (-inf when none is left) and how many of its experts below that are not drawn
+    // yet; the merge's picks (slot, the slot's picks before, log rank). Padding lanes past the batch's end hold
+    // harmless values (draws of earlier chunks, or 1).
+    std::vector<double>& exps = scratch.exps;
+    std::vector<double>& head = scratch.head;
+    std::vector<double>& left = scratch.left;
+    std::vector<int32_t>& from = scratch.from;
+    std::vector<int32_t>& taken_before = scratch.taken_before;
+    std::vector<double>& log_rank = scratch.log_rank;
+    std::vector<double>& last_log_u = scratch.last_log_u;
+    std::vector<uint32_t>& idx = scratch.idx;  // [token][index]: the index draws' top bits
+    std::vector<int32_t>& chunk_ids = scratch.chunk_ids;
+    exps.assign(static_cast<size_t>(kChunk) * n_exp, 1.0);
+    head.resize(static_cast<size_t>(kChunk) * kept);
+    left.resize(static_cast<size_t>(kChunk) * kept);
+    from.resize(static_cast<size_t>(kChunk) * topk);
+    taken_before.resize(static_cast<size_t>(kChunk) * topk);
+    log_rank.resize(static_cast<size_t>(kChunk) * topk);
+    last_log_u.resize(kChunk);
+    idx.resize(static_cast<size_t>(kChunk) * n_idx);
+    chunk_ids.resize(static_cast<size_t>(kChunk) * topk);
+    std::vector<int> used(kept), base(kept);
     std::vector<Ranked> cand(topk_);
-    std::vector<double> log_rank(topk_), score(topk_);
-    for (int t = 0; t < b.num_tokens; ++t) {
-      double log_u = 0;  // log U(j): the j-th best node's rank among the nodes
-      for (int j = 0; j < kept; ++j) {
-        log_u -= exponential.sample(rng) * inv_[nodes_ - j];  // log W = -Exp(1)
-        head[j] = log_u * inv_m;
-        left[j] = m - 1;
+    std::vector<double> score(topk_, 1.0);
+    for (int t0 = 0; t0 < b.num_tokens; t0 += kChunk) {
+      const int n = std::min(kChunk, b.num_tokens - t0);
+      for (int t = 0; t < n; ++t) {
+        for (int i = 0; i < n_exp; ++i) exps[static_cast<size_t>(i) * kChunk + t] = exponential.sample(rng);
+        uint32_t* x = idx.data() + static_cast<size_t>(t) * n_idx;
+        for (int i = 0; i < n_idx; ++i) x[i] = static_cast<uint32_t>(rng.next() >> 32);
       }
-      merge(exponential, rng, head.data(), left.data(), from.data(), log_rank.data());
-      // Which nodes, and which of their experts, hold those ranks.
-      for (int j = 0; j < kept; ++j) {
-        std::swap(node_perm[j], node_perm[j + rng.below(nodes_ - j)]);
-        base[j] = first_[node_perm[j]];
-        used[j] = 0;
-      }
-      for (int c = 0; c < topk_; ++c) {
-        const int j = from[c];
-        const int at = base[j] + used[j];
-        std::swap(expert_perm[at], expert_perm[at + rng.below(m - used[j])]);
-        ++used[j];
-        cand[c] = {log_rank[c], expert_perm[at]};
-      }
-      // The scores only make the weights: one quantile per pick, most of the generator's time when the run
-      // does not read them.
-      if (p_.weights || gate_scores_)
-        for (int c = 0; c < topk_; ++c) score[c] = 1.0 + half_normal_quantile_log(log_rank[c]);
-      else
-        std::fill(score.begin(), score.end(), 1.0);
-      write_token(b, t, cand.data(), score.data());
-      if (!gate_scores_) continue;
-      // The chosen experts and drawn heads have log ranks; the rest are iid uniform below a bound, drawn as
-      // plain ranks (most fall in the quantile's central region, where no log is needed).
-      float* g = b.gate_scores.data() + static_cast<size_t>(t) * num_experts_;
-      for (int c = 0; c < topk_; ++c) g[cand[c].i] = static_cast<float>(score[c]);
-      const auto fill_below = [&](int32_t e, double bound) {
-        g[e] = static_cast<float>(1.0 + half_normal_quantile(bound * fill_rng.uniform()));
-      };
-      for (int j = 0; j < kept; ++j) {
-        // A head that was drawn but not taken (the node has one more expert left than undrawn ones) goes to a
-        // random unused expert of the node, without disturbing the routing's permutation; the node's other
-        // unused experts are iid uniform below it (or below its last taken rank).
-        const bool drawn = m - used[j] > left[j];
-        const int holder = drawn ? used[j] + static_cast<int>(fill_rng.below(m - used[j])) : -1;
-        const double bound = std::exp(head[j]);
-        for (int i = used[j]; i < m; ++i) {
-          const int32_t e = expert_perm[base[j] + i];
-          if (i == holder)
-            g[e] = static_cast<float>(1.0 + half_normal_quantile_log(head[j]));
-          else
-            fill_below(e, bound);
+      for (int t = 0; t < kChunk; ++t) {
+        double log_u = 0;  // log U(j): the j-th best node's rank among the nodes
+        for (int j = 0; j < kept; ++j) {
+          log_u -= exps[static_cast<size_t>(j) * kChunk + t] * inv_[nodes_ - j];  // log W = -Exp(1)
+          head[static_cast<size_t>(j) * kChunk + t] = log_u * inv_m;
+          left[static_cast<size_t>(j) * kChunk + t] = m - 1;
         }
+        last_log_u[t] = log_u;
       }
-      const double dropped_best = std::exp(log_u * inv_m);  // V(M)
-      for (int j = kept; j < nodes_; ++j)
-        for (int e = first_[node_perm[j]]; e < first_[node_perm[j] + 1]; ++e) fill_below(e, dropped_best);
+      merge(exps.data() + static_cast<size_t>(kept) * kChunk, head.data(), left.data(), from.data(),
+            taken_before.data(), log_rank.data());
+      for (int t = 0; t < n; ++t) {
+        const uint32_t* x = idx.data() + static_cast<size_t>(t) * n_idx;
+        // Which nodes, and which of their experts, hold those ranks (SplitMix64::below on the kept draws).
+        for (int j = 0; j < kept; ++j) {
+          const int pick = j + static_cast<int>((static_cast<uint64_t>(x[j]) * static_cast<uint32_t>(nodes_ - j)) >> 32);
+          std::swap(node_perm[j], node_perm[pick]);
+          base[j] = first_[node_perm[j]];
+        }
+        int32_t* out = scores ? ids(b, t0 + t) : chunk_ids.data() + static_cast<size_t>(t) * topk;
+        int32_t* const experts = expert_perm.data();
+        for (int c = 0; c < topk; ++c) {
+          const int j = from[static_cast<size_t>(c) * kChunk + t];
+          const int u = taken_before[static_cast<size_t>(c) * kChunk + t];  // the slot's experts taken so far
+          const int at = base[j] + u;
+          const int pick =
+              at + static_cast<int>((static_cast<uint64_t>(x[kept + c]) * static_cast<uint32_t>(m - u)) >> 32);
+          const int32_t chosen = experts[pick];  // the swap, without reading back what it stored
+          experts[pick] = experts[at];
+          experts[at] = chosen;
+          out[c] = chosen;
+        }
+        if (!scores) continue;
+        for (int c = 0; c < topk_; ++c) {
+          const double lr = log_rank[static_cast<size_t>(c) * kChunk + t];
+          cand[c] = {lr, out[c]};
+          score[c] = 1.0 + half_normal_quantile_log(lr);
+        }
+        write_token(b, t0 + t, cand.data(), score.data());
+        if (!gate_scores_) continue;
+        // The chosen experts and drawn heads have log ranks; the rest are iid uniform below a bound, drawn as
+        // plain ranks (most fall in the quantile's central region, where no log is needed).
+        float* g = b.gate_scores.data() + static_cast<size_t>(t0 + t) * num_experts_;
+        for (int c = 0; c < topk_; ++c) g[cand[c].i] = static_cast<float>(score[c]);
+        std::fill(used.begin(), used.end(), 0);  // how many experts of each slot the token took
+        for (int c = 0; c < topk_; ++c) ++used[from[static_cast<size_t>(c) * kChunk + t]];
+        const auto fill_below = [&](int32_t e, double bound) {
+          g[e] = static_cast<float>(1.0 + half_normal_quantile(bound * fill_rng.uniform()));
+        };
+        for (int j = 0; j < kept; ++j) {
+          // A head that was drawn but not taken (the node has one more expert left than undrawn ones) goes to a
+          // random unused expert of the node, without disturbing the routing's permutation; the node's other
+          // unused experts are iid uniform below it (or below its last taken rank).
+          const double h = head[static_cast<size_t>(j) * kChunk + t];
+          const int lf = static_cast<int>(left[static_cast<size_t>(j) * kChunk + t]);
+          const bool drawn = m - used[j] > lf;
+          const int holder = drawn ? used[j] + static_cast<int>(fill_rng.below(m - used[j])) : -1;
+          const double bound = std::exp(h);
+          for (int i = used[j]; i < m; ++i) {
+            const int32_t e = expert_perm[base[j] + i];
+            if (i == holder)
+              g[e] = static_cast<float>(1.0 + half_normal_quantile_log(h));
+            else
+              fill_below(e, bound);
+          }
+        }
+        const double dropped_best = std::exp(last_log_u[t] * inv_m);  // V(M)
+        for (int j = kept; j < nodes_; ++j)
+          for (int e = first_[node_perm[j]]; e < first_[node_perm[j] + 1]; ++e) fill_below(e, dropped_best);
+      }
+      if (!scores) b.topk_idx.insert(b.topk_idx.end(), chunk_ids.begin(), chunk_ids.begin() + n * topk);
     }
   }
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -326,6 +327,42 @@ TEST(Generators, DeepepScoresDoNotChangeTheRouting) {
       EXPECT_EQ(a.topk_idx, b.topk_idx) << nodes << " nodes";
       EXPECT_EQ(a.topk_weights, b.topk_weights) << nodes << " nodes";
     }
+  }
+}
+
+// deepep's exact draws, pinned: every report and calibration figure derives from them, so a faster generator must
+// give these batches bit for bit (ids, weights, gate scores). The digests were taken from the token-by-token
+// generator before its draws were batched; ctest also runs this with EPLAB_ROUTING_ISA=sse2 and avx2, so each
+// vector width of the merge is checked (the cases cover a chunk's tail, 2 to 32 nodes per token, scores on).
+uint64_t digest(const RoutingBatch& b) {
+  uint64_t h = 0;
+  for (int32_t e : b.topk_idx) h = mix64(h ^ static_cast<uint32_t>(e));
+  for (float w : b.topk_weights) h = mix64(h ^ std::bit_cast<uint32_t>(w));
+  for (float g : b.gate_scores) h = mix64(h ^ std::bit_cast<uint32_t>(g));
+  return h;
+}
+struct GoldenCase {
+  const char* spec;
+  int nodes, gpus, tokens, max_nodes;  // max_nodes < 0: the model's
+  bool weights;
+  int step, layer, rank;
+};
+const GoldenCase kGolden[] = {
+    {"deepep", 32, 8, 300, -1, false, 0, 3, 17},  {"deepep", 32, 8, 300, -1, true, 1, 0, 255},
+    {"deepep:scores=1", 8, 2, 100, -1, true, 0, 1, 5}, {"deepep", 16, 1, 200, 12, true, 2, 2, 3},
+    {"deepep", 4, 8, 129, 2, false, 0, 57, 31},   {"deepep", 32, 1, 150, 0, false, 0, 1, 2},
+};
+
+TEST(Generators, DeepepDrawsAreFixed) {
+  const uint64_t want[] = {0x3a7fc7f2665a16f1ull, 0xebf0fe0f9815d078ull, 0x113c9d6150ae68ddull,
+                           0xcca0c5e24370dc7bull, 0xf5dd68341e05ce1aull, 0x8d85b99ca86dccf5ull};
+  for (size_t i = 0; i < std::size(kGolden); ++i) {
+    const GoldenCase& c = kGolden[i];
+    RoutingParams p = params("deepseek-v3", c.nodes, c.gpus, c.tokens);
+    p.weights = c.weights;
+    if (c.max_nodes >= 0) p.shape.max_nodes_per_token = c.max_nodes;
+    EXPECT_EQ(digest(make_routing(c.spec, p)->batch(c.step, c.layer, c.rank)), want[i])
+        << c.spec << " on " << c.nodes << " x " << c.gpus << ", case " << i;
   }
 }
 
