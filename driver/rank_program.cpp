@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -14,6 +15,8 @@
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "engine/huge_pages.hpp"
+#include "engine/payload_ledger.hpp"
+#include "engine/transport_fabric.hpp"
 
 namespace eplab {
 namespace {
@@ -156,9 +159,40 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
   return f.now() - t_begin;
 }
 
+RankResult run_rank_body(Fabric& f, const RankInputs& in);
+
+// Enters every message of the rank's run in a PayloadLedger for as long as it lives (the gather after the run is
+// left out), on a fabric built on the transport seam (every backend's).
+class LedgerScope {
+ public:
+  LedgerScope(Fabric& f, PayloadLedger& ledger) : fabric_(dynamic_cast<TransportFabric*>(&f)) {
+    if (fabric_) fabric_->set_payload_ledger(&ledger);
+  }
+  ~LedgerScope() {
+    if (fabric_) fabric_->set_payload_ledger(nullptr);
+  }
+  bool active() const { return fabric_ != nullptr; }
+  LedgerScope(const LedgerScope&) = delete;
+  LedgerScope& operator=(const LedgerScope&) = delete;
+
+ private:
+  TransportFabric* fabric_;
+};
+
 }  // namespace
 
 RankResult run_rank(Fabric& f, const RankInputs& in) {
+  PayloadLedger ledger(/*checksum=*/true);  // verifying moves real bytes only (RunSetup::verify)
+  std::optional<LedgerScope> scope;
+  if (in.run.verify) scope.emplace(f, ledger);
+  RankResult res = run_rank_body(f, in);
+  if (scope && scope->active()) res.payloads = ledger.log();
+  return res;
+}
+
+namespace {
+
+RankResult run_rank_body(Fabric& f, const RankInputs& in) {
   const RunConfig& cfg = in.cfg;
   const RunSetup& run = in.run;
   const MoeShape& shape = run.shape;
@@ -325,5 +359,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
   res.layout_cache = engine.context().layout_cache.stats;
   return res;
 }
+
+}  // namespace
 
 }  // namespace eplab
