@@ -159,7 +159,8 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
   return f.now() - t_begin;
 }
 
-RankResult run_rank_body(Fabric& f, const RankInputs& in);
+// `ledger`: the rank's payload ledger while verifying, else null; checkpoints save it and resumes restore it.
+RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger);
 
 // Enters every message of the rank's run in a PayloadLedger for as long as it lives (the gather after the run is
 // left out), on a fabric built on the transport seam (every backend's).
@@ -185,14 +186,14 @@ RankResult run_rank(Fabric& f, const RankInputs& in) {
   PayloadLedger ledger(/*checksum=*/true);  // verifying moves real bytes only (RunSetup::verify)
   std::optional<LedgerScope> scope;
   if (in.run.verify) scope.emplace(f, ledger);
-  RankResult res = run_rank_body(f, in);
+  RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr);
   if (scope && scope->active()) res.payloads = ledger.log();
   return res;
 }
 
 namespace {
 
-RankResult run_rank_body(Fabric& f, const RankInputs& in) {
+RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger) {
   const RunConfig& cfg = in.cfg;
   const RunSetup& run = in.run;
   const MoeShape& shape = run.shape;
@@ -203,6 +204,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in) {
   RankResult res = in.resume ? in.resume->ranks[me].result : RankResult{};
   const int first_step = in.resume ? in.resume->steps_done : 0;
   res.rank = me;
+  if (in.resume && ledger) ledger->restore(res.payloads);
   RankRecord& rec = res.record;
   if (!in.resume) {
     rec.slot_load.assign(S, 0);
@@ -350,6 +352,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in) {
         RankCheckpoint state;
         res.layout_cache = engine.context().layout_cache.stats;
         state.result = res;
+        if (ledger) state.result.payloads = ledger->log();
         save_engine(engine, state);
         state.clock_s = f.exact_clock();
         in.checkpoint->deposit(step + 1, me, std::move(state));

@@ -105,6 +105,15 @@ PayloadLog PayloadLedger::log() const {
   return out;
 }
 
+void PayloadLedger::restore(const PayloadLog& from) {
+  if (!from.recorded) return;
+  phases_ = from.phases;
+  sent_.clear();
+  got_.clear();
+  for (const PayloadRecord& r : from.sent) sent_[Key{r.tag, r.peer}] = r;
+  for (const PayloadRecord& r : from.got) got_[Key{r.tag, r.peer}] = r;
+}
+
 namespace {
 
 struct Side {

@@ -48,6 +48,9 @@ class PayloadLedger {
   void sent(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
   void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
   PayloadLog log() const;
+  // Goes on from a log this ledger's rank wrote earlier (a run resumed from a checkpoint), so that the resumed
+  // run's ledger, and the report built from it, is the uninterrupted run's.
+  void restore(const PayloadLog& from);
 
  private:
   struct Key {
