@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "driver/experiment.hpp"
+#include "engine/payload_ledger.hpp"
 
 namespace fs = std::filesystem;
 
@@ -34,6 +35,24 @@ namespace {
 constexpr int kTokenBytes = 7168 * 2;  // one bf16 activation row of DeepSeek-V3
 constexpr int kAlltoallvReps = 10;
 constexpr int kWarmCalls = 3;
+
+// The payload checksum that verifying runs compute over every message on both sides (engine/payload_ledger.hpp),
+// on one core over the same 256 MiB as memcpy: what the conservation check costs per byte. Best of 5.
+double checksum_GBps() {
+  const size_t n = size_t{256} << 20;
+  std::vector<char> a(n, 1);
+  double best = 0;
+  uint64_t sink = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    a[rep] = static_cast<char>(sink);
+    const auto t0 = std::chrono::steady_clock::now();
+    sink += eplab::payload_checksum(a.data(), n);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, n / s / 1e9);
+  }
+  if (sink == 42) std::printf(" ");  // keep the checksums observable
+  return best;
+}
 
 double memcpy_GBps() {
   const size_t n = size_t{256} << 20;
@@ -195,6 +214,7 @@ int main(int argc, char** argv) {
 
   // One after another, never side by side: each of them alone wants every core and most of the memory.
   const double mc = memcpy_GBps();
+  const double ck = checksum_GBps();
   const auto emu = eplab::run_experiment(c);
   // The report times phases as means over calls; per call it gives only the whole layer (dispatch, expert
   // compute, combine). So the warm figure is the median layer of calls 2..n over the mean call's bytes: its
@@ -249,6 +269,9 @@ int main(int argc, char** argv) {
                 cell(a2a.ran() ? f->GBps() / a2a.GBps() : NAN, "%.3f").c_str(), f->GBps() / mc);
   }
   // The report's bytes per rank are means over ranks and calls; MPI_Alltoallv gets each rounded to a whole byte.
+  std::printf("payload checksum, one core: %.2f GB/s (%.2fx memcpy); a verifying run hashes each message twice "
+              "(sender, receiver); this table's runs do not verify\n",
+              ck, ck / mc);
   std::printf("activation bytes per layer: %.0f = %.1f rows of %d bytes (emu)", emu_bytes, emu_bytes / kTokenBytes,
               kTokenBytes);
   if (rows[1].ran()) std::printf(", %.0f (mpi backend)", rows[1].bytes);
@@ -281,6 +304,7 @@ int main(int argc, char** argv) {
        "(dispatch received + combine sent activation bytes per layer, summed over ranks) / (dispatch + combine "
        "time of the slowest rank)"},
       {"memcpy_one_core_GBps", mc},
+      {"payload_checksum_one_core_GBps", ck},
       {"warm_calls", kWarmCalls},
       {"emu", figure_json(rows[0])},
       {"emu_first_layer", figure_json(first)},

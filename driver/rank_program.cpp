@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +19,8 @@
 #include "engine/ep_engine.hpp"
 #include "engine/error.hpp"
 #include "engine/huge_pages.hpp"
+#include "engine/payload_ledger.hpp"
+#include "engine/transport_fabric.hpp"
 
 namespace eplab {
 namespace {
@@ -81,6 +84,28 @@ double wait_out(Fabric& f, const RunSetup& run, double seconds, const char* what
   return f.now() - t0;
 }
 
+// Enters every message of the rank's run in `ledger` for as long as it lives, on a fabric built on the transport
+// seam (every backend's), then gives the fabric back the ledger it had. A null ledger leaves messages out: the
+// gather after the run, and a failed rank's hand-over of its result (which carries its ledger).
+class LedgerScope {
+ public:
+  LedgerScope(Fabric& f, PayloadLedger* ledger) : fabric_(dynamic_cast<TransportFabric*>(&f)) {
+    if (!fabric_) return;
+    before_ = fabric_->payload_ledger();
+    fabric_->set_payload_ledger(ledger);
+  }
+  ~LedgerScope() {
+    if (fabric_) fabric_->set_payload_ledger(before_);
+  }
+  bool active() const { return fabric_ != nullptr; }
+  LedgerScope(const LedgerScope&) = delete;
+  LedgerScope& operator=(const LedgerScope&) = delete;
+
+ private:
+  TransportFabric* fabric_;
+  PayloadLedger* before_ = nullptr;
+};
+
 // Tags of a failed rank's hand-over to rank 0 (mpi): its result's size, then its bytes.
 Tag handover_tag(int step, int part) { return make_tag(Phase::kUser, step, 0, 0x100 + part); }
 
@@ -108,6 +133,7 @@ void stop_failed_rank(Fabric& f, const RankInputs& in, RankResult& res, int step
     return;
   }
   f.set_phase("fault-handover");
+  const LedgerScope outside(f, nullptr);
   const std::vector<uint8_t> bytes = encode_rank_result(res);
   const uint64_t n = bytes.size();
   Request reqs[2] = {f.isend(0, handover_tag(step, 0), ConstBuf{&n, sizeof n}),
@@ -121,6 +147,7 @@ void stop_failed_rank(Fabric& f, const RankInputs& in, RankResult& res, int step
 // Rank 0's side of the hand-over (mpi), at the detection point: the results of the ranks failing at `step`.
 void receive_handovers(Fabric& f, const RankInputs& in, int step, const std::vector<int>& failing) {
   f.set_phase("fault-handover");
+  const LedgerScope outside(f, nullptr);
   const Deadline d = Deadline::after(f, in.cfg.timeout_s);
   std::vector<uint64_t> sizes(failing.size(), 0);
   std::vector<Request> reqs;
@@ -242,9 +269,24 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
   return f.now() - t_begin;
 }
 
+// `ledger`: the rank's payload ledger while verifying, else null; checkpoints save it and resumes restore it.
+RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger, bool* stopped_here);
+
 }  // namespace
 
 RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
+  PayloadLedger ledger(/*checksum=*/true);  // verifying moves real bytes only (RunSetup::verify)
+  std::optional<LedgerScope> scope;
+  if (in.run.verify) scope.emplace(f, &ledger);
+  RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr, stopped_here);
+  // A failed rank's ledger went with its result at its stop.
+  if (scope && scope->active() && !(stopped_here && *stopped_here)) res.payloads = ledger.log();
+  return res;
+}
+
+namespace {
+
+RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger, bool* stopped_here) {
   const RunConfig& cfg = in.cfg;
   const RunSetup& run = in.run;
   const MoeShape& shape = run.shape;
@@ -255,6 +297,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
   RankResult res = in.resume ? in.resume->ranks[me].result : RankResult{};
   const int first_step = in.resume ? in.resume->steps_done : 0;
   res.rank = me;
+  if (in.resume && ledger) ledger->restore(res.payloads);
   RankRecord& rec = res.record;
   if (!in.resume) {
     rec.slot_load.assign(S, 0);
@@ -302,6 +345,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
         // now on. A stall delays only its rank; the others wait for it at the next barrier.
         if (stopping && faults->dead(me, step)) {
           res.layout_cache = engine.context().layout_cache.stats;
+          if (ledger) res.payloads = ledger->log();
           stop_failed_rank(f, in, res, step);
           if (stopped_here) *stopped_here = true;
           return res;
@@ -443,6 +487,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
         RankCheckpoint state;
         res.layout_cache = engine.context().layout_cache.stats;
         state.result = res;
+        if (ledger) state.result.payloads = ledger->log();
         save_engine(engine, state);
         state.clock_s = f.exact_clock();
         in.checkpoint->deposit(step + 1, me, std::move(state));
@@ -452,5 +497,7 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
   res.layout_cache = engine.context().layout_cache.stats;
   return res;
 }
+
+}  // namespace
 
 }  // namespace eplab

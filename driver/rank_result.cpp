@@ -61,6 +61,18 @@ class Writer {
       num(d.h2);
     }
   }
+  void payloads(const std::vector<PayloadRecord>& v) {
+    num<uint64_t>(v.size());
+    for (const PayloadRecord& p : v) {
+      num(p.tag);
+      num(p.peer);
+      num(p.phase);
+      num(p.messages);
+      num(p.bytes);
+      num(p.total_bytes);
+      num(p.checksum);
+    }
+  }
 };
 
 class Reader {
@@ -121,6 +133,19 @@ class Reader {
     }
     return v;
   }
+  std::vector<PayloadRecord> payloads(const char* field) {
+    std::vector<PayloadRecord> v(count(sizeof(uint64_t) + 2 * sizeof(int32_t) + 4 * sizeof(uint64_t), field));
+    for (PayloadRecord& p : v) {
+      p.tag = num<uint64_t>(field);
+      p.peer = num<int32_t>(field);
+      p.phase = num<int32_t>(field);
+      p.messages = num<uint64_t>(field);
+      p.bytes = num<uint64_t>(field);
+      p.total_bytes = num<uint64_t>(field);
+      p.checksum = num<uint64_t>(field);
+    }
+    return v;
+  }
   void finish() const {
     if (pos_ != in_.size()) fail(std::to_string(in_.size() - pos_) + " bytes left over after the last field");
   }
@@ -171,6 +196,12 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r) {
   w.num(r.deliveries.ranks);
   w.digests(r.deliveries.sent);
   w.digests(r.deliveries.got);
+  w.num<uint8_t>(r.payloads.recorded);
+  w.num<uint8_t>(r.payloads.checksummed);
+  w.num<uint64_t>(r.payloads.phases.size());
+  for (const std::string& p : r.payloads.phases) w.str(p);
+  w.payloads(r.payloads.sent);
+  w.payloads(r.payloads.got);
   w.num<int64_t>(r.layout_cache.hits);
   w.num<int64_t>(r.layout_cache.misses);
   w.num(r.layout_cache.notify_time_saved_s);
@@ -232,6 +263,12 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
   r.deliveries.ranks = in.num<int32_t>("deliveries.ranks");
   r.deliveries.sent = in.digests("deliveries.sent");
   r.deliveries.got = in.digests("deliveries.got");
+  r.payloads.recorded = in.num<uint8_t>("payloads.recorded") != 0;
+  r.payloads.checksummed = in.num<uint8_t>("payloads.checksummed") != 0;
+  r.payloads.phases.resize(in.count(sizeof(uint64_t), "payloads.phases"));
+  for (std::string& p : r.payloads.phases) p = in.str("payloads.phases");
+  r.payloads.sent = in.payloads("payloads.sent");
+  r.payloads.got = in.payloads("payloads.got");
   r.layout_cache.hits = in.num<int64_t>("layout_cache.hits");
   r.layout_cache.misses = in.num<int64_t>("layout_cache.misses");
   r.layout_cache.notify_time_saved_s = in.num<double>("layout_cache.notify_time_saved_s");

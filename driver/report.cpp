@@ -147,6 +147,14 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
                                {"dest", m.dest}, {"sent", m.sent},   {"received", m.got}};
       if (m.micro_batch >= 0) ver["first_mismatch"]["micro_batch"] = m.micro_batch;
     }
+    nlohmann::json pay = {{"checked", v.payload_checked ? (v.payload_checksummed ? "counts and checksums" : "counts")
+                                                         : "not run: the fabric keeps no ledger"},
+                           {"messages", v.payload_messages},
+                           {"bytes", v.payload_bytes},
+                           {"mismatches", v.payload_mismatches}};
+    if (!v.payload_error.empty()) pay["first_mismatch"] = v.payload_error;
+    ver["payloads"] = std::move(pay);
+    const bool payload_ok = v.payload_mismatches == 0;
     ver["combine_ok"] = combine_ok;
     ver["elements"] = elems;
     ver["bit_exact"] = mism == 0 && nonf == 0;
@@ -159,8 +167,8 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
     ver["tolerance"] = std::isfinite(v.tolerance) ? nlohmann::json(v.tolerance) : nlohmann::json(nullptr);
     ver["values"] = values_checked ? "checked" : "delivery only";
     // Nothing that was checked failed (the exit status); verified says more: values were checked, against a bound.
-    ver["passed"] = v.delivery_ok && combine_ok;
-    j["verified"] = v.delivery_ok && combine_ok && values_checked;
+    ver["passed"] = v.delivery_ok && payload_ok && combine_ok;
+    j["verified"] = v.delivery_ok && payload_ok && combine_ok && values_checked;
   } else {
     ver["reason"] = in.phantom ? "phantom payload: sizes only, no bytes to check" : "verification turned off";
     j["verified"] = false;
@@ -334,6 +342,19 @@ std::string format_summary(const nlohmann::json& r) {
                   static_cast<long long>(fl["tokens_departed"].get<int64_t>()), fl["detect_s"].get<double>(),
                   fl["recover_s"].get<double>());
     os << line;
+  }
+  if (v.contains("payloads")) {
+    const auto& p = v["payloads"];
+    if (p.contains("first_mismatch")) {
+      os << p["first_mismatch"].get<std::string>() << " (" << p["mismatches"].get<size_t>()
+         << " (tag, rank pair)s differ)\n";
+    } else if (p["checked"].get<std::string>().rfind("not run", 0) != 0) {
+      std::snprintf(line, sizeof line, "payloads: %llu messages, %llu bytes: %s equal on every rank pair\n",
+                    static_cast<unsigned long long>(p["messages"].get<uint64_t>()),
+                    static_cast<unsigned long long>(p["bytes"].get<uint64_t>()),
+                    p["checked"].get<std::string>().c_str());
+      os << line;
+    }
   }
   if (v.contains("first_mismatch")) {
     const auto& m = v["first_mismatch"];

@@ -42,6 +42,7 @@ struct RecvOp : RequestState {
   MutBuf buf;
   bool matched = false;            // under the domain's lock
   bool copying = false;            // matched, and a thread copies the bytes outside the lock (Domain::deliver)
+  bool ledgered = false;           // its bytes went into the fabric's PayloadLedger (rank's own thread)
   Arrival msg;                     // kept by transports that move the bytes after the match
   std::shared_ptr<void> transfer;  // the transport's transfer in flight (a modeled flow, device copies)
 };

@@ -201,7 +201,11 @@ void Domain::rendezvous(const std::string& who, Transport& clock, const std::fun
 // ---- TransportFabric ----
 
 TransportFabric::TransportFabric(Domain& domain, Transport& transport, int rank, const Topology& topo)
-    : domain_(domain), transport_(transport), rank_(rank), topo_(topo) {}
+    : domain_(domain),
+      transport_(transport),
+      rank_(rank),
+      topo_(topo),
+      flip_armed_(PayloadFlip::from_environment().armed && PayloadFlip::from_environment().dst == rank) {}
 
 Caps TransportFabric::caps() const {
   const TransportCaps t = transport_.caps();
@@ -253,6 +257,7 @@ Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
   if (data.phantom_bytes > 0 && !transport_.caps().phantom_payload)
     throw FabricError("isend: " + where(peer, tag) + ": this backend moves real bytes only (phantom payload of " +
                       std::to_string(data.total()) + " bytes)");
+  if (ledger_) ledger_->sent(peer, tag, phase_, data.ptr, data.bytes, data.total());
   auto op = std::make_shared<SendOp>();
   op->peer = peer;
   op->tag = tag;
@@ -294,6 +299,10 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       if (!s) continue;
       if (!transport_.test(*s)) break;
       if (!s->error.empty()) throw FabricError(s->error + " (phase " + phase_ + ")");
+      if (auto* r = ledger_ || flip_armed_ ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
+        r->ledgered = true;
+        received(r->peer, r->tag, r->buf.ptr, r->bytes, r->total_bytes);
+      }
     }
     if (next == reqs.size()) return;
     if (!domain_.failure().empty())
@@ -310,6 +319,14 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
     }
     transport_.block(domain_, pending, limit);
   }
+}
+
+void TransportFabric::received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes) {
+  if (flip_armed_ && !flipped_ && bytes > 0 && PayloadFlip::from_environment().matches(peer, rank_, tag)) {
+    static_cast<uint8_t*>(data)[bytes - 1] ^= 0x01;
+    flipped_ = true;
+  }
+  if (ledger_) ledger_->received(peer, tag, phase_, data, bytes, total_bytes);
 }
 
 void TransportFabric::barrier() {
@@ -332,10 +349,18 @@ void TransportFabric::message_barrier() {
 }
 
 void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
-  alltoallv_live(sends, recvs, [&](std::span<const PeerSend> s, std::span<PeerRecv> r) {
-    if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv))
-      return ext->alltoallv(*this, tag, s, r, d);
-    alltoallv_by_messages(tag, s, r, d, false);
+  alltoallv_live(sends, recvs, [&](std::span<const PeerSend> live_sends, std::span<PeerRecv> live_recvs) {
+    if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv)) {
+      // One operation for the whole exchange: its messages go into the ledger here rather than in isend/wait_all.
+      if (ledger_)
+        for (const PeerSend& s : live_sends)
+          ledger_->sent(s.peer, tag, phase_, s.data.ptr, s.data.ptr ? s.data.bytes : 0, s.data.total());
+      ext->alltoallv(*this, tag, live_sends, live_recvs, d);
+      if (ledger_ || flip_armed_)
+        for (const PeerRecv& r : live_recvs) received(r.peer, tag, r.data.ptr, r.bytes, r.total_bytes);
+      return;
+    }
+    alltoallv_by_messages(tag, live_sends, live_recvs, d, false);
   });
 }
 

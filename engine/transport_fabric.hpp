@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/payload_ledger.hpp"
 #include "engine/transport.hpp"
 
 namespace eplab {
@@ -153,6 +154,12 @@ class TransportFabric final : public Fabric {
   bool set_nic_bandwidth_fraction(int rank, double fraction) override;
   void mark_failed(int rank) override;
 
+  // Conservation check: from now on every message this rank sends and every receive it completes is entered in
+  // `ledger` (null stops it); the caller compares the ranks' ledgers (check_payloads). Sends are hashed over
+  // what is posted, receives over what landed, so a byte changed in flight shows as a checksum mismatch.
+  void set_payload_ledger(PayloadLedger* ledger) { ledger_ = ledger; }
+  PayloadLedger* payload_ledger() const { return ledger_; }
+
   Domain& domain() { return domain_; }
   Transport& transport() { return transport_; }
   // "rank 3 (device 1), peer 5, tag 0x... (dispatch, ...), phase dispatch"
@@ -174,6 +181,11 @@ class TransportFabric final : public Fabric {
   int rank_;
   const Topology& topo_;
   long barrier_round_ = 0;
+  PayloadLedger* ledger_ = nullptr;
+  bool flip_armed_ = false;  // the test hook (PayloadFlip) names this rank as the receiver
+  bool flipped_ = false;     // and its one flip (PayloadFlip) was done
+  // A receive of `bytes` real bytes at `data` completed: the test hook's flip, then the ledger.
+  void received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes);
 };
 
 // Launches every rank of `topo` on its own OS thread over one Domain on a WallClock, and joins them:

@@ -88,6 +88,52 @@ case $case_name in
     expect 0 "verified: true \(" -- run "${small[@]}" --dispatch-codec bf16 --report "$tmp/r.json"
     grep -q '"values": "checked"' "$tmp/r.json" || fail "verification.values should be checked"
     ;;
+  payload_checksums | payload_checksums_mpi)
+    # Every message's bytes are counted and checksummed by its sender and its receiver (engine/payload_ledger.hpp),
+    # forwarded hops included; normal runs of every algorithm pass. A byte flipped in flight (the test-only hook
+    # EPLAB_TEST_FLIP_PAYLOAD_BYTE=SRC,DST,PHASE,STEP,LAYER[,ROUND], PHASE as in make_tag: 2 dispatch, 3 combine,
+    # 4 forward) fails the run, naming the rank pair, the phase and the call.
+    two=(--nodes 2 --gpus-per-node 2 --tokens 32 --model mixtral-8x7b --hidden 256 --steps 2 --layers 2 --quiet)
+    if [[ $case_name == payload_checksums_mpi ]]; then
+      mpirun=(${3:?payload_checksums_mpi needs mpiexec} -n 4 --oversubscribe)
+      export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+      run_eplab() { "${mpirun[@]}" "$eplab" "$@"; }
+      backend=mpi
+    else
+      run_eplab() { "$eplab" "$@"; }
+      backend=emu
+    fi
+    # expect_run STATUS PATTERN ARGS...: the same as expect, through run_eplab.
+    expect_run() {
+      local want=$1 pattern=$2 out rc
+      shift 2
+      out=$(run_eplab "$@" 2>&1)
+      rc=$?
+      [[ $rc -eq $want ]] || fail "eplab $* exited $rc, expected $want: $out"
+      grep -Eq -- "$pattern" <<<"$out" || fail "eplab $* did not say /$pattern/: $out"
+    }
+    for a in flat hierarchical low-latency allgather; do
+      expect_run 0 "payloads: [1-9][0-9]* messages, [1-9][0-9]* bytes: counts and checksums equal on every rank pair" \
+        run --backend $backend "${two[@]}" --algorithm $a
+    done
+    if [[ $backend == emu ]]; then
+      # The simulator with real bytes: its one-task all-to-all-v is entered in the ledger too; so is two-batch
+      # overlap (sim only).
+      expect_run 0 "payloads: [1-9][0-9]* messages.*counts and checksums equal" \
+        run --backend sim --payload real "${two[@]}" --algorithm hierarchical --overlap tbo
+    fi
+    # Dispatch on flat, from rank 1 to rank 2 in step 1, layer 0; combine from rank 3 to rank 0 in step 0, layer 1.
+    EPLAB_TEST_FLIP_PAYLOAD_BYTE=1,2,2,1,0 expect_run 4 \
+      "payload mismatch: rank 1 -> rank 2, phase dispatch, step 1, layer 0 .*checksum differs" \
+      run --backend $backend "${two[@]}" --algorithm flat
+    EPLAB_TEST_FLIP_PAYLOAD_BYTE=3,0,3,0,1 expect_run 4 \
+      "payload mismatch: rank 3 -> rank 0, phase combine, step 0, layer 1 .*checksum differs" \
+      run --backend $backend "${two[@]}" --algorithm low-latency
+    # Hierarchical's forward hop inside a node (ranks 2 and 3 share node 1).
+    EPLAB_TEST_FLIP_PAYLOAD_BYTE=2,3,4,0,1 expect_run 4 \
+      "payload mismatch: rank 2 -> rank 3, phase dispatch, step 0, layer 1 .*checksum differs" \
+      run --backend $backend "${two[@]}" --algorithm hierarchical
+    ;;
   usage)
     # A malformed command line exits 2 (usage); a well-formed one with a bad value exits 1 (bad input).
     expect 2 "usage error: unknown option --bogus" -- run --bogus

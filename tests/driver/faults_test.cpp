@@ -365,6 +365,10 @@ TEST(FaultRuns, EmuFailedGpuWithoutRedundancyCountsLostExactly) {
   EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), expected);
   EXPECT_EQ(r.at("faults").at("lost_experts")[0].at("experts"), nlohmann::json::array({4, 5, 6, 7}));
   EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+  // The failed rank's payload ledger, kept up to its stop, agrees with the survivors' on every rank pair.
+  const auto& p = r.at("verification").at("payloads");
+  EXPECT_EQ(p.at("checked").get<std::string>(), "counts and checksums") << p.dump();
+  EXPECT_EQ(p.at("mismatches").get<int>(), 0) << p.dump();
 }
 
 TEST(FaultRuns, FailedGpuOnEmuRefusesRelaying) {

@@ -5,7 +5,8 @@
 #  - without `mpirun --enable-recovery` a GPU failure is refused before any rank starts, saying why;
 #  - with it, gpu:1@step:1 loses nothing (experts 2 and 3 have replicas on ranks 2 and 3), verified, and from
 #    step 1 on rank 1 sends no notify message and none is sent to it (flat: 4 x 4 a call before, 3 x 3 after);
-#  - gpu:3@step:1 loses every selection of experts 6 and 7 from step 1 on, counted in both report blocks.
+#  - gpu:3@step:1 loses every selection of experts 6 and 7 from step 1 on, counted in both report blocks;
+#  - in both, the payload ledgers (the failed rank's handed over with its result) agree on every rank pair.
 # Each run asserts from its JSON report; timing is never checked.
 set -u
 mpiexec=$1
@@ -46,7 +47,9 @@ t1=$(date +%s.%N)
 check "$tmp/kept.json" 'r["verified"] is True' 'r["faults"]["tokens_lost"] == 0' \
   'r["faults"]["tokens_rerouted"] > 0' 'r["faults"]["failed_ranks"] == [1]' 'r["faults"]["failed_ranks_stopped"]' \
   'r["faults"]["tokens_departed"] == 2 * 64' 'r["verification"]["lost_selections"] == 0' \
-  'abs(r["phases"]["notify"]["messages"] - (4 * 4 + 2 * 3 * 3) / 3) < 1e-9'
+  'abs(r["phases"]["notify"]["messages"] - (4 * 4 + 2 * 3 * 3) / 3) < 1e-9' \
+  'r["verification"]["payloads"]["checked"] == "counts and checksums"' \
+  'r["verification"]["payloads"]["mismatches"] == 0'
 echo "gpu:1@step:1: verified, 0 lost, mpirun wall $(/usr/bin/python3 -c "print(round($t1 - $t0, 2))") s"
 
 out=$(timeout 120 "$mpiexec" -n 4 --oversubscribe --enable-recovery "$eplab" "${run[@]}" --fault gpu:3@step:1 \
@@ -56,6 +59,8 @@ rc=$?
 check "$tmp/lost.json" 'r["verified"] is True' 'r["faults"]["tokens_lost"] > 0' \
   'r["verification"]["lost_selections"] == r["faults"]["tokens_lost"]' \
   'all(e["experts"] == [6, 7] for e in r["faults"]["lost_experts"])' \
-  'all(s["expert"] in (6, 7) for s in r["faults"]["first_lost"])'
+  'all(s["expert"] in (6, 7) for s in r["faults"]["first_lost"])' \
+  'r["verification"]["payloads"]["checked"] == "counts and checksums"' \
+  'r["verification"]["payloads"]["mismatches"] == 0'
 echo "gpu:3@step:1: verified, $(/usr/bin/python3 -c "import json; print(json.load(open('$tmp/lost.json'))['faults']['tokens_lost'])") selections lost"
 echo "PASS (mpi failed GPU)"

@@ -50,6 +50,11 @@ RankResult sample(int rank) {
   r.deliveries.sent_to(0, 1).add(3, 4);
   r.deliveries.sent_to(1, 0).add(2, 1);
   r.deliveries.got_from(0, 1).add(3, 4);
+  PayloadLedger ledger(true);
+  const uint8_t bytes[5] = {1, 2, 3, 4, static_cast<uint8_t>(rank)};
+  ledger.sent(1, make_tag(Phase::kDispatch, 1, 0), "dispatch", bytes, sizeof bytes, sizeof bytes);
+  ledger.received(2, make_tag(Phase::kUser, 0, 1, 1), "migration", bytes, 3, 3);
+  r.payloads = ledger.log();
   r.layout_cache.hits = 3;
   r.layout_cache.misses = 1 + rank;
   r.layout_cache.notify_time_saved_s = 1e-5;
@@ -78,6 +83,13 @@ TEST(RankResult, RoundTripsEveryField) {
   EXPECT_EQ(b.deliveries.ranks, a.deliveries.ranks);
   EXPECT_EQ(b.deliveries.sent, a.deliveries.sent);
   EXPECT_EQ(b.deliveries.got, a.deliveries.got);
+  EXPECT_TRUE(b.payloads.recorded && b.payloads.checksummed);
+  EXPECT_EQ(b.payloads.phases, (std::vector<std::string>{"dispatch", "migration"}));
+  ASSERT_EQ(b.payloads.sent.size(), 1u);
+  ASSERT_EQ(b.payloads.got.size(), 1u);
+  EXPECT_EQ(b.payloads.sent[0].checksum, a.payloads.sent[0].checksum);
+  EXPECT_EQ(b.payloads.got[0].phase, 1);
+  EXPECT_EQ(b.payloads.got[0].bytes, 3u);
   EXPECT_EQ(b.layout_cache.misses, 4);
   ASSERT_EQ(b.spans.size(), 2u);
   EXPECT_EQ(b.spans[1].name, "bwd-combine");

@@ -1,0 +1,219 @@
+#include "engine/payload_ledger.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace eplab {
+namespace {
+
+constexpr uint64_t kMul = 0x9e3779b97f4a7c15ULL;  // odd: multiplying by it is a bijection
+
+uint64_t mix64(uint64_t x) {  // SplitMix64's finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// One lane step: xor the word in, multiply, fold the high bits down. For a fixed lane value each operation is a
+// bijection of the word, so two words that differ give different lane values.
+inline uint64_t step(uint64_t lane, uint64_t word) {
+  lane = (lane ^ word) * kMul;
+  return lane ^ (lane >> 32);
+}
+
+}  // namespace
+
+uint64_t payload_checksum(const void* p, size_t n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  uint64_t l0 = 0x243f6a8885a308d3ULL, l1 = 0x13198a2e03707344ULL, l2 = 0xa4093822299f31d0ULL,
+           l3 = 0x082efa98ec4e6c89ULL;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    uint64_t w[4];
+    std::memcpy(w, b + i, sizeof w);
+    l0 = step(l0, w[0]);
+    l1 = step(l1, w[1]);
+    l2 = step(l2, w[2]);
+    l3 = step(l3, w[3]);
+  }
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, b + i, sizeof w);
+    l0 = step(l0, w);
+  }
+  if (i < n) {
+    uint64_t w = 0;
+    std::memcpy(&w, b + i, n - i);
+    l1 = step(l1, w);
+  }
+  // Each lane through a bijection, then rotated so that equal lanes do not cancel, and the length last.
+  return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(l2), 32) ^ std::rotl(mix64(l3), 48) ^
+         mix64(static_cast<uint64_t>(n) + kMul);
+}
+
+size_t PayloadLedger::KeyHash::operator()(const Key& k) const {
+  return static_cast<size_t>(mix64(k.tag ^ (static_cast<uint64_t>(static_cast<uint32_t>(k.peer)) * kMul)));
+}
+
+void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
+                        size_t total_bytes) {
+  PayloadRecord& r = m[Key{tag, peer}];
+  if (r.messages == 0) {
+    r.tag = tag;
+    r.peer = peer;
+    const auto it = std::find(phases_.begin(), phases_.end(), phase);
+    r.phase = static_cast<int32_t>(it - phases_.begin());
+    if (it == phases_.end()) phases_.push_back(phase);
+  }
+  ++r.messages;
+  r.bytes += bytes;
+  r.total_bytes += total_bytes;
+  if (checksum_ && bytes > 0) r.checksum += payload_checksum(data, bytes);
+}
+
+void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
+                         size_t total_bytes) {
+  add(sent_, peer, tag, phase, data, bytes, total_bytes);
+}
+
+void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
+                             size_t total_bytes) {
+  add(got_, peer, tag, phase, data, bytes, total_bytes);
+}
+
+PayloadLog PayloadLedger::log() const {
+  PayloadLog out;
+  out.recorded = true;
+  out.checksummed = checksum_;
+  out.phases = phases_;
+  const auto sorted = [](const Map& m) {
+    std::vector<PayloadRecord> v;
+    v.reserve(m.size());
+    for (const auto& [k, r] : m) v.push_back(r);
+    std::sort(v.begin(), v.end(), [](const PayloadRecord& a, const PayloadRecord& b) {
+      return a.tag != b.tag ? a.tag < b.tag : a.peer < b.peer;
+    });
+    return v;
+  };
+  out.sent = sorted(sent_);
+  out.got = sorted(got_);
+  return out;
+}
+
+void PayloadLedger::restore(const PayloadLog& from) {
+  if (!from.recorded) return;
+  phases_ = from.phases;
+  sent_.clear();
+  got_.clear();
+  for (const PayloadRecord& r : from.sent) sent_[Key{r.tag, r.peer}] = r;
+  for (const PayloadRecord& r : from.got) got_[Key{r.tag, r.peer}] = r;
+}
+
+namespace {
+
+struct Side {
+  const PayloadLog* log;
+  const PayloadRecord* rec;  // null: nothing under this (tag, peer)
+};
+
+std::string phase_name(const Side& s) {
+  if (!s.rec || s.rec->phase < 0 || static_cast<size_t>(s.rec->phase) >= s.log->phases.size()) return "";
+  return s.log->phases[s.rec->phase];
+}
+
+std::string describe(const PayloadRecord* r, bool checksummed) {
+  if (!r) return "nothing";
+  char buf[160];
+  if (checksummed)
+    std::snprintf(buf, sizeof buf, "%llu message(s), %llu bytes, checksum %016llx",
+                  static_cast<unsigned long long>(r->messages), static_cast<unsigned long long>(r->total_bytes),
+                  static_cast<unsigned long long>(r->checksum));
+  else
+    std::snprintf(buf, sizeof buf, "%llu message(s), %llu bytes", static_cast<unsigned long long>(r->messages),
+                  static_cast<unsigned long long>(r->total_bytes));
+  return buf;
+}
+
+}  // namespace
+
+PayloadCheck check_payloads(const std::vector<const PayloadLog*>& logs) {
+  PayloadCheck c;
+  const int R = static_cast<int>(logs.size());
+  c.ran = R > 0;
+  c.checksummed = R > 0;
+  for (const PayloadLog* l : logs) {
+    c.ran = c.ran && l->recorded;
+    c.checksummed = c.checksummed && l->checksummed;
+  }
+  if (!c.ran) return c;
+  // Entries of the sends of `src` to `dst` and of what `dst` received from `src`, matched by tag: a merge of two
+  // sorted lists (each log is sorted by (tag, peer); filtering by peer keeps the tag order).
+  // by_peer[rank][peer]: that rank's records with that peer, in tag order.
+  using Index = std::vector<std::vector<std::vector<const PayloadRecord*>>>;
+  const auto index = [&](bool sent) {
+    Index ix(R, std::vector<std::vector<const PayloadRecord*>>(R));
+    for (int r = 0; r < R; ++r)
+      for (const PayloadRecord& rec : sent ? logs[r]->sent : logs[r]->got) {
+        if (rec.peer < 0 || rec.peer >= R)
+          throw EplabError("payload check: rank " + std::to_string(r) + "'s ledger names peer " +
+                           std::to_string(rec.peer) + " of a run of " + std::to_string(R) + " ranks");
+        ix[r][rec.peer].push_back(&rec);
+      }
+    return ix;
+  };
+  const Index sends = index(true), gots = index(false);
+  for (int src = 0; src < R; ++src)
+    for (int dst = 0; dst < R; ++dst) {
+      const auto& s = sends[src][dst];
+      const auto& g = gots[dst][src];
+      size_t i = 0, j = 0;
+      while (i < s.size() || j < g.size()) {
+        const PayloadRecord* a = i < s.size() ? s[i] : nullptr;
+        const PayloadRecord* b = j < g.size() ? g[j] : nullptr;
+        if (a && b && a->tag != b->tag) (a->tag < b->tag ? b : a) = nullptr;
+        i += a != nullptr;
+        j += b != nullptr;
+        if (a) c.messages += a->messages, c.bytes += a->total_bytes;
+        const bool same = a && b && a->messages == b->messages && a->bytes == b->bytes &&
+                          a->total_bytes == b->total_bytes && (!c.checksummed || a->checksum == b->checksum);
+        if (same) continue;
+        if (c.mismatches++ > 0) continue;
+        const Tag tag = a ? a->tag : b->tag;
+        std::string phase = phase_name({logs[src], a});
+        if (phase.empty()) phase = phase_name({logs[dst], b});
+        const char* kind = !(a && b)                                                  ? "a message unmatched"
+                           : a->messages != b->messages || a->total_bytes != b->total_bytes ? "counts differ"
+                                                                                             : "checksum differs";
+        char call[96];
+        std::snprintf(call, sizeof call, "step %u, layer %u", static_cast<unsigned>((tag >> 32) & 0xFFFFFF),
+                      static_cast<unsigned>((tag >> 16) & 0xFFFF));
+        c.first_error = "payload mismatch: rank " + std::to_string(src) + " -> rank " + std::to_string(dst) +
+                        ", phase " + phase + ", " + call + " (tag " + describe_tag(tag) + "): " + kind + ": sent " +
+                        describe(a, c.checksummed) + ", received " + describe(b, c.checksummed);
+      }
+    }
+  return c;
+}
+
+const PayloadFlip& PayloadFlip::from_environment() {
+  static const PayloadFlip flip = [] {
+    PayloadFlip f;
+    if (const char* e = std::getenv("EPLAB_TEST_FLIP_PAYLOAD_BYTE"))
+      f.armed = std::sscanf(e, "%d,%d,%d,%d,%d,%d", &f.src, &f.dst, &f.phase, &f.step, &f.layer, &f.round) >= 5;
+    return f;
+  }();
+  return flip;
+}
+
+bool PayloadFlip::matches(int from, int to, Tag tag) const {
+  return armed && from == src && to == dst && static_cast<int>(tag >> 56) == phase &&
+         static_cast<int>((tag >> 32) & 0xFFFFFF) == step && static_cast<int>((tag >> 16) & 0xFFFF) == layer &&
+         (round < 0 || static_cast<int>(tag & 0xFFFF) == round);
+}
+
+}  // namespace eplab

@@ -1,0 +1,96 @@
+// Conservation of payload bytes across every message a fabric moves: per (tag, peer) the sender's and the
+// receiver's message count, byte count and a 64-bit checksum of the payload bytes, so that comparing the two
+// sides at the end of a run proves each rank pair received exactly the bytes it was sent, phase by phase and
+// call by call (the tag holds phase, step and layer), forwarded hops included.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/fabric.hpp"
+
+namespace eplab {
+
+// A fast 64-bit checksum of `n` bytes: four lanes of multiply-xorshift over 8-byte words (independent lanes keep
+// it at memory speed), the tail and the length folded in at the end. Each lane step is a bijection of the word,
+// so a change confined to one 8-byte word (a flipped byte) always changes the checksum; other changes collide
+// with probability about 2^-64.
+uint64_t payload_checksum(const void* p, size_t n);
+
+// What one rank sent to (or received from) one peer under one tag: sums over the messages.
+struct PayloadRecord {
+  uint64_t tag = 0;
+  int32_t peer = -1;
+  int32_t phase = -1;  // index into PayloadLog::phases: the fabric's phase name at the first message
+  uint64_t messages = 0;
+  uint64_t bytes = 0;        // real bytes
+  uint64_t total_bytes = 0;  // real + phantom bytes
+  uint64_t checksum = 0;     // sum of the messages' payload_checksum (order-independent); 0 when not checksummed
+};
+
+// One rank's ledger of a run, records sorted by (tag, peer).
+struct PayloadLog {
+  bool recorded = false;     // the rank kept a ledger (false: nothing to compare)
+  bool checksummed = false;  // real bytes were hashed; false: counts only (phantom payloads)
+  std::vector<std::string> phases;
+  std::vector<PayloadRecord> sent, got;
+};
+
+// Fed by the fabric (engine/transport_fabric.cpp) from the rank's own thread: every posted send and every
+// completed receive. Not thread-safe; one per rank.
+class PayloadLedger {
+ public:
+  explicit PayloadLedger(bool checksum) : checksum_(checksum) {}
+  bool checksums() const { return checksum_; }
+  void sent(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  PayloadLog log() const;
+  // Goes on from a log this ledger's rank wrote earlier (a run resumed from a checkpoint), so that the resumed
+  // run's ledger, and the report built from it, is the uninterrupted run's.
+  void restore(const PayloadLog& from);
+
+ private:
+  struct Key {
+    Tag tag;
+    int peer;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  using Map = std::unordered_map<Key, PayloadRecord, KeyHash>;
+  void add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+
+  bool checksum_;
+  std::vector<std::string> phases_;
+  Map sent_, got_;
+};
+
+// Every rank pair's sent and received ledgers agree, tag by tag. `first_error` names the first disagreement in
+// (source, destination, tag) order: source and destination rank, the phase, step and layer, and what differs.
+struct PayloadCheck {
+  bool ran = false;          // every rank kept a ledger
+  bool checksummed = false;  // and hashed its bytes
+  uint64_t messages = 0, bytes = 0;
+  size_t mismatches = 0;  // (tag, source, destination) entries that differ
+  std::string first_error;
+  bool ok() const { return mismatches == 0; }
+};
+// logs: one per rank, in rank order.
+PayloadCheck check_payloads(const std::vector<const PayloadLog*>& logs);
+
+// Test hook, not a user option: EPLAB_TEST_FLIP_PAYLOAD_BYTE="SRC,DST,PHASE,STEP,LAYER[,ROUND]" (PHASE a Phase
+// number, as in make_tag; any round when left out) makes rank DST flip the lowest bit of the last byte of the
+// first non-empty message from SRC under such a tag after it landed and before it is checksummed, as a fault in
+// flight would (the last byte: row data rather than a message's leading counts). Read once per process.
+struct PayloadFlip {
+  bool armed = false;
+  int src = -1, dst = -1, phase = -1, step = -1, layer = -1, round = -1;
+  static const PayloadFlip& from_environment();
+  bool matches(int from, int to, Tag tag) const;
+};
+
+}  // namespace eplab
