@@ -46,13 +46,7 @@ VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::ve
   vr.mismatched_pairs = c.mismatched_pairs;
   std::vector<const PayloadLog*> payloads;
   for (const RankResult& r : results) payloads.push_back(&r.payloads);
-  const PayloadCheck pc = check_payloads(payloads);
-  vr.payload_checked = pc.ran;
-  vr.payload_checksummed = pc.checksummed;
-  vr.payload_messages = pc.messages;
-  vr.payload_bytes = pc.bytes;
-  vr.payload_mismatches = pc.mismatches;
-  vr.payload_error = pc.first_error;
+  vr.payloads = check_payloads(payloads);
   if (!c.ok) {
     // With two-batch overlap the digests are per (call, micro-batch): index 2 * call + micro-batch.
     const bool tbo = cfg.overlap == "tbo";

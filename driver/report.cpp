@@ -147,14 +147,15 @@ nlohmann::json build_report(const ReportInputs& in, const std::vector<RankRecord
                                {"dest", m.dest}, {"sent", m.sent},   {"received", m.got}};
       if (m.micro_batch >= 0) ver["first_mismatch"]["micro_batch"] = m.micro_batch;
     }
-    nlohmann::json pay = {{"checked", v.payload_checked ? (v.payload_checksummed ? "counts and checksums" : "counts")
-                                                         : "not run: the fabric keeps no ledger"},
-                           {"messages", v.payload_messages},
-                           {"bytes", v.payload_bytes},
-                           {"mismatches", v.payload_mismatches}};
-    if (!v.payload_error.empty()) pay["first_mismatch"] = v.payload_error;
+    const PayloadCheck& pc = v.payloads;
+    nlohmann::json pay = {{"checked", pc.ran ? (pc.checksummed ? "counts and checksums" : "counts")
+                                             : "not run: the fabric keeps no ledger"},
+                          {"messages", pc.messages},
+                          {"bytes", pc.bytes},
+                          {"mismatches", pc.mismatches}};
+    if (!pc.first_error.empty()) pay["first_mismatch"] = pc.first_error;
     ver["payloads"] = std::move(pay);
-    const bool payload_ok = v.payload_mismatches == 0;
+    const bool payload_ok = pc.ok();
     ver["combine_ok"] = combine_ok;
     ver["elements"] = elems;
     ver["bit_exact"] = mism == 0 && nonf == 0;

@@ -12,6 +12,7 @@
 #include "driver/training.hpp"
 #include "engine/ep_engine.hpp"
 #include "engine/moe_shape.hpp"
+#include "engine/payload_ledger.hpp"
 #include "engine/topology.hpp"
 
 namespace eplab {
@@ -40,13 +41,9 @@ struct VerifyResult {
     uint32_t sent = 0, got = 0;
   } first_mismatch;
   std::string transform;
-  // Payload conservation (engine/payload_ledger.hpp): every message of the run, each rank pair's sent and received
-  // counts and checksums compared per tag. payload_checked: every rank kept a ledger; payload_error names the
-  // first mismatch (rank pair, phase, step and layer).
-  bool payload_checked = false, payload_checksummed = false;
-  uint64_t payload_messages = 0, payload_bytes = 0;
-  size_t payload_mismatches = 0;
-  std::string payload_error;
+  // Payload conservation: every message of the run, each rank pair's sent and received counts and checksums
+  // compared per tag (its first_error names the first mismatch: rank pair, phase, step and layer).
+  PayloadCheck payloads;
 };
 
 struct ReportInputs {
