@@ -29,12 +29,15 @@
 namespace eplab {
 namespace {
 
-VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::vector<RankResult>& results) {
+// `tally`: the phantom run's count check (null otherwise), whose messages every rank has entered.
+VerifyResult verify_run(const RunConfig& cfg, const RunSetup& run, const std::vector<RankResult>& results,
+                        PayloadTally* tally) {
   VerifyResult vr;
   vr.ran = run.verify;
   vr.lossless = run.lossless;
   vr.tolerance = run.lossless ? 0.0 : run.tolerance;
   vr.transform = cfg.transform;
+  if (tally) vr.payloads = tally->check();
   if (!run.verify) return vr;
   std::vector<const DeliveryLog*> logs;
   for (const RankResult& r : results) logs.push_back(&r.deliveries);
@@ -212,8 +215,11 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   std::optional<CheckpointSink> sink;
   if (!cfg.checkpoint.empty()) sink.emplace(cfg, plan, timeline, R);
   DepartedResults departed;
-  const RankInputs inputs{cfg,      run, plan, *shared, timeline, progress, resume ? &*resume : nullptr,
-                          sink ? &*sink : nullptr, &departed};
+  // Phantom payloads have no bytes to verify, but their counts are still conserved: one tally for the ranks here.
+  std::optional<PayloadTally> tally;
+  if (run.phantom && run.in_process) tally.emplace(R);
+  const RankInputs inputs{cfg,       run, plan, *shared, timeline, progress, resume ? &*resume : nullptr,
+                          sink ? &*sink : nullptr, &departed, tally ? &*tally : nullptr};
 
   // What the ranks of this process hand back: the gathering rank (rank 0, or the lowest live one when rank 0's
   // GPU failed) all ranks' results, every rank that it ran here (each writes its own element).
@@ -253,7 +259,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     timeline.add_spans(overlap->spans);
     timeline.shift_rounds(overlap->shifts);
   }
-  const VerifyResult vr = verify_run(cfg, run, results);
+  const VerifyResult vr = verify_run(cfg, run, results, tally ? &*tally : nullptr);
   ReportInputs in{cfg,
                   run.cluster,
                   run.shape,

@@ -269,6 +269,29 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
   return f.now() - t_begin;
 }
 
+// Phantom runs: every rank of the process enters its messages in one PayloadTally while it lives.
+class TallyScope {
+ public:
+  TallyScope(Fabric& f, PayloadTally* tally) : fabric_(dynamic_cast<TransportFabric*>(&f)) {
+    if (!fabric_)
+      throw EplabError("payload tally: backend's fabric is not built on the transport seam, so it cannot count");
+    fabric_->set_payload_tally(tally);
+  }
+  ~TallyScope() { fabric_->set_payload_tally(nullptr); }
+  TallyScope(const TallyScope&) = delete;
+  TallyScope& operator=(const TallyScope&) = delete;
+
+ private:
+  TransportFabric* fabric_;
+};
+
+// What rank `me` has entered in the process's tally so far goes into its result (and so into checkpoints).
+void note_tally(PayloadLog& log, const PayloadTally* tally, int me) {
+  if (!tally) return;
+  log.tally_messages = tally->messages_sent(me);
+  log.tally_bytes = tally->bytes_sent(me);
+}
+
 // `ledger`: the rank's payload ledger while verifying, else null; checkpoints save it and resumes restore it.
 RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger, bool* stopped_here);
 
@@ -278,9 +301,18 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
   PayloadLedger ledger(/*checksum=*/true);  // verifying moves real bytes only (RunSetup::verify)
   std::optional<LedgerScope> scope;
   if (in.run.verify) scope.emplace(f, &ledger);
+  std::optional<TallyScope> tally;
+  if (in.tally) {
+    tally.emplace(f, in.tally);
+    if (in.resume) {
+      const PayloadLog& from = in.resume->ranks[f.rank()].result.payloads;
+      in.tally->restore_sent(f.rank(), from.tally_messages, from.tally_bytes);
+    }
+  }
   RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr, stopped_here);
   // A failed rank's ledger went with its result at its stop.
   if (scope && scope->active() && !(stopped_here && *stopped_here)) res.payloads = ledger.log();
+  note_tally(res.payloads, in.tally, f.rank());
   return res;
 }
 
@@ -488,6 +520,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
         res.layout_cache = engine.context().layout_cache.stats;
         state.result = res;
         if (ledger) state.result.payloads = ledger->log();
+        note_tally(state.result.payloads, in.tally, me);
         save_engine(engine, state);
         state.clock_s = f.exact_clock();
         in.checkpoint->deposit(step + 1, me, std::move(state));

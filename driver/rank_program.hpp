@@ -44,6 +44,8 @@ struct RankInputs {
   const Checkpoint* resume = nullptr;
   CheckpointSink* checkpoint = nullptr;
   DepartedResults* departed = nullptr;  // where failed ranks' results go (null: no rank stops)
+  // Phantom payloads (sim): the count check every rank of this process enters its messages in; null otherwise.
+  PayloadTally* tally = nullptr;
 };
 
 // A rank whose GPU fails at step S (FaultPlan::ranks_stop) returns at the start of S with `stopped` set, its

@@ -202,6 +202,8 @@ std::vector<uint8_t> encode_rank_result(const RankResult& r) {
   for (const std::string& p : r.payloads.phases) w.str(p);
   w.payloads(r.payloads.sent);
   w.payloads(r.payloads.got);
+  w.num(r.payloads.tally_messages);
+  w.num(r.payloads.tally_bytes);
   w.num<int64_t>(r.layout_cache.hits);
   w.num<int64_t>(r.layout_cache.misses);
   w.num(r.layout_cache.notify_time_saved_s);
@@ -269,6 +271,8 @@ RankResult decode_rank_result(std::span<const uint8_t> bytes, int from_rank) {
   for (std::string& p : r.payloads.phases) p = in.str("payloads.phases");
   r.payloads.sent = in.payloads("payloads.sent");
   r.payloads.got = in.payloads("payloads.got");
+  r.payloads.tally_messages = in.num<uint64_t>("payloads.tally_messages");
+  r.payloads.tally_bytes = in.num<uint64_t>("payloads.tally_bytes");
   r.layout_cache.hits = in.num<int64_t>("layout_cache.hits");
   r.layout_cache.misses = in.num<int64_t>("layout_cache.misses");
   r.layout_cache.notify_time_saved_s = in.num<double>("layout_cache.notify_time_saved_s");

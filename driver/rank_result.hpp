@@ -25,7 +25,9 @@ struct RankResult {
   std::vector<double> migration_time_s;  // per call: the weight migration round (modeled time only, else 0)
   std::vector<int32_t> call_slot_load;   // [call * slots + slot]: selections this rank sent to the slot
   DeliveryLog deliveries;                // verifying: digests of what this rank sent and received, per call and peer
-  PayloadLog payloads;  // verifying: the fabric's per (tag, peer) counts and checksums of every message, both ways
+  // verifying: the fabric's per (tag, peer) counts and checksums of every message, both ways; phantom runs: the
+  // messages and bytes this rank entered in the process's PayloadTally
+  PayloadLog payloads;
   LayoutCacheStats layout_cache;
   std::vector<TimelineSpan> spans;  // only when the run writes a timeline and samples this rank
   FaultCounts faults;               // injected faults (driver/faults.hpp): zero without --fault
@@ -34,7 +36,7 @@ struct RankResult {
 // Encoding: "EPRR", a uint32 version (kRankResultVersion), then the fields in declaration order; numbers as
 // their host bytes (little-endian; every rank of a run runs the same build), vectors and strings as a uint64
 // count then their elements, structs field by field. The same result always gives the same bytes.
-constexpr uint32_t kRankResultVersion = 5;
+constexpr uint32_t kRankResultVersion = 6;
 std::vector<uint8_t> encode_rank_result(const RankResult& r);
 // Throws EplabError naming `from_rank` and the field for bytes that are truncated, of another version, or
 // longer than the result they hold.

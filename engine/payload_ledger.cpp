@@ -200,6 +200,103 @@ PayloadCheck check_payloads(const std::vector<const PayloadLog*>& logs) {
   return c;
 }
 
+namespace {
+
+uint64_t fingerprint(int src, int dst, Tag tag, uint64_t bytes) {
+  uint64_t h = mix64(tag ^ 0x9E3779B97F4A7C15ull);
+  h = mix64(h ^ (static_cast<uint64_t>(static_cast<uint32_t>(src)) << 32 | static_cast<uint32_t>(dst)));
+  return mix64(h ^ bytes);
+}
+
+}  // namespace
+
+PayloadTally::PayloadTally(int ranks) : ranks_(static_cast<size_t>(ranks)) {}
+
+void PayloadTally::Net::add(const Net& o, int sign) {
+  print += sign > 0 ? o.print : 0 - o.print;
+  messages += sign * o.messages;
+  bytes += sign * o.bytes;
+}
+
+void PayloadTally::flush(Tag tag, Net& pending, int sign) {
+  if (pending.zero()) return;
+  auto [it, fresh] = by_tag_.try_emplace(tag);
+  it->second.add(pending, sign);
+  if (it->second.zero()) by_tag_.erase(it);
+  pending = Net{};
+}
+
+void PayloadTally::sent(int src, int dst, Tag tag, uint64_t bytes) {
+  const Net one{fingerprint(src, dst, tag, bytes), 1, static_cast<int64_t>(bytes)};
+  Rank& s = ranks_[src];
+  ++s.messages;
+  s.bytes += bytes;
+  s.out.add(one, +1);
+  ranks_[dst].in.add(one, +1);
+  // A rank's messages come in runs of one tag (an exchange): sum them apart, one table entry per run.
+  if (tag != s.send_tag) {
+    flush(s.send_tag, s.send_pending, +1);
+    s.send_tag = tag;
+  }
+  s.send_pending.add(one, +1);
+}
+
+void PayloadTally::received(int src, int dst, Tag tag, uint64_t bytes) {
+  const Net one{fingerprint(src, dst, tag, bytes), 1, static_cast<int64_t>(bytes)};
+  Rank& d = ranks_[dst];
+  d.in.add(one, -1);
+  ranks_[src].out.add(one, -1);
+  if (tag != d.recv_tag) {
+    flush(d.recv_tag, d.recv_pending, -1);
+    d.recv_tag = tag;
+  }
+  d.recv_pending.add(one, +1);
+}
+
+void PayloadTally::restore_sent(int src, uint64_t messages, uint64_t bytes) {
+  ranks_[src].messages = messages;
+  ranks_[src].bytes = bytes;
+}
+
+PayloadCheck PayloadTally::check() {
+  PayloadCheck c;
+  c.ran = true;
+  for (Rank& r : ranks_) {
+    flush(r.send_tag, r.send_pending, +1);
+    flush(r.recv_tag, r.recv_pending, -1);
+    c.messages += r.messages;
+    c.bytes += r.bytes;
+  }
+  c.mismatches = by_tag_.size();
+  std::vector<int> senders, receivers;
+  for (size_t r = 0; r < ranks_.size(); ++r) {
+    if (!ranks_[r].out.zero()) senders.push_back(static_cast<int>(r));
+    if (!ranks_[r].in.zero()) receivers.push_back(static_cast<int>(r));
+  }
+  if (c.mismatches == 0 && senders.empty() && receivers.empty()) return c;
+  c.mismatches = std::max<size_t>(c.mismatches, 1);  // rank sums off with every tag balanced: still a mismatch
+  const auto list = [](const std::vector<int>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 8; ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return v.size() > 8 ? s + ", ... (" + std::to_string(v.size()) + ")" : s;
+  };
+  std::string where = "rank pair unknown (senders off: " + list(senders) + "; receivers off: " + list(receivers) + ")";
+  if (senders.size() == 1 && receivers.size() == 1)
+    where = "rank " + std::to_string(senders[0]) + " -> rank " + std::to_string(receivers[0]);
+  std::string call = "no tag unbalanced";
+  if (!by_tag_.empty()) {
+    const auto first = std::min_element(by_tag_.begin(), by_tag_.end(),
+                                        [](const auto& a, const auto& b) { return a.first < b.first; });
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "step %u, layer %u", static_cast<unsigned>((first->first >> 32) & 0xFFFFFF),
+                  static_cast<unsigned>((first->first >> 16) & 0xFFFF));
+    call = std::string(buf) + " (tag " + describe_tag(first->first) + "): sent minus received " +
+           std::to_string(first->second.messages) + " message(s), " + std::to_string(first->second.bytes) + " bytes";
+  }
+  c.first_error = "payload mismatch (counts): " + where + ", " + call;
+  return c;
+}
+
 const PayloadFlip& PayloadFlip::from_environment() {
   static const PayloadFlip flip = [] {
     PayloadFlip f;

@@ -37,6 +37,8 @@ struct PayloadLog {
   bool checksummed = false;  // real bytes were hashed; false: counts only (phantom payloads)
   std::vector<std::string> phases;
   std::vector<PayloadRecord> sent, got;
+  // Phantom payloads (PayloadTally, whose check is of the whole process): what this rank sent.
+  uint64_t tally_messages = 0, tally_bytes = 0;
 };
 
 // Fed by the fabric (engine/transport_fabric.cpp) from the rank's own thread: every posted send and every
@@ -82,10 +84,50 @@ struct PayloadCheck {
 // logs: one per rank, in rank order.
 PayloadCheck check_payloads(const std::vector<const PayloadLog*>& logs);
 
+// Conservation of phantom payloads (the simulator's sizes-only messages), cheap enough for every simulated run:
+// the ranks of one process, run one at a time (simulated actors), enter each message they send and each they
+// receive as a 64-bit fingerprint of (tag, source, destination, size). Sums of fingerprints per sending rank, per
+// receiving rank and per tag must come back to zero on both sides; memory is O(ranks + tags in flight), not
+// O(rank pairs x tags) as a ledger's. A lost or resized message leaves its tag (phase, step, layer), its sender
+// and its receiver unbalanced, which names the rank pair when one message is wrong.
+class PayloadTally {
+ public:
+  explicit PayloadTally(int ranks);
+  void sent(int src, int dst, Tag tag, uint64_t bytes);
+  void received(int src, int dst, Tag tag, uint64_t bytes);
+  // Messages and bytes rank `src` has sent so far; a resumed run starts each rank from its checkpoint's.
+  uint64_t messages_sent(int src) const { return ranks_[src].messages; }
+  uint64_t bytes_sent(int src) const { return ranks_[src].bytes; }
+  void restore_sent(int src, uint64_t messages, uint64_t bytes);
+  // Every message sent has been received: each rank's and each tag's sums balance. `mismatches` counts the tags
+  // (calls and phases) that do not.
+  PayloadCheck check();
+
+ private:
+  struct Net {  // sent minus received
+    uint64_t print = 0;
+    int64_t messages = 0, bytes = 0;
+    bool zero() const { return print == 0 && messages == 0 && bytes == 0; }
+    void add(const Net& o, int sign);
+  };
+  struct Rank {
+    uint64_t messages = 0, bytes = 0;  // sent by this rank
+    Net out;                           // what it sent minus what its peers received from it
+    Net in;                            // what was sent to it minus what it received
+    Tag send_tag = 0, recv_tag = 0;    // the tag its pending sums are of
+    Net send_pending, recv_pending;    // this rank's sums under that tag, not yet in by_tag_
+  };
+  void flush(Tag tag, Net& pending, int sign);
+
+  std::vector<Rank> ranks_;
+  std::unordered_map<Tag, Net> by_tag_;  // tags whose sends and receives do not balance yet
+};
+
 // Test hook, not a user option: EPLAB_TEST_FLIP_PAYLOAD_BYTE="SRC,DST,PHASE,STEP,LAYER[,ROUND]" (PHASE a Phase
 // number, as in make_tag; any round when left out) makes rank DST flip the lowest bit of the last byte of the
 // first non-empty message from SRC under such a tag after it landed and before it is checksummed, as a fault in
-// flight would (the last byte: row data rather than a message's leading counts). Read once per process.
+// flight would (the last byte: row data rather than a message's leading counts). A message with phantom bytes
+// (sim) arrives one byte short instead, its real bytes untouched. Read once per process.
 struct PayloadFlip {
   bool armed = false;
   int src = -1, dst = -1, phase = -1, step = -1, layer = -1, round = -1;

@@ -258,6 +258,7 @@ Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
     throw FabricError("isend: " + where(peer, tag) + ": this backend moves real bytes only (phantom payload of " +
                       std::to_string(data.total()) + " bytes)");
   if (ledger_) ledger_->sent(peer, tag, phase_, data.ptr, data.bytes, data.total());
+  if (tally_) tally_->sent(rank_, peer, tag, data.total());
   auto op = std::make_shared<SendOp>();
   op->peer = peer;
   op->tag = tag;
@@ -299,7 +300,7 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       if (!s) continue;
       if (!transport_.test(*s)) break;
       if (!s->error.empty()) throw FabricError(s->error + " (phase " + phase_ + ")");
-      if (auto* r = ledger_ || flip_armed_ ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
+      if (auto* r = ledger_ || tally_ || flip_armed_ ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
         r->ledgered = true;
         received(r->peer, r->tag, r->buf.ptr, r->bytes, r->total_bytes);
       }
@@ -322,11 +323,15 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
 }
 
 void TransportFabric::received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes) {
-  if (flip_armed_ && !flipped_ && bytes > 0 && PayloadFlip::from_environment().matches(peer, rank_, tag)) {
-    static_cast<uint8_t*>(data)[bytes - 1] ^= 0x01;
+  if (flip_armed_ && !flipped_ && total_bytes > 0 && PayloadFlip::from_environment().matches(peer, rank_, tag)) {
+    if (total_bytes > bytes)
+      --total_bytes;  // phantom bytes: the message arrives one byte short, its real bytes untouched
+    else
+      static_cast<uint8_t*>(data)[bytes - 1] ^= 0x01;
     flipped_ = true;
   }
   if (ledger_) ledger_->received(peer, tag, phase_, data, bytes, total_bytes);
+  if (tally_) tally_->received(peer, rank_, tag, total_bytes);
 }
 
 void TransportFabric::barrier() {
@@ -355,8 +360,10 @@ void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::s
       if (ledger_)
         for (const PeerSend& s : live_sends)
           ledger_->sent(s.peer, tag, phase_, s.data.ptr, s.data.ptr ? s.data.bytes : 0, s.data.total());
+      if (tally_)
+        for (const PeerSend& s : live_sends) tally_->sent(rank_, s.peer, tag, s.data.total());
       ext->alltoallv(*this, tag, live_sends, live_recvs, d);
-      if (ledger_ || flip_armed_)
+      if (ledger_ || tally_ || flip_armed_)
         for (const PeerRecv& r : live_recvs) received(r.peer, tag, r.data.ptr, r.bytes, r.total_bytes);
       return;
     }

@@ -159,6 +159,8 @@ class TransportFabric final : public Fabric {
   // what is posted, receives over what landed, so a byte changed in flight shows as a checksum mismatch.
   void set_payload_ledger(PayloadLedger* ledger) { ledger_ = ledger; }
   PayloadLedger* payload_ledger() const { return ledger_; }
+  // The same check for phantom payloads, counts only, shared by every rank of the process (PayloadTally).
+  void set_payload_tally(PayloadTally* tally) { tally_ = tally; }
 
   Domain& domain() { return domain_; }
   Transport& transport() { return transport_; }
@@ -182,9 +184,10 @@ class TransportFabric final : public Fabric {
   const Topology& topo_;
   long barrier_round_ = 0;
   PayloadLedger* ledger_ = nullptr;
+  PayloadTally* tally_ = nullptr;
   bool flip_armed_ = false;  // the test hook (PayloadFlip) names this rank as the receiver
   bool flipped_ = false;     // and its one flip (PayloadFlip) was done
-  // A receive of `bytes` real bytes at `data` completed: the test hook's flip, then the ledger.
+  // A receive of `bytes` real bytes at `data` completed: the test hook's flip, then the ledger and the tally.
   void received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes);
 };
 

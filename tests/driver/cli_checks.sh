@@ -122,6 +122,22 @@ case $case_name in
       expect_run 0 "payloads: [1-9][0-9]* messages.*counts and checksums equal" \
         run --backend sim --payload real "${two[@]}" --algorithm hierarchical --overlap tbo
     fi
+    if [[ $backend == emu ]]; then
+      # Phantom payloads (sim) have no bytes to hash, but every message's size is still entered by its sender and
+      # its receiver (PayloadTally): normal runs pass; a message arriving one byte short fails the run (exit 4),
+      # naming the rank pair, the phase and the call, and the report says the check did not pass.
+      for a in flat hierarchical low-latency allgather; do
+        expect_run 0 "payloads: [1-9][0-9]* messages, [1-9][0-9]* bytes: counts equal on every rank pair" \
+          run "${two[@]}" --algorithm $a
+      done
+      EPLAB_TEST_FLIP_PAYLOAD_BYTE=1,2,2,1,0 expect_run 4 \
+        "payload mismatch \(counts\): rank 1 -> rank 2, step 1, layer 0 \(tag .*dispatch.*sent minus received 0 message\(s\), 1 bytes" \
+        run "${two[@]}" --algorithm flat --report "$tmp/phantom.json"
+      grep -q '"passed": false' "$tmp/phantom.json" || fail "a phantom count mismatch should report passed false"
+      EPLAB_TEST_FLIP_PAYLOAD_BYTE=3,0,3,0,1 expect_run 4 \
+        "payload mismatch \(counts\): rank 3 -> rank 0, step 0, layer 1 \(tag .*combine" \
+        run "${two[@]}" --algorithm low-latency
+    fi
     # Dispatch on flat, from rank 1 to rank 2 in step 1, layer 0; combine from rank 3 to rank 0 in step 0, layer 1.
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=1,2,2,1,0 expect_run 4 \
       "payload mismatch: rank 1 -> rank 2, phase dispatch, step 1, layer 0 .*checksum differs" \

@@ -55,6 +55,8 @@ RankResult sample(int rank) {
   ledger.sent(1, make_tag(Phase::kDispatch, 1, 0), "dispatch", bytes, sizeof bytes, sizeof bytes);
   ledger.received(2, make_tag(Phase::kUser, 0, 1, 1), "migration", bytes, 3, 3);
   r.payloads = ledger.log();
+  r.payloads.tally_messages = 12345;
+  r.payloads.tally_bytes = 6789012;
   r.layout_cache.hits = 3;
   r.layout_cache.misses = 1 + rank;
   r.layout_cache.notify_time_saved_s = 1e-5;

@@ -1,5 +1,6 @@
 // The payload conservation check (engine/payload_ledger.hpp): the checksum sees every flipped byte, the ledgers
-// of two ranks agree when the same bytes moved, and a disagreement names the rank pair, the phase and the call.
+// of two ranks agree when the same bytes moved, and a disagreement names the rank pair, the phase and the call;
+// the phantom payloads' tally does the same from counts.
 #include "engine/payload_ledger.hpp"
 
 #include <gtest/gtest.h>
@@ -119,6 +120,89 @@ TEST(PayloadCheck, ARankWithoutLedgerMeansNotRun) {
   std::vector<PayloadLog> logs = two_ranks(b, b);
   logs[1] = PayloadLog{};
   EXPECT_FALSE(check(logs).ran);
+}
+
+// An all-to-all of `ranks` ranks under one tag per step, sizes depending on (src, dst, step), entered in the
+// tally in an interleaved order (as simulated actors take turns): every sender's run first, then the receives.
+void exchange(PayloadTally& t, int ranks, int step, uint64_t short_src = ~0ull, uint64_t short_dst = ~0ull) {
+  const Tag tag = make_tag(Phase::kDispatch, step, 0);
+  const auto size = [&](int s, int d) { return static_cast<uint64_t>(1000 * s + 10 * d + step); };
+  for (int s = 0; s < ranks; ++s)
+    for (int d = 0; d < ranks; ++d) t.sent(s, d, tag, size(s, d));
+  for (int d = ranks - 1; d >= 0; --d)
+    for (int s = 0; s < ranks; ++s)
+      t.received(s, d, tag, size(s, d) - (static_cast<uint64_t>(s) == short_src && static_cast<uint64_t>(d) == short_dst));
+}
+
+TEST(PayloadTally, BalancedExchangesPassAndAreCounted) {
+  PayloadTally t(4);
+  for (int step = 0; step < 3; ++step) exchange(t, 4, step);
+  const PayloadCheck c = t.check();
+  EXPECT_TRUE(c.ran);
+  EXPECT_FALSE(c.checksummed);
+  EXPECT_TRUE(c.ok()) << c.first_error;
+  EXPECT_EQ(c.messages, 3u * 16u);
+  EXPECT_EQ(t.messages_sent(2), 3u * 4u);
+  uint64_t bytes = 0;
+  for (int step = 0; step < 3; ++step)
+    for (int s = 0; s < 4; ++s)
+      for (int d = 0; d < 4; ++d) bytes += 1000 * s + 10 * d + step;
+  EXPECT_EQ(c.bytes, bytes);
+}
+
+TEST(PayloadTally, AShortMessageNamesPairAndCall) {
+  PayloadTally t(4);
+  exchange(t, 4, 0);
+  exchange(t, 4, 1, /*short_src=*/2, /*short_dst=*/1);
+  exchange(t, 4, 2);
+  const PayloadCheck c = t.check();
+  EXPECT_FALSE(c.ok());
+  EXPECT_EQ(c.mismatches, 1u);
+  EXPECT_NE(c.first_error.find("rank 2 -> rank 1, step 1, layer 0"), std::string::npos) << c.first_error;
+  EXPECT_NE(c.first_error.find("dispatch"), std::string::npos) << c.first_error;
+  EXPECT_NE(c.first_error.find("0 message(s), 1 bytes"), std::string::npos) << c.first_error;
+}
+
+TEST(PayloadTally, AMissingOrStrayMessageFails) {
+  PayloadTally missing(3);
+  missing.sent(0, 2, make_tag(Phase::kCombine, 4, 1), 64);
+  PayloadCheck c = missing.check();
+  EXPECT_FALSE(c.ok());
+  EXPECT_NE(c.first_error.find("rank 0 -> rank 2, step 4, layer 1"), std::string::npos) << c.first_error;
+  EXPECT_NE(c.first_error.find("1 message(s), 64 bytes"), std::string::npos) << c.first_error;
+
+  PayloadTally stray(3);
+  stray.received(1, 0, make_tag(Phase::kCombine, 0, 0), 8);
+  EXPECT_FALSE(stray.check().ok());
+
+  // The right counts under the wrong tag: both tags are off.
+  PayloadTally moved(2);
+  moved.sent(0, 1, make_tag(Phase::kDispatch, 0, 0), 8);
+  moved.received(0, 1, make_tag(Phase::kDispatch, 0, 1), 8);
+  c = moved.check();
+  EXPECT_EQ(c.mismatches, 2u);
+}
+
+TEST(PayloadTally, SwappedSizesBetweenPairsAreCaught) {
+  // Same totals per sender, receiver and tag, but rank 0's message to 1 and to 2 delivered with each other's
+  // size: the fingerprints of (source, destination, size) differ.
+  PayloadTally t(3);
+  const Tag tag = make_tag(Phase::kDispatch, 0, 0);
+  t.sent(0, 1, tag, 10);
+  t.sent(0, 2, tag, 20);
+  t.received(0, 1, tag, 20);
+  t.received(0, 2, tag, 10);
+  EXPECT_FALSE(t.check().ok());
+}
+
+TEST(PayloadTally, ARestoredRankGoesOnFromItsCounts) {
+  PayloadTally t(2);
+  t.restore_sent(1, 7, 700);
+  t.sent(1, 0, make_tag(Phase::kDispatch, 0, 0), 5);
+  t.received(1, 0, make_tag(Phase::kDispatch, 0, 0), 5);
+  EXPECT_EQ(t.messages_sent(1), 8u);
+  EXPECT_EQ(t.bytes_sent(1), 705u);
+  EXPECT_TRUE(t.check().ok());
 }
 
 }  // namespace
