@@ -155,10 +155,13 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
     if (f.rank >= R) refuse("rank " + std::to_string(f.rank) + " is outside 0.." + std::to_string(R - 1));
     if (f.step >= cfg.steps)
       refuse("step " + std::to_string(f.step) + " is outside the run's steps 0.." + std::to_string(cfg.steps - 1));
-    if (f.at_s >= 0)
+    if (f.at_s >= 0 && f.kind != FaultKind::kLink)
       refuse(
-          "@t:T is not supported: a step's simulated start is known only once the steps before it ran, and faults "
-          "are planned before ranks start; give the step, @step:S");
+          "@t:T is for link faults only: a GPU failure, a NIC down or a stall changes the failover plan or the "
+          "ranks' program, which are fixed per step before ranks start, and a step's simulated start is known only "
+          "once the steps before it ran; give the step, @step:S");
+    if (f.at_s >= 0 && (!cfg.checkpoint.empty() || !cfg.resume.empty()))
+      refuse("a link fault at a time (@t:T) is not kept in checkpoints yet: give the step, @step:S");
     if ((f.kind == FaultKind::kNic || f.kind == FaultKind::kFlap) && cfg.backend == "mpi")
       refuse("NIC faults are not supported on mpi yet");
     if (f.kind == FaultKind::kNic || f.kind == FaultKind::kFlap) {
@@ -246,6 +249,13 @@ double FaultPlan::nic_fraction(int rank, int step) const {
   for (const FaultSpec& f : faults)
     if (f.kind == FaultKind::kLink && f.rank == rank && f.step == step) x = f.bw_pct / 100;
   return x;
+}
+
+std::vector<std::pair<double, double>> FaultPlan::timed_nic_fractions(int rank) const {
+  std::vector<std::pair<double, double>> v;
+  for (const FaultSpec& f : faults)
+    if (f.kind == FaultKind::kLink && f.rank == rank && f.at_s >= 0) v.emplace_back(f.at_s, f.bw_pct / 100);
+  return v;
 }
 
 double FaultPlan::stall_s(int rank, int step) const {
@@ -430,6 +440,7 @@ nlohmann::json fault_report(const FaultPlan& fp, const std::vector<FaultCounts>&
   for (const FaultSpec& f : fp.faults) {
     nlohmann::json j = {{"spec", f.text}, {"kind", fault_kind_name(f.kind)}, {"rank", f.rank}};
     if (f.step >= 0) j["step"] = f.step;
+    if (f.at_s >= 0) j["t_s"] = f.at_s;
     if (f.kind == FaultKind::kStraggler) j["slowdown"] = f.slowdown;
     if (f.kind == FaultKind::kStall) j["stall_s"] = f.stall_s;
     if (f.kind == FaultKind::kLink) j["bw_pct"] = f.bw_pct;

@@ -83,6 +83,8 @@ struct FaultPlan {
   double stall_s(int rank, int step) const;
   // The bandwidth fraction `rank`'s NIC links take at the start of `step` (-1: no change then).
   double nic_fraction(int rank, int step) const;
+  // `rank`'s link faults at a time (@t:T): (T in seconds of the run's clock, bandwidth fraction), in spec order.
+  std::vector<std::pair<double, double>> timed_nic_fractions(int rank) const;
 };
 
 // The exit status of an mpi process whose GPU failed (`gpu:R@step:S`): it leaves with _exit at step S, after

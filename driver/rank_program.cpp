@@ -362,6 +362,11 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   const bool batch_in_out = wire_batch && cfg.mode != "training" && !steps.two_batch();
   std::vector<uint8_t> x_rows;
   const uint8_t* batch_rows = nullptr;
+  // A link degraded at a time (@t:T, sim): the fabric changes it then, in the middle of whatever runs.
+  if (faults)
+    for (const auto& [at_s, x] : faults->timed_nic_fractions(me))
+      if (!f.schedule_nic_bandwidth_fraction(me, x, at_s))
+        throw EplabError("rank " + std::to_string(me) + ": the fabric has no links to degrade (a link fault)");
   for (int step = first_step; step < cfg.steps && !stopped; ++step)
     for (int layer = 0; layer < cfg.layers; ++layer) {
       const int call = step * cfg.layers + layer;

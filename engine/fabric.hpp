@@ -150,6 +150,8 @@ class Fabric {
   // Injected faults (driver/faults.hpp): sets `rank`'s NIC links (both directions) to `fraction` of their
   // modeled bandwidth from now on, for every rank of the run. Returns false on a fabric without links to change.
   virtual bool set_nic_bandwidth_fraction(int rank, double fraction) { return false; }
+  // The same at time `at_s` of this fabric's clock (now()), in the middle of whatever runs then.
+  virtual bool schedule_nic_bandwidth_fraction(int rank, double fraction, double at_s) { return false; }
 
   // The all-to-all-v made of isend/irecv: every receive posted, then (with `barrier_before_sends`, once every
   // rank has posted its receives, so each message is copied straight into its buffer) the sends, then one wait.

@@ -80,6 +80,9 @@ struct LinkRecordingExtension {
 struct LinkFaultExtension {
   virtual ~LinkFaultExtension() = default;
   virtual void set_nic_bandwidth_fraction(int rank, double fraction) = 0;
+  // The same at `at_s` on the transport's clock (now()), whatever the ranks are doing then: transfers under way
+  // go on at the new bandwidth. A time past the end of the run changes nothing.
+  virtual void schedule_nic_bandwidth_fraction(int rank, double fraction, double at_s) = 0;
 };
 
 // One rank's transport. The core calls every method from the rank's own thread (or actor), except on_match and

@@ -390,6 +390,12 @@ bool TransportFabric::set_nic_bandwidth_fraction(int rank, double fraction) {
   return ext != nullptr;
 }
 
+bool TransportFabric::schedule_nic_bandwidth_fraction(int rank, double fraction, double at_s) {
+  auto* ext = transport_.find<LinkFaultExtension>(ExtensionId::kLinkFaults);
+  if (ext) ext->schedule_nic_bandwidth_fraction(rank, fraction, at_s);
+  return ext != nullptr;
+}
+
 void TransportFabric::record_links(LinkRecorder* r) {
   if (auto* ext = transport_.find<LinkRecordingExtension>(ExtensionId::kLinkRecording)) ext->record_links(r);
 }

@@ -152,6 +152,7 @@ class TransportFabric final : public Fabric {
   void end_pipeline() override;
   void record_links(LinkRecorder* r) override;
   bool set_nic_bandwidth_fraction(int rank, double fraction) override;
+  bool schedule_nic_bandwidth_fraction(int rank, double fraction, double at_s) override;
   void mark_failed(int rank) override;
 
   // Conservation check: from now on every message this rank sends and every receive it completes is entered in

@@ -208,6 +208,18 @@ void SimTransport::set_nic_bandwidth_fraction(int rank, double fraction) {
   set_nic_bandwidth(world_.topology(), rank, fraction);
 }
 
+// A daemon actor on the rank's host sleeps until the date and changes the links; SimGrid re-shares the bandwidth
+// of every flow and parallel task under way from then. Daemons end with the last rank, so a date past the end
+// of the run neither changes nor prolongs anything.
+void SimTransport::schedule_nic_bandwidth_fraction(int rank, double fraction, double at_s) {
+  SimWorld* world = &world_;  // the launch's, which outlives its actors (this rank's transport may not)
+  const double date = world->date_of_exact(at_s);
+  s4u::Actor::create("link-fault-" + std::to_string(rank), world->platform().hosts[rank], [world, rank, fraction, date] {
+    s4u::this_actor::sleep_until(date);
+    set_nic_bandwidth(world->topology(), rank, fraction);
+  })->daemonize();
+}
+
 void SimTransport::post_send(SendOp& op, ConstBuf data) {
   // Eager: the bytes are copied at the match or retained now; the modeled transfer is charged to the receiver.
   domain_.deliver(op.peer, *this, Arrival{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr});

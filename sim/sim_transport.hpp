@@ -105,6 +105,7 @@ class SimTransport final : public Transport,
   void end_pipeline(TransportFabric& f) override;
   void record_links(LinkRecorder* r) override { world_.set_recorder(r); }
   void set_nic_bandwidth_fraction(int rank, double fraction) override;
+  void schedule_nic_bandwidth_fraction(int rank, double fraction, double at_s) override;
 
  private:
   SimWorld& world_;

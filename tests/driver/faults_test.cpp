@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <set>
 #include <string>
 #include <vector>
@@ -129,7 +131,8 @@ TEST(FaultRuns, RunChecksNameTheSpec) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"gpu:64@step:1", "rank 64 is outside 0..63"},
       {"gpu:1@step:4", "step 4 is outside the run's steps 0..3"},
-      {"gpu:1@t:0.1", "@t:T is not supported"},
+      {"gpu:1@t:0.1", "@t:T is for link faults only"},
+      {"stall:1@t:0.1,for=1", "@t:T is for link faults only"},
   };
   for (const auto& [spec, part] : cases) {
     RunConfig c = sim_run(0);
@@ -451,6 +454,43 @@ TEST(FaultRuns, DegradedLinkSlowsDispatch) {
   EXPECT_NEAR(pairs.at("per_step")[1].at("layer_time_s").get<double>(),
               r.at("per_step")[1].at("layer_time_s").get<double>(),
               1e-9 * r.at("per_step")[1].at("layer_time_s").get<double>());
+}
+
+TEST(FaultRuns, LinkDegradedAtATimeChangesTransfersUnderWay) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  RunConfig c = sim_run(0);
+  c.faults = {};
+  c.steps = 3;
+  const auto steps_of = [&](const std::vector<std::string>& faults) {
+    c.faults = faults;
+    std::vector<double> t;
+    const nlohmann::json r = run_experiment(c);
+    for (const auto& s : r.at("per_step")) t.push_back(s.at("layer_time_s").get<double>());
+    return t;
+  };
+  const std::vector<double> base = steps_of({}), by_step = steps_of({"link:3@step:0,bw=10"});
+  // At time 0 the link is degraded before any transfer: the same as from step 0.
+  const std::vector<double> at0 = steps_of({"link:3@t:0,bw=10"});
+  for (int s = 0; s < 3; ++s) EXPECT_DOUBLE_EQ(at0[s], by_step[s]) << s;
+  // Halfway through step 1 (the run's clock: step 0, then step 1 at full bandwidth until then): step 0 as
+  // without the fault, step 1 in between, step 2 all degraded. The steps follow each other with nothing between
+  // their layer times, which the first of these checks holds.
+  const double mid = base[0] + base[1] / 2;
+  char spec[64];
+  std::snprintf(spec, sizeof spec, "link:3@t:%.9g,bw=10", mid);
+  const std::vector<double> during = steps_of({spec});
+  EXPECT_DOUBLE_EQ(during[0], base[0]);
+  EXPECT_GT(during[1], base[1] * 1.2);
+  EXPECT_LT(during[1], by_step[1] * 0.9);
+  EXPECT_NEAR(during[2], by_step[2], 1e-9 * by_step[2]);  // the clock's picosecond rounding aside
+  // After the run's end it changes nothing, and does not keep the simulation going.
+  const std::vector<double> late = steps_of({"link:3@t:1000,bw=10"});
+  for (int s = 0; s < 3; ++s) EXPECT_DOUBLE_EQ(late[s], base[s]) << s;
+  // The report names the time; checkpoints do not keep a timed fault yet.
+  c.faults = {"link:3@t:0.5,bw=10"};
+  EXPECT_DOUBLE_EQ(run_experiment(c).at("faults").at("list")[0].at("t_s").get<double>(), 0.5);
+  c.checkpoint = ::testing::TempDir() + "timed_link.ckpt";
+  EXPECT_NE(error_of([&] { run_experiment(c); }).find("not kept in checkpoints"), std::string::npos);
 }
 
 TEST(FaultRuns, LinkFaultsAreRefusedOnEmu) {
