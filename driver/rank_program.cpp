@@ -278,9 +278,13 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
   PayloadLedger ledger(/*checksum=*/true);  // verifying moves real bytes only (RunSetup::verify)
   std::optional<LedgerScope> scope;
   if (in.run.verify) scope.emplace(f, &ledger);
-  RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr, stopped_here);
+  bool stopped = false;
+  RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr, &stopped);
+  if (stopped_here) *stopped_here = stopped;
   // A failed rank's ledger went with its result at its stop.
-  if (scope && scope->active() && !(stopped_here && *stopped_here)) res.payloads = ledger.log();
+  if (scope && scope->active() && !stopped) res.payloads = ledger.log();
+  // Every rank in one process: the failed rank's final result stands for it in the checkpoints after its failure.
+  if (stopped && in.checkpoint && in.run.in_process) in.checkpoint->depart(res);
   return res;
 }
 
@@ -312,6 +316,16 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   // Delivery digests per call, or per (call, micro-batch) as 2 * call + mb with two-batch overlap.
   if (verify && !in.resume) res.deliveries.resize(steps.two_batch() ? 2 * calls : calls, f.size());
   if (in.resume) {
+    // Resumed past a GPU failure (emu, mpi): the failed rank takes no part again, the others leave it out.
+    if (in.departed && resume_departed_ranks(f, *in.resume, run.in_process, *in.departed)) {
+      if (!run.in_process) {  // its process exits, as at its failure (mpirun --enable-recovery, check_faults)
+        std::fflush(stdout);
+        std::fflush(stderr);
+        _exit(kFailedRankExitStatus);
+      }
+      if (stopped_here) *stopped_here = true;
+      return in.resume->ranks[me].result;
+    }
     restore_engine(engine, in.resume->ranks[me], "'" + cfg.resume + "'");
     f.advance_clock(in.resume->ranks[me].clock_s);
   }
@@ -490,7 +504,10 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
         if (ledger) state.result.payloads = ledger->log();
         save_engine(engine, state);
         state.clock_s = f.exact_clock();
-        in.checkpoint->deposit(step + 1, me, std::move(state));
+        {  // mpi: the state's messages to rank 0 are not the run's traffic, and stay out of its ledger
+          const LedgerScope outside(f, nullptr);
+          in.checkpoint->hand_in(f, step + 1, std::move(state), in.departed);
+        }
         stopped = in.checkpoint->stops(step + 1);
       }
     }
