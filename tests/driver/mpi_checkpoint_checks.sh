@@ -8,7 +8,7 @@
 # refusals: truncated, corrupt and other-configuration files are refused by every process, naming the file, and
 #   the job ends (never hangs: each mpirun runs under `timeout`). Each is run twice: under --enable-recovery, so
 #   that mpirun does not kill the other processes when the first one exits and each must reach its own refusal,
-#   and plainly, where the job as a whole must fail.
+#   and plainly, where the job as a whole must fail. A write that fails on rank 0 fails every rank.
 # failed_gpu: gpu:1@step:1 (flat, mpirun --enable-recovery), with and without redundant experts, stopped before
 #   the failure (after step 1) and after it (after step 2), resumed: the uninterrupted run's report (kept results,
 #   departed tokens, re-routed and lost counts, restored slots), and emu's.
@@ -100,22 +100,30 @@ case $case_name in
     head -c $((size / 2)) "$tmp/c.ckpt" >"$tmp/half.ckpt"
     cp "$tmp/c.ckpt" "$tmp/bad.ckpt"
     printf '\xff\xff\xff\xff' | dd of="$tmp/bad.ckpt" bs=1 seek=$((size / 2)) conv=notrunc status=none
-    # refused PATTERN ARGS...: every one of the 4 processes exits non-zero having said PATTERN (each records its
-    # own exit status and output: under --enable-recovery mpirun itself exits 0), and without recovery the job
-    # fails as a whole; neither is ended by `timeout`.
-    refused() {
-      local pattern=$1
-      shift
+    # each_process ARGS...: an mpi run under --enable-recovery (mpirun then ends neither the job nor the others
+    # when one process exits, and itself exits 0), each process recording its exit status in $tmp/rc.RANK and
+    # its output in $tmp/err.RANK.
+    each_process() {
       rm -f "$tmp"/rc.* "$tmp"/err.*
       local out rc
       out=$(mpi --enable-recovery sh -c '"$0" run --backend=mpi "$@" --quiet >"'"$tmp"'/err.$OMPI_COMM_WORLD_RANK" 2>&1
         echo $? >"'"$tmp"'/rc.$OMPI_COMM_WORLD_RANK"' "$eplab" "$@" 2>&1)
       rc=$?
       [[ $rc -ne 124 ]] || fail "eplab run $* hung (killed by timeout): $out"
-      for r in 0 1 2 3; do
-        [[ -s "$tmp/rc.$r" && $(cat "$tmp/rc.$r") -ne 0 ]] || fail "eplab run $*: process $r did not fail: $out"
-        grep -Eq -- "$pattern" "$tmp/err.$r" || fail "eplab run $*: process $r did not say /$pattern/: $(cat "$tmp/err.$r")"
-      done
+    }
+    # failed RANK PATTERN: process RANK exited non-zero having said PATTERN.
+    failed() {
+      [[ -s "$tmp/rc.$1" && $(cat "$tmp/rc.$1") -ne 0 ]] || fail "process $1 did not fail: $(cat "$tmp/err.$1")"
+      grep -Eq -- "$2" "$tmp/err.$1" || fail "process $1 did not say /$2/: $(cat "$tmp/err.$1")"
+    }
+    # refused PATTERN ARGS...: every one of the 4 processes exits non-zero having said PATTERN, and without
+    # recovery the job fails as a whole; neither is ended by `timeout`.
+    refused() {
+      local pattern=$1
+      shift
+      each_process "$@"
+      for r in 0 1 2 3; do failed $r "$pattern"; done
+      local out rc
       out=$(mpi "$eplab" run --backend=mpi "$@" --quiet 2>&1)
       rc=$?
       [[ $rc -ne 0 && $rc -ne 124 ]] || fail "eplab run $* without recovery exited $rc: $out"
@@ -129,6 +137,18 @@ case $case_name in
     run_emu "${base[@]}" --checkpoint "$tmp/emu.ckpt" --stop-after-steps 1
     refused "checkpoint '$tmp/emu.ckpt': belongs to another configuration: --backend was \"emu\" there" \
       "${base[@]}" --resume "$tmp/emu.ckpt"
+    # Rank 0 cannot write the file (a full filesystem: a 64 kB tmpfs, where this user may mount one): it fails
+    # naming the file, and its failure ends every other rank's wait at the boundary.
+    small="$tmp/small"
+    mkdir "$small"
+    if mount -t tmpfs -o size=64k tmpfs "$small" 2>/dev/null; then
+      trap 'umount "$small"; rm -rf "$tmp"' EXIT
+      each_process "${base[@]}" --checkpoint "$small/c.ckpt"
+      failed 0 "writing the checkpoint to '$small/c.ckpt' failed"
+      for r in 1 2 3; do failed $r "rank 0 failed: writing the checkpoint to '$small/c.ckpt' failed"; done
+    else
+      echo "not checked: a failed write (no small tmpfs could be mounted here)"
+    fi
     echo "PASS (mpi checkpoint refusals)"
     ;;
   failed_gpu)
