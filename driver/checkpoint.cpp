@@ -9,11 +9,15 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <utility>
 
+#include "driver/faults.hpp"
 #include "driver/proto/eplab_checkpoint.pb.h"
+#include "driver/rank_program.hpp"
 #include "driver/run_options.hpp"
 #include "engine/error.hpp"
+#include "engine/fabric.hpp"
 #include "engine/hash.hpp"
 #include "engine/output_file.hpp"
 #include "policies/codecs/codec.hpp"
@@ -70,6 +74,76 @@ void check_result(const RankResult& r, int rank, const RunConfig& cfg, bool veri
   expect("received digests", r.deliveries.got.size(), digests);
 }
 
+
+void fill_rank(const RankCheckpoint& r, checkpoint::Rank* pr) {
+  const std::vector<uint8_t> result = encode_rank_result(r.result);
+  pr->set_result(result.data(), result.size());
+  pr->set_dispatch_codec_state(r.dispatch_codec_state.data(), r.dispatch_codec_state.size());
+  pr->set_combine_codec_state(r.combine_codec_state.data(), r.combine_codec_state.size());
+  for (const LayoutCache::Entry& e : r.layout_entries) {
+    checkpoint::LayoutEntry* pe = pr->add_layout_entries();
+    pe->set_key(e.key);
+    pe->set_own_hash(e.own_hash);
+    for (uint32_t n : e.counts) pe->add_counts(n);
+    pe->set_notify_time_s(e.notify_time_s);
+  }
+  pr->set_layout_hits(r.layout_stats.hits);
+  pr->set_layout_misses(r.layout_stats.misses);
+  pr->set_layout_saved_s(r.layout_stats.notify_time_saved_s);
+  pr->set_layout_missed_s(r.layout_stats.notify_time_missed_s);
+  pr->set_clock_s(r.clock_s);
+  pr->set_departed(r.departed);
+  for (const PhaseStats* s : {&r.engine_stats.notify, &r.engine_stats.dispatch, &r.engine_stats.combine}) {
+    checkpoint::PhaseFigures* pf = pr->add_engine_stats();
+    pf->set_time_s(s->time_s);
+    pf->set_codec_s(s->codec_s);
+    for (double b : s->bytes) pf->add_bytes(b);
+    pf->set_logical_bytes(s->logical_bytes);
+    pf->set_scaleout_logical_bytes(s->scaleout_logical_bytes);
+    pf->set_messages(s->messages);
+    pf->set_calls(s->calls);
+  }
+}
+
+RankCheckpoint read_rank(const checkpoint::Rank& pr, int r, const std::string& source) {
+  RankCheckpoint rc;
+  try {
+    rc.result = decode_rank_result({reinterpret_cast<const uint8_t*>(pr.result().data()), pr.result().size()}, r);
+  } catch (const EplabError& e) {
+    refuse(source, std::string("corrupt state of rank ") + std::to_string(r) + ": " + e.what());
+  }
+  rc.dispatch_codec_state.assign(pr.dispatch_codec_state().begin(), pr.dispatch_codec_state().end());
+  rc.combine_codec_state.assign(pr.combine_codec_state().begin(), pr.combine_codec_state().end());
+  for (const checkpoint::LayoutEntry& pe : pr.layout_entries())
+    rc.layout_entries.push_back(
+        {pe.key(), pe.own_hash(), {pe.counts().begin(), pe.counts().end()}, pe.notify_time_s()});
+  rc.layout_stats = {pr.layout_hits(), pr.layout_misses(), pr.layout_saved_s(), pr.layout_missed_s()};
+  rc.clock_s = pr.clock_s();
+  if (pr.engine_stats_size() != 3)
+    refuse(source, "corrupt: rank " + std::to_string(r) + " holds " + std::to_string(pr.engine_stats_size()) +
+                       " engine phase totals, expected 3 (notify, dispatch, combine)");
+  PhaseStats* totals[] = {&rc.engine_stats.notify, &rc.engine_stats.dispatch, &rc.engine_stats.combine};
+  for (int i = 0; i < 3; ++i) {
+    const checkpoint::PhaseFigures& pf = pr.engine_stats(i);
+    if (pf.bytes_size() != 3)
+      refuse(source, "corrupt: rank " + std::to_string(r) + "'s engine totals hold " +
+                         std::to_string(pf.bytes_size()) + " link classes, expected 3");
+    PhaseStats& s = *totals[i];
+    s.time_s = pf.time_s();
+    s.codec_s = pf.codec_s();
+    for (int b = 0; b < 3; ++b) s.bytes[b] = pf.bytes(b);
+    s.logical_bytes = pf.logical_bytes();
+    s.scaleout_logical_bytes = pf.scaleout_logical_bytes();
+    s.messages = pf.messages();
+    s.calls = pf.calls();
+  }
+  // A resumed rank sleeps until this date: it must be one a run can have reached.
+  if (!std::isfinite(rc.clock_s) || rc.clock_s < 0)
+    refuse(source, "corrupt: rank " + std::to_string(r) + "'s clock is " + std::to_string(rc.clock_s) + " s");
+  rc.departed = pr.departed();
+  return rc;
+}
+
 }  // namespace
 
 uint64_t checkpoint_body_hash(const std::string& s) {
@@ -116,9 +190,6 @@ void check_checkpoint_options(const RunConfig& cfg, const RunSetup& run) {
                      std::to_string(cfg.steps));
   if (!any) return;
   const std::string which = !cfg.checkpoint.empty() ? "--checkpoint" : "--resume";
-  if (!run.in_process)
-    throw EplabError(which + " needs every rank in one process (sim, emu); backend '" + cfg.backend +
-                     "' runs ranks as separate processes, whose states are not gathered yet (docs/checkpoints.md)");
   if (!cfg.timeline.empty())
     throw EplabError(which +
                      " with --timeline: a checkpoint keeps the link totals, not the rounds a timeline file "
@@ -139,35 +210,7 @@ std::string serialize_checkpoint(const Checkpoint& c) {
   body.set_config_json(c.config.dump());
   body.set_steps_done(c.steps_done);
   body.set_plan_hash(c.plan_hash);
-  for (const RankCheckpoint& r : c.ranks) {
-    checkpoint::Rank* pr = body.add_ranks();
-    const std::vector<uint8_t> result = encode_rank_result(r.result);
-    pr->set_result(result.data(), result.size());
-    pr->set_dispatch_codec_state(r.dispatch_codec_state.data(), r.dispatch_codec_state.size());
-    pr->set_combine_codec_state(r.combine_codec_state.data(), r.combine_codec_state.size());
-    for (const LayoutCache::Entry& e : r.layout_entries) {
-      checkpoint::LayoutEntry* pe = pr->add_layout_entries();
-      pe->set_key(e.key);
-      pe->set_own_hash(e.own_hash);
-      for (uint32_t n : e.counts) pe->add_counts(n);
-      pe->set_notify_time_s(e.notify_time_s);
-    }
-    pr->set_layout_hits(r.layout_stats.hits);
-    pr->set_layout_misses(r.layout_stats.misses);
-    pr->set_layout_saved_s(r.layout_stats.notify_time_saved_s);
-    pr->set_layout_missed_s(r.layout_stats.notify_time_missed_s);
-    pr->set_clock_s(r.clock_s);
-    for (const PhaseStats* s : {&r.engine_stats.notify, &r.engine_stats.dispatch, &r.engine_stats.combine}) {
-      checkpoint::PhaseFigures* pf = pr->add_engine_stats();
-      pf->set_time_s(s->time_s);
-      pf->set_codec_s(s->codec_s);
-      for (double b : s->bytes) pf->add_bytes(b);
-      pf->set_logical_bytes(s->logical_bytes);
-      pf->set_scaleout_logical_bytes(s->scaleout_logical_bytes);
-      pf->set_messages(s->messages);
-      pf->set_calls(s->calls);
-    }
-  }
+  for (const RankCheckpoint& r : c.ranks) fill_rank(r, body.add_ranks());
   for (const Timeline::PhaseLinkState& p : c.links) {
     checkpoint::PhaseLinks* pl = body.add_links();
     pl->set_name(p.name);
@@ -213,44 +256,7 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
   c.steps_done = body.steps_done();
   if (c.steps_done < 1) refuse(source, "corrupt: " + std::to_string(c.steps_done) + " steps done");
   c.plan_hash = body.plan_hash();
-  for (int r = 0; r < body.ranks_size(); ++r) {
-    const checkpoint::Rank& pr = body.ranks(r);
-    RankCheckpoint rc;
-    try {
-      rc.result = decode_rank_result({reinterpret_cast<const uint8_t*>(pr.result().data()), pr.result().size()}, r);
-    } catch (const EplabError& e) {
-      refuse(source, std::string("corrupt state of rank ") + std::to_string(r) + ": " + e.what());
-    }
-    rc.dispatch_codec_state.assign(pr.dispatch_codec_state().begin(), pr.dispatch_codec_state().end());
-    rc.combine_codec_state.assign(pr.combine_codec_state().begin(), pr.combine_codec_state().end());
-    for (const checkpoint::LayoutEntry& pe : pr.layout_entries())
-      rc.layout_entries.push_back(
-          {pe.key(), pe.own_hash(), {pe.counts().begin(), pe.counts().end()}, pe.notify_time_s()});
-    rc.layout_stats = {pr.layout_hits(), pr.layout_misses(), pr.layout_saved_s(), pr.layout_missed_s()};
-    rc.clock_s = pr.clock_s();
-    if (pr.engine_stats_size() != 3)
-      refuse(source, "corrupt: rank " + std::to_string(r) + " holds " + std::to_string(pr.engine_stats_size()) +
-                         " engine phase totals, expected 3 (notify, dispatch, combine)");
-    PhaseStats* totals[] = {&rc.engine_stats.notify, &rc.engine_stats.dispatch, &rc.engine_stats.combine};
-    for (int i = 0; i < 3; ++i) {
-      const checkpoint::PhaseFigures& pf = pr.engine_stats(i);
-      if (pf.bytes_size() != 3)
-        refuse(source, "corrupt: rank " + std::to_string(r) + "'s engine totals hold " +
-                           std::to_string(pf.bytes_size()) + " link classes, expected 3");
-      PhaseStats& s = *totals[i];
-      s.time_s = pf.time_s();
-      s.codec_s = pf.codec_s();
-      for (int b = 0; b < 3; ++b) s.bytes[b] = pf.bytes(b);
-      s.logical_bytes = pf.logical_bytes();
-      s.scaleout_logical_bytes = pf.scaleout_logical_bytes();
-      s.messages = pf.messages();
-      s.calls = pf.calls();
-    }
-    // A resumed rank sleeps until this date: it must be one a run can have reached.
-    if (!std::isfinite(rc.clock_s) || rc.clock_s < 0)
-      refuse(source, "corrupt: rank " + std::to_string(r) + "'s clock is " + std::to_string(rc.clock_s) + " s");
-    c.ranks.push_back(std::move(rc));
-  }
+  for (int r = 0; r < body.ranks_size(); ++r) c.ranks.push_back(read_rank(body.ranks(r), r, source));
   size_t link_count = 0;
   for (const checkpoint::PhaseLinks& pl : body.links()) {
     if (pl.span_t0_size() != pl.span_t1_size())
@@ -271,6 +277,23 @@ Checkpoint parse_checkpoint(std::span<const uint8_t> bytes, const std::string& s
     c.links.push_back(std::move(p));
   }
   return c;
+}
+
+std::string encode_rank_checkpoint(const RankCheckpoint& r) {
+  checkpoint::Rank pr;
+  fill_rank(r, &pr);
+  std::string out;
+  if (!pr.SerializeToString(&out))
+    throw EplabError("checkpoint: could not serialize rank " + std::to_string(r.result.rank) + "'s state");
+  return out;
+}
+
+RankCheckpoint decode_rank_checkpoint(std::span<const uint8_t> bytes, int rank, const std::string& source) {
+  checkpoint::Rank pr;
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !pr.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+    refuse(source, "truncated or corrupt: its " + std::to_string(bytes.size()) + " bytes are not a rank's state");
+  return read_rank(pr, rank, source);
 }
 
 void write_checkpoint(const std::string& path, const Checkpoint& c) {
@@ -316,8 +339,17 @@ void check_resume(const Checkpoint& c, const std::string& path, const RunConfig&
     refuse(source, "holds " + std::to_string(c.ranks.size()) + " ranks, the run has " + std::to_string(ranks));
   if (plan_hash(plan, c.steps_done * cfg.layers) != c.plan_hash)
     refuse(source, "its plan (placements, migrations) differs from the one this run computes for the same options");
+  const FaultPlan* faults = plan.faults.get();
   for (int r = 0; r < ranks; ++r) {
-    check_result(c.ranks[r].result, r, cfg, run.verify, c.steps_done, ranks, plan.slots(), source);
+    // A rank whose GPU failed at step S stopped there (emu, mpi): from the boundary after S on, the file holds its
+    // final result, with entries for every step.
+    const bool departed = faults && faults->ranks_stop && faults->dead_from[r] < c.steps_done;
+    if (c.ranks[r].departed != departed)
+      refuse(source, "rank " + std::to_string(r) + (departed ? " failed before" : " was live at") +
+                         " the checkpoint's boundary (step " + std::to_string(c.steps_done) + "), but the file " +
+                         (departed ? "holds its live state" : "says it departed"));
+    check_result(c.ranks[r].result, r, cfg, run.verify, departed ? cfg.steps : c.steps_done, ranks, plan.slots(),
+                 source);
     if (static_cast<int>(c.ranks[r].layout_entries.size()) > cfg.layout_cache)
       refuse(source, "rank " + std::to_string(r) + " holds " + std::to_string(c.ranks[r].layout_entries.size()) +
                          " cached layouts, more than --layout-cache " + std::to_string(cfg.layout_cache));
@@ -349,18 +381,117 @@ void restore_engine(EpEngine& engine, const RankCheckpoint& in, const std::strin
   ctx.stats = in.engine_stats;
 }
 
-CheckpointSink::CheckpointSink(const RunConfig& cfg, const Plan& plan, Timeline& links, int ranks)
+bool resume_departed_ranks(Fabric& f, const Checkpoint& c, bool in_process, DepartedResults& departed) {
+  const int me = f.rank();
+  if (c.ranks[me].departed) {
+    if (in_process) departed.put(c.ranks[me].result);
+    return true;
+  }
+  for (int r = 0; r < static_cast<int>(c.ranks.size()); ++r) {
+    if (!c.ranks[r].departed) continue;
+    f.mark_failed(r);
+    if (!in_process && me == 0) departed.put(c.ranks[r].result);
+  }
+  return false;
+}
+
+namespace {
+// Tags of a rank's part of a checkpoint on its way to rank 0 (mpi): its size, then its bytes.
+Tag checkpoint_tag(int steps_done, int part) { return make_tag(Phase::kUser, steps_done, 0, 0x200 + part); }
+}  // namespace
+
+CheckpointSink::CheckpointSink(const RunConfig& cfg, const RunSetup& run, const Plan& plan, Timeline& links)
     : path_(cfg.checkpoint),
       config_(checkpoint_config(cfg)),
       plan_(plan),
       links_(links),
-      ranks_(ranks),
+      in_process_(run.in_process),
+      ranks_(run.topo.size()),
       every_(cfg.checkpoint_every),
       stop_after_(cfg.stop_after_steps),
-      layers_(cfg.layers) {}
+      layers_(cfg.layers),
+      timeout_s_(cfg.timeout_s) {}
 
 bool CheckpointSink::due(int steps_done) const {
   return !path_.empty() && (steps_done % every_ == 0 || stops(steps_done));
+}
+
+bool CheckpointSink::runs_until(int rank, int steps_done) const {
+  const FaultPlan* fp = plan_.faults.get();
+  return !(fp && fp->ranks_stop && fp->dead_from[rank] < steps_done);
+}
+
+void CheckpointSink::hand_in(Fabric& f, int steps_done, RankCheckpoint state, DepartedResults* departed) {
+  const int me = f.rank();
+  if (in_process_) {
+    deposit(steps_done, me, std::move(state));
+    return;
+  }
+  f.set_phase("checkpoint");
+  const Deadline d = Deadline::after(f, timeout_s_);
+  if (me != 0) {
+    const std::string bytes = encode_rank_checkpoint(state);
+    const uint64_t n = bytes.size();
+    Request reqs[2] = {f.isend(0, checkpoint_tag(steps_done, 0), ConstBuf{&n, sizeof n}),
+                       f.isend(0, checkpoint_tag(steps_done, 1), ConstBuf{bytes.data(), bytes.size()})};
+    f.wait_all(reqs, d);
+  } else {
+    // Rank 0 never fails on mpi (check_faults refuses it): it is the one that writes.
+    std::vector<int> peers;
+    for (int r = 1; r < ranks_; ++r)
+      if (runs_until(r, steps_done)) peers.push_back(r);
+    std::vector<uint64_t> sizes(peers.size(), 0);
+    std::vector<Request> reqs;
+    for (size_t i = 0; i < peers.size(); ++i)
+      reqs.push_back(f.irecv(peers[i], checkpoint_tag(steps_done, 0), MutBuf{&sizes[i], sizeof(uint64_t)}));
+    f.wait_all(reqs, d);
+    std::vector<std::vector<uint8_t>> bytes(peers.size());
+    reqs.clear();
+    for (size_t i = 0; i < peers.size(); ++i) {
+      if (sizes[i] > (uint64_t{1} << 31))
+        throw EplabError("checkpoint: rank 0, peer " + std::to_string(peers[i]) + ": a state of " +
+                         std::to_string(sizes[i]) + " bytes announced at step boundary " +
+                         std::to_string(steps_done));
+      bytes[i].resize(sizes[i]);
+      reqs.push_back(f.irecv(peers[i], checkpoint_tag(steps_done, 1), MutBuf{bytes[i].data(), bytes[i].size()}));
+    }
+    f.wait_all(reqs, d);
+    deposit(steps_done, me, std::move(state));
+    for (size_t i = 0; i < peers.size(); ++i) {
+      const std::string source = "rank " + std::to_string(peers[i]) + "'s part at step boundary " +
+                                 std::to_string(steps_done);
+      RankCheckpoint part =
+          decode_rank_checkpoint(std::span<const uint8_t>(bytes[i].data(), reqs[i].bytes()), peers[i], source);
+      if (part.result.rank != peers[i])
+        refuse(source, "holds rank " + std::to_string(part.result.rank) + "'s result");
+      deposit(steps_done, peers[i], std::move(part));
+    }
+    // The ranks that failed before this boundary handed their results to rank 0 at their failure (or, resumed
+    // past it, resume_departed_ranks put them there from the file).
+    for (int r = 1; r < ranks_; ++r) {
+      if (runs_until(r, steps_done)) continue;
+      std::optional<RankResult> result;
+      if (departed) {
+        std::lock_guard<std::mutex> lock(departed->mu);
+        if (auto it = departed->results.find(r); it != departed->results.end()) result = it->second;
+      }
+      if (!result)
+        throw EplabError("checkpoint: rank 0 has no result of rank " + std::to_string(r) +
+                         ", whose GPU failed before step boundary " + std::to_string(steps_done));
+      depart(*result);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (arrived_.count(steps_done))
+      throw EplabError("checkpoint: the state after " + std::to_string(steps_done) + " steps is incomplete on rank 0");
+  }
+  // Every process goes on once the file is written; if rank 0 could not write it, its failure ends this wait.
+  f.barrier();
+}
+
+void CheckpointSink::depart(const RankResult& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  departed_[r.rank] = r;
+  write_complete();
 }
 
 void CheckpointSink::deposit(int steps_done, int rank, RankCheckpoint state) {
@@ -368,17 +499,41 @@ void CheckpointSink::deposit(int steps_done, int rank, RankCheckpoint state) {
   std::vector<RankCheckpoint>& slots = pending_[steps_done];
   slots.resize(ranks_);
   slots[rank] = std::move(state);
-  if (++arrived_[steps_done] < ranks_) return;
-  Checkpoint c;
-  c.config = config_;
-  c.steps_done = steps_done;
-  c.plan_hash = plan_hash(plan_, steps_done * layers_);
-  c.ranks = std::move(slots);
-  c.links = links_.link_state();
-  pending_.erase(steps_done);
-  arrived_.erase(steps_done);
-  write_checkpoint(path_, c);
-  ++written_;
+  ++arrived_[steps_done];
+  write_complete();
+}
+
+void CheckpointSink::write_complete() {
+  // Boundaries complete in order: a rank live at a boundary handed in the one before first, and a rank departed
+  // before a boundary departed before the next one too.
+  while (!arrived_.empty()) {
+    const int steps_done = arrived_.begin()->first;
+    int live = 0;
+    bool complete = true;
+    for (int r = 0; r < ranks_; ++r) {
+      if (runs_until(r, steps_done))
+        ++live;
+      else
+        complete = complete && departed_.count(r);
+    }
+    if (!complete || arrived_.begin()->second < live) return;
+    Checkpoint c;
+    c.config = config_;
+    c.steps_done = steps_done;
+    c.plan_hash = plan_hash(plan_, steps_done * layers_);
+    c.ranks = std::move(pending_[steps_done]);
+    for (int r = 0; r < ranks_; ++r)
+      if (!runs_until(r, steps_done)) {
+        c.ranks[r] = RankCheckpoint{};
+        c.ranks[r].result = departed_[r];
+        c.ranks[r].departed = true;
+      }
+    c.links = links_.link_state();
+    pending_.erase(steps_done);
+    arrived_.erase(steps_done);
+    write_checkpoint(path_, c);
+    ++written_;
+  }
 }
 
 }  // namespace eplab

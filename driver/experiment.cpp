@@ -213,7 +213,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     timeline.restore_link_state(std::move(resume->links));
   }
   std::optional<CheckpointSink> sink;
-  if (!cfg.checkpoint.empty()) sink.emplace(cfg, plan, timeline, R);
+  if (!cfg.checkpoint.empty()) sink.emplace(cfg, run, plan, timeline);
   DepartedResults departed;
   // Phantom payloads have no bytes to verify, but their counts are still conserved: one tally for the ranks here.
   std::optional<PayloadTally> tally;
@@ -237,6 +237,11 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   // The failed ranks' results up to their failure (every rank has returned: nothing writes them any more).
   if (gathered)
     for (auto& [r, result] : departed.results) (*gathered)[r] = std::move(result);
+  // Ranks as processes (mpi): rank 0's process wrote the checkpoint and speaks for the stopped run.
+  if (cfg.stop_after_steps > 0 && !ran_here[0]) {
+    const auto first = std::find(ran_here.begin(), ran_here.end(), 1);
+    return {{"rank", first == ran_here.end() ? -1 : static_cast<int>(first - ran_here.begin())}, {"role", "worker"}};
+  }
   if (cfg.stop_after_steps > 0)
     return {{"stopped", true},
             {"steps_done", cfg.stop_after_steps},

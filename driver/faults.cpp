@@ -182,8 +182,6 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
               "index on the destination node; a failed GPU stops and cannot relay, and re-routing its rail through "
               "another GPU of its node is not implemented: use --algorithm flat, low-latency or allgather (or "
               "--backend sim, where the failed GPU keeps relaying)");
-        if (!cfg.checkpoint.empty() || !cfg.resume.empty())
-          refuse("--checkpoint and --resume need every rank's state at each step boundary; a failed rank stops");
       }
       if (cfg.backend == "mpi") {
         if (f.rank == 0)

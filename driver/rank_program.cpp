@@ -309,10 +309,14 @@ RankResult run_rank(Fabric& f, const RankInputs& in, bool* stopped_here) {
       in.tally->restore_sent(f.rank(), from.tally_messages, from.tally_bytes);
     }
   }
-  RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr, stopped_here);
+  bool stopped = false;
+  RankResult res = run_rank_body(f, in, scope && scope->active() ? &ledger : nullptr, &stopped);
+  if (stopped_here) *stopped_here = stopped;
   // A failed rank's ledger went with its result at its stop.
-  if (scope && scope->active() && !(stopped_here && *stopped_here)) res.payloads = ledger.log();
+  if (scope && scope->active() && !stopped) res.payloads = ledger.log();
   note_tally(res.payloads, in.tally, f.rank());
+  // Every rank in one process: the failed rank's final result stands for it in the checkpoints after its failure.
+  if (stopped && in.checkpoint && in.run.in_process) in.checkpoint->depart(res);
   return res;
 }
 
@@ -344,6 +348,16 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   // Delivery digests per call, or per (call, micro-batch) as 2 * call + mb with two-batch overlap.
   if (verify && !in.resume) res.deliveries.resize(steps.two_batch() ? 2 * calls : calls, f.size());
   if (in.resume) {
+    // Resumed past a GPU failure (emu, mpi): the failed rank takes no part again, the others leave it out.
+    if (in.departed && resume_departed_ranks(f, *in.resume, run.in_process, *in.departed)) {
+      if (!run.in_process) {  // its process exits, as at its failure (mpirun --enable-recovery, check_faults)
+        std::fflush(stdout);
+        std::fflush(stderr);
+        _exit(kFailedRankExitStatus);
+      }
+      if (stopped_here) *stopped_here = true;
+      return in.resume->ranks[me].result;
+    }
     restore_engine(engine, in.resume->ranks[me], "'" + cfg.resume + "'");
     f.advance_clock(in.resume->ranks[me].clock_s);
   }
@@ -528,7 +542,10 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
         note_tally(state.result.payloads, in.tally, me);
         save_engine(engine, state);
         state.clock_s = f.exact_clock();
-        in.checkpoint->deposit(step + 1, me, std::move(state));
+        {  // mpi: the state's messages to rank 0 are not the run's traffic, and stay out of its ledger
+          const LedgerScope outside(f, nullptr);
+          in.checkpoint->hand_in(f, step + 1, std::move(state), in.departed);
+        }
         stopped = in.checkpoint->stops(step + 1);
       }
     }

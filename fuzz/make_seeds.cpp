@@ -83,6 +83,15 @@ int main(int argc, char** argv) {
       run_experiment(c);
       put(root / "fuzz_checkpoint", "seed-emu-delta.ckpt", slurp(c.checkpoint));
       fs::remove(c.checkpoint);
+      // And one that holds a departed rank: four ranks, rank 1's GPU failing at step 0.
+      c.nodes = 2;
+      c.algorithm = "flat";
+      c.redundant_experts = 4;
+      c.faults = {"gpu:1@step:0"};
+      c.detect_timeout_s = 0.01;
+      run_experiment(c);
+      put(root / "fuzz_checkpoint", "seed-emu-departed.ckpt", slurp(c.checkpoint));
+      fs::remove(c.checkpoint);
     }
     // Codec messages: two rows of activations encoded by each codec, at hidden 64 and 130 (a partial block).
     const std::vector<std::string> specs = fuzz::decode_specs();

@@ -65,6 +65,10 @@ case $case_name in
       --combine-codec delta+bf16 --checkpoint-every 2
     same "$tmp/delta-whole.json" "$tmp/delta-resumed.json" wall_s
     grep -q '"verified": true' "$tmp/delta-resumed.json" || fail "the resumed real-byte run is not verified"
+    # A failed GPU (on sim it keeps taking part with an empty batch), checkpointed after its failure.
+    stop_resume fault 3 "${sim[@]}" --redundant-experts 8 --fault gpu:5@step:2
+    same "$tmp/fault-whole.json" "$tmp/fault-resumed.json" wall_s
+    grep -q '"failed_ranks": \[' "$tmp/fault-resumed.json" || fail "the resumed run has no faults block"
     echo "PASS (sim_resume)"
     ;;
   sim_scale)

@@ -289,6 +289,104 @@ TEST_F(CheckpointRefusal, AnotherConfiguration) {
   EXPECT_EQ(resume_error(bytes_, other), "");
 }
 
+// A GPU that fails at step 1 of 4 on emu (its thread stops; the others leave it out): runs stopped at the
+// boundary before the failure, and at boundaries after it, resume to the uninterrupted run's report, with the
+// failed rank's kept results, departed tokens, re-routed or lost selections and restored slots.
+RunConfig emu_failure_config(int redundant) {
+  RunConfig c;
+  c.backend = "emu";
+  c.nodes = 2;
+  c.gpus_per_node = 2;
+  c.model = "mixtral-8x7b";
+  c.hidden = 128;
+  c.tokens = 32;
+  c.steps = 4;
+  c.layers = 2;
+  c.algorithm = "flat";
+  c.dispatch_codec = "delta+bf16";
+  c.combine_codec = "delta+bf16";
+  c.redundant_experts = redundant;
+  c.faults = {"gpu:1@step:1"};
+  c.detect_timeout_s = 0.01;
+  return c;
+}
+
+TEST(CheckpointRun, GpuFailureOnEmuResumesBeforeAndAfterTheFailure) {
+  for (int redundant : {4, 0}) {
+    SCOPED_TRACE("redundant experts " + std::to_string(redundant));
+    const RunConfig c = emu_failure_config(redundant);
+    const nlohmann::json whole = run_experiment(c);
+    ASSERT_TRUE(whole["verified"].get<bool>()) << whole["verification"].dump();
+    const nlohmann::json& faults = whole["faults"];
+    ASSERT_EQ(faults["failed_ranks"], nlohmann::json::array({1})) << faults.dump();
+    ASSERT_TRUE(faults["failed_ranks_stopped"].get<bool>());
+    ASSERT_EQ(faults["tokens_departed"].get<int64_t>(), 3 * 2 * 32);  // steps 1-3, both layers
+    if (redundant > 0)
+      ASSERT_GT(faults["tokens_rerouted"].get<int64_t>(), 0);
+    else
+      ASSERT_GT(faults["tokens_lost"].get<int64_t>(), 0);
+    for (int stop : {1, 2, 3}) {
+      SCOPED_TRACE("stopped after " + std::to_string(stop) + " steps");
+      const std::string path = stopped_checkpoint(c, stop, "emu_failure.ckpt");
+      const Checkpoint saved = read_checkpoint(path);
+      ASSERT_EQ(saved.ranks.size(), 4u);
+      // Rank 1 fails at the start of step 1: at the boundary after step 0 it is still live.
+      EXPECT_EQ(saved.ranks[1].departed, stop > 1);
+      EXPECT_FALSE(saved.ranks[0].departed);
+      if (stop > 1) {
+        EXPECT_EQ(saved.ranks[1].result.steps.step_s.size(), 4u);  // its final, padded result
+      }
+      RunConfig r = c;
+      r.resume = path;
+      EXPECT_EQ(without_times(run_experiment(r)).dump(1), without_times(whole).dump(1));
+    }
+    // Checkpoints every step change nothing, and the last holds rank 1 as departed.
+    RunConfig every = c;
+    every.checkpoint = temp_path("emu_failure_every.ckpt");
+    EXPECT_EQ(without_times(run_experiment(every)).dump(1), without_times(whole).dump(1));
+    const Checkpoint last = read_checkpoint(every.checkpoint);
+    EXPECT_EQ(last.steps_done, c.steps);
+    EXPECT_TRUE(last.ranks[1].departed);
+  }
+}
+
+TEST(CheckpointRun, DepartedFlagMustMatchTheFaultPlan) {
+  // A file whose departed rank is not the one the configuration fails is refused, naming the file.
+  const RunConfig c = emu_failure_config(4);
+  const std::string path = stopped_checkpoint(c, 2, "emu_departed.ckpt");
+  Checkpoint ck = read_checkpoint(path);
+  ASSERT_TRUE(ck.ranks[1].departed);
+  ck.ranks[1].departed = false;
+  const std::string bad = temp_path("emu_departed_bad.ckpt");
+  write_checkpoint(bad, ck);
+  RunConfig r = c;
+  r.resume = bad;
+  try {
+    run_experiment(r);
+    FAIL() << "resumed from a checkpoint whose failed rank is recorded live";
+  } catch (const EplabError& e) {
+    EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank 1 failed before"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CheckpointRankPart, EncodedAndDecodedAlone) {
+  // mpi: a rank's part travels alone to rank 0; it decodes to the same state, and cut bytes are refused.
+  const RunConfig c = emu_failure_config(4);
+  const Checkpoint ck = read_checkpoint(stopped_checkpoint(c, 2, "emu_part.ckpt"));
+  for (int r = 0; r < 4; ++r) {
+    const std::string bytes = encode_rank_checkpoint(ck.ranks[r]);
+    const RankCheckpoint back =
+        decode_rank_checkpoint({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, r, "test part");
+    EXPECT_EQ(back.departed, ck.ranks[r].departed);
+    EXPECT_EQ(back.dispatch_codec_state, ck.ranks[r].dispatch_codec_state);
+    EXPECT_EQ(encode_rank_checkpoint(back), bytes);
+  }
+  const std::string bytes = encode_rank_checkpoint(ck.ranks[0]);
+  EXPECT_THROW(decode_rank_checkpoint({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size() / 2}, 0, "cut"),
+               EplabError);
+}
+
 TEST(CheckpointOptions, RefusedWhereNotSupported) {
   RunConfig c = emu_delta_config();
   RunSetup run = resolve_run(c, *create_backend("emu"));
@@ -298,13 +396,8 @@ TEST(CheckpointOptions, RefusedWhereNotSupported) {
   c.stop_after_steps = c.steps;
   EXPECT_THROW(check_checkpoint_options(c, run), EplabError);  // nothing left to stop before
   c.stop_after_steps = 0;
-  run.in_process = false;  // ranks as processes (mpi)
-  try {
-    check_checkpoint_options(c, run);
-    FAIL() << "checkpoint accepted with ranks in other processes";
-  } catch (const EplabError& e) {
-    EXPECT_NE(std::string(e.what()).find("one process"), std::string::npos) << e.what();
-  }
+  run.in_process = false;  // ranks as processes (mpi): each sends its part to rank 0, which writes the file
+  EXPECT_NO_THROW(check_checkpoint_options(c, run));
   run.in_process = true;
   c.checkpoint = "/nonexistent-dir/x.ckpt";
   EXPECT_THROW(check_checkpoint_options(c, run), EplabError);  // found before the run, not after
