@@ -62,7 +62,9 @@ void ensure_mpi() {
   });
 }
 
-// A peer's message whose header has been read and whose bytes wait in MPI under a matched-probe handle.
+// A peer's message whose header has been read and whose bytes wait in MPI under a matched-probe handle. One that
+// no receive ever takes (a run that failed) stays in MPI, and its sender's request stays open: a failed run does
+// not wait for it.
 struct HeldMessage {
   MPI_Message msg = MPI_MESSAGE_NULL;
   size_t bytes = 0;
@@ -111,8 +113,9 @@ class MpiTransport final : public Transport {
     op.transfer = std::move(out);
   }
 
-  // A message that waited in the matcher: from this rank itself (its bytes held by retain), or from a peer (its
-  // bytes still in MPI, under a matched-probe handle): received into the receive's buffer now.
+  // A receive matched in the matcher: a message from this rank itself (copied from the sender's buffer, or from
+  // the copy retain kept), or a peer's that arrived before the receive (its bytes still in MPI under a
+  // matched-probe handle, received into the receive's buffer now).
   void on_match(RecvOp& op, Arrival& a) override {
     if (auto* held = a.bytes && !a.data ? static_cast<HeldMessage*>(a.owner.get()) : nullptr)
       receive_held(*held, op.buf.ptr, a.src, a.tag);
