@@ -3,9 +3,9 @@
 // single-core memcpy, all measured in one run; hidden 7168, bf16 on the wire. Prints a table and writes JSON.
 //   bench_emu_throughput [TOKENS_PER_RANK [OUT.json]]   (default 2048 tokens, bench/results/emu_throughput.json)
 // The eplab command and bench_mpi_alltoallv are taken from this program's own directory (build/bin).
-// eplab emu's first call faults in every buffer it keeps for the run; besides the mean of its 1 + kWarmCalls
-// calls the table shows the median warm layer and the first layer apart (MPI_Alltoallv's warm-up call is not
-// timed). The mpi backend's figure is the mean of its calls, the first included.
+// eplab's first call faults in every buffer it keeps for the run; besides the mean of its 1 + kWarmCalls calls
+// the table shows the median warm layer and the first layer apart, for emu and for the mpi backend alike
+// (MPI_Alltoallv's warm-up call is not timed).
 // 4096 tokens per rank needs more memory than a 24 GiB machine has: rows stay bf16, but each rank keeps two row
 // buffers and its fp32 batch and output (about 16-22 GB in all; docs/architecture.md).
 #include <sys/wait.h>
@@ -125,8 +125,28 @@ nlohmann::json read_json(const fs::path& p) {
   return nlohmann::json::parse(in);
 }
 
-Figure mpi_backend(const eplab::RunConfig& c, const fs::path& bin, const fs::path& tmp) {
-  const std::string name = "eplab mpi (16 processes)";
+// The warm layer (median of calls 2..n) and the first layer of a run's report, each a whole layer (dispatch +
+// expert compute + combine) over the mean call's bytes; `prefix` names the backend.
+Figure warm_layer(const std::string& prefix, const nlohmann::json& r) {
+  Figure warm = eplab_figure(prefix + ", warm layer", r);
+  std::vector<double> later;
+  for (size_t i = 1; i < r["per_step"].size(); ++i) later.push_back(r["per_step"][i]["layer_time_s"].get<double>());
+  std::sort(later.begin(), later.end());
+  warm.dispatch_s = warm.combine_s = NAN;
+  warm.time_s = later.empty() ? NAN : later[later.size() / 2];
+  return warm;
+}
+
+Figure first_layer(const std::string& prefix, const nlohmann::json& r) {
+  Figure first = eplab_figure(prefix + ", first layer", r);
+  first.dispatch_s = first.combine_s = NAN;
+  first.time_s = r["per_step"][0]["layer_time_s"].get<double>();
+  return first;
+}
+
+// The mpi backend's run under mpirun: its report, or why it did not run (then every mpi row says so).
+Figure mpi_backend(const eplab::RunConfig& c, const fs::path& bin, const fs::path& tmp, nlohmann::json& report_json) {
+  const std::string name = "eplab mpi, mean of calls";
   const fs::path eplab = bin / "eplab";
   if (!mpirun_on_path()) return {name, "mpirun not on PATH"};
   if (access(eplab.c_str(), X_OK) != 0) return {name, eplab.string() + " not built"};
@@ -139,7 +159,8 @@ Figure mpi_backend(const eplab::RunConfig& c, const fs::path& bin, const fs::pat
       " --steps=" + std::to_string(c.steps) + " --timeout=" + std::to_string(static_cast<int>(c.timeout_s)) +
       " --no-verify --quiet" + " --report " + quoted(report);
   if (auto why = run_logged(cmd, tmp / "mpi_backend.log")) return {name, "eplab run --backend=mpi failed, " + *why};
-  return eplab_figure(name, read_json(report));
+  report_json = read_json(report);
+  return eplab_figure(name, report_json);
 }
 
 // MPI_Alltoallv of the emu run's bytes per rank and phase; two rows, best and median of the repetitions.
@@ -220,22 +241,20 @@ int main(int argc, char** argv) {
   // compute, combine). So the warm figure is the median layer of calls 2..n over the mean call's bytes: its
   // time includes expert compute (identity: one decode and encode pass over the rows), a lower bound on the
   // warm dispatch + combine rate. The first call's layer is shown apart.
-  Figure warm = eplab_figure("eplab emu, warm layer", emu);
-  std::vector<double> later;
-  for (size_t i = 1; i < emu["per_step"].size(); ++i) later.push_back(emu["per_step"][i]["layer_time_s"].get<double>());
-  std::sort(later.begin(), later.end());
-  warm.dispatch_s = warm.combine_s = NAN;
-  warm.time_s = later.empty() ? NAN : later[later.size() / 2];
-  Figure first_call = eplab_figure("eplab emu, first layer", emu);
-  first_call.dispatch_s = first_call.combine_s = NAN;
-  first_call.time_s = emu["per_step"][0]["layer_time_s"].get<double>();
+  const Figure warm = warm_layer("eplab emu", emu);
+  const Figure first_call = first_layer("eplab emu", emu);
   const Figure mean = eplab_figure("eplab emu, mean of calls", emu);
-  std::vector<Figure> rows = {mean, mpi_backend(c, bin, tmp)};
+  nlohmann::json mpi_report;
+  std::vector<Figure> rows = {mean, mpi_backend(c, bin, tmp, mpi_report)};
   nlohmann::json a2a_raw;
   for (auto& f : mpi_alltoallv(emu, bin, tmp, a2a_raw)) rows.push_back(f);
   rows.push_back(first_call);
   rows.push_back(warm);
   fs::remove_all(tmp);
+  const bool mpi_ran = rows[1].ran();
+  const Figure mpi_warm = mpi_ran ? warm_layer("eplab mpi", mpi_report) : Figure{"eplab mpi, warm layer", rows[1].why};
+  const Figure mpi_first =
+      mpi_ran ? first_layer("eplab mpi", mpi_report) : Figure{"eplab mpi, first layer", rows[1].why};
   const Figure& a2a = rows[3];                // the median: eplab's times are means over calls, not a best
   Figure memcpy_row{"memcpy, one core", ""};  // 1 GB at the measured rate: GBps() reads the memcpy figure
   memcpy_row.bytes = 1e9;
@@ -244,7 +263,8 @@ int main(int argc, char** argv) {
   const double emu_bytes = rows[0].bytes;
   const Figure& first = rows[4];
   const Figure& warm_row = rows[5];
-  std::printf("dispatch + combine, 16 ranks on this machine, %d tokens/rank, hidden 7168, bf16, %d steps x %d layers\n",
+  std::printf("dispatch + combine, 16 ranks on this machine, %d tokens/rank, hidden 7168, bf16, %d steps x %d layers\n"
+              "(emu: 16 threads of one process; mpi: 16 processes under mpirun, the same run)\n",
               tokens, c.steps, c.layers);
   std::printf(
       "GB/s = activation bytes per layer (dispatch received + combine sent, summed over ranks) / (dispatch +\n"
@@ -256,7 +276,8 @@ int main(int argc, char** argv) {
       c.steps);
   std::printf("%-28s %10s %10s %10s %9s %8s %11s %9s\n", "figure", "dispatch s", "combine s", "total s", "GB/layer",
               "GB/s", "x alltoallv", "x memcpy");
-  const std::vector<const Figure*> table = {&rows[0], &warm_row, &first, &rows[1], &rows[2], &rows[3], &memcpy_row};
+  const std::vector<const Figure*> table = {&rows[0], &warm_row, &first,   &rows[1],   &mpi_warm,
+                                            &mpi_first, &rows[2], &rows[3], &memcpy_row};
   for (const Figure* f : table) {
     if (!f->ran()) {
       std::printf("%-28s not run (%s)\n", f->name.c_str(), f->why.c_str());
@@ -310,6 +331,8 @@ int main(int argc, char** argv) {
       {"emu_first_layer", figure_json(first)},
       {"emu_warm_layer_median", figure_json(warm_row)},
       {"mpi_backend", figure_json(rows[1])},
+      {"mpi_backend_first_layer", figure_json(mpi_first)},
+      {"mpi_backend_warm_layer_median", figure_json(mpi_warm)},
       {"mpi_alltoallv",
        {{"split", "even split of the same total bytes"}, {"best", figure_json(rows[2])}, {"median", figure_json(a2a)}}},
       {"emu_wall_s", emu["wall_s"]}};

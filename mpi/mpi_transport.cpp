@@ -1,12 +1,16 @@
 // The MPI transport: one eplab message is two MPI messages on a communicator duplicated for each launch, so
 // nothing of an earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow
 // for eplab's 64-bit tags, so a 24-byte header (tag, real and modeled size) goes first and the bytes follow,
-// sent from the caller's buffer as they are; the receiver reads the header, and when the receive is posted the
-// bytes land in its buffer straight from MPI (one copy, MPI's own), else in a host copy that waits for it. MPI's
-// non-overtaking order per sender keeps posting order and pairs each header with its bytes. A rank that fails
-// tells every peer on a separate MPI tag, and their waits end with its message; a process that dies is reported
-// by mpirun, which ends the job, unless it is a failed GPU's process under mpirun --enable-recovery
-// (docs/faults.md): the others then run on without it.
+// sent from the caller's buffer as they are. MPI's non-overtaking order per sender pairs each header with its
+// bytes. The receiver reads the header and takes the bytes' envelope off MPI's queue with MPI_Mprobe, without
+// the bytes: they are received (MPI_Mrecv) straight into the eplab receive's buffer, at once when it is posted,
+// else when it is. So every byte is copied once, by MPI: between processes of one machine OpenMPI's vader
+// moves a large message with one CMA copy (process_vm_readv) from the sender's buffer to the receiver's, between
+// machines the network does; no host copy waits in between. A sender's large message completes when the
+// receiver has posted its receive (MPI's rendezvous), as MPI's own do. A rank that fails tells every peer on a
+// separate MPI tag, and their waits end with its message; a process that dies is reported by mpirun, which ends
+// the job, unless it is a failed GPU's process under mpirun --enable-recovery (docs/faults.md): the others then
+// run on without it.
 #include <mpi.h>
 
 #include <algorithm>
@@ -58,6 +62,14 @@ void ensure_mpi() {
   });
 }
 
+// A peer's message whose header has been read and whose bytes wait in MPI under a matched-probe handle. One that
+// no receive ever takes (a run that failed) stays in MPI, and its sender's request stays open: a failed run does
+// not wait for it.
+struct HeldMessage {
+  MPI_Message msg = MPI_MESSAGE_NULL;
+  size_t bytes = 0;
+};
+
 // A send in flight: its header (the bytes are the caller's until the send completes), or a failure notice.
 struct Outgoing {
   uint64_t header[kHeaderWords] = {0, 0, 0};
@@ -101,8 +113,14 @@ class MpiTransport final : public Transport {
     op.transfer = std::move(out);
   }
 
+  // A receive matched in the matcher: a message from this rank itself (copied from the sender's buffer, or from
+  // the copy retain kept), or a peer's that arrived before the receive (its bytes still in MPI under a
+  // matched-probe handle, received into the receive's buffer now).
   void on_match(RecvOp& op, Arrival& a) override {
-    if (a.bytes) std::memcpy(op.buf.ptr, a.data, a.bytes);
+    if (auto* held = a.bytes && !a.data ? static_cast<HeldMessage*>(a.owner.get()) : nullptr)
+      receive_held(*held, op.buf.ptr, a.src, a.tag);
+    else if (a.bytes)
+      std::memcpy(op.buf.ptr, a.data, a.bytes);
     op.done = true;
   }
 
@@ -122,8 +140,8 @@ class MpiTransport final : public Transport {
     return true;
   }
 
-  // Receives whatever has arrived: messages go to the matcher (straight into a posted receive's buffer), a
-  // failure notice fails the run here too.
+  // Takes in whatever has arrived: each message's header, its bytes received into a posted receive's buffer or
+  // left in MPI for the receive to come; a failure notice fails the run here too.
   void progress() override {
     for (;;) {
       int flag = 0;
@@ -151,19 +169,27 @@ class MpiTransport final : public Transport {
       if (bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
         throw FabricError("rank " + std::to_string(rank_) + ": header from rank " + std::to_string(src) +
                           " announces " + std::to_string(bytes) + " bytes");
-      const std::shared_ptr<RecvOp> op = bytes ? domain_.claim(rank_, src, tag, bytes, header[2]) : nullptr;
+      if (bytes == 0) {  // nothing follows the header
+        domain_.deliver(rank_, *this, Arrival{src, tag, nullptr, 0, header[2], nullptr});
+        continue;
+      }
+      // The bytes' envelope follows the header (non-overtaking); take it off MPI's queue, the bytes stay put.
+      auto held = std::make_shared<HeldMessage>();
+      check(MPI_Mprobe(src, kDataTag, comm_, &held->msg, MPI_STATUS_IGNORE), "MPI_Mprobe", src, tag);
+      held->bytes = bytes;
+      const std::shared_ptr<RecvOp> op = domain_.claim(rank_, src, tag, bytes, header[2]);
       if (op && op->copying) {  // posted: MPI writes the bytes where they belong
-        check(MPI_Recv(op->buf.ptr, static_cast<int>(bytes), MPI_BYTE, src, kDataTag, comm_, MPI_STATUS_IGNORE),
-              "MPI_Recv", src, tag);
+        receive_held(*held, op->buf.ptr, src, tag);
         domain_.finish_copy(*op);
         continue;
       }
-      auto frame = std::make_shared<std::vector<uint8_t>>(bytes);
-      if (bytes)
-        check(MPI_Recv(frame->data(), static_cast<int>(bytes), MPI_BYTE, src, kDataTag, comm_, MPI_STATUS_IGNORE),
-              "MPI_Recv", src, tag);
-      if (op) continue;  // matched a receive too small for it: that receive has failed, the bytes are dropped
-      domain_.deliver(rank_, *this, Arrival{src, tag, frame->data(), bytes, header[2], frame});
+      if (op) {  // matched a receive too small for it: that receive has failed, the bytes are dropped
+        std::vector<uint8_t> drop(bytes);
+        receive_held(*held, drop.data(), src, tag);
+        continue;
+      }
+      // Not posted yet: the matcher keeps the handle (no bytes: data is null) until a receive takes it.
+      domain_.deliver(rank_, *this, Arrival{src, tag, nullptr, bytes, header[2], std::move(held)});
     }
   }
 
@@ -191,6 +217,13 @@ class MpiTransport final : public Transport {
   }
 
  private:
+  void receive_held(HeldMessage& m, void* into, int src, Tag tag) {
+    if (m.msg == MPI_MESSAGE_NULL)
+      throw FabricError("rank " + std::to_string(rank_) + ": message from rank " + std::to_string(src) + ", tag " +
+                        describe_tag(tag) + " was received twice");
+    check(MPI_Mrecv(into, static_cast<int>(m.bytes), MPI_BYTE, &m.msg, MPI_STATUS_IGNORE), "MPI_Mrecv", src, tag);
+  }
+
   void check(int code, const char* call, int peer, Tag tag) const {
     if (code != MPI_SUCCESS)
       throw FabricError(std::string(call) + ": rank " + std::to_string(rank_) + ", peer " + std::to_string(peer) +

@@ -57,6 +57,49 @@ TEST_P(FabricConformance, MatchesByPeerAndTagNotArrivalOrder) {
   });
 }
 
+// Messages that reach a rank before it posts their receives: large ones (past any eager limit: on mpi they wait
+// in MPI until the receive comes, then land in its buffer), a small one, and two with one tag that must keep
+// their order; receives posted in another order than the sends, every byte checked.
+TEST_P(FabricConformance, MessagesSentBeforeTheirReceivesArriveWholeAndInOrder) {
+  run([](Fabric& f) {
+    if (f.rank() > 1) {
+      f.barrier();
+      return;
+    }
+    const size_t sizes[] = {size_t{3} << 20, 100000, 3, 70000, 50000};  // tags 1, 2, 3, then tag 4 twice
+    const Tag tags[] = {1, 2, 3, 4, 4};
+    auto fill = [](size_t i, size_t k) { return static_cast<uint8_t>((i * 131 + k * 7 + (k >> 9)) & 0xFF); };
+    if (f.rank() == 1) {
+      std::vector<std::vector<uint8_t>> bufs;
+      std::vector<Request> sends;
+      for (size_t i = 0; i < std::size(sizes); ++i) {
+        bufs.emplace_back(sizes[i]);
+        for (size_t k = 0; k < sizes[i]; ++k) bufs[i][k] = fill(i, k);
+        sends.push_back(f.isend(0, tags[i], ConstBuf{bufs[i].data(), sizes[i]}));
+      }
+      f.barrier();
+      f.wait_all(sends, Deadline{});
+      return;
+    }
+    f.barrier();  // every message has been sent, none of its receives posted
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::vector<std::vector<uint8_t>> got(std::size(sizes));
+    std::vector<Request> reqs(std::size(sizes));
+    for (size_t i : {2, 0, 3, 4, 1}) {  // receive buffers larger than the messages: sizes come from the sender
+      got[i].assign(sizes[i] + 64, 0xEE);
+      reqs[i] = f.irecv(1, tags[i], MutBuf{got[i].data(), got[i].size()});
+    }
+    f.wait_all(reqs, Deadline{});
+    for (size_t i = 0; i < std::size(sizes); ++i) {
+      ASSERT_EQ(reqs[i].bytes(), sizes[i]) << "message " << i;
+      size_t wrong = 0;
+      for (size_t k = 0; k < sizes[i]; ++k) wrong += got[i][k] != fill(i, k);
+      EXPECT_EQ(wrong, 0u) << "message " << i << " of " << sizes[i] << " bytes";
+      EXPECT_EQ(got[i][sizes[i]], 0xEE) << "message " << i << " wrote past its bytes";
+    }
+  });
+}
+
 TEST_P(FabricConformance, SameTagFromTwoPeersStaysApart) {
   run([](Fabric& f) {
     if (f.rank() == 0) {
