@@ -257,8 +257,8 @@ Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
   if (data.phantom_bytes > 0 && !transport_.caps().phantom_payload)
     throw FabricError("isend: " + where(peer, tag) + ": this backend moves real bytes only (phantom payload of " +
                       std::to_string(data.total()) + " bytes)");
-  if (ledger_) ledger_->sent(peer, tag, phase_, data.ptr, data.bytes, data.total());
-  if (tally_) tally_->sent(rank_, peer, tag, data.total());
+  if (ledger_ && !in_native_exchange_) ledger_->sent(peer, tag, phase_, data.ptr, data.bytes, data.total());
+  if (tally_ && !in_native_exchange_) tally_->sent(rank_, peer, tag, data.total());
   auto op = std::make_shared<SendOp>();
   op->peer = peer;
   op->tag = tag;
@@ -300,7 +300,8 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       if (!s) continue;
       if (!transport_.test(*s)) break;
       if (!s->error.empty()) throw FabricError(s->error + " (phase " + phase_ + ")");
-      if (auto* r = ledger_ || tally_ || flip_armed_ ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
+      const bool enter = (ledger_ || tally_ || flip_armed_) && !in_native_exchange_;
+      if (auto* r = enter ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
         r->ledgered = true;
         received(r->peer, r->tag, r->buf.ptr, r->bytes, r->total_bytes);
       }
@@ -362,7 +363,13 @@ void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::s
           ledger_->sent(s.peer, tag, phase_, s.data.ptr, s.data.ptr ? s.data.bytes : 0, s.data.total());
       if (tally_)
         for (const PeerSend& s : live_sends) tally_->sent(rank_, s.peer, tag, s.data.total());
-      ext->alltoallv(*this, tag, live_sends, live_recvs, d);
+      {
+        // An extension may exchange through isend/irecv itself (emu, sim's per-flow mode): its messages are
+        // entered here, once, not again as they pass.
+        in_native_exchange_ = true;
+        const std::shared_ptr<void> reset(nullptr, [this](void*) { in_native_exchange_ = false; });
+        ext->alltoallv(*this, tag, live_sends, live_recvs, d);
+      }
       if (ledger_ || tally_ || flip_armed_)
         for (const PeerRecv& r : live_recvs) received(r.peer, tag, r.data.ptr, r.bytes, r.total_bytes);
       return;

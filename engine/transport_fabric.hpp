@@ -186,6 +186,7 @@ class TransportFabric final : public Fabric {
   long barrier_round_ = 0;
   PayloadLedger* ledger_ = nullptr;
   PayloadTally* tally_ = nullptr;
+  bool in_native_exchange_ = false;  // inside an AlltoallvExtension, which enters its messages as a whole
   bool flip_armed_ = false;  // the test hook (PayloadFlip) names this rank as the receiver
   bool flipped_ = false;     // and its one flip (PayloadFlip) was done
   // A receive of `bytes` real bytes at `data` completed: the test hook's flip, then the ledger and the tally.
