@@ -173,12 +173,6 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
       // On emu and mpi the failed rank stops (its thread returns, its process exits) and the others carry on
       // among themselves: what depends on every rank taking part to the end is refused.
       if (!run.caps.modeled_time) {
-        if (cfg.algorithm == "hierarchical")
-          refuse(
-              "--algorithm hierarchical relays every token crossing nodes through the GPU of the sender's local "
-              "index on the destination node; a failed GPU stops and cannot relay, and re-routing its rail through "
-              "another GPU of its node is not implemented: use --algorithm flat, low-latency or allgather (or "
-              "--backend sim, where the failed GPU keeps relaying)");
         if (!cfg.checkpoint.empty() || !cfg.resume.empty())
           refuse("--checkpoint and --resume need every rank's state at each step boundary; a failed rank stops");
       }
