@@ -2,7 +2,8 @@
 // destination node, to the GPU with the sender's local index (same rail), which forwards it over the scale-up
 // domain to the GPUs of its node that hold the token's experts. Combine runs the same path backwards and
 // reduces inside the node first, so one partial sum per (token, node) crosses the scale-out network. A failed GPU
-// (EngineContext::failed_gpus) relays nothing: its rail goes through the next live GPU of its node (relay_of).
+// (EngineContext::failed_gpus) relays nothing: its rail's sources go through the other live GPUs of its node
+// (relay_of).
 #include <algorithm>
 #include <cstring>
 
@@ -37,33 +38,41 @@ int pipeline_chunks(const EngineContext& c, int tokens) {
   return std::clamp((tokens + chunk - 1) / chunk, 1, 64);
 }
 
-// The GPU of node n that relays the rail of local index l: (n, l) itself, or when it has failed the next live
-// local index after l on node n (wrapping), so that every rank, knowing the same failed set, picks the same one;
-// -1 when every GPU of node n has failed (no selection then names a slot there).
-int relay_of(const EngineContext& c, int n, int l) {
+// The GPU of node n that relays what source `src` sends to that node: the GPU of src's local index (its rail),
+// or when that one has failed a live GPU of node n, chosen by the source's node and local index so that the
+// failed rail's sources spread over the node's live GPUs (and their NICs) instead of all doubling up on one:
+// with 8 GPUs a node and 8 nodes, each of the 7 live GPUs of the failed GPU's node relays for one more source.
+// Every rank knows the same failed set, so every rank picks the same relay. -1 when every GPU of node n failed
+// (no selection then names a slot there).
+int relay_of(const EngineContext& c, int n, int src) {
   const Topology& T = c.topo;
-  const int G = T.gpus_per_node();
-  for (int i = 0; i < G; ++i) {
-    const int r = T.rank_of(n, (l + i) % G);
-    if (c.gpu_up(r)) return r;
-  }
-  return -1;
+  const int N = T.nodes(), G = T.gpus_per_node(), l = T.local_of(src);
+  const int rail = T.rank_of(n, l);
+  if (c.gpu_up(rail)) return rail;
+  std::vector<int> live;
+  for (int q = 0; q < G; ++q)
+    if (c.gpu_up(T.rank_of(n, q))) live.push_back(T.rank_of(n, q));
+  if (live.empty()) return -1;
+  // The source nodes other than n, counted from the one after n: 0, 1, ..., N - 2 (node n's own source on this
+  // rail is the failed GPU, which sends nothing).
+  const int k = (T.node_of(src) - n - 1 + N) % N;
+  return live[static_cast<size_t>(k + l) % live.size()];
 }
 
-// The rail sources a live forwarder relays for, node by node: on each node the GPU of its own local index, then
-// those of the local indices whose relay on the forwarder's node failed over to it (ascending), live ones only.
+// The rail sources a live forwarder relays for, node by node and local index ascending: on each node the GPU of
+// its own local index, and those whose rail GPU on the forwarder's node failed and that relay_of gave to it.
 // Without failures, one per node: (n, my local index). A failed GPU relays for none.
 std::vector<int> rail_sources(const EngineContext& c) {
   const Topology& T = c.topo;
   const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
   std::vector<int> out;
   if (!c.gpu_up(me)) return out;
-  std::vector<int> locals{my_local};
-  for (int l = 0; l < G && !c.failed_gpus.empty(); ++l)
-    if (l != my_local && relay_of(c, my_node, l) == me) locals.push_back(l);
   for (int n = 0; n < N; ++n)
-    for (int l : locals)
-      if (c.gpu_up(T.rank_of(n, l))) out.push_back(T.rank_of(n, l));
+    for (int l = 0; l < G; ++l) {
+      const int src = T.rank_of(n, l);
+      if (l == my_local ? c.gpu_up(src) : !c.failed_gpus.empty() && c.gpu_up(src) && relay_of(c, my_node, src) == me)
+        out.push_back(src);
+    }
   return out;
 }
 
@@ -75,14 +84,14 @@ class Hierarchical : public Algorithm {
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
-    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
+    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me);
     const int H = c.hidden(), spr = c.placement.slots_per_rank(), node_slots = G * spr;
     const bool phantom = c.phantom();
     auto st = std::make_shared<HierState>();
     // Where this rank's tokens cross to each node, and whose tokens it relays (both follow the failed set).
     const bool up = c.gpu_up(me);
     st->relay.assign(N, -1);
-    for (int n = 0; n < N && up; ++n) st->relay[n] = relay_of(c, n, my_local);
+    for (int n = 0; n < N && up; ++n) st->relay[n] = relay_of(c, n, me);
     st->sources = rail_sources(c);
     const std::vector<int>& srcs = st->sources;
     const int S = static_cast<int>(srcs.size());

@@ -174,8 +174,8 @@ TEST(FaultRuns, FailedGpuWithRedundantExpertsLosesNothing) {
   EXPECT_EQ(f.at("failed_ranks"), nlohmann::json::array({5}));
   EXPECT_TRUE(f.at("first_lost").empty());
   EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), 0);
-  // Hierarchical (the default): from step 2 on rank 5 relays nothing and gets no notify message; rail 5 of node
-  // 0 goes through rank 6 (hierarchical_notify_messages).
+  // Hierarchical (the default): from step 2 on rank 5 relays nothing and gets no notify message; the other
+  // nodes' GPUs of rail 5 send to node 0 through its other live GPUs (hierarchical_notify_messages).
   EXPECT_DOUBLE_EQ(r.at("phases").at("notify").at("messages").get<double>(),
                    (2 * hierarchical_notify_messages(8, 8, {}) + 2 * hierarchical_notify_messages(8, 8, {5})) / 4);
 }
@@ -395,11 +395,10 @@ TEST(FaultRuns, EmuFailedGpuWithoutRedundancyCountsLostExactly) {
   }
 }
 
-// Hierarchical on emu with failed GPUs (2 nodes x 4): a failed GPU's rail goes through the next live GPU of its
-// node (wrapping past the last local index), in dispatch and in combine, and nothing is sent to it or expected
-// from it. Cases: one GPU (rank 1; rank 7, whose rail wraps to local index 0; rank 0, which gathered the results
-// before), two of one node at once (ranks 0 and 3: rank 1 relays three rails), and a whole node (ranks 4-7: no
-// traffic goes to node 1 at all). Each verifies with real bytes, its lost selections counted in both blocks, and
+// Hierarchical on emu with failed GPUs (2 nodes x 4): a failed GPU's rail goes through another live GPU of its
+// node, in dispatch and in combine, and nothing is sent to it or expected from it. Cases: one GPU (rank 1; rank 7,
+// the last local index; rank 0, which gathered the results before), two of one node at once (ranks 0 and 3: ranks
+// 1 and 2 each relay one more rail), and a whole node (ranks 4-7: no traffic goes to node 1 at all). Each verifies with real bytes, its lost selections counted in both blocks, and
 // the payload ledgers agree on every rank pair.
 TEST(FaultRuns, EmuHierarchicalRelaysAFailedGpusRail) {
   const std::vector<std::pair<std::vector<std::string>, std::set<int>>> cases = {
