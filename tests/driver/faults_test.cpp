@@ -398,8 +398,8 @@ TEST(FaultRuns, EmuFailedGpuWithoutRedundancyCountsLostExactly) {
 // Hierarchical on emu with failed GPUs (2 nodes x 4): a failed GPU's rail goes through another live GPU of its
 // node, in dispatch and in combine, and nothing is sent to it or expected from it. Cases: one GPU (rank 1; rank 7,
 // the last local index; rank 0, which gathered the results before), two of one node at once (ranks 0 and 3: ranks
-// 1 and 2 each relay one more rail), and a whole node (ranks 4-7: no traffic goes to node 1 at all). Each verifies with real bytes, its lost selections counted in both blocks, and
-// the payload ledgers agree on every rank pair.
+// 1 and 2 each relay one more rail), and a whole node (ranks 4-7: no traffic goes to node 1 at all). Each verifies
+// with real bytes, its lost selections counted in both blocks, and the payload ledgers agree on every rank pair.
 TEST(FaultRuns, EmuHierarchicalRelaysAFailedGpusRail) {
   const std::vector<std::pair<std::vector<std::string>, std::set<int>>> cases = {
       {{"gpu:1@step:1"}, {1}},
@@ -427,10 +427,10 @@ TEST(FaultRuns, EmuHierarchicalRelaysAFailedGpusRail) {
     }
     EXPECT_GT(f.at("tokens_rerouted").get<int64_t>(), 0);
     const int S = 1;
-    EXPECT_DOUBLE_EQ(r.at("phases").at("notify").at("messages").get<double>(),
-                     (S * hierarchical_notify_messages(2, 4, {}) +
-                      (c.steps - S) * hierarchical_notify_messages(2, 4, dead)) /
-                         c.steps);
+    EXPECT_DOUBLE_EQ(
+        r.at("phases").at("notify").at("messages").get<double>(),
+        (S * hierarchical_notify_messages(2, 4, {}) + (c.steps - S) * hierarchical_notify_messages(2, 4, dead)) /
+            c.steps);
     const auto& p = r.at("verification").at("payloads");
     EXPECT_EQ(p.at("checked").get<std::string>(), "counts and checksums") << p.dump();
     EXPECT_EQ(p.at("mismatches").get<int>(), 0) << p.dump();
