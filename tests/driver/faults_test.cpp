@@ -444,7 +444,7 @@ TEST(FaultRuns, EmuHierarchicalRelaysAFailedGpusRail) {
 
 // The relay choice is the same on sim, where the failed rank's actor runs on: the same run (2 x 4, real payload
 // on emu, the simulated one's counts) sends the same messages in every phase and counts the same re-routed and
-// lost selections.
+// lost selections; with real bytes on sim it verifies.
 TEST(FaultRuns, SimHierarchicalRoutesAFailedGpuAsEmuDoes) {
   if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
   for (const int redundant : {8, 0}) {
@@ -460,6 +460,12 @@ TEST(FaultRuns, SimHierarchicalRoutesAFailedGpuAsEmuDoes) {
       EXPECT_EQ(sim.at("phases").at(phase).at("messages"), emu.at("phases").at(phase).at("messages")) << phase;
     for (const char* key : {"tokens_rerouted", "tokens_lost", "tokens_departed"})
       EXPECT_EQ(sim.at("faults").at(key), emu.at("faults").at(key)) << key;
+    // With real bytes on sim the failed rank's actor runs on with nothing to send, and the result verifies.
+    c.payload = "real";
+    const nlohmann::json real = run_experiment(c);
+    EXPECT_TRUE(real.at("verified").get<bool>()) << real.at("verification").dump();
+    EXPECT_EQ(real.at("verification").at("lost_selections"), emu.at("faults").at("tokens_lost"));
+    EXPECT_EQ(real.at("phases").at("dispatch").at("messages"), emu.at("phases").at("dispatch").at("messages"));
   }
 }
 
