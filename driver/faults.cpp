@@ -10,6 +10,8 @@
 
 #include "driver/plan.hpp"
 #include "engine/error.hpp"
+#include "engine/hash.hpp"
+#include "engine/layout_cache.hpp"
 #include "policies/heat/heat_predictor.hpp"
 
 namespace eplab {
@@ -175,14 +177,6 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
     if (f.kind == FaultKind::kGpu) {
       // On emu and mpi the failed rank stops (its thread returns, its process exits) and the others carry on
       // among themselves: what depends on every rank taking part to the end is refused.
-      if (!run.caps.modeled_time) {
-        if (cfg.algorithm == "hierarchical")
-          refuse(
-              "--algorithm hierarchical relays every token crossing nodes through the GPU of the sender's local "
-              "index on the destination node; a failed GPU stops and cannot relay, and re-routing its rail through "
-              "another GPU of its node is not implemented: use --algorithm flat, low-latency or allgather (or "
-              "--backend sim, where the failed GPU keeps relaying)");
-      }
       if (cfg.backend == "mpi") {
         if (f.rank == 0)
           refuse("on mpi rank 0 collects every rank's results and writes the report: fail another rank");
@@ -198,8 +192,6 @@ std::vector<FaultSpec> check_faults(const RunConfig& cfg, const RunSetup& run) {
       if (cfg.overlap != "none") refuse("GPU failures do not combine with --overlap tbo yet");
       if (cfg.rebalance_every > 0)
         refuse("GPU failures do not combine with --rebalance-every yet (the balancers place over every rank)");
-      if (cfg.layout_cache > 0)
-        refuse("GPU failures do not combine with --layout-cache (the failed rank's batch changes)");
       if (!dead[f.rank]) ++failed;
       dead[f.rank] = 1;
       if (failed >= R) refuse("every rank would have failed: at least one must survive");
@@ -327,6 +319,31 @@ Repair repair_layer(const Placement& old_p, const std::vector<char>& dead, const
   return rep;
 }
 
+// Cached layouts (--layout-cache): a call's key names its layer, placement and every rank's routing
+// (driver/plan.cpp), but from a failure on the same routing is served differently (the failed ranks' batches
+// leave, the failover selection moves selections, the placement is re-planned, hierarchical relays elsewhere).
+// So every call from the first failure on gets the ranks dead at its step and its placement mixed into its key,
+// and the planner's LRU runs again over the keys in call order, as every rank's engine will run its own: a
+// layout cached before a failure is never vouched for after it, and one cached after it is, while the failed
+// set stays the same.
+void rekey_layouts(const RunConfig& cfg, const FaultPlan& fp, Plan& plan) {
+  const int R = static_cast<int>(fp.dead_from.size());
+  LayoutCache lru(cfg.layout_cache);
+  for (int step = 0; step < cfg.steps; ++step)
+    for (int l = 0; l < cfg.layers; ++l) {
+      LayerPlan& lp = plan.calls[static_cast<size_t>(step) * cfg.layers + l];
+      if (!fp.failure_steps.empty() && step >= fp.failure_steps.front()) {
+        uint64_t h = mix64(lp.layout_key ^ 0x6661696c6564ull);
+        for (int r = 0; r < R; ++r)
+          if (fp.dead(r, step)) h = mix64(h ^ static_cast<uint64_t>(r));
+        for (int32_t e : lp.placement->slot_expert()) h = mix64(h ^ static_cast<uint32_t>(e));
+        lp.layout_key = h == 0 ? 1 : h;  // 0 means "not cached"
+      }
+      lp.layout_cached = lru.find(lp.layout_key) != nullptr;
+      if (!lp.layout_cached) lru.insert({lp.layout_key, 0, {}, 0});
+    }
+}
+
 }  // namespace
 
 std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetup& run, RoutingSource& routing,
@@ -378,6 +395,7 @@ std::shared_ptr<const FaultPlan> plan_faults(const RunConfig& cfg, const RunSetu
       for (int s = step; s < cfg.steps; ++s) plan.calls[s * cfg.layers + l].placement = placed;
     }
   }
+  if (cfg.layout_cache > 0) rekey_layouts(cfg, *fp, plan);
   return fp;
 }
 

@@ -412,6 +412,11 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
           for (int r : failing) f.mark_failed(r);
           steps.begin_step(step);  // the first barrier of the live ranks
         }
+        // Every backend (sim too, where the failed rank runs on): from the failure on, hierarchical relays a
+        // failed GPU's rail through another GPU of its node. Every failure up to this step, so that a run resumed
+        // past one knows it as well.
+        for (int r = 0; r < f.size(); ++r)
+          if (faults->dead(r, step)) engine.context().mark_gpu_failed(r);
         // A degraded link: this rank changes its own NIC links (platform state every rank sees) before the
         // step's first barrier, so no transfer of the step runs at the old bandwidth.
         if (const double x = faults->nic_fraction(me, step); x > 0 && !f.set_nic_bandwidth_fraction(me, x))

@@ -158,6 +158,16 @@ class EngineContext {
     int32_t rank, node, local;
   };
   std::vector<SlotHome> slot_home;  // [slots]
+  // GPUs that have failed (`--fault gpu:R@step:S`, driver/faults.hpp), marked by every rank at the same point of
+  // its program from the fault plan, on every backend (sim included, where the failed rank's actor runs on).
+  // Hierarchical relays a failed GPU's rail through another GPU of its node and sends nothing to it; the other
+  // algorithms need no such routing (their selections already avoid its slots). Empty while none has failed.
+  std::vector<char> failed_gpus;  // [rank]
+  void mark_gpu_failed(int r) {
+    if (failed_gpus.empty()) failed_gpus.assign(static_cast<size_t>(topo.size()), 0);
+    failed_gpus.at(static_cast<size_t>(r)) = 1;
+  }
+  bool gpu_up(int r) const { return r >= 0 && (failed_gpus.empty() || !failed_gpus[static_cast<size_t>(r)]); }
 
   // Cached layouts: the counts this rank's notify delivered for the vouched call `a`, or null when `a` is not
   // vouched (run notify, then store_counts). Throws if the caller vouched and the cache disagrees.

@@ -1,7 +1,9 @@
 // Hierarchical dispatch/combine (DeepEP's normal mode): a token crosses the scale-out network at most once per
 // destination node, to the GPU with the sender's local index (same rail), which forwards it over the scale-up
 // domain to the GPUs of its node that hold the token's experts. Combine runs the same path backwards and
-// reduces inside the node first, so one partial sum per (token, node) crosses the scale-out network.
+// reduces inside the node first, so one partial sum per (token, node) crosses the scale-out network. A failed GPU
+// (EngineContext::failed_gpus) relays nothing: its rail's sources go through the other live GPUs of its node
+// (relay_of).
 #include <algorithm>
 #include <cstring>
 
@@ -12,13 +14,16 @@ namespace eplab {
 namespace {
 
 struct HierState {
-  // Source role: tokens sent to each destination node's forwarder (same rail): how many, and (real payload)
-  // which, in message order.
+  // Source role: each destination node's forwarder (relay_of), the tokens sent to it: how many, and (real
+  // payload) which, in message order.
+  std::vector<int> relay;                            // [nodes]
   std::vector<int32_t> sent_tokens;                  // [nodes]
   std::vector<std::vector<int32_t>> sent_token_ids;  // [nodes]
-  // Forwarder role: rows received from each rail source (by node), and (real payload) for each such row the rows
-  // it became in the per-local-rank forward blocks: (local rank, row index), local rank ascending.
-  std::vector<int32_t> fwd_in_rows;                  // [nodes]
+  // Forwarder role: the rail sources it relays for (rail_sources), rows received from each, and (real payload)
+  // for each such row the rows it became in the per-local-rank forward blocks: (local rank, row index), local
+  // rank ascending.
+  std::vector<int> sources;                          // [rail sources]
+  std::vector<int32_t> fwd_in_rows;                  // [rail sources]
   std::vector<int32_t> fwd_map_begin{0};             // [total in rows + 1]
   std::vector<std::pair<int32_t, int32_t>> fwd_map;  // (local q, row in block q)
   std::vector<int32_t> fwd_out_rows;                 // [gpus per node] rows forwarded to each local rank
@@ -33,6 +38,44 @@ int pipeline_chunks(const EngineContext& c, int tokens) {
   return std::clamp((tokens + chunk - 1) / chunk, 1, 64);
 }
 
+// The GPU of node n that relays what source `src` sends to that node: the GPU of src's local index (its rail),
+// or when that one has failed a live GPU of node n, chosen by the source's node and local index so that the
+// failed rail's sources spread over the node's live GPUs (and their NICs) instead of all doubling up on one:
+// with 8 GPUs a node and 8 nodes, each of the 7 live GPUs of the failed GPU's node relays for one more source.
+// Every rank knows the same failed set, so every rank picks the same relay. -1 when every GPU of node n failed
+// (no selection then names a slot there).
+int relay_of(const EngineContext& c, int n, int src) {
+  const Topology& T = c.topo;
+  const int N = T.nodes(), G = T.gpus_per_node(), l = T.local_of(src);
+  const int rail = T.rank_of(n, l);
+  if (c.gpu_up(rail)) return rail;
+  std::vector<int> live;
+  for (int q = 0; q < G; ++q)
+    if (c.gpu_up(T.rank_of(n, q))) live.push_back(T.rank_of(n, q));
+  if (live.empty()) return -1;
+  // The source nodes other than n, counted from the one after n: 0, 1, ..., N - 2 (node n's own source on this
+  // rail is the failed GPU, which sends nothing).
+  const int k = (T.node_of(src) - n - 1 + N) % N;
+  return live[static_cast<size_t>(k + l) % live.size()];
+}
+
+// The rail sources a live forwarder relays for, node by node and local index ascending: on each node the GPU of
+// its own local index, and those whose rail GPU on the forwarder's node failed and that relay_of gave to it.
+// Without failures, one per node: (n, my local index). A failed GPU relays for none.
+std::vector<int> rail_sources(const EngineContext& c) {
+  const Topology& T = c.topo;
+  const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
+  std::vector<int> out;
+  if (!c.gpu_up(me)) return out;
+  for (int n = 0; n < N; ++n)
+    for (int l = 0; l < G; ++l) {
+      const int src = T.rank_of(n, l);
+      if (l == my_local ? c.gpu_up(src) : !c.failed_gpus.empty() && c.gpu_up(src) && relay_of(c, my_node, src) == me)
+        out.push_back(src);
+    }
+  return out;
+}
+
 class Hierarchical : public Algorithm {
  public:
   std::string name() const override { return "hierarchical"; }
@@ -41,10 +84,17 @@ class Hierarchical : public Algorithm {
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
-    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
+    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me);
     const int H = c.hidden(), spr = c.placement.slots_per_rank(), node_slots = G * spr;
     const bool phantom = c.phantom();
     auto st = std::make_shared<HierState>();
+    // Where this rank's tokens cross to each node, and whose tokens it relays (both follow the failed set).
+    const bool up = c.gpu_up(me);
+    st->relay.assign(N, -1);
+    for (int n = 0; n < N && up; ++n) st->relay[n] = relay_of(c, n, me);
+    st->sources = rail_sources(c);
+    const std::vector<int>& srcs = st->sources;
+    const int S = static_cast<int>(srcs.size());
 
     // Source side: one block per destination node, carrying that node's selections (phantom: counts only, see
     // EngineContext::BlockSummary).
@@ -111,7 +161,7 @@ class Hierarchical : public Algorithm {
     c.fabric.set_phase("notify");
     const double t0 = c.fabric.now();
     const size_t stride = 2 + 2 * G;
-    std::vector<uint32_t> rail_in(static_cast<size_t>(N) * stride, 0);
+    std::vector<uint32_t> rail_in(static_cast<size_t>(S) * stride, 0);  // per rail source
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
     std::vector<uint32_t> fwd_counts(2 * G, 0), local_in(2 * G, 0);
@@ -122,22 +172,29 @@ class Hierarchical : public Algorithm {
       std::copy(cached->begin() + rail_in.size(), cached->end(), local_in.begin());
     }
     for (int n = 0; n < N && !cached; ++n) {
-      const int f = T.rank_of(n, my_local);
-      sends.push_back({f, ConstBuf{&counts[n * stride], stride * sizeof(uint32_t)}});
-      recvs.push_back({f, MutBuf{&rail_in[n * stride], stride * sizeof(uint32_t)}});
+      const int f = st->relay[n];
+      if (f >= 0) {
+        sends.push_back({f, ConstBuf{&counts[n * stride], stride * sizeof(uint32_t)}});
+      } else if (counts[n * stride] > 0) {
+        throw FabricError("rank " + std::to_string(me) + ": selections for node " + std::to_string(n) +
+                          ", which has no live GPU to relay them (failed GPUs' slots must not be selected)");
+      }
     }
+    for (int i = 0; i < S && !cached; ++i)
+      recvs.push_back({srcs[i], MutBuf{&rail_in[i * stride], stride * sizeof(uint32_t)}});
     if (!cached) c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer, 0), sends, recvs);
     // As forwarder: what each local rank q will get from us = sum over rail sources.
-    for (int n = 0; n < N; ++n)
+    for (int i = 0; i < S; ++i)
       for (int q = 0; q < G; ++q) {
-        fwd_counts[2 * q] += rail_in[n * stride + 2 + 2 * q];
-        fwd_counts[2 * q + 1] += rail_in[n * stride + 3 + 2 * q];
+        fwd_counts[2 * q] += rail_in[i * stride + 2 + 2 * q];
+        fwd_counts[2 * q + 1] += rail_in[i * stride + 3 + 2 * q];
       }
     sends.clear();
     recvs.clear();
     if (!cached) {
-      for (int q = 0; q < G; ++q) {
+      for (int q = 0; q < G && up; ++q) {
         const int r = T.rank_of(my_node, q);
+        if (!c.gpu_up(r)) continue;  // nothing goes to a failed GPU, nothing comes from it
         sends.push_back({r, ConstBuf{&fwd_counts[2 * q], 8}});
         recvs.push_back({r, MutBuf{&local_in[2 * q], 8}});
       }
@@ -164,7 +221,7 @@ class Hierarchical : public Algorithm {
     for (int n = 0; n < N; ++n) {
       const uint32_t* cn = &counts[n * stride];
       if (cn[0] == 0) continue;
-      const int f = T.rank_of(n, my_local);
+      const int f = st->relay[n];
       st->sent_tokens[n] = static_cast<int32_t>(cn[0]);
       if (phantom) {
         summary.assign(cn[0], cn[1], &per_slot[static_cast<size_t>(n) * node_slots], node_slots, n * node_slots);
@@ -176,16 +233,15 @@ class Hierarchical : public Algorithm {
                                     st->sent_token_ids[n], rows);
       sends.push_back({f, msgs[n].buf()});
     }
-    // Receive buffers (EngineContext::inboxes): rail sources use [0, N), then local ranks [0, G).
+    // Receive buffers (EngineContext::inboxes): rail sources use [0, S), then local ranks [0, G).
     std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
-    std::vector<int> from;
-    for (int n = 0; n < N; ++n) {
-      const uint32_t* cn = &rail_in[n * stride];
+    std::vector<int> from;  // rail sources' indices
+    for (int i = 0; i < S; ++i) {
+      const uint32_t* cn = &rail_in[i * stride];
       if (cn[0] == 0) continue;
-      recvs.push_back(
-          {T.rank_of(n, my_local), c.inbox(n, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
-                                                      : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
-      from.push_back(n);
+      recvs.push_back({srcs[i], c.inbox(i, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
+                                                   : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
+      from.push_back(i);
     }
     c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, 0), sends, recvs);
     std::vector<EngineContext::Message>().swap(msgs);
@@ -200,21 +256,21 @@ class Hierarchical : public Algorithm {
     const int my_first_slot = T.rank_of(my_node, 0) * spr;
     if (!phantom) {
       size_t in_rows = 0;
-      for (int n : from) in_rows += rail_in[n * stride];
+      for (int i : from) in_rows += rail_in[i * stride];
       st->fwd_map_begin.reserve(in_rows + 1);
       size_t out_rows = 0;
       for (int q = 0; q < G; ++q) out_rows += fwd_counts[2 * q];
       st->fwd_map.reserve(out_rows);
     }
-    st->fwd_in_rows.assign(N, 0);
+    st->fwd_in_rows.assign(S, 0);
     st->fwd_out_rows.assign(G, 0);
     TokenBlock b;
     std::vector<float> brows;
     std::vector<int> last_tok(G, -1);
     for (size_t i = 0; i < from.size() && phantom; ++i) {
-      const int n = from[i], src = T.rank_of(n, my_local);
-      c.read_summary_message(inbox[n], recvs[i].bytes, summary, rail_in[n * stride], rail_in[n * stride + 1], src);
-      st->fwd_in_rows[n] = static_cast<int32_t>(summary.tokens);
+      const int si = from[i], src = srcs[si];
+      c.read_summary_message(inbox[si], recvs[i].bytes, summary, rail_in[si * stride], rail_in[si * stride + 1], src);
+      st->fwd_in_rows[si] = static_cast<int32_t>(summary.tokens);
       for (const EngineContext::SlotSels& e : summary.slots) {
         if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
           throw FabricError("rank " + std::to_string(me) + ": forwarder got selections for slot " +
@@ -227,17 +283,17 @@ class Hierarchical : public Algorithm {
     const size_t rb = c.dispatch_row_bytes;
     std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
     for (size_t i = 0; i < from.size() && !phantom; ++i) {
-      const int n = from[i], src = T.rank_of(n, my_local);
+      const int si = from[i], src = srcs[si];
       const uint8_t* wire_rows = nullptr;
       if (rb > 0) {
-        wire_rows = c.read_wire_block(inbox[n], recvs[i].bytes, b, rail_in[n * stride], rail_in[n * stride + 1], src,
+        wire_rows = c.read_wire_block(inbox[si], recvs[i].bytes, b, rail_in[si * stride], rail_in[si * stride + 1], src,
                                       a.step, a.layer);
       } else {
-        c.read_block_message(inbox[n], recvs[i].bytes, b, brows, *c.dispatch_codec,
+        c.read_block_message(inbox[si], recvs[i].bytes, b, brows, *c.dispatch_codec,
                              EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
-        c.check_counts(b, rail_in[n * stride], rail_in[n * stride + 1], c.message_context(src, a.step, a.layer));
+        c.check_counts(b, rail_in[si * stride], rail_in[si * stride + 1], c.message_context(src, a.step, a.layer));
       }
-      st->fwd_in_rows[n] = b.size();
+      st->fwd_in_rows[si] = b.size();
       for (int j = 0; j < b.size(); ++j) {
         std::fill(last_tok.begin(), last_tok.end(), -1);
         for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
@@ -266,6 +322,10 @@ class Hierarchical : public Algorithm {
       st->fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_counts[2 * q]) : to_local[q].size();
       if (st->fwd_out_rows[q] == 0) continue;
       const int r = T.rank_of(my_node, q);
+      if (!c.gpu_up(r))
+        throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(st->fwd_out_rows[q]) +
+                          " rows to forward to failed GPU " + std::to_string(r) +
+                          " (failed GPUs' slots must not be selected)");
       if (phantom) {
         summary.assign(fwd_counts[2 * q], fwd_counts[2 * q + 1], &node_slot_sels[static_cast<size_t>(q) * spr], spr,
                        r * spr);
@@ -304,7 +364,7 @@ class Hierarchical : public Algorithm {
     size_t in_tokens = 0, in_sels = 0;
     for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
-    c.ensure_boxes(std::max(N, G));
+    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})));
     std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
     std::vector<int> lfrom;
     std::vector<PeerRecv> row_recvs;
@@ -366,7 +426,7 @@ class Hierarchical : public Algorithm {
 
   void combine(EngineContext& c, Handle& h, const float* partials, float* out) override {
     const Topology& T = c.topo;
-    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), my_local = T.local_of(me);
+    const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me);
     const int H = c.hidden();
     auto& st = *static_cast<HierState*>(h.state.get());
     PhaseStats comb;
@@ -389,10 +449,12 @@ class Hierarchical : public Algorithm {
     }
     // Receive buffers (EngineContext::reply_box): local ranks' answers land in the buffers the forward messages
     // to them left ([0, G)), rail sources' in [0, N); the messages back across the rail are built in outboxes
-    // [back, back + N), apart from both: from the local answers they sum, and from the rail's answers, which
-    // arrive while they are sent.
+    // [back, back + S), one per rail source, apart from both: from the local answers they sum, and from the
+    // rail's answers, which arrive while they are sent.
+    const std::vector<int>& srcs = st.sources;
+    const int S = static_cast<int>(srcs.size());
     const int back = std::max(N, G);
-    c.ensure_boxes(static_cast<size_t>(back + N));
+    c.ensure_boxes(static_cast<size_t>(back + std::max(N, S)));
     std::vector<const std::vector<uint8_t>*> inbox(G, nullptr);
     std::vector<int> from;
     for (int q = 0; q < G; ++q) {
@@ -425,20 +487,20 @@ class Hierarchical : public Algorithm {
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
     }
-    std::vector<EngineContext::Message> rmsgs(N);
+    std::vector<EngineContext::Message> rmsgs(S);
     sends.clear();
     std::vector<float> acc, dec(rb > 0 ? H : 0);
     int in_row = 0;
-    for (int n = 0; n < N; ++n) {
-      const int rows_n = st.fwd_in_rows[n];
+    for (int si = 0; si < S; ++si) {  // rail sources
+      const int rows_n = st.fwd_in_rows[si];
       if (rows_n == 0) continue;
-      const int src = T.rank_of(n, my_local);
+      const int src = srcs[si];
       const uint64_t stream = EngineContext::stream_id(Phase::kCombine, h.layer, me, src);
       if (c.phantom()) {
-        rmsgs[n] = c.make_rows_message(nullptr, rows_n, *c.combine_codec, stream);
+        rmsgs[si] = c.make_rows_message(nullptr, rows_n, *c.combine_codec, stream);
       } else if (rb > 0) {
         acc.resize(H);
-        std::vector<uint8_t>& m = c.outbox(static_cast<size_t>(back + n));
+        std::vector<uint8_t>& m = c.outbox(static_cast<size_t>(back + si));
         reserve_huge(m, static_cast<size_t>(rows_n) * rb);
         for (int j = 0; j < rows_n; ++j) {
           std::fill(acc.begin(), acc.end(), 0.f);
@@ -449,7 +511,7 @@ class Hierarchical : public Algorithm {
           }
           c.combine_codec->encode(acc.data(), 1, H, m, stream);
         }
-        rmsgs[n] = EngineContext::Message::view_of(m);
+        rmsgs[si] = EngineContext::Message::view_of(m);
       } else {
         acc.assign(static_cast<size_t>(rows_n) * H, 0.f);
         for (int j = 0; j < rows_n; ++j) {
@@ -460,10 +522,10 @@ class Hierarchical : public Algorithm {
             for (int e = 0; e < H; ++e) o[e] += p[e];
           }
         }
-        rmsgs[n] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec, stream);
+        rmsgs[si] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec, stream);
       }
       in_row += rows_n;
-      sends.push_back({src, rmsgs[n].buf()});
+      sends.push_back({src, rmsgs[si].buf()});
     }
     std::vector<std::vector<float>>().swap(local);
     std::vector<EngineContext::Message>().swap(msgs);
@@ -474,7 +536,7 @@ class Hierarchical : public Algorithm {
       if (st.sent_tokens[n] == 0) continue;
       const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
       std::vector<uint8_t>& v = c.reply_box(n, cap);
-      rrecvs.push_back({T.rank_of(n, my_local), MutBuf{v.data(), cap}});
+      rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
       rinbox[n] = &v;
       rfrom.push_back(n);
     }
@@ -484,7 +546,7 @@ class Hierarchical : public Algorithm {
       if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
-        const int n = rfrom[i], f = T.rank_of(n, my_local);
+        const int n = rfrom[i], f = st.relay[n];
         c.add_rows_message(*rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
       }

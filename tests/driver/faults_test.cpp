@@ -1,7 +1,8 @@
 // Injected faults (driver/faults.hpp): the spec grammar's accepted and refused inputs, the run-level checks, a
 // failed GPU on sim with and without redundant experts (lost selections counted exactly, against a count made
-// here from the routing and the placement), the same on emu with real bytes verified, stragglers and stalls,
-// and runs without --fault keeping their report free of fault keys.
+// here from the routing and the placement), the same on emu with real bytes verified (hierarchical relaying a
+// failed GPU's rail through a live GPU of its node, the same on sim), stragglers and stalls, and runs without
+// --fault keeping their report free of fault keys.
 #include "driver/faults.hpp"
 
 #include <gtest/gtest.h>
@@ -113,6 +114,21 @@ TEST(FaultSpecs, RunOptionIsRepeatableAndAListInConfigFiles) {
   EXPECT_EQ(back.faults, cfg.faults);
 }
 
+// Hierarchical's notify messages of one call, every rank's summed, with the GPUs `dead` failed: each live rank
+// sends its counts to each node's relay of its rail (a node with no live GPU gets none), then to every live GPU
+// of its own node, itself included. Counted here from the topology alone, so that the report's count proves
+// nothing went to a failed GPU or came from it and each rail reached one relay per node.
+double hierarchical_notify_messages(int nodes, int gpus, const std::set<int>& dead) {
+  std::vector<int> live_in(nodes, 0);
+  for (int r = 0; r < nodes * gpus; ++r)
+    if (!dead.count(r)) ++live_in[r / gpus];
+  int nodes_live = 0;
+  for (int n = 0; n < nodes; ++n) nodes_live += live_in[n] > 0;
+  double m = 0;
+  for (int n = 0; n < nodes; ++n) m += live_in[n] * (nodes_live + live_in[n]);
+  return m;
+}
+
 RunConfig sim_run(int redundant) {
   RunConfig c;
   c.backend = "sim";
@@ -161,6 +177,10 @@ TEST(FaultRuns, FailedGpuWithRedundantExpertsLosesNothing) {
   EXPECT_EQ(f.at("failed_ranks"), nlohmann::json::array({5}));
   EXPECT_TRUE(f.at("first_lost").empty());
   EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), 0);
+  // Hierarchical (the default): from step 2 on rank 5 relays nothing and gets no notify message; the other
+  // nodes' GPUs of rail 5 send to node 0 through its other live GPUs (hierarchical_notify_messages).
+  EXPECT_DOUBLE_EQ(r.at("phases").at("notify").at("messages").get<double>(),
+                   (2 * hierarchical_notify_messages(8, 8, {}) + 2 * hierarchical_notify_messages(8, 8, {5})) / 4);
 }
 
 // Lost selections, counted here from the routing and the placement: with one slot per expert (no redundant
@@ -218,7 +238,7 @@ RunConfig emu_run() {
   c.steps = 3;
   c.redundant_experts = 8;
   c.detect_timeout_s = 0.01;
-  // A failed GPU stops on emu, and hierarchical would need it to relay (refused: FailedGpuOnEmuRefusesRelaying).
+  // Hierarchical, the default, has its own tests (EmuHierarchicalRelaysAFailedGpusRail).
   c.algorithm = "flat";
   return c;
 }
@@ -348,42 +368,154 @@ TEST(FaultRuns, EmuFailoverEveryDirectAlgorithm) {
 // Without redundant experts on emu: rank 1 stops at step 1 and its experts 4..7 (32 experts, 4 a rank) are on no
 // live GPU; every selection of them by the others from step 1 on is lost, counted here from the routing.
 TEST(FaultRuns, EmuFailedGpuWithoutRedundancyCountsLostExactly) {
-  RunConfig c = emu_run();
-  c.redundant_experts = 0;
-  c.faults = {"gpu:1@step:1"};
-  const nlohmann::json r = run_experiment(c);
-  const MoeShape shape = config_model(c);
-  const Topology topo(config_cluster(c));
-  RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
-  rp.weights = false;
-  auto routing = make_routing(c.routing, rp);
-  int64_t expected = 0;
-  for (int step = 1; step < c.steps; ++step)
-    for (int l = 0; l < c.layers; ++l)
-      for (int src = 0; src < topo.size(); ++src)
-        if (src != 1)
-          for (int32_t e : routing->batch(step, l, src).topk_idx) expected += e >= 4 && e < 8;
-  ASSERT_GT(expected, 0);
-  EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), expected);
-  EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), expected);
-  EXPECT_EQ(r.at("faults").at("lost_experts")[0].at("experts"), nlohmann::json::array({4, 5, 6, 7}));
-  EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
-  // The failed rank's payload ledger, kept up to its stop, agrees with the survivors' on every rank pair.
-  const auto& p = r.at("verification").at("payloads");
-  EXPECT_EQ(p.at("checked").get<std::string>(), "counts and checksums") << p.dump();
-  EXPECT_EQ(p.at("mismatches").get<int>(), 0) << p.dump();
+  for (const std::string algorithm : {"flat", "hierarchical"}) {
+    SCOPED_TRACE(algorithm);
+    RunConfig c = emu_run();
+    c.algorithm = algorithm;
+    c.redundant_experts = 0;
+    c.faults = {"gpu:1@step:1"};
+    const nlohmann::json r = run_experiment(c);
+    const MoeShape shape = config_model(c);
+    const Topology topo(config_cluster(c));
+    RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+    rp.weights = false;
+    auto routing = make_routing(c.routing, rp);
+    int64_t expected = 0;
+    for (int step = 1; step < c.steps; ++step)
+      for (int l = 0; l < c.layers; ++l)
+        for (int src = 0; src < topo.size(); ++src)
+          if (src != 1)
+            for (int32_t e : routing->batch(step, l, src).topk_idx) expected += e >= 4 && e < 8;
+    ASSERT_GT(expected, 0);
+    EXPECT_EQ(r.at("faults").at("tokens_lost").get<int64_t>(), expected);
+    EXPECT_EQ(r.at("verification").at("lost_selections").get<int64_t>(), expected);
+    EXPECT_EQ(r.at("faults").at("lost_experts")[0].at("experts"), nlohmann::json::array({4, 5, 6, 7}));
+    EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+    // The failed rank's payload ledger, kept up to its stop, agrees with the survivors' on every rank pair.
+    const auto& p = r.at("verification").at("payloads");
+    EXPECT_EQ(p.at("checked").get<std::string>(), "counts and checksums") << p.dump();
+    EXPECT_EQ(p.at("mismatches").get<int>(), 0) << p.dump();
+  }
 }
 
-TEST(FaultRuns, FailedGpuOnEmuRefusesRelaying) {
+// Hierarchical on emu with failed GPUs (2 nodes x 4): a failed GPU's rail goes through another live GPU of its
+// node, in dispatch and in combine, and nothing is sent to it or expected from it. Cases: one GPU (rank 1; rank 7,
+// the last local index; rank 0, which gathered the results before), two of one node at once (ranks 0 and 3: ranks
+// 1 and 2 each relay one more rail), and a whole node (ranks 4-7: no traffic goes to node 1 at all). Each verifies
+// with real bytes, its lost selections counted in both blocks, and the payload ledgers agree on every rank pair.
+TEST(FaultRuns, EmuHierarchicalRelaysAFailedGpusRail) {
+  const std::vector<std::pair<std::vector<std::string>, std::set<int>>> cases = {
+      {{"gpu:1@step:1"}, {1}},
+      {{"gpu:7@step:1"}, {7}},
+      {{"gpu:0@step:1"}, {0}},
+      {{"gpu:0@step:1", "gpu:3@step:1"}, {0, 3}},
+      {{"gpu:4@step:1", "gpu:5@step:1", "gpu:6@step:1", "gpu:7@step:1"}, {4, 5, 6, 7}},
+  };
+  for (const auto& [specs, dead] : cases) {
+    SCOPED_TRACE(specs.front() + " and " + std::to_string(specs.size() - 1) + " more");
+    RunConfig c = emu_run();
+    c.algorithm = "hierarchical";
+    c.faults = specs;
+    const nlohmann::json r = run_experiment(c);
+    EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+    const nlohmann::json& f = r.at("faults");
+    EXPECT_TRUE(f.at("failed_ranks_stopped").get<bool>());
+    EXPECT_EQ(r.at("verification").at("lost_selections"), f.at("tokens_lost"));
+    // Rank 1's experts 4..7 have replicas on ranks 4..7 (32 experts, rank r's redundant slot holds expert r).
+    if (dead == std::set<int>{1}) {
+      EXPECT_EQ(f.at("tokens_lost").get<int64_t>(), 0);
+    }
+    if (dead.size() > 1) {
+      EXPECT_GT(f.at("tokens_lost").get<int64_t>(), 0);
+    }
+    EXPECT_GT(f.at("tokens_rerouted").get<int64_t>(), 0);
+    const int S = 1;
+    EXPECT_DOUBLE_EQ(
+        r.at("phases").at("notify").at("messages").get<double>(),
+        (S * hierarchical_notify_messages(2, 4, {}) + (c.steps - S) * hierarchical_notify_messages(2, 4, dead)) /
+            c.steps);
+    const auto& p = r.at("verification").at("payloads");
+    EXPECT_EQ(p.at("checked").get<std::string>(), "counts and checksums") << p.dump();
+    EXPECT_EQ(p.at("mismatches").get<int>(), 0) << p.dump();
+  }
+  // A stall stops nothing: hierarchical runs with it as before.
   RunConfig c = emu_run();
   c.algorithm = "hierarchical";
-  c.faults = {"gpu:1@step:1"};
-  const std::string e = error_of([&] { run_experiment(c); });
-  EXPECT_NE(e.find("fault 'gpu:1@step:1': --algorithm hierarchical relays"), std::string::npos) << e;
-  EXPECT_NE(e.find("use --algorithm flat"), std::string::npos) << e;
-  // A stall or a NIC down stops nothing: hierarchical still runs with them.
   c.faults = {"stall:1@step:1,for=0.01"};
   EXPECT_TRUE(run_experiment(c).at("verified").get<bool>());
+}
+
+// The relay choice is the same on sim, where the failed rank's actor runs on: the same run (2 x 4, real payload
+// on emu, the simulated one's counts) sends the same messages in every phase and counts the same re-routed and
+// lost selections; with real bytes on sim it verifies.
+TEST(FaultRuns, SimHierarchicalRoutesAFailedGpuAsEmuDoes) {
+  if (!have_sim()) GTEST_SKIP() << "no sim backend in this build";
+  for (const int redundant : {8, 0}) {
+    SCOPED_TRACE(redundant);
+    RunConfig c = emu_run();
+    c.algorithm = "hierarchical";
+    c.redundant_experts = redundant;
+    c.faults = {"gpu:6@step:1"};
+    const nlohmann::json emu = run_experiment(c);
+    c.backend = "sim";
+    const nlohmann::json sim = run_experiment(c);
+    for (const char* phase : {"notify", "dispatch", "combine"})
+      EXPECT_EQ(sim.at("phases").at(phase).at("messages"), emu.at("phases").at(phase).at("messages")) << phase;
+    for (const char* key : {"tokens_rerouted", "tokens_lost", "tokens_departed"})
+      EXPECT_EQ(sim.at("faults").at(key), emu.at("faults").at(key)) << key;
+    // With real bytes on sim the failed rank's actor runs on with nothing to send, and the result verifies.
+    c.payload = "real";
+    const nlohmann::json real = run_experiment(c);
+    EXPECT_TRUE(real.at("verified").get<bool>()) << real.at("verification").dump();
+    EXPECT_EQ(real.at("verification").at("lost_selections"), emu.at("faults").at("tokens_lost"));
+    EXPECT_EQ(real.at("phases").at("dispatch").at("messages"), emu.at("phases").at("dispatch").at("messages"));
+  }
+}
+
+// Step 0's batches at every step: a routing that repeats, so that cached layouts hit.
+class RepeatingRouting : public RoutingSource {
+ public:
+  explicit RepeatingRouting(std::unique_ptr<RoutingSource> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return "repeat:" + inner_->name(); }
+  RoutingBatch batch(int step, int layer, int rank) override { return inner_->batch(0, layer, rank); }
+
+ private:
+  std::unique_ptr<RoutingSource> inner_;
+};
+
+// --layout-cache with a failed GPU: the layouts cached before the failure are not vouched for after it (the same
+// routing is then served without rank 5), so step 2 runs notify again and steps 3 and 4 hit what it cached. The
+// counts and, on emu, the verified result are those of the same run without the cache.
+TEST(FaultRuns, LayoutCacheStartsAgainAtAFailure) {
+  std::vector<std::string> backends{"emu"};
+  if (have_sim()) backends.push_back("sim");
+  for (const std::string& backend : backends)
+    for (const std::string algorithm : {"flat", "hierarchical", "low-latency"}) {
+      SCOPED_TRACE(backend + " " + algorithm);
+      RunConfig c = emu_run();
+      c.backend = backend;
+      c.algorithm = algorithm;
+      c.steps = 5;
+      c.layers = 2;
+      c.faults = {"gpu:5@step:2"};
+      const MoeShape shape = config_model(c);
+      const Topology topo(config_cluster(c));
+      const RoutingParams rp{shape, topo, c.tokens, c.seed, c.steps, c.layers};
+      c.routing_source = std::make_shared<RepeatingRouting>(make_routing(c.routing, rp));
+      RunConfig off = c;
+      c.layout_cache = 4;
+      const nlohmann::json r = run_experiment(c), r0 = run_experiment(off);
+      const nlohmann::json& lc = r.at("layout_cache");
+      EXPECT_EQ(lc.at("misses").get<long>(), 2 * c.layers) << lc.dump();  // steps 0 and 2
+      EXPECT_EQ(lc.at("hits").get<long>(), 3 * c.layers) << lc.dump();    // steps 1, 3 and 4
+      for (const char* key : {"tokens_rerouted", "tokens_lost", "tokens_departed"})
+        EXPECT_EQ(r.at("faults").at(key), r0.at("faults").at(key)) << key;
+      EXPECT_GT(r.at("faults").at("tokens_rerouted").get<int64_t>(), 0);
+      if (backend == "emu") {
+        EXPECT_TRUE(r.at("verified").get<bool>()) << r.at("verification").dump();
+        EXPECT_EQ(r.at("verification").at("lost_selections"), r.at("faults").at("tokens_lost"));
+      }
+    }
 }
 
 TEST(FaultRuns, StragglerSlowsTheLayer) {

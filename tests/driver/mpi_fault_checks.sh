@@ -6,7 +6,10 @@
 #  - with it, gpu:1@step:1 loses nothing (experts 2 and 3 have replicas on ranks 2 and 3), verified, and from
 #    step 1 on rank 1 sends no notify message and none is sent to it (flat: 4 x 4 a call before, 3 x 3 after);
 #  - gpu:3@step:1 loses every selection of experts 6 and 7 from step 1 on, counted in both report blocks;
-#  - in both, the payload ledgers (the failed rank's handed over with its result) agree on every rank pair.
+#  - in both, the payload ledgers (the failed rank's handed over with its result) agree on every rank pair;
+#  - the same two with --algorithm hierarchical: the failed GPU's rail goes through the other GPU of its node,
+#    and from step 1 on nothing is sent to it or expected from it (notify: 16 messages a call before, 11 after:
+#    each live rank to one relay per node, then to every live GPU of its node).
 # Each run asserts from its JSON report; timing is never checked.
 set -u
 mpiexec=$1
@@ -63,4 +66,22 @@ check "$tmp/lost.json" 'r["verified"] is True' 'r["faults"]["tokens_lost"] > 0' 
   'r["verification"]["payloads"]["checked"] == "counts and checksums"' \
   'r["verification"]["payloads"]["mismatches"] == 0'
 echo "gpu:3@step:1: verified, $(/usr/bin/python3 -c "import json; print(json.load(open('$tmp/lost.json'))['faults']['tokens_lost'])") selections lost"
+hier=(run --backend=mpi --nodes 2 --gpus-per-node 2 --model mixtral-8x7b --hidden 256 --tokens 64 --steps 3
+  --algorithm hierarchical --redundant-experts 4 --detect-timeout 0.05 --timeout 60 --quiet)
+for spec in gpu:1@step:1 gpu:3@step:1; do
+  out=$(timeout 120 "$mpiexec" -n 4 --oversubscribe --enable-recovery "$eplab" "${hier[@]}" --fault "$spec" \
+    --report "$tmp/hier.json" 2>&1)
+  rc=$?
+  [[ $rc -eq 0 ]] || fail "hierarchical $spec exited $rc: $out"
+  check "$tmp/hier.json" 'r["verified"] is True' 'r["faults"]["failed_ranks_stopped"]' \
+    'r["verification"]["lost_selections"] == r["faults"]["tokens_lost"]' \
+    'r["faults"]["tokens_rerouted"] > 0' \
+    'abs(r["phases"]["notify"]["messages"] - (16 + 2 * 11) / 3) < 1e-9' \
+    'r["verification"]["payloads"]["checked"] == "counts and checksums"' \
+    'r["verification"]["payloads"]["mismatches"] == 0'
+  [[ $spec == gpu:1@step:1 ]] && check "$tmp/hier.json" 'r["faults"]["tokens_lost"] == 0'
+  [[ $spec == gpu:3@step:1 ]] && check "$tmp/hier.json" 'r["faults"]["tokens_lost"] > 0' \
+    'all(e["experts"] == [6, 7] for e in r["faults"]["lost_experts"])'
+  echo "hierarchical $spec: verified, $(/usr/bin/python3 -c "import json; print(json.load(open('$tmp/hier.json'))['faults']['tokens_lost'])") selections lost"
+done
 echo "PASS (mpi failed GPU)"
