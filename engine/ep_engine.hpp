@@ -230,6 +230,9 @@ class EngineContext {
   // Row bytes of the dispatch and combine codecs (Codec::row_bytes; 0 in phantom mode or when a codec does
   // not encode rows on their own).
   size_t dispatch_row_bytes = 0, combine_row_bytes = 0;
+  // Whether the dispatch / combine codec is plain bf16 (real bytes): its rows are then read and summed by the
+  // bf16 row kernels (policies/codecs/quant_kernels.hpp) without a decoded fp32 copy, with the same results.
+  bool dispatch_bf16 = false, combine_bf16 = false;
   // Received row i of h as fp32: a pointer into recv_x, or row i of recv_wire decoded into `scratch` (hidden).
   const float* recv_row(const Handle& h, int i, float* scratch);
   // The received-rows buffer of the last call that finished combine, kept for the next dispatch: buffers this
@@ -264,6 +267,11 @@ class EngineContext {
   // Only when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
   bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }
   void map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn);
+  // Expert compute straight on wire rows, for a caller that reads the dispatch codec's rows and writes the
+  // combine codec's itself (the bf16 experts of driver/reference.cpp): fn(i, in, out) turns received row i into
+  // its output row, in place when both codecs' rows are the same size (the output may alias the input), else
+  // into a new buffer. Same preconditions as map_rows.
+  void map_wire_rows(Handle& h, const std::function<void(int, const uint8_t*, uint8_t*)>& fn);
   // Receive capacity for a block message / rows message.
   size_t block_capacity(int tokens, int sels, const Codec& codec) const;
   size_t rows_capacity(int n, const Codec& codec) const;

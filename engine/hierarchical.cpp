@@ -7,6 +7,7 @@
 
 #include "engine/ep_engine.hpp"
 #include "engine/huge_pages.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab {
 namespace {
@@ -444,8 +445,19 @@ class Hierarchical : public Algorithm {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
             const auto [q, idx] = st.fwd_map[k];
-            c.combine_codec->decode(inbox[q]->data() + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+            const uint8_t* in = inbox[q]->data() + static_cast<size_t>(idx) * rb;
+            if (c.combine_bf16) {  // decode and add in one pass
+              codecs::bf16_decode_add_kernel(in, H, acc.data());
+              continue;
+            }
+            c.combine_codec->decode(in, rb, 1, H, dec.data());
             for (int e = 0; e < H; ++e) acc[e] += dec[e];
+          }
+          if (c.combine_bf16) {
+            const size_t at = m.size();
+            m.resize(at + rb);
+            codecs::bf16_encode_kernel(acc.data(), H, m.data() + at);
+            continue;
           }
           c.combine_codec->encode(acc.data(), 1, H, m, stream);
         }
