@@ -446,26 +446,50 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
       throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
                         " in phase " + fabric.phase() + ": " + std::to_string(real_bytes) + " bytes for " +
                         std::to_string(ids.size()) + " rows of " + std::to_string(rb));
-    if (combine_bf16) {  // decode and add in one pass
-      for (size_t j = 0; j < ids.size(); ++j)
-        codecs::bf16_decode_add_kernel(msg.data() + j * rb, H, out + static_cast<size_t>(ids[j]) * H);
+    if (combine_bf16) {  // decode and add (or write) in one pass
+      for (size_t j = 0; j < ids.size(); ++j) {
+        float* o = out + static_cast<size_t>(ids[j]) * H;
+        if (first_of_sum(ids[j]))
+          codecs::bf16_decode_first_kernel(msg.data() + j * rb, H, o);
+        else
+          codecs::bf16_decode_add_kernel(msg.data() + j * rb, H, o);
+      }
       return;
     }
     scratch.resize(H);
     for (size_t j = 0; j < ids.size(); ++j) {
       codec.decode(msg.data() + j * rb, rb, 1, H, scratch.data(), stream);
-      float* o = out + static_cast<size_t>(ids[j]) * H;
-      for (int e = 0; e < H; ++e) o[e] += scratch[e];
+      add_row(out + static_cast<size_t>(ids[j]) * H, scratch.data(), first_of_sum(ids[j]));
     }
     return;
   }
   scratch.resize(ids.size() * H);
   read_rows_message(msg, real_bytes, static_cast<int>(ids.size()), scratch.data(), codec, stream, peer);
-  for (size_t j = 0; j < ids.size(); ++j) {
-    float* o = out + static_cast<size_t>(ids[j]) * H;
-    const float* p = &scratch[j * H];
+  for (size_t j = 0; j < ids.size(); ++j)
+    add_row(out + static_cast<size_t>(ids[j]) * H, &scratch[j * H], first_of_sum(ids[j]));
+}
+
+bool EngineContext::first_of_sum(int32_t token) {
+  if (summed.empty() || summed[token]) return false;
+  summed[token] = 1;
+  return true;
+}
+
+void EngineContext::add_row(float* o, const float* p, bool first) const {
+  const int H = hidden();
+  if (first)
+    for (int e = 0; e < H; ++e) o[e] = 0.0f + p[e];
+  else
     for (int e = 0; e < H; ++e) o[e] += p[e];
-  }
+}
+
+void EngineContext::begin_sum(int tokens) { summed.assign(static_cast<size_t>(tokens), 0); }
+
+void EngineContext::end_sum(float* out) {
+  const size_t H = static_cast<size_t>(hidden());
+  for (size_t t = 0; t < summed.size(); ++t)
+    if (!summed[t]) std::memset(out + t * H, 0, H * sizeof(float));
+  summed.clear();
 }
 
 namespace {

@@ -298,9 +298,20 @@ class EngineContext {
   int add_block_message(Handle& h, const std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens, uint32_t sels,
                         Codec& codec, uint64_t stream, int peer, TokenBlock& b, std::vector<float>& rows);
   // Combine's last step at a source: decodes a rows message answering the tokens `ids` (in the order they were
-  // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows.
+  // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows. Between begin_sum and end_sum, out
+  // need not be zeroed: a token's first row is written as 0 + row (the bits a zeroed sum gives, -0 included)
+  // and later rows are added, so the output is written once instead of cleared and then summed into.
   void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
                         Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch);
+  // A combine's sum of rows messages into out [tokens x hidden], not zeroed beforehand: end_sum zeroes the
+  // tokens no row reached.
+  void begin_sum(int tokens);
+  void end_sum(float* out);
+  std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
+  // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
+  bool first_of_sum(int32_t token);
+  // o = 0 + p when first, else o += p (hidden floats).
+  void add_row(float* o, const float* p, bool first) const;
 
   // Phantom mode moves no rows, and nothing downstream of dispatch needs to know which tokens arrived, only how
   // many and for which slots. So instead of a block's per-token metadata a phantom message carries its summary

@@ -493,13 +493,14 @@ class Hierarchical : public Algorithm {
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
     c.fabric.end_pipeline();
     if (!c.phantom()) {
-      if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      c.begin_sum(h.num_tokens);
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
         const int n = rfrom[i], f = T.rank_of(n, my_local);
         c.add_rows_message(*rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
       }
+      c.end_sum(out);
     }
     comb.time_s = c.fabric.now() - t0;
     comb.calls = 1;

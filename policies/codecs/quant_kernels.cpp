@@ -444,6 +444,10 @@ EPLAB_CLONES void bf16_decode_add_kernel(const uint8_t* bf16, size_t n, float* a
   const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
   for (size_t i = 0; i < n; ++i) acc[i] += bf16_to_float(in[i]);
 }
+EPLAB_CLONES void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float* acc) {
+  const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
+  for (size_t i = 0; i < n; ++i) acc[i] = 0.0f + bf16_to_float(in[i]);
+}
 EPLAB_CLONES void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc) {
   const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
   for (size_t i = 0; i < n; ++i) acc[i] += w * (bf16_to_float(in[i]) * s);

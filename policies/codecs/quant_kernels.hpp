@@ -61,6 +61,9 @@ void bf16_encode_kernel(const float* x, size_t n, uint8_t* bf16);
 void bf16_decode_kernel(const uint8_t* bf16, size_t n, float* x);
 // acc[i] += decode(bf16[i]): a combine's or forwarder's sum of one received row, in the order the caller adds rows.
 void bf16_decode_add_kernel(const uint8_t* bf16, size_t n, float* acc);
+// acc[i] = 0 + decode(bf16[i]): the first row of such a sum, the bits adding it to zeroed memory gives (-0 becomes
+// +0), without zeroing the memory first.
+void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float* acc);
 // acc[i] += w * (decode(bf16[i]) * s), the elementwise experts' accumulate (identity passes s = 1, which is exact:
 // x * 1 == x for every float, and the product is then rounded as ExpertTransform::accumulate rounds it).
 void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc);

@@ -68,6 +68,13 @@ TEST(Bf16Kernels, DecodeAddAndAxpyMatchTheTwoPassArithmetic) {
   bf16_decode_add_kernel(enc, n, fused.data());
   for (size_t i = 0; i < n; ++i) want[i] += bf16_to_float(load16(enc + 2 * i));
   for (size_t i = 0; i < n; ++i) ASSERT_TRUE(same_bits(fused[i], want[i])) << "decode_add " << i;
+  // The first row of a sum written, not added to zeroed memory: the same bits, -0 turned to +0 as 0 + -0 is.
+  std::vector<float> first(n, 123.0f);
+  bf16_decode_first_kernel(enc, n, first.data());
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(same_bits(first[i], 0.0f + bf16_to_float(load16(enc + 2 * i)))) << "decode_first " << i;
+    if (i % 13 == 2) ASSERT_EQ(std::bit_cast<uint32_t>(first[i]), 0u) << "-0 must come out as +0, element " << i;
+  }
   for (float s : {1.0f, 1.3828125f}) {
     const float w = 0.318f;
     fused = acc0, want = acc0;
