@@ -6,6 +6,7 @@
 #include <iterator>
 
 #include "engine/error.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab {
 
@@ -57,6 +58,21 @@ const float* expert_partials(EngineContext& c, Handle& h, const Placement& place
   const TokenBlock& r = h.recv;
   const int hidden = c.hidden();
   std::vector<float> scratch(hidden);
+  if (order != ReductionOrder::kSelections && c.can_map_rows(h) && c.dispatch_bf16 && c.combine_bf16 &&
+      f.elementwise()) {
+    // bf16 in and out with an elementwise expert: each row is read, weighted, summed and rounded in one pass
+    // over its wire bytes, the same arithmetic as accumulate's in the same order, so the same output bits.
+    partials.clear();
+    std::vector<float> acc(hidden);
+    c.map_wire_rows(h, [&](int i, const uint8_t* in, uint8_t* out) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int s = r.sel_begin[i]; s < r.sel_begin[i + 1]; ++s)
+        codecs::bf16_axpy_kernel(in, hidden, r.sel_weight[s], f.scale(placement.expert_of_slot(r.sel_slot[s])),
+                                 acc.data());
+      codecs::bf16_encode_kernel(acc.data(), hidden, out);
+    });
+    return nullptr;
+  }
   if (order != ReductionOrder::kSelections && c.can_map_rows(h)) {
     partials.clear();
     c.map_rows(h, [&](int i, const float* xi, float* p) {

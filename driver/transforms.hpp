@@ -23,6 +23,10 @@ class ExpertTransform {
   void apply(int expert, const float* x, float* y) const;
   // acc += w * f_expert(x); the one expression both the engine side and the reference use.
   void accumulate(int expert, float w, const float* x, float* acc, float* scratch) const;
+  // identity and scale map each element on its own: f_expert(x)[h] = x[h] * scale(expert), exactly (identity's
+  // scale is 1, and x * 1 == x), so accumulate can run straight over wire rows (driver/reference.cpp).
+  bool elementwise() const { return kind_ != "ffn"; }
+  float scale(int expert) const { return scale_.empty() ? 1.0f : scale_[expert]; }
 
  private:
   std::string kind_;

@@ -6,6 +6,7 @@
 #include "engine/error.hpp"
 #include "engine/huge_pages.hpp"
 #include "engine/registry.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab {
 
@@ -52,6 +53,9 @@ EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, c
   if (!o.phantom) {
     dispatch_row_bytes = dispatch_codec->row_bytes(s.hidden);
     combine_row_bytes = combine_codec->row_bytes(s.hidden);
+    const size_t bf16_row = 2 * static_cast<size_t>(s.hidden);
+    dispatch_bf16 = dispatch_codec->name() == "bf16" && dispatch_row_bytes == bf16_row;
+    combine_bf16 = combine_codec->name() == "bf16" && combine_row_bytes == bf16_row;
   }
   slot_home.resize(p.num_slots());
   for (int s = 0; s < p.num_slots(); ++s) {
@@ -320,6 +324,27 @@ void EngineContext::map_rows(Handle& h, const std::function<void(int, const floa
   h.expert_out = std::move(out);
 }
 
+void EngineContext::map_wire_rows(Handle& h, const std::function<void(int, const uint8_t*, uint8_t*)>& fn) {
+  if (!can_map_rows(h)) throw EplabError("engine: map_wire_rows needs rows in a row-separable wire format");
+  const int n = h.recv.size();
+  if (dispatch_row_bytes == combine_row_bytes) {  // row i in, row i out, the same bytes
+    for (int i = 0; i < n; ++i) {
+      uint8_t* row = h.recv_wire.data() + static_cast<size_t>(i) * dispatch_row_bytes;
+      fn(i, row, row);
+    }
+    h.expert_out.swap(h.recv_wire);
+    std::vector<uint8_t>().swap(h.recv_wire);
+    return;
+  }
+  std::vector<uint8_t> out;
+  resize_huge(out, static_cast<size_t>(n) * combine_row_bytes);
+  for (int i = 0; i < n; ++i)
+    fn(i, h.recv_wire.data() + static_cast<size_t>(i) * dispatch_row_bytes,
+       out.data() + static_cast<size_t>(i) * combine_row_bytes);
+  std::vector<uint8_t>().swap(h.recv_wire);
+  h.expert_out = std::move(out);
+}
+
 size_t EngineContext::block_capacity(int tokens, int sels, const Codec& codec) const {
   return block_meta_bytes(tokens, sels) + codec.max_encoded_size(tokens, hidden());
 }
@@ -421,21 +446,50 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
       throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
                         " in phase " + fabric.phase() + ": " + std::to_string(real_bytes) + " bytes for " +
                         std::to_string(ids.size()) + " rows of " + std::to_string(rb));
+    if (combine_bf16) {  // decode and add (or write) in one pass
+      for (size_t j = 0; j < ids.size(); ++j) {
+        float* o = out + static_cast<size_t>(ids[j]) * H;
+        if (first_of_sum(ids[j]))
+          codecs::bf16_decode_first_kernel(msg.data() + j * rb, H, o);
+        else
+          codecs::bf16_decode_add_kernel(msg.data() + j * rb, H, o);
+      }
+      return;
+    }
     scratch.resize(H);
     for (size_t j = 0; j < ids.size(); ++j) {
       codec.decode(msg.data() + j * rb, rb, 1, H, scratch.data(), stream);
-      float* o = out + static_cast<size_t>(ids[j]) * H;
-      for (int e = 0; e < H; ++e) o[e] += scratch[e];
+      add_row(out + static_cast<size_t>(ids[j]) * H, scratch.data(), first_of_sum(ids[j]));
     }
     return;
   }
   scratch.resize(ids.size() * H);
   read_rows_message(msg, real_bytes, static_cast<int>(ids.size()), scratch.data(), codec, stream, peer);
-  for (size_t j = 0; j < ids.size(); ++j) {
-    float* o = out + static_cast<size_t>(ids[j]) * H;
-    const float* p = &scratch[j * H];
+  for (size_t j = 0; j < ids.size(); ++j)
+    add_row(out + static_cast<size_t>(ids[j]) * H, &scratch[j * H], first_of_sum(ids[j]));
+}
+
+bool EngineContext::first_of_sum(int32_t token) {
+  if (summed.empty() || summed[token]) return false;
+  summed[token] = 1;
+  return true;
+}
+
+void EngineContext::add_row(float* o, const float* p, bool first) const {
+  const int H = hidden();
+  if (first)
+    for (int e = 0; e < H; ++e) o[e] = 0.0f + p[e];
+  else
     for (int e = 0; e < H; ++e) o[e] += p[e];
-  }
+}
+
+void EngineContext::begin_sum(int tokens) { summed.assign(static_cast<size_t>(tokens), 0); }
+
+void EngineContext::end_sum(float* out) {
+  const size_t H = static_cast<size_t>(hidden());
+  for (size_t t = 0; t < summed.size(); ++t)
+    if (!summed[t]) std::memset(out + t * H, 0, H * sizeof(float));
+  summed.clear();
 }
 
 namespace {

@@ -240,6 +240,9 @@ class EngineContext {
   // Row bytes of the dispatch and combine codecs (Codec::row_bytes; 0 in phantom mode or when a codec does
   // not encode rows on their own).
   size_t dispatch_row_bytes = 0, combine_row_bytes = 0;
+  // Whether the dispatch / combine codec is plain bf16 (real bytes): its rows are then read and summed by the
+  // bf16 row kernels (policies/codecs/quant_kernels.hpp) without a decoded fp32 copy, with the same results.
+  bool dispatch_bf16 = false, combine_bf16 = false;
   // Received row i of h as fp32: a pointer into recv_x, or row i of recv_wire decoded into `scratch` (hidden).
   const float* recv_row(const Handle& h, int i, float* scratch);
   // The received-rows buffer of the last call that finished combine, kept for the next dispatch: buffers this
@@ -274,6 +277,11 @@ class EngineContext {
   // Only when h.recv_wire holds the rows and combine_row_bytes > 0 (can_map_rows).
   bool can_map_rows(const Handle& h) const { return !h.recv_wire.empty() && combine_row_bytes > 0; }
   void map_rows(Handle& h, const std::function<void(int, const float*, float*)>& fn);
+  // Expert compute straight on wire rows, for a caller that reads the dispatch codec's rows and writes the
+  // combine codec's itself (the bf16 experts of driver/reference.cpp): fn(i, in, out) turns received row i into
+  // its output row, in place when both codecs' rows are the same size (the output may alias the input), else
+  // into a new buffer. Same preconditions as map_rows.
+  void map_wire_rows(Handle& h, const std::function<void(int, const uint8_t*, uint8_t*)>& fn);
   // Receive capacity for a block message / rows message.
   size_t block_capacity(int tokens, int sels, const Codec& codec) const;
   size_t rows_capacity(int n, const Codec& codec) const;
@@ -300,9 +308,20 @@ class EngineContext {
   int add_block_message(Handle& h, const std::vector<uint8_t>& msg, size_t real_bytes, uint32_t tokens, uint32_t sels,
                         Codec& codec, uint64_t stream, int peer, TokenBlock& b, std::vector<float>& rows);
   // Combine's last step at a source: decodes a rows message answering the tokens `ids` (in the order they were
-  // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows.
+  // sent) and adds row j into out[ids[j]]. `scratch` holds the decoded rows. Between begin_sum and end_sum, out
+  // need not be zeroed: a token's first row is written as 0 + row (the bits a zeroed sum gives, -0 included)
+  // and later rows are added, so the output is written once instead of cleared and then summed into.
   void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
                         Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch);
+  // A combine's sum of rows messages into out [tokens x hidden], not zeroed beforehand: end_sum zeroes the
+  // tokens no row reached.
+  void begin_sum(int tokens);
+  void end_sum(float* out);
+  std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
+  // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
+  bool first_of_sum(int32_t token);
+  // o = 0 + p when first, else o += p (hidden floats).
+  void add_row(float* o, const float* p, bool first) const;
 
   // Phantom mode moves no rows, and nothing downstream of dispatch needs to know which tokens arrived, only how
   // many and for which slots. So instead of a block's per-token metadata a phantom message carries its summary

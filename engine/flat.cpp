@@ -187,14 +187,14 @@ class Flat : public Algorithm {
   }
 
   void combine(EngineContext& c, Handle& h, const float* partials, float* out) override {
-    const int R = c.topo.size(), me = c.rank(), H = c.hidden();
+    const int R = c.topo.size(), me = c.rank();
     auto& st = *static_cast<FlatState*>(h.state.get());
     PhaseStats comb;
     c.fabric.set_phase("combine");
     const double t0 = c.fabric.now();
     std::vector<size_t> first_row(R + 1, 0);  // the handle's rows from source r start at first_row[r]
     for (int r = 0; r < R; ++r) first_row[r + 1] = first_row[r] + st.recv_rows[r];
-    if (!c.phantom() && h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+    if (!c.phantom()) c.begin_sum(h.num_tokens);
     // Answers are added into out in rank order, as the reference sums. A dispatch made in rounds answers in
     // rounds of G answering ranks, ascending: in round j the ranks j * G .. j * G + G - 1 send every answer and
     // each rank receives theirs into G reply buffers (dispatch's send buffers), then adds them; the sum's order
@@ -235,6 +235,7 @@ class Flat : public Algorithm {
                              EngineContext::stream_id(Phase::kCombine, h.layer, r, me), r, rows);
         }
     }
+    if (!c.phantom()) c.end_sum(out);
     comb.time_s = c.fabric.now() - t0;
     comb.calls = 1;
     c.stats.combine.add(comb);

@@ -9,6 +9,7 @@
 
 #include "engine/ep_engine.hpp"
 #include "engine/huge_pages.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab {
 namespace {
@@ -506,8 +507,19 @@ class Hierarchical : public Algorithm {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
             const auto [q, idx] = st.fwd_map[k];
-            c.combine_codec->decode(inbox[q]->data() + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+            const uint8_t* in = inbox[q]->data() + static_cast<size_t>(idx) * rb;
+            if (c.combine_bf16) {  // decode and add in one pass
+              codecs::bf16_decode_add_kernel(in, H, acc.data());
+              continue;
+            }
+            c.combine_codec->decode(in, rb, 1, H, dec.data());
             for (int e = 0; e < H; ++e) acc[e] += dec[e];
+          }
+          if (c.combine_bf16) {
+            const size_t at = m.size();
+            m.resize(at + rb);
+            codecs::bf16_encode_kernel(acc.data(), H, m.data() + at);
+            continue;
           }
           c.combine_codec->encode(acc.data(), 1, H, m, stream);
         }
@@ -543,13 +555,14 @@ class Hierarchical : public Algorithm {
     c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
     c.fabric.end_pipeline();
     if (!c.phantom()) {
-      if (h.num_tokens > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(h.num_tokens) * H);
+      c.begin_sum(h.num_tokens);
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
         const int n = rfrom[i], f = st.relay[n];
         c.add_rows_message(*rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
       }
+      c.end_sum(out);
     }
     comb.time_s = c.fabric.now() - t0;
     comb.calls = 1;

@@ -5,6 +5,7 @@
 
 #include "policies/codecs/codec_internal.hpp"
 #include "policies/codecs/float_formats.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab::codecs {
 namespace {
@@ -52,18 +53,12 @@ class Bf16Codec final : public Codec {
     size_t n = static_cast<size_t>(tokens) * static_cast<size_t>(hidden);
     size_t at = out.size();
     out.resize(at + 2 * n);
-    convert(x, n, reinterpret_cast<uint16_t*>(out.data() + at));
+    bf16_encode_kernel(x, n, out.data() + at);
   }
   void decode(const uint8_t* data, size_t size, int tokens, int hidden, float* out, uint64_t) override {
     expect_shape(spec_, tokens, hidden);
     expect_size(spec_, size, encoded_size(tokens, hidden), tokens, hidden);
-    size_t n = size / 2;
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(data);
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t v;
-      std::memcpy(&v, h + i, 2);  // the buffer may be unaligned
-      out[i] = bf16_to_float(v);
-    }
+    bf16_decode_kernel(data, size / 2, out);
   }
   size_t encoded_size(int tokens, int hidden) const override {
     return static_cast<size_t>(tokens) * static_cast<size_t>(hidden) * sizeof(uint16_t);
@@ -71,12 +66,6 @@ class Bf16Codec final : public Codec {
   size_t row_bytes(int hidden) const override { return encoded_size(1, hidden); }
 
  private:
-  static void convert(const float* x, size_t n, uint16_t* out) {
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t v = float_to_bf16(x[i]);
-      std::memcpy(out + i, &v, 2);
-    }
-  }
   std::string spec_;
 };
 

@@ -429,6 +429,30 @@ EPLAB_TARGET_AVX2 void mx_decode_row_avx2(const uint8_t* payload, const uint8_t*
 
 }  // namespace
 
+// 2-byte codes at any alignment: an aliasing, byte-aligned view the vectorizer still turns into wide loads.
+typedef uint16_t unaligned_u16 __attribute__((aligned(1), may_alias));
+
+EPLAB_CLONES void bf16_encode_kernel(const float* x, size_t n, uint8_t* bf16) {
+  unaligned_u16* out = reinterpret_cast<unaligned_u16*>(bf16);
+  for (size_t i = 0; i < n; ++i) out[i] = float_to_bf16(x[i]);
+}
+EPLAB_CLONES void bf16_decode_kernel(const uint8_t* bf16, size_t n, float* x) {
+  const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
+  for (size_t i = 0; i < n; ++i) x[i] = bf16_to_float(in[i]);
+}
+EPLAB_CLONES void bf16_decode_add_kernel(const uint8_t* bf16, size_t n, float* acc) {
+  const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
+  for (size_t i = 0; i < n; ++i) acc[i] += bf16_to_float(in[i]);
+}
+EPLAB_CLONES void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float* acc) {
+  const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
+  for (size_t i = 0; i < n; ++i) acc[i] = 0.0f + bf16_to_float(in[i]);
+}
+EPLAB_CLONES void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc) {
+  const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
+  for (size_t i = 0; i < n; ++i) acc[i] += w * (bf16_to_float(in[i]) * s);
+}
+
 EPLAB_CLONES BlockAmax amax_kernel(const float* x, size_t n) { return block_amax(x, n); }
 
 namespace {

@@ -54,6 +54,20 @@ void mx_encode_row_kernel(MxElem elem, const float* row, int hidden, uint8_t* pa
                           uint8_t* codes);
 void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* scales, int hidden, float* row);
 
+// bfloat16 rows (the bf16 codec and the engine's bf16 wire paths), as float_to_bf16 / bf16_to_float element by
+// element. `bf16` points at 2-byte codes in a byte buffer (any alignment). Each is one pass the compiler
+// vectorizes, so a row moves at memory speed instead of an element at a time.
+void bf16_encode_kernel(const float* x, size_t n, uint8_t* bf16);
+void bf16_decode_kernel(const uint8_t* bf16, size_t n, float* x);
+// acc[i] += decode(bf16[i]): a combine's or forwarder's sum of one received row, in the order the caller adds rows.
+void bf16_decode_add_kernel(const uint8_t* bf16, size_t n, float* acc);
+// acc[i] = 0 + decode(bf16[i]): the first row of such a sum, the bits adding it to zeroed memory gives (-0 becomes
+// +0), without zeroing the memory first.
+void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float* acc);
+// acc[i] += w * (decode(bf16[i]) * s), the elementwise experts' accumulate (identity passes s = 1, which is exact:
+// x * 1 == x for every float, and the product is then rounded as ExpertTransform::accumulate rounds it).
+void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc);
+
 // Whether the hand-written AVX2 kernels run: the CPU has AVX2 and no test has forced the portable path.
 bool avx2_kernels_enabled();
 // The same for the kernels that also need F16C (the fp8 decoder).

@@ -1,0 +1,91 @@
+// The bf16 row kernels against the element-by-element definitions they replace (float_to_bf16, bf16_to_float,
+// and accumulate's `acc += w * (x * s)`): the same bits over edge-case data (NaN, Inf, subnormals, ties, signed
+// zeros), odd lengths and unaligned byte buffers, on whichever kernel clone the CPU picks.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "policies/codecs/float_formats.hpp"
+#include "policies/codecs/quant_kernels.hpp"
+
+namespace eplab::codecs {
+namespace {
+
+std::vector<float> data(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) {
+    switch (i % 13) {
+      case 0: x[i] = std::numeric_limits<float>::quiet_NaN(); break;
+      case 1: x[i] = -std::numeric_limits<float>::infinity(); break;
+      case 2: x[i] = -0.0f; break;
+      case 3: x[i] = 1e-40f * normal(rng); break;                                   // fp32 subnormal
+      case 4: x[i] = std::bit_cast<float>(0x3f808000u); break;                       // a tie, rounds to even
+      case 5: x[i] = std::numeric_limits<float>::max(); break;                       // rounds to Inf
+      default: x[i] = normal(rng) * std::ldexp(1.0f, static_cast<int>(i % 40) - 20); break;
+    }
+  }
+  return x;
+}
+
+uint16_t load16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+bool same_bits(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+
+TEST(Bf16Kernels, EncodeAndDecodeMatchTheElementConversions) {
+  for (size_t n : {size_t{1}, size_t{7}, size_t{16}, size_t{33}, size_t{7168}, size_t{7175}}) {
+    const std::vector<float> x = data(n, n);
+    std::vector<uint8_t> buf(2 * n + 1);
+    uint8_t* enc = buf.data() + 1;  // odd address: rows sit behind block metadata in a message
+    bf16_encode_kernel(x.data(), n, enc);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(load16(enc + 2 * i), float_to_bf16(x[i])) << "n " << n << " i " << i;
+    std::vector<float> y(n);
+    bf16_decode_kernel(enc, n, y.data());
+    for (size_t i = 0; i < n; ++i) ASSERT_TRUE(same_bits(y[i], bf16_to_float(load16(enc + 2 * i)))) << i;
+  }
+}
+
+TEST(Bf16Kernels, DecodeAddAndAxpyMatchTheTwoPassArithmetic) {
+  const size_t n = 7175;
+  std::vector<float> x = data(n, 3), acc0 = data(n, 4);
+  for (float& v : acc0)
+    if (!std::isfinite(v)) v = 0.5f;  // a NaN accumulator would hide differences
+  std::vector<uint8_t> buf(2 * n + 1);
+  uint8_t* enc = buf.data() + 1;
+  bf16_encode_kernel(x.data(), n, enc);
+  std::vector<float> fused = acc0, want = acc0;
+  bf16_decode_add_kernel(enc, n, fused.data());
+  for (size_t i = 0; i < n; ++i) want[i] += bf16_to_float(load16(enc + 2 * i));
+  for (size_t i = 0; i < n; ++i) ASSERT_TRUE(same_bits(fused[i], want[i])) << "decode_add " << i;
+  // The first row of a sum written, not added to zeroed memory: the same bits, -0 turned to +0 as 0 + -0 is.
+  std::vector<float> first(n, 123.0f);
+  bf16_decode_first_kernel(enc, n, first.data());
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(same_bits(first[i], 0.0f + bf16_to_float(load16(enc + 2 * i)))) << "decode_first " << i;
+    if (i % 13 == 2) ASSERT_EQ(std::bit_cast<uint32_t>(first[i]), 0u) << "-0 must come out as +0, element " << i;
+  }
+  for (float s : {1.0f, 1.3828125f}) {
+    const float w = 0.318f;
+    fused = acc0, want = acc0;
+    bf16_axpy_kernel(enc, n, w, s, fused.data());
+    std::vector<float> scratch(n);
+    for (size_t i = 0; i < n; ++i) scratch[i] = s == 1.0f ? bf16_to_float(load16(enc + 2 * i))
+                                                          : bf16_to_float(load16(enc + 2 * i)) * s;
+    for (size_t i = 0; i < n; ++i) want[i] += w * scratch[i];
+    for (size_t i = 0; i < n; ++i) ASSERT_TRUE(same_bits(fused[i], want[i])) << "axpy s " << s << " i " << i;
+  }
+}
+
+}  // namespace
+}  // namespace eplab::codecs
