@@ -87,9 +87,9 @@ case $case_name in
     run_mpi "${base[@]}" --checkpoint "$tmp/every.ckpt" --report "$tmp/every.json"
     same "$tmp/delta-whole.json" "$tmp/every.json"
     # emu, every rank in one process, gives the same report, but for the payload ledger's totals
-    # (verification.payloads), which differ between the two backends with or without checkpoints (this
-    # configuration without any: 896 messages, 7.37 MB on emu; 640, 3.68 MB on mpi). Each run's ledgers agree on
-    # every rank pair, which is what they check.
+    # (verification.payloads): mpi's barriers are messages (one byte each, in the ledger), emu's are not (this
+    # configuration without checkpoints: 384 messages, 3687412 bytes on emu; 576 and 3687604 on mpi, the 192 more
+    # being barrier tokens). Each run's ledgers agree on every rank pair, which is what they check.
     run_emu "${base[@]}" --report "$tmp/emu.json"
     same "$tmp/emu.json" "$tmp/delta-resumed.json" payloads
     echo "PASS (mpi checkpoint resume)"
