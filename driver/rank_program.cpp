@@ -109,6 +109,14 @@ class LedgerScope {
 // Tags of a failed rank's hand-over to rank 0 (mpi): its result's size, then its bytes.
 Tag handover_tag(int step, int part) { return make_tag(Phase::kUser, step, 0, 0x100 + part); }
 
+// The process of a rank whose GPU failed leaves: a real exit, no MPI_Finalize, no destructors, nothing more sent
+// (mpirun --enable-recovery lets the others run on; check_faults).
+[[noreturn]] void exit_failed_rank() {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  _exit(kFailedRankExitStatus);
+}
+
 // A rank whose GPU failed at `step` stops here, before any exchange of the step. Its records get empty entries
 // for the calls and steps it does not run (the report reads every rank's records per call), and its tokens from
 // `step` on leave with it. On emu the result is put for the launcher. On mpi it goes to rank 0, and once those
@@ -139,9 +147,7 @@ void stop_failed_rank(Fabric& f, const RankInputs& in, RankResult& res, int step
   Request reqs[2] = {f.isend(0, handover_tag(step, 0), ConstBuf{&n, sizeof n}),
                      f.isend(0, handover_tag(step, 1), ConstBuf{bytes.data(), bytes.size()})};
   f.wait_all(reqs, Deadline::after(f, cfg.timeout_s));
-  std::fflush(stdout);
-  std::fflush(stderr);
-  _exit(kFailedRankExitStatus);  // a real exit: no MPI_Finalize, no destructors, nothing more sent
+  exit_failed_rank();
 }
 
 // Rank 0's side of the hand-over (mpi), at the detection point: the results of the ranks failing at `step`.
@@ -350,11 +356,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   if (in.resume) {
     // Resumed past a GPU failure (emu, mpi): the failed rank takes no part again, the others leave it out.
     if (in.departed && resume_departed_ranks(f, *in.resume, run.in_process, *in.departed)) {
-      if (!run.in_process) {  // its process exits, as at its failure (mpirun --enable-recovery, check_faults)
-        std::fflush(stdout);
-        std::fflush(stderr);
-        _exit(kFailedRankExitStatus);
-      }
+      if (!run.in_process) exit_failed_rank();  // its process exits, as at its failure
       if (stopped_here) *stopped_here = true;
       return in.resume->ranks[me].result;
     }
