@@ -126,6 +126,14 @@ std::string phase_name(const Side& s) {
   return s.log->phases[s.rec->phase];
 }
 
+// "step S, layer L (tag ...)": the call a tag belongs to, as mismatches name it.
+std::string call_of(Tag tag) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "step %u, layer %u", static_cast<unsigned>((tag >> 32) & 0xFFFFFF),
+                static_cast<unsigned>((tag >> 16) & 0xFFFF));
+  return std::string(buf) + " (tag " + describe_tag(tag) + ")";
+}
+
 std::string describe(const PayloadRecord* r, bool checksummed) {
   if (!r) return "nothing";
   char buf[160];
@@ -189,11 +197,8 @@ PayloadCheck check_payloads(const std::vector<const PayloadLog*>& logs) {
         const char* kind = !(a && b)                                                  ? "a message unmatched"
                            : a->messages != b->messages || a->total_bytes != b->total_bytes ? "counts differ"
                                                                                              : "checksum differs";
-        char call[96];
-        std::snprintf(call, sizeof call, "step %u, layer %u", static_cast<unsigned>((tag >> 32) & 0xFFFFFF),
-                      static_cast<unsigned>((tag >> 16) & 0xFFFF));
         c.first_error = "payload mismatch: rank " + std::to_string(src) + " -> rank " + std::to_string(dst) +
-                        ", phase " + phase + ", " + call + " (tag " + describe_tag(tag) + "): " + kind + ": sent " +
+                        ", phase " + phase + ", " + call_of(tag) + ": " + kind + ": sent " +
                         describe(a, c.checksummed) + ", received " + describe(b, c.checksummed);
       }
     }
@@ -287,10 +292,7 @@ PayloadCheck PayloadTally::check() {
   if (!by_tag_.empty()) {
     const auto first = std::min_element(by_tag_.begin(), by_tag_.end(),
                                         [](const auto& a, const auto& b) { return a.first < b.first; });
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "step %u, layer %u", static_cast<unsigned>((first->first >> 32) & 0xFFFFFF),
-                  static_cast<unsigned>((first->first >> 16) & 0xFFFF));
-    call = std::string(buf) + " (tag " + describe_tag(first->first) + "): sent minus received " +
+    call = call_of(first->first) + ": sent minus received " +
            std::to_string(first->second.messages) + " message(s), " + std::to_string(first->second.bytes) + " bytes";
   }
   c.first_error = "payload mismatch (counts): " + where + ", " + call;
