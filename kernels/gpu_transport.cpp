@@ -12,6 +12,10 @@
 
 #include "engine/transport_fabric.hpp"
 #include "kernels/gpu_backend.hpp"
+#include "kernels/nccl_plan.hpp"
+#ifdef EPLAB_HAVE_NCCL
+#include "kernels/nccl_backend.hpp"
+#endif
 
 namespace eplab {
 namespace {
@@ -26,8 +30,8 @@ struct CudaEvent {
   }
 };
 
-// One rank's device buffers, reused by power-of-two size class: a cudaFree per message would synchronize
-// the whole device. Only the owning rank's thread acquires (its device is current); any thread releases.
+// One rank's device buffers, reused by size class (nccl::staging_class, shared with the NCCL transport): a cudaFree
+// per message would synchronize the whole device. Only the owning rank's thread acquires (its device is current); any thread releases.
 class DevicePool {
  public:
   explicit DevicePool(int device) : device_(device) {}
@@ -37,7 +41,7 @@ class DevicePool {
   }
   // Returns nullptr with *err set when cudaMalloc fails, so the caller can name rank, peer and tag.
   void* acquire(size_t bytes, size_t* cls, cudaError_t* err) {
-    *cls = std::bit_ceil(std::max<size_t>(bytes, 256));
+    *cls = nccl::staging_class(bytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto& v = free_[*cls];
@@ -214,7 +218,7 @@ bool GpuTransport::test(RequestState& s) {
   return true;
 }
 
-class GpuBackend : public Backend {
+class StagedBackend : public Backend {
  public:
   std::string name() const override { return "real"; }
   std::string description() const override {
@@ -251,6 +255,36 @@ class GpuBackend : public Backend {
       cudaDeviceSynchronize();
     }
   }
+};
+
+// `--backend=real`: the staged transport (ranks as threads, below), or the NCCL one (ranks as processes,
+// kernels/nccl_transport.cpp) once --transport nccl picks it.
+class GpuBackend : public Backend {
+ public:
+  void use_transport(const std::string& transport) override {
+#ifdef EPLAB_HAVE_NCCL
+    constexpr bool kNcclBuilt = true;
+#else
+    constexpr bool kNcclBuilt = false;
+#endif
+    if (nccl::parse_real_transport(transport, kNcclBuilt) == nccl::RealTransport::kNccl) {
+#ifdef EPLAB_HAVE_NCCL
+      impl_ = make_nccl_backend();
+#endif
+    }
+  }
+  std::string name() const override { return impl_->name(); }
+  std::string description() const override { return impl_->description(); }
+  Caps caps() const override { return impl_->caps(); }
+  int fixed_world_size() const override { return impl_->fixed_world_size(); }
+  std::string unavailable() const override { return impl_->unavailable(); }
+  bool in_process() const override { return impl_->in_process(); }
+  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
+    impl_->launch(topo, opts, rank_main);
+  }
+
+ private:
+  std::unique_ptr<Backend> impl_ = std::make_unique<StagedBackend>();
 };
 
 }  // namespace

@@ -1,0 +1,93 @@
+#include "kernels/nccl_plan.hpp"
+
+#include <algorithm>
+#include <bit>
+
+#include "engine/error.hpp"
+#include "engine/fabric.hpp"
+
+namespace eplab::nccl {
+
+RealTransport parse_real_transport(const std::string& name, bool nccl_built) {
+  if (name.empty() || name == "staged") return RealTransport::kStaged;
+  if (name == "nccl") {
+    if (!nccl_built)
+      throw EplabError(
+          "--transport nccl: this build has no NCCL transport: it needs the CUDA toolkit's NCCL and MPI; "
+          "reconfigure with -DEPLAB_WITH_NCCL=ON -DEPLAB_WITH_MPI=ON, or use --transport staged");
+    return RealTransport::kNccl;
+  }
+  if (name == "cuda-ipc")
+    throw EplabError(
+        "--transport cuda-ipc (several ranks per GPU as processes) is not built yet; use --transport staged "
+        "(ranks as threads, any number per GPU) or --transport nccl (one rank per GPU)");
+  throw EplabError("--transport '" + name + "': backend 'real' has staged (ranks as threads, default) and nccl " +
+                   "(mpirun -n N, one rank per GPU)");
+}
+
+std::string placement_refusal(int world, int local_ranks, int visible_gpus, const std::string& host) {
+  if (local_ranks <= visible_gpus) return {};
+  return "backend 'real' --transport nccl runs one rank per GPU (NCCL refuses two ranks on one GPU): " + host +
+         " runs " + std::to_string(local_ranks) + " of the " + std::to_string(world) + " ranks but has " +
+         std::to_string(visible_gpus) + " visible GPU" + (visible_gpus == 1 ? "" : "s") +
+         " (CUDA_VISIBLE_DEVICES narrows them); start at most " + std::to_string(visible_gpus) +
+         " ranks per machine (mpirun -n " + std::to_string(std::max(visible_gpus, 1)) +
+         " on one machine, --nodes and --gpus-per-node to match), or run several ranks per GPU with "
+         "--transport staged (threads in one process); --transport cuda-ipc, processes sharing a GPU, is not "
+         "built yet";
+}
+
+size_t staging_class(size_t bytes) { return std::bit_ceil(std::max(bytes, kMinStaging)); }
+
+namespace {
+
+size_t aligned(size_t n) { return (n + kStagingAlign - 1) / kStagingAlign * kStagingAlign; }
+
+std::vector<StagedOp> lay_out(std::span<const int> peers, std::span<const size_t> sizes, size_t* total) {
+  std::vector<StagedOp> ops;
+  size_t at = 0;
+  for (size_t i = 0; i < peers.size(); ++i) {
+    if (sizes[i] == 0) continue;
+    ops.push_back(StagedOp{i, peers[i], at, sizes[i]});
+    at = aligned(at + sizes[i]);
+  }
+  *total = at;
+  return ops;
+}
+
+}  // namespace
+
+AlltoallvPlan plan_alltoallv(int me, std::span<const int> send_peers, std::span<const size_t> send_sizes,
+                             std::span<const int> recv_peers, std::span<const size_t> recv_sizes,
+                             std::span<const size_t> recv_capacity, const std::string& where) {
+  if (send_peers.size() != send_sizes.size() || recv_peers.size() != recv_sizes.size() ||
+      recv_sizes.size() != recv_capacity.size())
+    throw FabricError("alltoallv plan: " + where + ": " + std::to_string(send_peers.size()) + " send peers with " +
+                      std::to_string(send_sizes.size()) + " sizes, " + std::to_string(recv_peers.size()) +
+                      " receive peers with " + std::to_string(recv_sizes.size()) + " sizes and " +
+                      std::to_string(recv_capacity.size()) + " buffers");
+  for (size_t j = 0; j < recv_peers.size(); ++j)
+    if (recv_sizes[j] > recv_capacity[j])
+      throw FabricError("alltoallv: " + where + ": rank " + std::to_string(recv_peers[j]) + " sends " +
+                        std::to_string(recv_sizes[j]) + " bytes to rank " + std::to_string(me) +
+                        " whose receive buffer holds " + std::to_string(recv_capacity[j]));
+  AlltoallvPlan p;
+  p.sends = lay_out(send_peers, send_sizes, &p.send_bytes);
+  p.recvs = lay_out(recv_peers, recv_sizes, &p.recv_bytes);
+  return p;
+}
+
+std::vector<size_t> self_sizes(int me, std::span<const int> send_peers, std::span<const size_t> send_sizes,
+                               std::span<const int> recv_peers, const std::string& where) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < send_peers.size(); ++i)
+    if (send_peers[i] == me) out.push_back(send_sizes[i]);
+  const auto recvs = static_cast<size_t>(std::count(recv_peers.begin(), recv_peers.end(), me));
+  if (recvs != out.size())
+    throw FabricError("alltoallv: " + where + ": rank " + std::to_string(me) + " sends " +
+                      std::to_string(out.size()) + " messages to itself but posts " + std::to_string(recvs) +
+                      " receives from itself");
+  return out;
+}
+
+}  // namespace eplab::nccl

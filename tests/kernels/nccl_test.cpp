@@ -1,0 +1,189 @@
+// The `real` backend's NCCL transport: what runs on any machine (transport names, the refusal of more ranks than
+// GPUs, staging size classes, the plan of an all-to-all-v, the --transport option, NCCL loaded by dlopen), and
+// one rank over NCCL against emu on the same workload, which needs a GPU and skips, saying why, without one.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "driver/experiment.hpp"
+#include "driver/run_options.hpp"
+#include "engine/backend.hpp"
+#include "engine/error.hpp"
+#include "kernels/gpu_runtime.hpp"
+#include "kernels/nccl_backend.hpp"
+#include "kernels/nccl_plan.hpp"
+
+namespace eplab {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(NcclPlan, StagingClassesArePowersOfTwoFromTheMinimum) {
+  EXPECT_EQ(nccl::staging_class(0), nccl::kMinStaging);
+  EXPECT_EQ(nccl::staging_class(1), nccl::kMinStaging);
+  EXPECT_EQ(nccl::staging_class(nccl::kMinStaging), nccl::kMinStaging);
+  EXPECT_EQ(nccl::staging_class(nccl::kMinStaging + 1), 2 * nccl::kMinStaging);
+  EXPECT_EQ(nccl::staging_class((size_t{1} << 30) - 5), size_t{1} << 30);
+  EXPECT_EQ(nccl::staging_class((size_t{1} << 30) + 1), size_t{1} << 31);
+}
+
+TEST(NcclPlan, LaysMessagesOutAlignedInCallerOrderAndSkipsEmptyOnes) {
+  // Rank 1 of 4: sends to 3, 0, 1 (itself), 2 with one empty; receives from 0..3 with one empty.
+  const std::vector<int> send_peers = {3, 0, 1, 2};
+  const std::vector<size_t> send_sizes = {300, 0, 256, 1};
+  const std::vector<int> recv_peers = {0, 1, 2, 3};
+  const std::vector<size_t> recv_sizes = {5, 256, 0, 1000};
+  const std::vector<size_t> capacity = {5, 300, 64, 1000};
+  const nccl::AlltoallvPlan p = nccl::plan_alltoallv(1, send_peers, send_sizes, recv_peers, recv_sizes, capacity, "t");
+  ASSERT_EQ(p.sends.size(), 3u);
+  EXPECT_EQ(p.sends[0].peer, 3);
+  EXPECT_EQ(p.sends[0].offset, 0u);
+  EXPECT_EQ(p.sends[1].peer, 1);
+  EXPECT_EQ(p.sends[1].entry, 2u);
+  EXPECT_EQ(p.sends[1].offset, 512u);  // 300 rounded up to the 256-byte alignment
+  EXPECT_EQ(p.sends[2].peer, 2);
+  EXPECT_EQ(p.sends[2].offset, 768u);
+  EXPECT_EQ(p.send_bytes, 1024u);
+  ASSERT_EQ(p.recvs.size(), 3u);
+  EXPECT_EQ(p.recvs[0].peer, 0);
+  EXPECT_EQ(p.recvs[1].offset, 256u);
+  EXPECT_EQ(p.recvs[2].peer, 3);
+  EXPECT_EQ(p.recvs[2].entry, 3u);
+  EXPECT_EQ(p.recvs[2].offset, 512u);
+  EXPECT_EQ(p.recv_bytes, 1536u);
+  for (const auto& op : p.sends) EXPECT_EQ(op.offset % nccl::kStagingAlign, 0u);
+}
+
+TEST(NcclPlan, RefusesAMessageLargerThanItsReceiveNamingBoth) {
+  const std::vector<int> peers = {0, 2};
+  const std::vector<size_t> none;
+  const std::string e = error_of([&] {
+    nccl::plan_alltoallv(0, {}, none, peers, std::vector<size_t>{8, 100}, std::vector<size_t>{8, 64}, "rank 0, tag x");
+  });
+  EXPECT_NE(e.find("rank 0, tag x"), std::string::npos) << e;
+  EXPECT_NE(e.find("rank 2 sends 100 bytes to rank 0 whose receive buffer holds 64"), std::string::npos) << e;
+}
+
+TEST(NcclPlan, PairsSelfReceivesWithSelfSendsInOrder) {
+  const std::vector<int> send_peers = {2, 0, 2};
+  const std::vector<size_t> send_sizes = {7, 9, 11};
+  EXPECT_EQ(nccl::self_sizes(2, send_peers, send_sizes, std::vector<int>{2, 1, 2}, "w"),
+            (std::vector<size_t>{7, 11}));
+  const std::string e = error_of([&] { nccl::self_sizes(2, send_peers, send_sizes, std::vector<int>{2}, "w"); });
+  EXPECT_NE(e.find("sends 2 messages to itself but posts 1 receives"), std::string::npos) << e;
+}
+
+TEST(NcclPlacement, RefusesMoreRanksThanGpusBeforeNcclStarts) {
+  EXPECT_EQ(nccl::placement_refusal(1, 1, 1, "h"), "");
+  EXPECT_EQ(nccl::placement_refusal(16, 8, 8, "h"), "");
+  const std::string e = nccl::placement_refusal(2, 2, 1, "gpu-box");
+  for (const char* part : {"NCCL refuses two ranks on one GPU", "gpu-box runs 2 of the 2 ranks", "1 visible GPU ",
+                           "mpirun -n 1", "--transport staged", "cuda-ipc"})
+    EXPECT_NE(e.find(part), std::string::npos) << part << " in: " << e;
+  EXPECT_NE(nccl::placement_refusal(8, 4, 2, "n").find("has 2 visible GPUs"), std::string::npos);
+}
+
+TEST(NcclTransportOption, NamesAndRefusals) {
+  EXPECT_EQ(nccl::parse_real_transport("", true), nccl::RealTransport::kStaged);
+  EXPECT_EQ(nccl::parse_real_transport("staged", false), nccl::RealTransport::kStaged);
+  EXPECT_EQ(nccl::parse_real_transport("nccl", true), nccl::RealTransport::kNccl);
+  EXPECT_NE(error_of([] { nccl::parse_real_transport("nccl", false); }).find("-DEPLAB_WITH_NCCL=ON"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { nccl::parse_real_transport("cuda-ipc", true); }).find("not built yet"), std::string::npos);
+  EXPECT_NE(error_of([] { nccl::parse_real_transport("tcp", true); }).find("staged"), std::string::npos);
+}
+
+TEST(NcclTransportOption, SelectsTheBackendsProcessLaunch) {
+  const auto staged = create_backend("real", "");
+  EXPECT_TRUE(staged->in_process());
+  const auto nccl = create_backend("real", "nccl");
+  EXPECT_FALSE(nccl->in_process());
+  EXPECT_EQ(nccl->name(), "real");
+  EXPECT_FALSE(nccl->caps().device_memory);  // the engine's buffers stay host memory, staged per exchange
+  if (!std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMI_SIZE") && !std::getenv("PMIX_SIZE")) {
+    EXPECT_EQ(nccl->fixed_world_size(), 1);  // no launcher: a world of one
+  }
+  const std::string e = error_of([] { create_backend("emu", "nccl"); });
+  EXPECT_NE(e.find("backend 'emu' has one transport"), std::string::npos) << e;
+  EXPECT_NE(error_of([] { create_backend("real", "cuda-ipc"); }).find("not built yet"), std::string::npos);
+}
+
+TEST(NcclTransportOption, IsARunOption) {
+  RunConfig cfg = default_run_config();
+  EXPECT_EQ(cfg.transport, "");
+  const RunOption* option = nullptr;
+  for (const RunOption& o : run_options())
+    if (o.flag == "transport") option = &o;
+  ASSERT_NE(option, nullptr);
+  set_run_option_text(cfg, *option, "nccl");
+  EXPECT_EQ(cfg.transport, "nccl");
+  RunConfig from_file = default_run_config();
+  read_run_config(nlohmann::json::parse(R"({"transport": "staged"})"), "f", from_file);
+  EXPECT_EQ(from_file.transport, "staged");
+}
+
+// NCCL is loaded at run time; where the toolkit's library is here, every entry point must resolve.
+TEST(NcclLibrary, LoadsTheToolkitsLibrary) {
+  if (!std::getenv("EPLAB_NCCL_LIBRARY") && !std::filesystem::exists("/usr/local/cuda/lib64/libnccl.so.2"))
+    GTEST_SKIP() << "no NCCL library here (/usr/local/cuda/lib64/libnccl.so.2, EPLAB_NCCL_LIBRARY unset)";
+  EXPECT_EQ(nccl_load_error(), "");
+}
+
+// Runs only where there is no GPU (and is skipped where there is one): the NCCL launch refuses, not pretends.
+TEST(NcclWithoutGpu, RefusesToLaunch) {
+  std::string why;
+  if (kernels::device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is present";
+  const auto b = create_backend("real", "nccl");
+  EXPECT_NE(b->unavailable().find("no CUDA device"), std::string::npos) << b->unavailable();
+  ClusterSpec spec = cluster_preset("h800-cx7");
+  spec.nodes = 1;
+  spec.gpus_per_node = 1;
+  bool ran = false;
+  const std::string e = error_of([&] { b->launch(Topology(spec), LaunchOptions{}, [&](Fabric&) { ran = true; }); });
+  EXPECT_NE(e.find("no CUDA device"), std::string::npos) << e;
+  EXPECT_FALSE(ran);
+}
+
+// One rank over NCCL (an MPI world of one: every exchange goes through ncclSend/ncclRecv to itself) receives what
+// emu receives on the same workload, and verifies.
+TEST(NcclGpu, OneRankMatchesEmu) {
+  std::string why;
+  if (kernels::device_count(&why) == 0) GTEST_SKIP() << "no CUDA device: " << why;
+  RunConfig c;
+  c.nodes = 1;
+  c.gpus_per_node = 1;
+  c.model = "qwen-moe";
+  c.hidden = 512;
+  c.tokens = 128;
+  c.routing = "uniform";
+  c.dispatch_codec = "fp32";
+  c.combine_codec = "fp32";
+  c.steps = 2;
+  c.timeout_s = 60;
+  for (const char* algo : {"flat", "hierarchical"}) {
+    c.algorithm = algo;
+    c.backend = "emu";
+    c.transport = "";
+    const auto emu = run_experiment(c);
+    c.backend = "real";
+    c.transport = "nccl";
+    const auto real = run_experiment(c);
+    EXPECT_EQ(real["backend"].get<std::string>(), "real");
+    EXPECT_TRUE(real["verified"].get<bool>()) << algo << ": " << real["verification"].dump();
+    EXPECT_TRUE(real["verification"]["bit_exact"].get<bool>()) << algo;
+    EXPECT_EQ(real["verification"]["selections"], emu["verification"]["selections"]) << algo;
+    EXPECT_EQ(real["phases"]["dispatch"]["bytes"], emu["phases"]["dispatch"]["bytes"]) << algo;
+    EXPECT_EQ(real["phases"]["combine"]["bytes"], emu["phases"]["combine"]["bytes"]) << algo;
+  }
+}
+
+}  // namespace
+}  // namespace eplab
