@@ -181,7 +181,12 @@ void NcclAddOn::wait(TransportFabric& f, Tag tag, Deadline d, const char* round)
     ncclResult_t async = ncclSuccess;
     nccl_check(api_.comm_get_async_error(comm_, &async), "ncclCommGetAsyncError", f, tag);
     if (async != ncclSuccess && async != ncclInProgress) nccl_check(async, round, f, tag);
-    f.transport().progress();  // a peer's failure notice fails the domain
+    try {
+      f.transport().progress();  // a peer's failure notice fails the domain
+    } catch (...) {
+      broken_ = true;
+      throw;
+    }
     std::string failure;
     {
       SyncLock lock(f.domain().sync());
