@@ -16,6 +16,9 @@
 #ifdef EPLAB_HAVE_NCCL
 #include "kernels/nccl_backend.hpp"
 #endif
+#ifdef EPLAB_HAVE_CUDA_IPC
+#include "kernels/ipc_backend.hpp"
+#endif
 
 namespace eplab {
 namespace {
@@ -257,8 +260,8 @@ class StagedBackend : public Backend {
   }
 };
 
-// `--backend=real`: the staged transport (ranks as threads, below), or the NCCL one (ranks as processes,
-// kernels/nccl_transport.cpp) once --transport nccl picks it.
+// `--backend=real`: the staged transport (ranks as threads, below), or one of ranks as processes that --transport
+// picks (nccl: kernels/nccl_transport.cpp; cuda-ipc: kernels/ipc_transport.cpp).
 class GpuBackend : public Backend {
  public:
   void use_transport(const std::string& transport) override {
@@ -267,10 +270,24 @@ class GpuBackend : public Backend {
 #else
     constexpr bool kNcclBuilt = false;
 #endif
-    if (nccl::parse_real_transport(transport, kNcclBuilt) == nccl::RealTransport::kNccl) {
-#ifdef EPLAB_HAVE_NCCL
-      impl_ = make_nccl_backend();
+#ifdef EPLAB_HAVE_CUDA_IPC
+    constexpr bool kIpcBuilt = true;
+#else
+    constexpr bool kIpcBuilt = false;
 #endif
+    switch (nccl::parse_real_transport(transport, kNcclBuilt, kIpcBuilt)) {
+      case nccl::RealTransport::kStaged:
+        break;
+      case nccl::RealTransport::kNccl:
+#ifdef EPLAB_HAVE_NCCL
+        impl_ = make_nccl_backend();
+#endif
+        break;
+      case nccl::RealTransport::kCudaIpc:
+#ifdef EPLAB_HAVE_CUDA_IPC
+        impl_ = make_ipc_backend();
+#endif
+        break;
     }
   }
   std::string name() const override { return impl_->name(); }

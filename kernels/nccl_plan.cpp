@@ -8,21 +8,24 @@
 
 namespace eplab::nccl {
 
-RealTransport parse_real_transport(const std::string& name, bool nccl_built) {
+RealTransport parse_real_transport(const std::string& name, bool nccl_built, bool ipc_built) {
   if (name.empty() || name == "staged") return RealTransport::kStaged;
   if (name == "nccl") {
     if (!nccl_built)
       throw EplabError(
-          "--transport nccl: this build has no NCCL transport: it needs the CUDA toolkit's NCCL and MPI; "
+          "--transport nccl: this build has no NCCL transport: it needs the CUDA toolkit's nccl.h and MPI; "
           "reconfigure with -DEPLAB_WITH_NCCL=ON -DEPLAB_WITH_MPI=ON, or use --transport staged");
     return RealTransport::kNccl;
   }
-  if (name == "cuda-ipc")
-    throw EplabError(
-        "--transport cuda-ipc (several ranks per GPU as processes) is not built yet; use --transport staged "
-        "(ranks as threads, any number per GPU) or --transport nccl (one rank per GPU)");
-  throw EplabError("--transport '" + name + "': backend 'real' has staged (ranks as threads, default) and nccl " +
-                   "(mpirun -n N, one rank per GPU)");
+  if (name == "cuda-ipc") {
+    if (!ipc_built)
+      throw EplabError(
+          "--transport cuda-ipc: this build has no CUDA-IPC transport: it needs MPI (its ranks are MPI "
+          "processes); reconfigure with -DEPLAB_WITH_MPI=ON, or use --transport staged");
+    return RealTransport::kCudaIpc;
+  }
+  throw EplabError("--transport '" + name + "': backend 'real' has staged (ranks as threads, default), nccl " +
+                   "(mpirun -n N, one rank per GPU) and cuda-ipc (mpirun -n N, any number of ranks per GPU)");
 }
 
 std::string placement_refusal(int world, int local_ranks, int visible_gpus, const std::string& host) {
@@ -33,8 +36,7 @@ std::string placement_refusal(int world, int local_ranks, int visible_gpus, cons
          " (CUDA_VISIBLE_DEVICES narrows them); start at most " + std::to_string(visible_gpus) +
          " ranks per machine (mpirun -n " + std::to_string(std::max(visible_gpus, 1)) +
          " on one machine, --nodes and --gpus-per-node to match), or run several ranks per GPU with "
-         "--transport staged (threads in one process); --transport cuda-ipc, processes sharing a GPU, is not "
-         "built yet";
+         "--transport cuda-ipc (processes) or --transport staged (threads in one process)";
 }
 
 size_t staging_class(size_t bytes) { return std::bit_ceil(std::max(bytes, kMinStaging)); }

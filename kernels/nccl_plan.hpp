@@ -11,10 +11,10 @@
 namespace eplab::nccl {
 
 // The `real` backend's transports, as --transport names them.
-enum class RealTransport { kStaged, kNccl };
-// "" and "staged": ranks as threads (kernels/gpu_transport.cpp); "nccl": processes. Throws EplabError naming the
-// choices for anything else, and saying that "cuda-ipc" is not built yet.
-RealTransport parse_real_transport(const std::string& name, bool nccl_built);
+enum class RealTransport { kStaged, kNccl, kCudaIpc };
+// "" and "staged": ranks as threads (kernels/gpu_transport.cpp); "nccl" and "cuda-ipc": processes, where this
+// build has them (`nccl_built`, `ipc_built`). Throws EplabError naming the choices, or how to build one.
+RealTransport parse_real_transport(const std::string& name, bool nccl_built, bool ipc_built);
 
 // Why this process may not start NCCL, or "": NCCL refuses two ranks on one GPU, so a machine runs at most as
 // many ranks as it has visible GPUs. `local_ranks` of the launch's `world` ranks run on `host`.

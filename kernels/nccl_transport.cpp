@@ -14,22 +14,22 @@
 #include <dlfcn.h>
 #include <nccl.h>
 
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <thread>
 
 #include "engine/transport_fabric.hpp"
 #include "kernels/gpu_runtime.hpp"
 #include "kernels/nccl_backend.hpp"
 #include "kernels/nccl_plan.hpp"
+#include "kernels/process_staging.hpp"
 #include "mpi/mpi_backend.hpp"
 
 namespace eplab {
 namespace {
 
-std::string cuda_text(cudaError_t e) { return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
+using kernels::cuda_text;
+using kernels::StagingBuffer;
 
 // The NCCL entry points this transport calls, from the library dlopen found.
 struct NcclApi {
@@ -93,30 +93,6 @@ const NcclApi& nccl_api() {
   return api;
 }
 
-// Device memory that grows to the next size class and is kept for the following calls.
-class StagingBuffer {
- public:
-  ~StagingBuffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  // Returns the buffer, at least `bytes` long; *err is set (and null returned) when cudaMalloc fails.
-  void* reserve(size_t bytes, cudaError_t* err) {
-    if (bytes <= bytes_ && ptr_) return ptr_;
-    if (ptr_) cudaFree(ptr_);  // synchronizes the device: rare, the classes grow by powers of two
-    ptr_ = nullptr;
-    bytes_ = 0;
-    const size_t cls = nccl::staging_class(bytes);
-    *err = cudaMalloc(&ptr_, cls);
-    if (*err != cudaSuccess) return ptr_ = nullptr;
-    bytes_ = cls;
-    return ptr_;
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
 class NcclAddOn final : public MpiAddOn, public AlltoallvExtension {
  public:
   NcclAddOn(const NcclApi& api, ncclComm_t comm, int rank, int device, cudaStream_t stream, cudaEvent_t done)
@@ -172,36 +148,11 @@ class NcclAddOn final : public MpiAddOn, public AlltoallvExtension {
 
 void NcclAddOn::wait(TransportFabric& f, Tag tag, Deadline d, const char* round) {
   cuda_check(cudaEventRecord(done_, stream_), "cudaEventRecord", f, tag);
-  bool caller = false;
-  const double limit = f.limit_of(d, &caller);
-  for (;;) {
-    const cudaError_t q = cudaEventQuery(done_);
-    if (q == cudaSuccess) return;
-    if (q != cudaErrorNotReady) cuda_check(q, "cudaEventQuery", f, tag);
+  kernels::wait_event(f, done_, d, std::string(round) + ": " + where(f, tag), &broken_, [&] {
     ncclResult_t async = ncclSuccess;
     nccl_check(api_.comm_get_async_error(comm_, &async), "ncclCommGetAsyncError", f, tag);
     if (async != ncclSuccess && async != ncclInProgress) nccl_check(async, round, f, tag);
-    try {
-      f.transport().progress();  // a peer's failure notice fails the domain
-    } catch (...) {
-      broken_ = true;
-      throw;
-    }
-    std::string failure;
-    {
-      SyncLock lock(f.domain().sync());
-      failure = f.domain().failure();
-    }
-    if (!failure.empty()) {
-      broken_ = true;
-      throw FabricError(std::string(round) + ": " + where(f, tag) + ": released: " + failure);
-    }
-    if (f.now() > limit) {
-      broken_ = true;
-      throw f.expired(std::string(round) + ": " + where(f, tag), " (NCCL work still pending on the stream)", caller);
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
-  }
+  });
 }
 
 void NcclAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,

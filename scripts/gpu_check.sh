@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the already-built GPU checks on the device machine: kernel tests, the fabric conformance suite over
-# the `real` backend, one `eplab run --backend=real`, the probe and measured run `eplab validate` reads, the NCCL
-# transport (its tests; one rank as a singleton and under mpirun, each compared with emu on the same workload;
-# two ranks on one GPU refused), and the GPU benchmark. Every step runs even if an earlier one failed; logs,
+# the `real` backend, one `eplab run --backend=real`, the probe and measured run `eplab validate` reads, the
+# transports of ranks as processes (their tests; NCCL with one rank as a singleton and under mpirun, each compared
+# with emu on the same workload, and two ranks on one GPU refused; CUDA IPC with 2, 4 and 8 ranks under mpirun,
+# compared with emu), and the GPU benchmark. Every step runs even if an earlier one failed; logs,
 # reports and a summary go to $OUT. Build the folder with scripts/gpu_pack.sh.
 #   scripts/gpu_check.sh DIR        (env: OUT=output folder, default ./gpu-check-out; STEP_TIMEOUT=s per step)
 set -u
@@ -83,8 +84,9 @@ echo "gpu_check: mpirun: ${MPIRUN:-none ($MPIRUN_WHY)}"
 # One rank's workload, for NCCL and emu alike (words without spaces: it is split where used).
 NCCL_RUN="run --nodes 1 --gpus-per-node 1 --model qwen-moe --tokens 256 --routing uniform --steps 2 --quiet"
 
-# Both reports verified, and the same tokens received: selections delivered, payload messages and bytes, bytes per
-# link class, and the combine's error against the reference (the same only when the same bytes came back).
+# Both reports verified (each checks its own payloads' counts and checksums), and the same tokens received:
+# selections delivered, bytes per link class, and the combine's error against the reference (the same only when
+# the same bytes came back).
 same_received() {
   local real=$1 emu=$2
   if ! command -v python3 >/dev/null; then
@@ -96,8 +98,8 @@ import json, sys
 real, emu = (json.load(open(p)) for p in sys.argv[1:3])
 def pick(r):
     v = r["verification"]
+    # Not the payload ledger's message and byte totals: a transport over MPI adds its barrier tokens to them.
     return {"verified": r["verified"], "selections": v.get("selections"), "delivery_ok": v.get("delivery_ok"),
-            "payload messages": v.get("payloads", {}).get("messages"), "payload bytes": v.get("payloads", {}).get("bytes"),
             "dispatch bytes": r["phases"]["dispatch"].get("bytes"), "combine bytes": r["phases"]["combine"].get("bytes"),
             # The combine's error against the reference: equal only when the same bytes came back.
             "combine max abs err": v.get("max_abs_err"), "combine rel L2 err": v.get("rel_l2_err")}
@@ -144,8 +146,17 @@ nccl_two_ranks() {  # two ranks: refused on one GPU (before NCCL starts), verifi
   ((rc == 0)) && grep -q 'verified: true' "$log"
 }
 
+ipc_ranks() {  # N: N ranks on this machine's GPU(s) over CUDA IPC under mpirun, compared with emu's N ranks
+  local n=$1
+  [[ -n $MPIRUN ]] || { echo "cannot run: $MPIRUN_WHY"; return 1; }
+  local shape="--nodes 1 --gpus-per-node $n --model qwen-moe --tokens 256 --routing uniform --steps 2 --quiet"
+  "$DIR/eplab" run $shape --backend=emu --report "$OUT/emu_${n}ranks.json" >/dev/null || { echo "emu failed"; return 1; }
+  "$MPIRUN" -n "$n" "$DIR/eplab" run $shape --backend=real --transport cuda-ipc --report "$OUT/ipc_${n}ranks.json" &&
+    same_received "$OUT/ipc_${n}ranks.json" "$OUT/emu_${n}ranks.json"
+}
+
 export DIR OUT MPIRUN MPIRUN_WHY NCCL_RUN
-export -f same_received nccl_vs_emu nccl_mpirun nccl_two_ranks
+export -f same_received nccl_vs_emu nccl_mpirun nccl_two_ranks ipc_ranks
 step emu_1rank "$DIR/eplab" $NCCL_RUN --backend=emu --report "$OUT/emu_1rank.json"
 step nccl_test "$DIR/nccl_test" --gtest_output="json:$OUT/nccl_test.json"
 # A world of one started without a launcher (an Open MPI singleton): NCCL's path without mpirun's.
@@ -153,6 +164,10 @@ step nccl_1rank "$DIR/eplab" $NCCL_RUN --backend=real --transport nccl --report 
 step nccl_vs_emu nccl_vs_emu "$OUT/nccl_1rank.json"
 step nccl_mpirun nccl_mpirun
 step nccl_2_ranks nccl_two_ranks
+# CUDA IPC: several ranks as processes sharing the GPU(s).
+step ipc_2_ranks ipc_ranks 2
+step ipc_4_ranks ipc_ranks 4
+step ipc_8_ranks ipc_ranks 8
 
 step gpu_bench "$DIR/gpu_bench" --json "$OUT/gpu_bench.json"
 

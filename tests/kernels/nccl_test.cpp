@@ -1,6 +1,7 @@
-// The `real` backend's NCCL transport: what runs on any machine (transport names, the refusal of more ranks than
-// GPUs, staging size classes, the plan of an all-to-all-v, the --transport option, NCCL loaded by dlopen), and
-// one rank over NCCL against emu on the same workload, which needs a GPU and skips, saying why, without one.
+// The `real` backend's transports of ranks as processes, NCCL and CUDA IPC: what runs on any machine (transport
+// names, the refusal of more ranks than GPUs, staging size classes, the plan of an all-to-all-v both use, the
+// --transport option, NCCL loaded by dlopen), and one rank over each against emu on the same workload, which needs
+// a GPU and skips, saying why, without one.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -86,19 +87,22 @@ TEST(NcclPlacement, RefusesMoreRanksThanGpusBeforeNcclStarts) {
   EXPECT_EQ(nccl::placement_refusal(16, 8, 8, "h"), "");
   const std::string e = nccl::placement_refusal(2, 2, 1, "gpu-box");
   for (const char* part : {"NCCL refuses two ranks on one GPU", "gpu-box runs 2 of the 2 ranks", "1 visible GPU ",
-                           "mpirun -n 1", "--transport staged", "cuda-ipc"})
+                           "mpirun -n 1", "--transport staged", "--transport cuda-ipc"})
     EXPECT_NE(e.find(part), std::string::npos) << part << " in: " << e;
   EXPECT_NE(nccl::placement_refusal(8, 4, 2, "n").find("has 2 visible GPUs"), std::string::npos);
 }
 
 TEST(NcclTransportOption, NamesAndRefusals) {
-  EXPECT_EQ(nccl::parse_real_transport("", true), nccl::RealTransport::kStaged);
-  EXPECT_EQ(nccl::parse_real_transport("staged", false), nccl::RealTransport::kStaged);
-  EXPECT_EQ(nccl::parse_real_transport("nccl", true), nccl::RealTransport::kNccl);
-  EXPECT_NE(error_of([] { nccl::parse_real_transport("nccl", false); }).find("-DEPLAB_WITH_NCCL=ON"),
+  EXPECT_EQ(nccl::parse_real_transport("", true, true), nccl::RealTransport::kStaged);
+  EXPECT_EQ(nccl::parse_real_transport("staged", false, false), nccl::RealTransport::kStaged);
+  EXPECT_EQ(nccl::parse_real_transport("nccl", true, false), nccl::RealTransport::kNccl);
+  EXPECT_EQ(nccl::parse_real_transport("cuda-ipc", false, true), nccl::RealTransport::kCudaIpc);
+  EXPECT_NE(error_of([] { nccl::parse_real_transport("nccl", false, true); }).find("-DEPLAB_WITH_NCCL=ON"),
             std::string::npos);
-  EXPECT_NE(error_of([] { nccl::parse_real_transport("cuda-ipc", true); }).find("not built yet"), std::string::npos);
-  EXPECT_NE(error_of([] { nccl::parse_real_transport("tcp", true); }).find("staged"), std::string::npos);
+  EXPECT_NE(error_of([] { nccl::parse_real_transport("cuda-ipc", true, false); }).find("-DEPLAB_WITH_MPI=ON"),
+            std::string::npos);
+  const std::string e = error_of([] { nccl::parse_real_transport("tcp", true, true); });
+  for (const char* name : {"staged", "nccl", "cuda-ipc"}) EXPECT_NE(e.find(name), std::string::npos) << e;
 }
 
 TEST(NcclTransportOption, SelectsTheBackendsProcessLaunch) {
@@ -106,6 +110,9 @@ TEST(NcclTransportOption, SelectsTheBackendsProcessLaunch) {
   EXPECT_TRUE(staged->in_process());
   const auto nccl = create_backend("real", "nccl");
   EXPECT_FALSE(nccl->in_process());
+  const auto ipc = create_backend("real", "cuda-ipc");
+  EXPECT_FALSE(ipc->in_process());
+  EXPECT_NE(ipc->description().find("any number per GPU"), std::string::npos);
   EXPECT_EQ(nccl->name(), "real");
   EXPECT_FALSE(nccl->caps().device_memory);  // the engine's buffers stay host memory, staged per exchange
   if (!std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMI_SIZE") && !std::getenv("PMIX_SIZE")) {
@@ -113,7 +120,6 @@ TEST(NcclTransportOption, SelectsTheBackendsProcessLaunch) {
   }
   const std::string e = error_of([] { create_backend("emu", "nccl"); });
   EXPECT_NE(e.find("backend 'emu' has one transport"), std::string::npos) << e;
-  EXPECT_NE(error_of([] { create_backend("real", "cuda-ipc"); }).find("not built yet"), std::string::npos);
 }
 
 TEST(NcclTransportOption, IsARunOption) {
@@ -141,20 +147,24 @@ TEST(NcclLibrary, LoadsTheToolkitsLibrary) {
 TEST(NcclWithoutGpu, RefusesToLaunch) {
   std::string why;
   if (kernels::device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is present";
-  const auto b = create_backend("real", "nccl");
-  EXPECT_NE(b->unavailable().find("no CUDA device"), std::string::npos) << b->unavailable();
-  ClusterSpec spec = cluster_preset("h800-cx7");
-  spec.nodes = 1;
-  spec.gpus_per_node = 1;
-  bool ran = false;
-  const std::string e = error_of([&] { b->launch(Topology(spec), LaunchOptions{}, [&](Fabric&) { ran = true; }); });
-  EXPECT_NE(e.find("no CUDA device"), std::string::npos) << e;
-  EXPECT_FALSE(ran);
+  for (const char* transport : {"nccl", "cuda-ipc"}) {
+    SCOPED_TRACE(transport);
+    const auto b = create_backend("real", transport);
+    EXPECT_NE(b->unavailable().find("no CUDA device"), std::string::npos) << b->unavailable();
+    ClusterSpec spec = cluster_preset("h800-cx7");
+    spec.nodes = 1;
+    spec.gpus_per_node = 1;
+    bool ran = false;
+    const std::string e = error_of([&] { b->launch(Topology(spec), LaunchOptions{}, [&](Fabric&) { ran = true; }); });
+    EXPECT_NE(e.find("no CUDA device"), std::string::npos) << e;
+    EXPECT_FALSE(ran);
+  }
 }
 
-// One rank over NCCL (an MPI world of one: every exchange goes through ncclSend/ncclRecv to itself) receives what
-// emu receives on the same workload, and verifies.
-TEST(NcclGpu, OneRankMatchesEmu) {
+// One rank over NCCL or CUDA IPC (an MPI world of one: every exchange goes to itself, through ncclSend/ncclRecv or
+// the rank's own receive window) receives what emu receives on the same workload, and verifies. Several ranks
+// need mpirun: scripts/gpu_check.sh runs those.
+TEST(ProcessTransportsGpu, OneRankMatchesEmu) {
   std::string why;
   if (kernels::device_count(&why) == 0) GTEST_SKIP() << "no CUDA device: " << why;
   RunConfig c;
@@ -173,15 +183,17 @@ TEST(NcclGpu, OneRankMatchesEmu) {
     c.backend = "emu";
     c.transport = "";
     const auto emu = run_experiment(c);
-    c.backend = "real";
-    c.transport = "nccl";
-    const auto real = run_experiment(c);
-    EXPECT_EQ(real["backend"].get<std::string>(), "real");
-    EXPECT_TRUE(real["verified"].get<bool>()) << algo << ": " << real["verification"].dump();
-    EXPECT_TRUE(real["verification"]["bit_exact"].get<bool>()) << algo;
-    EXPECT_EQ(real["verification"]["selections"], emu["verification"]["selections"]) << algo;
-    EXPECT_EQ(real["phases"]["dispatch"]["bytes"], emu["phases"]["dispatch"]["bytes"]) << algo;
-    EXPECT_EQ(real["phases"]["combine"]["bytes"], emu["phases"]["combine"]["bytes"]) << algo;
+    for (const char* transport : {"nccl", "cuda-ipc"}) {
+      c.backend = "real";
+      c.transport = transport;
+      const auto real = run_experiment(c);
+      EXPECT_EQ(real["backend"].get<std::string>(), "real");
+      EXPECT_TRUE(real["verified"].get<bool>()) << algo << " " << transport << ": " << real["verification"].dump();
+      EXPECT_TRUE(real["verification"]["bit_exact"].get<bool>()) << algo << " " << transport;
+      EXPECT_EQ(real["verification"]["selections"], emu["verification"]["selections"]) << algo << " " << transport;
+      EXPECT_EQ(real["phases"]["dispatch"]["bytes"], emu["phases"]["dispatch"]["bytes"]) << algo << " " << transport;
+      EXPECT_EQ(real["phases"]["combine"]["bytes"], emu["phases"]["combine"]["bytes"]) << algo << " " << transport;
+    }
   }
 }
 
