@@ -12,12 +12,11 @@
 // engine's buffers are host memory: H2D and D2H stay, the copy between ranks is on the GPU.
 #include "kernels/ipc_backend.hpp"
 
-#include <cstdlib>
 #include <map>
 
 #include "kernels/gpu_runtime.hpp"
 #include "kernels/nccl_plan.hpp"
-#include "kernels/process_staging.hpp"
+#include "kernels/process_transport.hpp"
 #include "mpi/mpi_backend.hpp"
 
 namespace eplab {
@@ -95,16 +94,7 @@ void IpcAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> 
                       ": an earlier CUDA-IPC exchange of this rank did not finish; its buffers may still be written");
   cuda_check(cudaSetDevice(device_), "cudaSetDevice", f, tag);
   const std::string at = where(f, tag);
-  std::vector<int> send_peers, recv_peers;
-  std::vector<size_t> send_sizes, recv_sizes(recvs.size(), 0), capacity;
-  for (const PeerSend& s : sends) {
-    send_peers.push_back(s.peer);
-    send_sizes.push_back(s.data.bytes);
-  }
-  for (const PeerRecv& r : recvs) {
-    recv_peers.push_back(r.peer);
-    capacity.push_back(r.data.capacity);
-  }
+  const nccl::ExchangeShape x = nccl::shape_of(sends, recvs);
   auto wait_all = [&](std::vector<Request>& reqs) {
     try {
       f.wait_all(reqs, d);
@@ -117,19 +107,14 @@ void IpcAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> 
   std::vector<Request> reqs;
 
   // 1. Sizes.
-  std::vector<uint64_t> size_out(sends.size()), size_in(recvs.size(), 0);
-  for (size_t i = 0; i < sends.size(); ++i) {
-    size_out[i] = send_sizes[i];
-    if (send_peers[i] != rank_) reqs.push_back(f.isend(send_peers[i], tag, ConstBuf{&size_out[i], 8}));
-  }
+  std::vector<uint64_t> size_out(x.send_sizes.begin(), x.send_sizes.end()), size_in(recvs.size(), 0);
+  for (size_t i = 0; i < sends.size(); ++i)
+    if (x.send_peers[i] != rank_) reqs.push_back(f.isend(x.send_peers[i], tag, ConstBuf{&size_out[i], 8}));
   for (size_t j = 0; j < recvs.size(); ++j)
-    if (recv_peers[j] != rank_) reqs.push_back(f.irecv(recv_peers[j], tag, MutBuf{&size_in[j], 8}));
+    if (x.recv_peers[j] != rank_) reqs.push_back(f.irecv(x.recv_peers[j], tag, MutBuf{&size_in[j], 8}));
   wait_all(reqs);
-  const std::vector<size_t> own = nccl::self_sizes(rank_, send_peers, send_sizes, recv_peers, at);
-  for (size_t j = 0, k = 0; j < recvs.size(); ++j)
-    recv_sizes[j] = recv_peers[j] == rank_ ? own[k++] : static_cast<size_t>(size_in[j]);
-  const nccl::AlltoallvPlan plan =
-      nccl::plan_alltoallv(rank_, send_peers, send_sizes, recv_peers, recv_sizes, capacity, at);
+  const nccl::PlannedExchange px = nccl::plan_exchange(rank_, x, size_in, at);
+  const nccl::AlltoallvPlan& plan = px.plan;
 
   // 2. Grants: the window holds every receive; a grown window is a new allocation with a new handle.
   cudaError_t err = cudaSuccess;
@@ -183,7 +168,7 @@ void IpcAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> 
     cuda_check(cudaMemcpyAsync(recvs[op.entry].data.ptr, window + op.offset, op.bytes, cudaMemcpyDeviceToHost, stream_),
                "cudaMemcpyAsync D2H", f, tag, op.peer);
   cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", f, tag);
-  for (size_t j = 0; j < recvs.size(); ++j) recvs[j].bytes = recvs[j].total_bytes = recv_sizes[j];
+  for (size_t j = 0; j < recvs.size(); ++j) recvs[j].bytes = recvs[j].total_bytes = px.recv_sizes[j];
 }
 
 // Every process: a device (its place on its machine, modulo the GPUs: several ranks may share one), a stream.
@@ -212,31 +197,14 @@ std::unique_ptr<MpiAddOn> start_ipc(MpiProcessGroup& g) {
   return std::make_unique<IpcAddOn>(g.rank(), device, stream, done);
 }
 
-class IpcBackend : public Backend {
- public:
-  std::string name() const override { return "real"; }
-  std::string description() const override {
-    return "ranks as MPI processes on one machine, any number per GPU (--transport cuda-ipc): all-to-all-v payload "
-           "copied by the sender into the receiver's device window, other messages over MPI, wall clock";
-  }
-  Caps caps() const override { return Caps{}; }
-  int fixed_world_size() const override { return mpi_world_size(); }
-  bool in_process() const override { return false; }
-  std::string unavailable() const override {
-    std::string why;
-    if (kernels::device_count(&why) == 0)
-      return "backend 'real' found no CUDA device: " + why + "; use --backend=mpi for ranks as processes without a GPU";
-    return {};
-  }
-  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
-    if (const std::string why = unavailable(); !why.empty()) throw EplabError(why);
-    if (mpi_world_size() == 1) setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);  // as the NCCL transport does
-    launch_mpi_process(topo, opts, rank_main, MpiLaunchHooks{"real --transport cuda-ipc", &start_ipc});
-  }
-};
-
 }  // namespace
 
-std::unique_ptr<Backend> make_ipc_backend() { return std::make_unique<IpcBackend>(); }
+std::unique_ptr<Backend> make_ipc_backend() {
+  return std::make_unique<kernels::ProcessGpuBackend>(
+      "cuda-ipc",
+      "ranks as MPI processes on one machine, any number per GPU (--transport cuda-ipc): all-to-all-v payload "
+      "copied by the sender into the receiver's device window, other messages over MPI, wall clock",
+      &start_ipc);
+}
 
 }  // namespace eplab

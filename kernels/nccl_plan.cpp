@@ -92,4 +92,28 @@ std::vector<size_t> self_sizes(int me, std::span<const int> send_peers, std::spa
   return out;
 }
 
+ExchangeShape shape_of(std::span<const PeerSend> sends, std::span<const PeerRecv> recvs) {
+  ExchangeShape x;
+  for (const PeerSend& s : sends) {
+    x.send_peers.push_back(s.peer);
+    x.send_sizes.push_back(s.data.bytes);
+  }
+  for (const PeerRecv& r : recvs) {
+    x.recv_peers.push_back(r.peer);
+    x.capacity.push_back(r.data.capacity);
+  }
+  return x;
+}
+
+PlannedExchange plan_exchange(int me, const ExchangeShape& x, std::span<const uint64_t> announced,
+                              const std::string& where) {
+  PlannedExchange out;
+  const std::vector<size_t> own = self_sizes(me, x.send_peers, x.send_sizes, x.recv_peers, where);
+  out.recv_sizes.resize(x.recv_peers.size());
+  for (size_t j = 0, k = 0; j < x.recv_peers.size(); ++j)
+    out.recv_sizes[j] = x.recv_peers[j] == me ? own[k++] : static_cast<size_t>(announced[j]);
+  out.plan = plan_alltoallv(me, x.send_peers, x.send_sizes, x.recv_peers, out.recv_sizes, x.capacity, where);
+  return out;
+}
+
 }  // namespace eplab::nccl

@@ -4,9 +4,15 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
+
+namespace eplab {
+struct PeerSend;
+struct PeerRecv;
+}  // namespace eplab
 
 namespace eplab::nccl {
 
@@ -56,5 +62,21 @@ AlltoallvPlan plan_alltoallv(int me, std::span<const int> send_peers, std::span<
 // when the counts differ.
 std::vector<size_t> self_sizes(int me, std::span<const int> send_peers, std::span<const size_t> send_sizes,
                                std::span<const int> recv_peers, const std::string& where);
+
+// One all-to-all-v's peers and sizes, as the plan takes them.
+struct ExchangeShape {
+  std::vector<int> send_peers, recv_peers;
+  std::vector<size_t> send_sizes, capacity;  // bytes to send; each receive buffer's capacity
+};
+ExchangeShape shape_of(std::span<const PeerSend> sends, std::span<const PeerRecv> recvs);
+
+// After a size round: `announced[j]` is what receive j's peer said it sends (unused for a receive from `me`,
+// which self_sizes pairs). Returns every receive's size and the plan.
+struct PlannedExchange {
+  std::vector<size_t> recv_sizes;
+  AlltoallvPlan plan;
+};
+PlannedExchange plan_exchange(int me, const ExchangeShape& shape, std::span<const uint64_t> announced,
+                              const std::string& where);
 
 }  // namespace eplab::nccl

@@ -14,7 +14,7 @@
 #include <dlfcn.h>
 #include <nccl.h>
 
-#include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -22,7 +22,7 @@
 #include "kernels/gpu_runtime.hpp"
 #include "kernels/nccl_backend.hpp"
 #include "kernels/nccl_plan.hpp"
-#include "kernels/process_staging.hpp"
+#include "kernels/process_transport.hpp"
 #include "mpi/mpi_backend.hpp"
 
 namespace eplab {
@@ -161,21 +161,12 @@ void NcclAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend>
     throw FabricError("alltoallv: " + where(f, tag) +
                       ": an earlier NCCL exchange of this rank did not finish; its communicator is unusable");
   cuda_check(cudaSetDevice(device_), "cudaSetDevice", f, tag);
-  std::vector<int> send_peers, recv_peers;
-  std::vector<size_t> send_sizes, recv_sizes(recvs.size(), 0), capacity;
-  for (const PeerSend& s : sends) {
-    send_peers.push_back(s.peer);
-    send_sizes.push_back(s.data.bytes);
-  }
-  for (const PeerRecv& r : recvs) {
-    recv_peers.push_back(r.peer);
-    capacity.push_back(r.data.capacity);
-  }
+  const nccl::ExchangeShape x = nccl::shape_of(sends, recvs);
   const std::string at = where(f, tag);
 
   // Size round: an 8-byte count to every peer but itself, in one group.
   size_host_.assign(sends.size() + recvs.size(), 0);
-  for (size_t i = 0; i < sends.size(); ++i) size_host_[i] = send_sizes[i];
+  std::copy(x.send_sizes.begin(), x.send_sizes.end(), size_host_.begin());
   cudaError_t err = cudaSuccess;
   auto* sizes = static_cast<uint64_t*>(size_dev_.reserve(size_host_.size() * sizeof(uint64_t), &err));
   cuda_check(err, "cudaMalloc (size staging)", f, tag);
@@ -185,11 +176,11 @@ void NcclAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend>
                "cudaMemcpyAsync H2D (sizes)", f, tag);
     nccl_check(api_.group_start(), "ncclGroupStart", f, tag);
     for (size_t i = 0; i < sends.size(); ++i)
-      if (send_peers[i] != rank_)
-        nccl_check(api_.send(sizes + i, 1, ncclUint64, send_peers[i], comm_, stream_), "ncclSend (size)", f, tag);
+      if (x.send_peers[i] != rank_)
+        nccl_check(api_.send(sizes + i, 1, ncclUint64, x.send_peers[i], comm_, stream_), "ncclSend (size)", f, tag);
     for (size_t j = 0; j < recvs.size(); ++j)
-      if (recv_peers[j] != rank_)
-        nccl_check(api_.recv(sizes + sends.size() + j, 1, ncclUint64, recv_peers[j], comm_, stream_),
+      if (x.recv_peers[j] != rank_)
+        nccl_check(api_.recv(sizes + sends.size() + j, 1, ncclUint64, x.recv_peers[j], comm_, stream_),
                    "ncclRecv (size)", f, tag);
     nccl_check(api_.group_end(), "ncclGroupEnd (sizes)", f, tag);
     wait(f, tag, d, "alltoallv size round");
@@ -197,11 +188,9 @@ void NcclAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend>
                           cudaMemcpyDeviceToHost),
                "cudaMemcpy D2H (sizes)", f, tag);
   }
-  const std::vector<size_t> own = nccl::self_sizes(rank_, send_peers, send_sizes, recv_peers, at);
-  for (size_t j = 0, k = 0; j < recvs.size(); ++j)
-    recv_sizes[j] = recv_peers[j] == rank_ ? own[k++] : static_cast<size_t>(size_host_[sends.size() + j]);
-  const nccl::AlltoallvPlan plan =
-      nccl::plan_alltoallv(rank_, send_peers, send_sizes, recv_peers, recv_sizes, capacity, at);
+  const nccl::PlannedExchange px =
+      nccl::plan_exchange(rank_, x, std::span<const uint64_t>(size_host_).subspan(sends.size()), at);
+  const nccl::AlltoallvPlan& plan = px.plan;
 
   // Payload round: stage the sends, one group of every message (self included), bring the receives back.
   if (!plan.sends.empty() || !plan.recvs.empty()) {
@@ -224,7 +213,7 @@ void NcclAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend>
                  "cudaMemcpyAsync D2H", f, tag);
     cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", f, tag);
   }
-  for (size_t j = 0; j < recvs.size(); ++j) recvs[j].bytes = recvs[j].total_bytes = recv_sizes[j];
+  for (size_t j = 0; j < recvs.size(); ++j) recvs[j].bytes = recvs[j].total_bytes = px.recv_sizes[j];
 }
 
 // Every process: agree that NCCL may start (GPUs enough on every machine, the library found), share rank 0's
@@ -282,36 +271,16 @@ std::unique_ptr<MpiAddOn> start_nccl(MpiProcessGroup& g) {
   return std::make_unique<NcclAddOn>(api, comm, g.rank(), device, stream, done);
 }
 
-class NcclBackend : public Backend {
- public:
-  std::string name() const override { return "real"; }
-  std::string description() const override {
-    return "ranks as MPI processes, one per GPU (--transport nccl): all-to-all-v as grouped ncclSend/ncclRecv "
-           "through device staging buffers, other messages over MPI, wall clock";
-  }
-  Caps caps() const override { return Caps{}; }
-  int fixed_world_size() const override { return mpi_world_size(); }
-  bool in_process() const override { return false; }
-  std::string unavailable() const override {
-    std::string why;
-    if (kernels::device_count(&why) == 0)
-      return "backend 'real' found no CUDA device: " + why + "; use --backend=mpi for ranks as processes without a GPU";
-    if (const std::string e = nccl_load_error(); !e.empty()) return "backend 'real' --transport nccl " + e;
-    return {};
-  }
-  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
-    if (const std::string why = unavailable(); !why.empty()) throw EplabError(why);
-    // A world of one started without mpirun: Open MPI would start a daemon for a singleton, which a machine
-    // with only the carried libraries lacks; one rank never spawns others.
-    if (mpi_world_size() == 1) setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
-    launch_mpi_process(topo, opts, rank_main, MpiLaunchHooks{"real --transport nccl", &start_nccl});
-  }
-};
-
 }  // namespace
 
 std::string nccl_load_error() { return nccl_api().error; }
 
-std::unique_ptr<Backend> make_nccl_backend() { return std::make_unique<NcclBackend>(); }
+std::unique_ptr<Backend> make_nccl_backend() {
+  return std::make_unique<kernels::ProcessGpuBackend>(
+      "nccl",
+      "ranks as MPI processes, one per GPU (--transport nccl): all-to-all-v as grouped ncclSend/ncclRecv through "
+      "device staging buffers, other messages over MPI, wall clock",
+      &start_nccl, &nccl_load_error);
+}
 
 }  // namespace eplab

@@ -82,6 +82,22 @@ TEST(NcclPlan, PairsSelfReceivesWithSelfSendsInOrder) {
   EXPECT_NE(e.find("sends 2 messages to itself but posts 1 receives"), std::string::npos) << e;
 }
 
+TEST(NcclPlan, ExchangeTakesAnnouncedSizesFromPeersAndOwnFromItself) {
+  std::vector<char> a(10), b(20), r0(64), r1(64), r2(64);
+  const std::vector<PeerSend> sends = {{1, ConstBuf{a.data(), 10}}, {0, ConstBuf{b.data(), 20}}};
+  std::vector<PeerRecv> recvs = {{0, MutBuf{r0.data(), 64}}, {1, MutBuf{r1.data(), 64}}, {2, MutBuf{r2.data(), 64}}};
+  const nccl::ExchangeShape x = nccl::shape_of(sends, recvs);
+  EXPECT_EQ(x.send_peers, (std::vector<int>{1, 0}));
+  EXPECT_EQ(x.capacity, (std::vector<size_t>{64, 64, 64}));
+  // Rank 0: its receive from itself is its own send's 20 bytes whatever the size round left there.
+  const std::vector<uint64_t> announced = {999, 7, 0};
+  const nccl::PlannedExchange p = nccl::plan_exchange(0, x, announced, "w");
+  EXPECT_EQ(p.recv_sizes, (std::vector<size_t>{20, 7, 0}));
+  ASSERT_EQ(p.plan.recvs.size(), 2u);  // the empty one from rank 2 has no op
+  EXPECT_EQ(p.plan.recvs[1].peer, 1);
+  EXPECT_EQ(p.plan.sends.size(), 2u);
+}
+
 TEST(NcclPlacement, RefusesMoreRanksThanGpusBeforeNcclStarts) {
   EXPECT_EQ(nccl::placement_refusal(1, 1, 1, "h"), "");
   EXPECT_EQ(nccl::placement_refusal(16, 8, 8, "h"), "");

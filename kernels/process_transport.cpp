@@ -1,7 +1,10 @@
-#include "kernels/process_staging.hpp"
+#include "kernels/process_transport.hpp"
 
 #include <chrono>
+#include <cstdlib>
 #include <thread>
+
+#include "kernels/gpu_runtime.hpp"
 
 #include "kernels/nccl_plan.hpp"
 
@@ -49,6 +52,24 @@ void wait_event(TransportFabric& f, cudaEvent_t ev, Deadline d, const std::strin
     *broken = true;
     throw;
   }
+}
+
+std::string ProcessGpuBackend::unavailable() const {
+  std::string why;
+  if (device_count(&why) == 0)
+    return "backend 'real' found no CUDA device: " + why + "; use --backend=mpi for ranks as processes without a GPU";
+  if (available_)
+    if (const std::string e = available_(); !e.empty()) return "backend 'real' --transport " + transport_ + " " + e;
+  return {};
+}
+
+void ProcessGpuBackend::launch(const Topology& topo, const LaunchOptions& opts,
+                               const std::function<void(Fabric&)>& rank_main) {
+  if (const std::string why = unavailable(); !why.empty()) throw EplabError(why);
+  // A world of one started without mpirun: Open MPI would start a daemon for a singleton, which a machine with
+  // only the carried libraries lacks; one rank never spawns others.
+  if (mpi_world_size() == 1) setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
+  launch_mpi_process(topo, opts, rank_main, MpiLaunchHooks{"real --transport " + transport_, setup_});
 }
 
 }  // namespace eplab::kernels
