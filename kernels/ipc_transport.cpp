@@ -32,22 +32,14 @@ struct Grant {
   uint64_t offset = 0;
 };
 
-class IpcAddOn final : public MpiAddOn, public AlltoallvExtension {
+class IpcAddOn final : public kernels::GpuAddOn {
  public:
-  IpcAddOn(int rank, int device, cudaStream_t stream, cudaEvent_t done)
-      : rank_(rank), device_(device), stream_(stream), done_(done) {}
+  using GpuAddOn::GpuAddOn;
   ~IpcAddOn() override {
     cudaSetDevice(device_);
     if (!broken_) cudaStreamSynchronize(stream_);
     for (auto& [peer, m] : mapped_) cudaIpcCloseMemHandle(m.ptr);
-    cudaEventDestroy(done_);
-    cudaStreamDestroy(stream_);
   }
-  void* extension(ExtensionId id) override {
-    return id == ExtensionId::kAlltoallv ? static_cast<AlltoallvExtension*>(this) : nullptr;
-  }
-  std::string endpoint() const override { return " (device " + std::to_string(device_) + ")"; }
-  void launch_ended(bool failed) override { broken_ = broken_ || failed; }
   void alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
                  Deadline d) override;
 
@@ -56,15 +48,6 @@ class IpcAddOn final : public MpiAddOn, public AlltoallvExtension {
     uint64_t generation = 0;
     void* ptr = nullptr;
   };
-  std::string where(const TransportFabric& f, Tag tag) const {
-    return "rank " + std::to_string(rank_) + endpoint() + ", tag " + describe_tag(tag) + ", phase " + f.phase();
-  }
-  void cuda_check(cudaError_t e, const char* call, const TransportFabric& f, Tag tag, int peer = -1) {
-    if (e == cudaSuccess) return;
-    broken_ = true;
-    throw FabricError(std::string(call) + ": " + where(f, tag) +
-                      (peer >= 0 ? ", peer " + std::to_string(peer) : std::string()) + ": " + cuda_text(e));
-  }
   // The peer's window, mapped into this process for `g`'s generation.
   char* window_of(int peer, const Grant& g, const TransportFabric& f, Tag tag) {
     Mapping& m = mapped_[peer];
@@ -77,10 +60,6 @@ class IpcAddOn final : public MpiAddOn, public AlltoallvExtension {
     return static_cast<char*>(m.ptr);
   }
 
-  int rank_, device_;
-  cudaStream_t stream_;
-  cudaEvent_t done_;
-  bool broken_ = false;
   StagingBuffer send_dev_, window_;
   cudaIpcMemHandle_t window_handle_{};
   uint64_t generation_ = 0;  // of window_: 0 before it exists
@@ -181,20 +160,7 @@ std::unique_ptr<MpiAddOn> start_ipc(MpiProcessGroup& g) {
                                         why
                                   : "rank " + std::to_string(g.rank()) +
                                         ": another process found no CUDA device (its error says which)");
-  const int device = g.local_rank() % devices;
-  auto fail = [&](const std::string& call, cudaError_t e) {
-    throw EplabError(call + ": rank " + std::to_string(g.rank()) + " (device " + std::to_string(device) + ", " +
-                     g.host() + "): " + cuda_text(e));
-  };
-  cudaError_t e = cudaSetDevice(device);
-  if (e != cudaSuccess) fail("cudaSetDevice", e);
-  cudaStream_t stream = nullptr;
-  cudaEvent_t done = nullptr;
-  e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  if (e != cudaSuccess) fail("cudaStreamCreate", e);
-  e = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-  if (e != cudaSuccess) fail("cudaEventCreate", e);
-  return std::make_unique<IpcAddOn>(g.rank(), device, stream, done);
+  return std::make_unique<IpcAddOn>(g.rank(), g.local_rank() % devices, g.host());
 }
 
 }  // namespace

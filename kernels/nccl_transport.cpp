@@ -93,39 +93,23 @@ const NcclApi& nccl_api() {
   return api;
 }
 
-class NcclAddOn final : public MpiAddOn, public AlltoallvExtension {
+class NcclAddOn final : public kernels::GpuAddOn {
  public:
-  NcclAddOn(const NcclApi& api, ncclComm_t comm, int rank, int device, cudaStream_t stream, cudaEvent_t done)
-      : api_(api), comm_(comm), rank_(rank), device_(device), stream_(stream), done_(done) {}
+  NcclAddOn(const NcclApi& api, ncclComm_t comm, int rank, int device, const std::string& host)
+      : GpuAddOn(rank, device, host), api_(api), comm_(comm) {}
   ~NcclAddOn() override {
     cudaSetDevice(device_);
-    // A communicator with an exchange that did not finish (a peer failed, a wait expired) can only be aborted.
+    // A communicator with an exchange that did not finish (a peer failed, a wait expired, the run failed) can only
+    // be aborted: destroying it could wait for peers that never come.
     if (broken_)
       api_.comm_abort(comm_);
     else
       api_.comm_destroy(comm_);
-    cudaEventDestroy(done_);
-    cudaStreamDestroy(stream_);
   }
-  void* extension(ExtensionId id) override {
-    return id == ExtensionId::kAlltoallv ? static_cast<AlltoallvExtension*>(this) : nullptr;
-  }
-  std::string endpoint() const override { return " (device " + std::to_string(device_) + ")"; }
-  // A run that failed may have left peers inside an exchange: only an abort is sure not to wait for them.
-  void launch_ended(bool failed) override { broken_ = broken_ || failed; }
-
   void alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs,
                  Deadline d) override;
 
  private:
-  std::string where(const TransportFabric& f, Tag tag) const {
-    return "rank " + std::to_string(rank_) + endpoint() + ", tag " + describe_tag(tag) + ", phase " + f.phase();
-  }
-  void cuda_check(cudaError_t e, const char* call, const TransportFabric& f, Tag tag) {
-    if (e == cudaSuccess) return;
-    broken_ = true;
-    throw FabricError(std::string(call) + ": " + where(f, tag) + ": " + cuda_text(e));
-  }
   void nccl_check(ncclResult_t r, const char* call, const TransportFabric& f, Tag tag) {
     if (r == ncclSuccess) return;
     broken_ = true;
@@ -138,10 +122,6 @@ class NcclAddOn final : public MpiAddOn, public AlltoallvExtension {
 
   const NcclApi& api_;
   ncclComm_t comm_;
-  int rank_, device_;
-  cudaStream_t stream_;
-  cudaEvent_t done_;
-  bool broken_ = false;
   StagingBuffer send_dev_, recv_dev_, size_dev_;
   std::vector<uint64_t> size_host_;
 };
@@ -260,15 +240,12 @@ std::unique_ptr<MpiAddOn> start_nccl(MpiProcessGroup& g) {
     const char* last = api.get_last_error(comm);
     fail("ncclCommInitRank", std::string(api.get_error_string(r)) + (last && *last ? std::string(" (") + last + ")" : ""));
   }
-  cudaStream_t stream = nullptr;
-  cudaEvent_t done = nullptr;
-  e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-  if (e != cudaSuccess) {
+  try {
+    return std::make_unique<NcclAddOn>(api, comm, g.rank(), device, g.host());
+  } catch (...) {
     api.comm_destroy(comm);
-    fail("cudaStreamCreate", cuda_text(e));
+    throw;
   }
-  return std::make_unique<NcclAddOn>(api, comm, g.rank(), device, stream, done);
 }
 
 }  // namespace

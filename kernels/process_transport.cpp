@@ -54,6 +54,41 @@ void wait_event(TransportFabric& f, cudaEvent_t ev, Deadline d, const std::strin
   }
 }
 
+GpuAddOn::GpuAddOn(int rank, int device, const std::string& host) : rank_(rank), device_(device) {
+  auto fail = [&](const char* call, cudaError_t e) {
+    if (stream_) cudaStreamDestroy(stream_);
+    throw EplabError(std::string(call) + ": rank " + std::to_string(rank) + " (device " + std::to_string(device) +
+                     ", " + host + "): " + cuda_text(e));
+  };
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) fail("cudaSetDevice", e);
+  if (cudaError_t e = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking); e != cudaSuccess)
+    fail("cudaStreamCreate", e);
+  if (cudaError_t e = cudaEventCreateWithFlags(&done_, cudaEventDisableTiming); e != cudaSuccess)
+    fail("cudaEventCreate", e);
+}
+
+GpuAddOn::~GpuAddOn() {
+  cudaSetDevice(device_);
+  if (!broken_) cudaStreamSynchronize(stream_);
+  cudaEventDestroy(done_);
+  cudaStreamDestroy(stream_);
+}
+
+void* GpuAddOn::extension(ExtensionId id) {
+  return id == ExtensionId::kAlltoallv ? static_cast<AlltoallvExtension*>(this) : nullptr;
+}
+
+std::string GpuAddOn::where(const TransportFabric& f, Tag tag) const {
+  return "rank " + std::to_string(rank_) + endpoint() + ", tag " + describe_tag(tag) + ", phase " + f.phase();
+}
+
+void GpuAddOn::cuda_check(cudaError_t e, const char* call, const TransportFabric& f, Tag tag, int peer) {
+  if (e == cudaSuccess) return;
+  broken_ = true;
+  throw FabricError(std::string(call) + ": " + where(f, tag) +
+                    (peer >= 0 ? ", peer " + std::to_string(peer) : std::string()) + ": " + cuda_text(e));
+}
+
 std::string ProcessGpuBackend::unavailable() const {
   std::string why;
   if (device_count(&why) == 0)

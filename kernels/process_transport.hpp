@@ -43,6 +43,29 @@ class StagingBuffer {
 void wait_event(TransportFabric& f, cudaEvent_t ev, Deadline d, const std::string& what, bool* broken,
                 const std::function<void()>& check = {});
 
+// One process's part of such a transport: a rank on a device with its own stream and completion event, offering a
+// native all-to-all-v. `broken_` marks work that may still be pending (an exchange that did not finish, a failed
+// run): the subclass then tears down without waiting for peers.
+class GpuAddOn : public MpiAddOn, public AlltoallvExtension {
+ public:
+  // Creates the stream and event on `device` (made current); throws EplabError naming rank, device and `host`.
+  GpuAddOn(int rank, int device, const std::string& host);
+  ~GpuAddOn() override;
+  void* extension(ExtensionId id) override;
+  std::string endpoint() const override { return " (device " + std::to_string(device_) + ")"; }
+  void launch_ended(bool failed) override { broken_ = broken_ || failed; }
+
+ protected:
+  std::string where(const TransportFabric& f, Tag tag) const;
+  // Throws FabricError naming the call, rank, device, tag, phase and `peer` (when >= 0), and marks the add-on broken.
+  void cuda_check(cudaError_t e, const char* call, const TransportFabric& f, Tag tag, int peer = -1);
+
+  int rank_, device_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t done_ = nullptr;
+  bool broken_ = false;
+};
+
 // `--backend=real --transport T` with ranks as MPI processes: `setup` makes each process's add-on (launch_mpi_process);
 // `available` says why the transport cannot run here beyond a missing GPU (a library not found), or "".
 class ProcessGpuBackend : public Backend {
