@@ -107,7 +107,8 @@ const std::vector<RunOption>& run_options() {
       opt(text<C>("resume", member(&C::resume)), "continue a run from this checkpoint (same options)"),
       // Last in the table: options are numbered by their place here (the fuzz seeds name them so).
       opt(text<C>("transport", member(&C::transport)),
-          "real: staged (threads, default) | nccl (mpirun -n N, one rank per GPU; docs/gpu.md)"),
+          "real: staged (threads, default) | nccl (mpirun -n N, one rank per GPU) | cuda-ipc (mpirun -n N, "
+          "ranks sharing GPUs); docs/gpu.md"),
   };
   return table;
 }

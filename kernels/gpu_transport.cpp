@@ -33,8 +33,9 @@ struct CudaEvent {
   }
 };
 
-// One rank's device buffers, reused by size class (nccl::staging_class, shared with the NCCL transport): a cudaFree
-// per message would synchronize the whole device. Only the owning rank's thread acquires (its device is current); any thread releases.
+// One rank's device buffers, reused by size class (nccl::staging_class, as the process transports' are): a
+// cudaFree per message would synchronize the whole device. Only the owning rank's thread acquires (its device is
+// current); any thread releases.
 class DevicePool {
  public:
   explicit DevicePool(int device) : device_(device) {}

@@ -10,11 +10,10 @@
 // A rank's messages to itself go from its staging buffer into its own window without IPC. Processes share a GPU
 // freely (IPC maps another process's allocation on the same device too), so one GPU runs several ranks. The
 // engine's buffers are host memory: H2D and D2H stay, the copy between ranks is on the GPU.
-#include "kernels/ipc_backend.hpp"
-
 #include <map>
 
 #include "kernels/gpu_runtime.hpp"
+#include "kernels/ipc_backend.hpp"
 #include "kernels/nccl_plan.hpp"
 #include "kernels/process_transport.hpp"
 #include "mpi/mpi_backend.hpp"
@@ -54,8 +53,8 @@ class IpcAddOn final : public kernels::GpuAddOn {
     if (m.ptr && m.generation == g.generation) return static_cast<char*>(m.ptr);
     if (m.ptr) cuda_check(cudaIpcCloseMemHandle(m.ptr), "cudaIpcCloseMemHandle", f, tag, peer);
     m.ptr = nullptr;
-    cuda_check(cudaIpcOpenMemHandle(&m.ptr, g.handle, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle", f,
-               tag, peer);
+    cuda_check(cudaIpcOpenMemHandle(&m.ptr, g.handle, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle", f, tag,
+               peer);
     m.generation = g.generation;
     return static_cast<char*>(m.ptr);
   }
@@ -156,10 +155,10 @@ std::unique_ptr<MpiAddOn> start_ipc(MpiProcessGroup& g) {
   const int devices = kernels::device_count(&why);
   // Every process learns whether any lacks a GPU before any starts.
   if (g.max_over_ranks(devices == 0 ? 1 : 0) != 0)
-    throw EplabError(devices == 0 ? "backend 'real' --transport cuda-ipc found no CUDA device on " + g.host() + ": " +
-                                        why
-                                  : "rank " + std::to_string(g.rank()) +
-                                        ": another process found no CUDA device (its error says which)");
+    throw EplabError(devices == 0
+                         ? "backend 'real' --transport cuda-ipc found no CUDA device on " + g.host() + ": " + why
+                         : "rank " + std::to_string(g.rank()) +
+                               ": another process found no CUDA device (its error says which)");
   return std::make_unique<IpcAddOn>(g.rank(), g.local_rank() % devices, g.host());
 }
 

@@ -86,9 +86,8 @@ std::vector<size_t> self_sizes(int me, std::span<const int> send_peers, std::spa
     if (send_peers[i] == me) out.push_back(send_sizes[i]);
   const auto recvs = static_cast<size_t>(std::count(recv_peers.begin(), recv_peers.end(), me));
   if (recvs != out.size())
-    throw FabricError("alltoallv: " + where + ": rank " + std::to_string(me) + " sends " +
-                      std::to_string(out.size()) + " messages to itself but posts " + std::to_string(recvs) +
-                      " receives from itself");
+    throw FabricError("alltoallv: " + where + ": rank " + std::to_string(me) + " sends " + std::to_string(out.size()) +
+                      " messages to itself but posts " + std::to_string(recvs) + " receives from itself");
   return out;
 }
 

@@ -151,9 +151,9 @@ void NcclAddOn::alltoallv(TransportFabric& f, Tag tag, std::span<const PeerSend>
   auto* sizes = static_cast<uint64_t*>(size_dev_.reserve(size_host_.size() * sizeof(uint64_t), &err));
   cuda_check(err, "cudaMalloc (size staging)", f, tag);
   if (!size_host_.empty()) {
-    cuda_check(cudaMemcpyAsync(sizes, size_host_.data(), sends.size() * sizeof(uint64_t), cudaMemcpyHostToDevice,
-                               stream_),
-               "cudaMemcpyAsync H2D (sizes)", f, tag);
+    cuda_check(
+        cudaMemcpyAsync(sizes, size_host_.data(), sends.size() * sizeof(uint64_t), cudaMemcpyHostToDevice, stream_),
+        "cudaMemcpyAsync H2D (sizes)", f, tag);
     nccl_check(api_.group_start(), "ncclGroupStart", f, tag);
     for (size_t i = 0; i < sends.size(); ++i)
       if (x.send_peers[i] != rank_)
@@ -215,8 +215,8 @@ std::unique_ptr<MpiAddOn> start_nccl(MpiProcessGroup& g) {
                                         "not started");
   ncclUniqueId id{};
   auto fail = [&](const std::string& call, const std::string& text) {
-    throw EplabError(call + ": rank " + std::to_string(g.rank()) + " (device " + std::to_string(g.local_rank()) +
-                     ", " + g.host() + "): " + text);
+    throw EplabError(call + ": rank " + std::to_string(g.rank()) + " (device " + std::to_string(g.local_rank()) + ", " +
+                     g.host() + "): " + text);
   };
   // rank 0's failure must reach the others, which otherwise wait in the broadcast: a zeroed id says it.
   std::string id_error;
@@ -238,7 +238,8 @@ std::unique_ptr<MpiAddOn> start_nccl(MpiProcessGroup& g) {
   const ncclResult_t r = api.comm_init_rank(&comm, g.size(), id, g.rank());
   if (r != ncclSuccess) {
     const char* last = api.get_last_error(comm);
-    fail("ncclCommInitRank", std::string(api.get_error_string(r)) + (last && *last ? std::string(" (") + last + ")" : ""));
+    fail("ncclCommInitRank",
+         std::string(api.get_error_string(r)) + (last && *last ? std::string(" (") + last + ")" : ""));
   }
   try {
     return std::make_unique<NcclAddOn>(api, comm, g.rank(), device, g.host());

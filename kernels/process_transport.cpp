@@ -5,7 +5,6 @@
 #include <thread>
 
 #include "kernels/gpu_runtime.hpp"
-
 #include "kernels/nccl_plan.hpp"
 
 namespace eplab::kernels {

@@ -15,9 +15,7 @@
 
 namespace eplab::kernels {
 
-inline std::string cuda_text(cudaError_t e) {
-  return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
-}
+inline std::string cuda_text(cudaError_t e) { return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
 
 // Device memory that grows to the next size class (nccl::staging_class) and is kept for the following calls.
 class StagingBuffer {

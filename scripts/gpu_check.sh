@@ -55,7 +55,8 @@ step validate_run "$DIR/eplab" run --backend=real --nodes 1 --gpus-per-node 4 --
 if [[ -z ${EPLAB_NCCL_LIBRARY:-} ]] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
   for cand in /usr/local/cuda/lib64/libnccl.so.2 /usr/local/cuda/targets/x86_64-linux/lib/libnccl.so.2 \
     /usr/lib/x86_64-linux-gnu/libnccl.so.2 /usr/local/lib/python3*/dist-packages/nvidia/nccl/lib/libnccl.so.2 \
-    /usr/local/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 /usr/lib/python3/dist-packages/nvidia/nccl/lib/libnccl.so.2; do
+    /usr/local/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 \
+    /usr/lib/python3/dist-packages/nvidia/nccl/lib/libnccl.so.2; do
     if [[ -e $cand ]]; then
       export EPLAB_NCCL_LIBRARY=$cand
       break

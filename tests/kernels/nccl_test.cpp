@@ -76,8 +76,7 @@ TEST(NcclPlan, RefusesAMessageLargerThanItsReceiveNamingBoth) {
 TEST(NcclPlan, PairsSelfReceivesWithSelfSendsInOrder) {
   const std::vector<int> send_peers = {2, 0, 2};
   const std::vector<size_t> send_sizes = {7, 9, 11};
-  EXPECT_EQ(nccl::self_sizes(2, send_peers, send_sizes, std::vector<int>{2, 1, 2}, "w"),
-            (std::vector<size_t>{7, 11}));
+  EXPECT_EQ(nccl::self_sizes(2, send_peers, send_sizes, std::vector<int>{2, 1, 2}, "w"), (std::vector<size_t>{7, 11}));
   const std::string e = error_of([&] { nccl::self_sizes(2, send_peers, send_sizes, std::vector<int>{2}, "w"); });
   EXPECT_NE(e.find("sends 2 messages to itself but posts 1 receives"), std::string::npos) << e;
 }
