@@ -82,8 +82,9 @@ else
 fi
 echo "gpu_check: mpirun: ${MPIRUN:-none ($MPIRUN_WHY)}"
 
-# One rank's workload, for NCCL and emu alike (words without spaces: it is split where used).
-NCCL_RUN="run --nodes 1 --gpus-per-node 1 --model qwen-moe --tokens 256 --routing uniform --steps 2 --quiet"
+# One rank's workload, for NCCL and emu alike (words without spaces: it is split where used). A rank that waits
+# 30 s for a peer fails the run: a hang costs that, not the whole step's timeout, of the device's time.
+NCCL_RUN="run --nodes 1 --gpus-per-node 1 --model qwen-moe --tokens 256 --routing uniform --steps 2 --quiet --timeout 30"
 
 # Both reports verified (each checks its own payloads' counts and checksums), and the same tokens received:
 # selections delivered, bytes per link class, and the combine's error against the reference (the same only when
@@ -132,7 +133,7 @@ nccl_two_ranks() {  # two ranks: refused on one GPU (before NCCL starts), verifi
   local gpus
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') || gpus=0
   local log=$OUT/nccl_two_ranks.out
-  "$MPIRUN" -n 2 "$DIR/eplab" run --nodes 1 --gpus-per-node 2 --model qwen-moe --tokens 256 --quiet \
+  "$MPIRUN" -n 2 "$DIR/eplab" run --nodes 1 --gpus-per-node 2 --model qwen-moe --tokens 256 --quiet --timeout 30 \
     --backend=real --transport nccl >"$log" 2>&1
   local rc=$?
   cat "$log"
@@ -150,7 +151,7 @@ nccl_two_ranks() {  # two ranks: refused on one GPU (before NCCL starts), verifi
 ipc_ranks() {  # N: N ranks on this machine's GPU(s) over CUDA IPC under mpirun, compared with emu's N ranks
   local n=$1
   [[ -n $MPIRUN ]] || { echo "cannot run: $MPIRUN_WHY"; return 1; }
-  local shape="--nodes 1 --gpus-per-node $n --model qwen-moe --tokens 256 --routing uniform --steps 2 --quiet"
+  local shape="--nodes 1 --gpus-per-node $n --model qwen-moe --tokens 256 --routing uniform --steps 2 --quiet --timeout 30"
   "$DIR/eplab" run $shape --backend=emu --report "$OUT/emu_${n}ranks.json" >/dev/null || { echo "emu failed"; return 1; }
   "$MPIRUN" -n "$n" "$DIR/eplab" run $shape --backend=real --transport cuda-ipc --report "$OUT/ipc_${n}ranks.json" &&
     same_received "$OUT/ipc_${n}ranks.json" "$OUT/emu_${n}ranks.json"
