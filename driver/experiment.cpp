@@ -165,7 +165,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   const auto wall0 = std::chrono::steady_clock::now();
   // An output that cannot be written fails now, not after the run.
   if (!cfg.timeline.empty()) check_output_path(cfg.timeline, "the timeline");
-  auto backend = create_backend(cfg.backend);
+  auto backend = create_backend(cfg.backend, cfg.transport);
   const RunSetup run = resolve_run(cfg, *backend);
   check_checkpoint_options(cfg, run);
   check_run_memory(cfg, run);

@@ -44,6 +44,12 @@ EPLAB_REGISTRY(BackendFactory, backend_registry, "backend", r) {
 
 std::unique_ptr<Backend> create_backend(const std::string& name) { return backend_registry().by_name(name)(); }
 
+std::unique_ptr<Backend> create_backend(const std::string& name, const std::string& transport) {
+  auto b = create_backend(name);
+  b->use_transport(transport);
+  return b;
+}
+
 std::vector<std::string> backend_names() { return backend_registry().names(); }
 
 }  // namespace eplab

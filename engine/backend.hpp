@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/error.hpp"
 #include "engine/fabric.hpp"
 #include "engine/registry.hpp"
 
@@ -26,6 +27,15 @@ class Backend {
   virtual Caps caps() const = 0;
   // The number of ranks this launcher can run, where the process launcher fixed it (mpirun -n N); -1: any.
   virtual int fixed_world_size() const { return -1; }
+  // Picks one of the backend's transports by name (`--transport`, the `real` backend's staged | nccl |
+  // cuda-ipc); called once, before anything else. "" is the backend's default; a backend with one transport
+  // refuses any other.
+  virtual void use_transport(const std::string& transport) {
+    if (!transport.empty())
+      throw EplabError("--transport '" + transport + "': backend '" + name() +
+                       "' has one transport; --transport chooses among the `real` backend's (staged | nccl | "
+                       "cuda-ipc)");
+  }
   // Why this backend cannot run on this machine (no GPU found), or empty.
   virtual std::string unavailable() const { return {}; }
   // Whether launch() runs every rank in this process (threads, simulated actors). A multi-process backend
@@ -43,6 +53,8 @@ class Backend {
 using BackendFactory = std::unique_ptr<Backend> (*)();
 Registry<BackendFactory>& backend_registry();
 std::unique_ptr<Backend> create_backend(const std::string& name);
+// The same with one of its transports (Backend::use_transport); "" is its default.
+std::unique_ptr<Backend> create_backend(const std::string& name, const std::string& transport);
 std::vector<std::string> backend_names();  // the ones this build has
 
 }  // namespace eplab

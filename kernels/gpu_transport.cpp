@@ -12,6 +12,13 @@
 
 #include "engine/transport_fabric.hpp"
 #include "kernels/gpu_backend.hpp"
+#include "kernels/nccl_plan.hpp"
+#ifdef EPLAB_HAVE_NCCL
+#include "kernels/nccl_backend.hpp"
+#endif
+#ifdef EPLAB_HAVE_CUDA_IPC
+#include "kernels/ipc_backend.hpp"
+#endif
 
 namespace eplab {
 namespace {
@@ -26,8 +33,9 @@ struct CudaEvent {
   }
 };
 
-// One rank's device buffers, reused by power-of-two size class: a cudaFree per message would synchronize
-// the whole device. Only the owning rank's thread acquires (its device is current); any thread releases.
+// One rank's device buffers, reused by size class (nccl::staging_class, as the process transports' are): a
+// cudaFree per message would synchronize the whole device. Only the owning rank's thread acquires (its device is
+// current); any thread releases.
 class DevicePool {
  public:
   explicit DevicePool(int device) : device_(device) {}
@@ -37,7 +45,7 @@ class DevicePool {
   }
   // Returns nullptr with *err set when cudaMalloc fails, so the caller can name rank, peer and tag.
   void* acquire(size_t bytes, size_t* cls, cudaError_t* err) {
-    *cls = std::bit_ceil(std::max<size_t>(bytes, 256));
+    *cls = nccl::staging_class(bytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto& v = free_[*cls];
@@ -214,7 +222,7 @@ bool GpuTransport::test(RequestState& s) {
   return true;
 }
 
-class GpuBackend : public Backend {
+class StagedBackend : public Backend {
  public:
   std::string name() const override { return "real"; }
   std::string description() const override {
@@ -251,6 +259,50 @@ class GpuBackend : public Backend {
       cudaDeviceSynchronize();
     }
   }
+};
+
+// `--backend=real`: the staged transport (ranks as threads, below), or one of ranks as processes that --transport
+// picks (nccl: kernels/nccl_transport.cpp; cuda-ipc: kernels/ipc_transport.cpp).
+class GpuBackend : public Backend {
+ public:
+  void use_transport(const std::string& transport) override {
+#ifdef EPLAB_HAVE_NCCL
+    constexpr bool kNcclBuilt = true;
+#else
+    constexpr bool kNcclBuilt = false;
+#endif
+#ifdef EPLAB_HAVE_CUDA_IPC
+    constexpr bool kIpcBuilt = true;
+#else
+    constexpr bool kIpcBuilt = false;
+#endif
+    switch (nccl::parse_real_transport(transport, kNcclBuilt, kIpcBuilt)) {
+      case nccl::RealTransport::kStaged:
+        break;
+      case nccl::RealTransport::kNccl:
+#ifdef EPLAB_HAVE_NCCL
+        impl_ = make_nccl_backend();
+#endif
+        break;
+      case nccl::RealTransport::kCudaIpc:
+#ifdef EPLAB_HAVE_CUDA_IPC
+        impl_ = make_ipc_backend();
+#endif
+        break;
+    }
+  }
+  std::string name() const override { return impl_->name(); }
+  std::string description() const override { return impl_->description(); }
+  Caps caps() const override { return impl_->caps(); }
+  int fixed_world_size() const override { return impl_->fixed_world_size(); }
+  std::string unavailable() const override { return impl_->unavailable(); }
+  bool in_process() const override { return impl_->in_process(); }
+  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
+    impl_->launch(topo, opts, rank_main);
+  }
+
+ private:
+  std::unique_ptr<Backend> impl_ = std::make_unique<StagedBackend>();
 };
 
 }  // namespace

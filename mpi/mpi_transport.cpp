@@ -193,6 +193,11 @@ class MpiTransport final : public Transport {
     }
   }
 
+  // What a transport over this one adds (launch_mpi_process's hooks): its extensions and endpoint.
+  void set_add_on(MpiAddOn* add_on) { add_on_ = add_on; }
+  void* extension(ExtensionId id) override { return add_on_ ? add_on_->extension(id) : nullptr; }
+  std::string endpoint() const override { return add_on_ ? add_on_->endpoint() : ""; }
+
   // Networked: nobody wakes this rank, so poll the network again soon.
   void block(Domain& d, RequestState&, double until_s) override { d.sync().wait(std::min(until_s, now() + 50e-6)); }
 
@@ -235,10 +240,51 @@ class MpiTransport final : public Transport {
   int rank_;
   double t0_;
   std::deque<Outgoing> notices_;
+  MpiAddOn* add_on_ = nullptr;
 };
 
-// The size of the MPI world this process belongs to, without starting MPI: mpirun's environment says it.
-int launcher_world_size() {
+// The launch's communicator as a transport's bootstrap sees it.
+class ProcessGroup final : public MpiProcessGroup {
+ public:
+  explicit ProcessGroup(MPI_Comm comm) : comm_(comm) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    MPI_Comm local;
+    MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &local_rank_);
+    MPI_Comm_size(local, &local_size_);
+    MPI_Comm_free(&local);
+    char name[MPI_MAX_PROCESSOR_NAME];
+    int len = 0;
+    MPI_Get_processor_name(name, &len);
+    host_.assign(name, static_cast<size_t>(len));
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
+  std::string host() const override { return host_; }
+  void broadcast(void* data, size_t bytes, int root) override {
+    if (MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_) != MPI_SUCCESS)
+      throw EplabError("rank " + std::to_string(rank_) + ": MPI_Bcast of " + std::to_string(bytes) +
+                       " bootstrap bytes from rank " + std::to_string(root) + " failed");
+  }
+  int max_over_ranks(int value) override {
+    int out = value;
+    if (MPI_Allreduce(&value, &out, 1, MPI_INT, MPI_MAX, comm_) != MPI_SUCCESS)
+      throw EplabError("rank " + std::to_string(rank_) + ": MPI_Allreduce in the bootstrap failed");
+    return out;
+  }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 0, local_rank_ = 0, local_size_ = 0;
+  std::string host_;
+};
+
+}  // namespace
+
+int mpi_world_size() {
   int ready = 0;
   MPI_Initialized(&ready);
   if (ready) {
@@ -251,6 +297,46 @@ int launcher_world_size() {
   return 1;  // started without a launcher: a world of one
 }
 
+void launch_mpi_process(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main,
+                        const MpiLaunchHooks& hooks) {
+  const std::string backend = "backend '" + hooks.backend + "'";
+  if (opts.phantom_payload) throw EplabError(backend + " moves real bytes only; phantom payloads need --backend=sim");
+  ensure_mpi();
+  int n = 0, me = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  MPI_Comm_rank(MPI_COMM_WORLD, &me);
+  if (n != topo.size())
+    throw EplabError(backend + " runs one rank per MPI process: this run has " + std::to_string(topo.size()) +
+                     " ranks (" + std::to_string(topo.nodes()) + " nodes x " + std::to_string(topo.gpus_per_node()) +
+                     " GPUs) but " + std::to_string(n) + " MPI processes were started; run it as mpirun -n " +
+                     std::to_string(topo.size()) + " ...");
+  MPI_Comm comm;
+  if (MPI_Comm_dup(MPI_COMM_WORLD, &comm) != MPI_SUCCESS) throw EplabError(backend + ": MPI_Comm_dup failed");
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  const std::shared_ptr<void> free_comm(nullptr, [&comm](void*) { MPI_Comm_free(&comm); });
+  std::unique_ptr<MpiAddOn> add_on;
+  if (hooks.setup) {
+    ProcessGroup group(comm);
+    add_on = hooks.setup(group);
+  }
+  std::exception_ptr error;
+  {
+    const double t0 = MPI_Wtime();
+    Domain domain(n, 1, me, make_thread_sync([t0] { return MPI_Wtime() - t0; }), opts.timeout_s);
+    MpiTransport t(domain, comm, me, t0);
+    t.set_add_on(add_on.get());
+    TransportFabric f(domain, t, me, topo);
+    run_rank(
+        me, [&] { rank_main(f); }, error, [&](const std::string& why) { t.tell_failure(why); });
+    if (f.live_ranks().size() < static_cast<size_t>(n)) g_peer_exited = true;
+    if (add_on) add_on->launch_ended(error || f.live_ranks().size() < static_cast<size_t>(n));
+  }
+  add_on.reset();  // before the communicator goes: an add-on may hold resources tied to the launch
+  if (error) std::rethrow_exception(error);
+}
+
+namespace {
+
 class MpiBackend : public Backend {
  public:
   std::string name() const override { return "mpi"; }
@@ -258,35 +344,10 @@ class MpiBackend : public Backend {
     return "ranks as MPI processes (mpirun -n N), real bytes, wall clock, one machine or several";
   }
   Caps caps() const override { return Caps{}; }
-  int fixed_world_size() const override { return launcher_world_size(); }
+  int fixed_world_size() const override { return mpi_world_size(); }
   bool in_process() const override { return false; }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
-    if (opts.phantom_payload)
-      throw EplabError("backend 'mpi' moves real bytes only; phantom payloads need --backend=sim");
-    ensure_mpi();
-    int n = 0, me = 0;
-    MPI_Comm_size(MPI_COMM_WORLD, &n);
-    MPI_Comm_rank(MPI_COMM_WORLD, &me);
-    if (n != topo.size())
-      throw EplabError("backend 'mpi' runs one rank per MPI process: this run has " + std::to_string(topo.size()) +
-                       " ranks (" + std::to_string(topo.nodes()) + " nodes x " + std::to_string(topo.gpus_per_node()) +
-                       " GPUs) but " + std::to_string(n) + " MPI processes were started; run it as mpirun -n " +
-                       std::to_string(topo.size()) + " ...");
-    MPI_Comm comm;
-    if (MPI_Comm_dup(MPI_COMM_WORLD, &comm) != MPI_SUCCESS) throw EplabError("backend 'mpi': MPI_Comm_dup failed");
-    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
-    std::exception_ptr error;
-    {
-      const double t0 = MPI_Wtime();
-      Domain domain(n, 1, me, make_thread_sync([t0] { return MPI_Wtime() - t0; }), opts.timeout_s);
-      MpiTransport t(domain, comm, me, t0);
-      TransportFabric f(domain, t, me, topo);
-      run_rank(
-          me, [&] { rank_main(f); }, error, [&](const std::string& why) { t.tell_failure(why); });
-      if (f.live_ranks().size() < static_cast<size_t>(n)) g_peer_exited = true;
-    }
-    MPI_Comm_free(&comm);
-    if (error) std::rethrow_exception(error);
+    launch_mpi_process(topo, opts, rank_main, MpiLaunchHooks{});
   }
 };
 
