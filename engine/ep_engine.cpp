@@ -102,6 +102,16 @@ void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> 
   fabric.alltoallv(tag, sends, recvs, deadline());
 }
 
+void EngineContext::exchange_consume(PhaseStats& st, Tag tag, std::span<const PeerSend> sends,
+                                     std::span<PeerConsume> recvs, const std::function<void()>& consume) {
+  for (auto& s : sends) {
+    if (!fabric.live(s.peer)) continue;
+    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+    st.messages += 1;
+  }
+  fabric.alltoallv_consume(tag, sends, recvs, consume, deadline());
+}
+
 // Codec work on a fabric whose time is a model (sim), from the codec's GPU throughput model
 // (Codec::gpu_seconds): a source encodes its batch once (a token bound for several ranks is not cast again per
 // message, and a forwarder passes encoded rows on), a receiver decodes what it received unless the expert GEMM
@@ -379,11 +389,11 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
   }
 }
 
-void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out,
-                                      Codec& codec, uint64_t stream, int peer) {
+void EngineContext::read_rows_message(const uint8_t* msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
+                                      uint64_t stream, int peer) {
   if (phantom()) return;
   try {
-    codec.decode(msg.data(), real_bytes, n, hidden(), rows_out, stream);
+    codec.decode(msg, real_bytes, n, hidden(), rows_out, stream);
   } catch (const std::exception& e) {
     throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
                       fabric.phase() + ": " + e.what());
@@ -436,9 +446,8 @@ void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t 
                       " selections, notify announced " + std::to_string(tokens) + " / " + std::to_string(sels));
 }
 
-void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes,
-                                     const std::vector<int32_t>& ids, float* out, Codec& codec, uint64_t stream,
-                                     int peer, std::vector<float>& scratch) {
+void EngineContext::add_rows_message(const uint8_t* msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
+                                     Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch) {
   const int H = hidden();
   const size_t rb = &codec == combine_codec.get() ? combine_row_bytes : 0;
   if (rb > 0 && !phantom()) {  // one row decoded at a time: no message-sized fp32 copy
@@ -450,15 +459,15 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
       for (size_t j = 0; j < ids.size(); ++j) {
         float* o = out + static_cast<size_t>(ids[j]) * H;
         if (first_of_sum(ids[j]))
-          codecs::bf16_decode_first_kernel(msg.data() + j * rb, H, o);
+          codecs::bf16_decode_first_kernel(msg + j * rb, H, o);
         else
-          codecs::bf16_decode_add_kernel(msg.data() + j * rb, H, o);
+          codecs::bf16_decode_add_kernel(msg + j * rb, H, o);
       }
       return;
     }
     scratch.resize(H);
     for (size_t j = 0; j < ids.size(); ++j) {
-      codec.decode(msg.data() + j * rb, rb, 1, H, scratch.data(), stream);
+      codec.decode(msg + j * rb, rb, 1, H, scratch.data(), stream);
       add_row(out + static_cast<size_t>(ids[j]) * H, scratch.data(), first_of_sum(ids[j]));
     }
     return;

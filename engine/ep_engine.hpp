@@ -52,6 +52,9 @@ struct EngineOptions {
   double timeout_s = 60;  // limit for one blocked wait
   int chunk_tokens = 0;   // algorithm-specific pipelining granularity (0 = one chunk)
   int layout_cache = 0;   // capacity of the cached-layout LRU (engine/layout_cache.hpp); 0 = off
+  // Combine reads its answers where their senders hold them, without receive buffers, on a fabric that can
+  // (Caps::consume_in_place: emu); off, every fabric copies them into buffers first. The results are the same.
+  bool consume_in_place = true;
 };
 
 struct DispatchArgs {
@@ -181,6 +184,12 @@ class EngineContext {
 
   // Runs one all-to-all-v and counts what this rank sent.
   void exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs);
+  // Whether combine reads answers where their senders hold them (Fabric::alltoallv_consume): real bytes, a
+  // fabric with Caps::consume_in_place, and EngineOptions::consume_in_place.
+  bool consume_in_place() const { return opts.consume_in_place && !phantom() && fabric.caps().consume_in_place; }
+  // The same as exchange with Fabric::alltoallv_consume: `consume` reads every received message in place.
+  void exchange_consume(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
+                        const std::function<void()>& consume);
 
   // A message's real bytes and the bytes a simulated fabric charges on top (phantom payload).
   struct Message {
@@ -300,6 +309,10 @@ class EngineContext {
   // Throws unless every selection names a slot of the placement and the payload ends the message.
   void check_block(const TokenBlock& b, size_t off, uint64_t payload, size_t real_bytes, const std::string& what) const;
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
+                         uint64_t stream, int peer) {
+    read_rows_message(msg.data(), real_bytes, n, rows_out, codec, stream, peer);
+  }
+  void read_rows_message(const uint8_t* msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
                          uint64_t stream, int peer);
   // Dispatch's last step at a destination: parses a block message, appends its tokens and decoded
   // rows to the handle and returns how many rows it held; in phantom mode the message is a block summary,
@@ -312,6 +325,11 @@ class EngineContext {
   // need not be zeroed: a token's first row is written as 0 + row (the bits a zeroed sum gives, -0 included)
   // and later rows are added, so the output is written once instead of cleared and then summed into.
   void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
+                        Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch) {
+    add_rows_message(msg.data(), real_bytes, ids, out, codec, stream, peer, scratch);
+  }
+  // The same for a message read where it lies (alltoallv_consume).
+  void add_rows_message(const uint8_t* msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
                         Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch);
   // A combine's sum of rows messages into out [tokens x hidden], not zeroed beforehand: end_sum zeroes the
   // tokens no row reached.

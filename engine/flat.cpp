@@ -195,6 +195,32 @@ class Flat : public Algorithm {
     std::vector<size_t> first_row(R + 1, 0);  // the handle's rows from source r start at first_row[r]
     for (int r = 0; r < R; ++r) first_row[r + 1] = first_row[r] + st.recv_rows[r];
     if (!c.phantom()) c.begin_sum(h.num_tokens);
+    if (c.consume_in_place()) {
+      // Every answer read where its sender holds it (its handle's expert outputs) and added into out in rank
+      // order, as the reference sums: one exchange, no receive buffers, so no rounds either.
+      std::vector<EngineContext::Message> msgs(R);
+      std::vector<PeerSend> sends;
+      std::vector<PeerConsume> recvs;
+      for (int r = 0; r < R; ++r) {
+        if (st.recv_rows[r] == 0) continue;
+        msgs[r] = c.partials_message(h, partials, first_row[r], st.recv_rows[r],
+                                     EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
+        sends.push_back({r, msgs[r].buf()});
+      }
+      for (int r = 0; r < R; ++r)
+        if (st.sent_tokens[r] > 0) recvs.push_back({r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec)});
+      std::vector<float> rows;
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs, [&] {
+        for (const PeerConsume& r : recvs)
+          c.add_rows_message(r.data, r.bytes, st.sent_token_ids[r.peer], out, *c.combine_codec,
+                             EngineContext::stream_id(Phase::kCombine, h.layer, r.peer, me), r.peer, rows);
+      });
+      c.end_sum(out);
+      comb.time_s = c.fabric.now() - t0;
+      comb.calls = 1;
+      c.stats.combine.add(comb);
+      return;
+    }
     // Answers are added into out in rank order, as the reference sums. A dispatch made in rounds answers in
     // rounds of G answering ranks, ascending: in round j the ranks j * G .. j * G + G - 1 send every answer and
     // each rank receives theirs into G reply buffers (dispatch's send buffers), then adds them; the sum's order

@@ -428,7 +428,6 @@ class Hierarchical : public Algorithm {
   void combine(EngineContext& c, Handle& h, const float* partials, float* out) override {
     const Topology& T = c.topo;
     const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me);
-    const int H = c.hidden();
     auto& st = *static_cast<HierState*>(h.state.get());
     PhaseStats comb;
     c.fabric.set_phase("combine");
@@ -452,25 +451,101 @@ class Hierarchical : public Algorithm {
     // to them left ([0, G)), rail sources' in [0, N); the messages back across the rail are built in outboxes
     // [back, back + S), one per rail source, apart from both: from the local answers they sum, and from the
     // rail's answers, which arrive while they are sent.
+    // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
+    // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either.
+    const bool consume = c.consume_in_place();
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
     const int back = std::max(N, G);
     c.ensure_boxes(static_cast<size_t>(back + std::max(N, S)));
-    std::vector<const std::vector<uint8_t>*> inbox(G, nullptr);
+    std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answer
     std::vector<int> from;
+    std::vector<PeerConsume> lconsume;
     for (int q = 0; q < G; ++q) {
       if (st.fwd_out_rows[q] == 0) continue;
       const size_t cap = c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec);
-      std::vector<uint8_t>& v = c.reply_box(q, cap);
-      recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
-      inbox[q] = &v;
+      if (consume) {
+        lconsume.push_back({T.rank_of(my_node, q), cap});
+      } else {
+        std::vector<uint8_t>& v = c.reply_box(q, cap);
+        recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
+        inbox[q] = v.data();
+      }
       from.push_back(q);
     }
-    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
+    std::vector<EngineContext::Message> rmsgs(S);
+    // Reduce per received rail row over local ranks (ascending) into one partial per token back, sent below.
+    const auto reduce = [&] {
+      if (consume)
+        for (size_t i = 0; i < from.size(); ++i) {
+          inbox[from[i]] = lconsume[i].data;
+          recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
+        }
+      reduce_locally(c, h, st, from, inbox, recvs, rmsgs);
+    };
+    if (consume) {
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, lconsume, reduce);
+    } else {
+      c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
+      reduce();
+    }
+    sends.clear();
+    for (int si = 0; si < S; ++si)
+      if (st.fwd_in_rows[si] > 0) sends.push_back({srcs[si], rmsgs[si].buf()});
+    std::vector<EngineContext::Message>().swap(msgs);
+    std::vector<int> rfrom;
+    std::vector<PeerRecv> rrecvs;
+    std::vector<PeerConsume> rconsume;
+    for (int n = 0; n < N; ++n) {
+      if (st.sent_tokens[n] == 0) continue;
+      const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
+      if (consume) {
+        rconsume.push_back({st.relay[n], cap});
+      } else {
+        std::vector<uint8_t>& v = c.reply_box(n, cap);
+        rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
+      }
+      rfrom.push_back(n);
+    }
+    // The sums from the nodes, ascending, as the reference adds them.
+    const auto sum = [&] {
+      if (c.phantom()) return;
+      c.begin_sum(h.num_tokens);
+      std::vector<float> rows;
+      for (size_t i = 0; i < rfrom.size(); ++i) {
+        const int n = rfrom[i], f = st.relay[n];
+        const uint8_t* at = consume ? rconsume[i].data : static_cast<const uint8_t*>(rrecvs[i].data.ptr);
+        c.add_rows_message(at, consume ? rconsume[i].bytes : rrecvs[i].bytes, st.sent_token_ids[n], out,
+                           *c.combine_codec, EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
+      }
+      c.end_sum(out);
+    };
+    if (consume) {
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rconsume, sum);
+      c.fabric.end_pipeline();
+    } else {
+      c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
+      c.fabric.end_pipeline();
+      sum();
+    }
+    comb.time_s = c.fabric.now() - t0;
+    comb.calls = 1;
+    c.stats.combine.add(comb);
+  }
 
-    // Reduce per received rail row over local ranks (ascending), then send one partial per token back. With a
-    // row-separable codec the local rows are decoded one at a time from the inbox and each sum is encoded
-    // straight into its message; otherwise the inboxes are decoded whole first.
+ private:
+  // The forwarder's reduction: for each rail source's rows, the local ranks' answers (inbox[q], recvs in the
+  // order of `from`) summed over local ranks ascending into one message back per rail source (rmsgs). With a
+  // row-separable codec the local rows are decoded one at a time and each sum is encoded straight into its
+  // message; otherwise the answers are decoded whole first.
+  static void reduce_locally(EngineContext& c, const Handle& h, const HierState& st, const std::vector<int>& from,
+                             const std::vector<const uint8_t*>& inbox, const std::vector<PeerRecv>& recvs,
+                             std::vector<EngineContext::Message>& rmsgs) {
+    const Topology& T = c.topo;
+    const int G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), H = c.hidden();
+    const int N = T.nodes(), back = std::max(N, G);
+    const std::vector<int>& srcs = st.sources;
+    const int S = static_cast<int>(srcs.size());
     const size_t rb = c.combine_row_bytes;
     std::vector<std::vector<float>> local(G);
     if (!c.phantom()) {
@@ -484,12 +559,10 @@ class Hierarchical : public Algorithm {
           continue;
         }
         local[q].resize(static_cast<size_t>(st.fwd_out_rows[q]) * H);
-        c.read_rows_message(*inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
+        c.read_rows_message(inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
     }
-    std::vector<EngineContext::Message> rmsgs(S);
-    sends.clear();
     std::vector<float> acc, dec(rb > 0 ? H : 0);
     int in_row = 0;
     for (int si = 0; si < S; ++si) {  // rail sources
@@ -507,7 +580,7 @@ class Hierarchical : public Algorithm {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
             const auto [q, idx] = st.fwd_map[k];
-            const uint8_t* in = inbox[q]->data() + static_cast<size_t>(idx) * rb;
+            const uint8_t* in = inbox[q] + static_cast<size_t>(idx) * rb;
             if (c.combine_bf16) {  // decode and add in one pass
               codecs::bf16_decode_add_kernel(in, H, acc.data());
               continue;
@@ -537,36 +610,7 @@ class Hierarchical : public Algorithm {
         rmsgs[si] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec, stream);
       }
       in_row += rows_n;
-      sends.push_back({src, rmsgs[si].buf()});
     }
-    std::vector<std::vector<float>>().swap(local);
-    std::vector<EngineContext::Message>().swap(msgs);
-    std::vector<const std::vector<uint8_t>*> rinbox(N, nullptr);
-    std::vector<int> rfrom;
-    std::vector<PeerRecv> rrecvs;
-    for (int n = 0; n < N; ++n) {
-      if (st.sent_tokens[n] == 0) continue;
-      const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
-      std::vector<uint8_t>& v = c.reply_box(n, cap);
-      rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
-      rinbox[n] = &v;
-      rfrom.push_back(n);
-    }
-    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
-    c.fabric.end_pipeline();
-    if (!c.phantom()) {
-      c.begin_sum(h.num_tokens);
-      std::vector<float> rows;
-      for (size_t i = 0; i < rfrom.size(); ++i) {
-        const int n = rfrom[i], f = st.relay[n];
-        c.add_rows_message(*rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
-                           EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
-      }
-      c.end_sum(out);
-    }
-    comb.time_s = c.fabric.now() - t0;
-    comb.calls = 1;
-    c.stats.combine.add(comb);
   }
 };
 
