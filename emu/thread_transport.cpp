@@ -84,7 +84,11 @@ class ThreadBackend : public Backend {
  public:
   std::string name() const override { return "emu"; }
   std::string description() const override { return "ranks as threads in one process, real bytes, wall clock"; }
-  Caps caps() const override { return Caps{}; }
+  Caps caps() const override {
+    Caps c;
+    c.consume_in_place = true;  // its fabric's alltoallv_consume (ThreadTransport lends sends)
+    return c;
+  }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
     if (opts.phantom_payload)
       throw EplabError("backend 'emu' moves real bytes only; phantom payloads need --backend=sim");

@@ -478,6 +478,38 @@ void EngineContext::add_rows_message(const uint8_t* msg, size_t real_bytes, cons
     add_row(out + static_cast<size_t>(ids[j]) * H, &scratch[j * H], first_of_sum(ids[j]));
 }
 
+void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens) {
+  const size_t H = static_cast<size_t>(hidden()), rb = combine_row_bytes;
+  if (!combine_bf16 || rb == 0 || !out_bf16)
+    throw EplabError("engine: sum_rows_bf16 needs the bf16 combine codec and a bf16 output (rank " +
+                     std::to_string(rank()) + ")");
+  // Each token's rows, in the order of `ins`: (input, row) pairs grouped by token (a counting sort).
+  std::vector<uint32_t> begin(static_cast<size_t>(tokens) + 1, 0);
+  for (const RowsIn& in : ins) {
+    if (in.bytes != in.ids->size() * rb)
+      throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(in.peer) +
+                        " in phase " + fabric.phase() + ": " + std::to_string(in.bytes) + " bytes for " +
+                        std::to_string(in.ids->size()) + " rows of " + std::to_string(rb));
+    for (int32_t t : *in.ids) ++begin[static_cast<size_t>(t) + 1];
+  }
+  for (int t = 0; t < tokens; ++t) begin[t + 1] += begin[t];
+  std::vector<const uint8_t*> rows(begin[tokens]);
+  std::vector<uint32_t> at(begin.begin(), begin.end() - 1);
+  for (const RowsIn& in : ins)
+    for (size_t j = 0; j < in.ids->size(); ++j) rows[at[(*in.ids)[j]]++] = in.data + j * rb;
+  std::vector<float> acc(H);
+  uint8_t* out = reinterpret_cast<uint8_t*>(out_bf16);
+  for (int t = 0; t < tokens; ++t) {
+    if (begin[t] == begin[t + 1]) {
+      std::memset(out + static_cast<size_t>(t) * H * 2, 0, H * 2);
+      continue;
+    }
+    codecs::bf16_decode_first_kernel(rows[begin[t]], H, acc.data());
+    for (uint32_t k = begin[t] + 1; k < begin[t + 1]; ++k) codecs::bf16_decode_add_kernel(rows[k], H, acc.data());
+    codecs::bf16_encode_kernel(acc.data(), H, out + static_cast<size_t>(t) * H * 2);
+  }
+}
+
 bool EngineContext::first_of_sum(int32_t token) {
   if (summed.empty() || summed[token]) return false;
   summed[token] = 1;
@@ -668,6 +700,20 @@ void EpEngine::combine(Handle& h, const float* partials, float* out) {
   ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.num_tokens, ctx_.hidden(), false);
   ctx_.stats.combine.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.combine_codec);
   ctx_.stats.combine.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.combine_codec);
+}
+
+void EpEngine::combine_bf16(Handle& h, const float* partials, uint16_t* out) {
+  if (ctx_.phantom()) return combine(h, partials, nullptr);
+  if (algo_->writes_bf16(ctx_)) {
+    ctx_.out_bf16 = out;
+    const std::shared_ptr<void> reset(nullptr, [this](void*) { ctx_.out_bf16 = nullptr; });
+    combine(h, partials, nullptr);
+    return;
+  }
+  const size_t n = static_cast<size_t>(h.num_tokens) * ctx_.hidden();
+  std::vector<float> sum(n);
+  combine(h, partials, sum.data());
+  codecs::bf16_encode_kernel(sum.data(), n, reinterpret_cast<uint8_t*>(out));
 }
 
 }  // namespace eplab

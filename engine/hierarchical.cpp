@@ -82,6 +82,9 @@ class Hierarchical : public Algorithm {
   std::string name() const override { return "hierarchical"; }
   ReductionOrder reduction() const override { return ReductionOrder::kNodes; }
   bool takes_wire_rows() const override { return true; }
+  bool writes_bf16(const EngineContext& c) const override {
+    return c.consume_in_place() && c.combine_bf16 && c.combine_row_bytes > 0;
+  }
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
@@ -510,6 +513,13 @@ class Hierarchical : public Algorithm {
     // The sums from the nodes, ascending, as the reference adds them.
     const auto sum = [&] {
       if (c.phantom()) return;
+      if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
+        std::vector<EngineContext::RowsIn> ins;
+        for (size_t i = 0; i < rfrom.size(); ++i)
+          ins.push_back({rconsume[i].data, rconsume[i].bytes, &st.sent_token_ids[rfrom[i]], st.relay[rfrom[i]]});
+        c.sum_rows_bf16(ins, h.num_tokens);
+        return;
+      }
       c.begin_sum(h.num_tokens);
       std::vector<float> rows;
       for (size_t i = 0; i < rfrom.size(); ++i) {
