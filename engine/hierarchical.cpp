@@ -319,12 +319,13 @@ class Hierarchical : public Algorithm {
         st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
       }
     }
+    // The forward message to local rank q, built in send buffer `slot`: a phantom summary, a block of wire rows
+    // copied from the rail's receive buffers, or encoded fp32 rows. False when nothing goes to q.
+    const bool split = c.split_blocks();
     std::vector<EngineContext::Message> fmsgs(G);
-    sends.clear();
-    std::vector<PeerRecv> lrecvs;
-    for (int q = 0; q < G; ++q) {
+    const auto build_forward = [&](int q, size_t slot) {
       st->fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_counts[2 * q]) : to_local[q].size();
-      if (st->fwd_out_rows[q] == 0) continue;
+      if (st->fwd_out_rows[q] == 0) return false;
       const int r = T.rank_of(my_node, q);
       if (!c.gpu_up(r))
         throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(st->fwd_out_rows[q]) +
@@ -334,12 +335,11 @@ class Hierarchical : public Algorithm {
         summary.assign(fwd_counts[2 * q], fwd_counts[2 * q + 1], &node_slot_sels[static_cast<size_t>(q) * spr], spr,
                        r * spr);
         fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
-        sends.push_back({r, fmsgs[q].buf()});
-        continue;
+        return true;
       }
       if (rb > 0) {
         // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
-        std::vector<uint8_t>& m = c.outbox(q);
+        std::vector<uint8_t>& m = c.outbox(slot);
         const size_t rows = local_wire[q].size() * rb;
         reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
         pack_block(to_local[q], rows, m);
@@ -352,13 +352,16 @@ class Hierarchical : public Algorithm {
         fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
                                         EngineContext::stream_id(Phase::kForward, a.layer, me, r));
       }
-      sends.push_back({r, fmsgs[q].buf()});
       to_local[q].release();
       std::vector<float>().swap(local_rows[q]);
-    }
-    // The last stage's receive buffers: whole messages in inbox(q), or (split_blocks) the metadata there and the
-    // rows straight into the handle's rows buffer, local ranks in order.
-    const bool split = c.split_blocks();
+      return true;
+    };
+    sends.clear();
+    std::vector<PeerRecv> lrecvs;
+    for (int q = 0; q < G && !split; ++q)
+      if (build_forward(q, static_cast<size_t>(q))) sends.push_back({T.rank_of(my_node, q), fmsgs[q].buf()});
+    // The last stage's receive buffers: whole messages in inbox(q), or (split_blocks) the metadata in
+    // inbox(meta_box + q) and the rows straight into the handle's rows buffer, local ranks in order.
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
@@ -368,36 +371,62 @@ class Hierarchical : public Algorithm {
     size_t in_tokens = 0, in_sels = 0;
     for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
-    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})));
+    const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
+    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})) + meta_box);
     std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
     std::vector<int> lfrom;
     std::vector<PeerRecv> row_recvs;
-    size_t row_at = 0;
-    for (int q = 0; q < G; ++q) {
-      if (local_in[2 * q] == 0) continue;
-      const int r = T.rank_of(my_node, q);
-      if (split) {
-        lrecvs.push_back({r, c.inbox(q, block_meta_bytes(local_in[2 * q], local_in[2 * q + 1]))});
-        const size_t bytes = local_in[2 * q] * c.dispatch_row_bytes;
-        row_recvs.push_back({r, MutBuf{h.recv_wire.data() + row_at, bytes}});
-        row_at += bytes;
-      } else {
+    if (split) {
+      // Rounds of kFlatRoundPeers local ranks, as flat's dispatch: in round j a forwarder sends to the local
+      // ranks j * Gr + i above it and receives from those as far below (i < Gr), so its send buffers hold only a
+      // round's messages. The metadata waits in boxes above the rail's (whose rows later rounds still copy),
+      // the rows land at their local rank's place in the handle, and the blocks are read in local-rank order:
+      // the handle is the one a single exchange builds.
+      const int Gr = std::min(G, kFlatRoundPeers), my_local = T.local_of(me);
+      std::vector<size_t> row_at(G + 1, 0);
+      for (int q = 0; q < G; ++q) row_at[q + 1] = row_at[q] + local_in[2 * q] * c.dispatch_row_bytes;
+      std::vector<PeerRecv> meta_of(G, PeerRecv{-1, MutBuf{}}), rows_of(G, PeerRecv{-1, MutBuf{}});
+      std::vector<PeerSend> meta_sends, row_sends;
+      std::vector<PeerRecv> meta_recvs, round_rows;
+      for (int j = 0; j * Gr < G; ++j) {
+        meta_sends.clear(), row_sends.clear(), meta_recvs.clear(), round_rows.clear();
+        for (int i = 0; i < Gr && j * Gr + i < G; ++i) {
+          const int off = j * Gr + i, dq = (my_local + off) % G, sq = (my_local - off + G) % G;
+          if (build_forward(dq, static_cast<size_t>(i))) {
+            meta_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].meta()});
+            row_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].rows()});
+          }
+          if (local_in[2 * sq] > 0) {
+            const int r = T.rank_of(my_node, sq);
+            meta_recvs.push_back({r, c.inbox(meta_box + sq, block_meta_bytes(local_in[2 * sq], local_in[2 * sq + 1]))});
+            round_rows.push_back({r, MutBuf{h.recv_wire.data() + row_at[sq], row_at[sq + 1] - row_at[sq]}});
+          }
+        }
+        c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 2 * j),
+                         make_tag(Phase::kForward, a.step, a.layer, 2 * j + 1), meta_sends, row_sends, meta_recvs,
+                         round_rows);
+        for (size_t k = 0; k < meta_recvs.size(); ++k) {
+          const int q = T.local_of(meta_recvs[k].peer);
+          meta_of[q] = meta_recvs[k];
+          rows_of[q] = round_rows[k];
+        }
+        for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
+      }
+      for (int q = 0; q < G; ++q) {
+        if (local_in[2 * q] == 0) continue;
+        lrecvs.push_back(meta_of[q]);
+        row_recvs.push_back(rows_of[q]);
+        lfrom.push_back(q);
+      }
+    } else {
+      for (int q = 0; q < G; ++q) {
+        if (local_in[2 * q] == 0) continue;
+        const int r = T.rank_of(my_node, q);
         lrecvs.push_back(
             {r, c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
                                    : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
+        lfrom.push_back(q);
       }
-      lfrom.push_back(q);
-    }
-    if (split) {
-      std::vector<PeerSend> meta_sends, row_sends;
-      for (const PeerSend& s : sends) {
-        const EngineContext::Message& m = fmsgs[T.local_of(s.peer)];
-        meta_sends.push_back({s.peer, m.meta()});
-        row_sends.push_back({s.peer, m.rows()});
-      }
-      c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 0),
-                       make_tag(Phase::kForward, a.step, a.layer, 1), meta_sends, row_sends, lrecvs, row_recvs);
-    } else {
       c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
     }
     c.fabric.end_pipeline();
@@ -414,7 +443,7 @@ class Hierarchical : public Algorithm {
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
       st->recv_rows[q] =
-          split ? c.add_split_block(h, linbox[q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
+          split ? c.add_split_block(h, linbox[meta_box + q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
                                     local_in[2 * q + 1], f, b)
                 : c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
                                       *c.dispatch_codec, EngineContext::stream_id(Phase::kForward, a.layer, f, me), f,
