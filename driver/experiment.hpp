@@ -30,6 +30,9 @@ struct RunConfig {
   std::string algorithm = "hierarchical";
   std::string dispatch_codec;  // empty: the model's
   std::string combine_codec;   // empty: the model's
+  // Combine's output type on real bytes: "fp32", or "bf16" as DeepEP's combine returns it (each token's fp32
+  // sum rounded once; the verification reference rounds its sum the same way). Half the output's memory.
+  std::string combine_out = "fp32";
   std::string transform = "scale";
   std::string payload = "auto";  // real | phantom | auto (phantom where time is modeled, real elsewhere)
   int steps = 1;

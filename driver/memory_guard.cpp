@@ -68,35 +68,43 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   // codec's rows when it encodes rows on their own (EpEngine::takes_wire_batch), else it is fp32 activations;
   // the rows live in the output's buffer unless training keeps them or two micro-batches interleave
   // (driver/rank_program.cpp).
+  // --combine-out bf16 halves the output, and the batch's rows live in it where they take at most 2 bytes an
+  // element.
+  const double out_elem = cfg.combine_out == "bf16" ? 2.0 : 4.0;
   const bool wire_batch = d.kept == d.wire && (algo == "flat" || algo == "hierarchical");
-  const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo";
-  e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * 4.0;
+  const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo" && d.wire <= out_elem * H;
+  e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * out_elem;
   // The handle's rows per received row: the last stage receives rows straight into the handle's rows buffer,
   // which expert compute overwrites with its outputs where they are no smaller (EngineContext::map_rows; a
   // buffer with room for the larger), else writes them beside it.
   const double handle_row = c.kept >= d.kept ? c.kept : d.kept + c.kept;
   if (wire_rows && !run.caps.modeled_time && algo == "flat") {
-    // The payload moves in rounds of kFlatRoundPeers peers, so the send buffers, which take combine's answers
-    // back, hold that many peers' rows (a token sent once per destination rank it selects: T (1 - miss) rows
-    // to a peer on average).
+    // The payload moves in rounds of kFlatRoundPeers peers, so the send buffers hold that many peers' rows (a
+    // token sent once per destination rank it selects: T (1 - miss) rows to a peer on average). Where combine
+    // reads its answers in place (Caps::consume_in_place, emu) nothing else holds rows; elsewhere the send
+    // buffers take combine's answers back, in rounds as large.
     const double round_rows = std::min(R, kFlatRoundPeers) * T * (1 - miss);
-    e.rows_bytes = e.rows_per_rank * handle_row + round_rows * std::max(d.wire, c.wire);
+    e.rows_bytes =
+        e.rows_per_rank * handle_row + round_rows * (run.caps.consume_in_place ? d.wire : std::max(d.wire, c.wire));
   } else if (wire_rows && !run.caps.modeled_time && algo == "hierarchical") {
-    // Besides the handle's rows, a rank's send buffers (what it sent, as many rows as it receives on average)
-    // take combine's answers back when those rows are no larger (EngineContext::reply_box). Two row buffers,
-    // where the rows are equal.
-    const double replies = c.wire <= d.wire ? 0.0 : c.wire;
-    e.rows_bytes = e.rows_per_rank * (d.wire + handle_row + replies);
-    if (algo == "hierarchical" && run.topo.nodes() > 1) {
-      // Across the rail a token travels once per node it selects: the forwarder's receive buffers hold those
-      // rows, the source's send buffers held them before the forward messages, and the sums going back are
-      // built apart from the local answers they add up.
-      const double N = run.topo.nodes(), per_node = E / N;
-      double node_miss = 1;  // P(a node holds none of a token's k experts)
-      for (int i = 0; i < run.shape.topk; ++i) node_miss *= std::max(0.0, (E - per_node - i) / (E - i));
-      const double pairs = T * N * (1 - node_miss);
-      e.rows_bytes += pairs * (2.0 * d.wire + c.wire);
-    }
+    // Across the rail a token travels once per node it selects: the source's send buffers hold those rows (one
+    // buffer per node), the forwarder's receive buffers hold them, and the sums going back are built apart
+    // from the local answers they add up.
+    const double N = run.topo.nodes(), G = run.topo.gpus_per_node(), per_node = E / N;
+    double node_miss = 1;  // P(a node holds none of a token's k experts)
+    for (int i = 0; i < run.shape.topk; ++i) node_miss *= std::max(0.0, (E - per_node - i) / (E - i));
+    const double rail_rows = T * (1 - node_miss);  // to one node
+    e.rows_bytes = N * rail_rows * (2.0 * d.wire + c.wire);
+    // The forward messages go out in rounds of kFlatRoundPeers local ranks, built in send buffers that the
+    // rail's messages (to N nodes) used before: a round's buffers grow only where a forward message (the rows
+    // one GPU receives, rows_per_rank / G) is the larger. Combine's answers take a buffer only where they are
+    // copied (EngineContext::reply_box: the forward buffers when no larger, else their own), not where they are
+    // read in place (Caps::consume_in_place).
+    const double fwd_rows = e.rows_per_rank / G;
+    for (int i = 0; i < std::min(static_cast<int>(G), kFlatRoundPeers); ++i)
+      e.rows_bytes += (i < N ? std::max(0.0, fwd_rows - rail_rows) : fwd_rows) * d.wire;
+    const double replies = run.caps.consume_in_place || c.wire <= d.wire ? 0.0 : c.wire;
+    e.rows_bytes += e.rows_per_rank * (handle_row + replies);
   } else {
     // Dispatch holds a row in the sender's message, the receiver's buffer and the handle; combine holds the
     // received row, the expert output (fp32 partials, or wire rows written in place when both formats match)

@@ -14,7 +14,7 @@ namespace eplab {
 struct MemoryEstimate {
   double bytes = 0;          // peak of the ranks that run on this machine
   int ranks_here = 0;        // ranks counted (every rank in one process; this node's under mpirun)
-  double batch_bytes = 0;    // part of `bytes`: the batch (wire rows or fp32 activations), combine outputs (fp32)
+  double batch_bytes = 0;    // part of `bytes`: the batch (wire rows or fp32 activations), combine outputs (fp32/bf16)
   double rows_bytes = 0;     // part of `bytes`: received rows, messages in flight, expert outputs
   double rows_per_rank = 0;  // rows a rank receives per call (uniform routing's mean)
 };

@@ -21,6 +21,7 @@
 #include "engine/huge_pages.hpp"
 #include "engine/payload_ledger.hpp"
 #include "engine/transport_fabric.hpp"
+#include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab {
 namespace {
@@ -368,14 +369,24 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   const FaultPlan* faults = in.plan.faults.get();
   const double slow = faults ? faults->slowdown(me) : 1.0;
   std::vector<int32_t> slots;
-  std::vector<float> x, partials, out, ref, x_slice;
+  std::vector<float> x, partials, out, ref, x_slice, got;
+  std::vector<uint8_t> ref_bf16;
   // Wire rows of the batch where dispatch takes them (x stays empty); the verification reference then makes
   // each slice's fp32 activations again from the seed, as the batch was made. Dispatch has sent every row
   // (copied into its messages) when it returns, and only combine writes the output, after it: so the rows
   // live in the tail of the output's buffer, one buffer for both, unless training keeps the batch for the
   // backward pass or two micro-batches interleave dispatch and combine.
   const bool wire_batch = !phantom && engine.takes_wire_batch();
-  const bool batch_in_out = wire_batch && cfg.mode != "training" && !steps.two_batch();
+  // --combine-out bf16: the output is bf16 ([tokens x hidden] of 2 bytes, in out's storage), written by
+  // EpEngine::combine_bf16; the batch's rows still fit in it where a row takes at most 2 bytes an element.
+  const bool out_bf16 = !phantom && cfg.combine_out == "bf16";
+  const size_t out_elem_bytes = out_bf16 ? 2 : sizeof(float);
+  const bool batch_in_out = wire_batch && cfg.mode != "training" && !steps.two_batch() &&
+                            engine.context().dispatch_row_bytes <= out_elem_bytes * shape.hidden;
+  // Floats of out's storage for an output of `tokens` rows.
+  const auto out_floats = [&](int tokens) {
+    return (static_cast<size_t>(tokens) * shape.hidden * out_elem_bytes + sizeof(float) - 1) / sizeof(float);
+  };
   std::vector<uint8_t> x_rows;
   const uint8_t* batch_rows = nullptr;
   // A link degraded at a time (@t:T, sim): the fabric changes it then, in the middle of whatever runs.
@@ -460,8 +471,8 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
       if (wire_batch) {
         const size_t bytes = static_cast<size_t>(batch.num_tokens) * engine.context().dispatch_row_bytes;
         uint8_t* at = nullptr;
-        if (batch_in_out) {  // row bytes <= fp32's: the rows fit in the output's buffer
-          resize_huge(out, static_cast<size_t>(batch.num_tokens) * shape.hidden);
+        if (batch_in_out) {  // row bytes <= the output's: the rows fit in the output's buffer
+          resize_huge(out, out_floats(batch.num_tokens));
           at = reinterpret_cast<uint8_t*>(out.data()) + out.size() * sizeof(float) - bytes;
         } else {
           resize_huge(x_rows, bytes);
@@ -516,10 +527,13 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
               if (s >= 0) res.deliveries.sent_to(call, placement.rank_of_slot(s)).add(t, s);
             }
         }
-        resize_huge(out, phantom ? 0 : static_cast<size_t>(batch.num_tokens) * shape.hidden);
+        resize_huge(out, phantom ? 0 : out_floats(batch.num_tokens));
         f.barrier();
         ft.combine0 = f.now();
-        engine.combine(h, expert_out, phantom ? nullptr : out.data());
+        if (out_bf16)
+          engine.combine_bf16(h, expert_out, reinterpret_cast<uint16_t*>(out.data()));
+        else
+          engine.combine(h, expert_out, phantom ? nullptr : out.data());
         rec.record_call(before, engine.stats());
         res.layer_time_s[call] = f.now() - call_t0;
         ft.combine1 = f.now();
@@ -536,6 +550,15 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
           if (wire_batch) make_activations(cfg.seed, step, layer, me, n, shape.hidden, x_slice.data(), t0);
           reference_combine(batch, slots, wire_batch ? x_slice.data() : x.data(), placement, run.topo, run.transform,
                             engine.reduction(), shape.hidden, ref.data(), t0, n, wire_batch ? t0 : 0);
+          if (out_bf16) {  // both sides as bf16: the reference's sum rounded as combine_bf16 rounds
+            ref_bf16.resize(n * H * 2);
+            got.resize(n * H);
+            codecs::bf16_encode_kernel(ref.data(), n * H, ref_bf16.data());
+            codecs::bf16_decode_kernel(ref_bf16.data(), n * H, ref.data());
+            codecs::bf16_decode_kernel(reinterpret_cast<const uint8_t*>(out.data()) + t0 * H * 2, n * H, got.data());
+            rec.add_comparison(got.data(), ref.data(), n * H);
+            continue;
+          }
           rec.add_comparison(out.data() + t0 * H, ref.data(), n * H);
         }
       }

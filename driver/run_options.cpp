@@ -105,7 +105,13 @@ const std::vector<RunOption>& run_options() {
       opt(integer<C>("stop_after_steps", member(&C::stop_after_steps), kNonNegative),
           "with --checkpoint: end the run after N steps, its checkpoint written (0: run every step)"),
       opt(text<C>("resume", member(&C::resume)), "continue a run from this checkpoint (same options)"),
-      // Last in the table: options are numbered by their place here (the fuzz seeds name them so).
+      // New options go at the end: options are numbered by their place here (the fuzz seeds name them so).
+      opt(text<C>("combine_out", member(&C::combine_out),
+                  [](const std::string& v) {
+                    if (v != "fp32" && v != "bf16") throw EplabError("expected fp32 or bf16, got '" + v + "'");
+                  }),
+          "combine's output on real bytes: fp32 | bf16 (as DeepEP returns it: each sum rounded once, half the "
+          "memory; inference without --overlap)"),
       opt(text<C>("transport", member(&C::transport)),
           "real: staged (threads, default) | nccl (mpirun -n N, one rank per GPU) | cuda-ipc (mpirun -n N, "
           "ranks sharing GPUs); docs/gpu.md"),

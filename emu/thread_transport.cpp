@@ -1,7 +1,8 @@
 // The emulated backend's transport: ranks are threads of one process sharing a Domain. A send is handed to the
 // receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy, by
 // the sending thread, outside the domain's lock), otherwise they wait in a host copy until the receive is posted.
-// All-to-all-v posts every receive first so that every byte is copied once.
+// All-to-all-v posts every receive first so that every byte is copied once; alltoallv_consume copies none: the
+// receiver reads lent bytes where the sender holds them.
 #include <malloc.h>
 
 #include <cstring>
@@ -16,9 +17,19 @@ namespace {
 class ThreadTransport final : public Transport, public AlltoallvExtension {
  public:
   ThreadTransport(Domain& domain, int rank, const WallClock& clock) : domain_(domain), me_(rank), clock_(clock) {}
-  TransportCaps caps() const override { return TransportCaps{}; }
+  TransportCaps caps() const override {
+    TransportCaps c;
+    c.lends_sends = true;  // one address space: a receiver can read a sender's buffer where it is
+    return c;
+  }
   double now() const override { return clock_(); }
   void post_send(SendOp& op, ConstBuf data) override {
+    if (op.lend) {  // the receiver reads the bytes where they are; the send is done when it lets them go
+      Arrival a{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr};
+      a.lender = &op;
+      domain_.deliver(op.peer, *this, std::move(a));
+      return;
+    }
     // Matched to a posted receive: this thread copies the bytes once, without the domain's lock, so ranks copy
     // in parallel. Otherwise the arrival was retained (copied) to wait for its receive.
     if (const std::shared_ptr<RecvOp> r =
@@ -73,7 +84,11 @@ class ThreadBackend : public Backend {
  public:
   std::string name() const override { return "emu"; }
   std::string description() const override { return "ranks as threads in one process, real bytes, wall clock"; }
-  Caps caps() const override { return Caps{}; }
+  Caps caps() const override {
+    Caps c;
+    c.consume_in_place = true;  // its fabric's alltoallv_consume (ThreadTransport lends sends)
+    return c;
+  }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
     if (opts.phantom_payload)
       throw EplabError("backend 'emu' moves real bytes only; phantom payloads need --backend=sim");

@@ -102,6 +102,16 @@ void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> 
   fabric.alltoallv(tag, sends, recvs, deadline());
 }
 
+void EngineContext::exchange_consume(PhaseStats& st, Tag tag, std::span<const PeerSend> sends,
+                                     std::span<PeerConsume> recvs, const std::function<void()>& consume) {
+  for (auto& s : sends) {
+    if (!fabric.live(s.peer)) continue;
+    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+    st.messages += 1;
+  }
+  fabric.alltoallv_consume(tag, sends, recvs, consume, deadline());
+}
+
 // Codec work on a fabric whose time is a model (sim), from the codec's GPU throughput model
 // (Codec::gpu_seconds): a source encodes its batch once (a token bound for several ranks is not cast again per
 // message, and a forwarder passes encoded rows on), a receiver decodes what it received unless the expert GEMM
@@ -379,11 +389,11 @@ void EngineContext::read_block_message(const std::vector<uint8_t>& msg, size_t r
   }
 }
 
-void EngineContext::read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out,
-                                      Codec& codec, uint64_t stream, int peer) {
+void EngineContext::read_rows_message(const uint8_t* msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
+                                      uint64_t stream, int peer) {
   if (phantom()) return;
   try {
-    codec.decode(msg.data(), real_bytes, n, hidden(), rows_out, stream);
+    codec.decode(msg, real_bytes, n, hidden(), rows_out, stream);
   } catch (const std::exception& e) {
     throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
                       fabric.phase() + ": " + e.what());
@@ -436,9 +446,8 @@ void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t 
                       " selections, notify announced " + std::to_string(tokens) + " / " + std::to_string(sels));
 }
 
-void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes,
-                                     const std::vector<int32_t>& ids, float* out, Codec& codec, uint64_t stream,
-                                     int peer, std::vector<float>& scratch) {
+void EngineContext::add_rows_message(const uint8_t* msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
+                                     Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch) {
   const int H = hidden();
   const size_t rb = &codec == combine_codec.get() ? combine_row_bytes : 0;
   if (rb > 0 && !phantom()) {  // one row decoded at a time: no message-sized fp32 copy
@@ -450,15 +459,15 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
       for (size_t j = 0; j < ids.size(); ++j) {
         float* o = out + static_cast<size_t>(ids[j]) * H;
         if (first_of_sum(ids[j]))
-          codecs::bf16_decode_first_kernel(msg.data() + j * rb, H, o);
+          codecs::bf16_decode_first_kernel(msg + j * rb, H, o);
         else
-          codecs::bf16_decode_add_kernel(msg.data() + j * rb, H, o);
+          codecs::bf16_decode_add_kernel(msg + j * rb, H, o);
       }
       return;
     }
     scratch.resize(H);
     for (size_t j = 0; j < ids.size(); ++j) {
-      codec.decode(msg.data() + j * rb, rb, 1, H, scratch.data(), stream);
+      codec.decode(msg + j * rb, rb, 1, H, scratch.data(), stream);
       add_row(out + static_cast<size_t>(ids[j]) * H, scratch.data(), first_of_sum(ids[j]));
     }
     return;
@@ -467,6 +476,38 @@ void EngineContext::add_rows_message(const std::vector<uint8_t>& msg, size_t rea
   read_rows_message(msg, real_bytes, static_cast<int>(ids.size()), scratch.data(), codec, stream, peer);
   for (size_t j = 0; j < ids.size(); ++j)
     add_row(out + static_cast<size_t>(ids[j]) * H, &scratch[j * H], first_of_sum(ids[j]));
+}
+
+void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens) {
+  const size_t H = static_cast<size_t>(hidden()), rb = combine_row_bytes;
+  if (!combine_bf16 || rb == 0 || !out_bf16)
+    throw EplabError("engine: sum_rows_bf16 needs the bf16 combine codec and a bf16 output (rank " +
+                     std::to_string(rank()) + ")");
+  // Each token's rows, in the order of `ins`: (input, row) pairs grouped by token (a counting sort).
+  std::vector<uint32_t> begin(static_cast<size_t>(tokens) + 1, 0);
+  for (const RowsIn& in : ins) {
+    if (in.bytes != in.ids->size() * rb)
+      throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(in.peer) +
+                        " in phase " + fabric.phase() + ": " + std::to_string(in.bytes) + " bytes for " +
+                        std::to_string(in.ids->size()) + " rows of " + std::to_string(rb));
+    for (int32_t t : *in.ids) ++begin[static_cast<size_t>(t) + 1];
+  }
+  for (int t = 0; t < tokens; ++t) begin[t + 1] += begin[t];
+  std::vector<const uint8_t*> rows(begin[tokens]);
+  std::vector<uint32_t> at(begin.begin(), begin.end() - 1);
+  for (const RowsIn& in : ins)
+    for (size_t j = 0; j < in.ids->size(); ++j) rows[at[(*in.ids)[j]]++] = in.data + j * rb;
+  std::vector<float> acc(H);
+  uint8_t* out = reinterpret_cast<uint8_t*>(out_bf16);
+  for (int t = 0; t < tokens; ++t) {
+    if (begin[t] == begin[t + 1]) {
+      std::memset(out + static_cast<size_t>(t) * H * 2, 0, H * 2);
+      continue;
+    }
+    codecs::bf16_decode_first_kernel(rows[begin[t]], H, acc.data());
+    for (uint32_t k = begin[t] + 1; k < begin[t + 1]; ++k) codecs::bf16_decode_add_kernel(rows[k], H, acc.data());
+    codecs::bf16_encode_kernel(acc.data(), H, out + static_cast<size_t>(t) * H * 2);
+  }
 }
 
 bool EngineContext::first_of_sum(int32_t token) {
@@ -659,6 +700,20 @@ void EpEngine::combine(Handle& h, const float* partials, float* out) {
   ctx_.stats.combine.codec_s += charge_codec(ctx_.fabric, *ctx_.combine_codec, h.num_tokens, ctx_.hidden(), false);
   ctx_.stats.combine.logical_bytes += algo_->logical_bytes(ctx_, h, *ctx_.combine_codec);
   ctx_.stats.combine.scaleout_logical_bytes += algo_->scaleout_logical_bytes(ctx_, h, *ctx_.combine_codec);
+}
+
+void EpEngine::combine_bf16(Handle& h, const float* partials, uint16_t* out) {
+  if (ctx_.phantom()) return combine(h, partials, nullptr);
+  if (algo_->writes_bf16(ctx_)) {
+    ctx_.out_bf16 = out;
+    const std::shared_ptr<void> reset(nullptr, [this](void*) { ctx_.out_bf16 = nullptr; });
+    combine(h, partials, nullptr);
+    return;
+  }
+  const size_t n = static_cast<size_t>(h.num_tokens) * ctx_.hidden();
+  std::vector<float> sum(n);
+  combine(h, partials, sum.data());
+  codecs::bf16_encode_kernel(sum.data(), n, reinterpret_cast<uint8_t*>(out));
 }
 
 }  // namespace eplab

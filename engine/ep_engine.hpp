@@ -52,6 +52,9 @@ struct EngineOptions {
   double timeout_s = 60;  // limit for one blocked wait
   int chunk_tokens = 0;   // algorithm-specific pipelining granularity (0 = one chunk)
   int layout_cache = 0;   // capacity of the cached-layout LRU (engine/layout_cache.hpp); 0 = off
+  // Combine reads its answers where their senders hold them, without receive buffers, on a fabric that can
+  // (Caps::consume_in_place: emu); off, every fabric copies them into buffers first. The results are the same.
+  bool consume_in_place = true;
 };
 
 struct DispatchArgs {
@@ -126,6 +129,10 @@ class Algorithm {
   // partials: [handle.recv.size() x hidden] — per row the weighted sum of its selections' expert outputs, or
   // (kSelections) the unweighted output of its single selection. out: [handle.num_tokens x hidden].
   virtual void combine(EngineContext& c, Handle& h, const float* partials, float* out) = 0;
+  // Whether combine writes a bf16 output itself (EngineContext::out_bf16, EpEngine::combine_bf16), summing each
+  // token's rows in fp32 in the reduction order and rounding once; otherwise the engine sums into an fp32 buffer
+  // and rounds that.
+  virtual bool writes_bf16(const EngineContext& c) const { return false; }
   // DeepEP's logical bytes of one call for this rank: received rows x hidden x wire bytes per element
   // (intranode definition) and (token, node) pairs x hidden x wire bytes per element (internode/RDMA).
   virtual double logical_bytes(const EngineContext& c, const Handle& h, const Codec& codec) const;
@@ -181,6 +188,12 @@ class EngineContext {
 
   // Runs one all-to-all-v and counts what this rank sent.
   void exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs);
+  // Whether combine reads answers where their senders hold them (Fabric::alltoallv_consume): real bytes, a
+  // fabric with Caps::consume_in_place, and EngineOptions::consume_in_place.
+  bool consume_in_place() const { return opts.consume_in_place && !phantom() && fabric.caps().consume_in_place; }
+  // The same as exchange with Fabric::alltoallv_consume: `consume` reads every received message in place.
+  void exchange_consume(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
+                        const std::function<void()>& consume);
 
   // A message's real bytes and the bytes a simulated fabric charges on top (phantom payload).
   struct Message {
@@ -300,6 +313,10 @@ class EngineContext {
   // Throws unless every selection names a slot of the placement and the payload ends the message.
   void check_block(const TokenBlock& b, size_t off, uint64_t payload, size_t real_bytes, const std::string& what) const;
   void read_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
+                         uint64_t stream, int peer) {
+    read_rows_message(msg.data(), real_bytes, n, rows_out, codec, stream, peer);
+  }
+  void read_rows_message(const uint8_t* msg, size_t real_bytes, int n, float* rows_out, Codec& codec,
                          uint64_t stream, int peer);
   // Dispatch's last step at a destination: parses a block message, appends its tokens and decoded
   // rows to the handle and returns how many rows it held; in phantom mode the message is a block summary,
@@ -312,11 +329,31 @@ class EngineContext {
   // need not be zeroed: a token's first row is written as 0 + row (the bits a zeroed sum gives, -0 included)
   // and later rows are added, so the output is written once instead of cleared and then summed into.
   void add_rows_message(const std::vector<uint8_t>& msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
+                        Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch) {
+    add_rows_message(msg.data(), real_bytes, ids, out, codec, stream, peer, scratch);
+  }
+  // The same for a message read where it lies (alltoallv_consume).
+  void add_rows_message(const uint8_t* msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
                         Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch);
   // A combine's sum of rows messages into out [tokens x hidden], not zeroed beforehand: end_sum zeroes the
   // tokens no row reached.
   void begin_sum(int tokens);
   void end_sum(float* out);
+  // Combine's output in bf16 (EpEngine::combine_bf16), set while an algorithm that writes_bf16 runs combine
+  // (its float* out is then null). Such an algorithm has all of its answers at hand at once (alltoallv_consume)
+  // and sums them token by token with sum_rows_bf16.
+  uint16_t* out_bf16 = nullptr;
+  // One source's answer: rows in the combine codec's row format, answering the tokens `ids` in order.
+  struct RowsIn {
+    const uint8_t* data = nullptr;
+    size_t bytes = 0;
+    const std::vector<int32_t>* ids = nullptr;
+    int peer = -1;
+  };
+  // For every token of out_bf16 ([tokens x hidden]): its rows from `ins`, in the order of `ins`, summed in fp32
+  // as add_rows_message sums them (the first as 0 + row), rounded to bf16 once; 0 where no row came. Only for
+  // the bf16 combine codec (combine_bf16). Message sizes are checked as add_rows_message checks them.
+  void sum_rows_bf16(std::span<const RowsIn> ins, int tokens);
   std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
   // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
   bool first_of_sum(int32_t token);
@@ -363,6 +400,10 @@ class EpEngine {
   EpEngine(Fabric& fabric, const MoeShape& shape, const Placement& placement, EngineOptions opts);
   Handle dispatch(const DispatchArgs& a);
   void combine(Handle& h, const float* partials, float* out);
+  // The same with a bf16 output ([h.num_tokens x hidden], DeepEP's combine output type): each token's sum is
+  // the fp32 sum combine() gives, rounded to bf16 (codecs::bf16_encode_kernel). Written straight where the
+  // algorithm can (Algorithm::writes_bf16), else through an fp32 buffer of the output's size.
+  void combine_bf16(Handle& h, const float* partials, uint16_t* out);
   ReductionOrder reduction() const { return algo_->reduction(); }
   // Whether dispatch takes the batch as wire rows (DispatchArgs::x_rows): real bytes, a row-separable dispatch
   // codec and an algorithm that reads the batch only to send it.

@@ -13,6 +13,13 @@ void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerR
   });
 }
 
+void Fabric::alltoallv_consume(Tag tag, std::span<const PeerSend>, std::span<PeerConsume>,
+                               const std::function<void()>&, Deadline) {
+  throw FabricError("alltoallv_consume: rank " + std::to_string(rank()) + ", tag " + describe_tag(tag) + ", phase " +
+                    phase_ + ": this fabric copies every message into a receive buffer (caps().consume_in_place is "
+                    "false); use alltoallv");
+}
+
 void Fabric::mark_failed(int rank) {
   if (rank < 0 || rank >= size())
     throw EplabError("mark_failed: rank " + std::to_string(rank) + " is outside 0.." + std::to_string(size() - 1));

@@ -54,6 +54,7 @@ struct Caps {
   bool modeled_time = false;      // now() is a model, not a wall clock
   bool native_alltoallv = false;  // overrides Fabric::alltoallv
   bool device_memory = false;     // buffers live on a GPU
+  bool consume_in_place = false;  // alltoallv_consume reads each message where its sender holds it (no copy)
 };
 
 // Completion state of one isend/irecv, owned by the caller through Request.
@@ -109,6 +110,15 @@ struct PeerRecv {
   size_t bytes = 0;        // filled in: real bytes received
   size_t total_bytes = 0;  // filled in: real + phantom bytes of the message
 };
+// One peer's part of alltoallv_consume: a message of at most `capacity` real bytes from `peer`, read where its
+// sender holds it. `data` and `bytes` are filled in and valid only while the consume function runs (null and 0
+// for a peer marked failed).
+struct PeerConsume {
+  int peer;
+  size_t capacity = 0;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+};
 
 class Fabric {
  public:
@@ -136,6 +146,14 @@ class Fabric {
   // Every rank calls it with the same tag; sends and receives name their peers. The default posts
   // isend/irecv for each entry and waits; a fabric with caps().native_alltoallv runs it as one operation.
   virtual void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d);
+
+  // An all-to-all-v whose messages are not copied into receive buffers (caps().consume_in_place; other fabrics
+  // throw): once every message of `recvs` has arrived, `consume` runs once on this rank's thread and reads them
+  // where their senders hold them, in whatever order it needs (a sum in the reference's order). A send completes
+  // when its receiver's consume has returned, so every rank's send buffers stay untouched until this returns
+  // and no rank holds a receive buffer for the exchange. Every rank calls it with the same tag; real bytes only.
+  virtual void alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
+                                 const std::function<void()>& consume, Deadline d);
 
   // Hint: the alltoallv calls until end_pipeline() form a chain of stages, each consuming the previous one's data
   // in `chunks` pieces (DeepEP overlaps its RDMA and NVLink stages this way). Data semantics do not change; a

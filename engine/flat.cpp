@@ -21,6 +21,9 @@ class Flat : public Algorithm {
   std::string name() const override { return "flat"; }
   ReductionOrder reduction() const override { return ReductionOrder::kRanks; }
   bool takes_wire_rows() const override { return true; }
+  bool writes_bf16(const EngineContext& c) const override {
+    return c.consume_in_place() && c.combine_bf16 && c.combine_row_bytes > 0;
+  }
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const int R = c.topo.size(), me = c.rank(), H = c.hidden(), spr = c.placement.slots_per_rank();
@@ -194,6 +197,39 @@ class Flat : public Algorithm {
     const double t0 = c.fabric.now();
     std::vector<size_t> first_row(R + 1, 0);  // the handle's rows from source r start at first_row[r]
     for (int r = 0; r < R; ++r) first_row[r + 1] = first_row[r] + st.recv_rows[r];
+    if (c.consume_in_place()) {
+      // Every answer read where its sender holds it (its handle's expert outputs) and added into out in rank
+      // order, as the reference sums: one exchange, no receive buffers, so no rounds either.
+      std::vector<EngineContext::Message> msgs(R);
+      std::vector<PeerSend> sends;
+      std::vector<PeerConsume> recvs;
+      for (int r = 0; r < R; ++r) {
+        if (st.recv_rows[r] == 0) continue;
+        msgs[r] = c.partials_message(h, partials, first_row[r], st.recv_rows[r],
+                                     EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
+        sends.push_back({r, msgs[r].buf()});
+      }
+      for (int r = 0; r < R; ++r)
+        if (st.sent_tokens[r] > 0) recvs.push_back({r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec)});
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs, [&] {
+        if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
+          std::vector<EngineContext::RowsIn> ins;
+          for (const PeerConsume& r : recvs) ins.push_back({r.data, r.bytes, &st.sent_token_ids[r.peer], r.peer});
+          c.sum_rows_bf16(ins, h.num_tokens);
+          return;
+        }
+        std::vector<float> rows;
+        c.begin_sum(h.num_tokens);
+        for (const PeerConsume& r : recvs)
+          c.add_rows_message(r.data, r.bytes, st.sent_token_ids[r.peer], out, *c.combine_codec,
+                             EngineContext::stream_id(Phase::kCombine, h.layer, r.peer, me), r.peer, rows);
+        c.end_sum(out);
+      });
+      comb.time_s = c.fabric.now() - t0;
+      comb.calls = 1;
+      c.stats.combine.add(comb);
+      return;
+    }
     if (!c.phantom()) c.begin_sum(h.num_tokens);
     // Answers are added into out in rank order, as the reference sums. A dispatch made in rounds answers in
     // rounds of G answering ranks, ascending: in round j the ranks j * G .. j * G + G - 1 send every answer and

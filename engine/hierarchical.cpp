@@ -82,6 +82,9 @@ class Hierarchical : public Algorithm {
   std::string name() const override { return "hierarchical"; }
   ReductionOrder reduction() const override { return ReductionOrder::kNodes; }
   bool takes_wire_rows() const override { return true; }
+  bool writes_bf16(const EngineContext& c) const override {
+    return c.consume_in_place() && c.combine_bf16 && c.combine_row_bytes > 0;
+  }
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
@@ -316,12 +319,13 @@ class Hierarchical : public Algorithm {
         st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
       }
     }
+    // The forward message to local rank q, built in send buffer `slot`: a phantom summary, a block of wire rows
+    // copied from the rail's receive buffers, or encoded fp32 rows. False when nothing goes to q.
+    const bool split = c.split_blocks();
     std::vector<EngineContext::Message> fmsgs(G);
-    sends.clear();
-    std::vector<PeerRecv> lrecvs;
-    for (int q = 0; q < G; ++q) {
+    const auto build_forward = [&](int q, size_t slot) {
       st->fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_counts[2 * q]) : to_local[q].size();
-      if (st->fwd_out_rows[q] == 0) continue;
+      if (st->fwd_out_rows[q] == 0) return false;
       const int r = T.rank_of(my_node, q);
       if (!c.gpu_up(r))
         throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(st->fwd_out_rows[q]) +
@@ -331,12 +335,11 @@ class Hierarchical : public Algorithm {
         summary.assign(fwd_counts[2 * q], fwd_counts[2 * q + 1], &node_slot_sels[static_cast<size_t>(q) * spr], spr,
                        r * spr);
         fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
-        sends.push_back({r, fmsgs[q].buf()});
-        continue;
+        return true;
       }
       if (rb > 0) {
         // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
-        std::vector<uint8_t>& m = c.outbox(q);
+        std::vector<uint8_t>& m = c.outbox(slot);
         const size_t rows = local_wire[q].size() * rb;
         reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
         pack_block(to_local[q], rows, m);
@@ -349,13 +352,16 @@ class Hierarchical : public Algorithm {
         fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
                                         EngineContext::stream_id(Phase::kForward, a.layer, me, r));
       }
-      sends.push_back({r, fmsgs[q].buf()});
       to_local[q].release();
       std::vector<float>().swap(local_rows[q]);
-    }
-    // The last stage's receive buffers: whole messages in inbox(q), or (split_blocks) the metadata there and the
-    // rows straight into the handle's rows buffer, local ranks in order.
-    const bool split = c.split_blocks();
+      return true;
+    };
+    sends.clear();
+    std::vector<PeerRecv> lrecvs;
+    for (int q = 0; q < G && !split; ++q)
+      if (build_forward(q, static_cast<size_t>(q))) sends.push_back({T.rank_of(my_node, q), fmsgs[q].buf()});
+    // The last stage's receive buffers: whole messages in inbox(q), or (split_blocks) the metadata in
+    // inbox(meta_box + q) and the rows straight into the handle's rows buffer, local ranks in order.
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
@@ -365,36 +371,62 @@ class Hierarchical : public Algorithm {
     size_t in_tokens = 0, in_sels = 0;
     for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
-    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})));
+    const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
+    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})) + meta_box);
     std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
     std::vector<int> lfrom;
     std::vector<PeerRecv> row_recvs;
-    size_t row_at = 0;
-    for (int q = 0; q < G; ++q) {
-      if (local_in[2 * q] == 0) continue;
-      const int r = T.rank_of(my_node, q);
-      if (split) {
-        lrecvs.push_back({r, c.inbox(q, block_meta_bytes(local_in[2 * q], local_in[2 * q + 1]))});
-        const size_t bytes = local_in[2 * q] * c.dispatch_row_bytes;
-        row_recvs.push_back({r, MutBuf{h.recv_wire.data() + row_at, bytes}});
-        row_at += bytes;
-      } else {
+    if (split) {
+      // Rounds of kFlatRoundPeers local ranks, as flat's dispatch: in round j a forwarder sends to the local
+      // ranks j * Gr + i above it and receives from those as far below (i < Gr), so its send buffers hold only a
+      // round's messages. The metadata waits in boxes above the rail's (whose rows later rounds still copy),
+      // the rows land at their local rank's place in the handle, and the blocks are read in local-rank order:
+      // the handle is the one a single exchange builds.
+      const int Gr = std::min(G, kFlatRoundPeers), my_local = T.local_of(me);
+      std::vector<size_t> row_at(G + 1, 0);
+      for (int q = 0; q < G; ++q) row_at[q + 1] = row_at[q] + local_in[2 * q] * c.dispatch_row_bytes;
+      std::vector<PeerRecv> meta_of(G, PeerRecv{-1, MutBuf{}}), rows_of(G, PeerRecv{-1, MutBuf{}});
+      std::vector<PeerSend> meta_sends, row_sends;
+      std::vector<PeerRecv> meta_recvs, round_rows;
+      for (int j = 0; j * Gr < G; ++j) {
+        meta_sends.clear(), row_sends.clear(), meta_recvs.clear(), round_rows.clear();
+        for (int i = 0; i < Gr && j * Gr + i < G; ++i) {
+          const int off = j * Gr + i, dq = (my_local + off) % G, sq = (my_local - off + G) % G;
+          if (build_forward(dq, static_cast<size_t>(i))) {
+            meta_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].meta()});
+            row_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].rows()});
+          }
+          if (local_in[2 * sq] > 0) {
+            const int r = T.rank_of(my_node, sq);
+            meta_recvs.push_back({r, c.inbox(meta_box + sq, block_meta_bytes(local_in[2 * sq], local_in[2 * sq + 1]))});
+            round_rows.push_back({r, MutBuf{h.recv_wire.data() + row_at[sq], row_at[sq + 1] - row_at[sq]}});
+          }
+        }
+        c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 2 * j),
+                         make_tag(Phase::kForward, a.step, a.layer, 2 * j + 1), meta_sends, row_sends, meta_recvs,
+                         round_rows);
+        for (size_t k = 0; k < meta_recvs.size(); ++k) {
+          const int q = T.local_of(meta_recvs[k].peer);
+          meta_of[q] = meta_recvs[k];
+          rows_of[q] = round_rows[k];
+        }
+        for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
+      }
+      for (int q = 0; q < G; ++q) {
+        if (local_in[2 * q] == 0) continue;
+        lrecvs.push_back(meta_of[q]);
+        row_recvs.push_back(rows_of[q]);
+        lfrom.push_back(q);
+      }
+    } else {
+      for (int q = 0; q < G; ++q) {
+        if (local_in[2 * q] == 0) continue;
+        const int r = T.rank_of(my_node, q);
         lrecvs.push_back(
             {r, c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
                                    : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
+        lfrom.push_back(q);
       }
-      lfrom.push_back(q);
-    }
-    if (split) {
-      std::vector<PeerSend> meta_sends, row_sends;
-      for (const PeerSend& s : sends) {
-        const EngineContext::Message& m = fmsgs[T.local_of(s.peer)];
-        meta_sends.push_back({s.peer, m.meta()});
-        row_sends.push_back({s.peer, m.rows()});
-      }
-      c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 0),
-                       make_tag(Phase::kForward, a.step, a.layer, 1), meta_sends, row_sends, lrecvs, row_recvs);
-    } else {
       c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
     }
     c.fabric.end_pipeline();
@@ -411,7 +443,7 @@ class Hierarchical : public Algorithm {
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
       st->recv_rows[q] =
-          split ? c.add_split_block(h, linbox[q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
+          split ? c.add_split_block(h, linbox[meta_box + q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
                                     local_in[2 * q + 1], f, b)
                 : c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
                                       *c.dispatch_codec, EngineContext::stream_id(Phase::kForward, a.layer, f, me), f,
@@ -428,7 +460,6 @@ class Hierarchical : public Algorithm {
   void combine(EngineContext& c, Handle& h, const float* partials, float* out) override {
     const Topology& T = c.topo;
     const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me);
-    const int H = c.hidden();
     auto& st = *static_cast<HierState*>(h.state.get());
     PhaseStats comb;
     c.fabric.set_phase("combine");
@@ -452,25 +483,108 @@ class Hierarchical : public Algorithm {
     // to them left ([0, G)), rail sources' in [0, N); the messages back across the rail are built in outboxes
     // [back, back + S), one per rail source, apart from both: from the local answers they sum, and from the
     // rail's answers, which arrive while they are sent.
+    // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
+    // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either.
+    const bool consume = c.consume_in_place();
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
     const int back = std::max(N, G);
     c.ensure_boxes(static_cast<size_t>(back + std::max(N, S)));
-    std::vector<const std::vector<uint8_t>*> inbox(G, nullptr);
+    std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answer
     std::vector<int> from;
+    std::vector<PeerConsume> lconsume;
     for (int q = 0; q < G; ++q) {
       if (st.fwd_out_rows[q] == 0) continue;
       const size_t cap = c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec);
-      std::vector<uint8_t>& v = c.reply_box(q, cap);
-      recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
-      inbox[q] = &v;
+      if (consume) {
+        lconsume.push_back({T.rank_of(my_node, q), cap});
+      } else {
+        std::vector<uint8_t>& v = c.reply_box(q, cap);
+        recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
+        inbox[q] = v.data();
+      }
       from.push_back(q);
     }
-    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
+    std::vector<EngineContext::Message> rmsgs(S);
+    // Reduce per received rail row over local ranks (ascending) into one partial per token back, sent below.
+    const auto reduce = [&] {
+      if (consume)
+        for (size_t i = 0; i < from.size(); ++i) {
+          inbox[from[i]] = lconsume[i].data;
+          recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
+        }
+      reduce_locally(c, h, st, from, inbox, recvs, rmsgs);
+    };
+    if (consume) {
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, lconsume, reduce);
+    } else {
+      c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
+      reduce();
+    }
+    sends.clear();
+    for (int si = 0; si < S; ++si)
+      if (st.fwd_in_rows[si] > 0) sends.push_back({srcs[si], rmsgs[si].buf()});
+    std::vector<EngineContext::Message>().swap(msgs);
+    std::vector<int> rfrom;
+    std::vector<PeerRecv> rrecvs;
+    std::vector<PeerConsume> rconsume;
+    for (int n = 0; n < N; ++n) {
+      if (st.sent_tokens[n] == 0) continue;
+      const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
+      if (consume) {
+        rconsume.push_back({st.relay[n], cap});
+      } else {
+        std::vector<uint8_t>& v = c.reply_box(n, cap);
+        rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
+      }
+      rfrom.push_back(n);
+    }
+    // The sums from the nodes, ascending, as the reference adds them.
+    const auto sum = [&] {
+      if (c.phantom()) return;
+      if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
+        std::vector<EngineContext::RowsIn> ins;
+        for (size_t i = 0; i < rfrom.size(); ++i)
+          ins.push_back({rconsume[i].data, rconsume[i].bytes, &st.sent_token_ids[rfrom[i]], st.relay[rfrom[i]]});
+        c.sum_rows_bf16(ins, h.num_tokens);
+        return;
+      }
+      c.begin_sum(h.num_tokens);
+      std::vector<float> rows;
+      for (size_t i = 0; i < rfrom.size(); ++i) {
+        const int n = rfrom[i], f = st.relay[n];
+        const uint8_t* at = consume ? rconsume[i].data : static_cast<const uint8_t*>(rrecvs[i].data.ptr);
+        c.add_rows_message(at, consume ? rconsume[i].bytes : rrecvs[i].bytes, st.sent_token_ids[n], out,
+                           *c.combine_codec, EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
+      }
+      c.end_sum(out);
+    };
+    if (consume) {
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rconsume, sum);
+      c.fabric.end_pipeline();
+    } else {
+      c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
+      c.fabric.end_pipeline();
+      sum();
+    }
+    comb.time_s = c.fabric.now() - t0;
+    comb.calls = 1;
+    c.stats.combine.add(comb);
+  }
 
-    // Reduce per received rail row over local ranks (ascending), then send one partial per token back. With a
-    // row-separable codec the local rows are decoded one at a time from the inbox and each sum is encoded
-    // straight into its message; otherwise the inboxes are decoded whole first.
+ private:
+  // The forwarder's reduction: for each rail source's rows, the local ranks' answers (inbox[q], recvs in the
+  // order of `from`) summed over local ranks ascending into one message back per rail source (rmsgs). With a
+  // row-separable codec the local rows are decoded one at a time and each sum is encoded straight into its
+  // message; otherwise the answers are decoded whole first.
+  static void reduce_locally(EngineContext& c, const Handle& h, const HierState& st, const std::vector<int>& from,
+                             const std::vector<const uint8_t*>& inbox, const std::vector<PeerRecv>& recvs,
+                             std::vector<EngineContext::Message>& rmsgs) {
+    const Topology& T = c.topo;
+    const int G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), H = c.hidden();
+    const int N = T.nodes(), back = std::max(N, G);
+    const std::vector<int>& srcs = st.sources;
+    const int S = static_cast<int>(srcs.size());
     const size_t rb = c.combine_row_bytes;
     std::vector<std::vector<float>> local(G);
     if (!c.phantom()) {
@@ -484,12 +598,10 @@ class Hierarchical : public Algorithm {
           continue;
         }
         local[q].resize(static_cast<size_t>(st.fwd_out_rows[q]) * H);
-        c.read_rows_message(*inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
+        c.read_rows_message(inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
     }
-    std::vector<EngineContext::Message> rmsgs(S);
-    sends.clear();
     std::vector<float> acc, dec(rb > 0 ? H : 0);
     int in_row = 0;
     for (int si = 0; si < S; ++si) {  // rail sources
@@ -507,7 +619,7 @@ class Hierarchical : public Algorithm {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
             const auto [q, idx] = st.fwd_map[k];
-            const uint8_t* in = inbox[q]->data() + static_cast<size_t>(idx) * rb;
+            const uint8_t* in = inbox[q] + static_cast<size_t>(idx) * rb;
             if (c.combine_bf16) {  // decode and add in one pass
               codecs::bf16_decode_add_kernel(in, H, acc.data());
               continue;
@@ -537,36 +649,7 @@ class Hierarchical : public Algorithm {
         rmsgs[si] = c.make_rows_message(acc.data(), rows_n, *c.combine_codec, stream);
       }
       in_row += rows_n;
-      sends.push_back({src, rmsgs[si].buf()});
     }
-    std::vector<std::vector<float>>().swap(local);
-    std::vector<EngineContext::Message>().swap(msgs);
-    std::vector<const std::vector<uint8_t>*> rinbox(N, nullptr);
-    std::vector<int> rfrom;
-    std::vector<PeerRecv> rrecvs;
-    for (int n = 0; n < N; ++n) {
-      if (st.sent_tokens[n] == 0) continue;
-      const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
-      std::vector<uint8_t>& v = c.reply_box(n, cap);
-      rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
-      rinbox[n] = &v;
-      rfrom.push_back(n);
-    }
-    c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
-    c.fabric.end_pipeline();
-    if (!c.phantom()) {
-      c.begin_sum(h.num_tokens);
-      std::vector<float> rows;
-      for (size_t i = 0; i < rfrom.size(); ++i) {
-        const int n = rfrom[i], f = st.relay[n];
-        c.add_rows_message(*rinbox[n], rrecvs[i].bytes, st.sent_token_ids[n], out, *c.combine_codec,
-                           EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
-      }
-      c.end_sum(out);
-    }
-    comb.time_s = c.fabric.now() - t0;
-    comb.calls = 1;
-    c.stats.combine.add(comb);
   }
 };
 

@@ -21,8 +21,13 @@ struct TransportCaps {
   bool phantom_payload = false;                                      // accepts sizes without data (modeled backends)
   bool real_payload = true;                                          // moves real bytes
   bool modeled_time = false;                                         // now() is a model, not a wall clock
+  // Sends may lend their bytes: a receiver in the same address space reads them where they lie
+  // (Fabric::alltoallv_consume) and the send completes when it lets them go (Domain::release).
+  bool lends_sends = false;
   bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
 };
+
+struct SendOp;
 
 // A message that reached its destination rank and waits for, or meets, a receive. `data` is borrowed from the
 // sender until the transport retains it (then `owner` keeps it alive: a host copy, a device buffer).
@@ -33,6 +38,9 @@ struct Arrival {
   size_t bytes = 0;        // real bytes
   size_t total_bytes = 0;  // real + phantom bytes
   std::shared_ptr<void> owner;
+  // Set when the bytes are lent by this send (SendOp::lend): they stay where the sender holds them, never
+  // retained, until the receiver lets them go, which completes the send.
+  SendOp* lender = nullptr;
 };
 
 struct RecvOp : RequestState {
@@ -43,6 +51,7 @@ struct RecvOp : RequestState {
   bool matched = false;            // under the domain's lock
   bool copying = false;            // matched, and a thread copies the bytes outside the lock (Domain::deliver)
   bool ledgered = false;           // its bytes went into the fabric's PayloadLedger (rank's own thread)
+  bool consume = false;            // reads the message where it lies (msg) instead of copying it into buf
   Arrival msg;                     // kept by transports that move the bytes after the match
   std::shared_ptr<void> transfer;  // the transport's transfer in flight (a modeled flow, device copies)
 };
@@ -50,6 +59,7 @@ struct RecvOp : RequestState {
 struct SendOp : RequestState {
   int peer = -1;
   Tag tag = 0;
+  bool lend = false;  // its bytes are lent (TransportCaps::lends_sends): done once the receiver lets them go
   std::shared_ptr<void> transfer;
 };
 

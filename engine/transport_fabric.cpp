@@ -97,7 +97,23 @@ bool Domain::match_sizes(RecvOp& op, int src, Tag tag, size_t bytes, size_t tota
 }
 
 void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
-  if (match_sizes(op, a.src, a.tag, a.bytes, a.total_bytes)) via.on_match(op, a);
+  if (!match_sizes(op, a.src, a.tag, a.bytes, a.total_bytes)) {
+    if (a.lender) a.lender->done = true;  // the receive failed; nothing reads the lent bytes
+    return;
+  }
+  if (op.consume) {  // the receiver reads the bytes where they are, until release()
+    if (!a.owner && !a.lender) via.retain(a);  // only borrowed while its sender is inside post_send
+    op.msg = std::move(a);
+    op.done = true;
+    return;
+  }
+  if (a.lender) {  // lent bytes meet a receive that wants them copied: copy now and complete the send
+    if (a.bytes) std::memcpy(op.buf.ptr, a.data, a.bytes);
+    a.lender->done = true;
+    op.done = true;
+    return;
+  }
+  via.on_match(op, a);
 }
 
 std::shared_ptr<RecvOp> Domain::claim(int dst, int src, Tag tag, size_t bytes, size_t total_bytes) {
@@ -129,7 +145,7 @@ std::shared_ptr<RecvOp> Domain::deliver_locked(int dst, Transport& via, Arrival 
     sync_->notify_all();
     return op->copying ? op : nullptr;
   }
-  via.retain(a);
+  if (!a.lender) via.retain(a);  // lent bytes stay where they are until their receive comes
   b.unexpected.push_back(std::move(a));
   sync_->notify_all();
   return nullptr;
@@ -160,6 +176,32 @@ void Domain::withdraw(int me, const std::shared_ptr<RecvOp>& op) {
   SyncLock lock(*sync_);
   if (!op->matched) box(me).posted.remove(op);
   while (op->copying) sync_->wait(std::numeric_limits<double>::infinity());
+  if (op->msg.lender) {  // a consuming receive that never consumed: its lender may go on
+    op->msg.lender->done = true;
+    op->msg = Arrival{};
+    sync_->notify_all();
+  }
+}
+
+void Domain::release(RecvOp& op) {
+  SyncLock lock(*sync_);
+  if (op.msg.lender) op.msg.lender->done = true;
+  op.msg = Arrival{};
+  sync_->notify_all();
+}
+
+void Domain::withdraw_send(int dst, SendOp& op) {
+  SyncLock lock(*sync_);
+  if (op.done) return;
+  std::deque<Arrival>& q = box(dst).unexpected;
+  for (auto it = q.begin(); it != q.end(); ++it)
+    if (it->lender == &op) {
+      q.erase(it);
+      op.done = true;
+      return;
+    }
+  // Matched by a consuming receive: its rank lets the bytes go once consumed, or when it unwinds (withdraw).
+  while (!op.done) sync_->wait(std::numeric_limits<double>::infinity());
 }
 
 void Domain::mark_failed(int rank) {
@@ -215,6 +257,7 @@ Caps TransportFabric::caps() const {
   c.modeled_time = t.modeled_time;
   c.device_memory = t.supports(MemoryKind::kDevice);
   c.native_alltoallv = transport_.extension(ExtensionId::kAlltoallv) != nullptr;
+  c.consume_in_place = t.lends_sends && domain_.holds_every_rank();
   return c;
 }
 
@@ -248,7 +291,9 @@ FabricError TransportFabric::expired(const std::string& what, const std::string&
   return FabricError(msg);
 }
 
-Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
+Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) { return post_send(peer, tag, data, false); }
+
+Request TransportFabric::post_send(int peer, Tag tag, ConstBuf data, bool lend) {
   check_peer(peer, "isend", tag);
   if (!data.ptr) {  // a null pointer carries no real bytes: all of it is size
     data.phantom_bytes += data.bytes;
@@ -264,8 +309,15 @@ Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
   op->tag = tag;
   op->bytes = data.bytes;
   op->total_bytes = data.total();
+  op->lend = lend;
   transport_.post_send(*op, data);
-  return Request(op);
+  if (!lend) return Request(op);
+  // Dropped before its receiver let the bytes go (this rank is unwinding): take the message back, or wait for
+  // the reader, before the buffer goes.
+  std::shared_ptr<void> withdraw(nullptr, [d = &domain_, peer, weak = std::weak_ptr<SendOp>(op)](void*) {
+    if (auto s = weak.lock()) d->withdraw_send(peer, *s);
+  });
+  return Request(op, std::move(withdraw));
 }
 
 Request TransportFabric::irecv(int peer, Tag tag, MutBuf data) {
@@ -303,7 +355,8 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       const bool enter = (ledger_ || tally_ || flip_armed_) && !in_native_exchange_;
       if (auto* r = enter ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
         r->ledgered = true;
-        received(r->peer, r->tag, r->buf.ptr, r->bytes, r->total_bytes);
+        received(r->peer, r->tag, r->consume ? const_cast<void*>(r->msg.data) : r->buf.ptr, r->bytes,
+                 r->total_bytes);
       }
     }
     if (next == reqs.size()) return;
@@ -376,6 +429,53 @@ void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::s
     }
     alltoallv_by_messages(tag, live_sends, live_recvs, d, false);
   });
+}
+
+void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
+                                        const std::function<void()>& consume, Deadline d) {
+  if (!transport_.caps().lends_sends || !domain_.holds_every_rank())
+    return Fabric::alltoallv_consume(tag, sends, recvs, consume, d);
+  // Every receive posted, then every send lent (no barrier: a lent message waits unexpected without a copy),
+  // then the receives awaited: every rank has posted its sends before it waits for anything, so none waits on
+  // a rank that waits on it.
+  std::vector<Request> rreqs(recvs.size());
+  for (size_t i = 0; i < recvs.size(); ++i) {
+    PeerConsume& r = recvs[i];
+    r.data = nullptr;
+    r.bytes = 0;
+    if (!live(r.peer)) continue;
+    check_peer(r.peer, "irecv", tag);
+    auto op = std::make_shared<RecvOp>();
+    op->rank = rank_;
+    op->peer = r.peer;
+    op->tag = tag;
+    op->buf = MutBuf{nullptr, r.capacity};
+    op->consume = true;
+    {
+      SyncLock lock(domain_.sync());
+      domain_.post_receive(rank_, transport_, op);
+    }
+    // Dropped unconsumed (this rank is unwinding): withdrawn, and its lender let go.
+    std::shared_ptr<void> withdraw(nullptr, [dom = &domain_, me = rank_, weak = std::weak_ptr<RecvOp>(op)](void*) {
+      if (auto s = weak.lock()) dom->withdraw(me, s);
+    });
+    rreqs[i] = Request(op, std::move(withdraw));
+  }
+  std::vector<Request> sreqs;
+  sreqs.reserve(sends.size());
+  for (const PeerSend& s : sends)
+    if (live(s.peer)) sreqs.push_back(post_send(s.peer, tag, s.data, true));
+  wait_all(rreqs, d);
+  for (size_t i = 0; i < recvs.size(); ++i)
+    if (const auto* op = static_cast<const RecvOp*>(rreqs[i].state())) {
+      recvs[i].data = static_cast<const uint8_t*>(op->msg.data);
+      recvs[i].bytes = op->bytes;
+    }
+  consume();
+  for (Request& r : rreqs)
+    if (r.valid()) domain_.release(*static_cast<RecvOp*>(r.state()));
+  for (PeerConsume& r : recvs) r.data = nullptr;
+  wait_all(sreqs, d);
 }
 
 void TransportFabric::mark_failed(int rank) {

@@ -98,6 +98,14 @@ class Domain {
   // waits for a copy into it that is under way, so that nothing writes into a buffer that is gone.
   void withdraw(int me, const std::shared_ptr<RecvOp>& op);
 
+  // Lent bytes (TransportCaps::lends_sends). Takes the lock: a consuming receive is done with its message; a
+  // lender's send completes.
+  void release(RecvOp& op);
+  // Takes the lock. A lent send whose Request was dropped before it completed (its rank is unwinding): its
+  // message leaves local rank `dst`'s unexpected queue, or, matched already, this waits until the receiver lets
+  // it go, so that nobody reads a buffer that is gone.
+  void withdraw_send(int dst, SendOp& op);
+
   // A rank of this domain stopped (Fabric::mark_failed): barriers from now on are of the others. Every survivor
   // calls it before its next barrier, and the failed rank never enters one again, so no barrier under way
   // counts it. Takes the lock; idempotent.
@@ -148,6 +156,8 @@ class TransportFabric final : public Fabric {
   }
   void deregister_memory(const MemoryRegion& r) override { transport_.deregister_memory(r); }
   void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) override;
+  void alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
+                         const std::function<void()>& consume, Deadline d) override;
   void begin_pipeline(int chunks) override;
   void end_pipeline() override;
   void record_links(LinkRecorder* r) override;
@@ -189,6 +199,8 @@ class TransportFabric final : public Fabric {
   bool in_native_exchange_ = false;  // inside an AlltoallvExtension, which enters its messages as a whole
   bool flip_armed_ = false;  // the test hook (PayloadFlip) names this rank as the receiver
   bool flipped_ = false;     // and its one flip (PayloadFlip) was done
+  // isend, or with `lend` a send whose bytes its receiver reads where they lie (alltoallv_consume).
+  Request post_send(int peer, Tag tag, ConstBuf data, bool lend);
   // A receive of `bytes` real bytes at `data` completed: the test hook's flip, then the ledger and the tally.
   void received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes);
 };

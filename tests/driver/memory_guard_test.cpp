@@ -40,13 +40,15 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   tr.mode = "training";
   EXPECT_DOUBLE_EQ(estimate_run_memory(tr, resolve_run(tr, *create_backend("emu"))).batch_bytes,
                    1024.0 * 14336 + 1024.0 * 7168 * 4);
-  // Hierarchical (the default): bf16 rows (14336 bytes) twice (the send buffers, which take combine's answers
-  // back, and the handle's rows, received in place and overwritten by the expert outputs), plus per (token,
-  // node) pair the rail's send and receive buffers and the sum sent back.
+  // Hierarchical (the default) on emu: the handle's bf16 rows (14336 bytes; combine reads the answers in place,
+  // so nothing holds them again), per (token, node) pair the rail's send and receive buffers and the sum sent
+  // back, and the forward round's two send buffers only where a forward message (the rows a GPU receives, over
+  // 8 GPUs) outgrows the rail message whose buffer it takes.
   double node_miss = 1;
   for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
-  const double pairs = 1024.0 * 2 * (1 - node_miss);
-  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 2 * 14336 + pairs * 3 * 14336);
+  const double rail_rows = 1024.0 * (1 - node_miss), fwd_rows = e.rows_per_rank / 8;
+  ASSERT_LT(fwd_rows, rail_rows);  // at 2 nodes the rail's buffers are the larger
+  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 3 * 14336);
   EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes) * 1.07);  // and the allocator's slack
   // Flat has no rail stage, and sends in rounds of kFlatRoundPeers (2) peers: the handle's rows, and the send
   // buffers of two peers' rows (1024 (1 - miss) tokens each).
@@ -55,12 +57,19 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   EXPECT_DOUBLE_EQ(estimate_run_memory(f, resolve_run(f, *create_backend("emu"))).rows_bytes,
                    e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
   // DeepSeek-V3's own codecs, fp8 rows (7168 + 56 scales x 4 bytes) in and bf16 out: expert compute writes the
-  // larger outputs over the received rows, so the handle holds bf16 rows only; the round buffers take bf16
-  // answers.
+  // larger outputs over the received rows, so the handle holds bf16 rows only; the round buffers hold the fp8
+  // rows sent, as combine's bf16 answers are read where they lie.
   RunConfig f8 = f;
   f8.dispatch_codec = "fp8-e4m3-b128";
   EXPECT_DOUBLE_EQ(estimate_run_memory(f8, resolve_run(f8, *create_backend("emu"))).rows_bytes,
-                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
+                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 7392);
+  // --combine-out bf16: the output takes 2 bytes an element, and the bf16 batch fills it.
+  RunConfig fb = f;
+  fb.combine_out = "bf16";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(fb, resolve_run(fb, *create_backend("emu"))).batch_bytes, 1024.0 * 7168 * 2);
+  fb.dispatch_codec = "fp32";  // fp32 rows do not fit in a bf16 output: a buffer of their own
+  EXPECT_DOUBLE_EQ(estimate_run_memory(fb, resolve_run(fb, *create_backend("emu"))).batch_bytes,
+                   1024.0 * 7168 * 4 + 1024.0 * 7168 * 2);
   // Algorithms that read the batch as fp32 hold it so.
   RunConfig l = c;
   l.algorithm = "low-latency";

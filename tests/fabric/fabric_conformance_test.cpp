@@ -169,6 +169,74 @@ TEST_P(FabricConformance, AllToAllVDeliversEveryPairIncludingSelf) {
       2, 4);
 }
 
+// alltoallv_consume where a fabric offers it: every pair's message read where its sender holds it (the very
+// address it sent from), whole; elsewhere it is refused with the reason.
+TEST_P(FabricConformance, ConsumeInPlaceReadsEveryMessageWhereItsSenderHoldsIt) {
+  if (create_backend(GetParam())->fixed_world_size() >= 0) GTEST_SKIP() << "needs 8 ranks; the launcher has 4";
+  constexpr int kRanks = 8;
+  std::vector<const uint8_t*> sent_at(kRanks * kRanks, nullptr);  // [src * n + dst], written before any send
+  run(
+      [&](Fabric& f) {
+        const int n = f.size(), me = f.rank();
+        std::vector<std::vector<uint8_t>> out(n);
+        std::vector<PeerSend> sends;
+        std::vector<PeerConsume> recvs;
+        for (int p = 0; p < n; ++p) {
+          out[p].assign(static_cast<size_t>((me * 7 + p * 3) % 11) * 100 + 1, static_cast<uint8_t>(me * 16 + p));
+          sent_at[static_cast<size_t>(me) * n + p] = out[p].data();
+          sends.push_back({p, ConstBuf{out[p].data(), out[p].size()}});
+          recvs.push_back({n - 1 - p, 2000});  // any order the caller likes
+        }
+        if (!f.caps().consume_in_place) {
+          try {
+            f.alltoallv_consume(43, sends, recvs, [] {}, Deadline{});
+            ADD_FAILURE() << "alltoallv_consume ran without Caps::consume_in_place";
+          } catch (const FabricError& e) {
+            EXPECT_NE(std::string(e.what()).find("consume_in_place"), std::string::npos) << e.what();
+          }
+          return;
+        }
+        f.barrier();  // every rank's addresses are written
+        int consumed = 0;
+        f.alltoallv_consume(
+            43, sends, recvs,
+            [&] {
+              ++consumed;
+              for (const PeerConsume& r : recvs) {
+                const size_t want = static_cast<size_t>((r.peer * 7 + me * 3) % 11) * 100 + 1;
+                ASSERT_EQ(r.bytes, want) << "from " << r.peer;
+                EXPECT_EQ(r.data, sent_at[static_cast<size_t>(r.peer) * n + me]) << "from " << r.peer << ": copied";
+                for (size_t i = 0; i < want; ++i) ASSERT_EQ(r.data[i], static_cast<uint8_t>(r.peer * 16 + me));
+              }
+            },
+            Deadline{});
+        EXPECT_EQ(consumed, 1);
+        for (const PeerConsume& r : recvs) EXPECT_EQ(r.data, nullptr) << "valid only inside consume";
+      },
+      2, 4);
+}
+
+// A message larger than its consuming receive's capacity fails that receive, and its sender is not left waiting.
+TEST_P(FabricConformance, ConsumeInPlaceOversizedMessageIsAnError) {
+  run([](Fabric& f) {
+    if (!f.caps().consume_in_place || f.rank() > 1) return;
+    std::vector<uint8_t> big(64, 1);
+    const int other = 1 - f.rank();
+    std::vector<PeerSend> sends;
+    std::vector<PeerConsume> recvs{{other, f.rank() == 1 ? size_t{16} : size_t{64}}};
+    if (f.rank() == 0) sends.push_back({other, ConstBuf{big.data(), big.size()}});
+    if (f.rank() == 1) sends.push_back({other, ConstBuf{big.data(), 8}});
+    bool ran = false;
+    if (f.rank() == 1) {
+      EXPECT_THROW(f.alltoallv_consume(44, sends, recvs, [&] { ran = true; }, Deadline{}), FabricError);
+      EXPECT_FALSE(ran);
+    } else {
+      f.alltoallv_consume(44, sends, recvs, [&] { ran = recvs[0].bytes == 8; }, Deadline{});
+      EXPECT_TRUE(ran);
+    }
+  });
+}
+
 TEST_P(FabricConformance, BarrierHoldsEveryoneUntilAllArrive) {
   // Where the ranks share this process, nobody leaves before every rank has counted itself in.
   if (create_backend(GetParam())->in_process()) {
