@@ -1,7 +1,8 @@
 // The emulated backend's transport: ranks are threads of one process sharing a Domain. A send is handed to the
 // receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy, by
 // the sending thread, outside the domain's lock), otherwise they wait in a host copy until the receive is posted.
-// All-to-all-v posts every receive first so that every byte is copied once.
+// All-to-all-v posts every receive first so that every byte is copied once. A gather send (RowGather) is copied
+// row by row from the sender's rows, so a source's batch reaches its receivers without a send buffer.
 #include <malloc.h>
 
 #include <cstring>
@@ -16,14 +17,19 @@ namespace {
 class ThreadTransport final : public Transport, public AlltoallvExtension {
  public:
   ThreadTransport(Domain& domain, int rank, const WallClock& clock) : domain_(domain), me_(rank), clock_(clock) {}
-  TransportCaps caps() const override { return TransportCaps{}; }
+  TransportCaps caps() const override {
+    TransportCaps c;
+    c.gather_send = true;
+    return c;
+  }
   double now() const override { return clock_(); }
   void post_send(SendOp& op, ConstBuf data) override {
     // Matched to a posted receive: this thread copies the bytes once, without the domain's lock, so ranks copy
-    // in parallel. Otherwise the arrival was retained (copied) to wait for its receive.
-    if (const std::shared_ptr<RecvOp> r =
-            domain_.deliver(op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr})) {
-      std::memcpy(r->buf.ptr, data.ptr, data.bytes);
+    // in parallel; a gather send's rows go from where they lie straight into the receive's buffer. Otherwise the
+    // arrival was retained (copied) to wait for its receive.
+    if (const std::shared_ptr<RecvOp> r = domain_.deliver(
+            op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr, data.gather})) {
+      data.copy_to(r->buf.ptr);
       domain_.finish_copy(*r);
     }
     op.done = true;  // the bytes are in the receive buffer or retained: the sender's buffer is free

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/fabric.hpp"
 
@@ -21,6 +22,7 @@ struct TransportCaps {
   bool phantom_payload = false;                                      // accepts sizes without data (modeled backends)
   bool real_payload = true;                                          // moves real bytes
   bool modeled_time = false;                                         // now() is a model, not a wall clock
+  bool gather_send = false;  // post_send takes a gathered ConstBuf (RowGather) as it is; else the core flattens it
   bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
 };
 
@@ -33,6 +35,10 @@ struct Arrival {
   size_t bytes = 0;        // real bytes
   size_t total_bytes = 0;  // real + phantom bytes
   std::shared_ptr<void> owner;
+  // A gather send's rows, borrowed like `data` (which then holds only the first bytes - gather.bytes()).
+  RowGather gather = {};
+  // Writes the real bytes contiguously at dst.
+  void copy_to(void* dst) const { ConstBuf{data, bytes, 0, gather}.copy_to(dst); }
 };
 
 struct RecvOp : RequestState {
@@ -51,6 +57,7 @@ struct SendOp : RequestState {
   int peer = -1;
   Tag tag = 0;
   std::shared_ptr<void> transfer;
+  std::vector<uint8_t> flat;  // a gather send made contiguous for a transport without TransportCaps::gather_send
 };
 
 // Optional features, asked for by id so a transport implements only what it has.

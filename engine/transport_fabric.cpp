@@ -23,9 +23,10 @@ MemoryRegion Transport::register_memory(void* ptr, size_t bytes, MemoryKind kind
 
 void Transport::retain(Arrival& a) {
   if (a.owner || a.bytes == 0) return;
-  auto copy = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(a.data),
-                                                     static_cast<const uint8_t*>(a.data) + a.bytes);
+  auto copy = std::make_shared<std::vector<uint8_t>>(a.bytes);
+  a.copy_to(copy->data());
   a.data = copy->data();
+  a.gather = RowGather{};
   a.owner = std::move(copy);
 }
 
@@ -215,6 +216,7 @@ Caps TransportFabric::caps() const {
   c.modeled_time = t.modeled_time;
   c.device_memory = t.supports(MemoryKind::kDevice);
   c.native_alltoallv = transport_.extension(ExtensionId::kAlltoallv) != nullptr;
+  c.gather_send = t.gather_send;
   return c;
 }
 
@@ -250,20 +252,29 @@ FabricError TransportFabric::expired(const std::string& what, const std::string&
 
 Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) {
   check_peer(peer, "isend", tag);
-  if (!data.ptr) {  // a null pointer carries no real bytes: all of it is size
+  if (!data.ptr && !data.gathered()) {  // a null pointer carries no real bytes: all of it is size
     data.phantom_bytes += data.bytes;
     data.bytes = 0;
   }
   if (data.phantom_bytes > 0 && !transport_.caps().phantom_payload)
     throw FabricError("isend: " + where(peer, tag) + ": this backend moves real bytes only (phantom payload of " +
                       std::to_string(data.total()) + " bytes)");
-  if (ledger_ && !in_native_exchange_) ledger_->sent(peer, tag, phase_, data.ptr, data.bytes, data.total());
+  if (data.gathered() && (data.head_bytes() > data.bytes || (data.head_bytes() > 0 && !data.ptr)))
+    throw FabricError("isend: " + where(peer, tag) + ": a gather send of " + std::to_string(data.bytes) +
+                      " bytes whose " + std::to_string(data.gather.count) + " rows of " +
+                      std::to_string(data.gather.row_bytes) + " do not fit in it");
+  if (ledger_ && !in_native_exchange_) ledger_->sent(peer, tag, phase_, data);
   if (tally_ && !in_native_exchange_) tally_->sent(rank_, peer, tag, data.total());
   auto op = std::make_shared<SendOp>();
   op->peer = peer;
   op->tag = tag;
   op->bytes = data.bytes;
   op->total_bytes = data.total();
+  if (data.gathered() && !transport_.caps().gather_send) {  // made contiguous, kept until the send completes
+    op->flat.resize(data.bytes);
+    data.copy_to(op->flat.data());
+    data = ConstBuf{op->flat.data(), data.bytes, data.phantom_bytes};
+  }
   transport_.post_send(*op, data);
   return Request(op);
 }
@@ -359,10 +370,25 @@ void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::s
     if (auto* ext = transport_.find<AlltoallvExtension>(ExtensionId::kAlltoallv)) {
       // One operation for the whole exchange: its messages go into the ledger here rather than in isend/wait_all.
       if (ledger_)
-        for (const PeerSend& s : live_sends)
-          ledger_->sent(s.peer, tag, phase_, s.data.ptr, s.data.ptr ? s.data.bytes : 0, s.data.total());
+        for (const PeerSend& s : live_sends) ledger_->sent(s.peer, tag, phase_, s.data);
       if (tally_)
         for (const PeerSend& s : live_sends) tally_->sent(rank_, s.peer, tag, s.data.total());
+      // A native exchange of a transport that does not gather gets its gathered sends made contiguous.
+      std::vector<PeerSend> flat_sends;
+      std::vector<std::vector<uint8_t>> flat;
+      if (!transport_.caps().gather_send &&
+          std::any_of(live_sends.begin(), live_sends.end(), [](const PeerSend& s) { return s.data.gathered(); })) {
+        flat_sends.assign(live_sends.begin(), live_sends.end());
+        flat.resize(flat_sends.size());
+        for (size_t i = 0; i < flat_sends.size(); ++i) {
+          ConstBuf& d = flat_sends[i].data;
+          if (!d.gathered()) continue;
+          flat[i].resize(d.bytes);
+          d.copy_to(flat[i].data());
+          d = ConstBuf{flat[i].data(), d.bytes, d.phantom_bytes};
+        }
+        live_sends = flat_sends;
+      }
       {
         // An extension may exchange through isend/irecv itself (emu, sim's per-flow mode): its messages are
         // entered here, once, not again as they pass.
