@@ -334,7 +334,15 @@ class Hierarchical : public Algorithm {
         sends.push_back({r, fmsgs[q].buf()});
         continue;
       }
-      if (rb > 0) {
+      if (rb > 0 && c.gather_sends) {
+        // The metadata in outbox(q); the rows go from the rail's receive buffers straight to local rank q.
+        std::vector<uint8_t>& m = c.outbox(q);
+        pack_block(to_local[q], local_wire[q].size() * rb, m);
+        fmsgs[q] = EngineContext::Message::view_of(m);
+        fmsgs[q].meta_bytes = m.size();
+        fmsgs[q].row_bytes = rb;
+        fmsgs[q].row_ptrs = std::move(local_wire[q]);
+      } else if (rb > 0) {
         // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
         std::vector<uint8_t>& m = c.outbox(q);
         const size_t rows = local_wire[q].size() * rb;
@@ -365,7 +373,10 @@ class Hierarchical : public Algorithm {
     size_t in_tokens = 0, in_sels = 0;
     for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
-    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})));
+    // Gather sends read the rows they forward from the rail's receive buffers [0, S) while this stage receives:
+    // its receive buffers are then [S, S + G).
+    const size_t lbox = c.gather_sends && rb > 0 ? static_cast<size_t>(S) : 0;
+    c.ensure_boxes(std::max(static_cast<size_t>(std::max({N, S, G})), lbox + G));
     std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
     std::vector<int> lfrom;
     std::vector<PeerRecv> row_recvs;
@@ -374,14 +385,14 @@ class Hierarchical : public Algorithm {
       if (local_in[2 * q] == 0) continue;
       const int r = T.rank_of(my_node, q);
       if (split) {
-        lrecvs.push_back({r, c.inbox(q, block_meta_bytes(local_in[2 * q], local_in[2 * q + 1]))});
+        lrecvs.push_back({r, c.inbox(lbox + q, block_meta_bytes(local_in[2 * q], local_in[2 * q + 1]))});
         const size_t bytes = local_in[2 * q] * c.dispatch_row_bytes;
         row_recvs.push_back({r, MutBuf{h.recv_wire.data() + row_at, bytes}});
         row_at += bytes;
       } else {
         lrecvs.push_back(
-            {r, c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
-                                   : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
+            {r, c.inbox(lbox + q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
+                                          : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
       }
       lfrom.push_back(q);
     }
@@ -411,9 +422,9 @@ class Hierarchical : public Algorithm {
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
       st->recv_rows[q] =
-          split ? c.add_split_block(h, linbox[q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
+          split ? c.add_split_block(h, linbox[lbox + q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
                                     local_in[2 * q + 1], f, b)
-                : c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
+                : c.add_block_message(h, linbox[lbox + q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
                                       *c.dispatch_codec, EngineContext::stream_id(Phase::kForward, a.layer, f, me), f,
                                       b, brows);
     }
