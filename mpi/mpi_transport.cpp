@@ -261,7 +261,7 @@ class MpiTransport final : public Transport {
   std::deque<Outgoing> notices_;
   // Gather sends as MPI derived datatypes (EPLAB_MPI_GATHER=1). Off by default: on one machine OpenMPI 4.1 moves
   // a non-contiguous message through vader's copy-in/copy-out fragments, not its single copy, and a dispatch took
-  // about 1.5-2x as long as gathering the rows into a send buffer and sending that contiguous (16 ranks x 1024
+  // about twice as long as gathering the rows into a send buffer and sending that contiguous (16 ranks x 1024
   // tokens, docs/architecture.md). Between machines a network that gathers may do better.
   bool gather_ = [] {
     const char* e = std::getenv("EPLAB_MPI_GATHER");
