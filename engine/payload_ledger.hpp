@@ -133,7 +133,8 @@ class PayloadTally {
 // number, as in make_tag; any round when left out) makes rank DST flip the lowest bit of the last byte of the
 // first non-empty message from SRC under such a tag after it landed and before it is checksummed, as a fault in
 // flight would (the last byte: row data rather than a message's leading counts). A message with phantom bytes
-// (sim) arrives one byte short instead, its real bytes untouched. Read once per process.
+// (sim) arrives one byte short instead, its real bytes untouched. Only while the fabric enters messages in a
+// ledger or a tally (so not in a run's untimed warm-up call, driver/rank_program.cpp). Read once per process.
 struct PayloadFlip {
   bool armed = false;
   int src = -1, dst = -1, phase = -1, step = -1, layer = -1, round = -1;
