@@ -3,11 +3,11 @@
 // single-core memcpy, all measured in one run; hidden 7168, bf16 on the wire. Prints a table and writes JSON.
 //   bench_emu_throughput [TOKENS_PER_RANK [OUT.json]]   (default 2048 tokens, bench/results/emu_throughput.json)
 // The eplab command and bench_mpi_alltoallv are taken from this program's own directory (build/bin).
-// eplab's first call faults in every buffer it keeps for the run; besides the mean of its 1 + kWarmCalls calls
-// the table shows the median warm layer and the first layer apart, for emu and for the mpi backend alike
-// (MPI_Alltoallv's warm-up call is not timed).
-// 4096 tokens per rank needs more memory than a 24 GiB machine has: rows stay bf16, but each rank keeps two row
-// buffers and its fp32 batch and output (about 16-22 GB in all; docs/architecture.md).
+// eplab makes one untimed warm-up call before its first timed call, which sizes and faults in the buffers it
+// keeps for the run, as bench_mpi_alltoallv makes an untimed warm-up call before timing; besides the mean of its
+// 1 + kWarmCalls timed calls the table shows the median warm layer and the first timed layer apart, for emu and
+// for the mpi backend alike. The headline emu run is the default algorithm (hierarchical); the same emu run with
+// --algorithm flat has rows of its own.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -89,6 +89,17 @@ Figure eplab_figure(std::string name, const nlohmann::json& r) {
   f.time_s = f.dispatch_s + f.combine_s;
   f.bytes = (d["logical_bytes_per_rank"].get<double>() + k["logical_bytes_per_rank"].get<double>()) * ranks;
   return f;
+}
+
+// An emu run: its report, or (why set) the error that stopped it, e.g. the memory guard refusing a run larger than
+// this machine's memory.
+std::optional<nlohmann::json> emu_run(const eplab::RunConfig& cfg, std::string& why) {
+  try {
+    return eplab::run_experiment(cfg);
+  } catch (const std::exception& e) {
+    why = std::string("eplab run --algorithm ") + cfg.algorithm + " failed: " + e.what();
+    return std::nullopt;
+  }
 }
 
 fs::path self_dir() { return fs::read_symlink("/proc/self/exe").parent_path(); }
@@ -236,18 +247,35 @@ int main(int argc, char** argv) {
   // One after another, never side by side: each of them alone wants every core and most of the memory.
   const double mc = memcpy_GBps();
   const double ck = checksum_GBps();
-  const auto emu = eplab::run_experiment(c);
+  std::string emu_why, flat_why;
+  const std::optional<nlohmann::json> emu = emu_run(c, emu_why);
+  eplab::RunConfig flat_c = c;
+  flat_c.algorithm = "flat";
+  const std::optional<nlohmann::json> emu_flat = emu_run(flat_c, flat_why);
   // The report times phases as means over calls; per call it gives only the whole layer (dispatch, expert
   // compute, combine). So the warm figure is the median layer of calls 2..n over the mean call's bytes: its
   // time includes expert compute (identity: one decode and encode pass over the rows), a lower bound on the
   // warm dispatch + combine rate. The first call's layer is shown apart.
-  const Figure warm = warm_layer("eplab emu", emu);
-  const Figure first_call = first_layer("eplab emu", emu);
-  const Figure mean = eplab_figure("eplab emu, mean of calls", emu);
+  const auto figures = [](const std::string& prefix, const std::string& mean_name,
+                          const std::optional<nlohmann::json>& r, const std::string& why) {
+    if (!r) return std::vector<Figure>{{mean_name, why}, {prefix + ", warm layer", why}, {prefix + ", first layer", why}};
+    return std::vector<Figure>{eplab_figure(mean_name, *r), warm_layer(prefix, *r), first_layer(prefix, *r)};
+  };
+  const std::vector<Figure> hier = figures("eplab emu", "eplab emu, mean of calls", emu, emu_why);
+  const std::vector<Figure> flat = figures("eplab emu flat", "eplab emu flat, mean", emu_flat, flat_why);
+  const Figure &mean = hier[0], &warm = hier[1], &first_call = hier[2];
+  const Figure &flat_mean = flat[0], &flat_warm = flat[1], &flat_first = flat[2];
+  // The bytes MPI_Alltoallv moves come from the emu run: either algorithm's (the same rows reach the same ranks).
+  const std::optional<nlohmann::json>& bytes_of = emu ? emu : emu_flat;
   nlohmann::json mpi_report;
   std::vector<Figure> rows = {mean, mpi_backend(c, bin, tmp, mpi_report)};
   nlohmann::json a2a_raw;
-  for (auto& f : mpi_alltoallv(emu, bin, tmp, a2a_raw)) rows.push_back(f);
+  if (bytes_of) {
+    for (auto& f : mpi_alltoallv(*bytes_of, bin, tmp, a2a_raw)) rows.push_back(f);
+  } else {
+    rows.push_back({"MPI_Alltoallv, best of " + std::to_string(kAlltoallvReps), "no emu run to take the bytes from"});
+    rows.push_back({"MPI_Alltoallv, median of " + std::to_string(kAlltoallvReps), "no emu run to take the bytes from"});
+  }
   rows.push_back(first_call);
   rows.push_back(warm);
   fs::remove_all(tmp);
@@ -260,7 +288,7 @@ int main(int argc, char** argv) {
   memcpy_row.bytes = 1e9;
   memcpy_row.time_s = 1 / mc;
 
-  const double emu_bytes = rows[0].bytes;
+  const double emu_bytes = mean.ran() ? mean.bytes : flat_mean.bytes;
   const Figure& first = rows[4];
   const Figure& warm_row = rows[5];
   std::printf("dispatch + combine, 16 ranks on this machine, %d tokens/rank, hidden 7168, bf16, %d steps x %d layers\n"
@@ -270,14 +298,15 @@ int main(int argc, char** argv) {
       "GB/s = activation bytes per layer (dispatch received + combine sent, summed over ranks) / (dispatch +\n"
       "combine time, slowest rank); MPI_Alltoallv moves the emu run's bytes per rank, an even split of the\n"
       "same total bytes over the 16 destinations (the report has no per-pair matrix); x columns use its "
-      "median.\neplab's means include the first call, which faults in the buffers kept for the run; \"warm layer\" is "
-      "the\nmedian of calls 2..%d and \"first layer\" call 1, each a whole layer (dispatch + expert compute +\n"
-      "combine), so the warm GB/s is a lower bound on warm dispatch + combine\n",
+      "median.\neplab runs one untimed warm-up call first (it sizes and faults in the buffers kept for the run, as\n"
+      "MPI_Alltoallv's program warms up untimed); \"warm layer\" is the median of timed calls 2..%d and \"first "
+      "layer\"\ntimed call 1, each a whole layer (dispatch + expert compute + combine), so the warm GB/s is a lower "
+      "bound\non warm dispatch + combine. emu rows: hierarchical (the default), then flat\n",
       c.steps);
   std::printf("%-28s %10s %10s %10s %9s %8s %11s %9s\n", "figure", "dispatch s", "combine s", "total s", "GB/layer",
               "GB/s", "x alltoallv", "x memcpy");
-  const std::vector<const Figure*> table = {&rows[0], &warm_row, &first,   &rows[1],   &mpi_warm,
-                                            &mpi_first, &rows[2], &rows[3], &memcpy_row};
+  const std::vector<const Figure*> table = {&rows[0],   &warm_row,   &first,     &flat_mean, &flat_warm, &flat_first,
+                                            &rows[1],   &mpi_warm,   &mpi_first, &rows[2],   &rows[3],   &memcpy_row};
   for (const Figure* f : table) {
     if (!f->ran()) {
       std::printf("%-28s not run (%s)\n", f->name.c_str(), f->why.c_str());
@@ -315,7 +344,7 @@ int main(int argc, char** argv) {
     return j;
   };
   nlohmann::json j = {
-      {"ranks", emu["ranks"]},
+      {"ranks", c.nodes * c.gpus_per_node},
       {"tokens_per_rank", tokens},
       {"hidden", 7168},
       {"codec", "bf16"},
@@ -330,12 +359,16 @@ int main(int argc, char** argv) {
       {"emu", figure_json(rows[0])},
       {"emu_first_layer", figure_json(first)},
       {"emu_warm_layer_median", figure_json(warm_row)},
+      {"emu_flat", figure_json(flat_mean)},
+      {"emu_flat_first_layer", figure_json(flat_first)},
+      {"emu_flat_warm_layer_median", figure_json(flat_warm)},
       {"mpi_backend", figure_json(rows[1])},
       {"mpi_backend_first_layer", figure_json(mpi_first)},
       {"mpi_backend_warm_layer_median", figure_json(mpi_warm)},
       {"mpi_alltoallv",
        {{"split", "even split of the same total bytes"}, {"best", figure_json(rows[2])}, {"median", figure_json(a2a)}}},
-      {"emu_wall_s", emu["wall_s"]}};
+      {"emu_wall_s", emu ? (*emu)["wall_s"] : nlohmann::json(nullptr)},
+      {"emu_flat_wall_s", emu_flat ? (*emu_flat)["wall_s"] : nlohmann::json(nullptr)}};
   if (a2a.ran()) j["mpi_alltoallv"]["program"] = a2a_raw;
   std::ofstream(out) << j.dump(2) << "\n";
   std::printf("wrote %s\n", out.c_str());

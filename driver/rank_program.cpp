@@ -276,6 +276,37 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
   return f.now() - t_begin;
 }
 
+// Before a wall-clock run's first timed call: the call once, untimed, on a scratch engine (its own codecs, so a
+// stateful codec's streams are untouched; its own layout cache and statistics, dropped), with the payload ledger
+// off. It sizes and faults in every buffer the call needs (send and receive buffers, the received rows, the
+// expert outputs, `partials` and `out`), and the real engine takes the scratch engine's buffers, so the first
+// timed call finds them in place as later calls do: without it the first call spends most of its time in the
+// kernel zeroing fresh pages. MPI_Alltoallv's benchmark program makes the same untimed warm-up call. Its messages
+// carry the same tags as the call's own; the barrier before the timed call keeps them apart.
+void warm_up(Fabric& f, const RankInputs& in, EpEngine& engine, DispatchArgs args, const Placement& placement,
+             std::vector<float>& partials, std::vector<float>& out) {
+  const RunSetup& run = in.run;
+  EngineOptions opts = run.engine;
+  opts.layout_cache = 0;
+  args.layout_key = 0;
+  args.layout_cached = false;
+  EpEngine scratch(f, run.shape, *in.plan.calls[0].placement, opts);
+  EngineContext& c = scratch.context();
+  c.failed_gpus = engine.context().failed_gpus;
+  const LedgerScope outside(f, nullptr);
+  f.barrier();
+  Handle h = scratch.dispatch(args);
+  f.set_phase("expert");
+  const float* expert_out = expert_partials(c, h, placement, run.transform, scratch.reduction(), partials);
+  resize_huge(out, static_cast<size_t>(args.num_tokens) * run.shape.hidden);
+  scratch.combine(h, expert_out, out.data());
+  h = Handle{};
+  EngineContext& keep = engine.context();
+  keep.inboxes.swap(c.inboxes);
+  keep.outboxes.swap(c.outboxes);
+  keep.spare_rows.swap(c.spare_rows);
+}
+
 // Phantom runs: every rank of the process enters its messages in one PayloadTally while it lives.
 class TallyScope {
  public:
@@ -365,6 +396,8 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
     f.advance_clock(in.resume->ranks[me].clock_s);
   }
   bool stopped = false;
+  // Wall-clock runs with real bytes warm their buffers up before the first timed call (warm_up).
+  bool warmed = phantom || run.caps.modeled_time;
   const std::unique_ptr<ReplicaSelector> selector = run.make_selector();
   const FaultPlan* faults = in.plan.faults.get();
   const double slow = faults ? faults->slowdown(me) : 1.0;
@@ -388,7 +421,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
     return (static_cast<size_t>(tokens) * shape.hidden * out_elem_bytes + sizeof(float) - 1) / sizeof(float);
   };
   std::vector<uint8_t> x_rows;
-  const uint8_t* batch_rows = nullptr;
+  uint8_t* batch_rows = nullptr;
   // A link degraded at a time (@t:T, sim): the fabric changes it then, in the middle of whatever runs.
   if (faults)
     for (const auto& [at_s, x] : faults->timed_nic_fractions(me))
@@ -499,6 +532,14 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
         if (wire_batch) args.x_rows = batch_rows;
         args.layout_key = lp.layout_key;
         args.layout_cached = lp.layout_cached;
+        if (!warmed) {
+          warmed = true;
+          warm_up(f, in, engine, args, placement, partials, out);
+          // The warm-up's combine wrote the output, whose tail held the batch's rows: they are made again.
+          if (batch_in_out)
+            make_wire_batch(cfg, step, layer, me, batch.num_tokens, shape.hidden, *engine.context().dispatch_codec,
+                            batch_rows, x_slice);
+        }
         const EngineStats before = engine.stats();
         f.barrier();
         const double call_t0 = f.now();

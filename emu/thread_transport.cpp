@@ -1,12 +1,18 @@
 // The emulated backend's transport: ranks are threads of one process sharing a Domain. A send is handed to the
 // receiver's matcher at once; a posted receive gets the bytes straight from the sender's buffer (one copy, by
 // the sending thread, outside the domain's lock), otherwise they wait in a host copy until the receive is posted.
-// All-to-all-v posts every receive first so that every byte is copied once; alltoallv_consume copies none: the
-// receiver reads lent bytes where the sender holds them.
+// All-to-all-v posts every receive first so that every byte is copied once; a gather send (RowGather) is copied
+// row by row from the sender's rows, so a source's batch reaches its receivers without a send buffer;
+// alltoallv_consume copies none: the receiver reads lent bytes where the sender holds them.
 #include <malloc.h>
+#include <pthread.h>
+#include <sched.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "emu/thread_backend.hpp"
 #include "engine/transport_fabric.hpp"
@@ -20,6 +26,7 @@ class ThreadTransport final : public Transport, public AlltoallvExtension {
   TransportCaps caps() const override {
     TransportCaps c;
     c.lends_sends = true;  // one address space: a receiver can read a sender's buffer where it is
+    c.gather_send = true;
     return c;
   }
   double now() const override { return clock_(); }
@@ -31,10 +38,11 @@ class ThreadTransport final : public Transport, public AlltoallvExtension {
       return;
     }
     // Matched to a posted receive: this thread copies the bytes once, without the domain's lock, so ranks copy
-    // in parallel. Otherwise the arrival was retained (copied) to wait for its receive.
-    if (const std::shared_ptr<RecvOp> r =
-            domain_.deliver(op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr})) {
-      std::memcpy(r->buf.ptr, data.ptr, data.bytes);
+    // in parallel; a gather send's rows go from where they lie straight into the receive's buffer. Otherwise the
+    // arrival was retained (copied) to wait for its receive.
+    if (const std::shared_ptr<RecvOp> r = domain_.deliver(
+            op.peer, *this, Arrival{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr, data.gather})) {
+      data.copy_to(r->buf.ptr);
       domain_.finish_copy(*r);
     }
     op.done = true;  // the bytes are in the receive buffer or retained: the sender's buffer is free
@@ -80,6 +88,27 @@ class KeepFreedMemory {
   KeepFreedMemory& operator=(const KeepFreedMemory&) = delete;
 };
 
+// With EPLAB_EMU_PIN=1, pins the calling rank thread to one of the CPUs the process may use, rank r to the
+// (r mod n)-th of them, so that 16 ranks on 2 cores split evenly and stay where their buffers are warm in cache.
+// Off by default: on the shared 2-core machine pinned and unpinned runs measured alike within the noise
+// (docs/architecture.md), and under uneven load from other processes the scheduler can move a rank to the freer
+// core where a pinned one waits.
+void pin_rank_thread(int r) {
+  const char* env = std::getenv("EPLAB_EMU_PIN");
+  if (!env || std::string(env) != "1") return;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (cpus.size() < 2) return;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpus[static_cast<size_t>(r) % cpus.size()], &one);
+  pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+}
+
 class ThreadBackend : public Backend {
  public:
   std::string name() const override { return "emu"; }
@@ -94,6 +123,7 @@ class ThreadBackend : public Backend {
       throw EplabError("backend 'emu' moves real bytes only; phantom payloads need --backend=sim");
     const KeepFreedMemory keep;
     launch_thread_ranks(topo, opts.timeout_s, [&](Domain& domain, const WallClock& clock, int r) {
+      pin_rank_thread(r);
       ThreadTransport t(domain, r, clock);
       TransportFabric f(domain, t, r, topo);
       rank_main(f);

@@ -53,6 +53,7 @@ EngineContext::EngineContext(Fabric& f, const MoeShape& s, const Placement& p, c
   if (!o.phantom) {
     dispatch_row_bytes = dispatch_codec->row_bytes(s.hidden);
     combine_row_bytes = combine_codec->row_bytes(s.hidden);
+    gather_sends = f.caps().gather_send;
     const size_t bf16_row = 2 * static_cast<size_t>(s.hidden);
     dispatch_bf16 = dispatch_codec->name() == "bf16" && dispatch_row_bytes == bf16_row;
     combine_bf16 = combine_codec->name() == "bf16" && combine_row_bytes == bf16_row;
@@ -150,6 +151,17 @@ EngineContext::Message EngineContext::take_source_block(size_t slot, TokenBlock&
                        opts.dispatch_codec + "' does not encode rows on their own");
     const size_t rb = dispatch_row_bytes;
     std::vector<uint8_t>& out = outbox(slot);
+    if (gather_sends) {  // the metadata here, the rows listed where they lie in the batch
+      pack_block(b, static_cast<size_t>(b.size()) * rb, out);
+      m = Message::view_of(out);
+      m.meta_bytes = out.size();
+      m.row_bytes = rb;
+      m.row_ptrs.resize(static_cast<size_t>(b.size()));
+      for (size_t i = 0; i < m.row_ptrs.size(); ++i) m.row_ptrs[i] = a.x_rows + static_cast<size_t>(b.token[i]) * rb;
+      sent_ids = std::move(b.token);
+      b.release();
+      return m;
+    }
     reserve_huge(out, block_meta_bytes(b.size(), b.num_sels()) + static_cast<size_t>(b.size()) * rb);
     pack_block(b, static_cast<size_t>(b.size()) * rb, out);
     const size_t meta = out.size();

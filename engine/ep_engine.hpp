@@ -204,21 +204,32 @@ class EngineContext {
     // A block message whose rows are in the dispatch codec's row format: its metadata bytes, where the rows
     // start (0 otherwise). Split exchanges (split_blocks) send the two parts as two messages.
     size_t meta_bytes = 0;
+    // A gather message (EngineContext::gather_sends): the viewed bytes are its metadata only, and its rows, of
+    // row_bytes each, are sent from where they lie (a source's batch, a forwarder's receive buffer).
+    std::vector<const uint8_t*> row_ptrs;
+    size_t row_bytes = 0;
     static Message view_of(const std::vector<uint8_t>& v) {
       Message m;
       m.view = v.data();
       m.view_bytes = v.size();
       return m;
     }
+    RowGather gather() const { return RowGather{row_ptrs.data(), row_ptrs.size(), row_bytes}; }
     ConstBuf buf() const {
+      if (!row_ptrs.empty()) return ConstBuf{view, view_bytes + gather().bytes(), phantom_bytes, gather()};
       return view ? ConstBuf{view, view_bytes, phantom_bytes} : ConstBuf{bytes.data(), bytes.size(), phantom_bytes};
     }
     ConstBuf meta() const { return ConstBuf{buf().ptr, meta_bytes}; }
     ConstBuf rows() const {
+      if (!row_ptrs.empty()) return ConstBuf{view, gather().bytes(), 0, gather()};
       const ConstBuf b = buf();
       return ConstBuf{static_cast<const uint8_t*>(b.ptr) + meta_bytes, b.bytes - meta_bytes};
     }
   };
+  // Whether dispatch sends rows as gather messages (the fabric's Caps::gather_send, real bytes): a source's wire
+  // rows and a forwarder's received rows then cross to their receivers in one copy, not gathered into a send
+  // buffer first.
+  bool gather_sends = false;
   // Whether dispatch's last stage receives each block's rows straight into the handle's rows buffer
   // (Handle::recv_wire): the block then travels as two messages, its metadata into a small receive buffer and
   // its rows where they will stay, so the destination neither holds a second copy of its rows nor copies them
@@ -241,7 +252,8 @@ class EngineContext {
   // `scratch`, encodes them with the dispatch codec after b's metadata, then frees b, keeping only its token ids
   // (the order combine's answer comes back in) in sent_ids.
   // With row-separable codecs the message is written into outbox(slot) and viewed.
-  // x_rows, when set, is the batch in the dispatch codec's row format (DispatchArgs::x_rows): its rows are copied.
+  // x_rows, when set, is the batch in the dispatch codec's row format (DispatchArgs::x_rows): its rows are copied,
+  // or with gather_sends only the metadata is written and the message lists the batch's rows.
   Message take_source_block(size_t slot, TokenBlock& b, const DispatchArgs& a, uint64_t stream,
                             std::vector<int32_t>& sent_ids, std::vector<float>& scratch);
   // Rows only (combine); `rows` may be null in phantom mode, which charges their encoded size.

@@ -1,11 +1,21 @@
 #include "engine/fabric.hpp"
 
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 namespace eplab {
 
 Deadline Deadline::after(const Fabric& f, double seconds) { return Deadline{f.now() + seconds}; }
+
+void ConstBuf::copy_to(void* dst) const {
+  auto* out = static_cast<uint8_t*>(dst);
+  const size_t head = head_bytes();
+  if (head) std::memcpy(out, ptr, head);
+  out += head;
+  for (size_t i = 0; i < gather.count; ++i, out += gather.row_bytes)
+    std::memcpy(out, gather.rows[i], gather.row_bytes);
+}
 
 void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {
   alltoallv_live(sends, recvs, [&](std::span<const PeerSend> s, std::span<PeerRecv> r) {

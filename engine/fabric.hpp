@@ -22,13 +22,30 @@ namespace eplab {
 using Tag = uint64_t;
 class LinkRecorder;  // engine/link_recorder.hpp
 
+// Rows a gather send takes from where they lie (Caps::gather_send): `count` rows of `row_bytes` bytes, row i at
+// rows[i]. A source's message then goes from its batch straight into the receiver's buffer, with no send buffer
+// in between: one copy per byte instead of two.
+struct RowGather {
+  const uint8_t* const* rows = nullptr;
+  size_t count = 0;
+  size_t row_bytes = 0;
+  size_t bytes() const { return count * row_bytes; }
+};
+
 // A send buffer: `bytes` real bytes at `ptr` plus `phantom_bytes` that are charged but never copied.
 // Only fabrics whose caps().phantom_payload is true accept phantom_bytes > 0 or ptr == nullptr with bytes > 0.
+// With `gather` (count > 0) the real bytes are not all at ptr: the first head_bytes() are, the gathered rows
+// follow them in the message (ptr stays non-null). The bytes on the wire are the same as a contiguous message's.
 struct ConstBuf {
   const void* ptr = nullptr;
   size_t bytes = 0;
   size_t phantom_bytes = 0;
+  RowGather gather = {};
   size_t total() const { return bytes + phantom_bytes; }
+  bool gathered() const { return gather.count > 0; }
+  size_t head_bytes() const { return bytes - gather.bytes(); }
+  // Writes the real bytes, head then rows, contiguously at dst (bytes long).
+  void copy_to(void* dst) const;
 };
 
 // A receive buffer of `capacity` bytes; the message may be shorter (Request::bytes() says how long).
@@ -55,6 +72,7 @@ struct Caps {
   bool native_alltoallv = false;  // overrides Fabric::alltoallv
   bool device_memory = false;     // buffers live on a GPU
   bool consume_in_place = false;  // alltoallv_consume reads each message where its sender holds it (no copy)
+  bool gather_send = false;       // moves a gathered ConstBuf's rows without a contiguous copy first (RowGather)
 };
 
 // Completion state of one isend/irecv, owned by the caller through Request.

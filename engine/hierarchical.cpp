@@ -337,7 +337,15 @@ class Hierarchical : public Algorithm {
         fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
         return true;
       }
-      if (rb > 0) {
+      if (rb > 0 && c.gather_sends) {
+        // The metadata in outbox(q); the rows go from the rail's receive buffers straight to local rank q.
+        std::vector<uint8_t>& m = c.outbox(q);
+        pack_block(to_local[q], local_wire[q].size() * rb, m);
+        fmsgs[q] = EngineContext::Message::view_of(m);
+        fmsgs[q].meta_bytes = m.size();
+        fmsgs[q].row_bytes = rb;
+        fmsgs[q].row_ptrs = std::move(local_wire[q]);
+      } else if (rb > 0) {
         // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
         std::vector<uint8_t>& m = c.outbox(slot);
         const size_t rows = local_wire[q].size() * rb;
@@ -371,8 +379,11 @@ class Hierarchical : public Algorithm {
     size_t in_tokens = 0, in_sels = 0;
     for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
+    // The rows this stage forwards are read from the rail's receive buffers [0, S) while it receives (gather
+    // sends, and split rounds): its receive buffers sit above them.
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
-    c.ensure_boxes(static_cast<size_t>(std::max({N, S, G})) + meta_box);
+    const size_t lbox = !split && c.gather_sends && rb > 0 ? static_cast<size_t>(S) : 0;
+    c.ensure_boxes(std::max(static_cast<size_t>(std::max({N, S, G})) + meta_box, lbox + G));
     std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
     std::vector<int> lfrom;
     std::vector<PeerRecv> row_recvs;
@@ -423,8 +434,8 @@ class Hierarchical : public Algorithm {
         if (local_in[2 * q] == 0) continue;
         const int r = T.rank_of(my_node, q);
         lrecvs.push_back(
-            {r, c.inbox(q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
-                                   : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
+            {r, c.inbox(lbox + q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
+                                          : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
         lfrom.push_back(q);
       }
       c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
@@ -445,7 +456,7 @@ class Hierarchical : public Algorithm {
       st->recv_rows[q] =
           split ? c.add_split_block(h, linbox[meta_box + q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
                                     local_in[2 * q + 1], f, b)
-                : c.add_block_message(h, linbox[q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
+                : c.add_block_message(h, linbox[lbox + q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
                                       *c.dispatch_codec, EngineContext::stream_id(Phase::kForward, a.layer, f, me), f,
                                       b, brows);
     }

@@ -56,12 +56,57 @@ uint64_t payload_checksum(const void* p, size_t n) {
          mix64(static_cast<uint64_t>(n) + kMul);
 }
 
+uint64_t payload_checksum(const ConstBuf& b) {
+  if (!b.gathered()) return payload_checksum(b.ptr, b.bytes);
+  // The same sums as over the message made contiguous: 32-byte blocks across the parts' seams, carried in `pend`.
+  uint64_t l0 = 0x243f6a8885a308d3ULL, l1 = 0x13198a2e03707344ULL, l2 = 0xa4093822299f31d0ULL,
+           l3 = 0x082efa98ec4e6c89ULL;
+  unsigned char pend[32];
+  size_t np = 0;
+  const auto block = [&](const unsigned char* p) {
+    uint64_t w[4];
+    std::memcpy(w, p, sizeof w);
+    l0 = step(l0, w[0]);
+    l1 = step(l1, w[1]);
+    l2 = step(l2, w[2]);
+    l3 = step(l3, w[3]);
+  };
+  const auto feed = [&](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    if (np) {
+      const size_t take = std::min(sizeof pend - np, n);
+      std::memcpy(pend + np, p, take);
+      np += take, p += take, n -= take;
+      if (np < sizeof pend) return;
+      block(pend);
+      np = 0;
+    }
+    for (; n >= 32; p += 32, n -= 32) block(p);
+    std::memcpy(pend, p, n);
+    np = n;
+  };
+  feed(b.ptr, b.head_bytes());
+  for (size_t r = 0; r < b.gather.count; ++r) feed(b.gather.rows[r], b.gather.row_bytes);
+  size_t i = 0;
+  for (; i + 8 <= np; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, pend + i, sizeof w);
+    l0 = step(l0, w);
+  }
+  if (i < np) {
+    uint64_t w = 0;
+    std::memcpy(&w, pend + i, np - i);
+    l1 = step(l1, w);
+  }
+  return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(l2), 32) ^ std::rotl(mix64(l3), 48) ^
+         mix64(static_cast<uint64_t>(b.bytes) + kMul);
+}
+
 size_t PayloadLedger::KeyHash::operator()(const Key& k) const {
   return static_cast<size_t>(mix64(k.tag ^ (static_cast<uint64_t>(static_cast<uint32_t>(k.peer)) * kMul)));
 }
 
-void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
-                        size_t total_bytes) {
+PayloadRecord& PayloadLedger::entry(Map& m, int peer, Tag tag, const std::string& phase) {
   PayloadRecord& r = m[Key{tag, peer}];
   if (r.messages == 0) {
     r.tag = tag;
@@ -70,6 +115,12 @@ void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, con
     r.phase = static_cast<int32_t>(it - phases_.begin());
     if (it == phases_.end()) phases_.push_back(phase);
   }
+  return r;
+}
+
+void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
+                        size_t total_bytes) {
+  PayloadRecord& r = entry(m, peer, tag, phase);
   ++r.messages;
   r.bytes += bytes;
   r.total_bytes += total_bytes;
@@ -79,6 +130,15 @@ void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, con
 void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
                          size_t total_bytes) {
   add(sent_, peer, tag, phase, data, bytes, total_bytes);
+}
+
+void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data) {
+  if (!data.gathered()) return sent(peer, tag, phase, data.ptr, data.ptr ? data.bytes : 0, data.total());
+  PayloadRecord& r = entry(sent_, peer, tag, phase);
+  ++r.messages;
+  r.bytes += data.bytes;
+  r.total_bytes += data.total();
+  if (checksum_ && data.bytes > 0) r.checksum += payload_checksum(data);
 }
 
 void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,

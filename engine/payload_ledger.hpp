@@ -19,6 +19,9 @@ namespace eplab {
 // so a change confined to one 8-byte word (a flipped byte) always changes the checksum; other changes collide
 // with probability about 2^-64.
 uint64_t payload_checksum(const void* p, size_t n);
+// The same over a send buffer's real bytes, its gathered rows (RowGather) included: the checksum of the message
+// as it lands, contiguous.
+uint64_t payload_checksum(const ConstBuf& b);
 
 // What one rank sent to (or received from) one peer under one tag: sums over the messages.
 struct PayloadRecord {
@@ -48,6 +51,8 @@ class PayloadLedger {
   explicit PayloadLedger(bool checksum) : checksum_(checksum) {}
   bool checksums() const { return checksum_; }
   void sent(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  // A send buffer as posted (a gather send's rows included).
+  void sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
   PayloadLog log() const;
   // Goes on from a log this ledger's rank wrote earlier (a run resumed from a checkpoint), so that the resumed
@@ -65,6 +70,7 @@ class PayloadLedger {
   };
   using Map = std::unordered_map<Key, PayloadRecord, KeyHash>;
   void add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  PayloadRecord& entry(Map& m, int peer, Tag tag, const std::string& phase);
 
   bool checksum_;
   std::vector<std::string> phases_;
@@ -127,7 +133,8 @@ class PayloadTally {
 // number, as in make_tag; any round when left out) makes rank DST flip the lowest bit of the last byte of the
 // first non-empty message from SRC under such a tag after it landed and before it is checksummed, as a fault in
 // flight would (the last byte: row data rather than a message's leading counts). A message with phantom bytes
-// (sim) arrives one byte short instead, its real bytes untouched. Read once per process.
+// (sim) arrives one byte short instead, its real bytes untouched. Only while the fabric enters messages in a
+// ledger or a tally (so not in a run's untimed warm-up call, driver/rank_program.cpp). Read once per process.
 struct PayloadFlip {
   bool armed = false;
   int src = -1, dst = -1, phase = -1, step = -1, layer = -1, round = -1;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/fabric.hpp"
 
@@ -24,6 +25,7 @@ struct TransportCaps {
   // Sends may lend their bytes: a receiver in the same address space reads them where they lie
   // (Fabric::alltoallv_consume) and the send completes when it lets them go (Domain::release).
   bool lends_sends = false;
+  bool gather_send = false;  // post_send takes a gathered ConstBuf (RowGather) as it is; else the core flattens it
   bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
 };
 
@@ -41,6 +43,10 @@ struct Arrival {
   // Set when the bytes are lent by this send (SendOp::lend): they stay where the sender holds them, never
   // retained, until the receiver lets them go, which completes the send.
   SendOp* lender = nullptr;
+  // A gather send's rows, borrowed like `data` (which then holds only the first bytes - gather.bytes()).
+  RowGather gather = {};
+  // Writes the real bytes contiguously at dst.
+  void copy_to(void* dst) const { ConstBuf{data, bytes, 0, gather}.copy_to(dst); }
 };
 
 struct RecvOp : RequestState {
@@ -61,6 +67,7 @@ struct SendOp : RequestState {
   Tag tag = 0;
   bool lend = false;  // its bytes are lent (TransportCaps::lends_sends): done once the receiver lets them go
   std::shared_ptr<void> transfer;
+  std::vector<uint8_t> flat;  // a gather send made contiguous for a transport without TransportCaps::gather_send
 };
 
 // Optional features, asked for by id so a transport implements only what it has.

@@ -21,6 +21,7 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/transport_fabric.hpp"
 #include "mpi/mpi_backend.hpp"
@@ -88,12 +89,16 @@ class MpiTransport final : public Transport {
     for (Outgoing& o : notices_)
       if (o.req != MPI_REQUEST_NULL) MPI_Request_free(&o.req);
   }
-  TransportCaps caps() const override { return TransportCaps{}; }
+  TransportCaps caps() const override {
+    TransportCaps c;
+    c.gather_send = gather_;
+    return c;
+  }
   double now() const override { return MPI_Wtime() - t0_; }
 
   void post_send(SendOp& op, ConstBuf data) override {
     if (op.peer == rank_) {  // to itself: straight into its own matcher
-      domain_.deliver(rank_, *this, Arrival{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr});
+      domain_.deliver(rank_, *this, Arrival{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr, data.gather});
       SyncLock lock(domain_.sync());
       op.done = true;
       return;
@@ -107,9 +112,28 @@ class MpiTransport final : public Transport {
     out->header[2] = data.total();
     check(MPI_Isend(out->header, kHeaderWords, MPI_UINT64_T, op.peer, kHeaderTag, comm_, &out->req), "MPI_Isend",
           op.peer, op.tag);
-    if (data.bytes)
+    if (data.gathered()) {
+      // A gather send: one derived datatype over the head and the rows where they lie (MPI_BOTTOM-relative).
+      std::vector<int> lens;
+      std::vector<MPI_Aint> at;
+      const auto add = [&](const void* p, size_t n) {
+        MPI_Aint a = 0;
+        MPI_Get_address(p, &a);
+        lens.push_back(static_cast<int>(n));
+        at.push_back(a);
+      };
+      if (data.head_bytes()) add(data.ptr, data.head_bytes());
+      for (size_t i = 0; i < data.gather.count; ++i) add(data.gather.rows[i], data.gather.row_bytes);
+      MPI_Datatype type;
+      check(MPI_Type_create_hindexed(static_cast<int>(lens.size()), lens.data(), at.data(), MPI_BYTE, &type),
+            "MPI_Type_create_hindexed", op.peer, op.tag);
+      MPI_Type_commit(&type);
+      check(MPI_Isend(MPI_BOTTOM, 1, type, op.peer, kDataTag, comm_, &out->data_req), "MPI_Isend", op.peer, op.tag);
+      MPI_Type_free(&type);  // MPI keeps it until the send completes
+    } else if (data.bytes) {
       check(MPI_Isend(data.ptr, static_cast<int>(data.bytes), MPI_BYTE, op.peer, kDataTag, comm_, &out->data_req),
             "MPI_Isend", op.peer, op.tag);
+    }
     op.transfer = std::move(out);
   }
 
@@ -120,7 +144,7 @@ class MpiTransport final : public Transport {
     if (auto* held = a.bytes && !a.data ? static_cast<HeldMessage*>(a.owner.get()) : nullptr)
       receive_held(*held, op.buf.ptr, a.src, a.tag);
     else if (a.bytes)
-      std::memcpy(op.buf.ptr, a.data, a.bytes);
+      a.copy_to(op.buf.ptr);
     op.done = true;
   }
 
@@ -241,6 +265,14 @@ class MpiTransport final : public Transport {
   double t0_;
   std::deque<Outgoing> notices_;
   MpiAddOn* add_on_ = nullptr;
+  // Gather sends as MPI derived datatypes (EPLAB_MPI_GATHER=1). Off by default: on one machine OpenMPI 4.1 moves
+  // a non-contiguous message through vader's copy-in/copy-out fragments, not its single copy, and a dispatch took
+  // about twice as long as gathering the rows into a send buffer and sending that contiguous (16 ranks x 1024
+  // tokens, docs/architecture.md). Between machines a network that gathers may do better.
+  bool gather_ = [] {
+    const char* e = std::getenv("EPLAB_MPI_GATHER");
+    return e && std::string(e) == "1";
+  }();
 };
 
 // The launch's communicator as a transport's bootstrap sees it.

@@ -145,6 +145,11 @@ case $case_name in
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=3,0,3,0,1 expect_run 4 \
       "payload mismatch: rank 3 -> rank 0, phase combine, step 0, layer 1 .*checksum differs" \
       run --backend $backend "${two[@]}" --algorithm low-latency
+    # The first call (step 0, layer 0), which the run has already made once untimed as its warm-up: the flip
+    # lands in the timed call, where the ledger sees it.
+    EPLAB_TEST_FLIP_PAYLOAD_BYTE=1,2,2,0,0 expect_run 4 \
+      "payload mismatch: rank 1 -> rank 2, phase dispatch, step 0, layer 0 .*checksum differs" \
+      run --backend $backend "${two[@]}" --algorithm flat
     # Hierarchical's forward hop inside a node (ranks 2 and 3 share node 1).
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=2,3,4,0,1 expect_run 4 \
       "payload mismatch: rank 2 -> rank 3, phase dispatch, step 0, layer 1 .*checksum differs" \

@@ -304,5 +304,47 @@ TEST(EmuConservation, ASplitBlockMustHoldWhatNotifyAnnouncedAndAnnounceItsRows) 
   });
 }
 
+// On emu (Caps::gather_send) a source's dispatch block is its metadata in a send buffer and the list of its batch's
+// wire rows: the message carries the same bytes a contiguous one would, and the rows are not copied to build it.
+TEST(EmuGatherSends, ASourceBlockListsTheBatchRowsWhereTheyLie) {
+  on_one_rank("bf16", [&](EpEngine& engine, const MoeShape& shape) {
+    EngineContext& c = engine.context();
+    ASSERT_TRUE(c.gather_sends);
+    const size_t rb = c.dispatch_row_bytes;
+    std::vector<uint8_t> batch(3 * rb);
+    for (size_t i = 0; i < batch.size(); ++i) batch[i] = static_cast<uint8_t>(i * 7 + 1);
+    TokenBlock b;
+    for (int t : {2, 0}) {
+      b.add_token(0, t);
+      b.add_sel(t, 0.5f);
+    }
+    TokenBlock copy = b;
+    DispatchArgs a;
+    a.num_tokens = 3;
+    a.x_rows = batch.data();
+    std::vector<int32_t> sent;
+    std::vector<float> scratch;
+    const EngineContext::Message m = c.take_source_block(0, b, a, 1, sent, scratch);
+    std::vector<uint8_t> want;
+    pack_block(copy, 2 * rb, want);
+    const size_t meta = want.size();
+    want.insert(want.end(), batch.begin() + 2 * rb, batch.begin() + 3 * rb);
+    want.insert(want.end(), batch.begin(), batch.begin() + rb);
+    EXPECT_EQ(c.outboxes[0].size(), meta);  // the send buffer holds the metadata only
+    ASSERT_EQ(m.row_ptrs.size(), 2u);
+    EXPECT_EQ(m.row_ptrs[0], batch.data() + 2 * rb);
+    EXPECT_EQ(m.row_ptrs[1], batch.data());
+    EXPECT_EQ(m.meta_bytes, meta);
+    const ConstBuf whole = m.buf();
+    ASSERT_EQ(whole.bytes, want.size());
+    std::vector<uint8_t> got(whole.bytes);
+    whole.copy_to(got.data());
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(m.rows().bytes, 2 * rb);
+    EXPECT_EQ(m.meta().bytes, meta);
+    EXPECT_EQ(sent, (std::vector<int32_t>{2, 0}));
+  });
+}
+
 }  // namespace
 }  // namespace eplab

@@ -42,6 +42,30 @@ TEST(PayloadChecksum, LengthAndOrderMatter) {
   EXPECT_NE(payload_checksum(x.data(), 64), payload_checksum(y.data(), 64));
 }
 
+// A gather send's checksum (head, then rows from elsewhere) is the contiguous message's, whatever the seams.
+TEST(PayloadChecksum, GatheredRowsSumAsTheContiguousMessage) {
+  for (size_t head : {0u, 1u, 8u, 31u, 32u, 45u})
+    for (size_t row : {1u, 7u, 24u, 32u, 100u})
+      for (size_t count : {1u, 2u, 5u}) {
+        const std::vector<uint8_t> whole = bytes_of(head + row * count);
+        std::vector<std::vector<uint8_t>> parts;
+        std::vector<const uint8_t*> rows;
+        for (size_t r = 0; r < count; ++r)
+          parts.emplace_back(whole.begin() + static_cast<ptrdiff_t>(head + r * row),
+                             whole.begin() + static_cast<ptrdiff_t>(head + (r + 1) * row));
+        for (const auto& p : parts) rows.push_back(p.data());
+        ConstBuf b{whole.data(), whole.size()};
+        b.gather = RowGather{rows.data(), count, row};
+        EXPECT_EQ(payload_checksum(b), payload_checksum(whole.data(), whole.size()))
+            << "head " << head << ", rows " << count << " x " << row;
+        std::vector<uint8_t> flat(whole.size());
+        b.copy_to(flat.data());
+        EXPECT_EQ(flat, whole);
+        parts.back().back() ^= 1;  // a byte changed in the last row shows
+        EXPECT_NE(payload_checksum(b), payload_checksum(whole.data(), whole.size()));
+      }
+}
+
 // Rank 0 sends `payload` to rank 1 under a dispatch tag of step 3, layer 2; rank 1 receives `landed`.
 std::vector<PayloadLog> two_ranks(const std::vector<uint8_t>& payload, const std::vector<uint8_t>& landed) {
   const Tag tag = make_tag(Phase::kDispatch, 3, 2, 1);
