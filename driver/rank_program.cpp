@@ -283,8 +283,10 @@ double two_batch_layer(Fabric& f, const RankInputs& in, EpEngine& engine, StepDr
 // timed call finds them in place as later calls do: without it the first call spends most of its time in the
 // kernel zeroing fresh pages. MPI_Alltoallv's benchmark program makes the same untimed warm-up call. Its messages
 // carry the same tags as the call's own; the barrier before the timed call keeps them apart.
+// `out` is sized for the call's output (out_floats: `out_bf16` halves it) before the batch is put in its tail, so
+// it is written here in the call's own format without growing, which would move the batch.
 void warm_up(Fabric& f, const RankInputs& in, EpEngine& engine, DispatchArgs args, const Placement& placement,
-             std::vector<float>& partials, std::vector<float>& out) {
+             std::vector<float>& partials, std::vector<float>& out, size_t out_floats, bool out_bf16) {
   const RunSetup& run = in.run;
   EngineOptions opts = run.engine;
   opts.layout_cache = 0;
@@ -298,8 +300,11 @@ void warm_up(Fabric& f, const RankInputs& in, EpEngine& engine, DispatchArgs arg
   Handle h = scratch.dispatch(args);
   f.set_phase("expert");
   const float* expert_out = expert_partials(c, h, placement, run.transform, scratch.reduction(), partials);
-  resize_huge(out, static_cast<size_t>(args.num_tokens) * run.shape.hidden);
-  scratch.combine(h, expert_out, out.data());
+  resize_huge(out, out_floats);
+  if (out_bf16)
+    scratch.combine_bf16(h, expert_out, reinterpret_cast<uint16_t*>(out.data()));
+  else
+    scratch.combine(h, expert_out, out.data());
   h = Handle{};
   EngineContext& keep = engine.context();
   keep.inboxes.swap(c.inboxes);
@@ -534,7 +539,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
         args.layout_cached = lp.layout_cached;
         if (!warmed) {
           warmed = true;
-          warm_up(f, in, engine, args, placement, partials, out);
+          warm_up(f, in, engine, args, placement, partials, out, out_floats(batch.num_tokens), out_bf16);
           // The warm-up's combine wrote the output, whose tail held the batch's rows: they are made again.
           if (batch_in_out)
             make_wire_batch(cfg, step, layer, me, batch.num_tokens, shape.hidden, *engine.context().dispatch_codec,

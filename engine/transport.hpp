@@ -40,11 +40,11 @@ struct Arrival {
   size_t bytes = 0;        // real bytes
   size_t total_bytes = 0;  // real + phantom bytes
   std::shared_ptr<void> owner;
+  // A gather send's rows, borrowed like `data` (which then holds only the first bytes - gather.bytes()).
+  RowGather gather = {};
   // Set when the bytes are lent by this send (SendOp::lend): they stay where the sender holds them, never
   // retained, until the receiver lets them go, which completes the send.
   SendOp* lender = nullptr;
-  // A gather send's rows, borrowed like `data` (which then holds only the first bytes - gather.bytes()).
-  RowGather gather = {};
   // Writes the real bytes contiguously at dst.
   void copy_to(void* dst) const { ConstBuf{data, bytes, 0, gather}.copy_to(dst); }
 };

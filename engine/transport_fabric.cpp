@@ -109,7 +109,7 @@ void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
     return;
   }
   if (a.lender) {  // lent bytes meet a receive that wants them copied: copy now and complete the send
-    if (a.bytes) std::memcpy(op.buf.ptr, a.data, a.bytes);
+    if (a.bytes) a.copy_to(op.buf.ptr);
     a.lender->done = true;
     op.done = true;
     return;
