@@ -26,51 +26,57 @@ inline uint64_t step(uint64_t lane, uint64_t word) {
   return lane ^ (lane >> 32);
 }
 
-}  // namespace
-
-uint64_t payload_checksum(const void* p, size_t n) {
-  const auto* b = static_cast<const unsigned char*>(p);
+// The checksum's four lanes: 32-byte blocks go one word per lane; the last bytes (fewer than 32) go 8 at a time
+// into lane 0 and a zero-padded rest into lane 1. A contiguous message and a gathered one share it, so their sums
+// are the same by construction.
+struct ChecksumLanes {
   uint64_t l0 = 0x243f6a8885a308d3ULL, l1 = 0x13198a2e03707344ULL, l2 = 0xa4093822299f31d0ULL,
            l3 = 0x082efa98ec4e6c89ULL;
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    uint64_t w[4];
-    std::memcpy(w, b + i, sizeof w);
-    l0 = step(l0, w[0]);
-    l1 = step(l1, w[1]);
-    l2 = step(l2, w[2]);
-    l3 = step(l3, w[3]);
-  }
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, b + i, sizeof w);
-    l0 = step(l0, w);
-  }
-  if (i < n) {
-    uint64_t w = 0;
-    std::memcpy(&w, b + i, n - i);
-    l1 = step(l1, w);
-  }
-  // Each lane through a bijection, then rotated so that equal lanes do not cancel, and the length last.
-  return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(l2), 32) ^ std::rotl(mix64(l3), 48) ^
-         mix64(static_cast<uint64_t>(n) + kMul);
-}
-
-uint64_t payload_checksum(const ConstBuf& b) {
-  if (!b.gathered()) return payload_checksum(b.ptr, b.bytes);
-  // The same sums as over the message made contiguous: 32-byte blocks across the parts' seams, carried in `pend`.
-  uint64_t l0 = 0x243f6a8885a308d3ULL, l1 = 0x13198a2e03707344ULL, l2 = 0xa4093822299f31d0ULL,
-           l3 = 0x082efa98ec4e6c89ULL;
-  unsigned char pend[32];
-  size_t np = 0;
-  const auto block = [&](const unsigned char* p) {
+  void block(const unsigned char* p) {
     uint64_t w[4];
     std::memcpy(w, p, sizeof w);
     l0 = step(l0, w[0]);
     l1 = step(l1, w[1]);
     l2 = step(l2, w[2]);
     l3 = step(l3, w[3]);
-  };
+  }
+  void tail(const unsigned char* p, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, sizeof w);
+      l0 = step(l0, w);
+    }
+    if (i < n) {
+      uint64_t w = 0;
+      std::memcpy(&w, p + i, n - i);
+      l1 = step(l1, w);
+    }
+  }
+  // Each lane through a bijection, then rotated so that equal lanes do not cancel, and the length last.
+  uint64_t finish(size_t total) const {
+    return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(l2), 32) ^ std::rotl(mix64(l3), 48) ^
+           mix64(static_cast<uint64_t>(total) + kMul);
+  }
+};
+
+}  // namespace
+
+uint64_t payload_checksum(const void* p, size_t n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  ChecksumLanes lanes;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) lanes.block(b + i);
+  lanes.tail(b + i, n - i);
+  return lanes.finish(n);
+}
+
+uint64_t payload_checksum(const ConstBuf& b) {
+  if (!b.gathered()) return payload_checksum(b.ptr, b.bytes);
+  // The same sums as over the message made contiguous: 32-byte blocks across the parts' seams, carried in `pend`.
+  ChecksumLanes lanes;
+  unsigned char pend[32];
+  size_t np = 0;
   const auto feed = [&](const void* data, size_t n) {
     const auto* p = static_cast<const unsigned char*>(data);
     if (np) {
@@ -78,28 +84,17 @@ uint64_t payload_checksum(const ConstBuf& b) {
       std::memcpy(pend + np, p, take);
       np += take, p += take, n -= take;
       if (np < sizeof pend) return;
-      block(pend);
+      lanes.block(pend);
       np = 0;
     }
-    for (; n >= 32; p += 32, n -= 32) block(p);
+    for (; n >= 32; p += 32, n -= 32) lanes.block(p);
     std::memcpy(pend, p, n);
     np = n;
   };
   feed(b.ptr, b.head_bytes());
   for (size_t r = 0; r < b.gather.count; ++r) feed(b.gather.rows[r], b.gather.row_bytes);
-  size_t i = 0;
-  for (; i + 8 <= np; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, pend + i, sizeof w);
-    l0 = step(l0, w);
-  }
-  if (i < np) {
-    uint64_t w = 0;
-    std::memcpy(&w, pend + i, np - i);
-    l1 = step(l1, w);
-  }
-  return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(l2), 32) ^ std::rotl(mix64(l3), 48) ^
-         mix64(static_cast<uint64_t>(b.bytes) + kMul);
+  lanes.tail(pend, np);
+  return lanes.finish(b.bytes);
 }
 
 size_t PayloadLedger::KeyHash::operator()(const Key& k) const {
