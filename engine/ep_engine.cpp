@@ -93,23 +93,22 @@ void EngineContext::store_counts(const DispatchArgs& a, std::vector<uint32_t> co
       {a.layout_key, LayoutCache::routing_hash(a.num_tokens, a.topk, a.slots), std::move(counts), notify_time_s});
 }
 
-void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
+void EngineContext::count_sends(PhaseStats& st, std::span<const PeerSend> sends, bool as_messages) const {
   for (auto& s : sends) {
     if (!fabric.live(s.peer)) continue;  // a failed peer's entry is dropped by the fabric: nothing moves
-
     st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
-    st.messages += 1;
+    if (as_messages) st.messages += 1;
   }
+}
+
+void EngineContext::exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs) {
+  count_sends(st, sends, true);
   fabric.alltoallv(tag, sends, recvs, deadline());
 }
 
 void EngineContext::exchange_consume(PhaseStats& st, Tag tag, std::span<const PeerSend> sends,
                                      std::span<PeerConsume> recvs, const std::function<void()>& consume) {
-  for (auto& s : sends) {
-    if (!fabric.live(s.peer)) continue;
-    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
-    st.messages += 1;
-  }
+  count_sends(st, sends, true);
   fabric.alltoallv_consume(tag, sends, recvs, consume, deadline());
 }
 
@@ -260,13 +259,8 @@ void EngineContext::take_spare_rows_sized(std::vector<uint8_t>& rows, size_t byt
 void EngineContext::exchange_split(PhaseStats& st, Tag meta_tag, Tag rows_tag, std::span<const PeerSend> meta_sends,
                                    std::span<const PeerSend> row_sends, std::span<PeerRecv> meta_recvs,
                                    std::span<PeerRecv> row_recvs) {
-  for (auto& s : meta_sends) {
-    if (!fabric.live(s.peer)) continue;
-    st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
-    st.messages += 1;
-  }
-  for (auto& s : row_sends)
-    if (fabric.live(s.peer)) st.bytes[static_cast<int>(topo.distance(rank(), s.peer))] += static_cast<double>(s.data.total());
+  count_sends(st, meta_sends, true);
+  count_sends(st, row_sends, false);  // a block's rows are the same message as its metadata
   fabric.alltoallv(meta_tag, meta_sends, meta_recvs, deadline());
   fabric.alltoallv(rows_tag, row_sends, row_recvs, deadline());
 }

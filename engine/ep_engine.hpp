@@ -186,6 +186,8 @@ class EngineContext {
   bool phantom() const { return opts.phantom; }
   Deadline deadline() const { return Deadline::after(fabric, opts.timeout_s); }
 
+  // Adds the bytes of the sends to live peers to st, by distance, and (as_messages) one message each.
+  void count_sends(PhaseStats& st, std::span<const PeerSend> sends, bool as_messages) const;
   // Runs one all-to-all-v and counts what this rank sent.
   void exchange(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs);
   // Whether combine reads answers where their senders hold them (Fabric::alltoallv_consume): real bytes, a
