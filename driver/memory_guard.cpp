@@ -79,31 +79,34 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   // buffer with room for the larger), else writes them beside it.
   const double handle_row = c.kept >= d.kept ? c.kept : d.kept + c.kept;
   if (wire_rows && !run.caps.modeled_time && algo == "flat") {
-    // The payload moves in rounds of kFlatRoundPeers peers, so the send buffers hold that many peers' rows (a
-    // token sent once per destination rank it selects: T (1 - miss) rows to a peer on average). Where combine
-    // reads its answers in place (Caps::consume_in_place, emu) nothing else holds rows; elsewhere the send
-    // buffers take combine's answers back, in rounds as large.
+    // The payload moves in rounds of kFlatRoundPeers peers (a token sent once per destination rank it selects:
+    // T (1 - miss) rows to a peer on average). The send buffers hold a round's rows unless dispatch sends them
+    // from the batch where they lie (Caps::gather_send: metadata only), and take combine's answers back, in
+    // rounds as large, unless combine reads them where their senders hold them (Caps::consume_in_place). On
+    // emu, which does both, nothing but the handle holds rows.
     const double round_rows = std::min(R, kFlatRoundPeers) * T * (1 - miss);
-    e.rows_bytes =
-        e.rows_per_rank * handle_row + round_rows * (run.caps.consume_in_place ? d.wire : std::max(d.wire, c.wire));
+    const double sent = run.caps.gather_send ? 0.0 : d.wire, answered = run.caps.consume_in_place ? 0.0 : c.wire;
+    e.rows_bytes = e.rows_per_rank * handle_row + round_rows * std::max(sent, answered);
   } else if (wire_rows && !run.caps.modeled_time && algo == "hierarchical") {
     // Across the rail a token travels once per node it selects: the source's send buffers hold those rows (one
-    // buffer per node), the forwarder's receive buffers hold them, and the sums going back are built apart
-    // from the local answers they add up.
+    // buffer per node) unless they go from the batch where they lie (Caps::gather_send), the forwarder's
+    // receive buffers hold them, and the sums going back are built apart from the local answers they add up.
     const double N = run.topo.nodes(), G = run.topo.gpus_per_node(), per_node = E / N;
     double node_miss = 1;  // P(a node holds none of a token's k experts)
     for (int i = 0; i < run.shape.topk; ++i) node_miss *= std::max(0.0, (E - per_node - i) / (E - i));
     const double rail_rows = T * (1 - node_miss);  // to one node
-    e.rows_bytes = N * rail_rows * (2.0 * d.wire + c.wire);
+    const bool gather = run.caps.gather_send;
+    e.rows_bytes = N * rail_rows * ((gather ? 1.0 : 2.0) * d.wire + c.wire);
     // The forward messages go out in rounds of kFlatRoundPeers local ranks, built in send buffers that the
     // rail's messages (to N nodes) used before: a round's buffers grow only where a forward message (the rows
-    // one GPU receives, rows_per_rank / G) is the larger. Combine's answers take a buffer only where they are
-    // copied (EngineContext::reply_box: the forward buffers when no larger, else their own), not where they are
-    // read in place (Caps::consume_in_place).
+    // one GPU receives, rows_per_rank / G) is the larger; gather sends take the rows from the rail's receive
+    // buffers instead. Combine's answers take a buffer only where they are copied (EngineContext::reply_box:
+    // the forward buffers when they hold rows and are no smaller, else their own), not where they are read in
+    // place (Caps::consume_in_place).
     const double fwd_rows = e.rows_per_rank / G;
-    for (int i = 0; i < std::min(static_cast<int>(G), kFlatRoundPeers); ++i)
+    for (int i = 0; i < std::min(static_cast<int>(G), kFlatRoundPeers) && !gather; ++i)
       e.rows_bytes += (i < N ? std::max(0.0, fwd_rows - rail_rows) : fwd_rows) * d.wire;
-    const double replies = run.caps.consume_in_place || c.wire <= d.wire ? 0.0 : c.wire;
+    const double replies = run.caps.consume_in_place || (!gather && c.wire <= d.wire) ? 0.0 : c.wire;
     e.rows_bytes += e.rows_per_rank * (handle_row + replies);
   } else {
     // Dispatch holds a row in the sender's message, the receiver's buffer and the handle; combine holds the

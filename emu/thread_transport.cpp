@@ -116,6 +116,7 @@ class ThreadBackend : public Backend {
   Caps caps() const override {
     Caps c;
     c.consume_in_place = true;  // its fabric's alltoallv_consume (ThreadTransport lends sends)
+    c.gather_send = true;       // ThreadTransport copies a gathered message's rows where they lie
     return c;
   }
   void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {

@@ -41,28 +41,46 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   EXPECT_DOUBLE_EQ(estimate_run_memory(tr, resolve_run(tr, *create_backend("emu"))).batch_bytes,
                    1024.0 * 14336 + 1024.0 * 7168 * 4);
   // Hierarchical (the default) on emu: the handle's bf16 rows (14336 bytes; combine reads the answers in place,
-  // so nothing holds them again), per (token, node) pair the rail's send and receive buffers and the sum sent
-  // back, and the forward round's two send buffers only where a forward message (the rows a GPU receives, over
-  // 8 GPUs) outgrows the rail message whose buffer it takes.
+  // so nothing holds them again), and per (token, node) pair the rail's receive buffer and the sum sent back.
+  // Dispatch's gather sends take the rows from the batch and the rail's receive buffers where they lie, so no
+  // send buffer holds rows.
+  ASSERT_TRUE(run.caps.gather_send && run.caps.consume_in_place);
   double node_miss = 1;
   for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
   const double rail_rows = 1024.0 * (1 - node_miss), fwd_rows = e.rows_per_rank / 8;
-  ASSERT_LT(fwd_rows, rail_rows);  // at 2 nodes the rail's buffers are the larger
-  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 3 * 14336);
+  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 2 * 14336);
   EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes) * 1.07);  // and the allocator's slack
-  // Flat has no rail stage, and sends in rounds of kFlatRoundPeers (2) peers: the handle's rows, and the send
-  // buffers of two peers' rows (1024 (1 - miss) tokens each).
+  // A fabric without gather sends copies the rows into send buffers: the rail's, and the forward round's two
+  // only where a forward message (the rows a GPU receives, over 8 GPUs) outgrows the rail message whose buffer
+  // it takes.
+  RunSetup copying = run;
+  copying.caps.gather_send = false;
+  ASSERT_LT(fwd_rows, rail_rows);  // at 2 nodes the rail's buffers are the larger
+  EXPECT_DOUBLE_EQ(estimate_run_memory(c, copying).rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 3 * 14336);
+  // Flat has no rail stage: on emu the handle's rows alone. It sends in rounds of kFlatRoundPeers (2) peers, so
+  // without gather sends the send buffers hold two peers' rows (1024 (1 - miss) tokens each), and where combine
+  // cannot read its answers in place they come back into those buffers.
   RunConfig f = c;
   f.algorithm = "flat";
-  EXPECT_DOUBLE_EQ(estimate_run_memory(f, resolve_run(f, *create_backend("emu"))).rows_bytes,
-                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 14336);
+  RunSetup flat = resolve_run(f, *create_backend("emu"));
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f, flat).rows_bytes, e.rows_per_rank * 14336);
+  const double round_rows = 2 * 1024.0 * (1 - miss);
+  flat.caps.gather_send = false;
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f, flat).rows_bytes, e.rows_per_rank * 14336 + round_rows * 14336);
+  flat.caps.gather_send = true;
+  flat.caps.consume_in_place = false;
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f, flat).rows_bytes, e.rows_per_rank * 14336 + round_rows * 14336);
   // DeepSeek-V3's own codecs, fp8 rows (7168 + 56 scales x 4 bytes) in and bf16 out: expert compute writes the
-  // larger outputs over the received rows, so the handle holds bf16 rows only; the round buffers hold the fp8
-  // rows sent, as combine's bf16 answers are read where they lie.
+  // larger outputs over the received rows, so the handle holds bf16 rows only; copied sends hold the fp8 rows
+  // sent, copied answers the bf16 rows, the larger.
   RunConfig f8 = f;
   f8.dispatch_codec = "fp8-e4m3-b128";
-  EXPECT_DOUBLE_EQ(estimate_run_memory(f8, resolve_run(f8, *create_backend("emu"))).rows_bytes,
-                   e.rows_per_rank * 14336 + 2 * 1024.0 * (1 - miss) * 7392);
+  RunSetup flat8 = resolve_run(f8, *create_backend("emu"));
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f8, flat8).rows_bytes, e.rows_per_rank * 14336);
+  flat8.caps.gather_send = false;
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f8, flat8).rows_bytes, e.rows_per_rank * 14336 + round_rows * 7392);
+  flat8.caps.consume_in_place = false;
+  EXPECT_DOUBLE_EQ(estimate_run_memory(f8, flat8).rows_bytes, e.rows_per_rank * 14336 + round_rows * 14336);
   // --combine-out bf16: the output takes 2 bytes an element, and the bf16 batch fills it.
   RunConfig fb = f;
   fb.combine_out = "bf16";
