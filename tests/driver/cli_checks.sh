@@ -194,6 +194,40 @@ PY
     expect 1 "probe '$tmp/bad.json': not a probe" -- validate "${small[@]}" --probe "$tmp/bad.json"
     expect 1 "measures on a machine" -- validate --backend sim --nodes 1 --gpus-per-node 2 --quiet
     ;;
+  launch)
+    # The mpirun command line launch builds: on one machine more processes than cores are allowed, as root
+    # mpirun is told so, a hostfile replaces the oversubscription, and `eplab` is this eplab.
+    expect 0 "mpirun -n 3 --oversubscribe .*$eplab run --backend=mpi" -- launch -n 3 --dry-run -- eplab run \
+      --backend=mpi
+    out=$("$eplab" launch -n 3 --dry-run -- eplab 2>&1)
+    if [[ $(id -u) -eq 0 ]]; then want=1; else want=0; fi
+    [[ $(grep -c -- "--allow-run-as-root" <<<"$out") -eq $want ]] || fail "as uid $(id -u): $out"
+    echo "localhost slots=2" >"$tmp/hosts"
+    out=$("$eplab" launch -n 3 --hostfile "$tmp/hosts" --dry-run -- eplab 2>&1)
+    grep -q -- "--hostfile $tmp/hosts" <<<"$out" && ! grep -q -- "--oversubscribe" <<<"$out" || fail "hostfile: $out"
+    expect 0 "--enable-recovery --bind-to none .*eplab run$" -- launch -n 2 --mpirun-arg --enable-recovery \
+      --mpirun-arg=--bind-to --mpirun-arg none --dry-run -- eplab run
+    # Malformed (exit 2) and bad (exit 1) requests; a launcher that is missing or is not Open MPI's.
+    expect 2 "put the command to launch after --" -- launch -n 2 eplab run
+    expect 2 "put the command to launch after --" -- launch -n 2 --
+    expect 2 "say how many processes: -n N" -- launch -- eplab run
+    expect 1 "-n: expected a number of processes >= 1, got 0" -- launch -n 0 -- eplab run
+    expect 1 "cannot read '$tmp/none'" -- launch -n 2 --hostfile "$tmp/none" -- eplab run
+    expect 1 "no launcher '$tmp/mpirun' found" -- launch -n 2 --mpirun "$tmp/mpirun" -- eplab run
+    expect 1 "'/bin/echo' is not Open MPI's mpirun" -- launch -n 2 --mpirun /bin/echo -- eplab run
+    # The rest needs mpirun and the mpi backend (a one-rank run without a launcher shows it is built).
+    if ! command -v mpirun >/dev/null || ! "$eplab" run --backend=mpi --nodes 1 --gpus-per-node 1 --model mixtral-8x7b \
+      --hidden 64 --tokens 8 --quiet >/dev/null 2>&1; then
+      echo "PASS (launch: command lines and refusals; no mpirun or no mpi backend here to launch with)"
+      exit 0
+    fi
+    # A real launch: four processes on this machine (more than its two cores), one verified run; and mpirun's
+    # failure exit status comes back.
+    expect 0 "verified: true \(" -- launch -n 4 -- eplab run --backend=mpi --nodes 2 --gpus-per-node 2 \
+      --model mixtral-8x7b --hidden 256 --tokens 32 --quiet
+    expect 1 "3 MPI processes were started; run it as mpirun -n 4" -- launch -n 3 --quiet -- eplab run \
+      --backend=mpi --nodes 2 --gpus-per-node 2 --quiet
+    ;;
   *)
     fail "unknown case"
     ;;
