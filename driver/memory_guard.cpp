@@ -89,14 +89,17 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
     e.rows_bytes = e.rows_per_rank * handle_row + round_rows * std::max(sent, answered);
   } else if (wire_rows && !run.caps.modeled_time && algo == "hierarchical") {
     // Across the rail a token travels once per node it selects: the source's send buffers hold those rows (one
-    // buffer per node) unless they go from the batch where they lie (Caps::gather_send), the forwarder's
-    // receive buffers hold them, and the sums going back are built apart from the local answers they add up.
+    // buffer per node) unless they go from the batch where they lie (Caps::gather_send), and the forwarder's
+    // receive buffers hold them. The sums going back are built in those receive buffers where the sources read
+    // them in place (Caps::consume_in_place), else in send buffers of their own.
     const double N = run.topo.nodes(), G = run.topo.gpus_per_node(), per_node = E / N;
     double node_miss = 1;  // P(a node holds none of a token's k experts)
     for (int i = 0; i < run.shape.topk; ++i) node_miss *= std::max(0.0, (E - per_node - i) / (E - i));
     const double rail_rows = T * (1 - node_miss);  // to one node
     const bool gather = run.caps.gather_send;
-    e.rows_bytes = N * rail_rows * ((gather ? 1.0 : 2.0) * d.wire + c.wire);
+    const double rail_send = gather ? 0.0 : d.wire;
+    const double rail_recv = run.caps.consume_in_place ? std::max(d.wire, c.wire) : d.wire + c.wire;
+    e.rows_bytes = N * rail_rows * (rail_send + rail_recv);
     // The forward messages go out in rounds of kFlatRoundPeers local ranks, built in send buffers that the
     // rail's messages (to N nodes) used before: a round's buffers grow only where a forward message (the rows
     // one GPU receives, rows_per_rank / G) is the larger; gather sends take the rows from the rail's receive

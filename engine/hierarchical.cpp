@@ -495,7 +495,8 @@ class Hierarchical : public Algorithm {
     // [back, back + S), one per rail source, apart from both: from the local answers they sum, and from the
     // rail's answers, which arrive while they are sent.
     // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
-    // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either.
+    // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either, and the sums
+    // are built in the rail's receive buffers [0, S), whose dispatch rows have been forwarded (reduce_locally).
     const bool consume = c.consume_in_place();
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
@@ -614,6 +615,7 @@ class Hierarchical : public Algorithm {
       }
     }
     std::vector<float> acc, dec(rb > 0 ? H : 0);
+    std::vector<uint8_t> encoded;  // a row of a codec other than bf16, before it goes in place
     int in_row = 0;
     for (int si = 0; si < S; ++si) {  // rail sources
       const int rows_n = st.fwd_in_rows[si];
@@ -624,8 +626,19 @@ class Hierarchical : public Algorithm {
         rmsgs[si] = c.make_rows_message(nullptr, rows_n, *c.combine_codec, stream);
       } else if (rb > 0) {
         acc.resize(H);
-        std::vector<uint8_t>& m = c.outbox(static_cast<size_t>(back + si));
-        reserve_huge(m, static_cast<size_t>(rows_n) * rb);
+        // The sums are built where they are sent from. Where the source reads them in place
+        // (Caps::consume_in_place), in the rail receive buffer its rows came in: those were forwarded in dispatch
+        // and are not read again, so a (token, node) pair holds one buffer for its row and then its sum. Else in
+        // a send buffer of their own, as the rail's answers come back into the receive buffers.
+        const size_t bytes = static_cast<size_t>(rows_n) * rb;
+        uint8_t* sums = nullptr;
+        if (c.consume_in_place()) {
+          sums = static_cast<uint8_t*>(c.inbox(static_cast<size_t>(si), bytes).ptr);
+        } else {
+          std::vector<uint8_t>& m = c.outbox(static_cast<size_t>(back + si));
+          resize_huge(m, bytes);
+          sums = m.data();
+        }
         for (int j = 0; j < rows_n; ++j) {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
@@ -638,15 +651,20 @@ class Hierarchical : public Algorithm {
             c.combine_codec->decode(in, rb, 1, H, dec.data());
             for (int e = 0; e < H; ++e) acc[e] += dec[e];
           }
+          uint8_t* row = sums + static_cast<size_t>(j) * rb;
           if (c.combine_bf16) {
-            const size_t at = m.size();
-            m.resize(at + rb);
-            codecs::bf16_encode_kernel(acc.data(), H, m.data() + at);
+            codecs::bf16_encode_kernel(acc.data(), H, row);
             continue;
           }
-          c.combine_codec->encode(acc.data(), 1, H, m, stream);
+          encoded.clear();
+          c.combine_codec->encode(acc.data(), 1, H, encoded, stream);
+          if (encoded.size() != rb)
+            throw EplabError("engine: combine codec '" + c.combine_codec->name() + "' encoded a row into " +
+                             std::to_string(encoded.size()) + " bytes, its rows take " + std::to_string(rb));
+          std::memcpy(row, encoded.data(), rb);
         }
-        rmsgs[si] = EngineContext::Message::view_of(m);
+        rmsgs[si].view = sums;
+        rmsgs[si].view_bytes = bytes;
       } else {
         acc.assign(static_cast<size_t>(rows_n) * H, 0.f);
         for (int j = 0; j < rows_n; ++j) {

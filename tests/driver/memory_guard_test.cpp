@@ -41,22 +41,26 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   EXPECT_DOUBLE_EQ(estimate_run_memory(tr, resolve_run(tr, *create_backend("emu"))).batch_bytes,
                    1024.0 * 14336 + 1024.0 * 7168 * 4);
   // Hierarchical (the default) on emu: the handle's bf16 rows (14336 bytes; combine reads the answers in place,
-  // so nothing holds them again), and per (token, node) pair the rail's receive buffer and the sum sent back.
-  // Dispatch's gather sends take the rows from the batch and the rail's receive buffers where they lie, so no
-  // send buffer holds rows.
+  // so nothing holds them again), and per (token, node) pair the rail's receive buffer, which holds the row and
+  // then the sum sent back. Dispatch's gather sends take the rows from the batch and the rail's receive buffers
+  // where they lie, so no send buffer holds rows.
   ASSERT_TRUE(run.caps.gather_send && run.caps.consume_in_place);
   double node_miss = 1;
   for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
   const double rail_rows = 1024.0 * (1 - node_miss), fwd_rows = e.rows_per_rank / 8;
-  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 2 * 14336);
+  EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 14336);
   EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes) * 1.07);  // and the allocator's slack
   // A fabric without gather sends copies the rows into send buffers: the rail's, and the forward round's two
   // only where a forward message (the rows a GPU receives, over 8 GPUs) outgrows the rail message whose buffer
-  // it takes.
+  // it takes. Where the sums are not read in place they are built in buffers of their own.
   RunSetup copying = run;
   copying.caps.gather_send = false;
   ASSERT_LT(fwd_rows, rail_rows);  // at 2 nodes the rail's buffers are the larger
-  EXPECT_DOUBLE_EQ(estimate_run_memory(c, copying).rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 3 * 14336);
+  EXPECT_DOUBLE_EQ(estimate_run_memory(c, copying).rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 2 * 14336);
+  RunSetup no_consume = run;
+  no_consume.caps.consume_in_place = false;
+  EXPECT_DOUBLE_EQ(estimate_run_memory(c, no_consume).rows_bytes,
+                   e.rows_per_rank * (14336 + 14336) + 2 * rail_rows * 2 * 14336);
   // Flat has no rail stage: on emu the handle's rows alone. It sends in rounds of kFlatRoundPeers (2) peers, so
   // without gather sends the send buffers hold two peers' rows (1024 (1 - miss) tokens each), and where combine
   // cannot read its answers in place they come back into those buffers.
