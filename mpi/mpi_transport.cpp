@@ -1,12 +1,12 @@
-// The MPI transport: one eplab message is two MPI messages on a communicator duplicated for each launch, so
-// nothing of an earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow
-// for eplab's 64-bit tags, so a header (tag, real and modeled size) goes first and the bytes follow. Between
-// processes of one machine the bytes move with one copy that eplab makes itself (single copy, below); between
-// machines, and where single copy is off, they follow as a second MPI message sent from the caller's buffer as
-// it is. MPI's non-overtaking order per sender pairs each header with its bytes. The receiver reads the header
-// and takes the bytes' envelope off MPI's queue with MPI_Mprobe, without the bytes: they are received
-// (MPI_Mrecv) straight into the eplab receive's buffer, at once when it is posted, else when it is. A large
-// send completes when the receiver has posted its receive (MPI's rendezvous), as MPI's own do.
+// The MPI transport: eplab's messages travel on a communicator duplicated for each launch, so nothing of an
+// earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow for eplab's
+// 64-bit tags, so a header (tag, real and modeled size) goes first and the bytes follow. Between processes of
+// one machine the bytes of a message of 4096 bytes or more move with one copy that eplab makes itself (single
+// copy, below); otherwise they follow as a second MPI message sent from the caller's buffer as it is. MPI's
+// non-overtaking order per sender pairs each header with its bytes. The receiver reads the header and takes the
+// bytes' envelope off MPI's queue with MPI_Mprobe, without the bytes: they are received (MPI_Mrecv) straight
+// into the eplab receive's buffer, at once when it is posted, else when it is. A large send completes when the
+// receiver has posted its receive (MPI's rendezvous), as MPI's own do.
 //
 // Single copy (cross-memory attach): the ranks of one machine learn each other's pids at launch and check once
 // that each can read the others' memory (process_vm_readv). A send to such a peer then ships only a descriptor
@@ -14,10 +14,10 @@
 // The receiver reads them with process_vm_readv straight into the posted receive's buffer (or, when the
 // receive is not posted yet, keeps the descriptor until it is) and acknowledges on an MPI tag of that send's
 // own; the send completes on the acknowledgment, so the sender's buffer stays put until it has been read. Each
-// byte is copied once, rows included, where MPI copies a gathered message twice. A rank that fails tells every
-// peer on a separate MPI tag, and their waits end with its message; a process that dies is reported by mpirun,
-// which ends the job, unless it is a failed GPU's process under mpirun --enable-recovery (docs/faults.md): the
-// others then run on without it.
+// byte is copied once, rows included, where through MPI a gathered message is copied twice (made contiguous,
+// then MPI's copy). A rank that fails tells every peer on a separate MPI tag, and their waits end with its
+// message; a process that dies is reported by mpirun, which ends the job, unless it is a failed GPU's process
+// under mpirun --enable-recovery (docs/faults.md): the others then run on without it.
 #include <mpi.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
@@ -120,9 +120,11 @@ int read_peer_memory(pid_t pid, std::span<const iovec> pieces, uint8_t* into) {
 struct SingleCopy {
   bool on = false;
   std::vector<pid_t> pid;  // [rank]: the process of a peer on this machine, 0 for one elsewhere
-  // Smaller messages take MPI's path: their header and bytes in two eager messages beat a descriptor, a read
-  // and an acknowledgment (docs/architecture.md has the measurement).
-  size_t min_bytes = 0;
+  // Smaller messages take MPI's path, where their header and bytes go eagerly in two messages: below 4096 bytes
+  // (OpenMPI 4.1's eager limit on one machine) that beat a descriptor, a read and an acknowledgment by 1.25-2.1x,
+  // from 4096 on single copy was as fast or faster (bench_mpi_message_sizes, docs/architecture.md).
+  // EPLAB_MPI_CMA_MIN sets another threshold.
+  size_t min_bytes = 4096;
   std::string path;  // in words, for the console
 };
 
@@ -570,9 +572,20 @@ const uint64_t g_probe_word = 0x616d'6362'616c'7065;  // "eplabcma"
 SingleCopy setup_single_copy(MPI_Comm comm, int rank, int size) {
   SingleCopy sc;
   sc.pid.assign(static_cast<size_t>(size), 0);
-  const char* env = std::getenv("EPLAB_MPI_CMA");
-  const bool wanted = !(env && std::string(env) == "0");
-  if (const char* m = std::getenv("EPLAB_MPI_CMA_MIN")) sc.min_bytes = std::strtoull(m, nullptr, 10);
+  const std::string env = std::getenv("EPLAB_MPI_CMA") ? std::getenv("EPLAB_MPI_CMA") : "1";
+  if (env != "0" && env != "1")
+    throw EplabError(
+        "EPLAB_MPI_CMA must be 1 (single copy where it works, the default) or 0 (every message "
+        "through MPI), not '" +
+        env + "'");
+  const bool wanted = env == "1";
+  if (const char* m = std::getenv("EPLAB_MPI_CMA_MIN")) {
+    char* end = nullptr;
+    errno = 0;
+    sc.min_bytes = std::strtoull(m, &end, 10);
+    if (!*m || *end || errno || m[0] == '-')
+      throw EplabError(std::string("EPLAB_MPI_CMA_MIN must be a whole number of bytes, not '") + m + "'");
+  }
   // Where Yama restricts ptrace (ptrace_scope 1) only a process's ancestors may read it; this lets the launch's
   // other processes. It fails harmlessly without Yama.
   prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);

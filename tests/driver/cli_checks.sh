@@ -157,7 +157,8 @@ case $case_name in
     if [[ $backend == mpi ]]; then
       # Single copy between processes of one machine (mpi/mpi_transport.cpp) against every message through MPI
       # (EPLAB_MPI_CMA=0): the launch says which path it took, and the two runs' reports give the same messages,
-      # bytes, payload checks and outputs. Below and above single copy's threshold (--hidden 256 and 2048).
+      # bytes, payload checks and outputs. Each run has messages below single copy's threshold (notify's) and
+      # above it (dispatch's and combine's), at two hidden sizes.
       for a in flat hierarchical; do
         for hidden in 256 2048; do
           args=(run --backend mpi "${two[@]}" --hidden $hidden --algorithm $a)
