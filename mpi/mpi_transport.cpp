@@ -1,24 +1,39 @@
-// The MPI transport: one eplab message is two MPI messages on a communicator duplicated for each launch, so
-// nothing of an earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow
-// for eplab's 64-bit tags, so a 24-byte header (tag, real and modeled size) goes first and the bytes follow,
-// sent from the caller's buffer as they are. MPI's non-overtaking order per sender pairs each header with its
-// bytes. The receiver reads the header and takes the bytes' envelope off MPI's queue with MPI_Mprobe, without
-// the bytes: they are received (MPI_Mrecv) straight into the eplab receive's buffer, at once when it is posted,
-// else when it is. So every byte is copied once, by MPI: between processes of one machine OpenMPI's vader
-// moves a large message with one CMA copy (process_vm_readv) from the sender's buffer to the receiver's, between
-// machines the network does; no host copy waits in between. A sender's large message completes when the
-// receiver has posted its receive (MPI's rendezvous), as MPI's own do. A rank that fails tells every peer on a
-// separate MPI tag, and their waits end with its message; a process that dies is reported by mpirun, which ends
-// the job, unless it is a failed GPU's process under mpirun --enable-recovery (docs/faults.md): the others then
-// run on without it.
+// The MPI transport: eplab's messages travel on a communicator duplicated for each launch, so nothing of an
+// earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow for eplab's
+// 64-bit tags, so a header (tag, real and modeled size) goes first and the bytes follow. Between processes of
+// one machine the bytes of a message of 4096 bytes or more move with one copy that eplab makes itself (single
+// copy, below); otherwise they follow as a second MPI message sent from the caller's buffer as it is. MPI's
+// non-overtaking order per sender pairs each header with its bytes. The receiver reads the header and takes the
+// bytes' envelope off MPI's queue with MPI_Mprobe, without the bytes: they are received (MPI_Mrecv) straight
+// into the eplab receive's buffer, at once when it is posted, else when it is. A large send completes when the
+// receiver has posted its receive (MPI's rendezvous), as MPI's own do.
+//
+// Single copy (cross-memory attach): the ranks of one machine learn each other's pids at launch and check once
+// that each can read the others' memory (process_vm_readv). A send to such a peer then ships only a descriptor
+// in its header: where its bytes lie in the sender, the head and each gathered row (RowGather) where they are.
+// The receiver reads them with process_vm_readv straight into the posted receive's buffer (or, when the
+// receive is not posted yet, keeps the descriptor until it is) and acknowledges on an MPI tag of that send's
+// own; the send completes on the acknowledgment, so the sender's buffer stays put until it has been read. Each
+// byte is copied once, rows included, where through MPI a gathered message is copied twice (made contiguous,
+// then MPI's copy). A rank that fails tells every peer on a separate MPI tag, and their waits end with its
+// message; a process that dies is reported by mpirun, which ends the job, unless it is a failed GPU's process
+// under mpirun --enable-recovery (docs/faults.md): the others then run on without it.
 #include <mpi.h>
+#include <sys/prctl.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <map>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,7 +47,12 @@ namespace {
 constexpr int kHeaderTag = 1;
 constexpr int kFailureTag = 2;
 constexpr int kDataTag = 3;
+constexpr int kWithdrawTag = 4;  // a single-copy send's sender asks that its bytes be left unread
+constexpr int kAckTagBase = 16;  // from here up: a single-copy send's acknowledgment, one tag per send
 constexpr int kHeaderWords = 3;  // eplab tag, real bytes, real + modeled bytes
+// A single-copy header: the three words, the send's number, the count of pieces, then address and length of
+// each piece of the sender's memory, in message order.
+constexpr int kDescriptorWords = 5;
 
 std::string mpi_text(int code) {
   char buf[MPI_MAX_ERROR_STRING];
@@ -63,35 +83,115 @@ void ensure_mpi() {
   });
 }
 
-// A peer's message whose header has been read and whose bytes wait in MPI under a matched-probe handle. One that
-// no receive ever takes (a run that failed) stays in MPI, and its sender's request stays open: a failed run does
-// not wait for it.
-struct HeldMessage {
-  MPI_Message msg = MPI_MESSAGE_NULL;
-  size_t bytes = 0;
+// Copies the bytes of `pieces` of process `pid`'s memory, in order, to `into`, at most IOV_MAX pieces per call;
+// a partial read goes on where it stopped. Returns 0, or the errno of the read that failed (ESRCH: the process
+// is gone; EFAULT: the range is not mapped there; EPERM: not allowed to read it).
+int read_peer_memory(pid_t pid, std::span<const iovec> pieces, uint8_t* into) {
+  size_t next = 0, skip = 0;  // the first piece not read through, and its bytes already read
+  iovec remote[IOV_MAX];
+  while (next < pieces.size()) {
+    size_t n = 0, want = 0;
+    for (size_t i = next; i < pieces.size() && n < IOV_MAX; ++i, ++n) {
+      const size_t from = i == next ? skip : 0;
+      remote[n] = iovec{static_cast<uint8_t*>(pieces[i].iov_base) + from, pieces[i].iov_len - from};
+      want += remote[n].iov_len;
+    }
+    iovec local{into, want};
+    const ssize_t got = process_vm_readv(pid, &local, 1, remote, n, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return errno;
+    if (got == 0) return EIO;
+    into += got;
+    for (size_t left = static_cast<size_t>(got); left > 0;) {
+      const size_t rest = pieces[next].iov_len - skip;
+      if (left < rest) {
+        skip += left;
+        break;
+      }
+      left -= rest;
+      ++next;
+      skip = 0;
+    }
+  }
+  return 0;
+}
+
+// The single-copy path of a launch, as its bootstrap (setup_single_copy) agreed on it.
+struct SingleCopy {
+  bool on = false;
+  std::vector<pid_t> pid;  // [rank]: the process of a peer on this machine, 0 for one elsewhere
+  // Smaller messages take MPI's path, where their header and bytes go eagerly in two messages: below 4096 bytes
+  // (OpenMPI 4.1's eager limit on one machine) that beat a descriptor, a read and an acknowledgment by 1.25-2.1x,
+  // from 4096 on single copy was as fast or faster (bench_mpi_message_sizes, docs/architecture.md).
+  // EPLAB_MPI_CMA_MIN sets another threshold.
+  size_t min_bytes = 4096;
+  std::string path;  // in words, for the console
 };
 
+// A peer's message whose header has been read and whose bytes wait: in MPI under a matched-probe handle, or
+// (single copy) in the sender's memory, described by `pieces`. One that no receive ever takes (a run that
+// failed) stays where it is; a single-copy one is acknowledged unread when dropped, so that its sender is not
+// left waiting.
+struct HeldMessage {
+  size_t bytes = 0;
+  MPI_Message msg = MPI_MESSAGE_NULL;
+  std::vector<iovec> pieces;
+  int src = -1;
+  uint64_t seq = 0;
+  bool settled = false;  // single copy: acknowledged, read or not; withdrawn: its sender took it back
+  bool withdrawn = false;
+  MPI_Comm comm = MPI_COMM_NULL;
+  int ack_tag = 0;
+  // Tells the sender its bytes will not be read again (a zero-byte message on the send's own tag).
+  void settle() {
+    settled = true;
+    MPI_Request r;
+    if (MPI_Isend(nullptr, 0, MPI_BYTE, src, ack_tag, comm, &r) == MPI_SUCCESS) MPI_Request_free(&r);
+  }
+  ~HeldMessage() {
+    if (!pieces.empty() && !settled) settle();
+  }
+};
+
+class MpiTransport;
+
 // A send in flight: its header (the bytes are the caller's until the send completes), or a failure notice.
+// A single-copy send also waits for its acknowledgment (ack); dropped before it came (its rank unwinds), it is
+// withdrawn first (MpiTransport::withdraw), so that nobody reads its bytes once they are gone.
 struct Outgoing {
-  uint64_t header[kHeaderWords] = {0, 0, 0};
+  std::vector<uint64_t> header;
   std::vector<uint8_t> frame;
   MPI_Request req = MPI_REQUEST_NULL;
   MPI_Request data_req = MPI_REQUEST_NULL;
+  MPI_Request ack = MPI_REQUEST_NULL;
+  MpiTransport* via = nullptr;
+  int peer = -1;
+  ~Outgoing();
 };
 
 class MpiTransport final : public Transport {
  public:
   // `t0`: MPI_Wtime() when the launch started, the zero of now() and of the domain's waits.
-  MpiTransport(Domain& domain, MPI_Comm comm, int rank, double t0)
-      : domain_(domain), comm_(comm), rank_(rank), t0_(t0) {}
+  MpiTransport(Domain& domain, MPI_Comm comm, int rank, double t0, SingleCopy single_copy)
+      : domain_(domain),
+        comm_(comm),
+        rank_(rank),
+        t0_(t0),
+        single_copy_(std::move(single_copy)),
+        failed_peers_(static_cast<size_t>(domain.world_size()), 0) {
+    int* ub = nullptr;
+    int flag = 0;
+    MPI_Comm_get_attr(comm_, MPI_TAG_UB, &ub, &flag);
+    ack_tags_ = (flag ? *ub : 32767) - kAckTagBase + 1;
+  }
   ~MpiTransport() override {
-    // Failure notices that could not be delivered (the peer is gone) are abandoned, not waited for.
+    // Failure notices and withdrawals that could not be delivered (the peer is gone) are abandoned.
     for (Outgoing& o : notices_)
       if (o.req != MPI_REQUEST_NULL) MPI_Request_free(&o.req);
   }
   TransportCaps caps() const override {
     TransportCaps c;
-    c.gather_send = gather_;
+    c.gather_send = gather_ || single_copy_.on;
     return c;
   }
   double now() const override { return MPI_Wtime() - t0_; }
@@ -103,14 +203,19 @@ class MpiTransport final : public Transport {
       op.done = true;
       return;
     }
+    if (single_copy_.on && single_copy_.pid[op.peer] && data.bytes >= std::max<size_t>(single_copy_.min_bytes, 1))
+      return post_single_copy(op, data);
     if (data.bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
       throw FabricError("isend: rank " + std::to_string(rank_) + ", peer " + std::to_string(op.peer) + ": " +
                         std::to_string(data.bytes) + " bytes exceed one MPI message's count");
+    if (data.gathered() && !gather_) {  // gathered for single copy, but going through MPI: made contiguous here
+      op.flat.resize(data.bytes);
+      data.copy_to(op.flat.data());
+      data = ConstBuf{op.flat.data(), data.bytes, data.phantom_bytes};
+    }
     auto out = std::make_shared<Outgoing>();
-    out->header[0] = op.tag;
-    out->header[1] = data.bytes;
-    out->header[2] = data.total();
-    check(MPI_Isend(out->header, kHeaderWords, MPI_UINT64_T, op.peer, kHeaderTag, comm_, &out->req), "MPI_Isend",
+    out->header = {op.tag, data.bytes, data.total()};
+    check(MPI_Isend(out->header.data(), kHeaderWords, MPI_UINT64_T, op.peer, kHeaderTag, comm_, &out->req), "MPI_Isend",
           op.peer, op.tag);
     if (data.gathered()) {
       // A gather send: one derived datatype over the head and the rows where they lie (MPI_BOTTOM-relative).
@@ -139,10 +244,10 @@ class MpiTransport final : public Transport {
 
   // A receive matched in the matcher: a message from this rank itself (copied from the sender's buffer, or from
   // the copy retain kept), or a peer's that arrived before the receive (its bytes still in MPI under a
-  // matched-probe handle, received into the receive's buffer now).
+  // matched-probe handle, or in the sender's memory, moved into the receive's buffer now).
   void on_match(RecvOp& op, Arrival& a) override {
     if (auto* held = a.bytes && !a.data ? static_cast<HeldMessage*>(a.owner.get()) : nullptr)
-      receive_held(*held, op.buf.ptr, a.src, a.tag);
+      receive_held(*held, op.buf.ptr, a.tag);
     else if (a.bytes)
       a.copy_to(op.buf.ptr);
     op.done = true;
@@ -153,11 +258,12 @@ class MpiTransport final : public Transport {
     auto* op = dynamic_cast<SendOp*>(&s);
     if (!op) return false;  // receives complete at the match, in progress()
     auto* out = static_cast<Outgoing*>(op->transfer.get());
-    MPI_Request reqs[2] = {out->req, out->data_req};
+    MPI_Request reqs[3] = {out->req, out->data_req, out->ack};
     int flag = 0;
-    check(MPI_Testall(2, reqs, &flag, MPI_STATUSES_IGNORE), "MPI_Testall", op->peer, op->tag);
+    check(MPI_Testall(3, reqs, &flag, MPI_STATUSES_IGNORE), "MPI_Testall", op->peer, op->tag);
     out->req = reqs[0];
     out->data_req = reqs[1];
+    out->ack = reqs[2];
     if (!flag) return false;
     op->transfer.reset();
     op->done = true;
@@ -165,7 +271,7 @@ class MpiTransport final : public Transport {
   }
 
   // Takes in whatever has arrived: each message's header, its bytes received into a posted receive's buffer or
-  // left in MPI for the receive to come; a failure notice fails the run here too.
+  // left where they are for the receive to come; a failure notice fails the run here too.
   void progress() override {
     for (;;) {
       int flag = 0;
@@ -178,41 +284,65 @@ class MpiTransport final : public Transport {
       if (st.MPI_TAG == kFailureTag) {
         std::string why(static_cast<size_t>(count), '\0');
         check(MPI_Recv(why.data(), count, MPI_BYTE, src, kFailureTag, comm_, MPI_STATUS_IGNORE), "MPI_Recv", src, 0);
+        failed_peers_[src] = 1;
         domain_.fail(why);
         continue;
       }
-      if (st.MPI_TAG != kHeaderTag || count != kHeaderWords * 8)
+      if (st.MPI_TAG == kWithdrawTag && count == 8) {
+        uint64_t seq = 0;
+        check(MPI_Recv(&seq, 1, MPI_UINT64_T, src, kWithdrawTag, comm_, MPI_STATUS_IGNORE), "MPI_Recv", src, 0);
+        withdrawn(src, seq);
+        continue;
+      }
+      const int words = count / 8;
+      const bool descriptor = words >= kDescriptorWords && count % 8 == 0;
+      if (st.MPI_TAG != kHeaderTag || (count != kHeaderWords * 8 && !descriptor))
         throw FabricError("rank " + std::to_string(rank_) + ": a " + std::to_string(count) + "-byte MPI message (tag " +
                           std::to_string(st.MPI_TAG) + ") from rank " + std::to_string(src) +
                           " where an eplab header was due");
-      uint64_t header[kHeaderWords];
-      check(MPI_Recv(header, kHeaderWords, MPI_UINT64_T, src, kHeaderTag, comm_, MPI_STATUS_IGNORE), "MPI_Recv", src,
+      std::vector<uint64_t> header(static_cast<size_t>(words));
+      check(MPI_Recv(header.data(), words, MPI_UINT64_T, src, kHeaderTag, comm_, MPI_STATUS_IGNORE), "MPI_Recv", src,
             0);
       const Tag tag = header[0];
       const size_t bytes = header[1];
-      if (bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
-        throw FabricError("rank " + std::to_string(rank_) + ": header from rank " + std::to_string(src) +
-                          " announces " + std::to_string(bytes) + " bytes");
-      if (bytes == 0) {  // nothing follows the header
-        domain_.deliver(rank_, *this, Arrival{src, tag, nullptr, 0, header[2], nullptr});
-        continue;
-      }
-      // The bytes' envelope follows the header (non-overtaking); take it off MPI's queue, the bytes stay put.
       auto held = std::make_shared<HeldMessage>();
-      check(MPI_Mprobe(src, kDataTag, comm_, &held->msg, MPI_STATUS_IGNORE), "MPI_Mprobe", src, tag);
       held->bytes = bytes;
+      held->src = src;
+      if (descriptor) {
+        read_descriptor(*held, header);
+      } else {
+        if (bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
+          throw FabricError("rank " + std::to_string(rank_) + ": header from rank " + std::to_string(src) +
+                            " announces " + std::to_string(bytes) + " bytes");
+        if (bytes == 0) {  // nothing follows the header
+          domain_.deliver(rank_, *this, Arrival{src, tag, nullptr, 0, header[2], nullptr});
+          continue;
+        }
+        // The bytes' envelope follows the header (non-overtaking); take it off MPI's queue, the bytes stay put.
+        check(MPI_Mprobe(src, kDataTag, comm_, &held->msg, MPI_STATUS_IGNORE), "MPI_Mprobe", src, tag);
+      }
       const std::shared_ptr<RecvOp> op = domain_.claim(rank_, src, tag, bytes, header[2]);
-      if (op && op->copying) {  // posted: MPI writes the bytes where they belong
-        receive_held(*held, op->buf.ptr, src, tag);
+      if (op && op->copying) {  // posted: the bytes go where they belong
+        try {
+          receive_held(*held, op->buf.ptr, tag);
+        } catch (const FabricError&) {
+          domain_.finish_copy(*op);  // no copy under way any more: the receive may be withdrawn as this rank unwinds
+          throw;
+        }
         domain_.finish_copy(*op);
         continue;
       }
       if (op) {  // matched a receive too small for it: that receive has failed, the bytes are dropped
-        std::vector<uint8_t> drop(bytes);
-        receive_held(*held, drop.data(), src, tag);
+        if (!held->pieces.empty()) {
+          held->settle();
+        } else {
+          std::vector<uint8_t> drop(bytes);
+          receive_held(*held, drop.data(), tag);
+        }
         continue;
       }
-      // Not posted yet: the matcher keeps the handle (no bytes: data is null) until a receive takes it.
+      // Not posted yet: the matcher keeps the message (no bytes: data is null) until a receive takes it.
+      if (!held->pieces.empty()) held_[{src, held->seq}] = held;
       domain_.deliver(rank_, *this, Arrival{src, tag, nullptr, bytes, header[2], std::move(held)});
     }
   }
@@ -245,12 +375,121 @@ class MpiTransport final : public Transport {
     }
   }
 
+  // A single-copy send dropped before its acknowledgment came (its rank is unwinding, its buffer about to go):
+  // asks the receiver to leave the bytes unread and waits for its answer (the acknowledgment: the bytes were
+  // read already, or will not be), taking in what arrives meanwhile, so that a peer withdrawing its own sends to
+  // this rank is answered too. A peer that has told its failure reads nothing more; one that never answers is
+  // given up after the run's timeout. Never throws: it runs while a rank unwinds.
+  void withdraw(Outgoing& o) noexcept {
+    Outgoing& ask = notices_.emplace_back();
+    ask.header = {o.header[3]};
+    MPI_Isend(ask.header.data(), 1, MPI_UINT64_T, o.peer, kWithdrawTag, comm_, &ask.req);
+    const double until = now() + domain_.timeout_s();
+    for (;;) {
+      int flag = 0;
+      if (MPI_Test(&o.ack, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag) return;
+      if (failed_peers_[o.peer] || now() > until) break;
+      try {
+        progress();
+      } catch (const std::exception&) {  // the run has failed already: only the answer matters here
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    MPI_Cancel(&o.ack);
+    MPI_Request_free(&o.ack);
+    if (o.req != MPI_REQUEST_NULL) {  // the header is still leaving (a peer gone): kept until this transport goes
+      Outgoing& keep = notices_.emplace_back();
+      keep.header = std::move(o.header);
+      keep.req = o.req;
+      o.req = MPI_REQUEST_NULL;
+    }
+  }
+
  private:
-  void receive_held(HeldMessage& m, void* into, int src, Tag tag) {
-    if (m.msg == MPI_MESSAGE_NULL)
-      throw FabricError("rank " + std::to_string(rank_) + ": message from rank " + std::to_string(src) + ", tag " +
-                        describe_tag(tag) + " was received twice");
-    check(MPI_Mrecv(into, static_cast<int>(m.bytes), MPI_BYTE, &m.msg, MPI_STATUS_IGNORE), "MPI_Mrecv", src, tag);
+  int ack_tag(uint64_t seq) const { return kAckTagBase + static_cast<int>(seq % static_cast<uint64_t>(ack_tags_)); }
+
+  // A send to a peer of this machine: the header describes where the bytes lie, the receiver reads them from
+  // there, and the send completes on its acknowledgment.
+  void post_single_copy(SendOp& op, const ConstBuf& data) {
+    auto out = std::make_shared<Outgoing>();
+    out->via = this;
+    out->peer = op.peer;
+    const uint64_t seq = next_seq_++;
+    out->header = {op.tag, data.bytes, data.total(), seq, 0};
+    const auto add = [&](const void* p, size_t n) {
+      const auto at = reinterpret_cast<uint64_t>(p);
+      std::vector<uint64_t>& h = out->header;
+      if (h.size() > kDescriptorWords && h[h.size() - 2] + h.back() == at) {  // follows the last piece: one read
+        h.back() += n;
+        return;
+      }
+      h.push_back(at);
+      h.push_back(n);
+    };
+    if (data.head_bytes()) add(data.ptr, data.head_bytes());
+    for (size_t i = 0; i < data.gather.count; ++i) add(data.gather.rows[i], data.gather.row_bytes);
+    out->header[4] = (out->header.size() - kDescriptorWords) / 2;
+    if (out->header.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+      throw FabricError("isend: rank " + std::to_string(rank_) + ", peer " + std::to_string(op.peer) + ": " +
+                        std::to_string(out->header[4]) + " gathered rows exceed one MPI message's count");
+    // The acknowledgment's receive first: it can then never arrive unexpected.
+    check(MPI_Irecv(nullptr, 0, MPI_BYTE, op.peer, ack_tag(seq), comm_, &out->ack), "MPI_Irecv", op.peer, op.tag);
+    check(MPI_Isend(out->header.data(), static_cast<int>(out->header.size()), MPI_UINT64_T, op.peer, kHeaderTag, comm_,
+                    &out->req),
+          "MPI_Isend", op.peer, op.tag);
+    op.transfer = std::move(out);
+  }
+
+  void read_descriptor(HeldMessage& m, const std::vector<uint64_t>& header) {
+    const size_t pieces = header[4];
+    size_t sum = 0;
+    if (pieces * 2 + kDescriptorWords == header.size()) {
+      m.pieces.resize(pieces);
+      for (size_t i = 0; i < pieces; ++i) {
+        m.pieces[i] = iovec{reinterpret_cast<void*>(header[kDescriptorWords + 2 * i]),
+                            static_cast<size_t>(header[kDescriptorWords + 2 * i + 1])};
+        sum += m.pieces[i].iov_len;
+      }
+    }
+    if (pieces == 0 || sum != m.bytes || !single_copy_.pid[m.src])
+      throw FabricError("rank " + std::to_string(rank_) + ": a single-copy header from rank " + std::to_string(m.src) +
+                        " (tag " + describe_tag(header[0]) + ") describes " + std::to_string(pieces) + " pieces of " +
+                        std::to_string(sum) + " bytes for a message of " + std::to_string(m.bytes) +
+                        (single_copy_.pid[m.src] ? "" : ", from a peer this rank cannot read"));
+    m.seq = header[3];
+    m.comm = comm_;
+    m.ack_tag = ack_tag(m.seq);
+  }
+
+  // A peer took back a single-copy send this rank holds unread: it is never read, and the peer is answered.
+  // One read already was acknowledged then, and is not answered twice.
+  void withdrawn(int src, uint64_t seq) {
+    const auto it = held_.find({src, seq});
+    if (it == held_.end()) return;
+    if (const std::shared_ptr<HeldMessage> m = it->second.lock(); m && !m->settled) {
+      m->withdrawn = true;
+      m->settle();
+    }
+    held_.erase(it);
+  }
+
+  void receive_held(HeldMessage& m, void* into, Tag tag) {
+    const std::string where =
+        "rank " + std::to_string(rank_) + ", peer " + std::to_string(m.src) + ", tag " + describe_tag(tag);
+    if (m.withdrawn)
+      throw FabricError("irecv: " + where + ": the sender withdrew the message (its rank failed) before it was read");
+    if (m.pieces.empty()) {
+      if (m.msg == MPI_MESSAGE_NULL) throw FabricError("irecv: " + where + ": the message was received twice");
+      check(MPI_Mrecv(into, static_cast<int>(m.bytes), MPI_BYTE, &m.msg, MPI_STATUS_IGNORE), "MPI_Mrecv", m.src, tag);
+      return;
+    }
+    if (m.settled) throw FabricError("irecv: " + where + ": the message was received twice");
+    held_.erase({m.src, m.seq});
+    const int err = read_peer_memory(single_copy_.pid[m.src], m.pieces, static_cast<uint8_t*>(into));
+    m.settle();  // read or not, the sender is not kept waiting: a failed read fails the run below
+    if (err)
+      throw FabricError("process_vm_readv: " + where + ": reading " + std::to_string(m.bytes) + " bytes from process " +
+                        std::to_string(single_copy_.pid[m.src]) + " failed: " + std::strerror(err));
   }
 
   void check(int code, const char* call, int peer, Tag tag) const {
@@ -263,17 +502,28 @@ class MpiTransport final : public Transport {
   MPI_Comm comm_;
   int rank_;
   double t0_;
+  SingleCopy single_copy_;
+  std::vector<char> failed_peers_;  // [rank]: has sent its failure notice
+  int ack_tags_ = 0;                // acknowledgment tags there are (MPI_TAG_UB)
+  uint64_t next_seq_ = 0;           // this rank's single-copy sends so far
+  // Single-copy messages held unread, by sender and number, for their sender's withdrawal.
+  std::map<std::pair<int, uint64_t>, std::weak_ptr<HeldMessage>> held_;
   std::deque<Outgoing> notices_;
   MpiAddOn* add_on_ = nullptr;
-  // Gather sends as MPI derived datatypes (EPLAB_MPI_GATHER=1). Off by default: on one machine OpenMPI 4.1 moves
-  // a non-contiguous message through vader's copy-in/copy-out fragments, not its single copy, and a dispatch took
-  // about twice as long as gathering the rows into a send buffer and sending that contiguous (16 ranks x 1024
-  // tokens, docs/architecture.md). Between machines a network that gathers may do better.
+  // Gather sends as MPI derived datatypes (EPLAB_MPI_GATHER=1) where single copy does not reach. Off by
+  // default: on one machine OpenMPI 4.1 moves a non-contiguous message through vader's copy-in/copy-out
+  // fragments, not its single copy, and a dispatch took about twice as long as gathering the rows into a send
+  // buffer and sending that contiguous (16 ranks x 1024 tokens, docs/architecture.md). Between machines a
+  // network that gathers may do better.
   bool gather_ = [] {
     const char* e = std::getenv("EPLAB_MPI_GATHER");
     return e && std::string(e) == "1";
   }();
 };
+
+Outgoing::~Outgoing() {
+  if (ack != MPI_REQUEST_NULL) via->withdraw(*this);
+}
 
 // The launch's communicator as a transport's bootstrap sees it.
 class ProcessGroup final : public MpiProcessGroup {
@@ -314,6 +564,73 @@ class ProcessGroup final : public MpiProcessGroup {
   std::string host_;
 };
 
+// A word every process of a launch can be read at: each reads it from the others of its machine at launch.
+const uint64_t g_probe_word = 0x616d'6362'616c'7065;  // "eplabcma"
+
+// Agrees on the launch's single-copy path (collective): the pids of the processes of this machine, and whether
+// every process can read every other's memory there (one probe read of g_probe_word from each), else why not.
+SingleCopy setup_single_copy(MPI_Comm comm, int rank, int size) {
+  SingleCopy sc;
+  sc.pid.assign(static_cast<size_t>(size), 0);
+  const std::string env = std::getenv("EPLAB_MPI_CMA") ? std::getenv("EPLAB_MPI_CMA") : "1";
+  if (env != "0" && env != "1")
+    throw EplabError(
+        "EPLAB_MPI_CMA must be 1 (single copy where it works, the default) or 0 (every message "
+        "through MPI), not '" +
+        env + "'");
+  const bool wanted = env == "1";
+  if (const char* m = std::getenv("EPLAB_MPI_CMA_MIN")) {
+    char* end = nullptr;
+    errno = 0;
+    sc.min_bytes = std::strtoull(m, &end, 10);
+    if (!*m || *end || errno || m[0] == '-')
+      throw EplabError(std::string("EPLAB_MPI_CMA_MIN must be a whole number of bytes, not '") + m + "'");
+  }
+  // Where Yama restricts ptrace (ptrace_scope 1) only a process's ancestors may read it; this lets the launch's
+  // other processes. It fails harmlessly without Yama.
+  prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+  MPI_Comm local;
+  if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local) != MPI_SUCCESS)
+    throw EplabError("rank " + std::to_string(rank) + ": MPI_Comm_split_type in the bootstrap failed");
+  int local_size = 0;
+  MPI_Comm_size(local, &local_size);
+  const uint64_t mine[3] = {static_cast<uint64_t>(rank), static_cast<uint64_t>(getpid()),
+                            reinterpret_cast<uint64_t>(&g_probe_word)};
+  std::vector<uint64_t> all(3 * static_cast<size_t>(local_size));
+  const int gathered = MPI_Allgather(mine, 3, MPI_UINT64_T, all.data(), 3, MPI_UINT64_T, local);
+  MPI_Comm_free(&local);
+  if (gathered != MPI_SUCCESS)
+    throw EplabError("rank " + std::to_string(rank) + ": MPI_Allgather in the bootstrap failed");
+  int err = 0;
+  for (size_t i = 0; wanted && i < all.size(); i += 3) {
+    const auto peer = static_cast<int>(all[i]);
+    const auto pid = static_cast<pid_t>(all[i + 1]);
+    if (peer == rank) continue;
+    uint64_t got = 0;
+    const iovec word{reinterpret_cast<void*>(all[i + 2]), sizeof got};
+    int e = read_peer_memory(pid, {&word, 1}, reinterpret_cast<uint8_t*>(&got));
+    if (!e && got != g_probe_word) e = EIO;
+    if (!err) err = e;
+    sc.pid[static_cast<size_t>(peer)] = pid;
+  }
+  int vote[3] = {wanted ? 0 : 1, err, local_size}, agreed[3] = {0, 0, 0};
+  if (MPI_Allreduce(vote, agreed, 3, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+    throw EplabError("rank " + std::to_string(rank) + ": MPI_Allreduce in the bootstrap failed");
+  sc.on = agreed[0] == 0 && agreed[1] == 0 && agreed[2] > 1;
+  if (sc.on) {
+    sc.path = "messages of " + std::to_string(std::max<size_t>(sc.min_bytes, 1)) +
+              " bytes or more between processes of one machine move by single copy (process_vm_readv)";
+    return sc;
+  }
+  sc.pid.assign(static_cast<size_t>(size), 0);
+  sc.path = std::string("every message moves through MPI: single copy is off (") +
+            (agreed[0]       ? "EPLAB_MPI_CMA=0"
+             : agreed[2] < 2 ? "no two processes share a machine"
+                             : "a probe read of a peer's memory failed: " + std::string(std::strerror(agreed[1]))) +
+            ")";
+  return sc;
+}
+
 }  // namespace
 
 int mpi_world_size() {
@@ -351,11 +668,18 @@ void launch_mpi_process(const Topology& topo, const LaunchOptions& opts, const s
     ProcessGroup group(comm);
     add_on = hooks.setup(group);
   }
+  // Not under a GPU transport: its buffers are device memory, which process_vm_readv cannot read.
+  SingleCopy single_copy;
+  single_copy.pid.assign(static_cast<size_t>(n), 0);
+  if (!hooks.setup) {
+    single_copy = setup_single_copy(comm, me, n);
+    if (me == 0) std::fprintf(stderr, "%s: %s\n", backend.c_str(), single_copy.path.c_str());
+  }
   std::exception_ptr error;
   {
     const double t0 = MPI_Wtime();
     Domain domain(n, 1, me, make_thread_sync([t0] { return MPI_Wtime() - t0; }), opts.timeout_s);
-    MpiTransport t(domain, comm, me, t0);
+    MpiTransport t(domain, comm, me, t0, std::move(single_copy));
     t.set_add_on(add_on.get());
     TransportFabric f(domain, t, me, topo);
     run_rank(

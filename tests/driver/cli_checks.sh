@@ -154,6 +154,30 @@ case $case_name in
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=2,3,4,0,1 expect_run 4 \
       "payload mismatch: rank 2 -> rank 3, phase dispatch, step 0, layer 1 .*checksum differs" \
       run --backend $backend "${two[@]}" --algorithm hierarchical
+    if [[ $backend == mpi ]]; then
+      # Single copy between processes of one machine (mpi/mpi_transport.cpp) against every message through MPI
+      # (EPLAB_MPI_CMA=0): the launch says which path it took, and the two runs' reports give the same messages,
+      # bytes, payload checks and outputs. Each run has messages below single copy's threshold (notify's) and
+      # above it (dispatch's and combine's), at two hidden sizes.
+      for a in flat hierarchical; do
+        for hidden in 256 2048; do
+          args=(run --backend mpi "${two[@]}" --hidden $hidden --algorithm $a)
+          expect_run 0 "move by single copy" "${args[@]}" --report "$tmp/cma.json"
+          EPLAB_MPI_CMA=0 expect_run 0 "single copy is off \(EPLAB_MPI_CMA=0\)" "${args[@]}" --report "$tmp/mpi.json"
+          python3 - "$tmp/cma.json" "$tmp/mpi.json" <<'PY' || fail "$a, hidden $hidden: the reports of the two paths differ"
+import json, sys
+def facts(path):
+    r = json.load(open(path))
+    return {"verified": r["verified"], "verification": r["verification"],
+            "phases": {p: {k: r["phases"][p][k] for k in ("bytes", "messages")} for p in r["phases"]}}
+a, b = (facts(p) for p in sys.argv[1:])
+if a != b or not a["verified"]:
+    print("single copy:", a, "\nthrough MPI:", b)
+    sys.exit(1)
+PY
+        done
+      done
+    fi
     ;;
   usage)
     # A malformed command line exits 2 (usage); a well-formed one with a bad value exits 1 (bad input).

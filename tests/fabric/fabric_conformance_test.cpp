@@ -5,6 +5,7 @@
 // started alone, they skip.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -293,6 +294,80 @@ TEST_P(FabricConformance, GatherSendsArriveAsTheContiguousMessage) {
       EXPECT_EQ(wrong_late, 0u) << "from " << p << ", sent before its receive";
       EXPECT_EQ(in[p][want], 0xEE) << "from " << p << ": wrote past the message";
     }
+  });
+}
+
+// Messages of every size from one byte to a megabyte (either side of any size at which a transport changes
+// how it moves them), contiguous and gathered from up to 3000 rows that lie apart (more pieces than one
+// process_vm_readv call takes), each with its receive posted before it is sent and again after it arrived.
+TEST_P(FabricConformance, MessagesOfEverySizeAndShapeArriveWhole) {
+  run([](Fabric& f) {
+    if (f.rank() > 1) {
+      f.barrier();
+      f.barrier();
+      return;
+    }
+    const int peer = 1 - f.rank();
+    const size_t sizes[] = {1, 100, 4095, 4096, 4097, 16383, 16384, 16385, 65536, 100003, size_t{1} << 20};
+    constexpr size_t kRow = 56;  // at most 3000 rows a message: the rest of a larger one is its head
+    auto byte = [](int src, size_t m, size_t k) {
+      return static_cast<uint8_t>((src * 71 + m * 29 + k * 7 + (k >> 11)) & 0xFF);
+    };
+    const size_t n = std::size(sizes) * 2;  // message m: sizes[m / 2], gathered when m is odd
+    std::vector<std::vector<uint8_t>> out(n), pool(n), early(n), late(n);
+    std::vector<std::vector<const uint8_t*>> rows(n);
+    std::vector<ConstBuf> bufs(n);
+    for (size_t m = 0; m < n; ++m) {
+      const size_t size = sizes[m / 2];
+      out[m].resize(size);
+      for (size_t k = 0; k < size; ++k) out[m][k] = byte(f.rank(), m, k);
+      bufs[m] = ConstBuf{out[m].data(), size};
+      if (m % 2 == 0 || size < kRow) continue;
+      // Head of size % kRow bytes, then the rows, each copied to its own place 8 bytes apart, in reverse order.
+      const size_t count = std::min<size_t>(size / kRow, 3000), head = size - count * kRow;
+      pool[m].assign(count * (kRow + 8), 0);
+      rows[m].resize(count);
+      for (size_t r = 0; r < count; ++r) {
+        uint8_t* at = pool[m].data() + (count - 1 - r) * (kRow + 8);
+        std::memcpy(at, out[m].data() + head + r * kRow, kRow);
+        rows[m][r] = at;
+      }
+      bufs[m].gather = RowGather{rows[m].data(), count, kRow};
+    }
+    auto check = [&](const std::vector<std::vector<uint8_t>>& got, const std::vector<Request>& reqs, const char* when) {
+      for (size_t m = 0; m < n; ++m) {
+        const size_t size = sizes[m / 2];
+        ASSERT_EQ(reqs[m].bytes(), size) << "message " << m << when;
+        size_t wrong = 0;
+        for (size_t k = 0; k < size; ++k) wrong += got[m][k] != byte(peer, m, k);
+        EXPECT_EQ(wrong, 0u) << "message " << m << " of " << size << " bytes" << (m % 2 ? ", gathered" : "") << when;
+        EXPECT_EQ(got[m][size], 0xEE) << "message " << m << " wrote past its bytes" << when;
+      }
+    };
+    std::vector<Request> recvs, sends;
+    for (size_t m = 0; m < n; ++m) {
+      early[m].assign(sizes[m / 2] + 1, 0xEE);
+      recvs.push_back(f.irecv(peer, 100 + m, MutBuf{early[m].data(), early[m].size()}));
+    }
+    f.barrier();  // every receive posted before its message is sent
+    for (size_t m = 0; m < n; ++m) sends.push_back(f.isend(peer, 100 + m, bufs[m]));
+    f.wait_all(recvs, Deadline{});
+    check(early, recvs, ", receive posted first");
+    f.wait_all(sends, Deadline{});
+    // The same messages sent before their receives are posted.
+    sends.clear();
+    recvs.clear();
+    for (size_t m = 0; m < n; ++m) sends.push_back(f.isend(peer, 200 + m, bufs[m]));
+    f.barrier();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (size_t m = n; m-- > 0;) {
+      late[m].assign(sizes[m / 2] + 1, 0xEE);
+      recvs.push_back(f.irecv(peer, 200 + m, MutBuf{late[m].data(), late[m].size()}));
+    }
+    std::reverse(recvs.begin(), recvs.end());
+    f.wait_all(recvs, Deadline{});
+    check(late, recvs, ", sent before its receive");
+    f.wait_all(sends, Deadline{});
   });
 }
 

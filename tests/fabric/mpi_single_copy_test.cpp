@@ -1,0 +1,85 @@
+// The mpi transport's single copy between processes of one machine (mpi/mpi_transport.cpp), where the shared
+// conformance suite cannot look: that it is on where it should be, and that neither side of a send can leave the
+// other reading memory that is gone or waiting for ever. Runs under `mpirun -n 2` (ctest's mpi_single_copy);
+// with EPLAB_MPI_CMA=0 it checks that the path is off.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "engine/backend.hpp"
+
+namespace eplab {
+namespace {
+
+bool forced_off() {
+  const char* e = std::getenv("EPLAB_MPI_CMA");
+  return e && std::string(e) == "0";
+}
+
+class MpiSingleCopy : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (const int n = create_backend("mpi")->fixed_world_size(); n != 2)
+      GTEST_SKIP() << "needs mpirun -n 2 (ctest runs mpi_single_copy); this launcher started " << n;
+  }
+  void run(const std::function<void(Fabric&)>& fn) {
+    ClusterSpec spec = cluster_preset("h800-cx7");
+    spec.nodes = 1;
+    spec.gpus_per_node = 2;
+    LaunchOptions opts;
+    opts.timeout_s = 20;
+    create_backend("mpi")->launch(Topology(spec), opts, fn);
+  }
+};
+
+// Both processes run on this machine, where process_vm_readv works as root: the transport takes gather sends
+// (it moves their rows itself), unless EPLAB_MPI_CMA=0 sends every message through MPI.
+TEST_F(MpiSingleCopy, OnBetweenProcessesOfOneMachineUnlessTurnedOff) {
+  run([](Fabric& f) { EXPECT_EQ(f.caps().gather_send, !forced_off()) << "rank " << f.rank(); });
+}
+
+// A send dropped before its receiver read it (its rank unwinding): the receiver holds its header, is told to
+// leave the bytes, and a receive that later matches the message fails saying so, instead of reading the
+// sender's buffer, which was overwritten meanwhile.
+TEST_F(MpiSingleCopy, DroppedSendIsWithdrawnNotReadLater) {
+  if (forced_off()) GTEST_SKIP() << "single copy turned off";
+  run([](Fabric& f) {
+    std::vector<uint8_t> buf(size_t{1} << 20, 0xAB);
+    if (f.rank() == 1) {
+      { Request dropped = f.isend(0, 9, ConstBuf{buf.data(), buf.size()}); }
+      std::fill(buf.begin(), buf.end(), 0xCD);
+      f.barrier();
+      return;
+    }
+    f.barrier();  // rank 0 takes in the header while it waits here, then the withdrawal
+    try {
+      std::vector<Request> reqs{f.irecv(1, 9, MutBuf{buf.data(), buf.size()})};
+      f.wait_all(reqs, Deadline{});
+      ADD_FAILURE() << "a withdrawn message was received; its first byte is " << int{buf[0]};
+    } catch (const FabricError& e) {
+      EXPECT_NE(std::string(e.what()).find("withdrew"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(buf[0], 0xAB) << "the receive buffer was written";
+  });
+}
+
+// A message its receiver took in but never received (its rank returned without posting the receive): the
+// receiver lets it go as its launch ends, and the sender's send completes rather than waiting for ever.
+TEST_F(MpiSingleCopy, UnreadMessageReleasesItsSenderWhenTheReceiverLeaves) {
+  if (forced_off()) GTEST_SKIP() << "single copy turned off: through MPI the send waits for its receive";
+  run([](Fabric& f) {
+    std::vector<uint8_t> buf(size_t{1} << 20, 0x5A);
+    if (f.rank() == 0) {
+      f.barrier();  // takes in rank 1's header, then returns without receiving it
+      return;
+    }
+    std::vector<Request> sends{f.isend(0, 4, ConstBuf{buf.data(), buf.size()})};
+    f.barrier();
+    EXPECT_NO_THROW(f.wait_all(sends, Deadline::after(f, 10)));
+  });
+}
+
+}  // namespace
+}  // namespace eplab
