@@ -668,7 +668,8 @@ void launch_mpi_process(const Topology& topo, const LaunchOptions& opts, const s
     ProcessGroup group(comm);
     add_on = hooks.setup(group);
   }
-  // Not under a GPU transport: its buffers are device memory, which process_vm_readv cannot read.
+  // The plain mpi transport only: an add-on (NCCL, CUDA IPC) moves each all-to-all-v's payload itself, and the
+  // messages left to MPI are small.
   SingleCopy single_copy;
   single_copy.pid.assign(static_cast<size_t>(n), 0);
   if (!hooks.setup) {
