@@ -125,8 +125,8 @@ bool StreamSet::step() {
 
 void StreamSet::take(const Completion& c) {
   if (c.peer < 0 || c.peer >= world_ || c.peer == rank_)
-    throw FabricError("verbs: rank " + std::to_string(rank_) + " got a completion from rank " +
-                      std::to_string(c.peer) + ", which is not one of its peers");
+    throw FabricError("verbs: rank " + std::to_string(rank_) + " got a completion from rank " + std::to_string(c.peer) +
+                      ", which is not one of its peers");
   Peer& p = peers_[c.peer];
   switch (c.kind) {
     case Completion::kWriteDone:

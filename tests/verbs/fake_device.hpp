@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -156,6 +157,24 @@ class FakeDevice final : public StreamDevice {
  private:
   FakeWire& wire_;
   int rank_;
+};
+
+// Every rank's streams, on one fake wire.
+struct FakeRanks {
+  FakeRanks(int world, RingConfig cfg, uint32_t seed = 1, bool reorder = true)
+      : world(world), wire(world, seed, reorder) {
+    for (int r = 0; r < world; ++r) {
+      mem.push_back(std::make_unique<StreamMemory>(cfg, r, world));
+      dev.push_back(std::make_unique<FakeDevice>(wire, r));
+      sets.push_back(std::make_unique<StreamSet>(*dev[r], *mem[r], r, world));
+      wire.attach(r, *mem[r]);
+    }
+  }
+  int world;
+  FakeWire wire;
+  std::vector<std::unique_ptr<StreamMemory>> mem;
+  std::vector<std::unique_ptr<FakeDevice>> dev;
+  std::vector<std::unique_ptr<StreamSet>> sets;
 };
 
 }  // namespace eplab::verbs

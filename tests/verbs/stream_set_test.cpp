@@ -30,23 +30,6 @@ uint8_t pattern(int src, int dst, int round, size_t i) {
   return static_cast<uint8_t>(i * 131 + (i >> 8) + static_cast<size_t>(src * 17 + dst * 7 + round * 29));
 }
 
-// Every rank's streams, on one fake wire.
-struct Ranks {
-  Ranks(int world, RingConfig cfg, uint32_t seed = 1, bool reorder = true) : world(world), wire(world, seed, reorder) {
-    for (int r = 0; r < world; ++r) {
-      mem.push_back(std::make_unique<StreamMemory>(cfg, r, world));
-      dev.push_back(std::make_unique<FakeDevice>(wire, r));
-      sets.push_back(std::make_unique<StreamSet>(*dev[r], *mem[r], r, world));
-      wire.attach(r, *mem[r]);
-    }
-  }
-  int world;
-  FakeWire wire;
-  std::vector<std::unique_ptr<StreamMemory>> mem;
-  std::vector<std::unique_ptr<FakeDevice>> dev;
-  std::vector<std::unique_ptr<StreamSet>> sets;
-};
-
 // One exchange: bytes[src][dst] real bytes from src to dst (-1: no message), each receive buffer `slack` bytes
 // longer than its message; every rank's sends and receives.
 struct Exchange {
@@ -86,7 +69,7 @@ struct Exchange {
 };
 
 // Starts the exchange on every rank and steps them in turn until each is done; false if some rank never is.
-bool run(Ranks& r, Exchange& x) {
+bool run(FakeRanks& r, Exchange& x) {
   for (int k = 0; k < r.world; ++k) r.sets[k]->start(tag_of(x.round), x.sends[k], x.recvs[k]);
   std::vector<char> done(r.world, 0);
   for (int it = 0; it < 1'000'000; ++it) {
@@ -112,7 +95,7 @@ std::string error_of(const std::function<void()>& fn) {
 TEST(StreamSet, MessagesOfNoneOneAndManyChunksArriveWithTheirSizes) {
   const RingConfig cfg{4, 128, 2};  // 80 payload bytes a chunk, four credits
   const long p = cfg.payload_bytes();
-  Ranks r(2, cfg);
+  FakeRanks r(2, cfg);
   // Both ways at once, each round: empty, exactly one chunk, one byte more, and far more chunks than credits.
   const std::vector<std::pair<long, long>> sizes = {{0, 0}, {p, 1}, {p + 1, p}, {37 * p + 5, 0}, {3, 41 * p}};
   for (int round = 0; round < static_cast<int>(sizes.size()); ++round) {
@@ -130,7 +113,7 @@ TEST(StreamSet, MessagesOfNoneOneAndManyChunksArriveWithTheirSizes) {
 }
 
 TEST(StreamSet, PhantomBytesReachTheReceiverAsTotalSize) {
-  Ranks r(2, RingConfig{4, 128, 1});
+  FakeRanks r(2, RingConfig{4, 128, 1});
   Exchange x({{-1, 10}, {-1, -1}}, 0);
   x.sends[0][0].data.phantom_bytes = 1000;
   ASSERT_TRUE(run(r, x));
@@ -144,7 +127,7 @@ TEST(StreamSet, SeveralPeersAndSelfAtOnceOverManyExchanges) {
   const RingConfig cfg{8, 256, 4};
   for (const bool reorder : {false, true})
     for (const uint32_t seed : {1u, 2u, 3u}) {
-      Ranks r(4, cfg, seed, reorder);
+      FakeRanks r(4, cfg, seed, reorder);
       std::mt19937 rng(seed);
       for (int round = 0; round < 6; ++round) {
         std::vector<std::vector<long>> bytes(4, std::vector<long>(4));
@@ -162,7 +145,7 @@ TEST(StreamSet, SeveralPeersAndSelfAtOnceOverManyExchanges) {
 TEST(StreamSet, AMessageOfTheNextExchangeWaitsForIt) {
   const RingConfig cfg{4, 128, 2};
   const long p = cfg.payload_bytes();
-  Ranks r(2, cfg, 5);
+  FakeRanks r(2, cfg, 5);
   Exchange first({{-1, 2 * p}, {p, -1}}, 0), second({{-1, 3 * p + 1}, {2, -1}}, 1);
   for (int k = 0; k < 2; ++k) r.sets[k]->start(tag_of(0), first.sends[k], first.recvs[k]);
   r.sets[1]->step();  // rank 1 posts its one chunk
@@ -186,7 +169,7 @@ TEST(StreamSet, AMessageOfTheNextExchangeWaitsForIt) {
 }
 
 TEST(StreamSet, AReceiveBufferTooSmallIsAnErrorNamingThePeer) {
-  Ranks r(2, RingConfig{4, 128, 1});
+  FakeRanks r(2, RingConfig{4, 128, 1});
   Exchange x({{-1, 100}, {-1, -1}}, 0, 0);
   x.recvs[1][0].data.capacity = 50;
   const std::string msg = error_of([&] { run(r, x); });
@@ -198,7 +181,7 @@ TEST(StreamSet, AReceiveBufferTooSmallIsAnErrorNamingThePeer) {
   EXPECT_NE(error_of([&] { r.sets[1]->start(tag_of(1), next.sends[1], next.recvs[1]); }).find("did not finish"),
             std::string::npos);
 
-  Ranks s(2, RingConfig{4, 128, 1});
+  FakeRanks s(2, RingConfig{4, 128, 1});
   Exchange self({{10, -1}, {-1, -1}}, 0, 0);
   self.recvs[0][0].data.capacity = 5;
   EXPECT_NE(error_of([&] { run(s, self); }).find("10 bytes from rank 0 to itself exceeds the 5-byte receive buffer"),
@@ -206,7 +189,7 @@ TEST(StreamSet, AReceiveBufferTooSmallIsAnErrorNamingThePeer) {
 }
 
 TEST(StreamSet, ExchangesThatDoNotMatchAreRefused) {
-  Ranks r(3, RingConfig{4, 128, 1});
+  FakeRanks r(3, RingConfig{4, 128, 1});
   uint8_t b[8] = {};
   std::vector<PeerRecv> none;
   const std::vector<PeerSend> twice = {{1, ConstBuf{b, 8}}, {1, ConstBuf{b, 8}}};
@@ -270,7 +253,7 @@ struct OneRank {
 
 TEST(StreamSet, ADeadlineEndsTheWaitNamingWhatIsMissing) {
   const RingConfig cfg{4, 128, 2};
-  Ranks r(2, cfg);
+  FakeRanks r(2, cfg);
   OneRank one(2, 1);
   // Rank 0 never takes part: nothing comes from it, and past four chunks no credit comes back for the send.
   Exchange x({{-1, 10}, {20 * cfg.payload_bytes(), -1}}, 0);
@@ -285,7 +268,7 @@ TEST(StreamSet, ADeadlineEndsTheWaitNamingWhatIsMissing) {
 }
 
 TEST(StreamSet, APeersFailureNoticeReleasesTheWait) {
-  Ranks r(2, RingConfig{4, 128, 2});
+  FakeRanks r(2, RingConfig{4, 128, 2});
   int calls = 0;
   OneRank* self = nullptr;
   OneRank one(2, 1, [&] {
@@ -301,7 +284,7 @@ TEST(StreamSet, APeersFailureNoticeReleasesTheWait) {
 }
 
 TEST(StreamSet, AWriteInTheWrongSlotIsAFabricErrorNamingRankAndPeer) {
-  Ranks r(2, RingConfig{4, 128, 1});
+  FakeRanks r(2, RingConfig{4, 128, 1});
   OneRank one(2, 1);
   Exchange x({{-1, 200}, {10, -1}}, 0);
   r.wire.misdirect_next(0, 1);  // rank 0's first chunk to rank 1 claims slot 1
@@ -321,7 +304,7 @@ TEST(StreamSet, AWriteInTheWrongSlotIsAFabricErrorNamingRankAndPeer) {
 TEST(StreamSet, RanksOnThreadsExchangeThroughTheirFabrics) {
   const RingConfig cfg{4, 256, 2};
   const int n = 4;
-  Ranks r(n, cfg, 9);
+  FakeRanks r(n, cfg, 9);
   std::mt19937 rng(9);
   std::vector<Exchange> xs;
   for (int round = 0; round < 5; ++round) {
@@ -334,8 +317,7 @@ TEST(StreamSet, RanksOnThreadsExchangeThroughTheirFabrics) {
   launch_thread_ranks(topo, 60, [&](Domain& domain, const WallClock& clock, int rank) {
     IdleTransport t(clock);
     TransportFabric f(domain, t, rank, topo);
-    for (Exchange& x : xs)
-      run_exchange(*r.sets[rank], f, tag_of(x.round), x.sends[rank], x.recvs[rank], Deadline{});
+    for (Exchange& x : xs) run_exchange(*r.sets[rank], f, tag_of(x.round), x.sends[rank], x.recvs[rank], Deadline{});
   });
   for (const Exchange& x : xs)
     for (int d = 0; d < n; ++d) x.check(d);
