@@ -16,7 +16,7 @@ namespace eplab {
 
 struct RunConfig {
   std::string backend = "emu";
-  std::string transport;  // Backend::use_transport: real's staged | nccl | cuda-ipc; "": the default
+  std::string transport;  // Backend::use_transport: real's staged | nccl | cuda-ipc, mpi's mpi | verbs; "": default
   std::string cluster = "h800-cx7";
   int nodes = 0;          // 0: the preset's
   int gpus_per_node = 0;  // 0: the preset's

@@ -114,7 +114,7 @@ const std::vector<RunOption>& run_options() {
           "memory; inference without --overlap)"),
       opt(text<C>("transport", member(&C::transport)),
           "real: staged (threads, default) | nccl (mpirun -n N, one rank per GPU) | cuda-ipc (mpirun -n N, "
-          "ranks sharing GPUs); docs/gpu.md"),
+          "ranks sharing GPUs), docs/gpu.md; mpi: mpi (default) | verbs (RDMA writes over ibverbs, docs/verbs.md)"),
   };
   return table;
 }

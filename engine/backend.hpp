@@ -27,14 +27,14 @@ class Backend {
   virtual Caps caps() const = 0;
   // The number of ranks this launcher can run, where the process launcher fixed it (mpirun -n N); -1: any.
   virtual int fixed_world_size() const { return -1; }
-  // Picks one of the backend's transports by name (`--transport`, the `real` backend's staged | nccl |
-  // cuda-ipc); called once, before anything else. "" is the backend's default; a backend with one transport
-  // refuses any other.
+  // Picks one of the backend's transports by name (`--transport`: the `real` backend's staged | nccl | cuda-ipc,
+  // the `mpi` backend's mpi | verbs); called once, before anything else. "" is the backend's default; a backend
+  // with one transport refuses any other.
   virtual void use_transport(const std::string& transport) {
     if (!transport.empty())
       throw EplabError("--transport '" + transport + "': backend '" + name() +
                        "' has one transport; --transport chooses among the `real` backend's (staged | nccl | "
-                       "cuda-ipc)");
+                       "cuda-ipc) and the `mpi` backend's (mpi | verbs)");
   }
   // Why this backend cannot run on this machine (no GPU found), or empty.
   virtual std::string unavailable() const { return {}; }

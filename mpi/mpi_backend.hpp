@@ -15,8 +15,8 @@ namespace eplab {
 
 std::unique_ptr<Backend> make_mpi_backend();
 
-// The processes of one launch, for a transport's bootstrap before its rank starts (an NCCL unique id). Every
-// call is collective: every process of the launch makes it, in the same order.
+// The processes of one launch, for a transport's bootstrap before its rank starts (an NCCL unique id, verbs
+// endpoints). Every call is collective: every process of the launch makes it, in the same order.
 class MpiProcessGroup {
  public:
   virtual ~MpiProcessGroup() = default;
@@ -26,6 +26,8 @@ class MpiProcessGroup {
   virtual int local_size() const = 0;
   virtual std::string host() const = 0;
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // Every process's `bytes` at `mine`, in rank order at `all` (size() x bytes).
+  virtual void allgather(const void* mine, size_t bytes, void* all) = 0;
   virtual int max_over_ranks(int value) = 0;
 };
 

@@ -40,6 +40,7 @@
 
 #include "engine/transport_fabric.hpp"
 #include "mpi/mpi_backend.hpp"
+#include "verbs/verbs_transport.hpp"
 
 namespace eplab {
 namespace {
@@ -551,6 +552,12 @@ class ProcessGroup final : public MpiProcessGroup {
       throw EplabError("rank " + std::to_string(rank_) + ": MPI_Bcast of " + std::to_string(bytes) +
                        " bootstrap bytes from rank " + std::to_string(root) + " failed");
   }
+  void allgather(const void* mine, size_t bytes, void* all) override {
+    if (MPI_Allgather(mine, static_cast<int>(bytes), MPI_BYTE, all, static_cast<int>(bytes), MPI_BYTE, comm_) !=
+        MPI_SUCCESS)
+      throw EplabError("rank " + std::to_string(rank_) + ": MPI_Allgather of " + std::to_string(bytes) +
+                       " bootstrap bytes per process failed");
+  }
   int max_over_ranks(int value) override {
     int out = value;
     if (MPI_Allreduce(&value, &out, 1, MPI_INT, MPI_MAX, comm_) != MPI_SUCCESS)
@@ -703,9 +710,17 @@ class MpiBackend : public Backend {
   Caps caps() const override { return Caps{}; }
   int fixed_world_size() const override { return mpi_world_size(); }
   bool in_process() const override { return false; }
-  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
-    launch_mpi_process(topo, opts, rank_main, MpiLaunchHooks{});
+  // `--transport verbs` adds the verbs transport's all-to-all-v (verbs/verbs_transport.hpp).
+  void use_transport(const std::string& transport) override {
+    if (verbs::parse_mpi_transport(transport, verbs::verbs_built()) == verbs::MpiTransport::kVerbs)
+      hooks_ = MpiLaunchHooks{"mpi --transport verbs", &verbs::start_verbs};
   }
+  void launch(const Topology& topo, const LaunchOptions& opts, const std::function<void(Fabric&)>& rank_main) override {
+    launch_mpi_process(topo, opts, rank_main, hooks_);
+  }
+
+ private:
+  MpiLaunchHooks hooks_;
 };
 
 }  // namespace

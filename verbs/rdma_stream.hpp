@@ -53,6 +53,15 @@ struct WriteOp {
   uint32_t bytes;
 };
 
+// What a device reports back, as the streams consume it (verbs/stream_set.hpp).
+struct Completion {
+  enum Kind { kWriteDone, kWriteImm, kCredit } kind;
+  int peer;
+  uint64_t wr_id;  // kWriteDone
+  uint32_t imm;    // kWriteImm: the slot; kCredit: the credits returned
+  uint32_t bytes;  // kWriteImm
+};
+
 // The sending half. Messages are queued whole; ready() turns queued chunks into writes while credits and free
 // staging slots last, copying each chunk's payload from the caller's buffer into a registered staging slot. The
 // buffer is borrowed until the message completes: every one of its chunks' writes has completed.

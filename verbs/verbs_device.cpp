@@ -10,7 +10,6 @@
 namespace eplab::verbs {
 namespace {
 
-constexpr int kRecvDepth = 512;              // receives kept posted per queue pair (writes with immediate, credits)
 constexpr uint64_t kCreditBit = 1ull << 63;  // wr_id of a credit send
 
 std::string errno_text(const char* what) { return std::string(what) + " failed: " + std::strerror(errno); }
@@ -27,15 +26,16 @@ std::vector<std::string> device_names() {
   return out;
 }
 
-Device::Device(const std::string& name, int port) : port_(port) {
+Device::Device(const std::string& name, int port, int cq_depth) : port_(port) {
   int n = 0;
   ibv_device** list = ibv_get_device_list(&n);
   if (!list || n == 0) {
     if (list) ibv_free_device_list(list);
     throw FabricError(
         "verbs: no RDMA device found (libibverbs lists none). The verbs transport needs an InfiniBand or RoCE NIC "
-        "with its driver loaded, or soft-RoCE (`rdma link add rxe0 type rxe netdev IFACE`); without one use "
-        "--backend=mpi (processes), emu (threads) or sim");
+        "with its driver loaded (ibv_devices lists it), or soft-RoCE over an Ethernet interface (`rdma link add rxe0 "
+        "type rxe netdev IFACE`); without one, --backend=mpi with its default transport (mpi), emu or sim run "
+        "the same workload");
   }
   ibv_device* dev = nullptr;
   std::string names;
@@ -54,7 +54,7 @@ Device::Device(const std::string& name, int port) : port_(port) {
   if (!ctx_) throw FabricError("verbs: " + errno_text(("ibv_open_device(" + name_ + ")").c_str()));
   pd_ = ibv_alloc_pd(ctx_);
   if (!pd_) throw FabricError("verbs: " + errno_text("ibv_alloc_pd"));
-  cq_ = ibv_create_cq(ctx_, 4096, nullptr, nullptr, 0);
+  cq_ = ibv_create_cq(ctx_, cq_depth, nullptr, nullptr, 0);
   if (!cq_) throw FabricError("verbs: " + errno_text("ibv_create_cq"));
   ibv_port_attr pa{};
   if (ibv_query_port(ctx_, static_cast<uint8_t>(port_), &pa))

@@ -39,21 +39,16 @@ struct Endpoint {
   uint64_t ring_addr = 0;
 };
 
-// A completion, as rdma_stream consumes it.
-struct Completion {
-  enum Kind { kWriteDone, kWriteImm, kCredit } kind;
-  int peer;
-  uint64_t wr_id;  // kWriteDone
-  uint32_t imm;    // kWriteImm: the slot; kCredit: the credits returned
-  uint32_t bytes;  // kWriteImm
-};
-
 class Device {
  public:
-  // Opens `name`, or the first device when empty. Throws FabricError when libibverbs lists no device (naming
-  // what to check: an InfiniBand/RoCE NIC and its driver, or soft-RoCE via `rdma link add`), when `name` is not
-  // among them, or when the device cannot be opened.
-  explicit Device(const std::string& name = "", int port = 1);
+  // Receives each queue pair keeps posted: every write with immediate and every credit message consumes one until
+  // poll() posts it again, so a peer may have at most this many of them outstanding.
+  static constexpr int kRecvDepth = 512;
+
+  // Opens `name`, or the first device when empty, with a completion queue of `cq_depth` entries. Throws
+  // FabricError when libibverbs lists no device (naming what to check: an InfiniBand/RoCE NIC and its driver, or
+  // soft-RoCE via `rdma link add`), when `name` is not among them, or when the device cannot be opened.
+  explicit Device(const std::string& name = "", int port = 1, int cq_depth = 4096);
   ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;

@@ -218,6 +218,33 @@ PY
     expect 1 "probe '$tmp/bad.json': not a probe" -- validate "${small[@]}" --probe "$tmp/bad.json"
     expect 1 "measures on a machine" -- validate --backend sim --nodes 1 --gpus-per-node 2 --quiet
     ;;
+  verbs_refusal)
+    # --transport on mpi names mpi and verbs only. Where the build has the verbs transport and the machine no RDMA
+    # device (every machine here), verbs is refused by every process, alone or under a launcher, before its rank
+    # starts, saying what to check.
+    one=(--backend=mpi --nodes 1 --gpus-per-node 1 --model mixtral-8x7b --hidden 64 --tokens 8 --quiet)
+    if ! "$eplab" run "${one[@]}" >/dev/null 2>&1; then
+      echo "PASS (verbs_refusal: this build has no mpi backend to check with)"
+      exit 0
+    fi
+    expect 1 "--transport 'nccl': backend 'mpi' has mpi \(every message over MPI, default\) and verbs" -- run \
+      "${one[@]}" --transport nccl
+    expect 0 "verified: true" -- run "${one[@]}" --transport mpi
+    if ! "$eplab" run "${one[@]}" --transport verbs 2>&1 | grep -q "no RDMA device found"; then
+      expect 1 "this build has no verbs transport" -- run "${one[@]}" --transport verbs
+      echo "PASS (verbs_refusal: this build has no verbs transport, or this machine an RDMA device)"
+      exit 0
+    fi
+    expect 1 "rank 0 on .*no RDMA device found .*soft-RoCE" -- run "${one[@]}" --transport verbs
+    out=$("$eplab" launch -n 4 -- eplab run --backend=mpi --transport verbs --nodes 2 --gpus-per-node 2 \
+      --model mixtral-8x7b --hidden 64 --tokens 8 --quiet 2>&1)
+    rc=$?
+    [[ $rc -ne 0 ]] || fail "a launch of four processes without an RDMA device exited 0: $out"
+    for r in 0 1 2 3; do
+      grep -Eq "transport verbs: rank $r on .*no RDMA device found" <<<"$out" || fail "rank $r did not refuse: $out"
+    done
+    ! grep -q "verified" <<<"$out" || fail "a rank ran: $out"
+    ;;
   launch)
     # The mpirun command line launch builds: on one machine more processes than cores are allowed, as root
     # mpirun is told so, a hostfile replaces the oversubscription, and `eplab` is this eplab.
