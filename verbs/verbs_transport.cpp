@@ -31,8 +31,8 @@ MpiTransport parse_mpi_transport(const std::string& name, bool built) {
     return MpiTransport::kVerbs;
   }
   throw EplabError("--transport '" + name +
-                   "': backend 'mpi' has mpi (every message over MPI, default) and verbs (all-to-all-v payloads "
-                   "as RDMA writes over ibverbs, docs/verbs.md)");
+                   "': backend 'mpi' has mpi (the default: MPI, with single copy between processes of one machine) "
+                   "and verbs (all-to-all-v payloads as RDMA writes over ibverbs, docs/verbs.md)");
 }
 
 #ifdef EPLAB_HAVE_VERBS

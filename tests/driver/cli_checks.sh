@@ -227,7 +227,7 @@ PY
       echo "PASS (verbs_refusal: this build has no mpi backend to check with)"
       exit 0
     fi
-    expect 1 "--transport 'nccl': backend 'mpi' has mpi \(every message over MPI, default\) and verbs" -- run \
+    expect 1 "--transport 'nccl': backend 'mpi' has mpi \(the default: MPI, with single copy between processes of one machine\) and verbs" -- run \
       "${one[@]}" --transport nccl
     expect 0 "verified: true" -- run "${one[@]}" --transport mpi
     if ! "$eplab" run "${one[@]}" --transport verbs 2>&1 | grep -q "no RDMA device found"; then
