@@ -293,6 +293,18 @@ FabricError TransportFabric::expired(const std::string& what, const std::string&
   return FabricError(msg);
 }
 
+void TransportFabric::check_wait(const std::string& what, double limit, bool caller,
+                                 const std::function<std::string()>& state) {
+  transport_.progress();
+  std::string failure;
+  {
+    SyncLock lock(domain_.sync());
+    failure = domain_.failure();
+  }
+  if (!failure.empty()) throw FabricError(what + ": released: " + failure);
+  if (now() > limit) throw expired(what, state(), caller);
+}
+
 Request TransportFabric::isend(int peer, Tag tag, ConstBuf data) { return post_send(peer, tag, data, false); }
 
 Request TransportFabric::post_send(int peer, Tag tag, ConstBuf data, bool lend) {

@@ -183,6 +183,10 @@ class TransportFabric final : public Fabric {
   // The error for a wait that passed its limit ("<what>: deadline passed (...)<state>"); a hang (not the
   // caller's deadline) fails the whole run. Call without the domain's lock.
   FabricError expired(const std::string& what, const std::string& state, bool caller);
+  // One round of a wait a transport runs on its own (an all-to-all-v on a GPU stream, over verbs): takes what the
+  // transport received, so that a peer's failure notice fails the domain, then throws "<what>: released: ..." when
+  // the run has failed, or expired(what, state(), caller) when `limit` (limit_of) has passed.
+  void check_wait(const std::string& what, double limit, bool caller, const std::function<std::string()>& state);
 
  private:
   // A barrier made of messages (dissemination over the live ranks: log2(n) rounds), for ranks in separate

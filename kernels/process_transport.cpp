@@ -37,14 +37,7 @@ void wait_event(TransportFabric& f, cudaEvent_t ev, Deadline d, const std::strin
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) throw FabricError(what + ": cudaEventQuery: " + cuda_text(q));
       if (check) check();
-      f.transport().progress();  // a peer's failure notice fails the domain
-      std::string failure;
-      {
-        SyncLock lock(f.domain().sync());
-        failure = f.domain().failure();
-      }
-      if (!failure.empty()) throw FabricError(what + ": released: " + failure);
-      if (f.now() > limit) throw f.expired(what, " (GPU work still pending on the stream)", caller);
+      f.check_wait(what, limit, caller, [] { return std::string(" (GPU work still pending on the stream)"); });
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   } catch (...) {

@@ -203,14 +203,7 @@ void run_exchange(StreamSet& streams, TransportFabric& f, Tag tag, std::span<con
   };
   named([&] { streams.start(tag, sends, recvs); });
   while (!named([&] { return streams.step(); })) {
-    f.transport().progress();  // a peer's failure notice fails the domain
-    std::string failure;
-    {
-      SyncLock lock(f.domain().sync());
-      failure = f.domain().failure();
-    }
-    if (!failure.empty()) throw FabricError(what + ": released: " + failure);
-    if (f.now() > limit) throw f.expired(what, streams.waiting(), caller);
+    f.check_wait(what, limit, caller, [&] { return streams.waiting(); });
     std::this_thread::yield();  // ranks may share cores
   }
 }
