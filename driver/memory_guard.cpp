@@ -1,6 +1,7 @@
 #include "driver/memory_guard.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -91,26 +92,28 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
     // Across the rail a token travels once per node it selects: the source's send buffers hold those rows (one
     // buffer per node) unless they go from the batch where they lie (Caps::gather_send), and the forwarder's
     // receive buffers hold them. The sums going back are built in those receive buffers where the sources read
-    // them in place (Caps::consume_in_place), else in send buffers of their own.
+    // them in place (Caps::consume_in_place), else in send buffers of their own. The payload moves in rail
+    // rounds (EngineOptions::rail_rounds), so all of these hold a round's rows.
     const double N = run.topo.nodes(), G = run.topo.gpus_per_node(), per_node = E / N;
+    const double rounds = std::max(1, run.engine.rail_rounds);
     double node_miss = 1;  // P(a node holds none of a token's k experts)
     for (int i = 0; i < run.shape.topk; ++i) node_miss *= std::max(0.0, (E - per_node - i) / (E - i));
-    const double rail_rows = T * (1 - node_miss);  // to one node
+    const double rail_rows = std::ceil(T / rounds) * (1 - node_miss);  // to one node in a round
     const bool gather = run.caps.gather_send;
     const double rail_send = gather ? 0.0 : d.wire;
     const double rail_recv = run.caps.consume_in_place ? std::max(d.wire, c.wire) : d.wire + c.wire;
     e.rows_bytes = N * rail_rows * (rail_send + rail_recv);
-    // The forward messages go out in rounds of kFlatRoundPeers local ranks, built in send buffers that the
-    // rail's messages (to N nodes) used before: a round's buffers grow only where a forward message (the rows
-    // one GPU receives, rows_per_rank / G) is the larger; gather sends take the rows from the rail's receive
-    // buffers instead. Combine's answers take a buffer only where they are copied (EngineContext::reply_box:
-    // the forward buffers when they hold rows and are no smaller, else their own), not where they are read in
-    // place (Caps::consume_in_place).
-    const double fwd_rows = e.rows_per_rank / G;
+    // The forward messages go out in sub-rounds of kFlatRoundPeers local ranks, built in send buffers that the
+    // rail's messages (to N nodes) used before: a sub-round's buffers grow only where a forward message (the
+    // rows one GPU receives in a round, rows_per_rank / G / rounds) is the larger; gather sends take the rows
+    // from the rail's receive buffers instead. Combine's answers take a buffer only where they are copied
+    // (EngineContext::reply_box: the forward buffers when they hold rows and are no smaller, else their own),
+    // not where they are read in place (Caps::consume_in_place).
+    const double fwd_rows = e.rows_per_rank / G / rounds;
     for (int i = 0; i < std::min(static_cast<int>(G), kFlatRoundPeers) && !gather; ++i)
       e.rows_bytes += (i < N ? std::max(0.0, fwd_rows - rail_rows) : fwd_rows) * d.wire;
     const double replies = run.caps.consume_in_place || (!gather && c.wire <= d.wire) ? 0.0 : c.wire;
-    e.rows_bytes += e.rows_per_rank * (handle_row + replies);
+    e.rows_bytes += e.rows_per_rank * handle_row + e.rows_per_rank / rounds * replies;
   } else {
     // Dispatch holds a row in the sender's message, the receiver's buffer and the handle; combine holds the
     // received row, the expert output (fp32 partials, or wire rows written in place when both formats match)

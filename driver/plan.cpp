@@ -1,5 +1,6 @@
 #include "driver/plan.hpp"
 
+#include <cstdlib>
 #include <fstream>
 
 #include "engine/error.hpp"
@@ -112,6 +113,19 @@ bool resolve_phantom(const RunConfig& cfg, const Caps& caps) {
   return phantom;
 }
 
+// Hierarchical's rounds on wall-clock backends (EngineOptions::rail_rounds): from the tokens per rank and the rows
+// of the wider codec, or EPLAB_RAIL_ROUNDS, which every rank of a run must be given alike.
+int rail_rounds(const RunConfig& cfg, const MoeShape& shape, const Codec& d, const Codec& c) {
+  if (const char* env = std::getenv("EPLAB_RAIL_ROUNDS"); env && *env) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (*end != '\0' || n < 1 || n > 64)
+      throw EplabError("EPLAB_RAIL_ROUNDS must be a number of rounds from 1 to 64, got '" + std::string(env) + "'");
+    return static_cast<int>(n);
+  }
+  return rail_rounds_for(cfg.tokens, std::max(d.row_bytes(shape.hidden), c.row_bytes(shape.hidden)));
+}
+
 }  // namespace
 
 ClusterSpec config_cluster(const RunConfig& cfg) {
@@ -169,6 +183,7 @@ RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
   eopts.timeout_s = cfg.timeout_s;
   eopts.layout_cache = cfg.layout_cache;
   const auto d = create_codec(dcodec), c = create_codec(ccodec);
+  eopts.rail_rounds = rail_rounds(cfg, shape, *d, *c);
   return RunSetup{
       .cluster = spec,
       .topo = topo,

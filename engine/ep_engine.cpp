@@ -484,28 +484,37 @@ void EngineContext::add_rows_message(const uint8_t* msg, size_t real_bytes, cons
     add_row(out + static_cast<size_t>(ids[j]) * H, &scratch[j * H], first_of_sum(ids[j]));
 }
 
-void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens) {
+void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens, int first, int end) {
   const size_t H = static_cast<size_t>(hidden()), rb = combine_row_bytes;
   if (!combine_bf16 || rb == 0 || !out_bf16)
     throw EplabError("engine: sum_rows_bf16 needs the bf16 combine codec and a bf16 output (rank " +
                      std::to_string(rank()) + ")");
+  if (first < 0 || first > end || end > tokens)
+    throw EplabError("engine: sum_rows_bf16 over tokens [" + std::to_string(first) + ", " + std::to_string(end) +
+                     ") of " + std::to_string(tokens));
   // Each token's rows, in the order of `ins`: (input, row) pairs grouped by token (a counting sort).
-  std::vector<uint32_t> begin(static_cast<size_t>(tokens) + 1, 0);
+  const int n = end - first;
+  std::vector<uint32_t> begin(static_cast<size_t>(n) + 1, 0);
   for (const RowsIn& in : ins) {
     if (in.bytes != in.ids->size() * rb)
       throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(in.peer) +
                         " in phase " + fabric.phase() + ": " + std::to_string(in.bytes) + " bytes for " +
                         std::to_string(in.ids->size()) + " rows of " + std::to_string(rb));
-    for (int32_t t : *in.ids) ++begin[static_cast<size_t>(t) + 1];
+    for (int32_t t : *in.ids) {
+      if (t < first || t >= end)
+        throw EplabError("engine: rank " + std::to_string(rank()) + ": an answer for token " + std::to_string(t) +
+                         " in a sum over tokens [" + std::to_string(first) + ", " + std::to_string(end) + ")");
+      ++begin[static_cast<size_t>(t - first) + 1];
+    }
   }
-  for (int t = 0; t < tokens; ++t) begin[t + 1] += begin[t];
-  std::vector<const uint8_t*> rows(begin[tokens]);
+  for (int t = 0; t < n; ++t) begin[t + 1] += begin[t];
+  std::vector<const uint8_t*> rows(begin[n]);
   std::vector<uint32_t> at(begin.begin(), begin.end() - 1);
   for (const RowsIn& in : ins)
-    for (size_t j = 0; j < in.ids->size(); ++j) rows[at[(*in.ids)[j]]++] = in.data + j * rb;
+    for (size_t j = 0; j < in.ids->size(); ++j) rows[at[(*in.ids)[j] - first]++] = in.data + j * rb;
   std::vector<float> acc(H);
-  uint8_t* out = reinterpret_cast<uint8_t*>(out_bf16);
-  for (int t = 0; t < tokens; ++t) {
+  uint8_t* out = reinterpret_cast<uint8_t*>(out_bf16) + static_cast<size_t>(first) * H * 2;
+  for (int t = 0; t < n; ++t) {
     if (begin[t] == begin[t + 1]) {
       std::memset(out + static_cast<size_t>(t) * H * 2, 0, H * 2);
       continue;

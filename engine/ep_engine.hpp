@@ -3,6 +3,8 @@
 // run on any Fabric; all of them exchange counts (notify) before payload.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -55,7 +57,19 @@ struct EngineOptions {
   // Combine reads its answers where their senders hold them, without receive buffers, on a fabric that can
   // (Caps::consume_in_place: emu); off, every fabric copies them into buffers first. The results are the same.
   bool consume_in_place = true;
+  // Hierarchical's payload on a wall-clock backend in this many rounds of the sources' tokens (engine/hierarchical.cpp,
+  // rail_rounds): a forwarder then holds a round's rail rows at a time. The same on every rank; the results are
+  // the same for any number.
+  int rail_rounds = 1;
 };
+
+// The rail rounds (EngineOptions::rail_rounds) that keep a source's rows to one node in a round, of row_bytes
+// each, at about kRailRoundBytes at most. A run sets them from its tokens per rank, the same on every rank.
+constexpr double kRailRoundBytes = 8.0 * (1 << 20);
+inline int rail_rounds_for(long tokens, size_t row_bytes) {
+  const double rounds = std::ceil(static_cast<double>(tokens) * static_cast<double>(row_bytes) / kRailRoundBytes);
+  return static_cast<int>(std::clamp(rounds, 1.0, 64.0));
+}
 
 struct DispatchArgs {
   int step = 0;
@@ -366,8 +380,10 @@ class EngineContext {
   };
   // For every token of out_bf16 ([tokens x hidden]): its rows from `ins`, in the order of `ins`, summed in fp32
   // as add_rows_message sums them (the first as 0 + row), rounded to bf16 once; 0 where no row came. Only for
-  // the bf16 combine codec (combine_bf16). Message sizes are checked as add_rows_message checks them.
-  void sum_rows_bf16(std::span<const RowsIn> ins, int tokens);
+  // the bf16 combine codec (combine_bf16). Message sizes are checked as add_rows_message checks them. With a
+  // range [first, end), only those tokens are written, and every row must answer one of them.
+  void sum_rows_bf16(std::span<const RowsIn> ins, int tokens) { sum_rows_bf16(ins, tokens, 0, tokens); }
+  void sum_rows_bf16(std::span<const RowsIn> ins, int tokens, int first, int end);
   std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
   // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
   bool first_of_sum(int32_t token);

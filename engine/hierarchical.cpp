@@ -15,21 +15,27 @@ namespace eplab {
 namespace {
 
 struct HierState {
+  // The call moves its rows in `rounds` slices of the sources' tokens (rail_rounds), each a rail exchange and a
+  // forward: arrays below marked [.. x rounds] or [rounds x ..] hold one entry per round.
+  int rounds = 1;
+  int round_tokens = 0;  // the own batch's tokens per round: round k holds tokens [k, k + 1) x round_tokens
   // Source role: each destination node's forwarder (relay_of), the tokens sent to it: how many, and (real
   // payload) which, in message order.
   std::vector<int> relay;                            // [nodes]
-  std::vector<int32_t> sent_tokens;                  // [nodes]
-  std::vector<std::vector<int32_t>> sent_token_ids;  // [nodes]
+  std::vector<int32_t> sent_tokens;                  // [nodes x rounds]
+  std::vector<std::vector<int32_t>> sent_token_ids;  // [nodes x rounds]
   // Forwarder role: the rail sources it relays for (rail_sources), rows received from each, and (real payload)
-  // for each such row the rows it became in the per-local-rank forward blocks: (local rank, row index), local
-  // rank ascending.
+  // for each such row the rows it became in the per-local-rank forward blocks of its round: (local rank, row
+  // index), local rank ascending. Rows are numbered round by round, then source by source.
   std::vector<int> sources;                          // [rail sources]
-  std::vector<int32_t> fwd_in_rows;                  // [rail sources]
+  std::vector<int32_t> fwd_in_rows;                  // [rounds x rail sources]
+  std::vector<int32_t> round_first_row;              // [rounds]: the round's first row in fwd_map_begin
   std::vector<int32_t> fwd_map_begin{0};             // [total in rows + 1]
   std::vector<std::pair<int32_t, int32_t>> fwd_map;  // (local q, row in block q)
-  std::vector<int32_t> fwd_out_rows;                 // [gpus per node] rows forwarded to each local rank
-  // Receiver role: rows received from each local forwarder.
-  std::vector<int32_t> recv_rows;  // [gpus per node]
+  std::vector<int32_t> fwd_out_rows;                 // [rounds x gpus per node] rows forwarded to each local rank
+  // Receiver role: rows received from each local forwarder; the handle holds them round by round, then local
+  // rank by local rank.
+  std::vector<int32_t> recv_rows;  // [rounds x gpus per node]
 };
 
 // DeepEP streams each stage in chunks of tokens so the RDMA and NVLink stages overlap; EngineOptions::chunk_tokens
@@ -38,6 +44,13 @@ int pipeline_chunks(const EngineContext& c, int tokens) {
   const int chunk = c.opts.chunk_tokens > 0 ? c.opts.chunk_tokens : 16;
   return std::clamp((tokens + chunk - 1) / chunk, 1, 64);
 }
+
+// Where rows travel straight into place (EngineContext::split_blocks: wall-clock backends), the payload moves in
+// EngineOptions::rail_rounds rounds, each a slice of every source's tokens that crosses the rail and is forwarded
+// inside the node before the next: a forwarder's rail receive buffers then hold a round's rows, not a call's, as
+// DeepEP's RDMA receive buffer is a ring of chunks. A fabric whose time is a model moves a call in one round and
+// models the chunked pipeline instead (pipeline_chunks).
+int rail_rounds(const EngineContext& c) { return c.split_blocks() ? std::clamp(c.opts.rail_rounds, 1, 64) : 1; }
 
 // The GPU of node n that relays what source `src` sends to that node: the GPU of src's local index (its rail),
 // or when that one has failed a live GPU of node n, chosen by the source's node and local index so that the
@@ -92,6 +105,10 @@ class Hierarchical : public Algorithm {
     const int H = c.hidden(), spr = c.placement.slots_per_rank(), node_slots = G * spr;
     const bool phantom = c.phantom();
     auto st = std::make_shared<HierState>();
+    // Rounds: slices of the sources' tokens (rail_rounds); K = 1 moves the call at once.
+    const int K = rail_rounds(c);
+    st->rounds = K;
+    st->round_tokens = std::max(1, (a.num_tokens + K - 1) / K);
     // Where this rank's tokens cross to each node, and whose tokens it relays (both follow the failed set).
     const bool up = c.gpu_up(me);
     st->relay.assign(N, -1);
@@ -100,11 +117,12 @@ class Hierarchical : public Algorithm {
     const std::vector<int>& srcs = st->sources;
     const int S = static_cast<int>(srcs.size());
 
-    // Source side: one block per destination node, carrying that node's selections (phantom: counts only, see
-    // EngineContext::BlockSummary).
-    std::vector<TokenBlock> to_node(phantom ? 0 : N);
+    // Source side: one block per destination node and round, carrying that node's selections of the round's
+    // tokens (phantom: counts only, see EngineContext::BlockSummary; one round).
+    std::vector<TokenBlock> to_node(phantom ? 0 : static_cast<size_t>(N) * K);
     std::vector<int32_t> per_slot(phantom ? static_cast<size_t>(N) * node_slots : 0, 0);
-    std::vector<uint32_t> counts(static_cast<size_t>(N) * (2 + 2 * G), 0);  // per node: tokens, sels, then per q
+    const size_t stride = 2 + 2 * G;  // per node and round: tokens, sels, then per local rank q tokens, sels
+    std::vector<uint32_t> counts(static_cast<size_t>(N) * K * stride, 0);  // [nodes x rounds x stride]
     std::vector<int> last_node(N, -1);
     std::vector<int> last_q(static_cast<size_t>(N) * G, -1);
     if (phantom) {
@@ -128,7 +146,7 @@ class Hierarchical : public Algorithm {
         }
       }
       for (int n = 0; n < N; ++n) {
-        uint32_t* cn = &counts[static_cast<size_t>(n) * (2 + 2 * G)];
+        uint32_t* cn = &counts[static_cast<size_t>(n) * stride];
         cn[0] = node_tokens[n];
         for (int q = 0; q < G; ++q) {
           const int32_t* ps = &per_slot[(static_cast<size_t>(n) * G + q) * spr];
@@ -140,18 +158,20 @@ class Hierarchical : public Algorithm {
         }
       }
     }
-    for (int t = 0; t < a.num_tokens && !phantom; ++t)
+    for (int t = 0; t < a.num_tokens && !phantom; ++t) {
+      const int round = t / st->round_tokens;
       for (int k = 0; k < a.topk; ++k) {
         const int32_t s = a.slots[static_cast<size_t>(t) * a.topk + k];
         if (s < 0) continue;
         const int n = c.slot_home[s].node, q = c.slot_home[s].local;
-        uint32_t* cn = &counts[static_cast<size_t>(n) * (2 + 2 * G)];
+        const size_t nk = static_cast<size_t>(n) * K + round;
+        uint32_t* cn = &counts[nk * stride];
         if (last_node[n] != t) {
           last_node[n] = t;
-          to_node[n].add_token(me, t);
+          to_node[nk].add_token(me, t);
           ++cn[0];
         }
-        to_node[n].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
+        to_node[nk].add_sel(s, a.weights[static_cast<size_t>(t) * a.topk + k]);
         ++cn[1];
         if (last_q[static_cast<size_t>(n) * G + q] != t) {
           last_q[static_cast<size_t>(n) * G + q] = t;
@@ -159,16 +179,28 @@ class Hierarchical : public Algorithm {
         }
         ++cn[3 + 2 * q];
       }
+    }
+    // Tokens this rank sends to node n in round k, and in all rounds.
+    const auto node_round_tokens = [&](int n, int k) { return counts[(static_cast<size_t>(n) * K + k) * stride]; };
+    const auto node_tokens = [&](int n) {
+      uint32_t sum = 0;
+      for (int k = 0; k < K; ++k) sum += node_round_tokens(n, k);
+      return sum;
+    };
 
-    // Notify, first across the rail (per-node and per-local-rank counts), then inside the node.
+    // Notify, first across the rail (per node and round: the counts above), then inside the node (per local rank
+    // and round: tokens and selections).
     PhaseStats notify;
     c.fabric.set_phase("notify");
     const double t0 = c.fabric.now();
-    const size_t stride = 2 + 2 * G;
-    std::vector<uint32_t> rail_in(static_cast<size_t>(S) * stride, 0);  // per rail source
+    const size_t node_stride = K * stride;
+    std::vector<uint32_t> rail_in(static_cast<size_t>(S) * node_stride, 0);  // [rail sources x rounds x stride]
     std::vector<PeerSend> sends;
     std::vector<PeerRecv> recvs;
-    std::vector<uint32_t> fwd_counts(2 * G, 0), local_in(2 * G, 0);
+    // [local ranks x rounds x 2]: what this forwarder sends to local rank q, and what q's forwarder sends here.
+    std::vector<uint32_t> fwd_counts(static_cast<size_t>(2) * G * K, 0), local_in(fwd_counts.size(), 0);
+    const auto rail_at = [&](int i, int k) { return &rail_in[static_cast<size_t>(i) * node_stride + k * stride]; };
+    const auto local_at = [&](int q, int k) { return &local_in[(static_cast<size_t>(q) * K + k) * 2]; };
     // A vouched cached layout holds both rounds' results (rail_in, then local_in) and skips them.
     const std::vector<uint32_t>* cached = c.cached_counts(a);
     if (cached) {
@@ -178,29 +210,30 @@ class Hierarchical : public Algorithm {
     for (int n = 0; n < N && !cached; ++n) {
       const int f = st->relay[n];
       if (f >= 0) {
-        sends.push_back({f, ConstBuf{&counts[n * stride], stride * sizeof(uint32_t)}});
-      } else if (counts[n * stride] > 0) {
+        sends.push_back({f, ConstBuf{&counts[n * node_stride], node_stride * sizeof(uint32_t)}});
+      } else if (node_tokens(n) > 0) {
         throw FabricError("rank " + std::to_string(me) + ": selections for node " + std::to_string(n) +
                           ", which has no live GPU to relay them (failed GPUs' slots must not be selected)");
       }
     }
     for (int i = 0; i < S && !cached; ++i)
-      recvs.push_back({srcs[i], MutBuf{&rail_in[i * stride], stride * sizeof(uint32_t)}});
+      recvs.push_back({srcs[i], MutBuf{rail_at(i, 0), node_stride * sizeof(uint32_t)}});
     if (!cached) c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer, 0), sends, recvs);
-    // As forwarder: what each local rank q will get from us = sum over rail sources.
+    // As forwarder: what each local rank q will get from us in each round = sum over rail sources.
     for (int i = 0; i < S; ++i)
-      for (int q = 0; q < G; ++q) {
-        fwd_counts[2 * q] += rail_in[i * stride + 2 + 2 * q];
-        fwd_counts[2 * q + 1] += rail_in[i * stride + 3 + 2 * q];
-      }
+      for (int k = 0; k < K; ++k)
+        for (int q = 0; q < G; ++q) {
+          fwd_counts[(static_cast<size_t>(q) * K + k) * 2] += rail_at(i, k)[2 + 2 * q];
+          fwd_counts[(static_cast<size_t>(q) * K + k) * 2 + 1] += rail_at(i, k)[3 + 2 * q];
+        }
     sends.clear();
     recvs.clear();
     if (!cached) {
       for (int q = 0; q < G && up; ++q) {
         const int r = T.rank_of(my_node, q);
         if (!c.gpu_up(r)) continue;  // nothing goes to a failed GPU, nothing comes from it
-        sends.push_back({r, ConstBuf{&fwd_counts[2 * q], 8}});
-        recvs.push_back({r, MutBuf{&local_in[2 * q], 8}});
+        sends.push_back({r, ConstBuf{&fwd_counts[static_cast<size_t>(q) * K * 2], static_cast<size_t>(K) * 8}});
+        recvs.push_back({r, MutBuf{local_at(q, 0), static_cast<size_t>(K) * 8}});
       }
       c.exchange(notify, make_tag(Phase::kNotify, a.step, a.layer, 1), sends, recvs);
       std::vector<uint32_t> both(rail_in);
@@ -211,254 +244,266 @@ class Hierarchical : public Algorithm {
     notify.time_s = t1 - t0;
     notify.calls = 1;
 
-    // Payload across the rail, then forwarded inside the node; the two stages overlap chunk by chunk.
+    // Payload: each round across the rail, then forwarded inside the node; the two stages overlap chunk by chunk.
     PhaseStats disp;
     c.fabric.set_phase("dispatch");
     c.fabric.begin_pipeline(pipeline_chunks(c, a.num_tokens));
-    std::vector<EngineContext::Message> msgs(N);
-    std::vector<float> rows;
-    sends.clear();
-    recvs.clear();
-    st->sent_tokens.assign(N, 0);
-    st->sent_token_ids.assign(N, {});
-    EngineContext::BlockSummary summary;
-    for (int n = 0; n < N; ++n) {
-      const uint32_t* cn = &counts[n * stride];
-      if (cn[0] == 0) continue;
-      const int f = st->relay[n];
-      st->sent_tokens[n] = static_cast<int32_t>(cn[0]);
-      if (phantom) {
-        summary.assign(cn[0], cn[1], &per_slot[static_cast<size_t>(n) * node_slots], node_slots, n * node_slots);
-        msgs[n] = c.make_summary_message(summary, *c.dispatch_codec);
-        sends.push_back({f, msgs[n].buf()});
-        continue;
-      }
-      msgs[n] = c.take_source_block(n, to_node[n], a, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
-                                    st->sent_token_ids[n], rows);
-      sends.push_back({f, msgs[n].buf()});
-    }
-    // Receive buffers (EngineContext::inboxes): rail sources use [0, S), then local ranks [0, G).
-    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
-    std::vector<int> from;  // rail sources' indices
-    for (int i = 0; i < S; ++i) {
-      const uint32_t* cn = &rail_in[i * stride];
-      if (cn[0] == 0) continue;
-      recvs.push_back({srcs[i], c.inbox(i, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
-                                                   : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
-      from.push_back(i);
-    }
-    c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, 0), sends, recvs);
-    std::vector<EngineContext::Message>().swap(msgs);
-    std::vector<float>().swap(rows);
-
-    // Forward inside the node: split each received token by local rank, keeping top-k order (phantom: add up
-    // the selections per slot of this node; notify already said how many tokens go to each local rank).
-    std::vector<TokenBlock> to_local(phantom ? 0 : G);
-    for (int q = 0; q < G && !phantom; ++q) to_local[q].reserve(fwd_counts[2 * q], fwd_counts[2 * q + 1]);
-    std::vector<std::vector<float>> local_rows(G);
-    std::vector<int32_t> node_slot_sels(phantom ? node_slots : 0, 0);
-    const int my_first_slot = T.rank_of(my_node, 0) * spr;
-    if (!phantom) {
-      size_t in_rows = 0;
-      for (int i : from) in_rows += rail_in[i * stride];
-      st->fwd_map_begin.reserve(in_rows + 1);
-      size_t out_rows = 0;
-      for (int q = 0; q < G; ++q) out_rows += fwd_counts[2 * q];
-      st->fwd_map.reserve(out_rows);
-    }
-    st->fwd_in_rows.assign(S, 0);
-    st->fwd_out_rows.assign(G, 0);
-    TokenBlock b;
-    std::vector<float> brows;
-    std::vector<int> last_tok(G, -1);
-    for (size_t i = 0; i < from.size() && phantom; ++i) {
-      const int si = from[i], src = srcs[si];
-      c.read_summary_message(inbox[si], recvs[i].bytes, summary, rail_in[si * stride], rail_in[si * stride + 1], src);
-      st->fwd_in_rows[si] = static_cast<int32_t>(summary.tokens);
-      for (const EngineContext::SlotSels& e : summary.slots) {
-        if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
-          throw FabricError("rank " + std::to_string(me) + ": forwarder got selections for slot " +
-                            std::to_string(e.slot) + ", outside its node");
-        node_slot_sels[e.slot - my_first_slot] += e.sels;
-      }
-    }
-    // With a row-separable codec the forwarder passes rows on in the wire format: it notes where each one is
-    // in the inbox (kept until the forward messages are built) instead of decoding and re-encoding it.
-    const size_t rb = c.dispatch_row_bytes;
-    std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
-    for (size_t i = 0; i < from.size() && !phantom; ++i) {
-      const int si = from[i], src = srcs[si];
-      const uint8_t* wire_rows = nullptr;
-      if (rb > 0) {
-        wire_rows = c.read_wire_block(inbox[si], recvs[i].bytes, b, rail_in[si * stride], rail_in[si * stride + 1], src,
-                                      a.step, a.layer);
-      } else {
-        c.read_block_message(inbox[si], recvs[i].bytes, b, brows, *c.dispatch_codec,
-                             EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
-        c.check_counts(b, rail_in[si * stride], rail_in[si * stride + 1], c.message_context(src, a.step, a.layer));
-      }
-      st->fwd_in_rows[si] = b.size();
-      for (int j = 0; j < b.size(); ++j) {
-        std::fill(last_tok.begin(), last_tok.end(), -1);
-        for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
-          const int q = c.slot_home[b.sel_slot[s]].local;
-          if (last_tok[q] < 0) {
-            last_tok[q] = to_local[q].size();
-            to_local[q].add_token(b.src_rank[j], b.token[j]);
-            if (rb > 0)
-              local_wire[q].push_back(wire_rows + static_cast<size_t>(j) * rb);
-            else
-              local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
-                                   brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
-          }
-          // Tokens are added one at a time, so the open token of block q is this one.
-          to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
-        }
-        for (int q = 0; q < G; ++q)
-          if (last_tok[q] >= 0) st->fwd_map.push_back({q, last_tok[q]});
-        st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
-      }
-    }
-    // The forward message to local rank q, built in send buffer `slot`: a phantom summary, a block of wire rows
-    // copied from the rail's receive buffers, or encoded fp32 rows. False when nothing goes to q.
-    const bool split = c.split_blocks();
-    std::vector<EngineContext::Message> fmsgs(G);
-    const auto build_forward = [&](int q, size_t slot) {
-      st->fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_counts[2 * q]) : to_local[q].size();
-      if (st->fwd_out_rows[q] == 0) return false;
-      const int r = T.rank_of(my_node, q);
-      if (!c.gpu_up(r))
-        throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(st->fwd_out_rows[q]) +
-                          " rows to forward to failed GPU " + std::to_string(r) +
-                          " (failed GPUs' slots must not be selected)");
-      if (phantom) {
-        summary.assign(fwd_counts[2 * q], fwd_counts[2 * q + 1], &node_slot_sels[static_cast<size_t>(q) * spr], spr,
-                       r * spr);
-        fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
-        return true;
-      }
-      if (rb > 0 && c.gather_sends) {
-        // The metadata in outbox(q); the rows go from the rail's receive buffers straight to local rank q.
-        std::vector<uint8_t>& m = c.outbox(q);
-        pack_block(to_local[q], local_wire[q].size() * rb, m);
-        fmsgs[q] = EngineContext::Message::view_of(m);
-        fmsgs[q].meta_bytes = m.size();
-        fmsgs[q].row_bytes = rb;
-        fmsgs[q].row_ptrs = std::move(local_wire[q]);
-      } else if (rb > 0) {
-        // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
-        std::vector<uint8_t>& m = c.outbox(slot);
-        const size_t rows = local_wire[q].size() * rb;
-        reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + rows);
-        pack_block(to_local[q], rows, m);
-        const size_t meta = m.size();
-        for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
-        fmsgs[q] = EngineContext::Message::view_of(m);
-        fmsgs[q].meta_bytes = meta;
-        std::vector<const uint8_t*>().swap(local_wire[q]);
-      } else {
-        fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
-                                        EngineContext::stream_id(Phase::kForward, a.layer, me, r));
-      }
-      to_local[q].release();
-      std::vector<float>().swap(local_rows[q]);
-      return true;
-    };
-    sends.clear();
-    std::vector<PeerRecv> lrecvs;
-    for (int q = 0; q < G && !split; ++q)
-      if (build_forward(q, static_cast<size_t>(q))) sends.push_back({T.rank_of(my_node, q), fmsgs[q].buf()});
-    // The last stage's receive buffers: whole messages in inbox(q), or (split_blocks) the metadata in
-    // inbox(meta_box + q) and the rows straight into the handle's rows buffer, local ranks in order.
+    st->sent_tokens.assign(static_cast<size_t>(N) * K, 0);
+    st->sent_token_ids.assign(static_cast<size_t>(N) * K, {});
+    st->fwd_in_rows.assign(static_cast<size_t>(K) * S, 0);
+    st->fwd_out_rows.assign(static_cast<size_t>(K) * G, 0);
+    st->recv_rows.assign(static_cast<size_t>(K) * G, 0);
+    st->round_first_row.assign(K, 0);
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
     h.num_tokens = a.num_tokens;
     h.token_node_pairs = 0;
-    for (int n = 0; n < N; ++n) h.token_node_pairs += counts[static_cast<size_t>(n) * stride];
+    for (int n = 0; n < N; ++n) h.token_node_pairs += node_tokens(n);
     size_t in_tokens = 0, in_sels = 0;
-    for (int q = 0; q < G; ++q) in_tokens += local_in[2 * q], in_sels += local_in[2 * q + 1];
-    if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * c.dispatch_row_bytes);
-    // The rows this stage forwards are read from the rail's receive buffers [0, S) while it receives (gather
-    // sends, and split rounds): its receive buffers sit above them.
+    for (int q = 0; q < G; ++q)
+      for (int k = 0; k < K; ++k) in_tokens += local_at(q, k)[0], in_sels += local_at(q, k)[1];
+    if (!phantom) {
+      size_t in_rows = 0, out_rows = 0;
+      for (int i = 0; i < S; ++i)
+        for (int k = 0; k < K; ++k) in_rows += rail_at(i, k)[0];
+      for (int q = 0; q < G; ++q)
+        for (int k = 0; k < K; ++k) out_rows += fwd_counts[(static_cast<size_t>(q) * K + k) * 2];
+      st->fwd_map_begin.reserve(in_rows + 1);
+      st->fwd_map.reserve(out_rows);
+      h.recv.reserve(in_tokens, in_sels);
+    }
+    // The last stage's receive buffers: whole messages in inbox(lbox + q), or (split_blocks) the metadata in
+    // inbox(meta_box + q) and the rows straight into the handle's rows buffer, round by round, local ranks in
+    // order. The rows a round forwards are read from the rail's receive buffers [0, S) while it receives (gather
+    // sends, and split rounds): the forward stage's receive buffers sit above them.
+    const bool split = c.split_blocks();
+    const size_t rb = c.dispatch_row_bytes;
+    if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * rb);
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
     const size_t lbox = !split && c.gather_sends && rb > 0 ? static_cast<size_t>(S) : 0;
     c.ensure_boxes(std::max(static_cast<size_t>(std::max({N, S, G})) + meta_box, lbox + G));
-    std::vector<std::vector<uint8_t>>& linbox = c.inboxes;
+    std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
+    size_t placed = 0;  // bytes of h.recv_wire earlier rounds' rows fill
+    std::vector<PeerRecv> lrecvs;
     std::vector<int> lfrom;
-    std::vector<PeerRecv> row_recvs;
-    if (split) {
-      // Rounds of kFlatRoundPeers local ranks, as flat's dispatch: in round j a forwarder sends to the local
-      // ranks j * Gr + i above it and receives from those as far below (i < Gr), so its send buffers hold only a
-      // round's messages. The metadata waits in boxes above the rail's (whose rows later rounds still copy),
-      // the rows land at their local rank's place in the handle, and the blocks are read in local-rank order:
-      // the handle is the one a single exchange builds.
-      const int Gr = std::min(G, kFlatRoundPeers), my_local = T.local_of(me);
-      std::vector<size_t> row_at(G + 1, 0);
-      for (int q = 0; q < G; ++q) row_at[q + 1] = row_at[q] + local_in[2 * q] * c.dispatch_row_bytes;
-      std::vector<PeerRecv> meta_of(G, PeerRecv{-1, MutBuf{}}), rows_of(G, PeerRecv{-1, MutBuf{}});
-      std::vector<PeerSend> meta_sends, row_sends;
-      std::vector<PeerRecv> meta_recvs, round_rows;
-      for (int j = 0; j * Gr < G; ++j) {
-        meta_sends.clear(), row_sends.clear(), meta_recvs.clear(), round_rows.clear();
-        for (int i = 0; i < Gr && j * Gr + i < G; ++i) {
-          const int off = j * Gr + i, dq = (my_local + off) % G, sq = (my_local - off + G) % G;
-          if (build_forward(dq, static_cast<size_t>(i))) {
-            meta_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].meta()});
-            row_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].rows()});
-          }
-          if (local_in[2 * sq] > 0) {
-            const int r = T.rank_of(my_node, sq);
-            meta_recvs.push_back({r, c.inbox(meta_box + sq, block_meta_bytes(local_in[2 * sq], local_in[2 * sq + 1]))});
-            round_rows.push_back({r, MutBuf{h.recv_wire.data() + row_at[sq], row_at[sq + 1] - row_at[sq]}});
-          }
+    TokenBlock b;
+    std::vector<float> brows;
+    for (int k = 0; k < K; ++k) {
+      // Across the rail: this round's block to each node, its rows received from each rail source.
+      std::vector<EngineContext::Message> msgs(N);
+      std::vector<float> rows;
+      sends.clear();
+      recvs.clear();
+      EngineContext::BlockSummary summary;
+      for (int n = 0; n < N; ++n) {
+        const uint32_t* cn = &counts[(static_cast<size_t>(n) * K + k) * stride];
+        if (cn[0] == 0) continue;
+        const int f = st->relay[n];
+        const size_t nk = static_cast<size_t>(n) * K + k;
+        st->sent_tokens[nk] = static_cast<int32_t>(cn[0]);
+        if (phantom) {
+          summary.assign(cn[0], cn[1], &per_slot[static_cast<size_t>(n) * node_slots], node_slots, n * node_slots);
+          msgs[n] = c.make_summary_message(summary, *c.dispatch_codec);
+          sends.push_back({f, msgs[n].buf()});
+          continue;
         }
-        c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, 2 * j),
-                         make_tag(Phase::kForward, a.step, a.layer, 2 * j + 1), meta_sends, row_sends, meta_recvs,
-                         round_rows);
-        for (size_t k = 0; k < meta_recvs.size(); ++k) {
-          const int q = T.local_of(meta_recvs[k].peer);
-          meta_of[q] = meta_recvs[k];
-          rows_of[q] = round_rows[k];
+        msgs[n] = c.take_source_block(n, to_node[nk], a, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
+                                      st->sent_token_ids[nk], rows);
+        sends.push_back({f, msgs[n].buf()});
+      }
+      // Receive buffers (EngineContext::inboxes): rail sources use [0, S), then local ranks [0, G).
+      std::vector<int> from;  // rail sources' indices
+      for (int i = 0; i < S; ++i) {
+        const uint32_t* cn = rail_at(i, k);
+        if (cn[0] == 0) continue;
+        recvs.push_back({srcs[i], c.inbox(i, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
+                                                     : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
+        from.push_back(i);
+      }
+      c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, k), sends, recvs);
+      std::vector<EngineContext::Message>().swap(msgs);
+      std::vector<float>().swap(rows);
+
+      // Forward inside the node: split each received token by local rank, keeping top-k order (phantom: add up
+      // the selections per slot of this node; notify already said how many tokens go to each local rank).
+      const auto fwd_at = [&](int q) { return &fwd_counts[(static_cast<size_t>(q) * K + k) * 2]; };
+      std::vector<TokenBlock> to_local(phantom ? 0 : G);
+      for (int q = 0; q < G && !phantom; ++q) to_local[q].reserve(fwd_at(q)[0], fwd_at(q)[1]);
+      std::vector<std::vector<float>> local_rows(G);
+      std::vector<int32_t> node_slot_sels(phantom ? node_slots : 0, 0);
+      const int my_first_slot = T.rank_of(my_node, 0) * spr;
+      int32_t* fwd_in_rows = &st->fwd_in_rows[static_cast<size_t>(k) * S];
+      int32_t* fwd_out_rows = &st->fwd_out_rows[static_cast<size_t>(k) * G];
+      st->round_first_row[k] = static_cast<int32_t>(st->fwd_map_begin.size() - 1);
+      std::vector<int> last_tok(G, -1);
+      for (size_t i = 0; i < from.size() && phantom; ++i) {
+        const int si = from[i], src = srcs[si];
+        c.read_summary_message(inbox[si], recvs[i].bytes, summary, rail_at(si, k)[0], rail_at(si, k)[1], src);
+        fwd_in_rows[si] = static_cast<int32_t>(summary.tokens);
+        for (const EngineContext::SlotSels& e : summary.slots) {
+          if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
+            throw FabricError("rank " + std::to_string(me) + ": forwarder got selections for slot " +
+                              std::to_string(e.slot) + ", outside its node");
+          node_slot_sels[e.slot - my_first_slot] += e.sels;
         }
-        for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
       }
-      for (int q = 0; q < G; ++q) {
-        if (local_in[2 * q] == 0) continue;
-        lrecvs.push_back(meta_of[q]);
-        row_recvs.push_back(rows_of[q]);
-        lfrom.push_back(q);
+      // With a row-separable codec the forwarder passes rows on in the wire format: it notes where each one is
+      // in the inbox (kept until the forward messages are built) instead of decoding and re-encoding it.
+      std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
+      for (size_t i = 0; i < from.size() && !phantom; ++i) {
+        const int si = from[i], src = srcs[si];
+        const uint32_t* cn = rail_at(si, k);
+        const uint8_t* wire_rows = nullptr;
+        if (rb > 0) {
+          wire_rows = c.read_wire_block(inbox[si], recvs[i].bytes, b, cn[0], cn[1], src, a.step, a.layer);
+        } else {
+          c.read_block_message(inbox[si], recvs[i].bytes, b, brows, *c.dispatch_codec,
+                               EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
+          c.check_counts(b, cn[0], cn[1], c.message_context(src, a.step, a.layer));
+        }
+        fwd_in_rows[si] = b.size();
+        for (int j = 0; j < b.size(); ++j) {
+          std::fill(last_tok.begin(), last_tok.end(), -1);
+          for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
+            const int q = c.slot_home[b.sel_slot[s]].local;
+            if (last_tok[q] < 0) {
+              last_tok[q] = to_local[q].size();
+              to_local[q].add_token(b.src_rank[j], b.token[j]);
+              if (rb > 0)
+                local_wire[q].push_back(wire_rows + static_cast<size_t>(j) * rb);
+              else
+                local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
+                                     brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
+            }
+            // Tokens are added one at a time, so the open token of block q is this one.
+            to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
+          }
+          for (int q = 0; q < G; ++q)
+            if (last_tok[q] >= 0) st->fwd_map.push_back({q, last_tok[q]});
+          st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
+        }
       }
-    } else {
-      for (int q = 0; q < G; ++q) {
-        if (local_in[2 * q] == 0) continue;
+      // The forward message to local rank q, built in send buffer `slot`: a phantom summary, a block of wire rows
+      // copied from the rail's receive buffers, or encoded fp32 rows. False when nothing goes to q.
+      std::vector<EngineContext::Message> fmsgs(G);
+      const auto build_forward = [&](int q, size_t slot) {
+        fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_at(q)[0]) : to_local[q].size();
+        if (fwd_out_rows[q] == 0) return false;
         const int r = T.rank_of(my_node, q);
-        lrecvs.push_back(
-            {r, c.inbox(lbox + q, phantom ? EngineContext::summary_capacity(local_in[2 * q + 1], spr)
-                                          : c.block_capacity(local_in[2 * q], local_in[2 * q + 1], *c.dispatch_codec))});
-        lfrom.push_back(q);
+        if (!c.gpu_up(r))
+          throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(fwd_out_rows[q]) +
+                            " rows to forward to failed GPU " + std::to_string(r) +
+                            " (failed GPUs' slots must not be selected)");
+        if (phantom) {
+          summary.assign(fwd_at(q)[0], fwd_at(q)[1], &node_slot_sels[static_cast<size_t>(q) * spr], spr, r * spr);
+          fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
+          return true;
+        }
+        if (rb > 0 && c.gather_sends) {
+          // The metadata in outbox(q); the rows go from the rail's receive buffers straight to local rank q.
+          std::vector<uint8_t>& m = c.outbox(q);
+          pack_block(to_local[q], local_wire[q].size() * rb, m);
+          fmsgs[q] = EngineContext::Message::view_of(m);
+          fmsgs[q].meta_bytes = m.size();
+          fmsgs[q].row_bytes = rb;
+          fmsgs[q].row_ptrs = std::move(local_wire[q]);
+        } else if (rb > 0) {
+          // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
+          std::vector<uint8_t>& m = c.outbox(slot);
+          const size_t wire = local_wire[q].size() * rb;
+          reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + wire);
+          pack_block(to_local[q], wire, m);
+          const size_t meta = m.size();
+          for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
+          fmsgs[q] = EngineContext::Message::view_of(m);
+          fmsgs[q].meta_bytes = meta;
+          std::vector<const uint8_t*>().swap(local_wire[q]);
+        } else {
+          fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
+                                          EngineContext::stream_id(Phase::kForward, a.layer, me, r));
+        }
+        to_local[q].release();
+        std::vector<float>().swap(local_rows[q]);
+        return true;
+      };
+      sends.clear();
+      lrecvs.clear();
+      lfrom.clear();
+      if (split) {
+        // Rounds of kFlatRoundPeers local ranks, as flat's dispatch: in sub-round j a forwarder sends to the local
+        // ranks j * Gr + i above it and receives from those as far below (i < Gr), so its send buffers hold only
+        // a sub-round's messages. The metadata waits in boxes above the rail's (whose rows later sub-rounds still
+        // copy), the rows land at their place in the handle (this round's, local rank q's), and the blocks are
+        // read in local-rank order: the handle is the one a single exchange of the round builds.
+        const int Gr = c.gather_sends ? G : std::min(G, kFlatRoundPeers), my_local = T.local_of(me), subs = (G + Gr - 1) / Gr;
+        std::vector<size_t> row_at(G + 1, placed);
+        for (int q = 0; q < G; ++q) row_at[q + 1] = row_at[q] + local_at(q, k)[0] * rb;
+        placed = row_at[G];
+        std::vector<PeerRecv> meta_of(G, PeerRecv{-1, MutBuf{}}), rows_of(G, PeerRecv{-1, MutBuf{}});
+        std::vector<PeerSend> meta_sends, row_sends;
+        std::vector<PeerRecv> meta_recvs, round_rows;
+        for (int j = 0; j < subs; ++j) {
+          meta_sends.clear(), row_sends.clear(), meta_recvs.clear(), round_rows.clear();
+          for (int i = 0; i < Gr && j * Gr + i < G; ++i) {
+            const int off = j * Gr + i, dq = (my_local + off) % G, sq = (my_local - off + G) % G;
+            if (build_forward(dq, static_cast<size_t>(i))) {
+              meta_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].meta()});
+              row_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].rows()});
+            }
+            if (local_at(sq, k)[0] > 0) {
+              const int r = T.rank_of(my_node, sq);
+              meta_recvs.push_back(
+                  {r, c.inbox(meta_box + sq, block_meta_bytes(local_at(sq, k)[0], local_at(sq, k)[1]))});
+              round_rows.push_back({r, MutBuf{h.recv_wire.data() + row_at[sq], row_at[sq + 1] - row_at[sq]}});
+            }
+          }
+          const int tag = 2 * (k * subs + j);
+          c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, tag),
+                           make_tag(Phase::kForward, a.step, a.layer, tag + 1), meta_sends, row_sends, meta_recvs,
+                           round_rows);
+          for (size_t m = 0; m < meta_recvs.size(); ++m) {
+            const int q = T.local_of(meta_recvs[m].peer);
+            meta_of[q] = meta_recvs[m];
+            rows_of[q] = round_rows[m];
+          }
+          for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
+        }
+        // The round's blocks, local ranks in order; their rows are in place already.
+        int32_t* recv_rows = &st->recv_rows[static_cast<size_t>(k) * G];
+        for (int q = 0; q < G; ++q) {
+          if (local_at(q, k)[0] == 0) continue;
+          recv_rows[q] = c.add_split_block(h, inbox[meta_box + q], meta_of[q].bytes, rows_of[q].bytes,
+                                           local_at(q, k)[0], local_at(q, k)[1], meta_of[q].peer, b);
+        }
+      } else {
+        // One round (rail_rounds): the forward messages whole, read into the handle below.
+        for (int q = 0; q < G; ++q)
+          if (build_forward(q, static_cast<size_t>(q))) sends.push_back({T.rank_of(my_node, q), fmsgs[q].buf()});
+        for (int q = 0; q < G; ++q) {
+          if (local_at(q, 0)[0] == 0) continue;
+          const int r = T.rank_of(my_node, q);
+          lrecvs.push_back({r, c.inbox(lbox + q, phantom ? EngineContext::summary_capacity(local_at(q, 0)[1], spr)
+                                                         : c.block_capacity(local_at(q, 0)[0], local_at(q, 0)[1],
+                                                                            *c.dispatch_codec))});
+          lfrom.push_back(q);
+        }
+        c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
       }
-      c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
     }
     c.fabric.end_pipeline();
-    std::vector<EngineContext::Message>().swap(fmsgs);
 
-    st->recv_rows.assign(G, 0);
-    if (!phantom) h.recv.reserve(in_tokens, in_sels);
     if (!phantom && !split) {  // split blocks' rows are in place already
-      if (c.dispatch_row_bytes > 0)
-        c.take_spare_rows(h.recv_wire, in_tokens * c.dispatch_row_bytes);
+      if (rb > 0)
+        c.take_spare_rows(h.recv_wire, in_tokens * rb);
       else
         h.recv_x.reserve(in_tokens * H);
     }
     for (size_t i = 0; i < lfrom.size(); ++i) {
       const int q = lfrom[i], f = T.rank_of(my_node, q);
-      st->recv_rows[q] =
-          split ? c.add_split_block(h, linbox[meta_box + q], lrecvs[i].bytes, row_recvs[i].bytes, local_in[2 * q],
-                                    local_in[2 * q + 1], f, b)
-                : c.add_block_message(h, linbox[lbox + q], lrecvs[i].bytes, local_in[2 * q], local_in[2 * q + 1],
-                                      *c.dispatch_codec, EngineContext::stream_id(Phase::kForward, a.layer, f, me), f,
-                                      b, brows);
+      st->recv_rows[q] = c.add_block_message(h, inbox[lbox + q], lrecvs[i].bytes, local_at(q, 0)[0],
+                                             local_at(q, 0)[1], *c.dispatch_codec,
+                                             EngineContext::stream_id(Phase::kForward, a.layer, f, me), f, b, brows);
     }
     disp.time_s = c.fabric.now() - t1;
     disp.calls = 1;
@@ -472,24 +517,11 @@ class Hierarchical : public Algorithm {
     const Topology& T = c.topo;
     const int N = T.nodes(), G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me);
     auto& st = *static_cast<HierState*>(h.state.get());
+    const int K = st.rounds;
     PhaseStats comb;
     c.fabric.set_phase("combine");
     const double t0 = c.fabric.now();
     c.fabric.begin_pipeline(pipeline_chunks(c, h.num_tokens));
-
-    // Back to the forwarders inside the node.
-    std::vector<EngineContext::Message> msgs(G);
-    std::vector<PeerSend> sends;
-    std::vector<PeerRecv> recvs;
-    size_t row = 0;
-    for (int q = 0; q < G; ++q) {
-      const int n = st.recv_rows[q];
-      if (n == 0) continue;
-      const int f = T.rank_of(my_node, q);
-      msgs[q] = c.partials_message(h, partials, row, n, EngineContext::stream_id(Phase::kForward, h.layer, me, f));
-      row += n;
-      sends.push_back({f, msgs[q].buf()});
-    }
     // Receive buffers (EngineContext::reply_box): local ranks' answers land in the buffers the forward messages
     // to them left ([0, G)), rail sources' in [0, N); the messages back across the rail are built in outboxes
     // [back, back + S), one per rail source, apart from both: from the local answers they sum, and from the
@@ -497,128 +529,156 @@ class Hierarchical : public Algorithm {
     // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
     // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either, and the sums
     // are built in the rail's receive buffers [0, S), whose dispatch rows have been forwarded (reduce_locally).
+    // Combine runs dispatch's rounds in the same order, each back to the forwarders, then across the rail.
     const bool consume = c.consume_in_place();
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
     const int back = std::max(N, G);
     c.ensure_boxes(static_cast<size_t>(back + std::max(N, S)));
-    std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answer
-    std::vector<int> from;
-    std::vector<PeerConsume> lconsume;
-    for (int q = 0; q < G; ++q) {
-      if (st.fwd_out_rows[q] == 0) continue;
-      const size_t cap = c.rows_capacity(st.fwd_out_rows[q], *c.combine_codec);
-      if (consume) {
-        lconsume.push_back({T.rank_of(my_node, q), cap});
-      } else {
-        std::vector<uint8_t>& v = c.reply_box(q, cap);
-        recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
-        inbox[q] = v.data();
+    // The sums from the nodes, ascending, as the reference adds them: into the fp32 output round by round
+    // (begin_sum .. end_sum), or token by token into the bf16 one (writes_bf16).
+    const bool sum_fp32 = !c.phantom() && !c.out_bf16;
+    if (sum_fp32) c.begin_sum(h.num_tokens);
+    std::vector<float> rows;
+    size_t row = 0;
+    for (int k = 0; k < K; ++k) {
+      // Back to the forwarders inside the node.
+      std::vector<EngineContext::Message> msgs(G);
+      std::vector<PeerSend> sends;
+      std::vector<PeerRecv> recvs;
+      const int32_t* recv_rows = &st.recv_rows[static_cast<size_t>(k) * G];
+      const int32_t* fwd_out_rows = &st.fwd_out_rows[static_cast<size_t>(k) * G];
+      const int32_t* fwd_in_rows = &st.fwd_in_rows[static_cast<size_t>(k) * S];
+      for (int q = 0; q < G; ++q) {
+        const int n = recv_rows[q];
+        if (n == 0) continue;
+        const int f = T.rank_of(my_node, q);
+        msgs[q] = c.partials_message(h, partials, row, n, EngineContext::stream_id(Phase::kForward, h.layer, me, f));
+        row += n;
+        sends.push_back({f, msgs[q].buf()});
       }
-      from.push_back(q);
-    }
-    std::vector<EngineContext::Message> rmsgs(S);
-    // Reduce per received rail row over local ranks (ascending) into one partial per token back, sent below.
-    const auto reduce = [&] {
-      if (consume)
-        for (size_t i = 0; i < from.size(); ++i) {
-          inbox[from[i]] = lconsume[i].data;
-          recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
+      std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answer
+      std::vector<int> from;
+      std::vector<PeerConsume> lconsume;
+      for (int q = 0; q < G; ++q) {
+        if (fwd_out_rows[q] == 0) continue;
+        const size_t cap = c.rows_capacity(fwd_out_rows[q], *c.combine_codec);
+        if (consume) {
+          lconsume.push_back({T.rank_of(my_node, q), cap});
+        } else {
+          std::vector<uint8_t>& v = c.reply_box(q, cap);
+          recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
+          inbox[q] = v.data();
         }
-      reduce_locally(c, h, st, from, inbox, recvs, rmsgs);
-    };
-    if (consume) {
-      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, lconsume, reduce);
-    } else {
-      c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, recvs);
-      reduce();
-    }
-    sends.clear();
-    for (int si = 0; si < S; ++si)
-      if (st.fwd_in_rows[si] > 0) sends.push_back({srcs[si], rmsgs[si].buf()});
-    std::vector<EngineContext::Message>().swap(msgs);
-    std::vector<int> rfrom;
-    std::vector<PeerRecv> rrecvs;
-    std::vector<PeerConsume> rconsume;
-    for (int n = 0; n < N; ++n) {
-      if (st.sent_tokens[n] == 0) continue;
-      const size_t cap = c.rows_capacity(st.sent_tokens[n], *c.combine_codec);
+        from.push_back(q);
+      }
+      std::vector<EngineContext::Message> rmsgs(S);
+      // Reduce per received rail row over local ranks (ascending) into one partial per token back, sent below.
+      const auto reduce = [&] {
+        if (consume)
+          for (size_t i = 0; i < from.size(); ++i) {
+            inbox[from[i]] = lconsume[i].data;
+            recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
+          }
+        reduce_locally(c, h, st, k, from, inbox, recvs, rmsgs);
+      };
       if (consume) {
-        rconsume.push_back({st.relay[n], cap});
+        c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k + 1), sends, lconsume, reduce);
       } else {
-        std::vector<uint8_t>& v = c.reply_box(n, cap);
-        rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
+        c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k + 1), sends, recvs);
+        reduce();
       }
-      rfrom.push_back(n);
+      sends.clear();
+      for (int si = 0; si < S; ++si)
+        if (fwd_in_rows[si] > 0) sends.push_back({srcs[si], rmsgs[si].buf()});
+      std::vector<EngineContext::Message>().swap(msgs);
+      // Across the rail: the sums for this round's tokens from each node.
+      std::vector<int> rfrom;
+      std::vector<PeerRecv> rrecvs;
+      std::vector<PeerConsume> rconsume;
+      for (int n = 0; n < N; ++n) {
+        const size_t nk = static_cast<size_t>(n) * K + k;
+        if (st.sent_tokens[nk] == 0) continue;
+        const size_t cap = c.rows_capacity(st.sent_tokens[nk], *c.combine_codec);
+        if (consume) {
+          rconsume.push_back({st.relay[n], cap});
+        } else {
+          std::vector<uint8_t>& v = c.reply_box(n, cap);
+          rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
+        }
+        rfrom.push_back(n);
+      }
+      const auto sum = [&] {
+        if (c.phantom()) return;
+        if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
+          std::vector<EngineContext::RowsIn> ins;
+          for (size_t i = 0; i < rfrom.size(); ++i)
+            ins.push_back({rconsume[i].data, rconsume[i].bytes,
+                           &st.sent_token_ids[static_cast<size_t>(rfrom[i]) * K + k], st.relay[rfrom[i]]});
+          const int first = std::min(h.num_tokens, k * st.round_tokens);
+          c.sum_rows_bf16(ins, h.num_tokens, first, std::min(h.num_tokens, first + st.round_tokens));
+          return;
+        }
+        for (size_t i = 0; i < rfrom.size(); ++i) {
+          const int n = rfrom[i], f = st.relay[n];
+          const uint8_t* at = consume ? rconsume[i].data : static_cast<const uint8_t*>(rrecvs[i].data.ptr);
+          c.add_rows_message(at, consume ? rconsume[i].bytes : rrecvs[i].bytes,
+                             st.sent_token_ids[static_cast<size_t>(n) * K + k], out, *c.combine_codec,
+                             EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
+        }
+      };
+      if (consume) {
+        c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k), sends, rconsume, sum);
+        if (k == K - 1) c.fabric.end_pipeline();
+      } else {
+        c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k), sends, rrecvs);
+        if (k == K - 1) c.fabric.end_pipeline();
+        sum();
+      }
     }
-    // The sums from the nodes, ascending, as the reference adds them.
-    const auto sum = [&] {
-      if (c.phantom()) return;
-      if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
-        std::vector<EngineContext::RowsIn> ins;
-        for (size_t i = 0; i < rfrom.size(); ++i)
-          ins.push_back({rconsume[i].data, rconsume[i].bytes, &st.sent_token_ids[rfrom[i]], st.relay[rfrom[i]]});
-        c.sum_rows_bf16(ins, h.num_tokens);
-        return;
-      }
-      c.begin_sum(h.num_tokens);
-      std::vector<float> rows;
-      for (size_t i = 0; i < rfrom.size(); ++i) {
-        const int n = rfrom[i], f = st.relay[n];
-        const uint8_t* at = consume ? rconsume[i].data : static_cast<const uint8_t*>(rrecvs[i].data.ptr);
-        c.add_rows_message(at, consume ? rconsume[i].bytes : rrecvs[i].bytes, st.sent_token_ids[n], out,
-                           *c.combine_codec, EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
-      }
-      c.end_sum(out);
-    };
-    if (consume) {
-      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rconsume, sum);
-      c.fabric.end_pipeline();
-    } else {
-      c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 0), sends, rrecvs);
-      c.fabric.end_pipeline();
-      sum();
-    }
+    if (sum_fp32) c.end_sum(out);
     comb.time_s = c.fabric.now() - t0;
     comb.calls = 1;
     c.stats.combine.add(comb);
   }
 
  private:
-  // The forwarder's reduction: for each rail source's rows, the local ranks' answers (inbox[q], recvs in the
-  // order of `from`) summed over local ranks ascending into one message back per rail source (rmsgs). With a
-  // row-separable codec the local rows are decoded one at a time and each sum is encoded straight into its
-  // message; otherwise the answers are decoded whole first.
-  static void reduce_locally(EngineContext& c, const Handle& h, const HierState& st, const std::vector<int>& from,
-                             const std::vector<const uint8_t*>& inbox, const std::vector<PeerRecv>& recvs,
-                             std::vector<EngineContext::Message>& rmsgs) {
+  // The forwarder's reduction of round k: for each rail source's rows, the local ranks' answers (inbox[q], recvs
+  // in the order of `from`) summed over local ranks ascending into one message back per rail source (rmsgs).
+  // With a row-separable codec the local rows are decoded one at a time and each sum is encoded straight into
+  // its message; otherwise the answers are decoded whole first.
+  static void reduce_locally(EngineContext& c, const Handle& h, const HierState& st, int k,
+                             const std::vector<int>& from, const std::vector<const uint8_t*>& inbox,
+                             const std::vector<PeerRecv>& recvs, std::vector<EngineContext::Message>& rmsgs) {
     const Topology& T = c.topo;
     const int G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), H = c.hidden();
     const int N = T.nodes(), back = std::max(N, G);
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
+    const int32_t* fwd_out_rows = &st.fwd_out_rows[static_cast<size_t>(k) * G];
+    const int32_t* fwd_in_rows = &st.fwd_in_rows[static_cast<size_t>(k) * S];
     const size_t rb = c.combine_row_bytes;
     std::vector<std::vector<float>> local(G);
     if (!c.phantom()) {
       for (size_t i = 0; i < from.size(); ++i) {
         const int q = from[i], r = T.rank_of(my_node, q);
         if (rb > 0) {
-          if (recvs[i].bytes != static_cast<size_t>(st.fwd_out_rows[q]) * rb)
+          if (recvs[i].bytes != static_cast<size_t>(fwd_out_rows[q]) * rb)
             throw FabricError("rank " + std::to_string(me) + ", message from peer " + std::to_string(r) +
                               " in phase combine: " + std::to_string(recvs[i].bytes) + " bytes for " +
-                              std::to_string(st.fwd_out_rows[q]) + " rows of " + std::to_string(rb));
+                              std::to_string(fwd_out_rows[q]) + " rows of " + std::to_string(rb));
           continue;
         }
-        local[q].resize(static_cast<size_t>(st.fwd_out_rows[q]) * H);
-        c.read_rows_message(inbox[q], recvs[i].bytes, st.fwd_out_rows[q], local[q].data(), *c.combine_codec,
+        local[q].resize(static_cast<size_t>(fwd_out_rows[q]) * H);
+        c.read_rows_message(inbox[q], recvs[i].bytes, fwd_out_rows[q], local[q].data(), *c.combine_codec,
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
     }
     std::vector<float> acc, dec(rb > 0 ? H : 0);
     std::vector<uint8_t> encoded;  // a row of a codec other than bf16, before it goes in place
-    int in_row = 0;
+    int in_row = c.phantom() ? 0 : st.round_first_row[k];
     for (int si = 0; si < S; ++si) {  // rail sources
-      const int rows_n = st.fwd_in_rows[si];
+      const int rows_n = fwd_in_rows[si];
       if (rows_n == 0) continue;
       const int src = srcs[si];
       const uint64_t stream = EngineContext::stream_id(Phase::kCombine, h.layer, me, src);

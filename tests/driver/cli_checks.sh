@@ -154,6 +154,23 @@ case $case_name in
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=2,3,4,0,1 expect_run 4 \
       "payload mismatch: rank 2 -> rank 3, phase dispatch, step 0, layer 1 .*checksum differs" \
       run --backend $backend "${two[@]}" --algorithm hierarchical
+    # Hierarchical in rail rounds (EPLAB_RAIL_ROUNDS; engine/hierarchical.cpp): every message checked, and the
+    # same outputs and verification as in one round, with more messages.
+    for rounds in 1 3; do
+      EPLAB_RAIL_ROUNDS=$rounds expect_run 0 "payloads: [1-9][0-9]* messages.*counts and checksums equal" \
+        run --backend $backend "${two[@]}" --algorithm hierarchical --report "$tmp/rounds$rounds.json"
+    done
+    python3 - "$tmp/rounds1.json" "$tmp/rounds3.json" <<'PY' || fail "hierarchical in 3 rail rounds differs from 1"
+import json, sys
+one, three = (json.load(open(p)) for p in sys.argv[1:])
+msgs = lambda r: r["phases"]["dispatch"]["messages"]
+outputs = lambda r: {k: v for k, v in r["verification"].items() if k != "payloads"}  # payloads: the messages
+if not one["verified"] or outputs(one) != outputs(three) or msgs(three) <= msgs(one):
+    print("1 round:", one["verification"], msgs(one), "\n3 rounds:", three["verification"], msgs(three))
+    sys.exit(1)
+PY
+    EPLAB_RAIL_ROUNDS=x expect_run 1 "EPLAB_RAIL_ROUNDS must be a number of rounds from 1 to 64, got 'x'" \
+      run --backend $backend "${two[@]}" --algorithm hierarchical
     if [[ $backend == mpi ]]; then
       # Single copy between processes of one machine (mpi/mpi_transport.cpp) against every message through MPI
       # (EPLAB_MPI_CMA=0): the launch says which path it took, and the two runs' reports give the same messages,

@@ -43,16 +43,19 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   // Hierarchical (the default) on emu: the handle's bf16 rows (14336 bytes; combine reads the answers in place,
   // so nothing holds them again), and per (token, node) pair the rail's receive buffer, which holds the row and
   // then the sum sent back. Dispatch's gather sends take the rows from the batch and the rail's receive buffers
-  // where they lie, so no send buffer holds rows.
+  // where they lie, so no send buffer holds rows. The payload moves in two rail rounds (a source's 1024 rows
+  // to a node take 14.7 MB, over kRailRoundBytes), so the rail's buffers hold 512 tokens' rows.
   ASSERT_TRUE(run.caps.gather_send && run.caps.consume_in_place);
+  ASSERT_EQ(run.engine.rail_rounds, 2);
   double node_miss = 1;
   for (int i = 0; i < 8; ++i) node_miss *= (128.0 - i) / (256.0 - i);
-  const double rail_rows = 1024.0 * (1 - node_miss), fwd_rows = e.rows_per_rank / 8;
+  const double rail_rows = 512.0 * (1 - node_miss), fwd_rows = e.rows_per_rank / 8 / 2;
   EXPECT_DOUBLE_EQ(e.rows_bytes, e.rows_per_rank * 14336 + 2 * rail_rows * 14336);
   EXPECT_DOUBLE_EQ(e.bytes, 16 * (e.batch_bytes + e.rows_bytes) * 1.07);  // and the allocator's slack
-  // A fabric without gather sends copies the rows into send buffers: the rail's, and the forward round's two
-  // only where a forward message (the rows a GPU receives, over 8 GPUs) outgrows the rail message whose buffer
-  // it takes. Where the sums are not read in place they are built in buffers of their own.
+  // A fabric without gather sends copies the rows into send buffers: the rail's, and the forward sub-round's two
+  // only where a forward message (the rows a GPU receives in a round, over 8 GPUs) outgrows the rail message
+  // whose buffer it takes. Where the sums are not read in place they are built in buffers of their own, and
+  // the local ranks' answers come into buffers, a round's at a time.
   RunSetup copying = run;
   copying.caps.gather_send = false;
   ASSERT_LT(fwd_rows, rail_rows);  // at 2 nodes the rail's buffers are the larger
@@ -60,7 +63,7 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   RunSetup no_consume = run;
   no_consume.caps.consume_in_place = false;
   EXPECT_DOUBLE_EQ(estimate_run_memory(c, no_consume).rows_bytes,
-                   e.rows_per_rank * (14336 + 14336) + 2 * rail_rows * 2 * 14336);
+                   e.rows_per_rank * 14336 + e.rows_per_rank / 2 * 14336 + 2 * rail_rows * 2 * 14336);
   // Flat has no rail stage: on emu the handle's rows alone. It sends in rounds of kFlatRoundPeers (2) peers, so
   // without gather sends the send buffers hold two peers' rows (1024 (1 - miss) tokens each), and where combine
   // cannot read its answers in place they come back into those buffers.

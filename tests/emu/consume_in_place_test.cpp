@@ -33,9 +33,9 @@ size_t box_bytes(const EngineContext& c) {
 }
 
 // 2 nodes x 4 GPUs, qwen-moe at hidden 256, 64 tokens per rank, two calls (the second with other routing, so the
-// kept buffers are used again). Expert compute: each received row times a factor of its index.
+// kept buffers are used again). Expert compute: each received row times a factor of its source and token.
 Outcome run_engine(const std::string& algo, const std::string& dcodec, const std::string& ccodec, bool consume,
-                   bool bf16_out = false) {
+                   bool bf16_out = false, int rail_rounds = 1) {
   ClusterSpec spec = cluster_preset("h800-cx7");
   spec.nodes = 2;
   spec.gpus_per_node = 4;
@@ -49,6 +49,7 @@ Outcome run_engine(const std::string& algo, const std::string& dcodec, const std
   opts.dispatch_codec = dcodec;
   opts.combine_codec = ccodec;
   opts.consume_in_place = consume;
+  opts.rail_rounds = rail_rounds;
   Outcome o;
   o.out.resize(R);
   o.out_bf16.resize(R);
@@ -75,8 +76,9 @@ Outcome run_engine(const std::string& algo, const std::string& dcodec, const std
       DispatchArgs a{0, call, T, K, slots.data(), weights.data(), x.data()};
       Handle h = engine.dispatch(a);
       const size_t after_dispatch = box_bytes(c);
-      auto expert = [](int i, const float* in, float* out, int n) {
-        const float s = 0.5f + 0.125f * static_cast<float>(i % 5);
+      // A factor of the row's origin (not of its place in the handle, which rail rounds change).
+      auto expert = [&h](int i, const float* in, float* out, int n) {
+        const float s = 0.5f + 0.125f * static_cast<float>((h.recv.token[i] + 3 * h.recv.src_rank[i]) % 5);
         for (int e = 0; e < n; ++e) out[e] = in[e] * s;
       };
       std::vector<float> partials, scratch(H);
@@ -148,6 +150,30 @@ TEST_P(ConsumeInPlace, Bf16OutputIsTheFp32SumRounded) {
     EXPECT_TRUE(direct.out_bf16[r] == want) << "rank " << r << ": written token by token";
     EXPECT_TRUE(through.out_bf16[r] == want) << "rank " << r << ": through an fp32 buffer";
   }
+}
+
+// Hierarchical in rail rounds (EngineOptions::rail_rounds; 64 tokens in 3 rounds of 22, 22 and 20, or in 64 of
+// one): the same output bits as one round, consumed in place or copied, fp32 or bf16 out, and the kept buffers,
+// which hold a round's rail rows, smaller.
+TEST(RailRounds, GiveTheSameBits) {
+  for (const Case& k : {Case{"hierarchical", "fp32", "fp32"}, Case{"hierarchical", "bf16", "bf16"},
+                        Case{"hierarchical", "fp8-e4m3-b128", "bf16"}})
+    for (bool consume : {true, false})
+      for (bool bf16_out : {false, true}) {
+        const Outcome one = run_engine(k.algo, k.dispatch_codec, k.combine_codec, consume, bf16_out, 1);
+        for (int rounds : {3, 64}) {
+          const Outcome many = run_engine(k.algo, k.dispatch_codec, k.combine_codec, consume, bf16_out, rounds);
+          size_t boxes_one = 0, boxes_many = 0;
+          for (size_t r = 0; r < one.out.size(); ++r) {
+            EXPECT_TRUE(one.out[r] == many.out[r] && one.out_bf16[r] == many.out_bf16[r])
+                << k.dispatch_codec << "/" << k.combine_codec << ", rank " << r << ", " << rounds
+                << " rounds, consume " << consume << ", bf16 out " << bf16_out;
+            boxes_one += one.box_bytes_dispatch[r];
+            boxes_many += many.box_bytes_dispatch[r];
+          }
+          EXPECT_LT(boxes_many, boxes_one) << k.dispatch_codec << ", " << rounds << " rounds";
+        }
+      }
 }
 
 // --combine-out bf16 end to end: every algorithm verifies against the reference rounded the same way, bit for bit
