@@ -114,9 +114,9 @@ class Flat : public Algorithm {
       // those as far below (i < G), so every rank sends and receives in every round. A round's messages are
       // built in outbox(i), sent, and the buffers taken by the next round; each source's metadata waits in
       // inbox(source) and its rows land at the source's place in the handle (sources in rank order), so the
-      // handle is the one a single exchange builds.
+      // handle is the one a single exchange builds. Gather sends hold no rows in send buffers: one round.
       st->round_peers = std::min(R, kFlatRoundPeers);
-      const int G = st->round_peers;
+      const int G = c.gather_sends ? R : st->round_peers;
       std::vector<size_t> row_at(R + 1, 0);
       for (int r = 0; r < R; ++r) row_at[r + 1] = row_at[r] + in_counts[2 * r] * c.dispatch_row_bytes;
       std::vector<PeerSend> meta_sends, row_sends;
