@@ -33,8 +33,8 @@ struct HierState {
   std::vector<int32_t> fwd_map_begin{0};             // [total in rows + 1]
   std::vector<std::pair<int32_t, int32_t>> fwd_map;  // (local q, row in block q)
   std::vector<int32_t> fwd_out_rows;                 // [rounds x gpus per node] rows forwarded to each local rank
-  // Receiver role: rows received from each local forwarder; the handle holds them round by round, then local
-  // rank by local rank.
+  // Receiver role: rows received from each local forwarder; the handle holds them local rank by local rank, then
+  // round by round.
   std::vector<int32_t> recv_rows;  // [rounds x gpus per node]
 };
 
@@ -274,17 +274,26 @@ class Hierarchical : public Algorithm {
       h.recv.reserve(in_tokens, in_sels);
     }
     // The last stage's receive buffers: whole messages in inbox(lbox + q), or (split_blocks) the metadata in
-    // inbox(meta_box + q) and the rows straight into the handle's rows buffer, round by round, local ranks in
-    // order. The rows a round forwards are read from the rail's receive buffers [0, S) while it receives (gather
-    // sends, and split rounds): the forward stage's receive buffers sit above them.
+    // inbox(meta_box + k * G + q) and the rows straight into the handle's rows buffer, local rank by local rank,
+    // then round by round (so the rows from one forwarder are contiguous, and combine answers it in one message).
+    // The rows a round forwards are read from the rail's receive buffers [0, S) while it receives (gather sends,
+    // and split rounds): the forward stage's receive buffers sit above them.
     const bool split = c.split_blocks();
     const size_t rb = c.dispatch_row_bytes;
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * rb);
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
     const size_t lbox = !split && c.gather_sends && rb > 0 ? static_cast<size_t>(S) : 0;
-    c.ensure_boxes(std::max(static_cast<size_t>(std::max({N, S, G})) + meta_box, lbox + G));
+    c.ensure_boxes(std::max(meta_box + static_cast<size_t>(K) * std::max({N, S, G}), lbox + G));
     std::vector<std::vector<uint8_t>>& inbox = c.inboxes;
-    size_t placed = 0;  // bytes of h.recv_wire earlier rounds' rows fill
+    // Split: where local rank q's rows start in h.recv_wire, and how many of its bytes earlier rounds filled; each
+    // round's metadata and rows as received, [rounds x local ranks].
+    std::vector<size_t> q_at(G + 1, 0), q_filled(G, 0);
+    for (int q = 0; q < G && split; ++q) {
+      q_at[q + 1] = q_at[q];
+      for (int k = 0; k < K; ++k) q_at[q + 1] += local_at(q, k)[0] * rb;
+    }
+    std::vector<PeerRecv> meta_of(split ? static_cast<size_t>(K) * G : 0, PeerRecv{-1, MutBuf{}});
+    std::vector<PeerRecv> rows_of(meta_of.size(), PeerRecv{-1, MutBuf{}});
     std::vector<PeerRecv> lrecvs;
     std::vector<int> lfrom;
     TokenBlock b;
@@ -431,16 +440,13 @@ class Hierarchical : public Algorithm {
       lrecvs.clear();
       lfrom.clear();
       if (split) {
-        // Rounds of kFlatRoundPeers local ranks, as flat's dispatch: in sub-round j a forwarder sends to the local
-        // ranks j * Gr + i above it and receives from those as far below (i < Gr), so its send buffers hold only
-        // a sub-round's messages. The metadata waits in boxes above the rail's (whose rows later sub-rounds still
-        // copy), the rows land at their place in the handle (this round's, local rank q's), and the blocks are
-        // read in local-rank order: the handle is the one a single exchange of the round builds.
-        const int Gr = c.gather_sends ? G : std::min(G, kFlatRoundPeers), my_local = T.local_of(me), subs = (G + Gr - 1) / Gr;
-        std::vector<size_t> row_at(G + 1, placed);
-        for (int q = 0; q < G; ++q) row_at[q + 1] = row_at[q] + local_at(q, k)[0] * rb;
-        placed = row_at[G];
-        std::vector<PeerRecv> meta_of(G, PeerRecv{-1, MutBuf{}}), rows_of(G, PeerRecv{-1, MutBuf{}});
+        // Where rows are copied into send buffers, sub-rounds of kFlatRoundPeers local ranks, as flat's dispatch:
+        // in sub-round j a forwarder sends to the local ranks j * Gr + i above it and receives from those as far
+        // below (i < Gr), so its send buffers hold only a sub-round's messages; gathered, one exchange. The
+        // metadata waits in boxes above the rail's (whose rows later sub-rounds still copy), the rows land at
+        // their place in the handle, and the blocks are read once every round is in (below).
+        const int Gr = c.gather_sends ? G : std::min(G, kFlatRoundPeers), my_local = T.local_of(me);
+        const int subs = (G + Gr - 1) / Gr;
         std::vector<PeerSend> meta_sends, row_sends;
         std::vector<PeerRecv> meta_recvs, round_rows;
         for (int j = 0; j < subs; ++j) {
@@ -453,9 +459,10 @@ class Hierarchical : public Algorithm {
             }
             if (local_at(sq, k)[0] > 0) {
               const int r = T.rank_of(my_node, sq);
-              meta_recvs.push_back(
-                  {r, c.inbox(meta_box + sq, block_meta_bytes(local_at(sq, k)[0], local_at(sq, k)[1]))});
-              round_rows.push_back({r, MutBuf{h.recv_wire.data() + row_at[sq], row_at[sq + 1] - row_at[sq]}});
+              meta_recvs.push_back({r, c.inbox(meta_box + static_cast<size_t>(k) * G + sq,
+                                                block_meta_bytes(local_at(sq, k)[0], local_at(sq, k)[1]))});
+              round_rows.push_back(
+                  {r, MutBuf{h.recv_wire.data() + q_at[sq] + q_filled[sq], local_at(sq, k)[0] * rb}});
             }
           }
           const int tag = 2 * (k * subs + j);
@@ -464,17 +471,11 @@ class Hierarchical : public Algorithm {
                            round_rows);
           for (size_t m = 0; m < meta_recvs.size(); ++m) {
             const int q = T.local_of(meta_recvs[m].peer);
-            meta_of[q] = meta_recvs[m];
-            rows_of[q] = round_rows[m];
+            meta_of[static_cast<size_t>(k) * G + q] = meta_recvs[m];
+            rows_of[static_cast<size_t>(k) * G + q] = round_rows[m];
+            q_filled[q] += local_at(q, k)[0] * rb;
           }
           for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
-        }
-        // The round's blocks, local ranks in order; their rows are in place already.
-        int32_t* recv_rows = &st->recv_rows[static_cast<size_t>(k) * G];
-        for (int q = 0; q < G; ++q) {
-          if (local_at(q, k)[0] == 0) continue;
-          recv_rows[q] = c.add_split_block(h, inbox[meta_box + q], meta_of[q].bytes, rows_of[q].bytes,
-                                           local_at(q, k)[0], local_at(q, k)[1], meta_of[q].peer, b);
         }
       } else {
         // One round (rail_rounds): the forward messages whole, read into the handle below.
@@ -493,6 +494,14 @@ class Hierarchical : public Algorithm {
     }
     c.fabric.end_pipeline();
 
+    // Split: the blocks, local rank by local rank, then round by round, as their rows lie (in place already).
+    for (int q = 0; q < G && split; ++q)
+      for (int k = 0; k < K; ++k) {
+        const size_t kq = static_cast<size_t>(k) * G + q;
+        if (local_at(q, k)[0] == 0) continue;
+        st->recv_rows[kq] = c.add_split_block(h, inbox[meta_box + kq], meta_of[kq].bytes, rows_of[kq].bytes,
+                                              local_at(q, k)[0], local_at(q, k)[1], meta_of[kq].peer, b);
+      }
     if (!phantom && !split) {  // split blocks' rows are in place already
       if (rb > 0)
         c.take_spare_rows(h.recv_wire, in_tokens * rb);
@@ -529,70 +538,38 @@ class Hierarchical : public Algorithm {
     // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
     // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either, and the sums
     // are built in the rail's receive buffers [0, S), whose dispatch rows have been forwarded (reduce_locally).
-    // Combine runs dispatch's rounds in the same order, each back to the forwarders, then across the rail.
+    // Combine answers dispatch's rounds in order, each back to the forwarders, then across the rail; read in
+    // place with a row-separable combine codec, the answers to a forwarder travel in one message for every round
+    // (the handle holds a forwarder's rows together), and the rounds run while it is lent.
     const bool consume = c.consume_in_place();
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
     const int back = std::max(N, G);
+    const size_t crb = c.combine_row_bytes;
     c.ensure_boxes(static_cast<size_t>(back + std::max(N, S)));
+    // The handle's rows from local forwarder q start at first_row[q]; round k's at first_row[q] + round_row(k, q).
+    std::vector<size_t> first_row(G + 1, 0);
+    for (int q = 0; q < G; ++q) {
+      first_row[q + 1] = first_row[q];
+      for (int k = 0; k < K; ++k) first_row[q + 1] += st.recv_rows[static_cast<size_t>(k) * G + q];
+    }
+    const auto rows_before = [&](const std::vector<int32_t>& per_round, int k, int q) {
+      size_t n = 0;
+      for (int j = 0; j < k; ++j) n += per_round[static_cast<size_t>(j) * G + q];
+      return n;
+    };
     // The sums from the nodes, ascending, as the reference adds them: into the fp32 output round by round
     // (begin_sum .. end_sum), or token by token into the bf16 one (writes_bf16).
     const bool sum_fp32 = !c.phantom() && !c.out_bf16;
     if (sum_fp32) c.begin_sum(h.num_tokens);
     std::vector<float> rows;
-    size_t row = 0;
-    for (int k = 0; k < K; ++k) {
-      // Back to the forwarders inside the node.
-      std::vector<EngineContext::Message> msgs(G);
+
+    // Round k across the rail: each rail source's sums (rmsgs) back to it, this rank's sums from each node added
+    // into the output.
+    const auto rail_round = [&](int k, std::vector<EngineContext::Message>& rmsgs) {
       std::vector<PeerSend> sends;
-      std::vector<PeerRecv> recvs;
-      const int32_t* recv_rows = &st.recv_rows[static_cast<size_t>(k) * G];
-      const int32_t* fwd_out_rows = &st.fwd_out_rows[static_cast<size_t>(k) * G];
-      const int32_t* fwd_in_rows = &st.fwd_in_rows[static_cast<size_t>(k) * S];
-      for (int q = 0; q < G; ++q) {
-        const int n = recv_rows[q];
-        if (n == 0) continue;
-        const int f = T.rank_of(my_node, q);
-        msgs[q] = c.partials_message(h, partials, row, n, EngineContext::stream_id(Phase::kForward, h.layer, me, f));
-        row += n;
-        sends.push_back({f, msgs[q].buf()});
-      }
-      std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answer
-      std::vector<int> from;
-      std::vector<PeerConsume> lconsume;
-      for (int q = 0; q < G; ++q) {
-        if (fwd_out_rows[q] == 0) continue;
-        const size_t cap = c.rows_capacity(fwd_out_rows[q], *c.combine_codec);
-        if (consume) {
-          lconsume.push_back({T.rank_of(my_node, q), cap});
-        } else {
-          std::vector<uint8_t>& v = c.reply_box(q, cap);
-          recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
-          inbox[q] = v.data();
-        }
-        from.push_back(q);
-      }
-      std::vector<EngineContext::Message> rmsgs(S);
-      // Reduce per received rail row over local ranks (ascending) into one partial per token back, sent below.
-      const auto reduce = [&] {
-        if (consume)
-          for (size_t i = 0; i < from.size(); ++i) {
-            inbox[from[i]] = lconsume[i].data;
-            recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
-          }
-        reduce_locally(c, h, st, k, from, inbox, recvs, rmsgs);
-      };
-      if (consume) {
-        c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k + 1), sends, lconsume, reduce);
-      } else {
-        c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k + 1), sends, recvs);
-        reduce();
-      }
-      sends.clear();
       for (int si = 0; si < S; ++si)
-        if (fwd_in_rows[si] > 0) sends.push_back({srcs[si], rmsgs[si].buf()});
-      std::vector<EngineContext::Message>().swap(msgs);
-      // Across the rail: the sums for this round's tokens from each node.
+        if (st.fwd_in_rows[static_cast<size_t>(k) * S + si] > 0) sends.push_back({srcs[si], rmsgs[si].buf()});
       std::vector<int> rfrom;
       std::vector<PeerRecv> rrecvs;
       std::vector<PeerConsume> rconsume;
@@ -627,13 +604,110 @@ class Hierarchical : public Algorithm {
                              EngineContext::stream_id(Phase::kCombine, h.layer, f, me), f, rows);
         }
       };
+      const Tag tag = make_tag(Phase::kCombine, h.step, h.layer, 2 * k);
       if (consume) {
-        c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k), sends, rconsume, sum);
+        c.exchange_consume(comb, tag, sends, rconsume, sum);
         if (k == K - 1) c.fabric.end_pipeline();
       } else {
-        c.exchange(comb, make_tag(Phase::kCombine, h.step, h.layer, 2 * k), sends, rrecvs);
+        c.exchange(comb, tag, sends, rrecvs);
         if (k == K - 1) c.fabric.end_pipeline();
         sum();
+      }
+    };
+
+    if (consume && crb > 0) {
+      // Back to the forwarders in one exchange: each forwarder reads every round's answers where they lie and
+      // runs the rounds' reductions and rail exchanges meanwhile.
+      std::vector<EngineContext::Message> msgs(G);
+      std::vector<PeerSend> sends;
+      for (int q = 0; q < G; ++q) {
+        const size_t n = first_row[q + 1] - first_row[q];
+        if (n == 0) continue;
+        const int f = T.rank_of(my_node, q);
+        msgs[q] = c.partials_message(h, partials, first_row[q], static_cast<int>(n),
+                                     EngineContext::stream_id(Phase::kForward, h.layer, me, f));
+        sends.push_back({f, msgs[q].buf()});
+      }
+      std::vector<int> from;
+      std::vector<PeerConsume> lconsume;
+      std::vector<size_t> answered(G, 0);  // rows each local rank answers over all rounds
+      for (int q = 0; q < G; ++q) {
+        answered[q] = rows_before(st.fwd_out_rows, K, q);
+        if (answered[q] == 0) continue;
+        lconsume.push_back({T.rank_of(my_node, q), c.rows_capacity(static_cast<int>(answered[q]), *c.combine_codec)});
+        from.push_back(q);
+      }
+      c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, lconsume, [&] {
+        for (size_t i = 0; i < from.size(); ++i)
+          if (lconsume[i].bytes != answered[from[i]] * crb)
+            throw FabricError("rank " + std::to_string(me) + ", message from peer " +
+                              std::to_string(lconsume[i].peer) + " in phase combine: " +
+                              std::to_string(lconsume[i].bytes) + " bytes for " + std::to_string(answered[from[i]]) +
+                              " rows of " + std::to_string(crb));
+        for (int k = 0; k < K; ++k) {
+          std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answers of round k
+          std::vector<int> kfrom;
+          std::vector<PeerRecv> recvs;
+          for (size_t i = 0; i < from.size(); ++i) {
+            const int q = from[i];
+            const size_t n = st.fwd_out_rows[static_cast<size_t>(k) * G + q];
+            if (n == 0) continue;
+            inbox[q] = lconsume[i].data + rows_before(st.fwd_out_rows, k, q) * crb;
+            recvs.push_back({lconsume[i].peer, MutBuf{}, n * crb, n * crb});
+            kfrom.push_back(q);
+          }
+          std::vector<EngineContext::Message> rmsgs(S);
+          reduce_locally(c, h, st, k, kfrom, inbox, recvs, rmsgs);
+          rail_round(k, rmsgs);
+        }
+      });
+    } else {
+      for (int k = 0; k < K; ++k) {
+        // Back to the forwarders inside the node.
+        std::vector<EngineContext::Message> msgs(G);
+        std::vector<PeerSend> sends;
+        std::vector<PeerRecv> recvs;
+        for (int q = 0; q < G; ++q) {
+          const int n = st.recv_rows[static_cast<size_t>(k) * G + q];
+          if (n == 0) continue;
+          const int f = T.rank_of(my_node, q);
+          msgs[q] = c.partials_message(h, partials, first_row[q] + rows_before(st.recv_rows, k, q), n,
+                                       EngineContext::stream_id(Phase::kForward, h.layer, me, f));
+          sends.push_back({f, msgs[q].buf()});
+        }
+        std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answer
+        std::vector<int> from;
+        std::vector<PeerConsume> lconsume;
+        for (int q = 0; q < G; ++q) {
+          const int n = st.fwd_out_rows[static_cast<size_t>(k) * G + q];
+          if (n == 0) continue;
+          const size_t cap = c.rows_capacity(n, *c.combine_codec);
+          if (consume) {
+            lconsume.push_back({T.rank_of(my_node, q), cap});
+          } else {
+            std::vector<uint8_t>& v = c.reply_box(q, cap);
+            recvs.push_back({T.rank_of(my_node, q), MutBuf{v.data(), cap}});
+            inbox[q] = v.data();
+          }
+          from.push_back(q);
+        }
+        std::vector<EngineContext::Message> rmsgs(S);
+        // Reduce per received rail row over local ranks (ascending) into one partial per token back.
+        const Tag tag = make_tag(Phase::kCombine, h.step, h.layer, 2 * k + 1);
+        if (consume) {  // a combine codec that does not encode rows on its own: one round (rail_rounds)
+          c.exchange_consume(comb, tag, sends, lconsume, [&] {
+            for (size_t i = 0; i < from.size(); ++i) {
+              inbox[from[i]] = lconsume[i].data;
+              recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
+            }
+            reduce_locally(c, h, st, k, from, inbox, recvs, rmsgs);
+          });
+        } else {
+          c.exchange(comb, tag, sends, recvs);
+          reduce_locally(c, h, st, k, from, inbox, recvs, rmsgs);
+        }
+        std::vector<EngineContext::Message>().swap(msgs);
+        rail_round(k, rmsgs);
       }
     }
     if (sum_fp32) c.end_sum(out);
