@@ -342,8 +342,8 @@ class Hierarchical : public Algorithm {
       std::vector<std::vector<float>> local_rows(G);
       std::vector<int32_t> node_slot_sels(phantom ? node_slots : 0, 0);
       const int my_first_slot = T.rank_of(my_node, 0) * spr;
-      int32_t* fwd_in_rows = &st->fwd_in_rows[static_cast<size_t>(k) * S];
-      int32_t* fwd_out_rows = &st->fwd_out_rows[static_cast<size_t>(k) * G];
+      int32_t* fwd_in_rows = st->fwd_in_rows.data() + static_cast<size_t>(k) * S;  // S may be 0
+      int32_t* fwd_out_rows = st->fwd_out_rows.data() + static_cast<size_t>(k) * G;
       st->round_first_row[k] = static_cast<int32_t>(st->fwd_map_begin.size() - 1);
       std::vector<int> last_tok(G, -1);
       for (size_t i = 0; i < from.size() && phantom; ++i) {
@@ -729,8 +729,8 @@ class Hierarchical : public Algorithm {
     const int N = T.nodes(), back = std::max(N, G);
     const std::vector<int>& srcs = st.sources;
     const int S = static_cast<int>(srcs.size());
-    const int32_t* fwd_out_rows = &st.fwd_out_rows[static_cast<size_t>(k) * G];
-    const int32_t* fwd_in_rows = &st.fwd_in_rows[static_cast<size_t>(k) * S];
+    const int32_t* fwd_out_rows = st.fwd_out_rows.data() + static_cast<size_t>(k) * G;
+    const int32_t* fwd_in_rows = st.fwd_in_rows.data() + static_cast<size_t>(k) * S;  // S may be 0
     const size_t rb = c.combine_row_bytes;
     std::vector<std::vector<float>> local(G);
     if (!c.phantom()) {
