@@ -57,9 +57,9 @@ struct EngineOptions {
   // Combine reads its answers where their senders hold them, without receive buffers, on a fabric that can
   // (Caps::consume_in_place: emu); off, every fabric copies them into buffers first. The results are the same.
   bool consume_in_place = true;
-  // Hierarchical's payload on a wall-clock backend in this many rounds of the sources' tokens (engine/hierarchical.cpp,
-  // rail_rounds): a forwarder then holds a round's rail rows at a time. The same on every rank; the results are
-  // the same for any number.
+  // Hierarchical's payload on a wall-clock backend in this many rounds of the sources' tokens
+  // (engine/hierarchical.cpp, rail_rounds): a forwarder then holds a round's rail rows at a time. The same on
+  // every rank; the results are the same for any number.
   int rail_rounds = 1;
 };
 
