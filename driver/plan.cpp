@@ -119,8 +119,9 @@ int rail_rounds(const RunConfig& cfg, const MoeShape& shape, const Codec& d, con
   if (const char* env = std::getenv("EPLAB_RAIL_ROUNDS"); env && *env) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
-    if (*end != '\0' || n < 1 || n > 64)
-      throw EplabError("EPLAB_RAIL_ROUNDS must be a number of rounds from 1 to 64, got '" + std::string(env) + "'");
+    if (*end != '\0' || n < 1 || n > kMaxRailRounds)
+      throw EplabError("EPLAB_RAIL_ROUNDS must be a number of rounds from 1 to " + std::to_string(kMaxRailRounds) +
+                       ", got '" + std::string(env) + "'");
     return static_cast<int>(n);
   }
   return rail_rounds_for(cfg.tokens, std::max(d.row_bytes(shape.hidden), c.row_bytes(shape.hidden)));

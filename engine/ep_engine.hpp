@@ -66,9 +66,10 @@ struct EngineOptions {
 // The rail rounds (EngineOptions::rail_rounds) that keep a source's rows to one node in a round, of row_bytes
 // each, at about kRailRoundBytes at most. A run sets them from its tokens per rank, the same on every rank.
 constexpr double kRailRoundBytes = 8.0 * (1 << 20);
+constexpr int kMaxRailRounds = 64;
 inline int rail_rounds_for(long tokens, size_t row_bytes) {
   const double rounds = std::ceil(static_cast<double>(tokens) * static_cast<double>(row_bytes) / kRailRoundBytes);
-  return static_cast<int>(std::clamp(rounds, 1.0, 64.0));
+  return static_cast<int>(std::clamp(rounds, 1.0, static_cast<double>(kMaxRailRounds)));
 }
 
 struct DispatchArgs {

@@ -29,7 +29,6 @@ struct HierState {
   // index), local rank ascending. Rows are numbered round by round, then source by source.
   std::vector<int> sources;                          // [rail sources]
   std::vector<int32_t> fwd_in_rows;                  // [rounds x rail sources]
-  std::vector<int32_t> round_first_row;              // [rounds]: the round's first row in fwd_map_begin
   std::vector<int32_t> fwd_map_begin{0};             // [total in rows + 1]
   std::vector<std::pair<int32_t, int32_t>> fwd_map;  // (local q, row in block q)
   std::vector<int32_t> fwd_out_rows;                 // [rounds x gpus per node] rows forwarded to each local rank
@@ -50,7 +49,9 @@ int pipeline_chunks(const EngineContext& c, int tokens) {
 // inside the node before the next: a forwarder's rail receive buffers then hold a round's rows, not a call's, as
 // DeepEP's RDMA receive buffer is a ring of chunks. A fabric whose time is a model moves a call in one round and
 // models the chunked pipeline instead (pipeline_chunks).
-int rail_rounds(const EngineContext& c) { return c.split_blocks() ? std::clamp(c.opts.rail_rounds, 1, 64) : 1; }
+int rail_rounds(const EngineContext& c) {
+  return c.split_blocks() ? std::clamp(c.opts.rail_rounds, 1, kMaxRailRounds) : 1;
+}
 
 // The GPU of node n that relays what source `src` sends to that node: the GPU of src's local index (its rail),
 // or when that one has failed a live GPU of node n, chosen by the source's node and local index so that the
@@ -253,7 +254,6 @@ class Hierarchical : public Algorithm {
     st->fwd_in_rows.assign(static_cast<size_t>(K) * S, 0);
     st->fwd_out_rows.assign(static_cast<size_t>(K) * G, 0);
     st->recv_rows.assign(static_cast<size_t>(K) * G, 0);
-    st->round_first_row.assign(K, 0);
     Handle h;
     h.step = a.step;
     h.layer = a.layer;
@@ -344,7 +344,6 @@ class Hierarchical : public Algorithm {
       const int my_first_slot = T.rank_of(my_node, 0) * spr;
       int32_t* fwd_in_rows = st->fwd_in_rows.data() + static_cast<size_t>(k) * S;  // S may be 0
       int32_t* fwd_out_rows = st->fwd_out_rows.data() + static_cast<size_t>(k) * G;
-      st->round_first_row[k] = static_cast<int32_t>(st->fwd_map_begin.size() - 1);
       std::vector<int> last_tok(G, -1);
       for (size_t i = 0; i < from.size() && phantom; ++i) {
         const int si = from[i], src = srcs[si];
@@ -750,7 +749,9 @@ class Hierarchical : public Algorithm {
     }
     std::vector<float> acc, dec(rb > 0 ? H : 0);
     std::vector<uint8_t> encoded;  // a row of a codec other than bf16, before it goes in place
-    int in_row = c.phantom() ? 0 : st.round_first_row[k];
+    int in_row = 0;  // the round's first row in fwd_map_begin: the rows of the rounds before it
+    for (int j = 0; j < k; ++j)
+      for (int si = 0; si < S; ++si) in_row += st.fwd_in_rows[static_cast<size_t>(j) * S + si];
     for (int si = 0; si < S; ++si) {  // rail sources
       const int rows_n = fwd_in_rows[si];
       if (rows_n == 0) continue;

@@ -15,8 +15,8 @@ namespace eplab::verbs {
 bool verbs_built();
 
 enum class MpiTransport { kMpi, kVerbs };
-// `--transport` of --backend=mpi: "" or mpi (MPI, single copy on one machine), or verbs; verbs where `verbs_built` is false
-// and any other name are refused, saying what was built and which names there are.
+// `--transport` of --backend=mpi: "" or mpi (MPI, single copy on one machine), or verbs; verbs where `verbs_built`
+// is false and any other name are refused, saying what was built and which names there are.
 MpiTransport parse_mpi_transport(const std::string& name, bool verbs_built);
 
 // Every process's set-up (MpiLaunchHooks::setup): opens the RDMA device (EPLAB_VERBS_DEVICE, else the first;
