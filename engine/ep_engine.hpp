@@ -208,6 +208,9 @@ class EngineContext {
   // Whether combine reads answers where their senders hold them (Fabric::alltoallv_consume): real bytes, a
   // fabric with Caps::consume_in_place, and EngineOptions::consume_in_place.
   bool consume_in_place() const { return opts.consume_in_place && !phantom() && fabric.caps().consume_in_place; }
+  // Whether a combine that reads bf16 answers in place can sum them straight into a bf16 output
+  // (Algorithm::writes_bf16 of flat and hierarchical).
+  bool sums_bf16_in_place() const { return consume_in_place() && combine_bf16 && combine_row_bytes > 0; }
   // The same as exchange with Fabric::alltoallv_consume: `consume` reads every received message in place.
   void exchange_consume(PhaseStats& st, Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                         const std::function<void()>& consume);

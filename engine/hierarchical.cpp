@@ -96,9 +96,7 @@ class Hierarchical : public Algorithm {
   std::string name() const override { return "hierarchical"; }
   ReductionOrder reduction() const override { return ReductionOrder::kNodes; }
   bool takes_wire_rows() const override { return true; }
-  bool writes_bf16(const EngineContext& c) const override {
-    return c.consume_in_place() && c.combine_bf16 && c.combine_row_bytes > 0;
-  }
+  bool writes_bf16(const EngineContext& c) const override { return c.sums_bf16_in_place(); }
 
   Handle dispatch(EngineContext& c, const DispatchArgs& a) override {
     const Topology& T = c.topo;
