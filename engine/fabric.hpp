@@ -173,6 +173,11 @@ class Fabric {
   virtual void alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                                  const std::function<void()>& consume, Deadline d);
 
+  // A message this rank would send to itself and reads where it lies instead (a hop it relays itself): nothing
+  // moves, but a fabric that keeps a payload ledger enters it as sent and received under `tag`, so that the run's
+  // payload check counts the same messages as a run that sent it. Real bytes; the default does nothing.
+  virtual void keep_local(Tag tag, const ConstBuf& data) {}
+
   // Hint: the alltoallv calls until end_pipeline() form a chain of stages, each consuming the previous one's data
   // in `chunks` pieces (DeepEP overlaps its RDMA and NVLink stages this way). Data semantics do not change; a
   // fabric that models time may overlap the stages, and end_pipeline() (collective) waits until all are done.

@@ -9,6 +9,7 @@
 
 #include "engine/ep_engine.hpp"
 #include "engine/huge_pages.hpp"
+#include "engine/wire.hpp"
 #include "policies/codecs/quant_kernels.hpp"
 
 namespace eplab {
@@ -299,6 +300,8 @@ class Hierarchical : public Algorithm {
     for (int k = 0; k < K; ++k) {
       // Across the rail: this round's block to each node, its rows received from each rail source.
       std::vector<EngineContext::Message> msgs(N);
+      ConstBuf self_meta{nullptr, 0};
+      std::vector<const uint8_t*> self_rows;
       std::vector<float> rows;
       sends.clear();
       recvs.clear();
@@ -317,16 +320,32 @@ class Hierarchical : public Algorithm {
         }
         msgs[n] = c.take_source_block(n, to_node[nk], a, EngineContext::stream_id(Phase::kDispatch, a.layer, me, f),
                                       st->sent_token_ids[nk], rows);
+        if (f == me && !msgs[n].row_ptrs.empty()) {
+          // This rank relays its own tokens to its node: their rows are forwarded from the batch where they lie,
+          // not copied into a rail receive buffer first. The message counts as sent, as every other.
+          const PeerSend self{me, msgs[n].buf()};
+          c.count_sends(disp, std::span<const PeerSend>(&self, 1), true);
+          c.fabric.keep_local(make_tag(Phase::kDispatch, a.step, a.layer, k), self.data);
+          self_meta = msgs[n].meta();
+          self_rows = std::move(msgs[n].row_ptrs);
+          continue;
+        }
         sends.push_back({f, msgs[n].buf()});
       }
       // Receive buffers (EngineContext::inboxes): rail sources use [0, S), then local ranks [0, G).
       std::vector<int> from;  // rail sources' indices
+      std::vector<int> recv_of;  // [from]: its entry in recvs, -1 for this rank's own rows (self_rows)
       for (int i = 0; i < S; ++i) {
         const uint32_t* cn = rail_at(i, k);
         if (cn[0] == 0) continue;
+        from.push_back(i);
+        if (srcs[i] == me && !self_rows.empty()) {
+          recv_of.push_back(-1);
+          continue;
+        }
+        recv_of.push_back(static_cast<int>(recvs.size()));
         recvs.push_back({srcs[i], c.inbox(i, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
                                                      : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
-        from.push_back(i);
       }
       c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, k), sends, recvs);
       std::vector<EngineContext::Message>().swap(msgs);
@@ -345,7 +364,8 @@ class Hierarchical : public Algorithm {
       std::vector<int> last_tok(G, -1);
       for (size_t i = 0; i < from.size() && phantom; ++i) {
         const int si = from[i], src = srcs[si];
-        c.read_summary_message(inbox[si], recvs[i].bytes, summary, rail_at(si, k)[0], rail_at(si, k)[1], src);
+        c.read_summary_message(inbox[si], recvs[recv_of[i]].bytes, summary, rail_at(si, k)[0], rail_at(si, k)[1],
+                               src);
         fwd_in_rows[si] = static_cast<int32_t>(summary.tokens);
         for (const EngineContext::SlotSels& e : summary.slots) {
           if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
@@ -361,10 +381,16 @@ class Hierarchical : public Algorithm {
         const int si = from[i], src = srcs[si];
         const uint32_t* cn = rail_at(si, k);
         const uint8_t* wire_rows = nullptr;
-        if (rb > 0) {
-          wire_rows = c.read_wire_block(inbox[si], recvs[i].bytes, b, cn[0], cn[1], src, a.step, a.layer);
+        const bool own = recv_of[i] < 0;  // this rank's own rows, in its batch (self_rows)
+        if (own) {
+          uint64_t payload = 0;
+          const std::string what = c.message_context(me, a.step, a.layer);
+          unpack_block(static_cast<const uint8_t*>(self_meta.ptr), self_meta.bytes, b, payload, what.c_str());
+          c.check_counts(b, cn[0], cn[1], what);
+        } else if (rb > 0) {
+          wire_rows = c.read_wire_block(inbox[si], recvs[recv_of[i]].bytes, b, cn[0], cn[1], src, a.step, a.layer);
         } else {
-          c.read_block_message(inbox[si], recvs[i].bytes, b, brows, *c.dispatch_codec,
+          c.read_block_message(inbox[si], recvs[recv_of[i]].bytes, b, brows, *c.dispatch_codec,
                                EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
           c.check_counts(b, cn[0], cn[1], c.message_context(src, a.step, a.layer));
         }
@@ -377,7 +403,7 @@ class Hierarchical : public Algorithm {
               last_tok[q] = to_local[q].size();
               to_local[q].add_token(b.src_rank[j], b.token[j]);
               if (rb > 0)
-                local_wire[q].push_back(wire_rows + static_cast<size_t>(j) * rb);
+                local_wire[q].push_back(own ? self_rows[j] : wire_rows + static_cast<size_t>(j) * rb);
               else
                 local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
                                      brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);

@@ -141,6 +141,17 @@ void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const 
   add(got_, peer, tag, phase, data, bytes, total_bytes);
 }
 
+void PayloadLedger::kept(int self, Tag tag, const std::string& phase, const ConstBuf& data) {
+  const uint64_t sum = checksum_ && data.bytes > 0 ? payload_checksum(data) : 0;
+  for (Map* m : {&sent_, &got_}) {
+    PayloadRecord& r = entry(*m, self, tag, phase);
+    ++r.messages;
+    r.bytes += data.bytes;
+    r.total_bytes += data.total();
+    r.checksum += sum;
+  }
+}
+
 PayloadLog PayloadLedger::log() const {
   PayloadLog out;
   out.recorded = true;

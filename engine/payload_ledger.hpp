@@ -54,6 +54,8 @@ class PayloadLedger {
   // A send buffer as posted (a gather send's rows included).
   void sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  // A message the rank keeps for itself (Fabric::keep_local): sent and received at once, hashed once.
+  void kept(int self, Tag tag, const std::string& phase, const ConstBuf& data);
   PayloadLog log() const;
   // Goes on from a log this ledger's rank wrote earlier (a run resumed from a checkpoint), so that the resumed
   // run's ledger, and the report built from it, is the uninterrupted run's.

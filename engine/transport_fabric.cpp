@@ -472,6 +472,10 @@ void TransportFabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::s
   });
 }
 
+void TransportFabric::keep_local(Tag tag, const ConstBuf& data) {
+  if (ledger_ && !in_native_exchange_) ledger_->kept(rank(), tag, phase_, data);
+}
+
 void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                                         const std::function<void()>& consume, Deadline d) {
   if (!transport_.caps().lends_sends || !domain_.holds_every_rank())

@@ -158,6 +158,7 @@ class TransportFabric final : public Fabric {
   void alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) override;
   void alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                          const std::function<void()>& consume, Deadline d) override;
+  void keep_local(Tag tag, const ConstBuf& data) override;
   void begin_pipeline(int chunks) override;
   void end_pipeline() override;
   void record_links(LinkRecorder* r) override;

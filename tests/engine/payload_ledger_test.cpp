@@ -122,6 +122,36 @@ TEST(PayloadCheck, ShortOrMissingMessagesAreCounted) {
   EXPECT_NE(missing.first_error.find("received nothing"), std::string::npos) << missing.first_error;
 }
 
+TEST(PayloadCheck, AKeptMessageIsEnteredAsASentAndReceivedOne) {
+  // Fabric::keep_local: a rank's message to itself that does not move (hierarchical's own rows, forwarded from
+  // the batch) gives the same records as one sent and received, a gathered one included.
+  const std::vector<uint8_t> head = bytes_of(40), r0 = bytes_of(64), r1 = bytes_of(64);
+  const uint8_t* rows[] = {r0.data(), r1.data()};
+  const ConstBuf msg{head.data(), head.size() + 2 * 64, 0, RowGather{rows, 2, 64}};
+  std::vector<uint8_t> whole(msg.bytes);
+  msg.copy_to(whole.data());
+  const Tag tag = make_tag(Phase::kDispatch, 1, 0, 2);
+  PayloadLedger kept(true), moved(true);
+  kept.kept(3, tag, "dispatch", msg);
+  moved.sent(3, tag, "dispatch", msg);
+  moved.received(3, tag, "dispatch", whole.data(), whole.size(), whole.size());
+  const PayloadLog a = kept.log(), b = moved.log();
+  ASSERT_EQ(a.sent.size(), 1u);
+  ASSERT_EQ(a.got.size(), 1u);
+  for (const auto& [x, y] : {std::pair{a.sent[0], b.sent[0]}, std::pair{a.got[0], b.got[0]}}) {
+    EXPECT_EQ(x.messages, 1u);
+    EXPECT_EQ(x.bytes, y.bytes);
+    EXPECT_EQ(x.checksum, y.checksum);
+    EXPECT_EQ(x.peer, 3);
+  }
+  std::vector<PayloadLog> logs(4);
+  logs[3] = a;
+  for (int r = 0; r < 3; ++r) logs[r].recorded = true, logs[r].checksummed = true;
+  const PayloadCheck c = check(logs);
+  EXPECT_TRUE(c.ok()) << c.first_error;
+  EXPECT_EQ(c.messages, 1u);
+}
+
 TEST(PayloadCheck, CountsOnlyWithoutChecksums) {
   // Phantom payloads: sizes without bytes. Equal counts pass, a size difference does not.
   const Tag tag = make_tag(Phase::kForward, 0, 5);
