@@ -452,15 +452,19 @@ void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t 
                       " selections, notify announced " + std::to_string(tokens) + " / " + std::to_string(sels));
 }
 
+void EngineContext::check_rows_bytes(int peer, size_t bytes, size_t rows, size_t row_bytes) const {
+  if (bytes != rows * row_bytes)
+    throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) + " in phase " +
+                      fabric.phase() + ": " + std::to_string(bytes) + " bytes for " + std::to_string(rows) +
+                      " rows of " + std::to_string(row_bytes));
+}
+
 void EngineContext::add_rows_message(const uint8_t* msg, size_t real_bytes, const std::vector<int32_t>& ids, float* out,
                                      Codec& codec, uint64_t stream, int peer, std::vector<float>& scratch) {
   const int H = hidden();
   const size_t rb = &codec == combine_codec.get() ? combine_row_bytes : 0;
   if (rb > 0 && !phantom()) {  // one row decoded at a time: no message-sized fp32 copy
-    if (real_bytes != ids.size() * rb)
-      throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(peer) +
-                        " in phase " + fabric.phase() + ": " + std::to_string(real_bytes) + " bytes for " +
-                        std::to_string(ids.size()) + " rows of " + std::to_string(rb));
+    check_rows_bytes(peer, real_bytes, ids.size(), rb);
     if (combine_bf16) {  // decode and add (or write) in one pass
       for (size_t j = 0; j < ids.size(); ++j) {
         float* o = out + static_cast<size_t>(ids[j]) * H;
@@ -496,10 +500,7 @@ void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens, int f
   const int n = end - first;
   std::vector<uint32_t> begin(static_cast<size_t>(n) + 1, 0);
   for (const RowsIn& in : ins) {
-    if (in.bytes != in.ids->size() * rb)
-      throw FabricError("rank " + std::to_string(rank()) + ", message from peer " + std::to_string(in.peer) +
-                        " in phase " + fabric.phase() + ": " + std::to_string(in.bytes) + " bytes for " +
-                        std::to_string(in.ids->size()) + " rows of " + std::to_string(rb));
+    check_rows_bytes(in.peer, in.bytes, in.ids->size(), rb);
     for (int32_t t : *in.ids) {
       if (t < first || t >= end)
         throw EplabError("engine: rank " + std::to_string(rank()) + ": an answer for token " + std::to_string(t) +

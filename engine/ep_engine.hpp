@@ -330,6 +330,8 @@ class EngineContext {
   // Receive capacity for a block message / rows message.
   size_t block_capacity(int tokens, int sels, const Codec& codec) const;
   size_t rows_capacity(int n, const Codec& codec) const;
+  // Throws the FabricError of a rows message from `peer` whose `bytes` are not `rows` rows of `row_bytes`.
+  void check_rows_bytes(int peer, size_t bytes, size_t rows, size_t row_bytes) const;
   // Parses a received block message (slots checked against the placement) and decodes its rows into rows_out
   // (resized to n x hidden).
   void read_block_message(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,

@@ -662,11 +662,7 @@ class Hierarchical : public Algorithm {
       }
       c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, lconsume, [&] {
         for (size_t i = 0; i < from.size(); ++i)
-          if (lconsume[i].bytes != answered[from[i]] * crb)
-            throw FabricError("rank " + std::to_string(me) + ", message from peer " +
-                              std::to_string(lconsume[i].peer) + " in phase combine: " +
-                              std::to_string(lconsume[i].bytes) + " bytes for " + std::to_string(answered[from[i]]) +
-                              " rows of " + std::to_string(crb));
+          c.check_rows_bytes(lconsume[i].peer, lconsume[i].bytes, answered[from[i]], crb);
         for (int k = 0; k < K; ++k) {
           std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answers of round k
           std::vector<int> kfrom;
@@ -717,7 +713,7 @@ class Hierarchical : public Algorithm {
         std::vector<EngineContext::Message> rmsgs(S);
         // Reduce per received rail row over local ranks (ascending) into one partial per token back.
         const Tag tag = make_tag(Phase::kCombine, h.step, h.layer, 2 * k + 1);
-        if (consume) {  // a combine codec that does not encode rows on its own: one round (rail_rounds)
+        if (consume) {  // a combine codec that does not encode rows on its own: an exchange a round
           c.exchange_consume(comb, tag, sends, lconsume, [&] {
             for (size_t i = 0; i < from.size(); ++i) {
               inbox[from[i]] = lconsume[i].data;
@@ -760,10 +756,7 @@ class Hierarchical : public Algorithm {
       for (size_t i = 0; i < from.size(); ++i) {
         const int q = from[i], r = T.rank_of(my_node, q);
         if (rb > 0) {
-          if (recvs[i].bytes != static_cast<size_t>(fwd_out_rows[q]) * rb)
-            throw FabricError("rank " + std::to_string(me) + ", message from peer " + std::to_string(r) +
-                              " in phase combine: " + std::to_string(recvs[i].bytes) + " bytes for " +
-                              std::to_string(fwd_out_rows[q]) + " rows of " + std::to_string(rb));
+          c.check_rows_bytes(r, recvs[i].bytes, static_cast<size_t>(fwd_out_rows[q]), rb);
           continue;
         }
         local[q].resize(static_cast<size_t>(fwd_out_rows[q]) * H);
