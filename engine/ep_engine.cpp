@@ -488,13 +488,14 @@ void EngineContext::add_rows_message(const uint8_t* msg, size_t real_bytes, cons
     add_row(out + static_cast<size_t>(ids[j]) * H, &scratch[j * H], first_of_sum(ids[j]));
 }
 
-void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens, int first, int end) {
+void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first, int end, float* out) {
   const size_t H = static_cast<size_t>(hidden()), rb = combine_row_bytes;
-  if (!combine_bf16 || rb == 0 || !out_bf16)
-    throw EplabError("engine: sum_rows_bf16 needs the bf16 combine codec and a bf16 output (rank " +
-                     std::to_string(rank()) + ")");
+  const bool to_bf16 = out_bf16 != nullptr;
+  if (rb == 0 || phantom() || (to_bf16 ? !combine_bf16 : out == nullptr && first < end))
+    throw EplabError("engine: sum_rows needs real rows in a combine codec's row format, and a bf16 output only "
+                     "with the bf16 combine codec (rank " + std::to_string(rank()) + ")");
   if (first < 0 || first > end || end > tokens)
-    throw EplabError("engine: sum_rows_bf16 over tokens [" + std::to_string(first) + ", " + std::to_string(end) +
+    throw EplabError("engine: sum_rows over tokens [" + std::to_string(first) + ", " + std::to_string(end) +
                      ") of " + std::to_string(tokens));
   // Each token's rows, in the order of `ins`: (input, row) pairs grouped by token (a counting sort).
   const int n = end - first;
@@ -509,20 +510,39 @@ void EngineContext::sum_rows_bf16(std::span<const RowsIn> ins, int tokens, int f
     }
   }
   for (int t = 0; t < n; ++t) begin[t + 1] += begin[t];
-  std::vector<const uint8_t*> rows(begin[n]);
+  struct Row {
+    const uint8_t* at;
+    uint32_t in;  // index into ins
+  };
+  std::vector<Row> rows(begin[n]);
   std::vector<uint32_t> at(begin.begin(), begin.end() - 1);
-  for (const RowsIn& in : ins)
-    for (size_t j = 0; j < in.ids->size(); ++j) rows[at[(*in.ids)[j] - first]++] = in.data + j * rb;
-  std::vector<float> acc(H);
-  uint8_t* out = reinterpret_cast<uint8_t*>(out_bf16) + static_cast<size_t>(first) * H * 2;
+  for (size_t i = 0; i < ins.size(); ++i)
+    for (size_t j = 0; j < ins[i].ids->size(); ++j)
+      rows[at[(*ins[i].ids)[j] - first]++] = {ins[i].data + j * rb, static_cast<uint32_t>(i)};
+  std::vector<float> acc(to_bf16 ? H : 0), dec(combine_bf16 ? 0 : H);
   for (int t = 0; t < n; ++t) {
+    const size_t token = static_cast<size_t>(first + t);
     if (begin[t] == begin[t + 1]) {
-      std::memset(out + static_cast<size_t>(t) * H * 2, 0, H * 2);
+      if (to_bf16)
+        std::memset(out_bf16 + token * H, 0, H * 2);
+      else
+        std::memset(out + token * H, 0, H * sizeof(float));
       continue;
     }
-    codecs::bf16_decode_first_kernel(rows[begin[t]], H, acc.data());
-    for (uint32_t k = begin[t] + 1; k < begin[t + 1]; ++k) codecs::bf16_decode_add_kernel(rows[k], H, acc.data());
-    codecs::bf16_encode_kernel(acc.data(), H, out + static_cast<size_t>(t) * H * 2);
+    float* o = to_bf16 ? acc.data() : out + token * H;
+    for (uint32_t k = begin[t]; k < begin[t + 1]; ++k) {
+      const bool first_row = k == begin[t];
+      if (combine_bf16) {
+        if (first_row)
+          codecs::bf16_decode_first_kernel(rows[k].at, H, o);
+        else
+          codecs::bf16_decode_add_kernel(rows[k].at, H, o);
+        continue;
+      }
+      combine_codec->decode(rows[k].at, rb, 1, static_cast<int>(H), dec.data(), ins[rows[k].in].stream);
+      add_row(o, dec.data(), first_row);
+    }
+    if (to_bf16) codecs::bf16_encode_kernel(acc.data(), H, reinterpret_cast<uint8_t*>(out_bf16 + token * H));
   }
 }
 

@@ -375,21 +375,26 @@ class EngineContext {
   void end_sum(float* out);
   // Combine's output in bf16 (EpEngine::combine_bf16), set while an algorithm that writes_bf16 runs combine
   // (its float* out is then null). Such an algorithm has all of its answers at hand at once (alltoallv_consume)
-  // and sums them token by token with sum_rows_bf16.
+  // and sums them token by token with sum_rows.
   uint16_t* out_bf16 = nullptr;
-  // One source's answer: rows in the combine codec's row format, answering the tokens `ids` in order.
+  // One source's answer: rows in the combine codec's row format, answering the tokens `ids` in order; `stream`
+  // is the codec stream they were encoded with.
   struct RowsIn {
     const uint8_t* data = nullptr;
     size_t bytes = 0;
     const std::vector<int32_t>* ids = nullptr;
     int peer = -1;
+    uint64_t stream = 0;
   };
-  // For every token of out_bf16 ([tokens x hidden]): its rows from `ins`, in the order of `ins`, summed in fp32
-  // as add_rows_message sums them (the first as 0 + row), rounded to bf16 once; 0 where no row came. Only for
-  // the bf16 combine codec (combine_bf16). Message sizes are checked as add_rows_message checks them. With a
-  // range [first, end), only those tokens are written, and every row must answer one of them.
-  void sum_rows_bf16(std::span<const RowsIn> ins, int tokens) { sum_rows_bf16(ins, tokens, 0, tokens); }
-  void sum_rows_bf16(std::span<const RowsIn> ins, int tokens, int first, int end);
+  // For every token in [first, end) of a combine's output ([tokens x hidden]): its rows from `ins`, in the order
+  // of `ins`, summed in fp32 as add_rows_message sums them (the first as 0 + row); 0 where no row came. Into out
+  // (fp32), or into out_bf16 where that is set, rounded once (the bf16 combine codec only). Token by token, so
+  // each output row is written once, where add_rows_message, a message at a time, reads and writes it once per
+  // row; a token's rows are added in the same order, so the bits are the same. Needs a combine codec with a row
+  // format (combine_row_bytes) and every row of `ins` must answer a token of the range. Message sizes are
+  // checked as add_rows_message checks them.
+  void sum_rows(std::span<const RowsIn> ins, int tokens, int first, int end, float* out);
+  void sum_rows(std::span<const RowsIn> ins, int tokens, float* out) { sum_rows(ins, tokens, 0, tokens, out); }
   std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
   // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
   bool first_of_sum(int32_t token);

@@ -210,10 +210,12 @@ class Flat : public Algorithm {
       for (int r = 0; r < R; ++r)
         if (st.sent_tokens[r] > 0) recvs.push_back({r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec)});
       c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs, [&] {
-        if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
+        if (c.combine_row_bytes > 0) {  // token by token: each output row written once (and rounded once in bf16)
           std::vector<EngineContext::RowsIn> ins;
-          for (const PeerConsume& r : recvs) ins.push_back({r.data, r.bytes, &st.sent_token_ids[r.peer], r.peer});
-          c.sum_rows_bf16(ins, h.num_tokens);
+          for (const PeerConsume& r : recvs)
+            ins.push_back({r.data, r.bytes, &st.sent_token_ids[r.peer], r.peer,
+                           EngineContext::stream_id(Phase::kCombine, h.layer, r.peer, me)});
+          c.sum_rows(ins, h.num_tokens, out);
           return;
         }
         std::vector<float> rows;

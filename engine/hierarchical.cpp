@@ -581,9 +581,11 @@ class Hierarchical : public Algorithm {
       for (int j = 0; j < k; ++j) n += per_round[static_cast<size_t>(j) * G + q];
       return n;
     };
-    // The sums from the nodes, ascending, as the reference adds them: into the fp32 output round by round
-    // (begin_sum .. end_sum), or token by token into the bf16 one (writes_bf16).
-    const bool sum_fp32 = !c.phantom() && !c.out_bf16;
+    // The sums from the nodes, ascending, as the reference adds them. Read in place with a combine codec that has
+    // a row format, token by token over each round's tokens (sum_rows: into the fp32 output, or the bf16 one
+    // where the engine writes_bf16); otherwise a message at a time into the fp32 output (begin_sum .. end_sum).
+    const bool by_token = consume && crb > 0;
+    const bool sum_fp32 = !c.phantom() && !by_token;
     if (sum_fp32) c.begin_sum(h.num_tokens);
     std::vector<float> rows;
 
@@ -610,13 +612,16 @@ class Hierarchical : public Algorithm {
       }
       const auto sum = [&] {
         if (c.phantom()) return;
-        if (c.out_bf16) {  // token by token, each sum rounded once (writes_bf16)
+        if (by_token) {  // each output row written once (and rounded once in bf16)
           std::vector<EngineContext::RowsIn> ins;
-          for (size_t i = 0; i < rfrom.size(); ++i)
+          for (size_t i = 0; i < rfrom.size(); ++i) {
+            const int f = st.relay[rfrom[i]];
             ins.push_back({rconsume[i].data, rconsume[i].bytes,
-                           &st.sent_token_ids[static_cast<size_t>(rfrom[i]) * K + k], st.relay[rfrom[i]]});
+                           &st.sent_token_ids[static_cast<size_t>(rfrom[i]) * K + k], f,
+                           EngineContext::stream_id(Phase::kCombine, h.layer, f, me)});
+          }
           const int first = std::min(h.num_tokens, k * st.round_tokens);
-          c.sum_rows_bf16(ins, h.num_tokens, first, std::min(h.num_tokens, first + st.round_tokens));
+          c.sum_rows(ins, h.num_tokens, first, std::min(h.num_tokens, first + st.round_tokens), out);
           return;
         }
         for (size_t i = 0; i < rfrom.size(); ++i) {
