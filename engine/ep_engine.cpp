@@ -510,15 +510,15 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
     }
   }
   for (int t = 0; t < n; ++t) begin[t + 1] += begin[t];
-  struct Row {
-    const uint8_t* at;
-    uint32_t in;  // index into ins
-  };
-  std::vector<Row> rows(begin[n]);
+  std::vector<const uint8_t*> rows(begin[n]);
+  std::vector<uint32_t> from(combine_bf16 ? 0 : begin[n]);  // the index into ins of each row (to decode it)
   std::vector<uint32_t> at(begin.begin(), begin.end() - 1);
   for (size_t i = 0; i < ins.size(); ++i)
-    for (size_t j = 0; j < ins[i].ids->size(); ++j)
-      rows[at[(*ins[i].ids)[j] - first]++] = {ins[i].data + j * rb, static_cast<uint32_t>(i)};
+    for (size_t j = 0; j < ins[i].ids->size(); ++j) {
+      const uint32_t k = at[(*ins[i].ids)[j] - first]++;
+      rows[k] = ins[i].data + j * rb;
+      if (!combine_bf16) from[k] = static_cast<uint32_t>(i);
+    }
   std::vector<float> acc(to_bf16 ? H : 0), dec(combine_bf16 ? 0 : H);
   for (int t = 0; t < n; ++t) {
     const size_t token = static_cast<size_t>(first + t);
@@ -530,17 +530,13 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
       continue;
     }
     float* o = to_bf16 ? acc.data() : out + token * H;
-    for (uint32_t k = begin[t]; k < begin[t + 1]; ++k) {
-      const bool first_row = k == begin[t];
-      if (combine_bf16) {
-        if (first_row)
-          codecs::bf16_decode_first_kernel(rows[k].at, H, o);
-        else
-          codecs::bf16_decode_add_kernel(rows[k].at, H, o);
-        continue;
+    if (combine_bf16) {
+      codecs::bf16_sum_rows_kernel(&rows[begin[t]], begin[t + 1] - begin[t], H, o, true);
+    } else {
+      for (uint32_t k = begin[t]; k < begin[t + 1]; ++k) {
+        combine_codec->decode(rows[k], rb, 1, static_cast<int>(H), dec.data(), ins[from[k]].stream);
+        add_row(o, dec.data(), k == begin[t]);
       }
-      combine_codec->decode(rows[k].at, rb, 1, static_cast<int>(H), dec.data(), ins[rows[k].in].stream);
-      add_row(o, dec.data(), first_row);
     }
     if (to_bf16) codecs::bf16_encode_kernel(acc.data(), H, reinterpret_cast<uint8_t*>(out_bf16 + token * H));
   }

@@ -770,6 +770,7 @@ class Hierarchical : public Algorithm {
       }
     }
     std::vector<float> acc, dec(rb > 0 ? H : 0);
+    std::vector<const uint8_t*> local_rows;  // a rail row's answers from the local ranks
     std::vector<uint8_t> encoded;  // a row of a codec other than bf16, before it goes in place
     int in_row = 0;  // the round's first row in fwd_map_begin: the rows of the rounds before it
     for (int j = 0; j < k; ++j)
@@ -797,16 +798,22 @@ class Hierarchical : public Algorithm {
           sums = m.data();
         }
         for (int j = 0; j < rows_n; ++j) {
-          std::fill(acc.begin(), acc.end(), 0.f);
-          for (int k = st.fwd_map_begin[in_row + j]; k < st.fwd_map_begin[in_row + j + 1]; ++k) {
-            const auto [q, idx] = st.fwd_map[k];
-            const uint8_t* in = inbox[q] + static_cast<size_t>(idx) * rb;
-            if (c.combine_bf16) {  // decode and add in one pass
-              codecs::bf16_decode_add_kernel(in, H, acc.data());
-              continue;
+          const int m0 = st.fwd_map_begin[in_row + j], m1 = st.fwd_map_begin[in_row + j + 1];
+          if (c.combine_bf16) {  // decode and add in one pass over the sum for every four answers
+            local_rows.clear();
+            for (int k = m0; k < m1; ++k)
+              local_rows.push_back(inbox[st.fwd_map[k].first] + static_cast<size_t>(st.fwd_map[k].second) * rb);
+            if (local_rows.empty())
+              std::fill(acc.begin(), acc.end(), 0.f);
+            else
+              codecs::bf16_sum_rows_kernel(local_rows.data(), local_rows.size(), H, acc.data(), true);
+          } else {
+            std::fill(acc.begin(), acc.end(), 0.f);
+            for (int k = m0; k < m1; ++k) {
+              const auto [q, idx] = st.fwd_map[k];
+              c.combine_codec->decode(inbox[q] + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+              for (int e = 0; e < H; ++e) acc[e] += dec[e];
             }
-            c.combine_codec->decode(in, rb, 1, H, dec.data());
-            for (int e = 0; e < H; ++e) acc[e] += dec[e];
           }
           uint8_t* row = sums + static_cast<size_t>(j) * rb;
           if (c.combine_bf16) {

@@ -448,6 +448,41 @@ EPLAB_CLONES void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float*
   const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
   for (size_t i = 0; i < n; ++i) acc[i] = 0.0f + bf16_to_float(in[i]);
 }
+namespace {
+// Up to four rows into acc in one pass (K rows, the first of them onto 0 where kFirst).
+template <int K, bool kFirst>
+[[gnu::always_inline]] inline void sum_rows_pass(const uint8_t* const* rows, size_t n, float* __restrict acc) {
+  const unaligned_u16* __restrict r0 = reinterpret_cast<const unaligned_u16*>(rows[0]);
+  const unaligned_u16* __restrict r1 = reinterpret_cast<const unaligned_u16*>(rows[K > 1 ? 1 : 0]);
+  const unaligned_u16* __restrict r2 = reinterpret_cast<const unaligned_u16*>(rows[K > 2 ? 2 : 0]);
+  const unaligned_u16* __restrict r3 = reinterpret_cast<const unaligned_u16*>(rows[K > 3 ? 3 : 0]);
+  for (size_t i = 0; i < n; ++i) {
+    float s = (kFirst ? 0.0f : acc[i]) + bf16_to_float(r0[i]);
+    if constexpr (K > 1) s += bf16_to_float(r1[i]);
+    if constexpr (K > 2) s += bf16_to_float(r2[i]);
+    if constexpr (K > 3) s += bf16_to_float(r3[i]);
+    acc[i] = s;
+  }
+}
+template <bool kFirst>
+[[gnu::always_inline]] inline void sum_rows_group(const uint8_t* const* rows, size_t k, size_t n, float* acc) {
+  switch (k) {
+    case 1: return sum_rows_pass<1, kFirst>(rows, n, acc);
+    case 2: return sum_rows_pass<2, kFirst>(rows, n, acc);
+    case 3: return sum_rows_pass<3, kFirst>(rows, n, acc);
+    default: return sum_rows_pass<4, kFirst>(rows, n, acc);
+  }
+}
+}  // namespace
+EPLAB_CLONES void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc, bool first) {
+  for (size_t j = 0; j < count; j += 4) {
+    const size_t k = std::min<size_t>(4, count - j);
+    if (first && j == 0)
+      sum_rows_group<true>(rows, k, n, acc);
+    else
+      sum_rows_group<false>(rows + j, k, n, acc);
+  }
+}
 EPLAB_CLONES void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc) {
   const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);
   for (size_t i = 0; i < n; ++i) acc[i] += w * (bf16_to_float(in[i]) * s);

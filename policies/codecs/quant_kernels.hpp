@@ -64,6 +64,11 @@ void bf16_decode_add_kernel(const uint8_t* bf16, size_t n, float* acc);
 // acc[i] = 0 + decode(bf16[i]): the first row of such a sum, the bits adding it to zeroed memory gives (-0 becomes
 // +0), without zeroing the memory first.
 void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float* acc);
+// The sum of `count` rows: acc[i] = ((start + decode(rows[0][i])) + decode(rows[1][i])) + ..., where start is 0
+// when `first` (as bf16_decode_first_kernel) and acc[i] otherwise: the bits of adding the rows one at a time in
+// that order (bf16_decode_first/add_kernel), in one pass over acc for every four rows, which keeps the rows' reads
+// in flight together (about twice the speed of row at a time on rows that lie apart).
+void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc, bool first);
 // acc[i] += w * (decode(bf16[i]) * s), the elementwise experts' accumulate (identity passes s = 1, which is exact:
 // x * 1 == x for every float, and the product is then rounded as ExpertTransform::accumulate rounds it).
 void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc);

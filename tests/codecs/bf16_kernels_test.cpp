@@ -87,5 +87,31 @@ TEST(Bf16Kernels, DecodeAddAndAxpyMatchTheTwoPassArithmetic) {
   }
 }
 
+TEST(Bf16Kernels, SumRowsMatchesAddingTheRowsOneAtATime) {
+  const size_t n = 7175;
+  // Rows at odd addresses and apart, as answers lie in their senders' buffers.
+  constexpr size_t kRows = 9;
+  std::vector<uint8_t> buf(kRows * (2 * n + 3));
+  std::vector<const uint8_t*> rows;
+  for (size_t r = 0; r < kRows; ++r) {
+    uint8_t* at = buf.data() + r * (2 * n + 3) + 1;
+    const std::vector<float> x = data(n, 10 + r);
+    bf16_encode_kernel(x.data(), n, at);
+    rows.push_back(at);
+  }
+  std::vector<float> acc0 = data(n, 5);
+  for (float& v : acc0)
+    if (!std::isfinite(v)) v = -0.25f;
+  for (size_t count = 1; count <= kRows; ++count)
+    for (bool first : {true, false}) {
+      std::vector<float> want = acc0, got = acc0;
+      if (first) bf16_decode_first_kernel(rows[0], n, want.data());
+      for (size_t r = first ? 1 : 0; r < count; ++r) bf16_decode_add_kernel(rows[r], n, want.data());
+      bf16_sum_rows_kernel(rows.data(), count, n, got.data(), first);
+      for (size_t i = 0; i < n; ++i)
+        ASSERT_TRUE(same_bits(got[i], want[i])) << count << " rows, first " << first << ", element " << i;
+    }
+}
+
 }  // namespace
 }  // namespace eplab::codecs
