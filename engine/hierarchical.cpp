@@ -581,10 +581,10 @@ class Hierarchical : public Algorithm {
       for (int j = 0; j < k; ++j) n += per_round[static_cast<size_t>(j) * G + q];
       return n;
     };
-    // The sums from the nodes, ascending, as the reference adds them. Read in place with a combine codec that has
-    // a row format, token by token over each round's tokens (sum_rows: into the fp32 output, or the bf16 one
-    // where the engine writes_bf16); otherwise a message at a time into the fp32 output (begin_sum .. end_sum).
-    const bool by_token = consume && crb > 0;
+    // The sums from the nodes, ascending, as the reference adds them. With a combine codec that has a row format,
+    // token by token over each round's tokens (sum_rows: into the fp32 output, or the bf16 one where the engine
+    // writes_bf16); otherwise a message at a time into the fp32 output (begin_sum .. end_sum).
+    const bool by_token = !c.phantom() && crb > 0;
     const bool sum_fp32 = !c.phantom() && !by_token;
     if (sum_fp32) c.begin_sum(h.num_tokens);
     std::vector<float> rows;
@@ -616,7 +616,8 @@ class Hierarchical : public Algorithm {
           std::vector<EngineContext::RowsIn> ins;
           for (size_t i = 0; i < rfrom.size(); ++i) {
             const int f = st.relay[rfrom[i]];
-            ins.push_back({rconsume[i].data, rconsume[i].bytes,
+            ins.push_back({consume ? rconsume[i].data : static_cast<const uint8_t*>(rrecvs[i].data.ptr),
+                           consume ? rconsume[i].bytes : rrecvs[i].bytes,
                            &st.sent_token_ids[static_cast<size_t>(rfrom[i]) * K + k], f,
                            EngineContext::stream_id(Phase::kCombine, h.layer, f, me)});
           }
