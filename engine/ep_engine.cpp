@@ -529,7 +529,12 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
         std::memset(out + token * H, 0, H * sizeof(float));
       continue;
     }
-    float* o = to_bf16 ? acc.data() : out + token * H;
+    if (to_bf16) {  // summed and rounded in one pass over the last four rows (acc holds any before them)
+      codecs::bf16_sum_rows_encode_kernel(&rows[begin[t]], begin[t + 1] - begin[t], H, acc.data(),
+                                          reinterpret_cast<uint8_t*>(out_bf16 + token * H));
+      continue;
+    }
+    float* o = out + token * H;
     if (combine_bf16) {
       codecs::bf16_sum_rows_kernel(&rows[begin[t]], begin[t + 1] - begin[t], H, o, true);
     } else {
@@ -538,7 +543,6 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
         add_row(o, dec.data(), k == begin[t]);
       }
     }
-    if (to_bf16) codecs::bf16_encode_kernel(acc.data(), H, reinterpret_cast<uint8_t*>(out_bf16 + token * H));
   }
 }
 

@@ -800,26 +800,19 @@ class Hierarchical : public Algorithm {
         }
         for (int j = 0; j < rows_n; ++j) {
           const int m0 = st.fwd_map_begin[in_row + j], m1 = st.fwd_map_begin[in_row + j + 1];
-          if (c.combine_bf16) {  // decode and add in one pass over the sum for every four answers
+          uint8_t* row = sums + static_cast<size_t>(j) * rb;
+          if (c.combine_bf16) {  // decoded, added and rounded in one pass for every four answers
             local_rows.clear();
             for (int k = m0; k < m1; ++k)
               local_rows.push_back(inbox[st.fwd_map[k].first] + static_cast<size_t>(st.fwd_map[k].second) * rb);
-            if (local_rows.empty())
-              std::fill(acc.begin(), acc.end(), 0.f);
-            else
-              codecs::bf16_sum_rows_kernel(local_rows.data(), local_rows.size(), H, acc.data(), true);
-          } else {
-            std::fill(acc.begin(), acc.end(), 0.f);
-            for (int k = m0; k < m1; ++k) {
-              const auto [q, idx] = st.fwd_map[k];
-              c.combine_codec->decode(inbox[q] + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
-              for (int e = 0; e < H; ++e) acc[e] += dec[e];
-            }
-          }
-          uint8_t* row = sums + static_cast<size_t>(j) * rb;
-          if (c.combine_bf16) {
-            codecs::bf16_encode_kernel(acc.data(), H, row);
+            codecs::bf16_sum_rows_encode_kernel(local_rows.data(), local_rows.size(), H, acc.data(), row);
             continue;
+          }
+          std::fill(acc.begin(), acc.end(), 0.f);
+          for (int k = m0; k < m1; ++k) {
+            const auto [q, idx] = st.fwd_map[k];
+            c.combine_codec->decode(inbox[q] + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+            for (int e = 0; e < H; ++e) acc[e] += dec[e];
           }
           encoded.clear();
           c.combine_codec->encode(acc.data(), 1, H, encoded, stream);

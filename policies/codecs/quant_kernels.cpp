@@ -449,9 +449,11 @@ EPLAB_CLONES void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float*
   for (size_t i = 0; i < n; ++i) acc[i] = 0.0f + bf16_to_float(in[i]);
 }
 namespace {
-// Up to four rows into acc in one pass (K rows, the first of them onto 0 where kFirst).
-template <int K, bool kFirst>
-[[gnu::always_inline]] inline void sum_rows_pass(const uint8_t* const* rows, size_t n, float* __restrict acc) {
+// Up to four rows in one pass (K rows, the first of them onto 0 where kFirst, else onto acc): the sums into acc,
+// or (kEncode) rounded to bf16 into out.
+template <int K, bool kFirst, bool kEncode>
+[[gnu::always_inline]] inline void sum_rows_pass(const uint8_t* const* rows, size_t n, float* __restrict acc,
+                                                 unaligned_u16* __restrict out) {
   const unaligned_u16* __restrict r0 = reinterpret_cast<const unaligned_u16*>(rows[0]);
   const unaligned_u16* __restrict r1 = reinterpret_cast<const unaligned_u16*>(rows[K > 1 ? 1 : 0]);
   const unaligned_u16* __restrict r2 = reinterpret_cast<const unaligned_u16*>(rows[K > 2 ? 2 : 0]);
@@ -461,16 +463,20 @@ template <int K, bool kFirst>
     if constexpr (K > 1) s += bf16_to_float(r1[i]);
     if constexpr (K > 2) s += bf16_to_float(r2[i]);
     if constexpr (K > 3) s += bf16_to_float(r3[i]);
-    acc[i] = s;
+    if constexpr (kEncode)
+      out[i] = float_to_bf16(s);
+    else
+      acc[i] = s;
   }
 }
-template <bool kFirst>
-[[gnu::always_inline]] inline void sum_rows_group(const uint8_t* const* rows, size_t k, size_t n, float* acc) {
+template <bool kFirst, bool kEncode>
+[[gnu::always_inline]] inline void sum_rows_group(const uint8_t* const* rows, size_t k, size_t n, float* acc,
+                                                  unaligned_u16* out) {
   switch (k) {
-    case 1: return sum_rows_pass<1, kFirst>(rows, n, acc);
-    case 2: return sum_rows_pass<2, kFirst>(rows, n, acc);
-    case 3: return sum_rows_pass<3, kFirst>(rows, n, acc);
-    default: return sum_rows_pass<4, kFirst>(rows, n, acc);
+    case 1: return sum_rows_pass<1, kFirst, kEncode>(rows, n, acc, out);
+    case 2: return sum_rows_pass<2, kFirst, kEncode>(rows, n, acc, out);
+    case 3: return sum_rows_pass<3, kFirst, kEncode>(rows, n, acc, out);
+    default: return sum_rows_pass<4, kFirst, kEncode>(rows, n, acc, out);
   }
 }
 }  // namespace
@@ -478,10 +484,30 @@ EPLAB_CLONES void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count,
   for (size_t j = 0; j < count; j += 4) {
     const size_t k = std::min<size_t>(4, count - j);
     if (first && j == 0)
-      sum_rows_group<true>(rows, k, n, acc);
+      sum_rows_group<true, false>(rows, k, n, acc, nullptr);
     else
-      sum_rows_group<false>(rows + j, k, n, acc);
+      sum_rows_group<false, false>(rows + j, k, n, acc, nullptr);
   }
+}
+EPLAB_CLONES void bf16_sum_rows_encode_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc,
+                                              uint8_t* bf16) {
+  unaligned_u16* out = reinterpret_cast<unaligned_u16*>(bf16);
+  if (count == 0) {
+    std::memset(bf16, 0, n * 2);
+    return;
+  }
+  // The last pass (one to four rows) writes the bf16 output; the rows before it are summed into acc first.
+  const size_t last = (count - 1) / 4 * 4;
+  for (size_t j = 0; j < last; j += 4) {
+    if (j == 0)
+      sum_rows_group<true, false>(rows, 4, n, acc, nullptr);
+    else
+      sum_rows_group<false, false>(rows + j, 4, n, acc, nullptr);
+  }
+  if (last == 0)
+    sum_rows_group<true, true>(rows, count, n, acc, out);
+  else
+    sum_rows_group<false, true>(rows + last, count - last, n, acc, out);
 }
 EPLAB_CLONES void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc) {
   const unaligned_u16* in = reinterpret_cast<const unaligned_u16*>(bf16);

@@ -69,6 +69,10 @@ void bf16_decode_first_kernel(const uint8_t* bf16, size_t n, float* acc);
 // that order (bf16_decode_first/add_kernel), in one pass over acc for every four rows, which keeps the rows' reads
 // in flight together (about twice the speed of row at a time on rows that lie apart).
 void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc, bool first);
+// The same sum from 0, rounded to bf16 into `bf16` (any alignment): the bits of bf16_sum_rows_kernel(first) and then
+// bf16_encode_kernel, with the last four rows' pass writing the output directly. `acc` (n floats) is scratch, used
+// where there are more than four rows; no rows give zeros.
+void bf16_sum_rows_encode_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc, uint8_t* bf16);
 // acc[i] += w * (decode(bf16[i]) * s), the elementwise experts' accumulate (identity passes s = 1, which is exact:
 // x * 1 == x for every float, and the product is then rounded as ExpertTransform::accumulate rounds it).
 void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc);

@@ -110,7 +110,18 @@ TEST(Bf16Kernels, SumRowsMatchesAddingTheRowsOneAtATime) {
       bf16_sum_rows_kernel(rows.data(), count, n, got.data(), first);
       for (size_t i = 0; i < n; ++i)
         ASSERT_TRUE(same_bits(got[i], want[i])) << count << " rows, first " << first << ", element " << i;
+      if (!first) continue;
+      // Summed and rounded in one: the bits of the sum, then encoded.
+      std::vector<uint8_t> want16(2 * n), got16(2 * n + 1);
+      bf16_encode_kernel(want.data(), n, want16.data());
+      std::vector<float> scratch(n, 7.0f);
+      bf16_sum_rows_encode_kernel(rows.data(), count, n, scratch.data(), got16.data() + 1);
+      ASSERT_EQ(0, std::memcmp(want16.data(), got16.data() + 1, 2 * n)) << count << " rows summed and rounded";
     }
+  std::vector<uint8_t> zeros(2 * n, 0), none(2 * n, 0xff);
+  std::vector<float> scratch(n);
+  bf16_sum_rows_encode_kernel(rows.data(), 0, n, scratch.data(), none.data());
+  EXPECT_EQ(zeros, none) << "no rows: zeros";
 }
 
 }  // namespace
