@@ -113,13 +113,18 @@ PayloadRecord& PayloadLedger::entry(Map& m, int peer, Tag tag, const std::string
   return r;
 }
 
-void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
-                        size_t total_bytes) {
+void PayloadLedger::count(Map& m, int peer, Tag tag, const std::string& phase, size_t bytes, size_t total_bytes,
+                          uint64_t sum) {
   PayloadRecord& r = entry(m, peer, tag, phase);
   ++r.messages;
   r.bytes += bytes;
   r.total_bytes += total_bytes;
-  if (checksum_ && bytes > 0) r.checksum += payload_checksum(data, bytes);
+  r.checksum += sum;
+}
+
+void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
+                        size_t total_bytes) {
+  count(m, peer, tag, phase, bytes, total_bytes, checksum_ && bytes > 0 ? payload_checksum(data, bytes) : 0);
 }
 
 void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
@@ -129,11 +134,8 @@ void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const void
 
 void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data) {
   if (!data.gathered()) return sent(peer, tag, phase, data.ptr, data.ptr ? data.bytes : 0, data.total());
-  PayloadRecord& r = entry(sent_, peer, tag, phase);
-  ++r.messages;
-  r.bytes += data.bytes;
-  r.total_bytes += data.total();
-  if (checksum_ && data.bytes > 0) r.checksum += payload_checksum(data);
+  count(sent_, peer, tag, phase, data.bytes, data.total(),
+        checksum_ && data.bytes > 0 ? payload_checksum(data) : 0);
 }
 
 void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
@@ -143,13 +145,8 @@ void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const 
 
 void PayloadLedger::kept(int self, Tag tag, const std::string& phase, const ConstBuf& data) {
   const uint64_t sum = checksum_ && data.bytes > 0 ? payload_checksum(data) : 0;
-  for (Map* m : {&sent_, &got_}) {
-    PayloadRecord& r = entry(*m, self, tag, phase);
-    ++r.messages;
-    r.bytes += data.bytes;
-    r.total_bytes += data.total();
-    r.checksum += sum;
-  }
+  count(sent_, self, tag, phase, data.bytes, data.total(), sum);
+  count(got_, self, tag, phase, data.bytes, data.total(), sum);
 }
 
 PayloadLog PayloadLedger::log() const {

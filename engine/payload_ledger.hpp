@@ -72,6 +72,8 @@ class PayloadLedger {
   };
   using Map = std::unordered_map<Key, PayloadRecord, KeyHash>;
   void add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  // One message into m's record for (peer, tag): its bytes, and its checksum (0 without checksums).
+  void count(Map& m, int peer, Tag tag, const std::string& phase, size_t bytes, size_t total_bytes, uint64_t sum);
   PayloadRecord& entry(Map& m, int peer, Tag tag, const std::string& phase);
 
   bool checksum_;
