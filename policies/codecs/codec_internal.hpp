@@ -132,6 +132,9 @@ class ByteCodec {
     return false;
   }
   virtual size_t max_encoded_size(size_t size) const = 0;
+  // The chain's first byte stage is told the width of the elements it is given where they are an array of one
+  // type (fp32: 4, bf16: 2), before it encodes or decodes anything; a stage may lay its bytes out by it.
+  virtual void set_element_bytes(int width) {}
   // Compressed/raw ratio seen on the latest encode (or calibration); encoded_size() estimates with it.
   double observed_ratio() const { return ratio_; }
   void observe(size_t raw, size_t packed) {

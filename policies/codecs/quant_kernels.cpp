@@ -514,6 +514,48 @@ EPLAB_CLONES void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float
   for (size_t i = 0; i < n; ++i) acc[i] += w * (bf16_to_float(in[i]) * s);
 }
 
+namespace {
+template <int W>
+void split_planes(const uint8_t* __restrict in, size_t count, uint8_t* const* planes) {
+  uint8_t* __restrict p[W];
+  for (int j = 0; j < W; ++j) p[j] = planes[j];
+  for (size_t i = 0; i < count; ++i)
+    for (int j = 0; j < W; ++j) p[j][i] = in[i * W + j];
+}
+template <int W>
+void join_planes(const uint8_t* const* planes, size_t count, uint8_t* __restrict out) {
+  const uint8_t* __restrict p[W];
+  for (int j = 0; j < W; ++j) p[j] = planes[j];
+  for (size_t i = 0; i < count; ++i)
+    for (int j = 0; j < W; ++j) out[i * W + j] = p[j][i];
+}
+EPLAB_CLONES void split_planes2(const uint8_t* in, size_t count, uint8_t* const* planes) {
+  split_planes<2>(in, count, planes);
+}
+EPLAB_CLONES void split_planes4(const uint8_t* in, size_t count, uint8_t* const* planes) {
+  split_planes<4>(in, count, planes);
+}
+EPLAB_CLONES void join_planes2(const uint8_t* const* planes, size_t count, uint8_t* out) {
+  join_planes<2>(planes, count, out);
+}
+EPLAB_CLONES void join_planes4(const uint8_t* const* planes, size_t count, uint8_t* out) {
+  join_planes<4>(planes, count, out);
+}
+}  // namespace
+
+void split_byte_planes(const uint8_t* in, size_t count, int width, uint8_t* const* planes) {
+  if (width == 2) return split_planes2(in, count, planes);
+  if (width == 4) return split_planes4(in, count, planes);
+  for (size_t i = 0; i < count; ++i)
+    for (int j = 0; j < width; ++j) planes[j][i] = in[i * width + j];
+}
+void join_byte_planes(const uint8_t* const* planes, size_t count, int width, uint8_t* out) {
+  if (width == 2) return join_planes2(planes, count, out);
+  if (width == 4) return join_planes4(planes, count, out);
+  for (size_t i = 0; i < count; ++i)
+    for (int j = 0; j < width; ++j) out[i * width + j] = planes[j][i];
+}
+
 EPLAB_CLONES BlockAmax amax_kernel(const float* x, size_t n) { return block_amax(x, n); }
 
 namespace {

@@ -77,6 +77,11 @@ void bf16_sum_rows_encode_kernel(const uint8_t* const* rows, size_t count, size_
 // x * 1 == x for every float, and the product is then rounded as ExpertTransform::accumulate rounds it).
 void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc);
 
+// Byte planes of `count` elements of `width` bytes (the zstd stage): byte j of element i is planes[j][i]. Widths 2
+// and 4 are vectorized; others run element by element.
+void split_byte_planes(const uint8_t* in, size_t count, int width, uint8_t* const* planes);
+void join_byte_planes(const uint8_t* const* planes, size_t count, int width, uint8_t* out);
+
 // Whether the hand-written AVX2 kernels run: the CPU has AVX2 and no test has forced the portable path.
 bool avx2_kernels_enabled();
 // The same for the kernels that also need F16C (the fp8 decoder).

@@ -168,6 +168,10 @@ class ChainCodec final : public Codec {
     }
     // Built-in names cannot be shadowed, so these are the bit-exact copy.
     terminal_is_fp32_ = terminal_->name() == "fp32" || terminal_->name() == "identity";
+    if (!bytes_.empty() && transforms_.empty()) {
+      if (terminal_is_fp32_) bytes_[0]->set_element_bytes(4);
+      if (terminal_->name() == "bf16") bytes_[0]->set_element_bytes(2);
+    }
   }
 
   std::string name() const override { return spec_; }
