@@ -26,7 +26,7 @@ namespace {
 // bytes below are mantissa bits, close to random. One frame over the interleaved bytes codes all of them at the
 // speed of zstd's literal coder to save about 6%. Split, only the top plane is coded (with matches of fewer
 // than 7 bytes ignored and literals always Huffman-coded: the short matches zstd finds in it cost more than
-// they save), and a plane whose sample does not shrink below 7/8 is stored raw: 3-4x the speed, and a smaller
+// they save), and a plane whose sample does not shrink below 7/8 is stored raw: 2-3x the speed, and a smaller
 // message (bench/results/codec_speed.txt). The compression and decompression contexts are kept between
 // messages.
 class ZstdBytes final : public ByteCodec {
@@ -177,7 +177,8 @@ class ZstdBytes final : public ByteCodec {
       }
     }
     auto scratch = planes_out_.lease();
-    scratch->resize(count * static_cast<size_t>(std::count_if(framed.begin(), framed.end(), [](size_t b) { return b > 0; })));
+    scratch->resize(count *
+                    static_cast<size_t>(std::count_if(framed.begin(), framed.end(), [](size_t b) { return b > 0; })));
     uint8_t* next = scratch->data();
     for (int j = 0; j < width_; ++j) {
       if (framed[j] == 0) continue;
@@ -187,7 +188,8 @@ class ZstdBytes final : public ByteCodec {
     }
     join_byte_planes(planes.data(), count, width_, dst);
     const size_t tail = raw - count * width_;
-    std::memcpy(dst + count * width_, r.take(tail), tail);
+    const uint8_t* rest = r.take(tail);
+    if (tail > 0) std::memcpy(dst + count * width_, rest, tail);  // dst may be null when raw is 0
     if (r.remaining() != 0) {
       throw CodecError("codec " + spec_ + ": " + std::to_string(r.remaining()) +
                        " bytes after the last plane (corrupt message)");
@@ -197,8 +199,8 @@ class ZstdBytes final : public ByteCodec {
   void unframe(ZSTD_DCtx* dc, const uint8_t* in, size_t size, uint8_t* dst, size_t raw) const {
     unsigned long long announced = ZSTD_getFrameContentSize(in, size);
     if (announced != raw) {
-      throw CodecError("codec " + spec_ + ": zstd frame of " + std::to_string(size) +
-                       " bytes does not announce the " + std::to_string(raw) + " bytes expected (corrupt message)");
+      throw CodecError("codec " + spec_ + ": zstd frame of " + std::to_string(size) + " bytes does not announce the " +
+                       std::to_string(raw) + " bytes expected (corrupt message)");
     }
     size_t n = ZSTD_decompressDCtx(dc, dst, raw, in, size);
     if (ZSTD_isError(n) || n != raw) {
