@@ -75,9 +75,12 @@ constexpr float kE1 = 0x1.62e4bap-1f, kE2 = 0x1.ebdb56p-3f, kE3 = 0x1.c91ceap-5f
                 kE5 = 0x1.e97536p-10f;
 inline float exp2_poly(float r) { return 1.0f + r * (kE1 + r * (kE2 + r * (kE3 + r * (kE4 + r * kE5)))); }
 
-// 2^f for f in a range whose result stays normal or underflows gracefully.
+// 2^f for f in a range whose result stays normal or underflows gracefully. Above 128 (and NaN), which only a
+// corrupt message's block parameters give, f is held at 128, whose 2^f is +Inf: the conversion to int below is
+// then defined.
 inline float fast_exp2(float f) {
   f = f < -149.0f ? -149.0f : f;
+  f = f < 128.0f ? f : 128.0f;
   // floor without libm (a call would stop vectorization): truncate, then step down for negative fractions.
   int32_t i = static_cast<int32_t>(f);
   i -= static_cast<int32_t>(static_cast<float>(i) > f);

@@ -182,6 +182,32 @@ TEST(Logfmt10, DecoderFastPathLimitsMatchPortable) {
   }
 }
 
+// A corrupt message's block parameters pass the decoder's range check (log_amin <= log_amax <= log_amin + 32,
+// finite) at any magnitude: levels far beyond fp32's exponents decode without undefined behaviour on either path
+// (the sanitizer build checks the conversions), to +-Inf above and to the smallest subnormal below.
+TEST_P(Paths, HugeBlockParametersDecodeToInfinityOrTheSmallestSubnormal) {
+  const int hidden = 128;
+  std::vector<float> x(hidden);
+  for (int i = 0; i < hidden; ++i) x[i] = (i % 2 ? -1.0f : 1.0f) * (1.0f + static_cast<float>(i));
+  std::vector<uint8_t> wire;
+  round_trip(x, 1, hidden, &wire);
+  ASSERT_EQ(wire.size(), hidden * 10 / 8 + 8u);
+  auto c = create_codec("logfmt10");
+  std::vector<float> y(hidden);
+  for (float level : {4.4e24f, -4.4e24f}) {
+    std::memcpy(wire.data() + hidden * 10 / 8, &level, 4);      // log_amin
+    std::memcpy(wire.data() + hidden * 10 / 8 + 4, &level, 4);  // log_amax
+    c->decode(wire.data(), wire.size(), 1, hidden, y.data());
+    for (int i = 0; i < hidden; ++i) {
+      if (level > 0)
+        EXPECT_TRUE(std::isinf(y[i])) << i << ": " << y[i];
+      else
+        EXPECT_EQ(std::fabs(y[i]), 0x1p-149f) << i;
+      EXPECT_EQ(std::signbit(y[i]), std::signbit(x[i])) << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Logfmt10, Paths, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "portable" : "default"; });
 
