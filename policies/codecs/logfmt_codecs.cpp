@@ -33,9 +33,10 @@ namespace eplab::codecs {
 namespace {
 
 constexpr int kBlock = 128;
-constexpr int kLevels = 512;          // magnitude codes 0..511; 0 is zero
-constexpr float kMinClip = 32.0f;     // log2 range limit, as DeepEP's kMinClip
-constexpr uint32_t kNanCode = 0x200;  // "negative zero": marks a non-finite input
+constexpr int kLevels = 512;           // magnitude codes 0..511; 0 is zero
+constexpr float kMinClip = 32.0f;      // log2 range limit, as DeepEP's kMinClip
+constexpr float kMaxLogAmax = 128.0f;  // log2 of fp32's largest value rounds to at most this
+constexpr uint32_t kNanCode = 0x200;   // "negative zero": marks a non-finite input
 constexpr size_t kBlockBytes = kBlock * 10 / 8;
 
 // ---- The encoder's log2 (part of the format: it decides the codes) ----
@@ -75,12 +76,10 @@ constexpr float kE1 = 0x1.62e4bap-1f, kE2 = 0x1.ebdb56p-3f, kE3 = 0x1.c91ceap-5f
                 kE5 = 0x1.e97536p-10f;
 inline float exp2_poly(float r) { return 1.0f + r * (kE1 + r * (kE2 + r * (kE3 + r * (kE4 + r * kE5)))); }
 
-// 2^f for f in a range whose result stays normal or underflows gracefully. Above 128 (and NaN), which only a
-// corrupt message's block parameters give, f is held at 128, whose 2^f is +Inf: the conversion to int below is
-// then defined.
+// 2^f for f in a range whose result stays normal or underflows gracefully (at most 128: the decoder refuses
+// blocks whose log_amax is above, which no encoder writes).
 inline float fast_exp2(float f) {
   f = f < -149.0f ? -149.0f : f;
-  f = f < 128.0f ? f : 128.0f;
   // floor without libm (a call would stop vectorization): truncate, then step down for negative fractions.
   int32_t i = static_cast<int32_t>(f);
   i -= static_cast<int32_t>(static_cast<float>(i) > f);
@@ -659,11 +658,13 @@ class LogFmtCodec final : public Codec {
       const uint8_t* p = data + static_cast<size_t>(t) * token_bytes(hidden);
       const uint8_t* params = p + payload_bytes(hidden);
       // The range test mirrors the encoder's clip (amin >= amax - 32 in float): written as a difference > 32 it
-      // rejected ranges the encoder produces when the rounded subtraction lands a hair below amax - 32.
+      // rejected ranges the encoder produces when the rounded subtraction lands a hair below amax - 32. A log_amax
+      // above any finite value's log2 would take fast_exp2 out of int range.
       for (int blk = 0; blk * kBlock < hidden; ++blk) {
         BlockParams bp;
         std::memcpy(&bp, params + blk * sizeof(BlockParams), sizeof(bp));
-        if (!(bp.log_amin <= bp.log_amax) || !std::isfinite(bp.log_amax) || bp.log_amin < bp.log_amax - kMinClip) {
+        if (!(bp.log_amin <= bp.log_amax) || !std::isfinite(bp.log_amax) || bp.log_amax > kMaxLogAmax ||
+            bp.log_amin < bp.log_amax - kMinClip) {
           throw CodecError("codec " + spec_ + ": corrupt block range [" + std::to_string(bp.log_amin) + ", " +
                            std::to_string(bp.log_amax) + "] in token " + std::to_string(t) + " block " +
                            std::to_string(blk));

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "engine/error.hpp"
 #include "policies/codecs/codec.hpp"
 #include "policies/codecs/quant_kernels.hpp"
 
@@ -182,10 +183,11 @@ TEST(Logfmt10, DecoderFastPathLimitsMatchPortable) {
   }
 }
 
-// A corrupt message's block parameters pass the decoder's range check (log_amin <= log_amax <= log_amin + 32,
-// finite) at any magnitude: levels far beyond fp32's exponents decode without undefined behaviour on either path
-// (the sanitizer build checks the conversions), to +-Inf above and to the smallest subnormal below.
-TEST_P(Paths, HugeBlockParametersDecodeToInfinityOrTheSmallestSubnormal) {
+// Block parameters at any magnitude inside the range check (log_amin <= log_amax <= log_amin + 32) decode
+// without undefined behaviour on either path (the sanitizer build checks fast_exp2's conversion): at the largest
+// log_amax accepted, 128, to +-Inf; far below fp32's exponents, to the smallest subnormal. A log_amax above 128,
+// which no encoder writes (a corrupt message), is refused.
+TEST_P(Paths, ExtremeBlockParametersDecodeToInfinityOrTheSmallestSubnormalOrAreRefused) {
   const int hidden = 128;
   std::vector<float> x(hidden);
   for (int i = 0; i < hidden; ++i) x[i] = (i % 2 ? -1.0f : 1.0f) * (1.0f + static_cast<float>(i));
@@ -194,9 +196,12 @@ TEST_P(Paths, HugeBlockParametersDecodeToInfinityOrTheSmallestSubnormal) {
   ASSERT_EQ(wire.size(), hidden * 10 / 8 + 8u);
   auto c = create_codec("logfmt10");
   std::vector<float> y(hidden);
-  for (float level : {4.4e24f, -4.4e24f}) {
+  const auto set_levels = [&](float level) {
     std::memcpy(wire.data() + hidden * 10 / 8, &level, 4);      // log_amin
     std::memcpy(wire.data() + hidden * 10 / 8 + 4, &level, 4);  // log_amax
+  };
+  for (float level : {128.0f, -4.4e24f}) {
+    set_levels(level);
     c->decode(wire.data(), wire.size(), 1, hidden, y.data());
     for (int i = 0; i < hidden; ++i) {
       if (level > 0)
@@ -206,6 +211,16 @@ TEST_P(Paths, HugeBlockParametersDecodeToInfinityOrTheSmallestSubnormal) {
       EXPECT_EQ(std::signbit(y[i]), std::signbit(x[i])) << i;
     }
   }
+  for (float level : {std::nextafter(128.0f, 200.0f), 4.4e24f}) {
+    set_levels(level);
+    EXPECT_THROW(c->decode(wire.data(), wire.size(), 1, hidden, y.data()), CodecError) << level;
+  }
+  // fp32's largest values encode within the bound, so no message an encoder writes is refused.
+  std::fill(x.begin(), x.end(), std::numeric_limits<float>::max());
+  x[1] = -x[1];
+  y = round_trip(x, 1, hidden);
+  EXPECT_GT(y[0], 3e38f);
+  EXPECT_LT(y[1], -3e38f);
 }
 
 INSTANTIATE_TEST_SUITE_P(Logfmt10, Paths, ::testing::Values(false, true),
