@@ -479,8 +479,9 @@ template <bool kFirst, bool kEncode>
     default: return sum_rows_pass<4, kFirst, kEncode>(rows, n, acc, out);
   }
 }
-}  // namespace
-EPLAB_CLONES void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc, bool first) {
+// `count` rows into acc, four a pass (the first onto 0 where `first`).
+[[gnu::always_inline]] inline void sum_rows_into(const uint8_t* const* rows, size_t count, size_t n, float* acc,
+                                                 bool first) {
   for (size_t j = 0; j < count; j += 4) {
     const size_t k = std::min<size_t>(4, count - j);
     if (first && j == 0)
@@ -488,6 +489,10 @@ EPLAB_CLONES void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count,
     else
       sum_rows_group<false, false>(rows + j, k, n, acc, nullptr);
   }
+}
+}  // namespace
+EPLAB_CLONES void bf16_sum_rows_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc, bool first) {
+  sum_rows_into(rows, count, n, acc, first);
 }
 EPLAB_CLONES void bf16_sum_rows_encode_kernel(const uint8_t* const* rows, size_t count, size_t n, float* acc,
                                               uint8_t* bf16) {
@@ -498,12 +503,7 @@ EPLAB_CLONES void bf16_sum_rows_encode_kernel(const uint8_t* const* rows, size_t
   }
   // The last pass (one to four rows) writes the bf16 output; the rows before it are summed into acc first.
   const size_t last = (count - 1) / 4 * 4;
-  for (size_t j = 0; j < last; j += 4) {
-    if (j == 0)
-      sum_rows_group<true, false>(rows, 4, n, acc, nullptr);
-    else
-      sum_rows_group<false, false>(rows + j, 4, n, acc, nullptr);
-  }
+  sum_rows_into(rows, last, n, acc, true);
   if (last == 0)
     sum_rows_group<true, true>(rows, count, n, acc, out);
   else
