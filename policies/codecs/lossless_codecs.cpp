@@ -16,24 +16,28 @@
 namespace eplab::codecs {
 namespace {
 
-// Wire, by the width w of the elements the stage is given (ByteCodec::set_element_bytes; 1 where the chain
-// knows none):
+// Wire, by the width w of the elements the stage is given (ByteCodec::set_element_bytes: 4 after fp32, 2 after
+// bf16, 1 where the chain knows none):
 // - w = 1: one zstd frame (it records the decompressed size).
-// - w > 1 (fp32's 4 bytes, bf16's 2): u8 w, u64 raw size, then the w byte planes (byte j of every element in
-//   plane j), the top one first, each as u8 mode (0 raw, 1 one zstd frame), u64 bytes and the bytes; then the
-//   raw size % w bytes past the last whole element, raw.
-// An activation's top byte holds its sign and exponent bits, which entropy coding shrinks to about 0.4; the
-// bytes below are mantissa bits, close to random. One frame over the interleaved bytes codes all of them at the
-// speed of zstd's literal coder to save about 6%. Split, only the top plane is coded (with matches of fewer
-// than 7 bytes ignored and literals always Huffman-coded: the short matches zstd finds in it cost more than
-// they save), and a plane whose sample does not shrink below 7/8 is stored raw: 2-3x the speed, and a smaller
-// message (bench/results/codec_speed.txt). The compression and decompression contexts are kept between
-// messages.
+// - w = 4 or 2: u8 w, u64 raw size, then w planes of one byte per element: the sign and mantissa bits (sign on
+//   top) as w - 1 planes, top byte first, then the exponents. Each plane is u8 mode, u64 bytes and the bytes:
+//   mode 0 raw, 1 one zstd frame, 2 (exponents only) nibble pairs: u8 lo, u64 escapes, the escape bytes, then one
+//   zstd frame of the pairs (split_float_planes_paired). Then the raw size % w bytes past the last whole element,
+//   raw.
+// An activation's exponents fit in a few bits after entropy coding; its mantissa bits are close to random. One
+// frame over the interleaved bytes codes all of them at the speed of zstd's literal coder to save about 6%.
+// Split, only the exponents are coded (with matches of fewer than 7 bytes ignored and literals always
+// Huffman-coded: the short matches zstd finds in them cost more than they save), and a mantissa plane is coded
+// only where a sample shrinks below 7/8 (else the split writes it straight into the message). The exponents of a
+// message mostly lie in a window of 15 values, so where a sample says so they go to zstd two to a byte, the few
+// outside the window as escapes: half the symbols through its Huffman coder, the stage's slowest part, for the
+// same size or smaller (bench/results/codec_speed.txt). The compression and decompression contexts are kept
+// between messages.
 class ZstdBytes final : public ByteCodec {
  public:
   ZstdBytes(std::string spec, std::optional<int> level) : spec_(std::move(spec)), level_(level) {}
   std::string name() const override { return spec_; }
-  void set_element_bytes(int width) override { width_ = std::clamp(width, 1, 8); }
+  void set_element_bytes(int width) override { width_ = width == 4 || width == 2 ? width : 1; }
 
   void encode(const uint8_t* in, size_t size, std::vector<uint8_t>& out) override {
     auto ctx = cctx_.lease();
@@ -48,17 +52,54 @@ class ZstdBytes final : public ByteCodec {
       out.resize(at + n);
       return;
     }
-    // Appended plane by plane (reserved, not resized to the bound: that would zero it first).
     out.reserve(out.size() + max_encoded_size(size));
     const size_t count = size / width_;
+    const int n_mant = width_ - 1;
     auto scratch = scratch_.lease();
-    scratch->planes.resize(count * width_);
-    std::vector<uint8_t*> planes(width_);
-    for (int j = 0; j < width_; ++j) planes[j] = scratch->planes.data() + static_cast<size_t>(j) * count;
-    split_byte_planes(in, count, width_, planes.data());
+    EncodeScratch& s = *scratch;
+    // Which mantissa planes shrink, judged on the first kSampleBytes elements.
+    const size_t sample = std::min(count, kSampleBytes);
+    grow(s.planes, sample * width_);
+    uint8_t* mant[3];
+    for (int j = 0; j < n_mant; ++j) mant[j] = s.planes.data() + (j + 1) * sample;
+    split_float_planes(in, sample, width_, s.planes.data(), mant);
+    bool any_coded = false;
+    for (int j = 0; j < n_mant; ++j) any_coded |= shrinks(cc, mant[j], sample, s.packed);
     append_value<uint8_t>(out, static_cast<uint8_t>(width_));
     append_value<uint64_t>(out, size);
-    for (int j = width_; j-- > 0;) put_plane(cc, planes[j], count, j == width_ - 1, scratch->packed, out);
+    // The usual case, no mantissa plane coded: the split writes them straight into the message, sized for them
+    // first. Otherwise into scratch, and each is appended as put_plane codes it.
+    if (!any_coded && !getenv("GENERAL")) {
+      const size_t first = out.size();
+      out.resize(first + n_mant * (9 + count));
+      for (int j = 0; j < n_mant; ++j) {
+        uint8_t* plane = out.data() + first + j * (9 + count);
+        const uint64_t bytes = count;
+        plane[0] = 0;
+        std::memcpy(plane + 1, &bytes, 8);
+        mant[j] = plane + 9;
+      }
+    } else {
+      grow(s.planes, count * width_);
+      for (int j = 0; j < n_mant; ++j) mant[j] = s.planes.data() + (j + 1) * count;
+    }
+    int lo = exponent_window(in, count);
+    if (lo >= 0) {
+      grow(s.pairs, (count + 1) / 2);
+      s.escapes.clear();
+      split_float_planes_paired(in, count, width_, static_cast<uint8_t>(lo), s.pairs.data(), s.escapes, mant);
+      if (s.escapes.size() * kMaxEscapesPer > count) lo = -1;  // the sample misled: split again as bytes
+    }
+    if (lo < 0) {
+      grow(s.planes, count);  // in the usual case sized for the sample only; mant points into out there
+      split_float_planes(in, count, width_, s.planes.data(), mant);
+    }
+    if (any_coded || getenv("GENERAL"))
+      for (int j = 0; j < n_mant; ++j) put_plane(cc, mant[j], count, false, s.packed, out);
+    if (lo >= 0)
+      put_pairs(cc, static_cast<uint8_t>(lo), count, s, out);
+    else
+      put_plane(cc, s.planes.data(), count, true, s.packed, out);
     out.insert(out.end(), in + count * width_, in + size);
   }
   void decode(const uint8_t* in, size_t size, size_t max_size, std::vector<uint8_t>& out) const override {
@@ -74,7 +115,9 @@ class ZstdBytes final : public ByteCodec {
   }
   size_t max_encoded_size(size_t size) const override {
     if (width_ == 1) return ZSTD_compressBound(size);
-    return 9 + width_ * (9 + ZSTD_compressBound(size / width_)) + size % width_;
+    const size_t count = size / width_;
+    const size_t pairs = 18 + count / kMaxEscapesPer + ZSTD_compressBound((count + 1) / 2);
+    return 9 + width_ * (9 + std::max(ZSTD_compressBound(count), pairs)) + size % width_;
   }
 
  private:
@@ -84,13 +127,13 @@ class ZstdBytes final : public ByteCodec {
   struct FreeDCtx {
     void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
   };
-  // Default levels: 3 for a whole message. For the top plane zstd's fastest, since higher levels only search
+  // Default levels: 3 for a whole message. For the exponents zstd's fastest, since higher levels only search
   // longer for short matches (sign and exponent bytes of 512 x 7168 LLM-like activations, one core: level -5
-  // ratio 0.371 at 0.60 GB/s, -50 0.362 at 0.90, the fastest 0.359 at 1.09); 1 for the planes below, which are
-  // coded only where they shrink (zeros of values of a narrower type, say), and the fastest levels miss that.
+  // ratio 0.371 at 0.60 GB/s, -50 0.362 at 0.90, the fastest 0.359 at 1.09); 1 for the mantissa planes, which
+  // are coded only where they shrink (zeros of values of a narrower type, say), and the fastest levels miss that.
   static constexpr int kWholeLevel = 3;
   static constexpr int kLowPlaneLevel = 1;
-  int plane_level(bool top) const { return level_.value_or(top ? ZSTD_minCLevel() : kLowPlaneLevel); }
+  int plane_level(bool exponents) const { return level_.value_or(exponents ? ZSTD_minCLevel() : kLowPlaneLevel); }
   // Planes larger than this are judged on a sample of kSampleBytes from their start before all of it is coded.
   static constexpr size_t kSampleAbove = 64 << 10;
   static constexpr size_t kSampleBytes = 16 << 10;
@@ -98,28 +141,94 @@ class ZstdBytes final : public ByteCodec {
   void check(size_t n) const {
     if (ZSTD_isError(n)) throw CodecError("codec " + spec_ + ": compression failed: " + ZSTD_getErrorName(n));
   }
-  // Plane `plane` (n bytes) appended to out as mode, size and bytes. The top plane is coded with short matches
-  // off and Huffman literals on, the others with the level's defaults; `packed` is scratch.
-  void put_plane(ZSTD_CCtx* cc, const uint8_t* plane, size_t n, bool top, std::vector<uint8_t>& packed,
-                 std::vector<uint8_t>& out) {
+  struct EncodeScratch {
+    std::vector<uint8_t> planes;   // the message (or its sample) split: exponents, then mantissa planes
+    std::vector<uint8_t> packed;   // a plane (or its sample) coded
+    std::vector<uint8_t> pairs;    // the exponents as nibble pairs
+    std::vector<uint8_t> escapes;  // and those outside their window
+  };
+  // Nibble pairs are used where at most 1 in kSampleEscapesPer of a sample's exponents, and then at most 1 in
+  // kMaxEscapesPer of the message's, lie outside the sample's best window.
+  static constexpr size_t kSampleEscapesPer = 32;
+  static constexpr size_t kMaxEscapesPer = 16;
+  static constexpr size_t kWindowRuns = 32, kWindowRun = 256;
+
+  // The start of the window of 15 exponent values (mod 256) that holds most of a sample of the message's
+  // exponents (kWindowRuns runs of kWindowRun elements spread over it, or all of a smaller one); -1 if more than 1
+  // in kSampleEscapesPer of them lie outside it.
+  int exponent_window(const uint8_t* in, size_t count) const {
+    if (count == 0) return -1;
+    const size_t run = std::min(count, kWindowRun), gap = std::max(run, count / kWindowRuns);
+    size_t hist[256] = {}, sampled = 0;
+    for (size_t start = 0; start + run <= count; start += gap) {
+      for (size_t i = start; i < start + run; ++i) {
+        uint32_t u = 0;
+        std::memcpy(&u, in + i * width_, width_);
+        ++hist[(u >> (width_ == 4 ? 23 : 7)) & 0xff];
+      }
+      sampled += run;
+    }
+    size_t best = 0, in_window = 0;
+    for (size_t hi = 0, sum = 0; hi < 256 + 14; ++hi) {  // the window hi - 14 .. hi, wrapping past 255 too
+      sum += hist[hi % 256];
+      if (hi >= 15) sum -= hist[(hi - 15) % 256];
+      if (hi >= 14 && sum > in_window) best = (hi - 14) % 256, in_window = sum;
+    }
+    if ((sampled - in_window) * kSampleEscapesPer > sampled) return -1;
+    return static_cast<int>(best);
+  }
+  // The exponent plane as nibble pairs (s.pairs, s.escapes), appended to out.
+  void put_pairs(ZSTD_CCtx* cc, uint8_t lo, size_t count, EncodeScratch& s, std::vector<uint8_t>& out) {
+    set_plane_parameters(cc, true);
+    const size_t pairs = (count + 1) / 2, bound = ZSTD_compressBound(pairs);
+    grow(s.packed, bound);
+    const size_t k = ZSTD_compress2(cc, s.packed.data(), bound, s.pairs.data(), pairs);
+    check(k);
+    append_value<uint8_t>(out, 2);
+    append_value<uint64_t>(out, 9 + s.escapes.size() + k);
+    append_value<uint8_t>(out, lo);
+    append_value<uint64_t>(out, s.escapes.size());
+    out.insert(out.end(), s.escapes.begin(), s.escapes.end());
+    out.insert(out.end(), s.packed.data(), s.packed.data() + k);
+  }
+  // Whether a mantissa plane's n bytes shrink below 7/8 at its level.
+  bool shrinks(ZSTD_CCtx* cc, const uint8_t* plane, size_t n, std::vector<uint8_t>& packed) const {
+    if (n == 0) return false;
+    set_plane_parameters(cc, false);
+    grow(packed, ZSTD_compressBound(n));
+    const size_t k = ZSTD_compress2(cc, packed.data(), ZSTD_compressBound(n), plane, n);
+    check(k);
+    return worth(k, n);
+  }
+  static bool worth(size_t coded, size_t raw) { return coded < raw - raw / 8; }
+  // Scratch that only grows: resizing it down and up again would zero the bytes in between every message.
+  static void grow(std::vector<uint8_t>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  }
+  void set_plane_parameters(ZSTD_CCtx* cc, bool exponents) const {
     check(ZSTD_CCtx_reset(cc, ZSTD_reset_session_and_parameters));
-    check(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, plane_level(top)));
-    if (top) {
+    check(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, plane_level(exponents)));
+    if (exponents) {
       check(ZSTD_CCtx_setParameter(cc, ZSTD_c_minMatch, 7));
       check(ZSTD_CCtx_setParameter(cc, ZSTD_c_literalCompressionMode, ZSTD_ps_enable));
     }
-    const auto worth = [](size_t k, size_t raw) { return k < raw - raw / 8; };
-    packed.resize(ZSTD_compressBound(std::min(n, kSampleBytes)));
+  }
+  // Plane `plane` (n bytes) appended to out as mode, size and bytes. Exponents are coded with short matches off
+  // and Huffman literals on, the others with the level's defaults; `packed` is scratch.
+  void put_plane(ZSTD_CCtx* cc, const uint8_t* plane, size_t n, bool exponents, std::vector<uint8_t>& packed,
+                 std::vector<uint8_t>& out) {
+    set_plane_parameters(cc, exponents);
     bool coded = n > 0;
     if (coded && n > kSampleAbove) {
-      size_t k = ZSTD_compress2(cc, packed.data(), packed.size(), plane, kSampleBytes);
+      grow(packed, ZSTD_compressBound(kSampleBytes));
+      size_t k = ZSTD_compress2(cc, packed.data(), ZSTD_compressBound(kSampleBytes), plane, kSampleBytes);
       check(k);
       coded = worth(k, kSampleBytes);
     }
     size_t k = 0;
     if (coded) {
-      packed.resize(ZSTD_compressBound(n));
-      k = ZSTD_compress2(cc, packed.data(), packed.size(), plane, n);
+      grow(packed, ZSTD_compressBound(n));
+      k = ZSTD_compress2(cc, packed.data(), ZSTD_compressBound(n), plane, n);
       check(k);
       coded = worth(k, n);
     }
@@ -162,37 +271,54 @@ class ZstdBytes final : public ByteCodec {
     ByteReader r(in, size, spec_);
     r.take(9);  // width and raw size, checked by content_size
     const size_t count = raw / width_;
-    std::vector<const uint8_t*> planes(width_);  // raw: in the message; coded: its frame, then decompressed
-    std::vector<size_t> framed(width_, 0);       // a coded plane's frame bytes (0: raw)
-    for (int j = width_; j-- > 0;) {
-      const uint8_t mode = r.read<uint8_t>();
-      const uint64_t bytes = r.read<uint64_t>();
-      planes[j] = r.take(bytes);
-      if (mode == 1 && bytes > 0) {
-        framed[j] = bytes;
-      } else if (mode != 0 || bytes != count) {
-        throw CodecError("codec " + spec_ + ": plane " + std::to_string(j) + " has mode " + std::to_string(mode) +
-                         " and " + std::to_string(bytes) + " bytes for " + std::to_string(count) +
+    const uint8_t* planes[4];  // raw: in the message; coded: its body, then decoded
+    uint8_t modes[4];
+    size_t bodies[4];
+    for (int k = 1; k <= width_; ++k) {  // the mantissa planes, then the exponents
+      const int j = k % width_;
+      modes[j] = r.read<uint8_t>();
+      bodies[j] = r.read<uint64_t>();
+      planes[j] = r.take(bodies[j]);
+      const bool fits = modes[j] == 0 ? bodies[j] == count : bodies[j] > 0 && (modes[j] == 1 || j == 0);
+      if (modes[j] > 2 || !fits) {
+        throw CodecError("codec " + spec_ + ": plane " + std::to_string(j) + " has mode " + std::to_string(modes[j]) +
+                         " and " + std::to_string(bodies[j]) + " bytes for " + std::to_string(count) +
                          " elements (corrupt message)");
       }
     }
-    auto scratch = planes_out_.lease();
-    scratch->resize(count *
-                    static_cast<size_t>(std::count_if(framed.begin(), framed.end(), [](size_t b) { return b > 0; })));
+    const size_t coded = static_cast<size_t>(std::count_if(modes, modes + width_, [](uint8_t m) { return m > 0; }));
+    const size_t pairs = modes[0] == 2 ? (count + 1) / 2 : 0;
+    auto scratch = planes_out_.lease();  // the coded planes decoded; the pairs after the exponents, used up first
+    grow(*scratch, count * coded + pairs);
     uint8_t* next = scratch->data();
     for (int j = 0; j < width_; ++j) {
-      if (framed[j] == 0) continue;
-      unframe(ctx->get(), planes[j], framed[j], next, count);
+      if (modes[j] == 1) unframe(ctx->get(), planes[j], bodies[j], next, count);
+      if (modes[j] == 2) unpair(ctx->get(), planes[j], bodies[j], next + count, next, count);
+      if (modes[j] == 0) continue;
       planes[j] = next;
       next += count;
     }
-    join_byte_planes(planes.data(), count, width_, dst);
+    join_float_planes(planes[0], planes + 1, count, width_, dst);
     const size_t tail = raw - count * width_;
     const uint8_t* rest = r.take(tail);
     if (tail > 0) std::memcpy(dst + count * width_, rest, tail);  // dst may be null when raw is 0
     if (r.remaining() != 0) {
       throw CodecError("codec " + spec_ + ": " + std::to_string(r.remaining()) +
                        " bytes after the last plane (corrupt message)");
+    }
+  }
+  // A nibble-pair exponent plane's body (u8 lo, u64 escapes, the escapes, one zstd frame of the pairs) into
+  // `count` exponents at exps; `pairs` is scratch for (count + 1) / 2 bytes.
+  void unpair(ZSTD_DCtx* dc, const uint8_t* body, size_t size, uint8_t* pairs, uint8_t* exps, size_t count) const {
+    ByteReader r(body, size, spec_);
+    const uint8_t lo = r.read<uint8_t>();
+    const uint64_t n_escapes = r.read<uint64_t>();
+    const uint8_t* escapes = r.take(n_escapes);
+    const size_t framed = r.remaining();
+    unframe(dc, r.take(framed), framed, pairs, (count + 1) / 2);
+    if (unpack_nibble_pairs(pairs, count, lo, escapes, n_escapes, exps) != n_escapes) {
+      throw CodecError("codec " + spec_ + ": exponent pairs do not use their " + std::to_string(n_escapes) +
+                       " escapes (corrupt message)");
     }
   }
   // One zstd frame that must hold exactly `raw` bytes, into dst.
@@ -210,14 +336,10 @@ class ZstdBytes final : public ByteCodec {
   }
 
   std::string spec_;
-  std::optional<int> level_;  // unset: kWholeLevel or plane_level(top)
+  std::optional<int> level_;  // unset: kWholeLevel or plane_level
   int width_ = 1;
   Reusable<std::unique_ptr<ZSTD_CCtx, FreeCCtx>> cctx_;
   mutable Reusable<std::unique_ptr<ZSTD_DCtx, FreeDCtx>> dctx_;
-  struct EncodeScratch {
-    std::vector<uint8_t> planes;  // the message split
-    std::vector<uint8_t> packed;  // a plane (or its sample) coded
-  };
   Reusable<EncodeScratch> scratch_;
   mutable Reusable<std::vector<uint8_t>> planes_out_;
 };

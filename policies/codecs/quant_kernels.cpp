@@ -515,45 +515,266 @@ EPLAB_CLONES void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float
 }
 
 namespace {
-template <int W>
-void split_planes(const uint8_t* __restrict in, size_t count, uint8_t* const* planes) {
-  uint8_t* __restrict p[W];
-  for (int j = 0; j < W; ++j) p[j] = planes[j];
-  for (size_t i = 0; i < count; ++i)
-    for (int j = 0; j < W; ++j) p[j][i] = in[i * W + j];
+typedef uint32_t unaligned_u32 __attribute__((aligned(1), may_alias));
+// An element rearranged so that its bytes are the planes, top first: fp32 (sign, 8 exponent bits, 23 mantissa
+// bits) becomes exponent, sign, mantissa; bf16 (sign, 8, 7) likewise.
+constexpr uint32_t fp32_planes_word(uint32_t u) {
+  return ((u << 1) & 0xff000000u) | ((u >> 8) & 0x00800000u) | (u & 0x007fffffu);
 }
-template <int W>
-void join_planes(const uint8_t* const* planes, size_t count, uint8_t* __restrict out) {
-  const uint8_t* __restrict p[W];
-  for (int j = 0; j < W; ++j) p[j] = planes[j];
-  for (size_t i = 0; i < count; ++i)
-    for (int j = 0; j < W; ++j) out[i * W + j] = p[j][i];
+constexpr uint32_t fp32_from_planes_word(uint32_t t) {
+  return ((t >> 1) & 0x7f800000u) | ((t << 8) & 0x80000000u) | (t & 0x007fffffu);
 }
-EPLAB_CLONES void split_planes2(const uint8_t* in, size_t count, uint8_t* const* planes) {
-  split_planes<2>(in, count, planes);
+constexpr uint16_t bf16_planes_word(uint16_t u) {
+  return static_cast<uint16_t>(((u << 1) & 0xff00) | ((u >> 8) & 0x0080) | (u & 0x007f));
 }
-EPLAB_CLONES void split_planes4(const uint8_t* in, size_t count, uint8_t* const* planes) {
-  split_planes<4>(in, count, planes);
+constexpr uint16_t bf16_from_planes_word(uint16_t t) {
+  return static_cast<uint16_t>(((t >> 1) & 0x7f80) | ((t << 8) & 0x8000) | (t & 0x007f));
 }
-EPLAB_CLONES void join_planes2(const uint8_t* const* planes, size_t count, uint8_t* out) {
-  join_planes<2>(planes, count, out);
+static_assert(fp32_from_planes_word(fp32_planes_word(0xc0490fdbu)) == 0xc0490fdbu);
+static_assert(fp32_planes_word(0xc0490fdbu) >> 24 == 0x80);  // -pi: exponent 128, sign then mantissa below
+static_assert(bf16_from_planes_word(bf16_planes_word(0xc049)) == 0xc049);
+
+// Where a split puts the exponents: bytes at exps, or (exps null) nibble pairs around lo, with escapes.
+struct ExponentSink {
+  uint8_t* exps;
+  uint8_t* pairs;
+  uint8_t lo;
+  std::vector<uint8_t>* escapes;
+
+  void put(size_t i, uint8_t e) const {
+    if (exps) {
+      exps[i] = e;
+      return;
+    }
+    const uint8_t d = std::min<uint8_t>(static_cast<uint8_t>(e - lo), 15);
+    if (d == 15) escapes->push_back(e);
+    if (i % 2)
+      pairs[i / 2] = static_cast<uint8_t>(pairs[i / 2] | d << 4);
+    else
+      pairs[i / 2] = d;
+  }
+};
+
+void split_fp32_planes_portable(const uint8_t* in, size_t from, size_t count, const ExponentSink& sink,
+                                uint8_t* const* mant) {
+  const unaligned_u32* x = reinterpret_cast<const unaligned_u32*>(in);
+  for (size_t i = from; i < count; ++i) {
+    const uint32_t t = fp32_planes_word(x[i]);
+    sink.put(i, static_cast<uint8_t>(t >> 24));
+    mant[0][i] = static_cast<uint8_t>(t >> 16);
+    mant[1][i] = static_cast<uint8_t>(t >> 8);
+    mant[2][i] = static_cast<uint8_t>(t);
+  }
 }
-EPLAB_CLONES void join_planes4(const uint8_t* const* planes, size_t count, uint8_t* out) {
-  join_planes<4>(planes, count, out);
+void join_fp32_planes_portable(const uint8_t* exps, const uint8_t* const* mant, size_t from, size_t count,
+                               uint8_t* out) {
+  unaligned_u32* y = reinterpret_cast<unaligned_u32*>(out);
+  for (size_t i = from; i < count; ++i) {
+    y[i] = fp32_from_planes_word((uint32_t{exps[i]} << 24) | (uint32_t{mant[0][i]} << 16) |
+                                 (uint32_t{mant[1][i]} << 8) | mant[2][i]);
+  }
+}
+void split_bf16_planes_portable(const uint8_t* in, size_t from, size_t count, const ExponentSink& sink, uint8_t* mant) {
+  const unaligned_u16* x = reinterpret_cast<const unaligned_u16*>(in);
+  for (size_t i = from; i < count; ++i) {
+    const uint16_t t = bf16_planes_word(x[i]);
+    sink.put(i, static_cast<uint8_t>(t >> 8));
+    mant[i] = static_cast<uint8_t>(t);
+  }
+}
+void join_bf16_planes_portable(const uint8_t* exps, const uint8_t* mant, size_t from, size_t count, uint8_t* out) {
+  unaligned_u16* y = reinterpret_cast<unaligned_u16*>(out);
+  for (size_t i = from; i < count; ++i) y[i] = bf16_from_planes_word(static_cast<uint16_t>((exps[i] << 8) | mant[i]));
+}
+
+#ifdef EPLAB_AVX2_KERNELS
+// 32 elements a step. fp32: each register's lanes (4 elements) are byte-transposed so that dword k holds byte k
+// of the 4; two rounds of unpacks gather dword k of the 4 registers, and a dword permutation puts the elements
+// back in order. bf16: each lane's 8 elements go to a low-byte and a high-byte qword, gathered the same way.
+EPLAB_TARGET_AVX2 __m256i fp32_planes_words(__m256i u) {
+  const __m256i exps = _mm256_and_si256(_mm256_slli_epi32(u, 1), _mm256_set1_epi32(static_cast<int>(0xff000000u)));
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 8), _mm256_set1_epi32(0x00800000));
+  return _mm256_or_si256(_mm256_or_si256(exps, sign), _mm256_and_si256(u, _mm256_set1_epi32(0x007fffff)));
+}
+EPLAB_TARGET_AVX2 __m256i fp32_from_planes_words(__m256i t) {
+  const __m256i exps = _mm256_and_si256(_mm256_srli_epi32(t, 1), _mm256_set1_epi32(0x7f800000));
+  const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(t, 8), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  return _mm256_or_si256(_mm256_or_si256(exps, sign), _mm256_and_si256(t, _mm256_set1_epi32(0x007fffff)));
+}
+EPLAB_TARGET_AVX2 __m256i transpose4x4_bytes() {
+  return _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
+                          3, 7, 11, 15);
+}
+// The exponents of elements i .. i + 31, in order, to the sink.
+EPLAB_TARGET_AVX2 __attribute__((always_inline)) inline void put_exponents_avx2(__m256i e, size_t i,
+                                                                                const ExponentSink& sink) {
+  if (sink.exps) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sink.exps + i), e);
+    return;
+  }
+  const __m256i d =
+      _mm256_min_epu8(_mm256_sub_epi8(e, _mm256_set1_epi8(static_cast<char>(sink.lo))), _mm256_set1_epi8(15));
+  // Byte pairs to d_even + 16 d_odd, then the low 8 bytes of each lane together.
+  const __m256i pairs = _mm256_maddubs_epi16(d, _mm256_set1_epi16(0x1001));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(pairs, pairs), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(sink.pairs + i / 2), _mm256_castsi256_si128(packed));
+  uint32_t escaped = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(d, _mm256_set1_epi8(15))));
+  if (escaped == 0) return;
+  alignas(32) uint8_t bytes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), e);
+  for (; escaped; escaped &= escaped - 1) sink.escapes->push_back(bytes[std::countr_zero(escaped)]);
+}
+EPLAB_TARGET_AVX2 void split_fp32_planes_avx2(const uint8_t* in, size_t count, const ExponentSink& sink,
+                                              uint8_t* const* mant) {
+  const __m256i transpose = transpose4x4_bytes();
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  size_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    __m256i v[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 4 * (i + 8 * k)));
+      v[k] = _mm256_shuffle_epi8(fp32_planes_words(u), transpose);
+    }
+    const __m256i ab_lo = _mm256_unpacklo_epi32(v[0], v[1]), ab_hi = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i cd_lo = _mm256_unpacklo_epi32(v[2], v[3]), cd_hi = _mm256_unpackhi_epi32(v[2], v[3]);
+    const __m256i b[4] = {_mm256_unpacklo_epi64(ab_lo, cd_lo), _mm256_unpackhi_epi64(ab_lo, cd_lo),
+                          _mm256_unpacklo_epi64(ab_hi, cd_hi), _mm256_unpackhi_epi64(ab_hi, cd_hi)};
+    uint8_t* const planes[3] = {mant[2], mant[1], mant[0]};  // byte 0 of the word first
+    for (int k = 0; k < 3; ++k) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(planes[k] + i), _mm256_permutevar8x32_epi32(b[k], order));
+    }
+    put_exponents_avx2(_mm256_permutevar8x32_epi32(b[3], order), i, sink);
+  }
+  split_fp32_planes_portable(in, i, count, sink, mant);
+}
+EPLAB_TARGET_AVX2 void join_fp32_planes_avx2(const uint8_t* exps, const uint8_t* const* mant, size_t count,
+                                             uint8_t* out) {
+  const __m256i transpose = transpose4x4_bytes();  // its own inverse
+  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  size_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    const uint8_t* const planes[4] = {mant[2], mant[1], mant[0], exps};  // byte 0 of the word first
+    __m256i b[4];
+    for (int k = 0; k < 4; ++k) {
+      b[k] = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(planes[k] + i)), order);
+    }
+    const __m256i b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+    const __m256i lo01 = _mm256_unpacklo_epi32(b0, b1), lo23 = _mm256_unpacklo_epi32(b2, b3);
+    const __m256i hi01 = _mm256_unpackhi_epi32(b0, b1), hi23 = _mm256_unpackhi_epi32(b2, b3);
+    const __m256i v[4] = {_mm256_unpacklo_epi64(lo01, lo23), _mm256_unpackhi_epi64(lo01, lo23),
+                          _mm256_unpacklo_epi64(hi01, hi23), _mm256_unpackhi_epi64(hi01, hi23)};
+    for (int k = 0; k < 4; ++k) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * (i + 8 * k)),
+                          fp32_from_planes_words(_mm256_shuffle_epi8(v[k], transpose)));
+    }
+  }
+  join_fp32_planes_portable(exps, mant, i, count, out);
+}
+EPLAB_TARGET_AVX2 void split_bf16_planes_avx2(const uint8_t* in, size_t count, const ExponentSink& sink,
+                                              uint8_t* mant) {
+  const __m256i halves = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                          14, 1, 3, 5, 7, 9, 11, 13, 15);
+  size_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    __m256i v[2];
+    for (int k = 0; k < 2; ++k) {
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 2 * (i + 16 * k)));
+      const __m256i t = _mm256_or_si256(
+          _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(u, 1), _mm256_set1_epi16(static_cast<short>(0xff00))),
+                          _mm256_and_si256(_mm256_srli_epi16(u, 8), _mm256_set1_epi16(0x0080))),
+          _mm256_and_si256(u, _mm256_set1_epi16(0x007f)));
+      v[k] = _mm256_shuffle_epi8(t, halves);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(mant + i),
+                        _mm256_permute4x64_epi64(_mm256_unpacklo_epi64(v[0], v[1]), 0xd8));
+    put_exponents_avx2(_mm256_permute4x64_epi64(_mm256_unpackhi_epi64(v[0], v[1]), 0xd8), i, sink);
+  }
+  split_bf16_planes_portable(in, i, count, sink, mant);
+}
+EPLAB_TARGET_AVX2 void join_bf16_planes_avx2(const uint8_t* exps, const uint8_t* mant, size_t count, uint8_t* out) {
+  const __m256i interleave = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15, 0, 8, 1, 9, 2, 10,
+                                              3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  size_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mant + i)), 0xd8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(exps + i)), 0xd8);
+    const __m256i v[2] = {_mm256_unpacklo_epi64(lo, hi), _mm256_unpackhi_epi64(lo, hi)};
+    for (int k = 0; k < 2; ++k) {
+      const __m256i t = _mm256_shuffle_epi8(v[k], interleave);
+      const __m256i u = _mm256_or_si256(
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(t, 1), _mm256_set1_epi16(0x7f80)),
+                          _mm256_and_si256(_mm256_slli_epi16(t, 8), _mm256_set1_epi16(static_cast<short>(0x8000)))),
+          _mm256_and_si256(t, _mm256_set1_epi16(0x007f)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * (i + 16 * k)), u);
+    }
+  }
+  join_bf16_planes_portable(exps, mant, i, count, out);
+}
+#endif
+// Exponents of one block of 2 * kPairBlock elements from their nibble pairs; returns whether any is an escape.
+constexpr size_t kPairBlock = 32;
+EPLAB_CLONES bool unpack_pair_block(const uint8_t* __restrict pairs, uint8_t lo, uint8_t* __restrict exps) {
+  uint8_t escaped = 0;
+  for (size_t i = 0; i < kPairBlock; ++i) {
+    const uint8_t a = pairs[i] & 15, b = pairs[i] >> 4;
+    exps[2 * i] = static_cast<uint8_t>(a + lo);
+    exps[2 * i + 1] = static_cast<uint8_t>(b + lo);
+    escaped |= static_cast<uint8_t>((a == 15) | (b == 15));
+  }
+  return escaped != 0;
 }
 }  // namespace
 
-void split_byte_planes(const uint8_t* in, size_t count, int width, uint8_t* const* planes) {
-  if (width == 2) return split_planes2(in, count, planes);
-  if (width == 4) return split_planes4(in, count, planes);
-  for (size_t i = 0; i < count; ++i)
-    for (int j = 0; j < width; ++j) planes[j][i] = in[i * width + j];
+namespace {
+void split_planes(const uint8_t* in, size_t count, int width, const ExponentSink& sink, uint8_t* const* mant) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) {
+    if (width == 4) return split_fp32_planes_avx2(in, count, sink, mant);
+    return split_bf16_planes_avx2(in, count, sink, mant[0]);
+  }
+#endif
+  if (width == 4) return split_fp32_planes_portable(in, 0, count, sink, mant);
+  split_bf16_planes_portable(in, 0, count, sink, mant[0]);
 }
-void join_byte_planes(const uint8_t* const* planes, size_t count, int width, uint8_t* out) {
-  if (width == 2) return join_planes2(planes, count, out);
-  if (width == 4) return join_planes4(planes, count, out);
-  for (size_t i = 0; i < count; ++i)
-    for (int j = 0; j < width; ++j) out[i * width + j] = planes[j][i];
+}  // namespace
+
+void split_float_planes(const uint8_t* in, size_t count, int width, uint8_t* exps, uint8_t* const* mant) {
+  split_planes(in, count, width, ExponentSink{exps, nullptr, 0, nullptr}, mant);
+}
+void split_float_planes_paired(const uint8_t* in, size_t count, int width, uint8_t lo, uint8_t* pairs,
+                               std::vector<uint8_t>& escapes, uint8_t* const* mant) {
+  split_planes(in, count, width, ExponentSink{nullptr, pairs, lo, &escapes}, mant);
+}
+void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
+#ifdef EPLAB_AVX2_KERNELS
+  if (avx2_kernels_enabled()) {
+    if (width == 4) return join_fp32_planes_avx2(exps, mant, count, out);
+    return join_bf16_planes_avx2(exps, mant[0], count, out);
+  }
+#endif
+  if (width == 4) return join_fp32_planes_portable(exps, mant, 0, count, out);
+  join_bf16_planes_portable(exps, mant[0], 0, count, out);
+}
+
+size_t unpack_nibble_pairs(const uint8_t* pairs, size_t count, uint8_t lo, const uint8_t* escapes, size_t n_escapes,
+                           uint8_t* exps) {
+  size_t used = 0;
+  const auto resolve = [&](size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i) {
+      if (static_cast<uint8_t>(exps[i] - lo) != 15) continue;
+      if (used == n_escapes) return false;
+      exps[i] = escapes[used++];
+    }
+    return true;
+  };
+  const size_t whole = count / (2 * kPairBlock) * (2 * kPairBlock);
+  for (size_t i = 0; i < whole; i += 2 * kPairBlock)
+    if (unpack_pair_block(pairs + i / 2, lo, exps + i) && !resolve(i, i + 2 * kPairBlock)) return SIZE_MAX;
+  for (size_t i = whole; i < count; ++i)
+    exps[i] = static_cast<uint8_t>((i % 2 ? pairs[i / 2] >> 4 : pairs[i / 2] & 15) + lo);
+  if (!resolve(whole, count)) return SIZE_MAX;
+  if (count % 2 && pairs[count / 2] >> 4) return SIZE_MAX;  // the unused high nibble of an odd count is 0
+  return used;
 }
 
 EPLAB_CLONES BlockAmax amax_kernel(const float* x, size_t n) { return block_amax(x, n); }

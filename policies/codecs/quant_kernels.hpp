@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "policies/codecs/block_quant.hpp"
 
@@ -77,10 +78,21 @@ void bf16_sum_rows_encode_kernel(const uint8_t* const* rows, size_t count, size_
 // x * 1 == x for every float, and the product is then rounded as ExpertTransform::accumulate rounds it).
 void bf16_axpy_kernel(const uint8_t* bf16, size_t n, float w, float s, float* acc);
 
-// Byte planes of `count` elements of `width` bytes (the zstd stage): byte j of element i is planes[j][i]. Widths 2
-// and 4 are vectorized; others run element by element.
-void split_byte_planes(const uint8_t* in, size_t count, int width, uint8_t* const* planes);
-void join_byte_planes(const uint8_t* const* planes, size_t count, int width, uint8_t* out);
+// The zstd stage's planes of `count` float elements (fp32: width 4, bf16: width 2): exps[i] is element i's
+// exponent byte, and mant[j][i] byte j (top first) of its sign and mantissa bits with the sign on top (fp32's 24
+// bits in three planes, bf16's 8 in one). join_float_planes puts the element bytes back together.
+void split_float_planes(const uint8_t* in, size_t count, int width, uint8_t* exps, uint8_t* const* mant);
+void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out);
+
+// split_float_planes with the exponents as nibble pairs: element i's nibble is e - lo (mod 256) where that is
+// below 15, else 15 with e appended to `escapes` (in element order); element 2i's nibble is the low half of
+// pairs[i], 2i + 1's the high half (0 past an odd count). unpack_nibble_pairs turns the pairs back into exponent
+// bytes and returns how many of the n_escapes bytes it used, or SIZE_MAX if a 15 had none left or an odd count's
+// spare nibble is not 0.
+void split_float_planes_paired(const uint8_t* in, size_t count, int width, uint8_t lo, uint8_t* pairs,
+                               std::vector<uint8_t>& escapes, uint8_t* const* mant);
+size_t unpack_nibble_pairs(const uint8_t* pairs, size_t count, uint8_t lo, const uint8_t* escapes, size_t n_escapes,
+                           uint8_t* exps);
 
 // Whether the hand-written AVX2 kernels run: the CPU has AVX2 and no test has forced the portable path.
 bool avx2_kernels_enabled();
