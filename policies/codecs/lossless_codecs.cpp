@@ -286,19 +286,24 @@ class ZstdBytes final : public ByteCodec {
                          " elements (corrupt message)");
       }
     }
-    const size_t coded = static_cast<size_t>(std::count_if(modes, modes + width_, [](uint8_t m) { return m > 0; }));
-    const size_t pairs = modes[0] == 2 ? (count + 1) / 2 : 0;
-    auto scratch = planes_out_.lease();  // the coded planes decoded; the pairs after the exponents, used up first
-    grow(*scratch, count * coded + pairs);
+    // The coded planes decoded into scratch, nibble pairs as (count + 1) / 2 bytes.
+    size_t decoded = 0;
+    for (int j = 0; j < width_; ++j) decoded += modes[j] == 2 ? (count + 1) / 2 : modes[j] == 1 ? count : 0;
+    auto scratch = planes_out_.lease();
+    grow(*scratch, decoded);
     uint8_t* next = scratch->data();
-    for (int j = 0; j < width_; ++j) {
-      if (modes[j] == 1) unframe(ctx->get(), planes[j], bodies[j], next, count);
-      if (modes[j] == 2) unpair(ctx->get(), planes[j], bodies[j], next + count, next, count);
+    for (int j = 1; j < width_; ++j) {
       if (modes[j] == 0) continue;
+      unframe(ctx->get(), planes[j], bodies[j], next, count);
       planes[j] = next;
       next += count;
     }
-    join_float_planes(planes[0], planes + 1, count, width_, dst);
+    if (modes[0] == 2) {
+      join_pairs(ctx->get(), planes[0], bodies[0], next, planes + 1, count, dst);
+    } else {
+      if (modes[0] == 1) unframe(ctx->get(), planes[0], bodies[0], next, count), planes[0] = next;
+      join_float_planes(planes[0], planes + 1, count, width_, dst);
+    }
     const size_t tail = raw - count * width_;
     const uint8_t* rest = r.take(tail);
     if (tail > 0) std::memcpy(dst + count * width_, rest, tail);  // dst may be null when raw is 0
@@ -307,16 +312,17 @@ class ZstdBytes final : public ByteCodec {
                        " bytes after the last plane (corrupt message)");
     }
   }
-  // A nibble-pair exponent plane's body (u8 lo, u64 escapes, the escapes, one zstd frame of the pairs) into
-  // `count` exponents at exps; `pairs` is scratch for (count + 1) / 2 bytes.
-  void unpair(ZSTD_DCtx* dc, const uint8_t* body, size_t size, uint8_t* pairs, uint8_t* exps, size_t count) const {
+  // The elements from a nibble-pair exponent plane's body (u8 lo, u64 escapes, the escapes, one zstd frame of
+  // the pairs) and the mantissa planes; `pairs` is scratch for (count + 1) / 2 bytes.
+  void join_pairs(ZSTD_DCtx* dc, const uint8_t* body, size_t size, uint8_t* pairs, const uint8_t* const* mant,
+                  size_t count, uint8_t* dst) const {
     ByteReader r(body, size, spec_);
     const uint8_t lo = r.read<uint8_t>();
     const uint64_t n_escapes = r.read<uint64_t>();
     const uint8_t* escapes = r.take(n_escapes);
     const size_t framed = r.remaining();
     unframe(dc, r.take(framed), framed, pairs, (count + 1) / 2);
-    if (unpack_nibble_pairs(pairs, count, lo, escapes, n_escapes, exps) != n_escapes) {
+    if (join_float_planes_paired(pairs, lo, escapes, n_escapes, mant, count, width_, dst) != n_escapes) {
       throw CodecError("codec " + spec_ + ": exponent pairs do not use their " + std::to_string(n_escapes) +
                        " escapes (corrupt message)");
     }

@@ -555,6 +555,30 @@ struct ExponentSink {
   }
 };
 
+// Where a join takes the exponents from: bytes at exps, or (exps null) nibble pairs around lo, with escapes;
+// `bad` records a 15 with no escape left.
+struct ExponentSource {
+  const uint8_t* exps;
+  const uint8_t* pairs;
+  uint8_t lo;
+  const uint8_t* escapes;
+  size_t n_escapes;
+  mutable size_t used = 0;
+  mutable bool bad = false;
+
+  uint8_t get(size_t i) const {
+    if (exps) return exps[i];
+    const uint8_t d = i % 2 ? pairs[i / 2] >> 4 : pairs[i / 2] & 15;
+    if (d != 15) return static_cast<uint8_t>(lo + d);
+    return escape();
+  }
+  uint8_t escape() const {
+    if (used < n_escapes) return escapes[used++];
+    bad = true;
+    return 0;
+  }
+};
+
 void split_fp32_planes_portable(const uint8_t* in, size_t from, size_t count, const ExponentSink& sink,
                                 uint8_t* const* mant) {
   const unaligned_u32* x = reinterpret_cast<const unaligned_u32*>(in);
@@ -566,11 +590,11 @@ void split_fp32_planes_portable(const uint8_t* in, size_t from, size_t count, co
     mant[2][i] = static_cast<uint8_t>(t);
   }
 }
-void join_fp32_planes_portable(const uint8_t* exps, const uint8_t* const* mant, size_t from, size_t count,
+void join_fp32_planes_portable(const ExponentSource& exps, const uint8_t* const* mant, size_t from, size_t count,
                                uint8_t* out) {
   unaligned_u32* y = reinterpret_cast<unaligned_u32*>(out);
   for (size_t i = from; i < count; ++i) {
-    y[i] = fp32_from_planes_word((uint32_t{exps[i]} << 24) | (uint32_t{mant[0][i]} << 16) |
+    y[i] = fp32_from_planes_word((uint32_t{exps.get(i)} << 24) | (uint32_t{mant[0][i]} << 16) |
                                  (uint32_t{mant[1][i]} << 8) | mant[2][i]);
   }
 }
@@ -582,9 +606,12 @@ void split_bf16_planes_portable(const uint8_t* in, size_t from, size_t count, co
     mant[i] = static_cast<uint8_t>(t);
   }
 }
-void join_bf16_planes_portable(const uint8_t* exps, const uint8_t* mant, size_t from, size_t count, uint8_t* out) {
+void join_bf16_planes_portable(const ExponentSource& exps, const uint8_t* mant, size_t from, size_t count,
+                               uint8_t* out) {
   unaligned_u16* y = reinterpret_cast<unaligned_u16*>(out);
-  for (size_t i = from; i < count; ++i) y[i] = bf16_from_planes_word(static_cast<uint16_t>((exps[i] << 8) | mant[i]));
+  for (size_t i = from; i < count; ++i) {
+    y[i] = bf16_from_planes_word(static_cast<uint16_t>((exps.get(i) << 8) | mant[i]));
+  }
 }
 
 #ifdef EPLAB_AVX2_KERNELS
@@ -647,17 +674,34 @@ EPLAB_TARGET_AVX2 void split_fp32_planes_avx2(const uint8_t* in, size_t count, c
   }
   split_fp32_planes_portable(in, i, count, sink, mant);
 }
-EPLAB_TARGET_AVX2 void join_fp32_planes_avx2(const uint8_t* exps, const uint8_t* const* mant, size_t count,
+// The exponents of elements i .. i + 31, in order, from the source.
+EPLAB_TARGET_AVX2 __attribute__((always_inline)) inline __m256i get_exponents_avx2(const ExponentSource& src,
+                                                                                   size_t i) {
+  if (src.exps) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src.exps + i));
+  const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src.pairs + i / 2));
+  const __m128i low = _mm_and_si128(p, _mm_set1_epi8(15));
+  const __m128i high = _mm_and_si128(_mm_srli_epi16(p, 4), _mm_set1_epi8(15));
+  const __m256i d = _mm256_set_m128i(_mm_unpackhi_epi8(low, high), _mm_unpacklo_epi8(low, high));
+  const __m256i e = _mm256_add_epi8(d, _mm256_set1_epi8(static_cast<char>(src.lo)));
+  uint32_t escaped = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(d, _mm256_set1_epi8(15))));
+  if (escaped == 0) return e;
+  alignas(32) uint8_t bytes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), e);
+  for (; escaped; escaped &= escaped - 1) bytes[std::countr_zero(escaped)] = src.escape();
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes));
+}
+EPLAB_TARGET_AVX2 void join_fp32_planes_avx2(const ExponentSource& exps, const uint8_t* const* mant, size_t count,
                                              uint8_t* out) {
   const __m256i transpose = transpose4x4_bytes();  // its own inverse
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   size_t i = 0;
   for (; i + 32 <= count; i += 32) {
-    const uint8_t* const planes[4] = {mant[2], mant[1], mant[0], exps};  // byte 0 of the word first
+    const uint8_t* const planes[3] = {mant[2], mant[1], mant[0]};  // byte 0 of the word first
     __m256i b[4];
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < 3; ++k) {
       b[k] = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(planes[k] + i)), order);
     }
+    b[3] = _mm256_permutevar8x32_epi32(get_exponents_avx2(exps, i), order);
     const __m256i b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
     const __m256i lo01 = _mm256_unpacklo_epi32(b0, b1), lo23 = _mm256_unpacklo_epi32(b2, b3);
     const __m256i hi01 = _mm256_unpackhi_epi32(b0, b1), hi23 = _mm256_unpackhi_epi32(b2, b3);
@@ -691,13 +735,14 @@ EPLAB_TARGET_AVX2 void split_bf16_planes_avx2(const uint8_t* in, size_t count, c
   }
   split_bf16_planes_portable(in, i, count, sink, mant);
 }
-EPLAB_TARGET_AVX2 void join_bf16_planes_avx2(const uint8_t* exps, const uint8_t* mant, size_t count, uint8_t* out) {
+EPLAB_TARGET_AVX2 void join_bf16_planes_avx2(const ExponentSource& exps, const uint8_t* mant, size_t count,
+                                             uint8_t* out) {
   const __m256i interleave = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15, 0, 8, 1, 9, 2, 10,
                                               3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
   size_t i = 0;
   for (; i + 32 <= count; i += 32) {
     const __m256i lo = _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mant + i)), 0xd8);
-    const __m256i hi = _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(exps + i)), 0xd8);
+    const __m256i hi = _mm256_permute4x64_epi64(get_exponents_avx2(exps, i), 0xd8);
     const __m256i v[2] = {_mm256_unpacklo_epi64(lo, hi), _mm256_unpackhi_epi64(lo, hi)};
     for (int k = 0; k < 2; ++k) {
       const __m256i t = _mm256_shuffle_epi8(v[k], interleave);
@@ -711,18 +756,6 @@ EPLAB_TARGET_AVX2 void join_bf16_planes_avx2(const uint8_t* exps, const uint8_t*
   join_bf16_planes_portable(exps, mant, i, count, out);
 }
 #endif
-// Exponents of one block of 2 * kPairBlock elements from their nibble pairs; returns whether any is an escape.
-constexpr size_t kPairBlock = 32;
-EPLAB_CLONES bool unpack_pair_block(const uint8_t* __restrict pairs, uint8_t lo, uint8_t* __restrict exps) {
-  uint8_t escaped = 0;
-  for (size_t i = 0; i < kPairBlock; ++i) {
-    const uint8_t a = pairs[i] & 15, b = pairs[i] >> 4;
-    exps[2 * i] = static_cast<uint8_t>(a + lo);
-    exps[2 * i + 1] = static_cast<uint8_t>(b + lo);
-    escaped |= static_cast<uint8_t>((a == 15) | (b == 15));
-  }
-  return escaped != 0;
-}
 }  // namespace
 
 namespace {
@@ -745,7 +778,8 @@ void split_float_planes_paired(const uint8_t* in, size_t count, int width, uint8
                                std::vector<uint8_t>& escapes, uint8_t* const* mant) {
   split_planes(in, count, width, ExponentSink{nullptr, pairs, lo, &escapes}, mant);
 }
-void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
+namespace {
+void join_planes(const ExponentSource& exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
 #ifdef EPLAB_AVX2_KERNELS
   if (avx2_kernels_enabled()) {
     if (width == 4) return join_fp32_planes_avx2(exps, mant, count, out);
@@ -755,26 +789,17 @@ void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t c
   if (width == 4) return join_fp32_planes_portable(exps, mant, 0, count, out);
   join_bf16_planes_portable(exps, mant[0], 0, count, out);
 }
+}  // namespace
 
-size_t unpack_nibble_pairs(const uint8_t* pairs, size_t count, uint8_t lo, const uint8_t* escapes, size_t n_escapes,
-                           uint8_t* exps) {
-  size_t used = 0;
-  const auto resolve = [&](size_t from, size_t to) {
-    for (size_t i = from; i < to; ++i) {
-      if (static_cast<uint8_t>(exps[i] - lo) != 15) continue;
-      if (used == n_escapes) return false;
-      exps[i] = escapes[used++];
-    }
-    return true;
-  };
-  const size_t whole = count / (2 * kPairBlock) * (2 * kPairBlock);
-  for (size_t i = 0; i < whole; i += 2 * kPairBlock)
-    if (unpack_pair_block(pairs + i / 2, lo, exps + i) && !resolve(i, i + 2 * kPairBlock)) return SIZE_MAX;
-  for (size_t i = whole; i < count; ++i)
-    exps[i] = static_cast<uint8_t>((i % 2 ? pairs[i / 2] >> 4 : pairs[i / 2] & 15) + lo);
-  if (!resolve(whole, count)) return SIZE_MAX;
-  if (count % 2 && pairs[count / 2] >> 4) return SIZE_MAX;  // the unused high nibble of an odd count is 0
-  return used;
+void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
+  join_planes(ExponentSource{exps, nullptr, 0, nullptr, 0}, mant, count, width, out);
+}
+size_t join_float_planes_paired(const uint8_t* pairs, uint8_t lo, const uint8_t* escapes, size_t n_escapes,
+                                const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
+  if (count % 2 && pairs[count / 2] >> 4) return SIZE_MAX;  // an odd count's spare nibble is 0
+  const ExponentSource source{nullptr, pairs, lo, escapes, n_escapes};
+  join_planes(source, mant, count, width, out);
+  return source.bad ? SIZE_MAX : source.used;
 }
 
 EPLAB_CLONES BlockAmax amax_kernel(const float* x, size_t n) { return block_amax(x, n); }

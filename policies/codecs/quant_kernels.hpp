@@ -86,13 +86,12 @@ void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t c
 
 // split_float_planes with the exponents as nibble pairs: element i's nibble is e - lo (mod 256) where that is
 // below 15, else 15 with e appended to `escapes` (in element order); element 2i's nibble is the low half of
-// pairs[i], 2i + 1's the high half (0 past an odd count). unpack_nibble_pairs turns the pairs back into exponent
-// bytes and returns how many of the n_escapes bytes it used, or SIZE_MAX if a 15 had none left or an odd count's
-// spare nibble is not 0.
+// pairs[i], 2i + 1's the high half (0 past an odd count). join_float_planes_paired reverses it and returns how many
+// of the n_escapes bytes it used, or SIZE_MAX if a 15 had none left or an odd count's spare nibble is not 0.
 void split_float_planes_paired(const uint8_t* in, size_t count, int width, uint8_t lo, uint8_t* pairs,
                                std::vector<uint8_t>& escapes, uint8_t* const* mant);
-size_t unpack_nibble_pairs(const uint8_t* pairs, size_t count, uint8_t lo, const uint8_t* escapes, size_t n_escapes,
-                           uint8_t* exps);
+size_t join_float_planes_paired(const uint8_t* pairs, uint8_t lo, const uint8_t* escapes, size_t n_escapes,
+                                const uint8_t* const* mant, size_t count, int width, uint8_t* out);
 
 // Whether the hand-written AVX2 kernels run: the CPU has AVX2 and no test has forced the portable path.
 bool avx2_kernels_enabled();

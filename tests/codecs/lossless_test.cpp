@@ -175,15 +175,25 @@ TEST(ZstdExponentPairs, CorruptPairsOrEscapesAreRefused) {
     EXPECT_THROW(decode("zstd", bad), CodecError) << wrong;
   }
 
-  // An odd count's spare nibble must be 0: unpack refuses it directly.
-  const uint8_t pairs[2] = {0x21, 0x13};
-  uint8_t exps[3];
-  EXPECT_EQ(codecs::unpack_nibble_pairs(pairs, 3, 100, nullptr, 0, exps), SIZE_MAX);
-  const uint8_t good[2] = {0x21, 0x03};
-  EXPECT_EQ(codecs::unpack_nibble_pairs(good, 3, 100, nullptr, 0, exps), 0u);
-  EXPECT_EQ(exps[0], 101);
-  EXPECT_EQ(exps[1], 102);
-  EXPECT_EQ(exps[2], 103);
+  // Three fp32 elements from pairs by hand: exponents 127, 128, 129 around lo 126, the first negative. An odd
+  // count's spare nibble must be 0.
+  const uint8_t signs[3] = {0x80, 0, 0}, zeros[3] = {0, 0, 0};
+  const uint8_t* mant[3] = {signs, zeros, zeros};
+  float y[3];
+  auto* out = reinterpret_cast<uint8_t*>(y);
+  const uint8_t spare_set[2] = {0x21, 0x13};
+  EXPECT_EQ(codecs::join_float_planes_paired(spare_set, 126, nullptr, 0, mant, 3, 4, out), SIZE_MAX);
+  const uint8_t pairs[2] = {0x21, 0x03};
+  EXPECT_EQ(codecs::join_float_planes_paired(pairs, 126, nullptr, 0, mant, 3, 4, out), 0u);
+  EXPECT_EQ(y[0], -1.0f);
+  EXPECT_EQ(y[1], 2.0f);
+  EXPECT_EQ(y[2], 4.0f);
+  // A 15 takes the next escape; with none left the join refuses.
+  const uint8_t escaped[2] = {0x2f, 0x03};
+  const uint8_t escape = 130;
+  EXPECT_EQ(codecs::join_float_planes_paired(escaped, 126, &escape, 1, mant, 3, 4, out), 1u);
+  EXPECT_EQ(y[0], -8.0f);
+  EXPECT_EQ(codecs::join_float_planes_paired(escaped, 126, nullptr, 0, mant, 3, 4, out), SIZE_MAX);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, ZstdExponents, ::testing::Values(false, true),
