@@ -69,7 +69,7 @@ class ZstdBytes final : public ByteCodec {
     append_value<uint64_t>(out, size);
     // The usual case, no mantissa plane coded: the split writes them straight into the message, sized for them
     // first. Otherwise into scratch, and each is appended as put_plane codes it.
-    if (!any_coded && !getenv("GENERAL")) {
+    if (!any_coded) {
       const size_t first = out.size();
       out.resize(first + n_mant * (9 + count));
       for (int j = 0; j < n_mant; ++j) {
@@ -94,7 +94,7 @@ class ZstdBytes final : public ByteCodec {
       grow(s.planes, count);  // in the usual case sized for the sample only; mant points into out there
       split_float_planes(in, count, width_, s.planes.data(), mant);
     }
-    if (any_coded || getenv("GENERAL"))
+    if (any_coded)
       for (int j = 0; j < n_mant; ++j) put_plane(cc, mant[j], count, false, s.packed, out);
     if (lo >= 0)
       put_pairs(cc, static_cast<uint8_t>(lo), count, s, out);
