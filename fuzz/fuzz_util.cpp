@@ -52,7 +52,7 @@ std::vector<std::string> decode_specs() {
   }
   specs.push_back("topk:ratio=0.5,ef=1+mxfp4");
   specs.push_back("delta:period=2+bf16+zstd");
-  specs.push_back("zstd");                             // byte planes of fp32 (bf16+zstd above: of bf16)
+  specs.push_back("zstd");                             // planes of fp32 (bf16+zstd above: of bf16)
   for (const std::string& s : specs) create_codec(s);  // the list itself must be valid: throws at start-up if not
   return specs;
 }

@@ -249,7 +249,7 @@ class ZstdBytes final : public ByteCodec {
       ByteReader r(in, size, spec_);
       const int w = r.read<uint8_t>();
       if (w != width_) {
-        throw CodecError("codec " + spec_ + ": message has byte planes of " + std::to_string(w) +
+        throw CodecError("codec " + spec_ + ": message has planes of " + std::to_string(w) +
                          "-byte elements, this chain sends " + std::to_string(width_) + " (corrupt message)");
       }
       raw = r.read<uint64_t>();
@@ -407,8 +407,8 @@ class Lz4Bytes final : public ByteCodec {
 
 void add_lossless_codecs(CodecRegistry& r) {
   r.add("zstd",
-        "lossless zstd over the quantized bytes, fp32's and bf16's split into byte planes; zstd:level=N (or "
-        "zstd:N), default 3 (on planes: the fastest for the top one, 1 below)",
+        "lossless zstd over the quantized bytes, fp32's and bf16's split into exponent and mantissa planes; "
+        "zstd:level=N (or zstd:N), default 3 (on planes: the fastest for the exponents, 1 for the mantissas)",
         bytes_stage([](const CodecParams& p) -> std::unique_ptr<ByteCodec> {
           std::optional<int> level;
           if (p.has("level") || p.has("_0")) level = p.get_int("level", p.get_int("_0", 0));
