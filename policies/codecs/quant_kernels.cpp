@@ -628,6 +628,16 @@ EPLAB_TARGET_AVX2 __m256i fp32_from_planes_words(__m256i t) {
   const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(t, 8), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
   return _mm256_or_si256(_mm256_or_si256(exps, sign), _mm256_and_si256(t, _mm256_set1_epi32(0x007fffff)));
 }
+EPLAB_TARGET_AVX2 __m256i bf16_planes_words(__m256i u) {
+  const __m256i exps = _mm256_and_si256(_mm256_slli_epi16(u, 1), _mm256_set1_epi16(static_cast<short>(0xff00)));
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi16(u, 8), _mm256_set1_epi16(0x0080));
+  return _mm256_or_si256(_mm256_or_si256(exps, sign), _mm256_and_si256(u, _mm256_set1_epi16(0x007f)));
+}
+EPLAB_TARGET_AVX2 __m256i bf16_from_planes_words(__m256i t) {
+  const __m256i exps = _mm256_and_si256(_mm256_srli_epi16(t, 1), _mm256_set1_epi16(0x7f80));
+  const __m256i sign = _mm256_and_si256(_mm256_slli_epi16(t, 8), _mm256_set1_epi16(static_cast<short>(0x8000)));
+  return _mm256_or_si256(_mm256_or_si256(exps, sign), _mm256_and_si256(t, _mm256_set1_epi16(0x007f)));
+}
 EPLAB_TARGET_AVX2 __m256i transpose4x4_bytes() {
   return _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
                           3, 7, 11, 15);
@@ -702,9 +712,8 @@ EPLAB_TARGET_AVX2 void join_fp32_planes_avx2(const ExponentSource& exps, const u
       b[k] = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(planes[k] + i)), order);
     }
     b[3] = _mm256_permutevar8x32_epi32(get_exponents_avx2(exps, i), order);
-    const __m256i b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
-    const __m256i lo01 = _mm256_unpacklo_epi32(b0, b1), lo23 = _mm256_unpacklo_epi32(b2, b3);
-    const __m256i hi01 = _mm256_unpackhi_epi32(b0, b1), hi23 = _mm256_unpackhi_epi32(b2, b3);
+    const __m256i lo01 = _mm256_unpacklo_epi32(b[0], b[1]), lo23 = _mm256_unpacklo_epi32(b[2], b[3]);
+    const __m256i hi01 = _mm256_unpackhi_epi32(b[0], b[1]), hi23 = _mm256_unpackhi_epi32(b[2], b[3]);
     const __m256i v[4] = {_mm256_unpacklo_epi64(lo01, lo23), _mm256_unpackhi_epi64(lo01, lo23),
                           _mm256_unpacklo_epi64(hi01, hi23), _mm256_unpackhi_epi64(hi01, hi23)};
     for (int k = 0; k < 4; ++k) {
@@ -723,11 +732,7 @@ EPLAB_TARGET_AVX2 void split_bf16_planes_avx2(const uint8_t* in, size_t count, c
     __m256i v[2];
     for (int k = 0; k < 2; ++k) {
       const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 2 * (i + 16 * k)));
-      const __m256i t = _mm256_or_si256(
-          _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(u, 1), _mm256_set1_epi16(static_cast<short>(0xff00))),
-                          _mm256_and_si256(_mm256_srli_epi16(u, 8), _mm256_set1_epi16(0x0080))),
-          _mm256_and_si256(u, _mm256_set1_epi16(0x007f)));
-      v[k] = _mm256_shuffle_epi8(t, halves);
+      v[k] = _mm256_shuffle_epi8(bf16_planes_words(u), halves);
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(mant + i),
                         _mm256_permute4x64_epi64(_mm256_unpacklo_epi64(v[0], v[1]), 0xd8));
@@ -745,20 +750,14 @@ EPLAB_TARGET_AVX2 void join_bf16_planes_avx2(const ExponentSource& exps, const u
     const __m256i hi = _mm256_permute4x64_epi64(get_exponents_avx2(exps, i), 0xd8);
     const __m256i v[2] = {_mm256_unpacklo_epi64(lo, hi), _mm256_unpackhi_epi64(lo, hi)};
     for (int k = 0; k < 2; ++k) {
-      const __m256i t = _mm256_shuffle_epi8(v[k], interleave);
-      const __m256i u = _mm256_or_si256(
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(t, 1), _mm256_set1_epi16(0x7f80)),
-                          _mm256_and_si256(_mm256_slli_epi16(t, 8), _mm256_set1_epi16(static_cast<short>(0x8000)))),
-          _mm256_and_si256(t, _mm256_set1_epi16(0x007f)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * (i + 16 * k)), u);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * (i + 16 * k)),
+                          bf16_from_planes_words(_mm256_shuffle_epi8(v[k], interleave)));
     }
   }
   join_bf16_planes_portable(exps, mant, i, count, out);
 }
 #endif
-}  // namespace
 
-namespace {
 void split_planes(const uint8_t* in, size_t count, int width, const ExponentSink& sink, uint8_t* const* mant) {
 #ifdef EPLAB_AVX2_KERNELS
   if (avx2_kernels_enabled()) {
@@ -769,16 +768,6 @@ void split_planes(const uint8_t* in, size_t count, int width, const ExponentSink
   if (width == 4) return split_fp32_planes_portable(in, 0, count, sink, mant);
   split_bf16_planes_portable(in, 0, count, sink, mant[0]);
 }
-}  // namespace
-
-void split_float_planes(const uint8_t* in, size_t count, int width, uint8_t* exps, uint8_t* const* mant) {
-  split_planes(in, count, width, ExponentSink{exps, nullptr, 0, nullptr}, mant);
-}
-void split_float_planes_paired(const uint8_t* in, size_t count, int width, uint8_t lo, uint8_t* pairs,
-                               std::vector<uint8_t>& escapes, uint8_t* const* mant) {
-  split_planes(in, count, width, ExponentSink{nullptr, pairs, lo, &escapes}, mant);
-}
-namespace {
 void join_planes(const ExponentSource& exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
 #ifdef EPLAB_AVX2_KERNELS
   if (avx2_kernels_enabled()) {
@@ -791,6 +780,13 @@ void join_planes(const ExponentSource& exps, const uint8_t* const* mant, size_t 
 }
 }  // namespace
 
+void split_float_planes(const uint8_t* in, size_t count, int width, uint8_t* exps, uint8_t* const* mant) {
+  split_planes(in, count, width, ExponentSink{exps, nullptr, 0, nullptr}, mant);
+}
+void split_float_planes_paired(const uint8_t* in, size_t count, int width, uint8_t lo, uint8_t* pairs,
+                               std::vector<uint8_t>& escapes, uint8_t* const* mant) {
+  split_planes(in, count, width, ExponentSink{nullptr, pairs, lo, &escapes}, mant);
+}
 void join_float_planes(const uint8_t* exps, const uint8_t* const* mant, size_t count, int width, uint8_t* out) {
   join_planes(ExponentSource{exps, nullptr, 0, nullptr, 0}, mant, count, width, out);
 }
