@@ -57,7 +57,9 @@ void mx_decode_row_kernel(MxElem elem, const uint8_t* payload, const uint8_t* sc
 
 // bfloat16 rows (the bf16 codec and the engine's bf16 wire paths), as float_to_bf16 / bf16_to_float element by
 // element. `bf16` points at 2-byte codes in a byte buffer (any alignment). Each is one pass the compiler
-// vectorizes, so a row moves at memory speed instead of an element at a time.
+// vectorizes, so a row moves at memory speed instead of an element at a time; the two that round to bf16
+// (bf16_encode_kernel, bf16_sum_rows_encode_kernel) have AVX2 passes by hand, which GCC's rounding was too slow
+// for.
 void bf16_encode_kernel(const float* x, size_t n, uint8_t* bf16);
 void bf16_decode_kernel(const uint8_t* bf16, size_t n, float* x);
 // acc[i] += decode(bf16[i]): a combine's or forwarder's sum of one received row, in the order the caller adds rows.
