@@ -3,7 +3,8 @@
 // the sending thread, outside the domain's lock), otherwise they wait in a host copy until the receive is posted.
 // All-to-all-v posts every receive first so that every byte is copied once; a gather send (RowGather) is copied
 // row by row from the sender's rows, so a source's batch reaches its receivers without a send buffer;
-// alltoallv_consume copies none: the receiver reads lent bytes where the sender holds them.
+// alltoallv_consume copies none: the receiver reads lent bytes where the sender holds them, a gather send's rows
+// where they lie in the sender's batch.
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -32,7 +33,7 @@ class ThreadTransport final : public Transport, public AlltoallvExtension {
   double now() const override { return clock_(); }
   void post_send(SendOp& op, ConstBuf data) override {
     if (op.lend) {  // the receiver reads the bytes where they are; the send is done when it lets them go
-      Arrival a{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr};
+      Arrival a{me_, op.tag, data.ptr, data.bytes, data.bytes, nullptr, data.gather};
       a.lender = &op;
       domain_.deliver(op.peer, *this, std::move(a));
       return;

@@ -446,6 +446,24 @@ const uint8_t* EngineContext::read_wire_block(const std::vector<uint8_t>& msg, s
   return msg.data() + off;
 }
 
+void EngineContext::read_lent_wire_block(const PeerConsume& m, TokenBlock& b, uint32_t tokens, uint32_t sels, int step,
+                                         int layer, std::vector<const uint8_t*>& rows) const {
+  const std::string what = message_context(m.peer, step, layer);
+  const size_t rb = dispatch_row_bytes, head = m.bytes - m.gather.bytes();
+  uint64_t payload = 0;
+  const size_t off = unpack_block(m.data, head, b, payload, what.c_str());
+  check_block(b, off, payload, m.gather.count > 0 ? off + m.gather.bytes() : m.bytes, what);
+  check_counts(b, tokens, sels, what);
+  if (payload != static_cast<uint64_t>(b.size()) * rb || (m.gather.count > 0 && m.gather.row_bytes != rb) ||
+      (m.gather.count > 0 && off != head))
+    throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
+                      " payload bytes (" + std::to_string(m.gather.count) + " gathered rows of " +
+                      std::to_string(m.gather.row_bytes) + " behind " + std::to_string(head - off) +
+                      " unread bytes), the codec's rows take " + std::to_string(rb));
+  rows.resize(static_cast<size_t>(b.size()));
+  for (size_t j = 0; j < rows.size(); ++j) rows[j] = m.gather.count > 0 ? m.gather.rows[j] : m.data + off + j * rb;
+}
+
 void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const {
   if (static_cast<uint32_t>(b.size()) != tokens || static_cast<uint32_t>(b.num_sels()) != sels)
     throw FabricError(what + ": holds " + std::to_string(b.size()) + " tokens / " + std::to_string(b.num_sels()) +

@@ -342,6 +342,11 @@ class EngineContext {
   // payload size, the counts notify announced, whole rows) and returns where its rows start in msg.
   const uint8_t* read_wire_block(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b, uint32_t tokens,
                                  uint32_t sels, int peer, int step, int layer) const;
+  // The same for a block read where its sender holds it (alltoallv_consume, a receive that takes gathers): the
+  // metadata at m.data and the rows behind it, or for a gather send the metadata filling the bytes at m.data and
+  // the rows where the gather lists them. rows[j] is then where the block's row j lies.
+  void read_lent_wire_block(const PeerConsume& m, TokenBlock& b, uint32_t tokens, uint32_t sels, int step, int layer,
+                            std::vector<const uint8_t*>& rows) const;
   // Conservation: throws unless a received block holds the tokens and selections its sender announced in notify.
   void check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const;
   // Throws unless every selection names a slot of the placement and the payload ends the message.

@@ -130,12 +130,16 @@ struct PeerRecv {
 };
 // One peer's part of alltoallv_consume: a message of at most `capacity` real bytes from `peer`, read where its
 // sender holds it. `data` and `bytes` are filled in and valid only while the consume function runs (null and 0
-// for a peer marked failed).
+// for a peer marked failed). A gather send (RowGather) reaches a receive that `takes_gather` as it was sent:
+// `gather` lists its rows where they lie and only its first bytes - gather.bytes() are at `data`, as in a
+// ConstBuf; any other receive gets it contiguous at `data`.
 struct PeerConsume {
   int peer;
   size_t capacity = 0;
+  bool takes_gather = false;
   const uint8_t* data = nullptr;
   size_t bytes = 0;
+  RowGather gather = {};
 };
 
 class Fabric {

@@ -279,6 +279,11 @@ class Hierarchical : public Algorithm {
     // and split rounds): the forward stage's receive buffers sit above them.
     const bool split = c.split_blocks();
     const size_t rb = c.dispatch_row_bytes;
+    // Where ranks share an address space (consume_in_place) and rows are gathered, the forwarder reads each
+    // round's rail messages where their sources hold them instead of receiving them: its forward messages' metadata
+    // then goes in outboxes above the rail's [0, N), which stay lent until the round is forwarded.
+    const bool consume_rail = c.consume_in_place() && c.gather_sends && rb > 0 && !phantom;
+    const size_t fwd_box = consume_rail ? static_cast<size_t>(N) : 0;
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * rb);
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
     const size_t lbox = !split && c.gather_sends && rb > 0 ? static_cast<size_t>(S) : 0;
@@ -332,9 +337,11 @@ class Hierarchical : public Algorithm {
         }
         sends.push_back({f, msgs[n].buf()});
       }
-      // Receive buffers (EngineContext::inboxes): rail sources use [0, S), then local ranks [0, G).
+      // Receive buffers (EngineContext::inboxes): rail sources use [0, S), then local ranks [0, G). Read in place
+      // (consume_rail), the rail's messages take none: `rail` says where each one lies while it is forwarded.
       std::vector<int> from;  // rail sources' indices
-      std::vector<int> recv_of;  // [from]: its entry in recvs, -1 for this rank's own rows (self_rows)
+      std::vector<int> recv_of;  // [from]: its entry in recvs (or rail), -1 for this rank's own rows (self_rows)
+      std::vector<PeerConsume> rail;
       for (int i = 0; i < S; ++i) {
         const uint32_t* cn = rail_at(i, k);
         if (cn[0] == 0) continue;
@@ -343,176 +350,198 @@ class Hierarchical : public Algorithm {
           recv_of.push_back(-1);
           continue;
         }
-        recv_of.push_back(static_cast<int>(recvs.size()));
-        recvs.push_back({srcs[i], c.inbox(i, phantom ? EngineContext::summary_capacity(cn[1], node_slots)
-                                                     : c.block_capacity(cn[0], cn[1], *c.dispatch_codec))});
+        const size_t cap = phantom ? EngineContext::summary_capacity(cn[1], node_slots)
+                                   : c.block_capacity(cn[0], cn[1], *c.dispatch_codec);
+        recv_of.push_back(static_cast<int>(consume_rail ? rail.size() : recvs.size()));
+        if (consume_rail)
+          rail.push_back(PeerConsume{srcs[i], cap, true});
+        else
+          recvs.push_back({srcs[i], c.inbox(i, cap)});
       }
-      c.exchange(disp, make_tag(Phase::kDispatch, a.step, a.layer, k), sends, recvs);
-      std::vector<EngineContext::Message>().swap(msgs);
-      std::vector<float>().swap(rows);
 
       // Forward inside the node: split each received token by local rank, keeping top-k order (phantom: add up
       // the selections per slot of this node; notify already said how many tokens go to each local rank).
-      const auto fwd_at = [&](int q) { return &fwd_counts[(static_cast<size_t>(q) * K + k) * 2]; };
-      std::vector<TokenBlock> to_local(phantom ? 0 : G);
-      for (int q = 0; q < G && !phantom; ++q) to_local[q].reserve(fwd_at(q)[0], fwd_at(q)[1]);
-      std::vector<std::vector<float>> local_rows(G);
-      std::vector<int32_t> node_slot_sels(phantom ? node_slots : 0, 0);
-      const int my_first_slot = T.rank_of(my_node, 0) * spr;
-      int32_t* fwd_in_rows = st->fwd_in_rows.data() + static_cast<size_t>(k) * S;  // S may be 0
-      int32_t* fwd_out_rows = st->fwd_out_rows.data() + static_cast<size_t>(k) * G;
-      std::vector<int> last_tok(G, -1);
-      for (size_t i = 0; i < from.size() && phantom; ++i) {
-        const int si = from[i], src = srcs[si];
-        c.read_summary_message(inbox[si], recvs[recv_of[i]].bytes, summary, rail_at(si, k)[0], rail_at(si, k)[1],
-                               src);
-        fwd_in_rows[si] = static_cast<int32_t>(summary.tokens);
-        for (const EngineContext::SlotSels& e : summary.slots) {
-          if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
-            throw FabricError("rank " + std::to_string(me) + ": forwarder got selections for slot " +
-                              std::to_string(e.slot) + ", outside its node");
-          node_slot_sels[e.slot - my_first_slot] += e.sels;
-        }
-      }
-      // With a row-separable codec the forwarder passes rows on in the wire format: it notes where each one is
-      // in the inbox (kept until the forward messages are built) instead of decoding and re-encoding it.
-      std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
-      for (size_t i = 0; i < from.size() && !phantom; ++i) {
-        const int si = from[i], src = srcs[si];
-        const uint32_t* cn = rail_at(si, k);
-        const uint8_t* wire_rows = nullptr;
-        const bool own = recv_of[i] < 0;  // this rank's own rows, in its batch (self_rows)
-        if (own) {
-          uint64_t payload = 0;
-          const std::string what = c.message_context(me, a.step, a.layer);
-          unpack_block(static_cast<const uint8_t*>(self_meta.ptr), self_meta.bytes, b, payload, what.c_str());
-          c.check_counts(b, cn[0], cn[1], what);
-        } else if (rb > 0) {
-          wire_rows = c.read_wire_block(inbox[si], recvs[recv_of[i]].bytes, b, cn[0], cn[1], src, a.step, a.layer);
-        } else {
-          c.read_block_message(inbox[si], recvs[recv_of[i]].bytes, b, brows, *c.dispatch_codec,
-                               EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
-          c.check_counts(b, cn[0], cn[1], c.message_context(src, a.step, a.layer));
-        }
-        fwd_in_rows[si] = b.size();
-        for (int j = 0; j < b.size(); ++j) {
-          std::fill(last_tok.begin(), last_tok.end(), -1);
-          for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
-            const int q = c.slot_home[b.sel_slot[s]].local;
-            if (last_tok[q] < 0) {
-              last_tok[q] = to_local[q].size();
-              to_local[q].add_token(b.src_rank[j], b.token[j]);
-              if (rb > 0)
-                local_wire[q].push_back(own ? self_rows[j] : wire_rows + static_cast<size_t>(j) * rb);
-              else
-                local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
-                                     brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
-            }
-            // Tokens are added one at a time, so the open token of block q is this one.
-            to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
+      const auto forward = [&] {
+        const auto fwd_at = [&](int q) { return &fwd_counts[(static_cast<size_t>(q) * K + k) * 2]; };
+        std::vector<TokenBlock> to_local(phantom ? 0 : G);
+        for (int q = 0; q < G && !phantom; ++q) to_local[q].reserve(fwd_at(q)[0], fwd_at(q)[1]);
+        std::vector<std::vector<float>> local_rows(G);
+        std::vector<int32_t> node_slot_sels(phantom ? node_slots : 0, 0);
+        const int my_first_slot = T.rank_of(my_node, 0) * spr;
+        int32_t* fwd_in_rows = st->fwd_in_rows.data() + static_cast<size_t>(k) * S;  // S may be 0
+        int32_t* fwd_out_rows = st->fwd_out_rows.data() + static_cast<size_t>(k) * G;
+        std::vector<int> last_tok(G, -1);
+        for (size_t i = 0; i < from.size() && phantom; ++i) {
+          const int si = from[i], src = srcs[si];
+          c.read_summary_message(inbox[si], recvs[recv_of[i]].bytes, summary, rail_at(si, k)[0], rail_at(si, k)[1],
+                                 src);
+          fwd_in_rows[si] = static_cast<int32_t>(summary.tokens);
+          for (const EngineContext::SlotSels& e : summary.slots) {
+            if (e.slot < my_first_slot || e.slot >= my_first_slot + node_slots)
+              throw FabricError("rank " + std::to_string(me) + ": forwarder got selections for slot " +
+                                std::to_string(e.slot) + ", outside its node");
+            node_slot_sels[e.slot - my_first_slot] += e.sels;
           }
-          for (int q = 0; q < G; ++q)
-            if (last_tok[q] >= 0) st->fwd_map.push_back({q, last_tok[q]});
-          st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
         }
-      }
-      // The forward message to local rank q, built in send buffer `slot`: a phantom summary, a block of wire rows
-      // copied from the rail's receive buffers, or encoded fp32 rows. False when nothing goes to q.
-      std::vector<EngineContext::Message> fmsgs(G);
-      const auto build_forward = [&](int q, size_t slot) {
-        fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_at(q)[0]) : to_local[q].size();
-        if (fwd_out_rows[q] == 0) return false;
-        const int r = T.rank_of(my_node, q);
-        if (!c.gpu_up(r))
-          throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(fwd_out_rows[q]) +
-                            " rows to forward to failed GPU " + std::to_string(r) +
-                            " (failed GPUs' slots must not be selected)");
-        if (phantom) {
-          summary.assign(fwd_at(q)[0], fwd_at(q)[1], &node_slot_sels[static_cast<size_t>(q) * spr], spr, r * spr);
-          fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
-          return true;
-        }
-        if (rb > 0 && c.gather_sends) {
-          // The metadata in outbox(q); the rows go from the rail's receive buffers straight to local rank q.
-          std::vector<uint8_t>& m = c.outbox(q);
-          pack_block(to_local[q], local_wire[q].size() * rb, m);
-          fmsgs[q] = EngineContext::Message::view_of(m);
-          fmsgs[q].meta_bytes = m.size();
-          fmsgs[q].row_bytes = rb;
-          fmsgs[q].row_ptrs = std::move(local_wire[q]);
-        } else if (rb > 0) {
-          // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
-          std::vector<uint8_t>& m = c.outbox(slot);
-          const size_t wire = local_wire[q].size() * rb;
-          reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + wire);
-          pack_block(to_local[q], wire, m);
-          const size_t meta = m.size();
-          for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
-          fmsgs[q] = EngineContext::Message::view_of(m);
-          fmsgs[q].meta_bytes = meta;
-          std::vector<const uint8_t*>().swap(local_wire[q]);
-        } else {
-          fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
-                                          EngineContext::stream_id(Phase::kForward, a.layer, me, r));
-        }
-        to_local[q].release();
-        std::vector<float>().swap(local_rows[q]);
-        return true;
-      };
-      sends.clear();
-      lrecvs.clear();
-      lfrom.clear();
-      if (split) {
-        // Where rows are copied into send buffers, sub-rounds of kFlatRoundPeers local ranks, as flat's dispatch:
-        // in sub-round j a forwarder sends to the local ranks j * Gr + i above it and receives from those as far
-        // below (i < Gr), so its send buffers hold only a sub-round's messages; gathered, one exchange. The
-        // metadata waits in boxes above the rail's (whose rows later sub-rounds still copy), the rows land at
-        // their place in the handle, and the blocks are read once every round is in (below).
-        const int Gr = c.gather_sends ? G : std::min(G, kFlatRoundPeers), my_local = T.local_of(me);
-        const int subs = (G + Gr - 1) / Gr;
-        std::vector<PeerSend> meta_sends, row_sends;
-        std::vector<PeerRecv> meta_recvs, round_rows;
-        for (int j = 0; j < subs; ++j) {
-          meta_sends.clear(), row_sends.clear(), meta_recvs.clear(), round_rows.clear();
-          for (int i = 0; i < Gr && j * Gr + i < G; ++i) {
-            const int off = j * Gr + i, dq = (my_local + off) % G, sq = (my_local - off + G) % G;
-            if (build_forward(dq, static_cast<size_t>(i))) {
-              meta_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].meta()});
-              row_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].rows()});
-            }
-            if (local_at(sq, k)[0] > 0) {
-              const int r = T.rank_of(my_node, sq);
-              meta_recvs.push_back({r, c.inbox(meta_box + static_cast<size_t>(k) * G + sq,
-                                                block_meta_bytes(local_at(sq, k)[0], local_at(sq, k)[1]))});
-              round_rows.push_back(
-                  {r, MutBuf{h.recv_wire.data() + q_at[sq] + q_filled[sq], local_at(sq, k)[0] * rb}});
-            }
+        // With a row-separable codec the forwarder passes rows on in the wire format: it notes where each one is
+        // in the inbox (kept until the forward messages are built) instead of decoding and re-encoding it.
+        std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
+        std::vector<const uint8_t*> lent_rows;  // consume_rail: a rail block's rows where its source holds them
+        for (size_t i = 0; i < from.size() && !phantom; ++i) {
+          const int si = from[i], src = srcs[si];
+          const uint32_t* cn = rail_at(si, k);
+          const uint8_t* wire_rows = nullptr;
+          const bool own = recv_of[i] < 0;  // this rank's own rows, in its batch (self_rows)
+          if (own) {
+            uint64_t payload = 0;
+            const std::string what = c.message_context(me, a.step, a.layer);
+            unpack_block(static_cast<const uint8_t*>(self_meta.ptr), self_meta.bytes, b, payload, what.c_str());
+            c.check_counts(b, cn[0], cn[1], what);
+          } else if (consume_rail) {
+            c.read_lent_wire_block(rail[recv_of[i]], b, cn[0], cn[1], a.step, a.layer, lent_rows);
+          } else if (rb > 0) {
+            wire_rows = c.read_wire_block(inbox[si], recvs[recv_of[i]].bytes, b, cn[0], cn[1], src, a.step, a.layer);
+          } else {
+            c.read_block_message(inbox[si], recvs[recv_of[i]].bytes, b, brows, *c.dispatch_codec,
+                                 EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
+            c.check_counts(b, cn[0], cn[1], c.message_context(src, a.step, a.layer));
           }
-          const int tag = 2 * (k * subs + j);
-          c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, tag),
-                           make_tag(Phase::kForward, a.step, a.layer, tag + 1), meta_sends, row_sends, meta_recvs,
-                           round_rows);
-          for (size_t m = 0; m < meta_recvs.size(); ++m) {
-            const int q = T.local_of(meta_recvs[m].peer);
-            meta_of[static_cast<size_t>(k) * G + q] = meta_recvs[m];
-            rows_of[static_cast<size_t>(k) * G + q] = round_rows[m];
-            q_filled[q] += local_at(q, k)[0] * rb;
+          fwd_in_rows[si] = b.size();
+          for (int j = 0; j < b.size(); ++j) {
+            std::fill(last_tok.begin(), last_tok.end(), -1);
+            for (int s = b.sel_begin[j]; s < b.sel_begin[j + 1]; ++s) {
+              const int q = c.slot_home[b.sel_slot[s]].local;
+              if (last_tok[q] < 0) {
+                last_tok[q] = to_local[q].size();
+                to_local[q].add_token(b.src_rank[j], b.token[j]);
+                if (rb > 0)
+                  local_wire[q].push_back(own            ? self_rows[j]
+                                          : consume_rail ? lent_rows[j]
+                                                         : wire_rows + static_cast<size_t>(j) * rb);
+                else
+                  local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
+                                       brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
+              }
+              // Tokens are added one at a time, so the open token of block q is this one.
+              to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
+            }
+            for (int q = 0; q < G; ++q)
+              if (last_tok[q] >= 0) st->fwd_map.push_back({q, last_tok[q]});
+            st->fwd_map_begin.push_back(static_cast<int32_t>(st->fwd_map.size()));
           }
-          for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
         }
-      } else {
-        // One round (rail_rounds): the forward messages whole, read into the handle below.
-        for (int q = 0; q < G; ++q)
-          if (build_forward(q, static_cast<size_t>(q))) sends.push_back({T.rank_of(my_node, q), fmsgs[q].buf()});
-        for (int q = 0; q < G; ++q) {
-          if (local_at(q, 0)[0] == 0) continue;
+        // The forward message to local rank q, built in send buffer `slot`: a phantom summary, a block of wire rows
+        // copied from the rail's receive buffers, or encoded fp32 rows. False when nothing goes to q.
+        std::vector<EngineContext::Message> fmsgs(G);
+        const auto build_forward = [&](int q, size_t slot) {
+          fwd_out_rows[q] = phantom ? static_cast<int32_t>(fwd_at(q)[0]) : to_local[q].size();
+          if (fwd_out_rows[q] == 0) return false;
           const int r = T.rank_of(my_node, q);
-          lrecvs.push_back({r, c.inbox(lbox + q, phantom ? EngineContext::summary_capacity(local_at(q, 0)[1], spr)
-                                                         : c.block_capacity(local_at(q, 0)[0], local_at(q, 0)[1],
-                                                                            *c.dispatch_codec))});
-          lfrom.push_back(q);
+          if (!c.gpu_up(r))
+            throw FabricError("rank " + std::to_string(me) + ": " + std::to_string(fwd_out_rows[q]) +
+                              " rows to forward to failed GPU " + std::to_string(r) +
+                              " (failed GPUs' slots must not be selected)");
+          if (phantom) {
+            summary.assign(fwd_at(q)[0], fwd_at(q)[1], &node_slot_sels[static_cast<size_t>(q) * spr], spr, r * spr);
+            fmsgs[q] = c.make_summary_message(summary, *c.dispatch_codec);
+            return true;
+          }
+          if (rb > 0 && c.gather_sends) {
+            // The metadata in outbox(fwd_box + q); the rows go from the rail's receive buffers (or, read in place,
+            // the sources' batches) straight to local rank q.
+            std::vector<uint8_t>& m = c.outbox(fwd_box + q);
+            pack_block(to_local[q], local_wire[q].size() * rb, m);
+            fmsgs[q] = EngineContext::Message::view_of(m);
+            fmsgs[q].meta_bytes = m.size();
+            fmsgs[q].row_bytes = rb;
+            fmsgs[q].row_ptrs = std::move(local_wire[q]);
+          } else if (rb > 0) {
+            // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
+            std::vector<uint8_t>& m = c.outbox(fwd_box + slot);
+            const size_t wire = local_wire[q].size() * rb;
+            reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + wire);
+            pack_block(to_local[q], wire, m);
+            const size_t meta = m.size();
+            for (const uint8_t* row : local_wire[q]) m.insert(m.end(), row, row + rb);
+            fmsgs[q] = EngineContext::Message::view_of(m);
+            fmsgs[q].meta_bytes = meta;
+            std::vector<const uint8_t*>().swap(local_wire[q]);
+          } else {
+            fmsgs[q] = c.make_block_message(to_local[q], local_rows[q].data(), *c.dispatch_codec,
+                                            EngineContext::stream_id(Phase::kForward, a.layer, me, r));
+          }
+          to_local[q].release();
+          std::vector<float>().swap(local_rows[q]);
+          return true;
+        };
+        sends.clear();
+        lrecvs.clear();
+        lfrom.clear();
+        if (split) {
+          // Where rows are copied into send buffers, sub-rounds of kFlatRoundPeers local ranks, as flat's dispatch:
+          // in sub-round j a forwarder sends to the local ranks j * Gr + i above it and receives from those as far
+          // below (i < Gr), so its send buffers hold only a sub-round's messages; gathered, one exchange. The
+          // metadata waits in boxes above the rail's (whose rows later sub-rounds still copy), the rows land at
+          // their place in the handle, and the blocks are read once every round is in (below).
+          const int Gr = c.gather_sends ? G : std::min(G, kFlatRoundPeers), my_local = T.local_of(me);
+          const int subs = (G + Gr - 1) / Gr;
+          std::vector<PeerSend> meta_sends, row_sends;
+          std::vector<PeerRecv> meta_recvs, round_rows;
+          for (int j = 0; j < subs; ++j) {
+            meta_sends.clear(), row_sends.clear(), meta_recvs.clear(), round_rows.clear();
+            for (int i = 0; i < Gr && j * Gr + i < G; ++i) {
+              const int off = j * Gr + i, dq = (my_local + off) % G, sq = (my_local - off + G) % G;
+              if (build_forward(dq, static_cast<size_t>(i))) {
+                meta_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].meta()});
+                row_sends.push_back({T.rank_of(my_node, dq), fmsgs[dq].rows()});
+              }
+              if (local_at(sq, k)[0] > 0) {
+                const int r = T.rank_of(my_node, sq);
+                meta_recvs.push_back({r, c.inbox(meta_box + static_cast<size_t>(k) * G + sq,
+                                                 block_meta_bytes(local_at(sq, k)[0], local_at(sq, k)[1]))});
+                round_rows.push_back(
+                    {r, MutBuf{h.recv_wire.data() + q_at[sq] + q_filled[sq], local_at(sq, k)[0] * rb}});
+              }
+            }
+            const int tag = 2 * (k * subs + j);
+            c.exchange_split(disp, make_tag(Phase::kForward, a.step, a.layer, tag),
+                             make_tag(Phase::kForward, a.step, a.layer, tag + 1), meta_sends, row_sends, meta_recvs,
+                             round_rows);
+            for (size_t m = 0; m < meta_recvs.size(); ++m) {
+              const int q = T.local_of(meta_recvs[m].peer);
+              meta_of[static_cast<size_t>(k) * G + q] = meta_recvs[m];
+              rows_of[static_cast<size_t>(k) * G + q] = round_rows[m];
+              q_filled[q] += local_at(q, k)[0] * rb;
+            }
+            for (const PeerSend& s : meta_sends) fmsgs[T.local_of(s.peer)] = {};
+          }
+        } else {
+          // One round (rail_rounds): the forward messages whole, read into the handle below.
+          for (int q = 0; q < G; ++q)
+            if (build_forward(q, static_cast<size_t>(q))) sends.push_back({T.rank_of(my_node, q), fmsgs[q].buf()});
+          for (int q = 0; q < G; ++q) {
+            if (local_at(q, 0)[0] == 0) continue;
+            const int r = T.rank_of(my_node, q);
+            lrecvs.push_back({r, c.inbox(lbox + q, phantom ? EngineContext::summary_capacity(local_at(q, 0)[1], spr)
+                                                           : c.block_capacity(local_at(q, 0)[0], local_at(q, 0)[1],
+                                                                              *c.dispatch_codec))});
+            lfrom.push_back(q);
+          }
+          c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
         }
-        c.exchange(disp, make_tag(Phase::kForward, a.step, a.layer, 0), sends, lrecvs);
+      };
+      const Tag rail_tag = make_tag(Phase::kDispatch, a.step, a.layer, k);
+      if (consume_rail) {
+        // The round is forwarded while the sources lend their messages, so its rows cross from their batches to
+        // the local ranks in one copy. The messages' metadata stays in the sources' outboxes [0, N) meanwhile.
+        c.exchange_consume(disp, rail_tag, sends, rail, forward);
+        std::vector<EngineContext::Message>().swap(msgs);
+        std::vector<float>().swap(rows);
+      } else {
+        c.exchange(disp, rail_tag, sends, recvs);
+        std::vector<EngineContext::Message>().swap(msgs);
+        std::vector<float>().swap(rows);
+        forward();
       }
     }
     c.fabric.end_pipeline();

@@ -132,15 +132,22 @@ void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const void
   add(sent_, peer, tag, phase, data, bytes, total_bytes);
 }
 
+void PayloadLedger::add(Map& m, int peer, Tag tag, const std::string& phase, const ConstBuf& data) {
+  if (!data.gathered()) return add(m, peer, tag, phase, data.ptr, data.ptr ? data.bytes : 0, data.total());
+  count(m, peer, tag, phase, data.bytes, data.total(), checksum_ && data.bytes > 0 ? payload_checksum(data) : 0);
+}
+
 void PayloadLedger::sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data) {
-  if (!data.gathered()) return sent(peer, tag, phase, data.ptr, data.ptr ? data.bytes : 0, data.total());
-  count(sent_, peer, tag, phase, data.bytes, data.total(),
-        checksum_ && data.bytes > 0 ? payload_checksum(data) : 0);
+  add(sent_, peer, tag, phase, data);
 }
 
 void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes,
                              size_t total_bytes) {
   add(got_, peer, tag, phase, data, bytes, total_bytes);
+}
+
+void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const ConstBuf& data) {
+  add(got_, peer, tag, phase, data);
 }
 
 void PayloadLedger::kept(int self, Tag tag, const std::string& phase, const ConstBuf& data) {

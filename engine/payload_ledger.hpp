@@ -54,6 +54,8 @@ class PayloadLedger {
   // A send buffer as posted (a gather send's rows included).
   void sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  // A gathered message read where its sender holds it (alltoallv_consume): hashed head, then rows.
+  void received(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   // A message the rank keeps for itself (Fabric::keep_local): sent and received at once, hashed once.
   void kept(int self, Tag tag, const std::string& phase, const ConstBuf& data);
   PayloadLog log() const;
@@ -72,6 +74,7 @@ class PayloadLedger {
   };
   using Map = std::unordered_map<Key, PayloadRecord, KeyHash>;
   void add(Map& m, int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
+  void add(Map& m, int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   // One message into m's record for (peer, tag): its bytes, and its checksum (0 without checksums).
   void count(Map& m, int peer, Tag tag, const std::string& phase, size_t bytes, size_t total_bytes, uint64_t sum);
   PayloadRecord& entry(Map& m, int peer, Tag tag, const std::string& phase);

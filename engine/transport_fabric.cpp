@@ -328,9 +328,10 @@ Request TransportFabric::post_send(int peer, Tag tag, ConstBuf data, bool lend) 
   op->bytes = data.bytes;
   op->total_bytes = data.total();
   op->lend = lend;
-  // Made contiguous, kept until the send completes, where the transport cannot send rows from where they lie or
-  // where the bytes are lent (a consuming receiver reads one contiguous message).
-  if (data.gathered() && (lend || !transport_.caps().gather_send)) {
+  // Made contiguous, kept until the send completes, where the transport cannot send rows from where they lie. A
+  // lent gather send stays gathered: a consuming receiver reads its rows where they lie, or has it made
+  // contiguous for itself (alltoallv_consume).
+  if (data.gathered() && !transport_.caps().gather_send) {
     op->flat.resize(data.bytes);
     data.copy_to(op->flat.data());
     data = ConstBuf{op->flat.data(), data.bytes, data.phantom_bytes};
@@ -381,8 +382,8 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       const bool enter = (ledger_ || tally_) && !in_native_exchange_;
       if (auto* r = enter ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
         r->ledgered = true;
-        received(r->peer, r->tag, r->consume ? const_cast<void*>(r->msg.data) : r->buf.ptr, r->bytes,
-                 r->total_bytes);
+        received(r->peer, r->tag, r->consume ? const_cast<void*>(r->msg.data) : r->buf.ptr, r->bytes, r->total_bytes,
+                 r->consume ? r->msg.gather : RowGather{});
       }
     }
     if (next == reqs.size()) return;
@@ -402,15 +403,21 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
   }
 }
 
-void TransportFabric::received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes) {
+void TransportFabric::received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes,
+                               const RowGather& gather) {
   if (flip_armed_ && !flipped_ && total_bytes > 0 && PayloadFlip::from_environment().matches(peer, rank_, tag)) {
     if (total_bytes > bytes)
       --total_bytes;  // phantom bytes: the message arrives one byte short, its real bytes untouched
+    else if (gather.bytes() > 0)  // the message's last byte is its last row's, where the sender holds it
+      const_cast<uint8_t*>(gather.rows[gather.count - 1])[gather.row_bytes - 1] ^= 0x01;
     else
       static_cast<uint8_t*>(data)[bytes - 1] ^= 0x01;
     flipped_ = true;
   }
-  if (ledger_) ledger_->received(peer, tag, phase_, data, bytes, total_bytes);
+  if (ledger_ && gather.count > 0)
+    ledger_->received(peer, tag, phase_, ConstBuf{data, bytes, total_bytes - bytes, gather});
+  else if (ledger_)
+    ledger_->received(peer, tag, phase_, data, bytes, total_bytes);
   if (tally_) tally_->received(peer, rank_, tag, total_bytes);
 }
 
@@ -511,15 +518,22 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
   for (const PeerSend& s : sends)
     if (live(s.peer)) sreqs.push_back(post_send(s.peer, tag, s.data, true));
   wait_all(rreqs, d);
+  std::vector<std::vector<uint8_t>> flat;  // gather sends made contiguous for receives that do not take them
   for (size_t i = 0; i < recvs.size(); ++i)
     if (const auto* op = static_cast<const RecvOp*>(rreqs[i].state())) {
       recvs[i].data = static_cast<const uint8_t*>(op->msg.data);
       recvs[i].bytes = op->bytes;
+      recvs[i].gather = op->msg.gather;
+      if (op->msg.gather.count == 0 || recvs[i].takes_gather) continue;
+      std::vector<uint8_t>& f = flat.emplace_back(op->bytes);
+      op->msg.copy_to(f.data());
+      recvs[i].data = f.data();
+      recvs[i].gather = RowGather{};
     }
   consume();
   for (Request& r : rreqs)
     if (r.valid()) domain_.release(*static_cast<RecvOp*>(r.state()));
-  for (PeerConsume& r : recvs) r.data = nullptr;
+  for (PeerConsume& r : recvs) r.data = nullptr, r.gather = RowGather{};
   wait_all(sreqs, d);
 }
 

@@ -206,8 +206,9 @@ class TransportFabric final : public Fabric {
   bool flipped_ = false;     // and its one flip (PayloadFlip) was done
   // isend, or with `lend` a send whose bytes its receiver reads where they lie (alltoallv_consume).
   Request post_send(int peer, Tag tag, ConstBuf data, bool lend);
-  // A receive of `bytes` real bytes at `data` completed: the test hook's flip, then the ledger and the tally.
-  void received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes);
+  // A receive of `bytes` real bytes at `data` completed (with `gather`, a consumed gather send: its rows where
+  // they lie, as in a ConstBuf): the test hook's flip, then the ledger and the tally.
+  void received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes, const RowGather& gather = {});
 };
 
 // Launches every rank of `topo` on its own OS thread over one Domain on a WallClock, and joins them:

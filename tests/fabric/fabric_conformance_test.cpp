@@ -217,6 +217,63 @@ TEST_P(FabricConformance, ConsumeInPlaceReadsEveryMessageWhereItsSenderHoldsIt) 
       2, 4);
 }
 
+// A gather send (RowGather) consumed in place: a receive that takes gathers gets the sender's head and its rows'
+// very addresses; one that does not gets the same bytes contiguous.
+TEST_P(FabricConformance, ConsumeInPlaceHandsOverGatherSends) {
+  constexpr size_t kRow = 300;
+  auto byte = [](int src, int dst, size_t k) { return static_cast<uint8_t>((src * 41 + dst * 13 + k * 7) & 0xFF); };
+  auto head_size = [](int src, int dst) { return static_cast<size_t>((src + 3 * dst) % 4 * 5); };  // may be empty
+  auto row_count = [](int src, int dst) { return static_cast<size_t>((2 * src + dst) % 3 + 1); };
+  std::vector<const uint8_t*> first_row(64 * 64, nullptr);  // [src * n + dst], written before any send
+  run([&](Fabric& f) {
+    if (!f.caps().consume_in_place) return;
+    const int n = f.size(), me = f.rank();
+    std::vector<std::vector<uint8_t>> head(n), pool(n);
+    std::vector<std::vector<const uint8_t*>> rows(n);
+    std::vector<PeerSend> sends;
+    std::vector<PeerConsume> recvs;
+    for (int p = 0; p < n; ++p) {
+      const size_t h = head_size(me, p), count = row_count(me, p);
+      head[p].resize(h + 1);  // never empty, so data() is a pointer to compare
+      for (size_t k = 0; k < h; ++k) head[p][k] = byte(me, p, k);
+      pool[p].assign(count * (kRow + 64), 0);
+      for (size_t r = 0; r < count; ++r) {  // rows apart and in reverse order
+        uint8_t* at = pool[p].data() + (count - 1 - r) * (kRow + 64);
+        for (size_t k = 0; k < kRow; ++k) at[k] = byte(me, p, h + r * kRow + k);
+        rows[p].push_back(at);
+      }
+      ConstBuf d{head[p].data(), h + count * kRow};
+      d.gather = RowGather{rows[p].data(), count, kRow};
+      sends.push_back({p, d});
+      recvs.push_back(PeerConsume{p, 2000, p % 2 == 0});
+      first_row[static_cast<size_t>(me) * n + p] = rows[p][0];
+    }
+    f.barrier();  // every rank's addresses are written
+    f.alltoallv_consume(
+        45, sends, recvs,
+        [&] {
+          for (const PeerConsume& r : recvs) {
+            const size_t h = head_size(r.peer, me), count = row_count(r.peer, me), want = h + count * kRow;
+            ASSERT_EQ(r.bytes, want) << "from " << r.peer;
+            std::vector<uint8_t> got(r.data, r.data + (r.takes_gather ? h : want));
+            if (r.takes_gather) {
+              ASSERT_EQ(r.gather.count, count) << "from " << r.peer;
+              ASSERT_EQ(r.gather.row_bytes, kRow) << "from " << r.peer;
+              EXPECT_EQ(r.gather.rows[0], first_row[static_cast<size_t>(r.peer) * n + me]) << "from " << r.peer;
+              for (size_t i = 0; i < count; ++i) got.insert(got.end(), r.gather.rows[i], r.gather.rows[i] + kRow);
+            } else {
+              EXPECT_EQ(r.gather.count, 0u) << "from " << r.peer << ": a receive that takes no gathers got one";
+            }
+            size_t wrong = 0;
+            for (size_t k = 0; k < want; ++k) wrong += got[k] != byte(r.peer, me, k);
+            EXPECT_EQ(wrong, 0u) << "from " << r.peer << (r.takes_gather ? ", gathered" : ", contiguous");
+          }
+        },
+        Deadline{});
+    for (const PeerConsume& r : recvs) EXPECT_EQ(r.gather.count, 0u) << "valid only inside consume";
+  });
+}
+
 // A message larger than its consuming receive's capacity fails that receive, and its sender is not left waiting.
 TEST_P(FabricConformance, ConsumeInPlaceOversizedMessageIsAnError) {
   run([](Fabric& f) {
