@@ -589,7 +589,7 @@ class Hierarchical : public Algorithm {
     // rail's answers, which arrive while they are sent.
     // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
     // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either, and the sums
-    // are built in the rail's receive buffers [0, S), whose dispatch rows have been forwarded (reduce_locally).
+    // are built in the rail's receive buffers [0, S), which dispatch left unused (reduce_locally).
     // Combine answers dispatch's rounds in order, each back to the forwarders, then across the rail; read in
     // place with a row-separable combine codec, the answers to a forwarder travel in one message for every round
     // (the handle holds a forwarder's rows together), and the rounds run while it is lent.
@@ -815,9 +815,10 @@ class Hierarchical : public Algorithm {
       } else if (rb > 0) {
         acc.resize(H);
         // The sums are built where they are sent from. Where the source reads them in place
-        // (Caps::consume_in_place), in the rail receive buffer its rows came in: those were forwarded in dispatch
-        // and are not read again, so a (token, node) pair holds one buffer for its row and then its sum. Else in
-        // a send buffer of their own, as the rail's answers come back into the receive buffers.
+        // (Caps::consume_in_place), in the rail receive buffer [si]: dispatch read the rail's rows where their
+        // sources held them and left it unused (were they received, they would have been forwarded and not read
+        // again), so a (token, node) pair holds one buffer, for its sum. Else in a send buffer of their own, as
+        // the rail's answers come back into the receive buffers.
         const size_t bytes = static_cast<size_t>(rows_n) * rb;
         uint8_t* sums = nullptr;
         if (c.consume_in_place()) {
