@@ -17,6 +17,25 @@
 namespace eplab {
 namespace {
 
+// A gather send: `head_bytes` bytes in `head`, then `count` rows of `row_bytes` that lie in `pool` `gap` bytes
+// apart and in reverse order; byte k of the message is byte(k). `rows` lists the rows.
+template <class Byte>
+ConstBuf gather_send(size_t head_bytes, size_t count, size_t row_bytes, size_t gap, const Byte& byte,
+                     std::vector<uint8_t>& head, std::vector<uint8_t>& pool, std::vector<const uint8_t*>& rows) {
+  head.resize(head_bytes + 1);  // never empty, so data() is an address to compare
+  for (size_t k = 0; k < head_bytes; ++k) head[k] = byte(k);
+  pool.assign(count * (row_bytes + gap), 0);
+  rows.clear();
+  for (size_t r = 0; r < count; ++r) {
+    uint8_t* at = pool.data() + (count - 1 - r) * (row_bytes + gap);
+    for (size_t k = 0; k < row_bytes; ++k) at[k] = byte(head_bytes + r * row_bytes + k);
+    rows.push_back(at);
+  }
+  ConstBuf d{head.data(), head_bytes + count * row_bytes};
+  d.gather = RowGather{rows.data(), count, row_bytes};
+  return d;
+}
+
 class FabricConformance : public ::testing::TestWithParam<std::string> {
  protected:
   // A backend built here whose hardware is absent (real without a GPU), or whose process launcher started a
@@ -233,18 +252,8 @@ TEST_P(FabricConformance, ConsumeInPlaceHandsOverGatherSends) {
     std::vector<PeerSend> sends;
     std::vector<PeerConsume> recvs;
     for (int p = 0; p < n; ++p) {
-      const size_t h = head_size(me, p), count = row_count(me, p);
-      head[p].resize(h + 1);  // never empty, so data() is a pointer to compare
-      for (size_t k = 0; k < h; ++k) head[p][k] = byte(me, p, k);
-      pool[p].assign(count * (kRow + 64), 0);
-      for (size_t r = 0; r < count; ++r) {  // rows apart and in reverse order
-        uint8_t* at = pool[p].data() + (count - 1 - r) * (kRow + 64);
-        for (size_t k = 0; k < kRow; ++k) at[k] = byte(me, p, h + r * kRow + k);
-        rows[p].push_back(at);
-      }
-      ConstBuf d{head[p].data(), h + count * kRow};
-      d.gather = RowGather{rows[p].data(), count, kRow};
-      sends.push_back({p, d});
+      const auto b = [&](size_t k) { return byte(me, p, k); };
+      sends.push_back({p, gather_send(head_size(me, p), row_count(me, p), kRow, 64, b, head[p], pool[p], rows[p])});
       recvs.push_back(PeerConsume{p, 2000, p % 2 == 0});
       first_row[static_cast<size_t>(me) * n + p] = rows[p][0];
     }
@@ -289,7 +298,8 @@ TEST_P(FabricConformance, ConsumeInPlaceOversizedMessageIsAnError) {
       EXPECT_THROW(f.alltoallv_consume(44, sends, recvs, [&] { ran = true; }, Deadline{}), FabricError);
       EXPECT_FALSE(ran);
     } else {
-      f.alltoallv_consume(44, sends, recvs, [&] { ran = recvs[0].bytes == 8; }, Deadline{});
+      f.alltoallv_consume(
+          44, sends, recvs, [&] { ran = recvs[0].bytes == 8; }, Deadline{});
       EXPECT_TRUE(ran);
     }
   });
@@ -302,7 +312,9 @@ TEST_P(FabricConformance, GatherSendsArriveAsTheContiguousMessage) {
   run([](Fabric& f) {
     const int n = f.size(), me = f.rank();
     constexpr size_t kRow = 4096 + 24;  // rows that do not fall on 32-byte blocks after an odd head
-    auto byte = [](int src, int dst, size_t k) { return static_cast<uint8_t>((src * 37 + dst * 11 + k * 13 + (k >> 8)) & 0xFF); };
+    auto byte = [](int src, int dst, size_t k) {
+      return static_cast<uint8_t>((src * 37 + dst * 11 + k * 13 + (k >> 8)) & 0xFF);
+    };
     // Rank me's message to p: head of (me + p) % 5 * 7 + 1 bytes, then 1 + (me + 2 * p) % 4 rows; the rows lie
     // in `pool` in reverse order, apart from each other.
     std::vector<std::vector<uint8_t>> head(n), pool(n), in(n), late(n);
@@ -314,17 +326,8 @@ TEST_P(FabricConformance, GatherSendsArriveAsTheContiguousMessage) {
     };
     for (int p = 0; p < n; ++p) {
       const size_t h = static_cast<size_t>((me + p) % 5 * 7 + 1), count = static_cast<size_t>(1 + (me + 2 * p) % 4);
-      head[p].resize(h);
-      for (size_t k = 0; k < h; ++k) head[p][k] = byte(me, p, k);
-      pool[p].assign(count * (kRow + 100), 0);
-      for (size_t r = 0; r < count; ++r) {
-        uint8_t* at = pool[p].data() + (count - 1 - r) * (kRow + 100);
-        for (size_t k = 0; k < kRow; ++k) at[k] = byte(me, p, h + r * kRow + k);
-        rows[p].push_back(at);
-      }
-      ConstBuf d{head[p].data(), h + count * kRow};
-      d.gather = RowGather{rows[p].data(), count, kRow};
-      sends.push_back({p, d});
+      const auto b = [&](size_t k) { return byte(me, p, k); };
+      sends.push_back({p, gather_send(h, count, kRow, 100, b, head[p], pool[p], rows[p])});
       in[p].assign(want_size(p, me) + 16, 0xEE);
       recvs.push_back({p, MutBuf{in[p].data(), in[p].size()}});
     }
