@@ -589,7 +589,8 @@ class Hierarchical : public Algorithm {
     // rail's answers, which arrive while they are sent.
     // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
     // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either, and the sums
-    // are built in the rail's receive buffers [0, S), which dispatch left unused (reduce_locally).
+    // are built in the rail's receive buffers [0, S), which dispatch left unused (it read the rail in place) or
+    // whose rows it has forwarded (reduce_locally).
     // Combine answers dispatch's rounds in order, each back to the forwarders, then across the rail; read in
     // place with a row-separable combine codec, the answers to a forwarder travel in one message for every round
     // (the handle holds a forwarder's rows together), and the rounds run while it is lent.
@@ -816,9 +817,9 @@ class Hierarchical : public Algorithm {
         acc.resize(H);
         // The sums are built where they are sent from. Where the source reads them in place
         // (Caps::consume_in_place), in the rail receive buffer [si]: dispatch read the rail's rows where their
-        // sources held them and left it unused (were they received, they would have been forwarded and not read
-        // again), so a (token, node) pair holds one buffer, for its sum. Else in a send buffer of their own, as
-        // the rail's answers come back into the receive buffers.
+        // sources held them and left it unused, or received them there and has forwarded them, so a (token, node)
+        // pair holds one buffer, for its sum. Else in a send buffer of their own, as the rail's answers come back
+        // into the receive buffers.
         const size_t bytes = static_cast<size_t>(rows_n) * rb;
         uint8_t* sums = nullptr;
         if (c.consume_in_place()) {
