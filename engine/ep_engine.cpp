@@ -265,11 +265,10 @@ void EngineContext::exchange_split(PhaseStats& st, Tag meta_tag, Tag rows_tag, s
   fabric.alltoallv(rows_tag, row_sends, row_recvs, deadline());
 }
 
-int EngineContext::add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes,
-                                   uint32_t tokens, uint32_t sels, int peer, TokenBlock& b) {
-  const std::string what = message_context(peer, h.step, h.layer);
+void EngineContext::read_split_meta(const uint8_t* meta, size_t meta_bytes, size_t row_bytes, uint32_t tokens,
+                                    uint32_t sels, const std::string& what, TokenBlock& b) const {
   uint64_t payload = 0;
-  const size_t off = unpack_block(meta.data(), meta_bytes, b, payload, what.c_str());
+  const size_t off = unpack_block(meta, meta_bytes, b, payload, what.c_str());
   if (off != meta_bytes)
     throw FabricError(what + ": block metadata takes " + std::to_string(off) + " bytes, its message has " +
                       std::to_string(meta_bytes));
@@ -278,6 +277,11 @@ int EngineContext::add_split_block(Handle& h, const std::vector<uint8_t>& meta, 
   if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
     throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
                       " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
+}
+
+int EngineContext::add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes,
+                                   uint32_t tokens, uint32_t sels, int peer, TokenBlock& b) {
+  read_split_meta(meta.data(), meta_bytes, row_bytes, tokens, sels, message_context(peer, h.step, h.layer), b);
   h.recv.append(b);
   return b.size();
 }
@@ -416,7 +420,7 @@ int EngineContext::add_block_message(Handle& h, const std::vector<uint8_t>& msg,
     return static_cast<int>(s.tokens);
   }
   if (dispatch_row_bytes > 0 && &codec == dispatch_codec.get()) {  // rows stay in the wire format
-    const uint8_t* rows_at = read_wire_block(msg, real_bytes, b, tokens, sels, peer, h.step, h.layer);
+    const uint8_t* rows_at = read_wire_block(msg.data(), real_bytes, b, tokens, sels, peer, h.step, h.layer);
     h.recv_wire.insert(h.recv_wire.end(), rows_at, rows_at + static_cast<size_t>(b.size()) * dispatch_row_bytes);
     h.recv.append(b);
     return b.size();
@@ -433,35 +437,35 @@ std::string EngineContext::message_context(int peer, int step, int layer) const 
          fabric.phase() + " (step " + std::to_string(step) + ", layer " + std::to_string(layer) + ")";
 }
 
-const uint8_t* EngineContext::read_wire_block(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b,
-                                              uint32_t tokens, uint32_t sels, int peer, int step, int layer) const {
+const uint8_t* EngineContext::read_wire_block(const uint8_t* msg, size_t real_bytes, TokenBlock& b, uint32_t tokens,
+                                              uint32_t sels, int peer, int step, int layer) const {
   const std::string what = message_context(peer, step, layer);
   uint64_t payload = 0;
-  const size_t off = unpack_block(msg.data(), real_bytes, b, payload, what.c_str());
+  const size_t off = unpack_block(msg, real_bytes, b, payload, what.c_str());
   check_block(b, off, payload, real_bytes, what);
   check_counts(b, tokens, sels, what);
   if (payload != static_cast<uint64_t>(b.size()) * dispatch_row_bytes)
     throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
                       " payload bytes, the codec's rows take " + std::to_string(dispatch_row_bytes));
-  return msg.data() + off;
+  return msg + off;
 }
 
 void EngineContext::read_lent_wire_block(const PeerConsume& m, TokenBlock& b, uint32_t tokens, uint32_t sels, int step,
                                          int layer, std::vector<const uint8_t*>& rows) const {
+  const size_t rb = dispatch_row_bytes;
+  if (m.gather.count == 0) {  // contiguous: the rows behind the metadata
+    const uint8_t* at = read_wire_block(m.data, m.bytes, b, tokens, sels, m.peer, step, layer);
+    rows.resize(static_cast<size_t>(b.size()));
+    for (size_t j = 0; j < rows.size(); ++j) rows[j] = at + j * rb;
+    return;
+  }
+  // Gathered: the metadata fills the bytes at m.data, as a split block's does, and the rows lie apart.
   const std::string what = message_context(m.peer, step, layer);
-  const size_t rb = dispatch_row_bytes, head = m.bytes - m.gather.bytes();
-  uint64_t payload = 0;
-  const size_t off = unpack_block(m.data, head, b, payload, what.c_str());
-  check_block(b, off, payload, m.gather.count > 0 ? off + m.gather.bytes() : m.bytes, what);
-  check_counts(b, tokens, sels, what);
-  if (payload != static_cast<uint64_t>(b.size()) * rb || (m.gather.count > 0 && m.gather.row_bytes != rb) ||
-      (m.gather.count > 0 && off != head))
-    throw FabricError(what + ": " + std::to_string(b.size()) + " rows in " + std::to_string(payload) +
-                      " payload bytes (" + std::to_string(m.gather.count) + " gathered rows of " +
-                      std::to_string(m.gather.row_bytes) + " behind " + std::to_string(head - off) +
-                      " unread bytes), the codec's rows take " + std::to_string(rb));
-  rows.resize(static_cast<size_t>(b.size()));
-  for (size_t j = 0; j < rows.size(); ++j) rows[j] = m.gather.count > 0 ? m.gather.rows[j] : m.data + off + j * rb;
+  if (m.gather.row_bytes != rb)
+    throw FabricError(what + ": gathered rows of " + std::to_string(m.gather.row_bytes) +
+                      " bytes, the codec's rows take " + std::to_string(rb));
+  read_split_meta(m.data, m.bytes - m.gather.bytes(), m.gather.bytes(), tokens, sels, what, b);
+  rows.assign(m.gather.rows, m.gather.rows + m.gather.count);
 }
 
 void EngineContext::check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const {

@@ -265,6 +265,10 @@ class EngineContext {
   // rows message's size, then appends the block's tokens to the handle (its rows are already in place).
   int add_split_block(Handle& h, const std::vector<uint8_t>& meta, size_t meta_bytes, size_t row_bytes, uint32_t tokens,
                       uint32_t sels, int peer, TokenBlock& b);
+  // The metadata of a block whose wire rows lie apart from it (a split block, a lent gather send): it must fill
+  // meta_bytes exactly and announce row_bytes of whole rows, holding the counts notify announced.
+  void read_split_meta(const uint8_t* meta, size_t meta_bytes, size_t row_bytes, uint32_t tokens, uint32_t sels,
+                       const std::string& what, TokenBlock& b) const;
   // Real payload: block metadata followed by the block's rows encoded with `codec` (phantom mode sends a
   // BlockSummary instead, below).
   Message make_block_message(const TokenBlock& b, const float* rows, Codec& codec, uint64_t stream);
@@ -340,8 +344,8 @@ class EngineContext {
   std::string message_context(int peer, int step, int layer) const;
   // A block message whose rows are in the dispatch codec's row format: parses and checks its metadata (slots,
   // payload size, the counts notify announced, whole rows) and returns where its rows start in msg.
-  const uint8_t* read_wire_block(const std::vector<uint8_t>& msg, size_t real_bytes, TokenBlock& b, uint32_t tokens,
-                                 uint32_t sels, int peer, int step, int layer) const;
+  const uint8_t* read_wire_block(const uint8_t* msg, size_t real_bytes, TokenBlock& b, uint32_t tokens, uint32_t sels,
+                                 int peer, int step, int layer) const;
   // The same for a block read where its sender holds it (alltoallv_consume, a receive that takes gathers): the
   // metadata at m.data and the rows behind it, or for a gather send the metadata filling the bytes at m.data and
   // the rows where the gather lists them. rows[j] is then where the block's row j lies.

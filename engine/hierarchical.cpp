@@ -282,7 +282,7 @@ class Hierarchical : public Algorithm {
     // Where ranks share an address space (consume_in_place) and rows are gathered, the forwarder reads each
     // round's rail messages where their sources hold them instead of receiving them: its forward messages' metadata
     // then goes in outboxes above the rail's [0, N), which stay lent until the round is forwarded.
-    const bool consume_rail = c.consume_in_place() && c.gather_sends && rb > 0 && !phantom;
+    const bool consume_rail = c.consume_in_place() && c.gather_sends && rb > 0;
     const size_t fwd_box = consume_rail ? static_cast<size_t>(N) : 0;
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * rb);
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
@@ -400,7 +400,8 @@ class Hierarchical : public Algorithm {
           } else if (consume_rail) {
             c.read_lent_wire_block(rail[recv_of[i]], b, cn[0], cn[1], a.step, a.layer, lent_rows);
           } else if (rb > 0) {
-            wire_rows = c.read_wire_block(inbox[si], recvs[recv_of[i]].bytes, b, cn[0], cn[1], src, a.step, a.layer);
+            wire_rows =
+                c.read_wire_block(inbox[si].data(), recvs[recv_of[i]].bytes, b, cn[0], cn[1], src, a.step, a.layer);
           } else {
             c.read_block_message(inbox[si], recvs[recv_of[i]].bytes, b, brows, *c.dispatch_codec,
                                  EngineContext::stream_id(Phase::kDispatch, a.layer, src, me), src);
@@ -457,7 +458,7 @@ class Hierarchical : public Algorithm {
             fmsgs[q].row_ptrs = std::move(local_wire[q]);
           } else if (rb > 0) {
             // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
-            std::vector<uint8_t>& m = c.outbox(fwd_box + slot);
+            std::vector<uint8_t>& m = c.outbox(slot);
             const size_t wire = local_wire[q].size() * rb;
             reserve_huge(m, block_meta_bytes(to_local[q].size(), to_local[q].num_sels()) + wire);
             pack_block(to_local[q], wire, m);
@@ -531,18 +532,15 @@ class Hierarchical : public Algorithm {
         }
       };
       const Tag rail_tag = make_tag(Phase::kDispatch, a.step, a.layer, k);
-      if (consume_rail) {
-        // The round is forwarded while the sources lend their messages, so its rows cross from their batches to
-        // the local ranks in one copy. The messages' metadata stays in the sources' outboxes [0, N) meanwhile.
+      // Read in place, the round is forwarded while the sources lend their messages, so its rows cross from their
+      // batches to the local ranks in one copy; the messages' metadata stays in the sources' outboxes [0, N).
+      if (consume_rail)
         c.exchange_consume(disp, rail_tag, sends, rail, forward);
-        std::vector<EngineContext::Message>().swap(msgs);
-        std::vector<float>().swap(rows);
-      } else {
+      else
         c.exchange(disp, rail_tag, sends, recvs);
-        std::vector<EngineContext::Message>().swap(msgs);
-        std::vector<float>().swap(rows);
-        forward();
-      }
+      std::vector<EngineContext::Message>().swap(msgs);
+      std::vector<float>().swap(rows);
+      if (!consume_rail) forward();
     }
     c.fabric.end_pipeline();
 

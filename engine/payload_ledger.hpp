@@ -54,7 +54,7 @@ class PayloadLedger {
   // A send buffer as posted (a gather send's rows included).
   void sent(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
-  // A gathered message read where its sender holds it (alltoallv_consume): hashed head, then rows.
+  // A message as received, or a gather send read where its sender holds it (alltoallv_consume): head, then rows.
   void received(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
   // A message the rank keeps for itself (Fabric::keep_local): sent and received at once, hashed once.
   void kept(int self, Tag tag, const std::string& phase, const ConstBuf& data);

@@ -414,10 +414,7 @@ void TransportFabric::received(int peer, Tag tag, void* data, size_t bytes, size
       static_cast<uint8_t*>(data)[bytes - 1] ^= 0x01;
     flipped_ = true;
   }
-  if (ledger_ && gather.count > 0)
-    ledger_->received(peer, tag, phase_, ConstBuf{data, bytes, total_bytes - bytes, gather});
-  else if (ledger_)
-    ledger_->received(peer, tag, phase_, data, bytes, total_bytes);
+  if (ledger_) ledger_->received(peer, tag, phase_, ConstBuf{data, bytes, total_bytes - bytes, gather});
   if (tally_) tally_->received(peer, rank_, tag, total_bytes);
 }
 

@@ -512,12 +512,9 @@ template <bool kFirst, bool kEncode>
                                                   unaligned_u16* out) {
   switch (k) {
     case 1: return sum_rows_pass<1, kFirst, kEncode>(rows, n, acc, out);
-    case 2:
-      return sum_rows_pass<2, kFirst, kEncode>(rows, n, acc, out);
-    case 3:
-      return sum_rows_pass<3, kFirst, kEncode>(rows, n, acc, out);
-    default:
-      return sum_rows_pass<4, kFirst, kEncode>(rows, n, acc, out);
+    case 2: return sum_rows_pass<2, kFirst, kEncode>(rows, n, acc, out);
+    case 3: return sum_rows_pass<3, kFirst, kEncode>(rows, n, acc, out);
+    default: return sum_rows_pass<4, kFirst, kEncode>(rows, n, acc, out);
   }
 }
 // `count` rows into acc, four a pass (the first onto 0 where `first`).

@@ -150,6 +150,12 @@ TEST(PayloadCheck, AKeptMessageIsEnteredAsASentAndReceivedOne) {
   const PayloadCheck c = check(logs);
   EXPECT_TRUE(c.ok()) << c.first_error;
   EXPECT_EQ(c.messages, 1u);
+  // Read where its sender holds it (alltoallv_consume), the gathered message is received as the whole one.
+  PayloadLedger lent(true);
+  lent.received(3, tag, "dispatch", msg);
+  ASSERT_EQ(lent.log().got.size(), 1u);
+  EXPECT_EQ(lent.log().got[0].bytes, b.got[0].bytes);
+  EXPECT_EQ(lent.log().got[0].checksum, b.got[0].checksum);
 }
 
 TEST(PayloadCheck, CountsOnlyWithoutChecksums) {
