@@ -117,6 +117,7 @@ class ThreadBackend : public Backend {
   Caps caps() const override {
     Caps c;
     c.consume_in_place = true;  // its fabric's alltoallv_consume (ThreadTransport lends sends)
+    c.consume_gathers = true;   // lent as they are, gather sends included
     c.gather_send = true;       // ThreadTransport copies a gathered message's rows where they lie
     return c;
   }

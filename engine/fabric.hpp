@@ -71,7 +71,10 @@ struct Caps {
   bool modeled_time = false;      // now() is a model, not a wall clock
   bool native_alltoallv = false;  // overrides Fabric::alltoallv
   bool device_memory = false;     // buffers live on a GPU
-  bool consume_in_place = false;  // alltoallv_consume reads each message where its sender holds it (no copy)
+  bool consume_in_place = false;  // alltoallv_consume works (see there)
+  // alltoallv_consume hands a gather send to a receive that takes gathers with its rows where they lie (ranks of
+  // one process); otherwise such a receive may get it contiguous, as a copy.
+  bool consume_gathers = false;
   bool gather_send = false;       // moves a gathered ConstBuf's rows without a contiguous copy first (RowGather)
 };
 
@@ -129,9 +132,9 @@ struct PeerRecv {
   size_t total_bytes = 0;  // filled in: real + phantom bytes of the message
 };
 // One peer's part of alltoallv_consume: a message of at most `capacity` real bytes from `peer`, read where its
-// sender holds it. `data` and `bytes` are filled in and valid only while the consume function runs (null and 0
-// for a peer marked failed). A gather send (RowGather) reaches a receive that `takes_gather` as it was sent:
-// `gather` lists its rows where they lie and only its first bytes - gather.bytes() are at `data`, as in a
+// sender holds it (see alltoallv_consume). `data` and `bytes` are filled in and valid only while the consume function
+// runs (null and 0 for a peer marked failed). A gather send (RowGather) reaches a receive that `takes_gather` as it was
+// sent: `gather` lists its rows where they lie and only its first bytes - gather.bytes() are at `data`, as in a
 // ConstBuf; any other receive gets it contiguous at `data`.
 struct PeerConsume {
   int peer;
@@ -174,6 +177,8 @@ class Fabric {
   // where their senders hold them, in whatever order it needs (a sum in the reference's order). A send completes
   // when its receiver's consume has returned, so every rank's send buffers stay untouched until this returns
   // and no rank holds a receive buffer for the exchange. Every rank calls it with the same tag; real bytes only.
+  // Ranks of one process (emu) read every message where its sender holds it; ranks that are processes (mpi) get
+  // another process's message in a buffer the fabric holds until `consume` returns, and their own in place.
   virtual void alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                                  const std::function<void()>& consume, Deadline d);
 

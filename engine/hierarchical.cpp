@@ -279,10 +279,12 @@ class Hierarchical : public Algorithm {
     // and split rounds): the forward stage's receive buffers sit above them.
     const bool split = c.split_blocks();
     const size_t rb = c.dispatch_row_bytes;
-    // Where ranks share an address space (consume_in_place) and rows are gathered, the forwarder reads each
+    // Where ranks share an address space (Caps::consume_gathers) and rows are gathered, the forwarder reads each
     // round's rail messages where their sources hold them instead of receiving them: its forward messages' metadata
-    // then goes in outboxes above the rail's [0, N), which stay lent until the round is forwarded.
-    const bool consume_rail = c.consume_in_place() && c.gather_sends && rb > 0;
+    // then goes in outboxes above the rail's [0, N), which stay lent until the round is forwarded. (Ranks that
+    // are processes would get the rail's messages copied anyway: received, they cost the same and free their
+    // senders sooner.)
+    const bool consume_rail = c.consume_in_place() && c.fabric.caps().consume_gathers && c.gather_sends && rb > 0;
     const size_t fwd_box = consume_rail ? static_cast<size_t>(N) : 0;
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * rb);
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
@@ -585,10 +587,11 @@ class Hierarchical : public Algorithm {
     // to them left ([0, G)), rail sources' in [0, N); the messages back across the rail are built in outboxes
     // [back, back + S), one per rail source, apart from both: from the local answers they sum, and from the
     // rail's answers, which arrive while they are sent.
-    // With Caps::consume_in_place (emu) both exchanges read the answers where their senders hold them instead:
-    // the local ranks' expert outputs, then the forwarders' sums, so no receive buffer takes either, and the sums
-    // are built in the rail's receive buffers [0, S), which dispatch left unused (it read the rail in place) or
-    // whose rows it has forwarded (reduce_locally).
+    // With Caps::consume_in_place both exchanges take the answers through Fabric::alltoallv_consume instead (on
+    // emu where their senders hold them, on mpi in buffers of the transport's): the local ranks' expert outputs,
+    // then the forwarders' sums, so no receive buffer of the engine's takes either, and the sums are built in the
+    // rail's receive buffers [0, S), which dispatch left unused (it read the rail in place) or whose rows it has
+    // forwarded (reduce_locally).
     // Combine answers dispatch's rounds in order, each back to the forwarders, then across the rail; read in
     // place with a row-separable combine codec, the answers to a forwarder travel in one message for every round
     // (the handle holds a forwarder's rows together), and the rounds run while it is lent.

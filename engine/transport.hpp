@@ -26,6 +26,10 @@ struct TransportCaps {
   // (Fabric::alltoallv_consume) and the send completes when it lets them go (Domain::release).
   bool lends_sends = false;
   bool gather_send = false;  // post_send takes a gathered ConstBuf (RowGather) as it is; else the core flattens it
+  // A consuming receive (Fabric::alltoallv_consume) may take a message of another process: the transport makes
+  // its bytes readable here (hold_for_consume) until the receiver lets them go, and completes its send itself.
+  // A send to the rank itself is then lent (SendOp::lend), as an in-process transport's sends are.
+  bool consumes_remote = false;
   bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
 };
 
@@ -129,6 +133,12 @@ class Transport {
   virtual void on_match(RecvOp& op, Arrival& a) = 0;
   // An arrival waits unexpected: copy what is only borrowed. Default: a host copy.
   virtual void retain(Arrival& a);
+  // Under the domain's lock: a consuming receive met `a`, whose bytes it reads at a.data (and a.gather) until
+  // Domain::release drops `a`. Default: lent bytes stay where they are, borrowed ones are retained. A transport
+  // with caps().consumes_remote receives another process's message into a buffer that `a` then owns.
+  virtual void hold_for_consume(Arrival& a) {
+    if (!a.owner && !a.lender) retain(a);
+  }
   // Under the domain's lock: whether `op` has completed, finishing transfers the transport drives itself.
   virtual bool test(RequestState& op) { return op.done; }
   // Pulls what arrived from the network into the domain (networked transports). Called without the lock.

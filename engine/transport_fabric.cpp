@@ -103,7 +103,7 @@ void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
     return;
   }
   if (op.consume) {  // the receiver reads the bytes where they are, until release()
-    if (!a.owner && !a.lender) via.retain(a);  // only borrowed while its sender is inside post_send
+    via.hold_for_consume(a);
     op.msg = std::move(a);
     op.done = true;
     return;
@@ -258,7 +258,8 @@ Caps TransportFabric::caps() const {
   c.modeled_time = t.modeled_time;
   c.device_memory = t.supports(MemoryKind::kDevice);
   c.native_alltoallv = transport_.extension(ExtensionId::kAlltoallv) != nullptr;
-  c.consume_in_place = t.lends_sends && domain_.holds_every_rank();
+  c.consume_gathers = t.lends_sends && domain_.holds_every_rank();
+  c.consume_in_place = c.consume_gathers || t.consumes_remote;
   c.gather_send = t.gather_send;
   return c;
 }
@@ -482,8 +483,10 @@ void TransportFabric::keep_local(Tag tag, const ConstBuf& data) {
 
 void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                                         const std::function<void()>& consume, Deadline d) {
-  if (!transport_.caps().lends_sends || !domain_.holds_every_rank())
-    return Fabric::alltoallv_consume(tag, sends, recvs, consume, d);
+  // Sends are lent where every rank lives in this process; a transport that consumes_remote completes a send
+  // to another process by itself, and lends one to this rank itself.
+  const bool lend = transport_.caps().lends_sends && domain_.holds_every_rank();
+  if (!lend && !transport_.caps().consumes_remote) return Fabric::alltoallv_consume(tag, sends, recvs, consume, d);
   // Every receive posted, then every send lent (no barrier: a lent message waits unexpected without a copy),
   // then the receives awaited: every rank has posted its sends before it waits for anything, so none waits on
   // a rank that waits on it.
@@ -513,7 +516,7 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
   std::vector<Request> sreqs;
   sreqs.reserve(sends.size());
   for (const PeerSend& s : sends)
-    if (live(s.peer)) sreqs.push_back(post_send(s.peer, tag, s.data, true));
+    if (live(s.peer)) sreqs.push_back(post_send(s.peer, tag, s.data, lend || s.peer == rank_));
   wait_all(rreqs, d);
   std::vector<std::vector<uint8_t>> flat;  // gather sends made contiguous for receives that do not take them
   for (size_t i = 0; i < recvs.size(); ++i)

@@ -15,7 +15,9 @@
 // receive is not posted yet, keeps the descriptor until it is) and acknowledges on an MPI tag of that send's
 // own; the send completes on the acknowledgment, so the sender's buffer stays put until it has been read. Each
 // byte is copied once, rows included, where through MPI a gathered message is copied twice (made contiguous,
-// then MPI's copy). A rank that fails tells every peer on a separate MPI tag, and their waits end with its
+// then MPI's copy). Fabric::alltoallv_consume works here too (TransportCaps::consumes_remote, with single copy
+// on): each message is received into a buffer of the transport's that its consuming receive holds until it lets
+// the message go. A rank that fails tells every peer on a separate MPI tag, and their waits end with its
 // message; a process that dies is reported by mpirun, which ends the job, unless it is a failed GPU's process
 // under mpirun --enable-recovery (docs/faults.md): the others then run on without it.
 #include <mpi.h>
@@ -33,11 +35,13 @@
 #include <deque>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "engine/huge_pages.hpp"
 #include "engine/transport_fabric.hpp"
 #include "mpi/mpi_backend.hpp"
 #include "verbs/verbs_transport.hpp"
@@ -154,6 +158,45 @@ struct HeldMessage {
   }
 };
 
+// Buffers that consuming receives take their messages into (hold_for_consume), kept for the next ones (faulted
+// in once, not on every exchange). A taken buffer goes back when its last holder lets it go.
+class ScratchPool {
+ public:
+  std::shared_ptr<std::vector<uint8_t>> take(size_t bytes) {
+    std::vector<uint8_t> v;
+    {
+      std::lock_guard<std::mutex> lock(state_->m);
+      std::vector<std::vector<uint8_t>>& free = state_->free;
+      size_t best = free.size();  // the smallest that holds `bytes`, else the largest
+      for (size_t i = 0; i < free.size(); ++i) {
+        const size_t c = free[i].capacity(), b = best < free.size() ? free[best].capacity() : 0;
+        const bool fits = c >= bytes, best_fits = best < free.size() && b >= bytes;
+        if (best == free.size() || (fits ? !best_fits || c < b : !best_fits && c > b)) best = i;
+      }
+      if (best < free.size()) {
+        v = std::move(free[best]);
+        free.erase(free.begin() + static_cast<std::ptrdiff_t>(best));
+      }
+    }
+    resize_huge(v, bytes);
+    return std::shared_ptr<std::vector<uint8_t>>(new std::vector<uint8_t>(std::move(v)),
+                                                 [state = state_](std::vector<uint8_t>* p) {
+                                                   {
+                                                     std::lock_guard<std::mutex> lock(state->m);
+                                                     state->free.push_back(std::move(*p));
+                                                   }
+                                                   delete p;
+                                                 });
+  }
+
+ private:
+  struct State {
+    std::mutex m;
+    std::vector<std::vector<uint8_t>> free;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
 class MpiTransport;
 
 // A send in flight: its header (the bytes are the caller's until the send completes), or a failure notice.
@@ -193,13 +236,20 @@ class MpiTransport final : public Transport {
   TransportCaps caps() const override {
     TransportCaps c;
     c.gather_send = gather_ || single_copy_.on;
+    c.consumes_remote = single_copy_.on;
     return c;
   }
   double now() const override { return MPI_Wtime() - t0_; }
 
   void post_send(SendOp& op, ConstBuf data) override {
     if (op.peer == rank_) {  // to itself: straight into its own matcher
-      domain_.deliver(rank_, *this, Arrival{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr, data.gather});
+      Arrival a{rank_, op.tag, data.ptr, data.bytes, data.total(), nullptr, data.gather};
+      if (op.lend) {  // read where it lies by a consuming receive; done when that lets it go
+        a.lender = &op;
+        domain_.deliver(rank_, *this, std::move(a));
+        return;
+      }
+      domain_.deliver(rank_, *this, std::move(a));
       SyncLock lock(domain_.sync());
       op.done = true;
       return;
@@ -252,6 +302,17 @@ class MpiTransport final : public Transport {
     else if (a.bytes)
       a.copy_to(op.buf.ptr);
     op.done = true;
+  }
+
+  // A consuming receive (Fabric::alltoallv_consume) met a peer's message: it is received now, as any receive's
+  // would be, into a buffer of this transport's that the receive holds until it lets the message go.
+  void hold_for_consume(Arrival& a) override {
+    auto* held = a.bytes && !a.data ? static_cast<HeldMessage*>(a.owner.get()) : nullptr;
+    if (!held) return Transport::hold_for_consume(a);
+    std::shared_ptr<std::vector<uint8_t>> buf = scratch_.take(a.bytes);
+    receive_held(*held, buf->data(), a.tag);
+    a.data = buf->data();
+    a.owner = std::move(buf);
   }
 
   bool test(RequestState& s) override {
@@ -323,6 +384,18 @@ class MpiTransport final : public Transport {
         check(MPI_Mprobe(src, kDataTag, comm_, &held->msg, MPI_STATUS_IGNORE), "MPI_Mprobe", src, tag);
       }
       const std::shared_ptr<RecvOp> op = domain_.claim(rank_, src, tag, bytes, header[2]);
+      if (op && op->copying && op->consume) {  // posted, to be consumed (hold_for_consume)
+        Arrival a{src, tag, nullptr, bytes, header[2], std::move(held)};
+        try {
+          hold_for_consume(a);
+        } catch (const FabricError&) {
+          domain_.finish_copy(*op);
+          throw;
+        }
+        op->msg = std::move(a);
+        domain_.finish_copy(*op);
+        continue;
+      }
       if (op && op->copying) {  // posted: the bytes go where they belong
         try {
           receive_held(*held, op->buf.ptr, tag);
@@ -510,6 +583,7 @@ class MpiTransport final : public Transport {
   // Single-copy messages held unread, by sender and number, for their sender's withdrawal.
   std::map<std::pair<int, uint64_t>, std::weak_ptr<HeldMessage>> held_;
   std::deque<Outgoing> notices_;
+  ScratchPool scratch_;
   MpiAddOn* add_on_ = nullptr;
   // Gather sends as MPI derived datatypes (EPLAB_MPI_GATHER=1) where single copy does not reach. Off by
   // default: on one machine OpenMPI 4.1 moves a non-contiguous message through vader's copy-in/copy-out
