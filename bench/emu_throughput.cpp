@@ -6,8 +6,8 @@
 // eplab makes one untimed warm-up call before its first timed call, which sizes and faults in the buffers it
 // keeps for the run, as bench_mpi_alltoallv makes an untimed warm-up call before timing; besides the mean of its
 // 1 + kWarmCalls timed calls the table shows the median warm layer and the first timed layer apart, for emu and
-// for the mpi backend alike. The headline emu run is the default algorithm (hierarchical); the same emu run with
-// --algorithm flat has rows of its own.
+// for the mpi backend alike. The headline runs are the default algorithm (hierarchical); the same emu and mpi runs
+// with --algorithm flat have rows of their own.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -155,21 +155,24 @@ Figure first_layer(const std::string& prefix, const nlohmann::json& r) {
   return first;
 }
 
-// The mpi backend's run under mpirun: its report, or why it did not run (then every mpi row says so).
-Figure mpi_backend(const eplab::RunConfig& c, const fs::path& bin, const fs::path& tmp, nlohmann::json& report_json) {
-  const std::string name = "eplab mpi, mean of calls";
+// The mpi backend's run under mpirun (the algorithm's default unless c.algorithm names one): its report, or why
+// it did not run (then every row of that run says so). `name` is the mean's row; `tag` tells the files apart.
+Figure mpi_backend(const eplab::RunConfig& c, const std::string& name, const std::string& tag, const fs::path& bin,
+                   const fs::path& tmp, nlohmann::json& report_json) {
   const fs::path eplab = bin / "eplab";
   if (!mpirun_on_path()) return {name, "mpirun not on PATH"};
   if (access(eplab.c_str(), X_OK) != 0) return {name, eplab.string() + " not built"};
-  const fs::path report = tmp / "mpi_report.json";
-  const std::string cmd =
-      mpirun(c.nodes * c.gpus_per_node) + " " + quoted(eplab) + " run --backend=mpi --cluster=" + c.cluster +
-      " --nodes=" + std::to_string(c.nodes) + " --gpus-per-node=" + std::to_string(c.gpus_per_node) +
-      " --model=" + c.model + " --tokens=" + std::to_string(c.tokens) + " --routing=" + c.routing +
-      " --dispatch-codec=" + c.dispatch_codec + " --combine-codec=" + c.combine_codec + " --transform=" + c.transform +
-      " --steps=" + std::to_string(c.steps) + " --timeout=" + std::to_string(static_cast<int>(c.timeout_s)) +
-      " --no-verify --quiet" + " --report " + quoted(report);
-  if (auto why = run_logged(cmd, tmp / "mpi_backend.log")) return {name, "eplab run --backend=mpi failed, " + *why};
+  const fs::path report = tmp / ("mpi_report" + tag + ".json");
+  const std::string cmd = mpirun(c.nodes * c.gpus_per_node) + " " + quoted(eplab) +
+                          " run --backend=mpi --cluster=" + c.cluster + " --nodes=" + std::to_string(c.nodes) +
+                          " --gpus-per-node=" + std::to_string(c.gpus_per_node) + " --model=" + c.model +
+                          " --tokens=" + std::to_string(c.tokens) + " --routing=" + c.routing +
+                          " --dispatch-codec=" + c.dispatch_codec + " --combine-codec=" + c.combine_codec +
+                          " --transform=" + c.transform + " --steps=" + std::to_string(c.steps) +
+                          " --timeout=" + std::to_string(static_cast<int>(c.timeout_s)) + " --no-verify --quiet" +
+                          " --report " + quoted(report) + (c.algorithm.empty() ? "" : " --algorithm=" + c.algorithm);
+  if (auto why = run_logged(cmd, tmp / ("mpi_backend" + tag + ".log")))
+    return {name, "eplab run --backend=mpi failed, " + *why};
   report_json = read_json(report);
   return eplab_figure(name, report_json);
 }
@@ -268,7 +271,9 @@ int main(int argc, char** argv) {
   // The bytes MPI_Alltoallv moves come from the emu run: either algorithm's (the same rows reach the same ranks).
   const std::optional<nlohmann::json>& bytes_of = emu ? emu : emu_flat;
   nlohmann::json mpi_report;
-  std::vector<Figure> rows = {mean, mpi_backend(c, bin, tmp, mpi_report)};
+  std::vector<Figure> rows = {mean, mpi_backend(c, "eplab mpi, mean of calls", "", bin, tmp, mpi_report)};
+  nlohmann::json mpi_flat_report;
+  const Figure mpi_flat_mean = mpi_backend(flat_c, "eplab mpi flat, mean", "_flat", bin, tmp, mpi_flat_report);
   nlohmann::json a2a_raw;
   if (bytes_of) {
     for (auto& f : mpi_alltoallv(*bytes_of, bin, tmp, a2a_raw)) rows.push_back(f);
@@ -283,6 +288,11 @@ int main(int argc, char** argv) {
   const Figure mpi_warm = mpi_ran ? warm_layer("eplab mpi", mpi_report) : Figure{"eplab mpi, warm layer", rows[1].why};
   const Figure mpi_first =
       mpi_ran ? first_layer("eplab mpi", mpi_report) : Figure{"eplab mpi, first layer", rows[1].why};
+  const bool mpi_flat_ran = mpi_flat_mean.ran();
+  const Figure mpi_flat_warm = mpi_flat_ran ? warm_layer("eplab mpi flat", mpi_flat_report)
+                                            : Figure{"eplab mpi flat, warm layer", mpi_flat_mean.why};
+  const Figure mpi_flat_first = mpi_flat_ran ? first_layer("eplab mpi flat", mpi_flat_report)
+                                             : Figure{"eplab mpi flat, first layer", mpi_flat_mean.why};
   const Figure& a2a = rows[3];                // the median: eplab's times are means over calls, not a best
   Figure memcpy_row{"memcpy, one core", ""};  // 1 GB at the measured rate: GBps() reads the memcpy figure
   memcpy_row.bytes = 1e9;
@@ -301,12 +311,13 @@ int main(int argc, char** argv) {
       "median.\neplab runs one untimed warm-up call first (it sizes and faults in the buffers kept for the run, as\n"
       "MPI_Alltoallv's program warms up untimed); \"warm layer\" is the median of timed calls 2..%d and \"first "
       "layer\"\ntimed call 1, each a whole layer (dispatch + expert compute + combine), so the warm GB/s is a lower "
-      "bound\non warm dispatch + combine. emu rows: hierarchical (the default), then flat\n",
+      "bound\non warm dispatch + combine. emu and mpi rows: hierarchical (the default), then flat\n",
       c.steps);
   std::printf("%-28s %10s %10s %10s %9s %8s %11s %9s\n", "figure", "dispatch s", "combine s", "total s", "GB/layer",
               "GB/s", "x alltoallv", "x memcpy");
-  const std::vector<const Figure*> table = {&rows[0],   &warm_row,   &first,     &flat_mean, &flat_warm, &flat_first,
-                                            &rows[1],   &mpi_warm,   &mpi_first, &rows[2],   &rows[3],   &memcpy_row};
+  const std::vector<const Figure*> table = {&rows[0],       &warm_row,       &first,    &flat_mean, &flat_warm,
+                                            &flat_first,    &rows[1],        &mpi_warm, &mpi_first, &mpi_flat_mean,
+                                            &mpi_flat_warm, &mpi_flat_first, &rows[2],  &rows[3],   &memcpy_row};
   for (const Figure* f : table) {
     if (!f->ran()) {
       std::printf("%-28s not run (%s)\n", f->name.c_str(), f->why.c_str());
@@ -325,6 +336,7 @@ int main(int argc, char** argv) {
   std::printf("activation bytes per layer: %.0f = %.1f rows of %d bytes (emu)", emu_bytes, emu_bytes / kTokenBytes,
               kTokenBytes);
   if (rows[1].ran()) std::printf(", %.0f (mpi backend)", rows[1].bytes);
+  if (mpi_flat_ran) std::printf(", %.0f (mpi backend, flat)", mpi_flat_mean.bytes);
   if (a2a.ran()) std::printf(", %.0f (MPI_Alltoallv, per-rank means rounded to whole bytes)", a2a.bytes);
   std::printf("\n");
 
@@ -365,6 +377,9 @@ int main(int argc, char** argv) {
       {"mpi_backend", figure_json(rows[1])},
       {"mpi_backend_first_layer", figure_json(mpi_first)},
       {"mpi_backend_warm_layer_median", figure_json(mpi_warm)},
+      {"mpi_backend_flat", figure_json(mpi_flat_mean)},
+      {"mpi_backend_flat_first_layer", figure_json(mpi_flat_first)},
+      {"mpi_backend_flat_warm_layer_median", figure_json(mpi_flat_warm)},
       {"mpi_alltoallv",
        {{"split", "even split of the same total bytes"}, {"best", figure_json(rows[2])}, {"median", figure_json(a2a)}}},
       {"emu_wall_s", emu ? (*emu)["wall_s"] : nlohmann::json(nullptr)},
