@@ -29,6 +29,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +40,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/huge_pages.hpp"
@@ -167,15 +169,16 @@ class ScratchPool {
     {
       std::lock_guard<std::mutex> lock(state_->m);
       std::vector<std::vector<uint8_t>>& free = state_->free;
-      size_t best = free.size();  // the smallest that holds `bytes`, else the largest
-      for (size_t i = 0; i < free.size(); ++i) {
-        const size_t c = free[i].capacity(), b = best < free.size() ? free[best].capacity() : 0;
-        const bool fits = c >= bytes, best_fits = best < free.size() && b >= bytes;
-        if (best == free.size() || (fits ? !best_fits || c < b : !best_fits && c > b)) best = i;
-      }
-      if (best < free.size()) {
-        v = std::move(free[best]);
-        free.erase(free.begin() + static_cast<std::ptrdiff_t>(best));
+      // The smallest that holds `bytes`, else the largest (it grows least).
+      const auto rank = [bytes](const std::vector<uint8_t>& b) {
+        const size_t c = b.capacity();
+        return c >= bytes ? std::pair{0, c} : std::pair{1, SIZE_MAX - c};
+      };
+      const auto best =
+          std::min_element(free.begin(), free.end(), [&](const auto& x, const auto& y) { return rank(x) < rank(y); });
+      if (best != free.end()) {
+        v = std::move(*best);
+        free.erase(best);
       }
     }
     resize_huge(v, bytes);
@@ -384,21 +387,15 @@ class MpiTransport final : public Transport {
         check(MPI_Mprobe(src, kDataTag, comm_, &held->msg, MPI_STATUS_IGNORE), "MPI_Mprobe", src, tag);
       }
       const std::shared_ptr<RecvOp> op = domain_.claim(rank_, src, tag, bytes, header[2]);
-      if (op && op->copying && op->consume) {  // posted, to be consumed (hold_for_consume)
-        Arrival a{src, tag, nullptr, bytes, header[2], std::move(held)};
+      if (op && op->copying) {  // posted: the bytes go where they belong, or to be consumed (hold_for_consume)
         try {
-          hold_for_consume(a);
-        } catch (const FabricError&) {
-          domain_.finish_copy(*op);
-          throw;
-        }
-        op->msg = std::move(a);
-        domain_.finish_copy(*op);
-        continue;
-      }
-      if (op && op->copying) {  // posted: the bytes go where they belong
-        try {
-          receive_held(*held, op->buf.ptr, tag);
+          if (op->consume) {
+            Arrival a{src, tag, nullptr, bytes, header[2], std::move(held)};
+            hold_for_consume(a);
+            op->msg = std::move(a);
+          } else {
+            receive_held(*held, op->buf.ptr, tag);
+          }
         } catch (const FabricError&) {
           domain_.finish_copy(*op);  // no copy under way any more: the receive may be withdrawn as this rank unwinds
           throw;
