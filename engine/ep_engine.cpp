@@ -532,17 +532,40 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
     }
   }
   for (int t = 0; t < n; ++t) begin[t + 1] += begin[t];
+  // Inputs read in parts (RowsIn::remote) are read a stretch of tokens at a time (RowStretches); their ids ascend
+  // (rows go in token order), so a stretch's rows of one input are consecutive. One whose ids do not ascend is
+  // read whole first.
+  RowStretches in_rows(staged_rows, rb);
+  for (size_t i = 0; i < ins.size(); ++i) {
+    in_rows.add(ins[i].data, ins[i].remote);
+    if (ins[i].remote && !std::is_sorted(ins[i].ids->begin(), ins[i].ids->end()))
+      in_rows.read_whole(i, ins[i].ids->size());
+  }
+  const bool pulls = in_rows.pulls();
   std::vector<const uint8_t*> rows(begin[n]);
-  std::vector<uint32_t> from(combine_bf16 ? 0 : begin[n]);  // the index into ins of each row (to decode it)
+  std::vector<uint32_t> from(pulls || !combine_bf16 ? begin[n] : 0);  // the index into ins of each row
+  std::vector<uint32_t> row(pulls ? begin[n] : 0);                    // and its row there
   std::vector<uint32_t> at(begin.begin(), begin.end() - 1);
   for (size_t i = 0; i < ins.size(); ++i)
     for (size_t j = 0; j < ins[i].ids->size(); ++j) {
       const uint32_t k = at[(*ins[i].ids)[j] - first]++;
-      rows[k] = ins[i].data + j * rb;
-      if (!combine_bf16) from[k] = static_cast<uint32_t>(i);
+      if (!in_rows.pulled(i)) rows[k] = in_rows.row(i, j);  // a pulled row's place is set with its stretch
+      if (!from.empty()) from[k] = static_cast<uint32_t>(i);
+      if (pulls) row[k] = static_cast<uint32_t>(j);
     }
+  std::vector<size_t> end_row(ins.size(), 0);  // per pulled input: its rows up to the stretch's end
   std::vector<float> acc(to_bf16 ? H : 0), dec(combine_bf16 ? 0 : H);
-  for (int t = 0; t < n; ++t) {
+  for (int t = 0, stretch_end = 0; t < n; ++t) {
+    if (pulls && t == stretch_end) {  // the next stretch: as many tokens as fit, at least one
+      stretch_end = t + 1;
+      while (stretch_end < n && (begin[stretch_end + 1] - begin[t]) * rb <= in_rows.stretch_bytes()) ++stretch_end;
+      for (size_t i = 0; i < ins.size(); ++i)
+        if (in_rows.pulled(i))
+          while (end_row[i] < ins[i].ids->size() && (*ins[i].ids)[end_row[i]] < first + stretch_end) ++end_row[i];
+      in_rows.advance(end_row);
+      for (uint32_t k = begin[t]; k < begin[stretch_end]; ++k)
+        if (in_rows.pulled(from[k])) rows[k] = in_rows.row(from[k], row[k]);
+    }
     const size_t token = static_cast<size_t>(first + t);
     if (begin[t] == begin[t + 1]) {
       if (to_bf16)
@@ -566,6 +589,40 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
       }
     }
   }
+}
+
+void RowStretches::add(const uint8_t* data, const RemoteBytes* remote, size_t offset) {
+  in_.push_back(Input{data, remote, offset});
+  pulled_ += remote != nullptr;
+}
+
+size_t RowStretches::stretch_bytes() const {
+  return std::clamp<size_t>((size_t{256} << 10) * pulled_, size_t{1} << 20, size_t{8} << 20);
+}
+
+void RowStretches::advance(std::span<const size_t> end) {
+  size_t bytes = 0;
+  for (size_t i = 0; i < in_.size(); ++i)
+    if (in_[i].remote && end[i] > in_[i].next) bytes += (end[i] - in_[i].next) * rb_;
+  if (buf_.size() < bytes) resize_huge(buf_, bytes);
+  size_t used = 0;
+  for (size_t i = 0; i < in_.size(); ++i) {
+    Input& in = in_[i];
+    if (!in.remote || end[i] <= in.next) continue;
+    const size_t n = (end[i] - in.next) * rb_;
+    in.remote->read(in.offset + in.next * rb_, n, buf_.data() + used);
+    in.lo = in.next, in.at = used, in.next = end[i];
+    used += n;
+  }
+}
+
+void RowStretches::read_whole(size_t i, size_t rows) {
+  Input& in = in_[i];
+  if (!in.remote) return;
+  std::vector<uint8_t>& w = whole_.emplace_back(rows * rb_);
+  in.remote->read(in.offset, w.size(), w.data());
+  in.data = w.data(), in.remote = nullptr;
+  --pulled_;
 }
 
 bool EngineContext::first_of_sum(int32_t token) {

@@ -132,6 +132,47 @@ constexpr int kFlatRoundPeers = 2;
 
 class EngineContext;
 
+// Rows of several inputs in one row format, some of them left in other processes (RemoteBytes,
+// PeerConsume::takes_pull) and read a stretch at a time into `buffer`, where they stay in cache until they are
+// used (sum_rows, and hierarchical's forwarders summing their local ranks' answers). Each pulled input's rows are
+// wanted in ascending order: a stretch reads, for each, its rows from where the last stretch ended up to the end
+// given; the rows of earlier stretches are gone then. An input wanted out of order is read whole (read_whole).
+class RowStretches {
+ public:
+  RowStretches(std::vector<uint8_t>& buffer, size_t row_bytes) : buf_(buffer), rb_(row_bytes) {}
+  // The next input: rows at `data`, or from byte `offset` of `remote`.
+  void add(const uint8_t* data, const RemoteBytes* remote = nullptr, size_t offset = 0);
+  bool pulled(size_t i) const { return in_[i].remote != nullptr; }
+  bool pulls() const { return pulled_ > 0; }
+  // What a stretch may hold: about 256 KiB from each pulled input. Each read is a system call that pins its
+  // pages, so smaller reads cost more than the cache saves (16 x 4096 flat: 1 MiB stretches of 15 inputs gained
+  // nothing, 4 MiB took a quarter off combine).
+  size_t stretch_bytes() const;
+  // Reads rows [end of the last stretch, end[i]) of every pulled input i (end[i] of the others is not read).
+  void advance(std::span<const size_t> end);
+  // Reads input i's first `rows` rows into a buffer of its own; it is then read as a local one.
+  void read_whole(size_t i, size_t rows);
+  const uint8_t* row(size_t i, size_t j) const {
+    const Input& in = in_[i];
+    return in.remote ? buf_.data() + in.at + (j - in.lo) * rb_ : in.data + j * rb_;
+  }
+
+ private:
+  struct Input {
+    const uint8_t* data = nullptr;
+    const RemoteBytes* remote = nullptr;
+    size_t offset = 0;
+    size_t next = 0;  // its first row not read yet
+    size_t lo = 0;    // the current stretch's first row of it,
+    size_t at = 0;    // and where that lies in the buffer
+  };
+  std::vector<uint8_t>& buf_;
+  size_t rb_;
+  std::vector<Input> in_;
+  std::vector<std::vector<uint8_t>> whole_;
+  size_t pulled_ = 0;
+};
+
 class Algorithm {
  public:
   virtual ~Algorithm() = default;
@@ -387,13 +428,15 @@ class EngineContext {
   // and sums them token by token with sum_rows.
   uint16_t* out_bf16 = nullptr;
   // One source's answer: rows in the combine codec's row format, answering the tokens `ids` in order; `stream`
-  // is the codec stream they were encoded with.
+  // is the codec stream they were encoded with. At `data`, or left in another process (`remote`, data null:
+  // PeerConsume::remote), read a stretch of tokens at a time.
   struct RowsIn {
     const uint8_t* data = nullptr;
     size_t bytes = 0;
     const std::vector<int32_t>* ids = nullptr;
     int peer = -1;
     uint64_t stream = 0;
+    const RemoteBytes* remote = nullptr;
   };
   // For every token in [first, end) of a combine's output ([tokens x hidden]): its rows from `ins`, in the order
   // of `ins`, summed in fp32 as add_rows_message sums them (the first as 0 + row); 0 where no row came. Into out
@@ -404,6 +447,7 @@ class EngineContext {
   // checked as add_rows_message checks them.
   void sum_rows(std::span<const RowsIn> ins, int tokens, int first, int end, float* out);
   void sum_rows(std::span<const RowsIn> ins, int tokens, float* out) { sum_rows(ins, tokens, 0, tokens, out); }
+  std::vector<uint8_t> staged_rows;  // sum_rows: a stretch of rows read from other processes, kept for the next
   std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
   // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
   bool first_of_sum(int32_t token);

@@ -136,13 +136,26 @@ struct PeerRecv {
 // runs (null and 0 for a peer marked failed). A gather send (RowGather) reaches a receive that `takes_gather` as it was
 // sent: `gather` lists its rows where they lie and only its first bytes - gather.bytes() are at `data`, as in a
 // ConstBuf; any other receive gets it contiguous at `data`.
+//
+// A receive that `takes_pull` may instead get a message of another process left where its sender holds it:
+// `remote` is then set and `data` null, and the consume function copies the parts it needs, when it needs them,
+// with remote->read() (ranks that are processes, single copy: a sum reads a stretch of rows at a time into a
+// buffer that stays in cache, where taking the message whole would write it to memory and read it back).
+struct RemoteBytes {
+  virtual ~RemoteBytes() = default;
+  // Copies `bytes` bytes from `offset` of the message to `into`; throws FabricError where they cannot be read
+  // (the sender's process is gone, or it withdrew the message).
+  virtual void read(size_t offset, size_t bytes, void* into) const = 0;
+};
 struct PeerConsume {
   int peer;
   size_t capacity = 0;
   bool takes_gather = false;
+  bool takes_pull = false;
   const uint8_t* data = nullptr;
   size_t bytes = 0;
   RowGather gather = {};
+  const RemoteBytes* remote = nullptr;
 };
 
 class Fabric {

@@ -207,14 +207,20 @@ class Flat : public Algorithm {
                                      EngineContext::stream_id(Phase::kCombine, h.layer, me, r));
         sends.push_back({r, msgs[r].buf()});
       }
+      // Token by token where the combine codec has a row format: each output row written once (and rounded once
+      // in bf16), from answers that may stay in their senders' processes (PeerConsume::takes_pull).
+      const bool by_token = c.combine_row_bytes > 0;
       for (int r = 0; r < R; ++r)
-        if (st.sent_tokens[r] > 0) recvs.push_back({r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec)});
+        if (st.sent_tokens[r] > 0) {
+          recvs.push_back({r, c.rows_capacity(st.sent_tokens[r], *c.combine_codec)});
+          recvs.back().takes_pull = by_token;
+        }
       c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer), sends, recvs, [&] {
-        if (c.combine_row_bytes > 0) {  // token by token: each output row written once (and rounded once in bf16)
+        if (by_token) {
           std::vector<EngineContext::RowsIn> ins;
           for (const PeerConsume& r : recvs)
             ins.push_back({r.data, r.bytes, &st.sent_token_ids[r.peer], r.peer,
-                           EngineContext::stream_id(Phase::kCombine, h.layer, r.peer, me)});
+                           EngineContext::stream_id(Phase::kCombine, h.layer, r.peer, me), r.remote});
           c.sum_rows(ins, h.num_tokens, out);
           return;
         }

@@ -635,6 +635,7 @@ class Hierarchical : public Algorithm {
         const size_t cap = c.rows_capacity(st.sent_tokens[nk], *c.combine_codec);
         if (consume) {
           rconsume.push_back({st.relay[n], cap});
+          rconsume.back().takes_pull = by_token;  // sum_rows reads a stretch of tokens at a time
         } else {
           std::vector<uint8_t>& v = c.reply_box(n, cap);
           rrecvs.push_back({st.relay[n], MutBuf{v.data(), cap}});
@@ -650,7 +651,8 @@ class Hierarchical : public Algorithm {
             ins.push_back({consume ? rconsume[i].data : static_cast<const uint8_t*>(rrecvs[i].data.ptr),
                            consume ? rconsume[i].bytes : rrecvs[i].bytes,
                            &st.sent_token_ids[static_cast<size_t>(rfrom[i]) * K + k], f,
-                           EngineContext::stream_id(Phase::kCombine, h.layer, f, me)});
+                           EngineContext::stream_id(Phase::kCombine, h.layer, f, me),
+                           consume ? rconsume[i].remote : nullptr});
           }
           const int first = std::min(h.num_tokens, k * st.round_tokens);
           c.sum_rows(ins, h.num_tokens, first, std::min(h.num_tokens, first + st.round_tokens), out);
@@ -695,25 +697,35 @@ class Hierarchical : public Algorithm {
         answered[q] = rows_before(st.fwd_out_rows, K, q);
         if (answered[q] == 0) continue;
         lconsume.push_back({T.rank_of(my_node, q), c.rows_capacity(static_cast<int>(answered[q]), *c.combine_codec)});
+        lconsume.back().takes_pull = true;  // reduce_locally reads a stretch of rows at a time
         from.push_back(q);
       }
       c.exchange_consume(comb, make_tag(Phase::kCombine, h.step, h.layer, 1), sends, lconsume, [&] {
         for (size_t i = 0; i < from.size(); ++i)
           c.check_rows_bytes(lconsume[i].peer, lconsume[i].bytes, answered[from[i]], crb);
+        std::vector<int> index_of(G, -1);  // of local rank q in lconsume
+        for (size_t i = 0; i < from.size(); ++i) index_of[from[i]] = static_cast<int>(i);
         for (int k = 0; k < K; ++k) {
-          std::vector<const uint8_t*> inbox(G, nullptr);  // local rank q's answers of round k
+          RowStretches inbox(c.staged_rows, crb);  // [q]: local rank q's answers of round k
           std::vector<int> kfrom;
           std::vector<PeerRecv> recvs;
-          for (size_t i = 0; i < from.size(); ++i) {
-            const int q = from[i];
+          for (int q = 0; q < G; ++q) {
             const size_t n = st.fwd_out_rows[static_cast<size_t>(k) * G + q];
-            if (n == 0) continue;
-            inbox[q] = lconsume[i].data + rows_before(st.fwd_out_rows, k, q) * crb;
-            recvs.push_back({lconsume[i].peer, MutBuf{}, n * crb, n * crb});
+            if (n == 0) {
+              inbox.add(nullptr);
+              continue;
+            }
+            const PeerConsume& r = lconsume[index_of[q]];
+            const size_t at = rows_before(st.fwd_out_rows, k, q) * crb;
+            if (r.remote)
+              inbox.add(nullptr, r.remote, at);
+            else
+              inbox.add(r.data + at);
+            recvs.push_back({r.peer, MutBuf{}, n * crb, n * crb});
             kfrom.push_back(q);
           }
           std::vector<EngineContext::Message> rmsgs(S);
-          reduce_locally(c, h, st, k, kfrom, inbox, recvs, rmsgs);
+          reduce_locally(c, h, st, k, kfrom, std::move(inbox), recvs, rmsgs);
           rail_round(k, rmsgs);
         }
       });
@@ -756,11 +768,11 @@ class Hierarchical : public Algorithm {
               inbox[from[i]] = lconsume[i].data;
               recvs.push_back({lconsume[i].peer, MutBuf{}, lconsume[i].bytes, lconsume[i].bytes});
             }
-            reduce_locally(c, h, st, k, from, inbox, recvs, rmsgs);
+            reduce_locally(c, h, st, k, from, answers_at(c, inbox), recvs, rmsgs);
           });
         } else {
           c.exchange(comb, tag, sends, recvs);
-          reduce_locally(c, h, st, k, from, inbox, recvs, rmsgs);
+          reduce_locally(c, h, st, k, from, answers_at(c, inbox), recvs, rmsgs);
         }
         std::vector<EngineContext::Message>().swap(msgs);
         rail_round(k, rmsgs);
@@ -773,13 +785,21 @@ class Hierarchical : public Algorithm {
   }
 
  private:
-  // The forwarder's reduction of round k: for each rail source's rows, the local ranks' answers (inbox[q], recvs
-  // in the order of `from`) summed over local ranks ascending into one message back per rail source (rmsgs).
-  // With a row-separable codec the local rows are decoded one at a time and each sum is encoded straight into
-  // its message; otherwise the answers are decoded whole first.
+  // Local ranks' answers at hand in this process: inbox[q], local rank q's.
+  static RowStretches answers_at(EngineContext& c, const std::vector<const uint8_t*>& inbox) {
+    RowStretches rows(c.staged_rows, c.combine_row_bytes);
+    for (const uint8_t* p : inbox) rows.add(p);
+    return rows;
+  }
+
+  // The forwarder's reduction of round k: for each rail source's rows, the local ranks' answers (inbox row q,
+  // recvs in the order of `from`) summed over local ranks ascending into one message back per rail source
+  // (rmsgs). With a row-separable codec the local rows are decoded one at a time, those another process holds
+  // read a stretch of rail rows at a time (RowStretches), and each sum is encoded straight into its message;
+  // otherwise the answers are decoded whole first.
   static void reduce_locally(EngineContext& c, const Handle& h, const HierState& st, int k,
-                             const std::vector<int>& from, const std::vector<const uint8_t*>& inbox,
-                             const std::vector<PeerRecv>& recvs, std::vector<EngineContext::Message>& rmsgs) {
+                             const std::vector<int>& from, RowStretches&& inbox, const std::vector<PeerRecv>& recvs,
+                             std::vector<EngineContext::Message>& rmsgs) {
     const Topology& T = c.topo;
     const int G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), H = c.hidden();
     const int N = T.nodes(), back = std::max(N, G);
@@ -797,7 +817,7 @@ class Hierarchical : public Algorithm {
           continue;
         }
         local[q].resize(static_cast<size_t>(fwd_out_rows[q]) * H);
-        c.read_rows_message(inbox[q], recvs[i].bytes, fwd_out_rows[q], local[q].data(), *c.combine_codec,
+        c.read_rows_message(inbox.row(q, 0), recvs[i].bytes, fwd_out_rows[q], local[q].data(), *c.combine_codec,
                             EngineContext::stream_id(Phase::kForward, h.layer, r, me), r);
       }
     }
@@ -807,6 +827,28 @@ class Hierarchical : public Algorithm {
     int in_row = 0;  // the round's first row in fwd_map_begin: the rows of the rounds before it
     for (int j = 0; j < k; ++j)
       for (int si = 0; si < S; ++si) in_row += st.fwd_in_rows[static_cast<size_t>(j) * S + si];
+    // Pulled answers are read a stretch of rail rows at a time; a local rank's rows are wanted in ascending order
+    // (the forwarder gave them out in rail-row order), else they are read whole.
+    int round_end = in_row, stretch_end = in_row;
+    for (int si = 0; si < S; ++si) round_end += fwd_in_rows[si];
+    std::vector<size_t> want(G, 0);  // per local rank: its rows up to the stretch's end
+    if (rb > 0 && inbox.pulls()) {
+      std::vector<int64_t> last(G, -1);
+      for (int m = st.fwd_map_begin[in_row]; m < st.fwd_map_begin[round_end]; ++m) {
+        const auto [q, idx] = st.fwd_map[m];
+        if (idx < last[q]) inbox.read_whole(q, static_cast<size_t>(fwd_out_rows[q]));
+        last[q] = idx;
+      }
+    }
+    const auto next_stretch = [&](int r) {
+      stretch_end = r + 1;
+      while (stretch_end < round_end &&
+             static_cast<size_t>(st.fwd_map_begin[stretch_end + 1] - st.fwd_map_begin[r]) * rb <= inbox.stretch_bytes())
+        ++stretch_end;
+      for (int m = st.fwd_map_begin[r]; m < st.fwd_map_begin[stretch_end]; ++m)
+        want[st.fwd_map[m].first] = std::max(want[st.fwd_map[m].first], static_cast<size_t>(st.fwd_map[m].second) + 1);
+      inbox.advance(want);
+    };
     for (int si = 0; si < S; ++si) {  // rail sources
       const int rows_n = fwd_in_rows[si];
       if (rows_n == 0) continue;
@@ -831,19 +873,19 @@ class Hierarchical : public Algorithm {
           sums = m.data();
         }
         for (int j = 0; j < rows_n; ++j) {
+          if (inbox.pulls() && in_row + j == stretch_end) next_stretch(in_row + j);
           const int m0 = st.fwd_map_begin[in_row + j], m1 = st.fwd_map_begin[in_row + j + 1];
           uint8_t* row = sums + static_cast<size_t>(j) * rb;
           if (c.combine_bf16) {  // decoded, added and rounded in one pass for every four answers
             local_rows.clear();
-            for (int k = m0; k < m1; ++k)
-              local_rows.push_back(inbox[st.fwd_map[k].first] + static_cast<size_t>(st.fwd_map[k].second) * rb);
+            for (int k = m0; k < m1; ++k) local_rows.push_back(inbox.row(st.fwd_map[k].first, st.fwd_map[k].second));
             codecs::bf16_sum_rows_encode_kernel(local_rows.data(), local_rows.size(), H, acc.data(), row);
             continue;
           }
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int k = m0; k < m1; ++k) {
             const auto [q, idx] = st.fwd_map[k];
-            c.combine_codec->decode(inbox[q] + static_cast<size_t>(idx) * rb, rb, 1, H, dec.data());
+            c.combine_codec->decode(inbox.row(q, idx), rb, 1, H, dec.data());
             for (int e = 0; e < H; ++e) acc[e] += dec[e];
           }
           encoded.clear();

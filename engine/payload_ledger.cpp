@@ -26,13 +26,11 @@ inline uint64_t step(uint64_t lane, uint64_t word) {
   return lane ^ (lane >> 32);
 }
 
-// The checksum's four lanes: 32-byte blocks go one word per lane; the last bytes (fewer than 32) go 8 at a time
-// into lane 0 and a zero-padded rest into lane 1. A contiguous message and a gathered one share it, so their sums
-// are the same by construction.
-struct ChecksumLanes {
-  uint64_t l0 = 0x243f6a8885a308d3ULL, l1 = 0x13198a2e03707344ULL, l2 = 0xa4093822299f31d0ULL,
-           l3 = 0x082efa98ec4e6c89ULL;
-  void block(const unsigned char* p) {
+// `n` 32-byte blocks, one word per lane, the lanes kept in registers (a lane array of the object could be aliased
+// by the bytes read, so the compiler would store it back after every block).
+void blocks(uint64_t (&lane)[4], const unsigned char* p, size_t n) {
+  uint64_t l0 = lane[0], l1 = lane[1], l2 = lane[2], l3 = lane[3];
+  for (; n > 0; --n, p += 32) {
     uint64_t w[4];
     std::memcpy(w, p, sizeof w);
     l0 = step(l0, w[0]);
@@ -40,61 +38,62 @@ struct ChecksumLanes {
     l2 = step(l2, w[2]);
     l3 = step(l3, w[3]);
   }
-  void tail(const unsigned char* p, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      uint64_t w;
-      std::memcpy(&w, p + i, sizeof w);
-      l0 = step(l0, w);
-    }
-    if (i < n) {
-      uint64_t w = 0;
-      std::memcpy(&w, p + i, n - i);
-      l1 = step(l1, w);
-    }
-  }
-  // Each lane through a bijection, then rotated so that equal lanes do not cancel, and the length last.
-  uint64_t finish(size_t total) const {
-    return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(l2), 32) ^ std::rotl(mix64(l3), 48) ^
-           mix64(static_cast<uint64_t>(total) + kMul);
-  }
-};
+  lane[0] = l0, lane[1] = l1, lane[2] = l2, lane[3] = l3;
+}
 
 }  // namespace
 
-uint64_t payload_checksum(const void* p, size_t n) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  ChecksumLanes lanes;
+// The checksum's four lanes: 32-byte blocks go one word per lane; the last bytes (fewer than 32) go 8 at a time
+// into lane 0 and a zero-padded rest into lane 1. Blocks run across the seams of the parts fed, so a contiguous
+// message, a gathered one and one read in parts share the sum by construction.
+void PayloadChecksum::feed(const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  total_ += n;
+  if (np_) {
+    const size_t take = std::min(sizeof pend_ - np_, n);
+    std::memcpy(pend_ + np_, p, take);
+    np_ += take, p += take, n -= take;
+    if (np_ < sizeof pend_) return;
+    blocks(lane_, pend_, 1);
+    np_ = 0;
+  }
+  blocks(lane_, p, n / 32);
+  p += n / 32 * 32, n %= 32;
+  std::memcpy(pend_, p, n);
+  np_ = n;
+}
+
+// The tail into lanes 0 and 1, each lane through a bijection, then rotated so that equal lanes do not cancel, and
+// the length last.
+uint64_t PayloadChecksum::finish() const {
+  uint64_t l0 = lane_[0], l1 = lane_[1];
   size_t i = 0;
-  for (; i + 32 <= n; i += 32) lanes.block(b + i);
-  lanes.tail(b + i, n - i);
-  return lanes.finish(n);
+  for (; i + 8 <= np_; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, pend_ + i, sizeof w);
+    l0 = step(l0, w);
+  }
+  if (i < np_) {
+    uint64_t w = 0;
+    std::memcpy(&w, pend_ + i, np_ - i);
+    l1 = step(l1, w);
+  }
+  return mix64(l0) ^ std::rotl(mix64(l1), 16) ^ std::rotl(mix64(lane_[2]), 32) ^ std::rotl(mix64(lane_[3]), 48) ^
+         mix64(static_cast<uint64_t>(total_) + kMul);
+}
+
+uint64_t payload_checksum(const void* p, size_t n) {
+  PayloadChecksum sum;
+  sum.feed(p, n);
+  return sum.finish();
 }
 
 uint64_t payload_checksum(const ConstBuf& b) {
   if (!b.gathered()) return payload_checksum(b.ptr, b.bytes);
-  // The same sums as over the message made contiguous: 32-byte blocks across the parts' seams, carried in `pend`.
-  ChecksumLanes lanes;
-  unsigned char pend[32];
-  size_t np = 0;
-  const auto feed = [&](const void* data, size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    if (np) {
-      const size_t take = std::min(sizeof pend - np, n);
-      std::memcpy(pend + np, p, take);
-      np += take, p += take, n -= take;
-      if (np < sizeof pend) return;
-      lanes.block(pend);
-      np = 0;
-    }
-    for (; n >= 32; p += 32, n -= 32) lanes.block(p);
-    std::memcpy(pend, p, n);
-    np = n;
-  };
-  feed(b.ptr, b.head_bytes());
-  for (size_t r = 0; r < b.gather.count; ++r) feed(b.gather.rows[r], b.gather.row_bytes);
-  lanes.tail(pend, np);
-  return lanes.finish(b.bytes);
+  PayloadChecksum sum;
+  sum.feed(b.ptr, b.head_bytes());
+  for (size_t r = 0; r < b.gather.count; ++r) sum.feed(b.gather.rows[r], b.gather.row_bytes);
+  return sum.finish();
 }
 
 size_t PayloadLedger::KeyHash::operator()(const Key& k) const {
@@ -148,6 +147,10 @@ void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const 
 
 void PayloadLedger::received(int peer, Tag tag, const std::string& phase, const ConstBuf& data) {
   add(got_, peer, tag, phase, data);
+}
+
+void PayloadLedger::received(int peer, Tag tag, const std::string& phase, size_t bytes, const PayloadChecksum& sum) {
+  count(got_, peer, tag, phase, bytes, bytes, checksum_ && bytes > 0 ? sum.finish() : 0);
 }
 
 void PayloadLedger::kept(int self, Tag tag, const std::string& phase, const ConstBuf& data) {

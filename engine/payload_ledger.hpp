@@ -23,6 +23,19 @@ uint64_t payload_checksum(const void* p, size_t n);
 // as it lands, contiguous.
 uint64_t payload_checksum(const ConstBuf& b);
 
+// payload_checksum of bytes fed in order, in parts of any size: the checksum of the parts made contiguous.
+class PayloadChecksum {
+ public:
+  void feed(const void* data, size_t n);
+  uint64_t finish() const;  // of everything fed so far
+  size_t fed() const { return total_; }
+
+ private:
+  uint64_t lane_[4] = {0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL, 0xa4093822299f31d0ULL, 0x082efa98ec4e6c89ULL};
+  unsigned char pend_[32] = {};  // the last bytes fed, short of a 32-byte block
+  size_t np_ = 0, total_ = 0;
+};
+
 // What one rank sent to (or received from) one peer under one tag: sums over the messages.
 struct PayloadRecord {
   uint64_t tag = 0;
@@ -56,6 +69,8 @@ class PayloadLedger {
   void received(int peer, Tag tag, const std::string& phase, const void* data, size_t bytes, size_t total_bytes);
   // A message as received, or a gather send read where its sender holds it (alltoallv_consume): head, then rows.
   void received(int peer, Tag tag, const std::string& phase, const ConstBuf& data);
+  // A message whose bytes were hashed as they were read (PayloadChecksum, a consume that pulled them).
+  void received(int peer, Tag tag, const std::string& phase, size_t bytes, const PayloadChecksum& sum);
   // A message the rank keeps for itself (Fabric::keep_local): sent and received at once, hashed once.
   void kept(int self, Tag tag, const std::string& phase, const ConstBuf& data);
   PayloadLog log() const;

@@ -49,6 +49,9 @@ struct Arrival {
   // Set when the bytes are lent by this send (SendOp::lend): they stay where the sender holds them, never
   // retained, until the receiver lets them go, which completes the send.
   SendOp* lender = nullptr;
+  // Set by hold_for_consume for a receive that may pull: the bytes stay in another process (data is null), read
+  // with remote->read(); `owner` keeps it alive.
+  const RemoteBytes* remote = nullptr;
   // Writes the real bytes contiguously at dst.
   void copy_to(void* dst) const { ConstBuf{data, bytes, 0, gather}.copy_to(dst); }
 };
@@ -62,6 +65,7 @@ struct RecvOp : RequestState {
   bool copying = false;            // matched, and a thread copies the bytes outside the lock (Domain::deliver)
   bool ledgered = false;           // its bytes went into the fabric's PayloadLedger (rank's own thread)
   bool consume = false;            // reads the message where it lies (msg) instead of copying it into buf
+  bool pull = false;               // a consume that may read another process's message in parts (Arrival::remote)
   Arrival msg;                     // kept by transports that move the bytes after the match
   std::shared_ptr<void> transfer;  // the transport's transfer in flight (a modeled flow, device copies)
 };
@@ -135,8 +139,9 @@ class Transport {
   virtual void retain(Arrival& a);
   // Under the domain's lock: a consuming receive met `a`, whose bytes it reads at a.data (and a.gather) until
   // Domain::release drops `a`. Default: lent bytes stay where they are, borrowed ones are retained. A transport
-  // with caps().consumes_remote receives another process's message into a buffer that `a` then owns.
-  virtual void hold_for_consume(Arrival& a) {
+  // with caps().consumes_remote receives another process's message into a buffer that `a` then owns, or, where
+  // the receive may `pull`, leaves it where its sender holds it and sets a.remote.
+  virtual void hold_for_consume(Arrival& a, bool pull) {
     if (!a.owner && !a.lender) retain(a);
   }
   // Under the domain's lock: whether `op` has completed, finishing transfers the transport drives itself.

@@ -103,7 +103,7 @@ void Domain::match(RecvOp& op, Arrival& a, Transport& via) {
     return;
   }
   if (op.consume) {  // the receiver reads the bytes where they are, until release()
-    via.hold_for_consume(a);
+    via.hold_for_consume(a, op.pull);
     op.msg = std::move(a);
     op.done = true;
     return;
@@ -381,7 +381,8 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
       if (!s->error.empty()) throw FabricError(s->error + " (phase " + phase_ + ")");
       // The test hook's flip only where a check sees it: not in an untimed warm-up call, which runs without one.
       const bool enter = (ledger_ || tally_) && !in_native_exchange_;
-      if (auto* r = enter ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered) {
+      // A message read in parts (Arrival::remote) is entered once it has been read (alltoallv_consume).
+      if (auto* r = enter ? dynamic_cast<RecvOp*>(s) : nullptr; r && !r->ledgered && !r->msg.remote) {
         r->ledgered = true;
         received(r->peer, r->tag, r->consume ? const_cast<void*>(r->msg.data) : r->buf.ptr, r->bytes, r->total_bytes,
                  r->consume ? r->msg.gather : RowGather{});
@@ -481,6 +482,40 @@ void TransportFabric::keep_local(Tag tag, const ConstBuf& data) {
   if (ledger_ && !in_native_exchange_) ledger_->kept(rank(), tag, phase_, data);
 }
 
+namespace {
+
+// Another process's message that a consume reads in parts (Arrival::remote), as the payload ledger and the test
+// hook's flip see a message received whole: the bytes are hashed in order as the consume reads them from the start
+// on, and what it did not read is read and hashed at the end (finish); the flip lands on the last byte whenever a
+// read covers it.
+class LedgeredRemote final : public RemoteBytes {
+ public:
+  LedgeredRemote(const RemoteBytes& src, size_t bytes, bool flip) : src_(src), bytes_(bytes), flip_(flip) {}
+  void read(size_t offset, size_t n, void* into) const override {
+    src_.read(offset, n, into);
+    auto* p = static_cast<uint8_t*>(into);
+    if (flip_ && offset < bytes_ && bytes_ - 1 < offset + n) p[bytes_ - 1 - offset] ^= 0x01;
+    const size_t fed = sum_.fed();
+    if (offset <= fed && fed < offset + n) sum_.feed(p + (fed - offset), offset + n - fed);
+  }
+  const PayloadChecksum& finish() {
+    std::vector<uint8_t> rest;
+    while (sum_.fed() < bytes_) {
+      rest.resize(std::min<size_t>(bytes_ - sum_.fed(), size_t{1} << 20));
+      read(sum_.fed(), rest.size(), rest.data());
+    }
+    return sum_;
+  }
+
+ private:
+  const RemoteBytes& src_;
+  size_t bytes_;
+  bool flip_;
+  mutable PayloadChecksum sum_;
+};
+
+}  // namespace
+
 void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends, std::span<PeerConsume> recvs,
                                         const std::function<void()>& consume, Deadline d) {
   // Sends are lent where every rank lives in this process; a transport that consumes_remote completes a send
@@ -503,6 +538,7 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
     op->tag = tag;
     op->buf = MutBuf{nullptr, r.capacity};
     op->consume = true;
+    op->pull = r.takes_pull;
     {
       SyncLock lock(domain_.sync());
       domain_.post_receive(rank_, transport_, op);
@@ -519,8 +555,18 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
     if (live(s.peer)) sreqs.push_back(post_send(s.peer, tag, s.data, lend || s.peer == rank_));
   wait_all(rreqs, d);
   std::vector<std::vector<uint8_t>> flat;  // gather sends made contiguous for receives that do not take them
+  std::vector<std::unique_ptr<LedgeredRemote>> ledgered(recvs.size());
   for (size_t i = 0; i < recvs.size(); ++i)
     if (const auto* op = static_cast<const RecvOp*>(rreqs[i].state())) {
+      recvs[i].remote = op->msg.remote;
+      if (op->msg.remote && op->bytes > 0) {
+        const bool flip = flip_armed_ && !flipped_ && PayloadFlip::from_environment().matches(op->peer, rank_, tag);
+        flipped_ = flipped_ || flip;
+        if (ledger_ || flip) {
+          ledgered[i] = std::make_unique<LedgeredRemote>(*op->msg.remote, op->bytes, flip);
+          recvs[i].remote = ledgered[i].get();
+        }
+      }
       recvs[i].data = static_cast<const uint8_t*>(op->msg.data);
       recvs[i].bytes = op->bytes;
       recvs[i].gather = op->msg.gather;
@@ -531,9 +577,16 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
       recvs[i].gather = RowGather{};
     }
   consume();
+  for (size_t i = 0; i < recvs.size(); ++i) {
+    auto* op = static_cast<RecvOp*>(rreqs[i].state());
+    if (!op || !op->msg.remote || op->ledgered) continue;
+    op->ledgered = true;
+    if (ledger_ && ledgered[i]) ledger_->received(op->peer, tag, phase_, op->bytes, ledgered[i]->finish());
+    if (tally_) tally_->received(op->peer, rank_, tag, op->total_bytes);
+  }
   for (Request& r : rreqs)
     if (r.valid()) domain_.release(*static_cast<RecvOp*>(r.state()));
-  for (PeerConsume& r : recvs) r.data = nullptr, r.gather = RowGather{};
+  for (PeerConsume& r : recvs) r.data = nullptr, r.gather = RowGather{}, r.remote = nullptr;
   wait_all(sreqs, d);
 }
 

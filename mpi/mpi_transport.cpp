@@ -138,11 +138,16 @@ struct SingleCopy {
 // A peer's message whose header has been read and whose bytes wait: in MPI under a matched-probe handle, or
 // (single copy) in the sender's memory, described by `pieces`. One that no receive ever takes (a run that
 // failed) stays where it is; a single-copy one is acknowledged unread when dropped, so that its sender is not
-// left waiting.
-struct HeldMessage {
+// left waiting. A consume that pulls (RemoteBytes) reads a single-copy one in parts, and acknowledges it when it
+// lets it go.
+struct HeldMessage final : RemoteBytes {
   size_t bytes = 0;
   MPI_Message msg = MPI_MESSAGE_NULL;
   std::vector<iovec> pieces;
+  std::vector<size_t> starts;  // single copy: where each piece starts in the message
+  pid_t pid = 0;               // single copy: the sender's process
+  int dst = -1;                // the receiving rank
+  Tag tag = 0;
   int src = -1;
   uint64_t seq = 0;
   bool settled = false;  // single copy: acknowledged, read or not; withdrawn: its sender took it back
@@ -155,8 +160,28 @@ struct HeldMessage {
     MPI_Request r;
     if (MPI_Isend(nullptr, 0, MPI_BYTE, src, ack_tag, comm, &r) == MPI_SUCCESS) MPI_Request_free(&r);
   }
-  ~HeldMessage() {
+  ~HeldMessage() override {
     if (!pieces.empty() && !settled) settle();
+  }
+  void read(size_t offset, size_t n, void* into) const override {
+    const std::string where =
+        "rank " + std::to_string(dst) + ", peer " + std::to_string(src) + ", tag " + describe_tag(tag);
+    if (withdrawn)
+      throw FabricError("irecv: " + where + ": the sender withdrew the message (its rank failed) while it was read");
+    if (offset > bytes || n > bytes - offset)
+      throw FabricError("irecv: " + where + ": bytes [" + std::to_string(offset) + ", +" + std::to_string(n) +
+                        ") of a " + std::to_string(bytes) + "-byte message");
+    if (n == 0) return;
+    std::vector<iovec> part;
+    size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), offset) - starts.begin()) - 1;
+    for (size_t at = offset, left = n; left > 0; ++i) {
+      const size_t from = at - starts[i], take = std::min(pieces[i].iov_len - from, left);
+      part.push_back(iovec{static_cast<uint8_t*>(pieces[i].iov_base) + from, take});
+      at += take, left -= take;
+    }
+    if (const int err = read_peer_memory(pid, part, static_cast<uint8_t*>(into)))
+      throw FabricError("process_vm_readv: " + where + ": reading " + std::to_string(n) + " bytes from process " +
+                        std::to_string(pid) + " failed: " + std::strerror(err));
   }
 };
 
@@ -308,10 +333,22 @@ class MpiTransport final : public Transport {
   }
 
   // A consuming receive (Fabric::alltoallv_consume) met a peer's message: it is received now, as any receive's
-  // would be, into a buffer of this transport's that the receive holds until it lets the message go.
-  void hold_for_consume(Arrival& a) override {
+  // would be, into a buffer of this transport's that the receive holds until it lets the message go; or, for a
+  // receive that pulls, a single-copy message stays where its sender holds it and is read in parts (a.remote).
+  void hold_for_consume(Arrival& a, bool pull) override {
     auto* held = a.bytes && !a.data ? static_cast<HeldMessage*>(a.owner.get()) : nullptr;
-    if (!held) return Transport::hold_for_consume(a);
+    if (!held) return Transport::hold_for_consume(a, pull);
+    if (pull && !held->pieces.empty()) {
+      // Kept findable for its sender's withdrawal until it is let go; entries of messages gone are dropped as
+      // the map grows.
+      if (held_.size() >= prune_at_) {
+        std::erase_if(held_, [](const auto& e) { return e.second.expired(); });
+        prune_at_ = std::max<size_t>(64, 2 * held_.size());
+      }
+      held_[{held->src, held->seq}] = std::shared_ptr<HeldMessage>(a.owner, held);
+      a.remote = held;
+      return;
+    }
     std::shared_ptr<std::vector<uint8_t>> buf = scratch_.take(a.bytes);
     receive_held(*held, buf->data(), a.tag);
     a.data = buf->data();
@@ -373,6 +410,8 @@ class MpiTransport final : public Transport {
       auto held = std::make_shared<HeldMessage>();
       held->bytes = bytes;
       held->src = src;
+      held->dst = rank_;
+      held->tag = tag;
       if (descriptor) {
         read_descriptor(*held, header);
       } else {
@@ -391,7 +430,7 @@ class MpiTransport final : public Transport {
         try {
           if (op->consume) {
             Arrival a{src, tag, nullptr, bytes, header[2], std::move(held)};
-            hold_for_consume(a);
+            hold_for_consume(a, op->pull);
             op->msg = std::move(a);
           } else {
             receive_held(*held, op->buf.ptr, tag);
@@ -516,9 +555,11 @@ class MpiTransport final : public Transport {
     size_t sum = 0;
     if (pieces * 2 + kDescriptorWords == header.size()) {
       m.pieces.resize(pieces);
+      m.starts.resize(pieces);
       for (size_t i = 0; i < pieces; ++i) {
         m.pieces[i] = iovec{reinterpret_cast<void*>(header[kDescriptorWords + 2 * i]),
                             static_cast<size_t>(header[kDescriptorWords + 2 * i + 1])};
+        m.starts[i] = sum;
         sum += m.pieces[i].iov_len;
       }
     }
@@ -528,6 +569,7 @@ class MpiTransport final : public Transport {
                         std::to_string(sum) + " bytes for a message of " + std::to_string(m.bytes) +
                         (single_copy_.pid[m.src] ? "" : ", from a peer this rank cannot read"));
     m.seq = header[3];
+    m.pid = single_copy_.pid[m.src];
     m.comm = comm_;
     m.ack_tag = ack_tag(m.seq);
   }
@@ -579,6 +621,7 @@ class MpiTransport final : public Transport {
   uint64_t next_seq_ = 0;           // this rank's single-copy sends so far
   // Single-copy messages held unread, by sender and number, for their sender's withdrawal.
   std::map<std::pair<int, uint64_t>, std::weak_ptr<HeldMessage>> held_;
+  size_t prune_at_ = 64;  // held_'s size at which entries of messages let go are dropped
   std::deque<Outgoing> notices_;
   ScratchPool scratch_;
   MpiAddOn* add_on_ = nullptr;

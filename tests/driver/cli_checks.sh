@@ -159,6 +159,33 @@ case $case_name in
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=0,2,2,0,1 expect_run 4 \
       "payload mismatch: rank 0 -> rank 2, phase dispatch, step 0, layer 1 .*checksum differs" \
       run --backend $backend "${two[@]}" --algorithm hierarchical
+    if [[ $backend == mpi ]]; then
+      # Combine's answers between processes, read a stretch at a time where their senders hold them
+      # (PeerConsume::takes_pull): the ledger hashes them as they are read, and sees a flipped byte. Flat's answer
+      # from rank 3 to rank 0; hierarchical's answer from rank 3 to its forwarder, rank 2, and the sums back
+      # across the rail from rank 2 to rank 0.
+      EPLAB_TEST_FLIP_PAYLOAD_BYTE=3,0,3,0,1 expect_run 4 \
+        "payload mismatch: rank 3 -> rank 0, phase combine, step 0, layer 1 .*checksum differs" \
+        run --backend $backend "${two[@]}" --algorithm flat
+      EPLAB_TEST_FLIP_PAYLOAD_BYTE=3,2,3,0,1,1 expect_run 4 \
+        "payload mismatch: rank 3 -> rank 2, phase combine, step 0, layer 1 .*checksum differs" \
+        run --backend $backend "${two[@]}" --algorithm hierarchical
+      EPLAB_TEST_FLIP_PAYLOAD_BYTE=2,0,3,0,1,0 expect_run 4 \
+        "payload mismatch: rank 2 -> rank 0, phase combine, step 0, layer 1 .*checksum differs" \
+        run --backend $backend "${two[@]}" --algorithm hierarchical
+      # Summed from those stretches, the output is emu's to the last bit: the same errors against the reference.
+      for a in flat hierarchical; do
+        same=("${two[@]}" --algorithm $a --dispatch-codec bf16 --combine-codec bf16)
+        expect_run 0 "verified: true" run --backend mpi "${same[@]}" --report "$tmp/same_mpi.json"
+        expect 0 "verified: true" -- run --backend emu "${same[@]}" --report "$tmp/same_emu.json"
+        python3 - "$tmp/same_mpi.json" "$tmp/same_emu.json" <<'PY' || fail "$a on mpi differs from emu"
+import json, sys
+mpi, emu = (json.load(open(p))["verification"] for p in sys.argv[1:])
+keys = ["max_abs_err", "rel_l2_err", "mismatched_elements", "elements"]
+sys.exit(0 if all(mpi[k] == emu[k] for k in keys) else f"mpi {[mpi[k] for k in keys]}, emu {[emu[k] for k in keys]}")
+PY
+      done
+    fi
     # Hierarchical in rail rounds (EPLAB_RAIL_ROUNDS; engine/hierarchical.cpp): every message checked, and the
     # same outputs and verification as in one round, with more messages.
     for rounds in 1 3; do

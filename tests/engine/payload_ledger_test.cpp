@@ -66,6 +66,36 @@ TEST(PayloadChecksum, GatheredRowsSumAsTheContiguousMessage) {
       }
 }
 
+// Fed in parts of any sizes (a message read a stretch at a time), the checksum is the contiguous message's, and a
+// ledger entering it so records the same as one entering the message whole.
+TEST(PayloadChecksum, FedInPartsSumsAsTheContiguousMessage) {
+  const std::vector<uint8_t> whole = bytes_of(1000);
+  for (const std::vector<size_t>& cuts : std::vector<std::vector<size_t>>{
+           {}, {1}, {31, 32, 33}, {8, 16, 24, 40, 64}, {500}, {999}, {3, 200, 201, 640, 997}}) {
+    PayloadChecksum sum;
+    size_t at = 0;
+    for (size_t c : cuts) sum.feed(whole.data() + at, c - at), at = c;
+    sum.feed(whole.data() + at, whole.size() - at);
+    EXPECT_EQ(sum.fed(), whole.size());
+    EXPECT_EQ(sum.finish(), payload_checksum(whole.data(), whole.size())) << cuts.size() << " cuts";
+  }
+  PayloadChecksum sum;
+  sum.feed(whole.data(), 999);
+  EXPECT_NE(sum.finish(), payload_checksum(whole.data(), whole.size())) << "a byte short";
+  const Tag tag = make_tag(Phase::kCombine, 1, 0);
+  PayloadLedger a(true), b(true);
+  a.received(3, tag, "combine", whole.data(), whole.size(), whole.size());
+  PayloadChecksum parts;
+  parts.feed(whole.data(), 100);
+  parts.feed(whole.data() + 100, 900);
+  b.received(3, tag, "combine", whole.size(), parts);
+  ASSERT_EQ(a.log().got.size(), 1u);
+  ASSERT_EQ(b.log().got.size(), 1u);
+  EXPECT_EQ(a.log().got[0].checksum, b.log().got[0].checksum);
+  EXPECT_EQ(a.log().got[0].bytes, b.log().got[0].bytes);
+  EXPECT_EQ(a.log().got[0].total_bytes, b.log().got[0].total_bytes);
+}
+
 // Rank 0 sends `payload` to rank 1 under a dispatch tag of step 3, layer 2; rank 1 receives `landed`.
 std::vector<PayloadLog> two_ranks(const std::vector<uint8_t>& payload, const std::vector<uint8_t>& landed) {
   const Tag tag = make_tag(Phase::kDispatch, 3, 2, 1);

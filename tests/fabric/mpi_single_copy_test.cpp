@@ -119,5 +119,57 @@ TEST_F(MpiSingleCopy, ConsumeTakesMessagesOfEveryPath) {
   });
 }
 
+// A consume that pulls (PeerConsume::takes_pull): the single-copy message stays in its sender's process and is
+// read in parts, in any order; the one through MPI and the one to the rank itself come at `data` as before. A
+// read past the message's end fails naming it.
+TEST_F(MpiSingleCopy, ConsumeThatPullsReadsASingleCopyMessageInParts) {
+  if (forced_off()) GTEST_SKIP() << "single copy turned off";
+  run([](Fabric& f) {
+    const int me = f.rank(), other = 1 - me;
+    const auto byte = [](int src, int dst, size_t i) { return static_cast<uint8_t>(src * 53 + dst * 29 + i * 5); };
+    for (const size_t bytes : {size_t{1} << 20, size_t{100}}) {
+      std::vector<std::vector<uint8_t>> out(2);
+      std::vector<PeerSend> sends;
+      std::vector<PeerConsume> recvs;
+      for (int p = 0; p < 2; ++p) {
+        for (size_t i = 0; i < bytes; ++i) out[p].push_back(byte(me, p, i));
+        sends.push_back({p, ConstBuf{out[p].data(), bytes}});
+        recvs.push_back({p, bytes});
+        recvs.back().takes_pull = true;
+      }
+      f.alltoallv_consume(
+          bytes > 100 ? 62 : 63, sends, recvs,
+          [&] {
+            const PeerConsume& r = recvs[other];
+            ASSERT_EQ(r.bytes, bytes);
+            EXPECT_EQ(recvs[me].remote, nullptr) << "a message to itself is read where it lies";
+            EXPECT_EQ(recvs[me].data, out[me].data());
+            if (bytes <= 100) {  // through MPI: received whole
+              ASSERT_EQ(r.remote, nullptr);
+              for (size_t i = 0; i < bytes; ++i) ASSERT_EQ(r.data[i], byte(other, me, i)) << i;
+              return;
+            }
+            ASSERT_NE(r.remote, nullptr) << "a single-copy message is left where its sender holds it";
+            EXPECT_EQ(r.data, nullptr);
+            std::vector<uint8_t> got(bytes, 0);
+            for (const auto& [at, n] : std::vector<std::pair<size_t, size_t>>{
+                     {bytes / 2, bytes / 2}, {0, 1}, {1, 4095}, {4096, bytes / 2 - 4096}, {bytes - 1, 1}})
+              r.remote->read(at, n, got.data() + at);
+            size_t wrong = 0;
+            for (size_t i = 0; i < bytes; ++i) wrong += got[i] != byte(other, me, i);
+            EXPECT_EQ(wrong, 0u);
+            try {
+              r.remote->read(bytes - 10, 11, got.data());
+              ADD_FAILURE() << "a read past the message's end";
+            } catch (const FabricError& e) {
+              EXPECT_NE(std::string(e.what()).find("-byte message"), std::string::npos) << e.what();
+            }
+          },
+          Deadline::after(f, 10));
+      EXPECT_EQ(recvs[other].remote, nullptr) << "valid only inside consume";
+    }
+  });
+}
+
 }  // namespace
 }  // namespace eplab
