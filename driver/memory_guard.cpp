@@ -124,11 +124,10 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
     // The receive buffers are kept across calls and rounds (EngineContext::inboxes), one more row's worth.
     e.rows_bytes = e.rows_per_rank * (std::max(dispatch_peak, combine_peak) + std::max(d.wire, c.wire));
   }
-  // Ranks that are processes (mpi) may combine by consuming, where their launch agrees on single copy
-  // (Caps::consume_in_place there, which this estimate cannot see beforehand): every answer of a call then lands
-  // at once in buffers of the transport's, a received row's worth per row. Counted on top of the copying path.
-  if (wire_rows && !run.caps.modeled_time && !run.in_process && (algo == "flat" || algo == "hierarchical"))
-    e.rows_bytes += e.rows_per_rank * c.wire;
+  // Ranks that are processes (mpi) combine by consuming where their launch agrees on single copy
+  // (Caps::consume_in_place there, which this estimate cannot see beforehand): with wire rows they read each
+  // answer a stretch at a time where its sender holds it (PeerConsume::takes_pull), so the copying path's
+  // buffers, counted above, are the larger.
   // What the buffers above leave out: chunks the allocator keeps after a buffer grew (emu keeps freed chunks
   // for the run), metadata and routing. Measured at 6-9% of them for flat and hierarchical at 1024-4096
   // tokens per rank (16 ranks, DeepSeek-V3; docs/architecture.md).
