@@ -32,6 +32,22 @@ class MpiSingleCopy : public ::testing::Test {
     opts.timeout_s = 20;
     create_backend("mpi")->launch(Topology(spec), opts, fn);
   }
+  // A consuming exchange of `bytes` from this rank to each of the two (byte(src, dst, i) at i), sent from `out`.
+  struct Exchange {
+    std::vector<std::vector<uint8_t>> out = std::vector<std::vector<uint8_t>>(2);
+    std::vector<PeerSend> sends;
+    std::vector<PeerConsume> recvs;
+  };
+  static Exchange exchange(int me, size_t bytes, uint8_t (*byte)(int, int, size_t), bool pull) {
+    Exchange x;
+    for (int p = 0; p < 2; ++p) {
+      for (size_t i = 0; i < bytes; ++i) x.out[p].push_back(byte(me, p, i));
+      x.sends.push_back({p, ConstBuf{x.out[p].data(), bytes}});
+      x.recvs.push_back({p, bytes});
+      x.recvs.back().takes_pull = pull;
+    }
+    return x;
+  }
 };
 
 // Both processes run on this machine, where process_vm_readv works as root: the transport takes gather sends
@@ -91,14 +107,7 @@ TEST_F(MpiSingleCopy, ConsumeTakesMessagesOfEveryPath) {
     const int me = f.rank(), other = 1 - me;
     const auto byte = [](int src, int dst, size_t i) { return static_cast<uint8_t>(src * 91 + dst * 17 + i * 7); };
     for (const size_t bytes : {size_t{1} << 20, size_t{100}}) {
-      std::vector<std::vector<uint8_t>> out(2);
-      std::vector<PeerSend> sends;
-      std::vector<PeerConsume> recvs;
-      for (int p = 0; p < 2; ++p) {
-        for (size_t i = 0; i < bytes; ++i) out[p].push_back(byte(me, p, i));
-        sends.push_back({p, ConstBuf{out[p].data(), bytes}});
-        recvs.push_back({p, bytes});
-      }
+      auto [out, sends, recvs] = exchange(me, bytes, byte, false);
       int consumed = 0;
       f.alltoallv_consume(
           bytes > 100 ? 60 : 61, sends, recvs,
@@ -128,15 +137,7 @@ TEST_F(MpiSingleCopy, ConsumeThatPullsReadsASingleCopyMessageInParts) {
     const int me = f.rank(), other = 1 - me;
     const auto byte = [](int src, int dst, size_t i) { return static_cast<uint8_t>(src * 53 + dst * 29 + i * 5); };
     for (const size_t bytes : {size_t{1} << 20, size_t{100}}) {
-      std::vector<std::vector<uint8_t>> out(2);
-      std::vector<PeerSend> sends;
-      std::vector<PeerConsume> recvs;
-      for (int p = 0; p < 2; ++p) {
-        for (size_t i = 0; i < bytes; ++i) out[p].push_back(byte(me, p, i));
-        sends.push_back({p, ConstBuf{out[p].data(), bytes}});
-        recvs.push_back({p, bytes});
-        recvs.back().takes_pull = true;
-      }
+      auto [out, sends, recvs] = exchange(me, bytes, byte, true);
       f.alltoallv_consume(
           bytes > 100 ? 62 : 63, sends, recvs,
           [&] {
