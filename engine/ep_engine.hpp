@@ -447,7 +447,7 @@ class EngineContext {
   // checked as add_rows_message checks them.
   void sum_rows(std::span<const RowsIn> ins, int tokens, int first, int end, float* out);
   void sum_rows(std::span<const RowsIn> ins, int tokens, float* out) { sum_rows(ins, tokens, 0, tokens, out); }
-  std::vector<uint8_t> staged_rows;  // sum_rows: a stretch of rows read from other processes, kept for the next
+  std::vector<uint8_t> staged_rows;  // RowStretches' buffer (sum_rows, hierarchical's forwarders), kept for the run
   std::vector<uint8_t> summed;  // per token of the sum in progress: whether a row has been written (empty: none)
   // Whether `token`'s next row is the first of the sum in progress (and marks it written); false outside a sum.
   bool first_of_sum(int32_t token);

@@ -164,12 +164,13 @@ struct HeldMessage final : RemoteBytes {
     if (!pieces.empty() && !settled) settle();
   }
   void read(size_t offset, size_t n, void* into) const override {
-    const std::string where =
-        "rank " + std::to_string(dst) + ", peer " + std::to_string(src) + ", tag " + describe_tag(tag);
+    const auto where = [&] {
+      return "rank " + std::to_string(dst) + ", peer " + std::to_string(src) + ", tag " + describe_tag(tag);
+    };
     if (withdrawn)
-      throw FabricError("irecv: " + where + ": the sender withdrew the message (its rank failed) while it was read");
+      throw FabricError("irecv: " + where() + ": the sender withdrew the message (its rank failed) while it was read");
     if (offset > bytes || n > bytes - offset)
-      throw FabricError("irecv: " + where + ": bytes [" + std::to_string(offset) + ", +" + std::to_string(n) +
+      throw FabricError("irecv: " + where() + ": bytes [" + std::to_string(offset) + ", +" + std::to_string(n) +
                         ") of a " + std::to_string(bytes) + "-byte message");
     if (n == 0) return;
     std::vector<iovec> part;
@@ -180,7 +181,7 @@ struct HeldMessage final : RemoteBytes {
       at += take, left -= take;
     }
     if (const int err = read_peer_memory(pid, part, static_cast<uint8_t*>(into)))
-      throw FabricError("process_vm_readv: " + where + ": reading " + std::to_string(n) + " bytes from process " +
+      throw FabricError("process_vm_readv: " + where() + ": reading " + std::to_string(n) + " bytes from process " +
                         std::to_string(pid) + " failed: " + std::strerror(err));
   }
 };
