@@ -798,7 +798,7 @@ class Hierarchical : public Algorithm {
   // read a stretch of rail rows at a time (RowStretches), and each sum is encoded straight into its message;
   // otherwise the answers are decoded whole first.
   static void reduce_locally(EngineContext& c, const Handle& h, const HierState& st, int k,
-                             const std::vector<int>& from, RowStretches&& inbox, const std::vector<PeerRecv>& recvs,
+                             const std::vector<int>& from, RowStretches inbox, const std::vector<PeerRecv>& recvs,
                              std::vector<EngineContext::Message>& rmsgs) {
     const Topology& T = c.topo;
     const int G = T.gpus_per_node(), me = c.rank(), my_node = T.node_of(me), H = c.hidden();
