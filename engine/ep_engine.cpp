@@ -451,8 +451,23 @@ const uint8_t* EngineContext::read_wire_block(const uint8_t* msg, size_t real_by
 }
 
 void EngineContext::read_lent_wire_block(const PeerConsume& m, TokenBlock& b, uint32_t tokens, uint32_t sels, int step,
-                                         int layer, std::vector<const uint8_t*>& rows) const {
+                                         int layer, std::vector<const uint8_t*>& rows,
+                                         std::vector<PulledRow>& pulled) const {
   const size_t rb = dispatch_row_bytes;
+  pulled.clear();
+  if (m.remote) {  // in its sender's process: the metadata read here, the rows named where they lie
+    const std::string what = message_context(m.peer, step, layer);
+    const size_t meta = block_meta_bytes(static_cast<int>(tokens), static_cast<int>(sels));
+    if (m.bytes < meta)
+      throw FabricError(what + ": " + std::to_string(m.bytes) + " bytes, short of the " + std::to_string(meta) +
+                        " bytes of metadata of " + std::to_string(tokens) + " tokens");
+    std::vector<uint8_t> head(meta);
+    m.remote->read(0, meta, head.data());
+    read_split_meta(head.data(), meta, m.bytes - meta, tokens, sels, what, b);
+    rows.assign(static_cast<size_t>(b.size()), nullptr);
+    for (size_t j = 0; j < rows.size(); ++j) pulled.push_back({m.remote, meta + j * rb});
+    return;
+  }
   if (m.gather.count == 0) {  // contiguous: the rows behind the metadata
     const uint8_t* at = read_wire_block(m.data, m.bytes, b, tokens, sels, m.peer, step, layer);
     rows.resize(static_cast<size_t>(b.size()));

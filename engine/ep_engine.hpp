@@ -269,13 +269,17 @@ class EngineContext {
     // row_bytes each, are sent from where they lie (a source's batch, a forwarder's receive buffer).
     std::vector<const uint8_t*> row_ptrs;
     size_t row_bytes = 0;
+    // Rows a forwarder sends on from messages it holds pulled (RowGather::pulled): empty, or one per row.
+    std::vector<PulledRow> pulled_rows;
     static Message view_of(const std::vector<uint8_t>& v) {
       Message m;
       m.view = v.data();
       m.view_bytes = v.size();
       return m;
     }
-    RowGather gather() const { return RowGather{row_ptrs.data(), row_ptrs.size(), row_bytes}; }
+    RowGather gather() const {
+      return RowGather{row_ptrs.data(), row_ptrs.size(), row_bytes, pulled_rows.empty() ? nullptr : pulled_rows.data()};
+    }
     ConstBuf buf() const {
       if (!row_ptrs.empty()) return ConstBuf{view, view_bytes + gather().bytes(), phantom_bytes, gather()};
       return view ? ConstBuf{view, view_bytes, phantom_bytes} : ConstBuf{bytes.data(), bytes.size(), phantom_bytes};
@@ -389,9 +393,11 @@ class EngineContext {
                                  int peer, int step, int layer) const;
   // The same for a block read where its sender holds it (alltoallv_consume, a receive that takes gathers): the
   // metadata at m.data and the rows behind it, or for a gather send the metadata filling the bytes at m.data and
-  // the rows where the gather lists them. rows[j] is then where the block's row j lies.
+  // the rows where the gather lists them. rows[j] is then where the block's row j lies. A message left in its
+  // sender's process (m.remote) has its metadata read here and its rows left there: pulled[j] names row j, and
+  // rows is all null; otherwise pulled is empty.
   void read_lent_wire_block(const PeerConsume& m, TokenBlock& b, uint32_t tokens, uint32_t sels, int step, int layer,
-                            std::vector<const uint8_t*>& rows) const;
+                            std::vector<const uint8_t*>& rows, std::vector<PulledRow>& pulled) const;
   // Conservation: throws unless a received block holds the tokens and selections its sender announced in notify.
   void check_counts(const TokenBlock& b, uint32_t tokens, uint32_t sels, const std::string& what) const;
   // Throws unless every selection names a slot of the placement and the payload ends the message.

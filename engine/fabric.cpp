@@ -13,8 +13,14 @@ void ConstBuf::copy_to(void* dst) const {
   const size_t head = head_bytes();
   if (head) std::memcpy(out, ptr, head);
   out += head;
-  for (size_t i = 0; i < gather.count; ++i, out += gather.row_bytes)
-    std::memcpy(out, gather.rows[i], gather.row_bytes);
+  for (size_t i = 0; i < gather.count; ++i, out += gather.row_bytes) gather.copy_row(i, out);
+}
+
+void RowGather::copy_row(size_t i, void* dst) const {
+  if (is_pulled(i))
+    pulled[i].from->read(pulled[i].at, row_bytes, dst);
+  else
+    std::memcpy(dst, rows[i], row_bytes);
 }
 
 void Fabric::alltoallv(Tag tag, std::span<const PeerSend> sends, std::span<PeerRecv> recvs, Deadline d) {

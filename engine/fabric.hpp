@@ -22,14 +22,28 @@ namespace eplab {
 using Tag = uint64_t;
 class LinkRecorder;  // engine/link_recorder.hpp
 
+struct RemoteBytes;  // below
+
+// A row of another process's message that this rank holds pulled (PeerConsume::remote) and sends on without
+// reading it (Caps::forwards_pulled): `row_bytes` bytes at offset `at` of message `from`.
+struct PulledRow {
+  const RemoteBytes* from = nullptr;
+  size_t at = 0;
+};
+
 // Rows a gather send takes from where they lie (Caps::gather_send): `count` rows of `row_bytes` bytes, row i at
 // rows[i]. A source's message then goes from its batch straight into the receiver's buffer, with no send buffer
-// in between: one copy per byte instead of two.
+// in between: one copy per byte instead of two. With `pulled`, row i is pulled[i] instead where its `from` is
+// set: its bytes stay in the process that sent them here until the receiver reads them from there.
 struct RowGather {
   const uint8_t* const* rows = nullptr;
   size_t count = 0;
   size_t row_bytes = 0;
+  const PulledRow* pulled = nullptr;
   size_t bytes() const { return count * row_bytes; }
+  bool is_pulled(size_t i) const { return pulled && pulled[i].from; }
+  // Copies row i to dst (a pulled one read from where it lies).
+  void copy_row(size_t i, void* dst) const;
 };
 
 // A send buffer: `bytes` real bytes at `ptr` plus `phantom_bytes` that are charged but never copied.
@@ -76,6 +90,9 @@ struct Caps {
   // one process); otherwise such a receive may get it contiguous, as a copy.
   bool consume_gathers = false;
   bool gather_send = false;       // moves a gathered ConstBuf's rows without a contiguous copy first (RowGather)
+  // A gather send may name rows of messages this rank holds pulled (RowGather::pulled): the receiver reads them
+  // from their first sender's process (ranks that are processes of one machine).
+  bool forwards_pulled = false;
 };
 
 // Completion state of one isend/irecv, owned by the caller through Request.
@@ -135,7 +152,7 @@ struct PeerRecv {
 // sender holds it (see alltoallv_consume). `data` and `bytes` are filled in and valid only while the consume function
 // runs (null and 0 for a peer marked failed). A gather send (RowGather) reaches a receive that `takes_gather` as it was
 // sent: `gather` lists its rows where they lie and only its first bytes - gather.bytes() are at `data`, as in a
-// ConstBuf; any other receive gets it contiguous at `data`.
+// ConstBuf; any other receive, or one whose rows are pulled rows (RowGather::pulled), gets it contiguous at `data`.
 //
 // A receive that `takes_pull` may instead get a message of another process left where its sender holds it:
 // `remote` is then set and `data` null, and the consume function copies the parts it needs, when it needs them,
@@ -146,6 +163,14 @@ struct RemoteBytes {
   // Copies `bytes` bytes from `offset` of the message to `into`; throws FabricError where they cannot be read
   // (the sender's process is gone, or it withdrew the message).
   virtual void read(size_t offset, size_t bytes, void* into) const = 0;
+  // Where bytes [offset, offset + bytes) lie in their sender's process, appended to `out`, so that a transport
+  // can have a third rank read them from there (Caps::forwards_pulled); false where it cannot say.
+  struct Piece {
+    int64_t process = 0;
+    uint64_t address = 0;
+    size_t bytes = 0;
+  };
+  virtual bool locate(size_t offset, size_t bytes, std::vector<Piece>& out) const { return false; }
 };
 struct PeerConsume {
   int peer;

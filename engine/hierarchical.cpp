@@ -279,12 +279,17 @@ class Hierarchical : public Algorithm {
     // and split rounds): the forward stage's receive buffers sit above them.
     const bool split = c.split_blocks();
     const size_t rb = c.dispatch_row_bytes;
-    // Where ranks share an address space (Caps::consume_gathers) and rows are gathered, the forwarder reads each
-    // round's rail messages where their sources hold them instead of receiving them: its forward messages' metadata
-    // then goes in outboxes above the rail's [0, N), which stay lent until the round is forwarded. (Ranks that
-    // are processes would get the rail's messages copied anyway: received, they cost the same and free their
-    // senders sooner.)
-    const bool consume_rail = c.consume_in_place() && c.fabric.caps().consume_gathers && c.gather_sends && rb > 0;
+    // Where rows are gathered, the forwarder reads each round's rail messages where their sources hold them instead
+    // of receiving them: ranks that share an address space (Caps::consume_gathers) forward the rows from there,
+    // and ranks that are processes (Caps::forwards_pulled) read only the metadata and name the rows where they lie,
+    // so that each local rank reads its rows from their source's batch. Its forward messages' metadata then goes
+    // in outboxes above the rail's [0, N), whose messages stay lent until the round is forwarded: the forward
+    // exchange runs inside the rail's consume and its sends complete when their receivers have read them, so a
+    // source's rows stay put until the last local rank has read them.
+    const Caps caps = c.fabric.caps();
+    const bool consume_rail =
+        c.consume_in_place() && (caps.consume_gathers || caps.forwards_pulled) && c.gather_sends && rb > 0;
+    const bool pull_rail = consume_rail && !caps.consume_gathers;
     const size_t fwd_box = consume_rail ? static_cast<size_t>(N) : 0;
     if (split) c.take_spare_rows_sized(h.recv_wire, in_tokens * rb);
     const size_t meta_box = split ? static_cast<size_t>(std::max(N, S)) : 0;
@@ -356,7 +361,7 @@ class Hierarchical : public Algorithm {
                                    : c.block_capacity(cn[0], cn[1], *c.dispatch_codec);
         recv_of.push_back(static_cast<int>(consume_rail ? rail.size() : recvs.size()));
         if (consume_rail)
-          rail.push_back(PeerConsume{srcs[i], cap, true});
+          rail.push_back(PeerConsume{srcs[i], cap, true, pull_rail});
         else
           recvs.push_back({srcs[i], c.inbox(i, cap)});
       }
@@ -388,7 +393,9 @@ class Hierarchical : public Algorithm {
         // With a row-separable codec the forwarder passes rows on in the wire format: it notes where each one is
         // in the inbox (kept until the forward messages are built) instead of decoding and re-encoding it.
         std::vector<std::vector<const uint8_t*>> local_wire(rb > 0 ? G : 0);
+        std::vector<std::vector<PulledRow>> local_pulled(pull_rail ? G : 0);  // [q]: one per row of local_wire[q]
         std::vector<const uint8_t*> lent_rows;  // consume_rail: a rail block's rows where its source holds them
+        std::vector<PulledRow> pulled_rows;     // pull_rail: the same rows, left in their source's process
         for (size_t i = 0; i < from.size() && !phantom; ++i) {
           const int si = from[i], src = srcs[si];
           const uint32_t* cn = rail_at(si, k);
@@ -400,7 +407,7 @@ class Hierarchical : public Algorithm {
             unpack_block(static_cast<const uint8_t*>(self_meta.ptr), self_meta.bytes, b, payload, what.c_str());
             c.check_counts(b, cn[0], cn[1], what);
           } else if (consume_rail) {
-            c.read_lent_wire_block(rail[recv_of[i]], b, cn[0], cn[1], a.step, a.layer, lent_rows);
+            c.read_lent_wire_block(rail[recv_of[i]], b, cn[0], cn[1], a.step, a.layer, lent_rows, pulled_rows);
           } else if (rb > 0) {
             wire_rows =
                 c.read_wire_block(inbox[si].data(), recvs[recv_of[i]].bytes, b, cn[0], cn[1], src, a.step, a.layer);
@@ -417,13 +424,15 @@ class Hierarchical : public Algorithm {
               if (last_tok[q] < 0) {
                 last_tok[q] = to_local[q].size();
                 to_local[q].add_token(b.src_rank[j], b.token[j]);
-                if (rb > 0)
+                if (rb > 0) {
                   local_wire[q].push_back(own            ? self_rows[j]
                                           : consume_rail ? lent_rows[j]
                                                          : wire_rows + static_cast<size_t>(j) * rb);
-                else
+                  if (pull_rail) local_pulled[q].push_back(!own && !pulled_rows.empty() ? pulled_rows[j] : PulledRow{});
+                } else {
                   local_rows[q].insert(local_rows[q].end(), brows.begin() + static_cast<ptrdiff_t>(j) * H,
                                        brows.begin() + static_cast<ptrdiff_t>(j + 1) * H);
+                }
               }
               // Tokens are added one at a time, so the open token of block q is this one.
               to_local[q].add_sel(b.sel_slot[s], b.sel_weight[s]);
@@ -458,6 +467,7 @@ class Hierarchical : public Algorithm {
             fmsgs[q].meta_bytes = m.size();
             fmsgs[q].row_bytes = rb;
             fmsgs[q].row_ptrs = std::move(local_wire[q]);
+            if (pull_rail) fmsgs[q].pulled_rows = std::move(local_pulled[q]);
           } else if (rb > 0) {
             // Send buffers (EngineContext::outboxes): rail messages used [0, N) and have been sent.
             std::vector<uint8_t>& m = c.outbox(slot);

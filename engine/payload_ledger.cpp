@@ -92,7 +92,15 @@ uint64_t payload_checksum(const ConstBuf& b) {
   if (!b.gathered()) return payload_checksum(b.ptr, b.bytes);
   PayloadChecksum sum;
   sum.feed(b.ptr, b.head_bytes());
-  for (size_t r = 0; r < b.gather.count; ++r) sum.feed(b.gather.rows[r], b.gather.row_bytes);
+  std::vector<uint8_t> row(b.gather.pulled ? b.gather.row_bytes : 0);  // a pulled row, read here
+  for (size_t r = 0; r < b.gather.count; ++r) {
+    if (b.gather.is_pulled(r)) {
+      b.gather.copy_row(r, row.data());
+      sum.feed(row.data(), row.size());
+    } else {
+      sum.feed(b.gather.rows[r], b.gather.row_bytes);
+    }
+  }
   return sum.finish();
 }
 

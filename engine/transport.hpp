@@ -30,6 +30,9 @@ struct TransportCaps {
   // its bytes readable here (hold_for_consume) until the receiver lets them go, and completes its send itself.
   // A send to the rank itself is then lent (SendOp::lend), as an in-process transport's sends are.
   bool consumes_remote = false;
+  // post_send takes gather sends whose rows are pulled rows of messages of other processes (RowGather::pulled,
+  // Caps::forwards_pulled).
+  bool forwards_pulled = false;
   bool supports(MemoryKind k) const { return (memory_kinds & static_cast<unsigned>(k)) != 0; }
 };
 

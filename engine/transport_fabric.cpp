@@ -261,6 +261,7 @@ Caps TransportFabric::caps() const {
   c.consume_gathers = t.lends_sends && domain_.holds_every_rank();
   c.consume_in_place = c.consume_gathers || t.consumes_remote;
   c.gather_send = t.gather_send;
+  c.forwards_pulled = t.forwards_pulled && t.gather_send && t.consumes_remote;
   return c;
 }
 
@@ -506,6 +507,9 @@ class LedgeredRemote final : public RemoteBytes {
     }
     return sum_;
   }
+  // Forwarded unread, the bytes are read by their next receiver, whose ledger checks them; here finish() reads
+  // them for this rank's own check.
+  bool locate(size_t offset, size_t n, std::vector<Piece>& out) const override { return src_.locate(offset, n, out); }
 
  private:
   const RemoteBytes& src_;
@@ -570,7 +574,7 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
       recvs[i].data = static_cast<const uint8_t*>(op->msg.data);
       recvs[i].bytes = op->bytes;
       recvs[i].gather = op->msg.gather;
-      if (op->msg.gather.count == 0 || recvs[i].takes_gather) continue;
+      if (op->msg.gather.count == 0 || (recvs[i].takes_gather && !op->msg.gather.pulled)) continue;
       std::vector<uint8_t>& f = flat.emplace_back(op->bytes);
       op->msg.copy_to(f.data());
       recvs[i].data = f.data();

@@ -57,9 +57,12 @@ constexpr int kDataTag = 3;
 constexpr int kWithdrawTag = 4;  // a single-copy send's sender asks that its bytes be left unread
 constexpr int kAckTagBase = 16;  // from here up: a single-copy send's acknowledgment, one tag per send
 constexpr int kHeaderWords = 3;  // eplab tag, real bytes, real + modeled bytes
-// A single-copy header: the three words, the send's number, the count of pieces, then address and length of
-// each piece of the sender's memory, in message order.
+// A single-copy header: the three words, the send's number, the count of pairs, then address and length of
+// each piece of the sender's memory, in message order. A pair (kProcessWord, pid) says that the pieces after it
+// lie in that process of the machine instead: rows the sender forwards from a message it holds pulled
+// (RowGather::pulled), which the receiver reads from their first sender.
 constexpr int kDescriptorWords = 5;
+constexpr uint64_t kProcessWord = ~uint64_t{0};
 
 std::string mpi_text(int code) {
   char buf[MPI_MAX_ERROR_STRING];
@@ -126,7 +129,7 @@ int read_peer_memory(pid_t pid, std::span<const iovec> pieces, uint8_t* into) {
 // The single-copy path of a launch, as its bootstrap (setup_single_copy) agreed on it.
 struct SingleCopy {
   bool on = false;
-  std::vector<pid_t> pid;  // [rank]: the process of a peer on this machine, 0 for one elsewhere
+  std::vector<pid_t> pid;  // [rank]: the process of a rank of this machine (this one included), 0 for one elsewhere
   // Smaller messages take MPI's path, where their header and bytes go eagerly in two messages: below 4096 bytes
   // (OpenMPI 4.1's eager limit on one machine) that beat a descriptor, a read and an acknowledgment by 1.25-2.1x,
   // from 4096 on single copy was as fast or faster (bench_mpi_message_sizes, docs/architecture.md).
@@ -145,7 +148,7 @@ struct HeldMessage final : RemoteBytes {
   MPI_Message msg = MPI_MESSAGE_NULL;
   std::vector<iovec> pieces;
   std::vector<size_t> starts;  // single copy: where each piece starts in the message
-  pid_t pid = 0;               // single copy: the sender's process
+  std::vector<pid_t> owner;    // single copy: the process each piece lies in (the sender's, or a forwarded row's)
   int dst = -1;                // the receiving rank
   Tag tag = 0;
   int src = -1;
@@ -174,15 +177,48 @@ struct HeldMessage final : RemoteBytes {
                         ") of a " + std::to_string(bytes) + "-byte message");
     if (n == 0) return;
     std::vector<iovec> part;
+    std::vector<pid_t> in;
+    for_range(offset, n, [&](size_t i, size_t from, size_t take) {
+      part.push_back(iovec{static_cast<uint8_t*>(pieces[i].iov_base) + from, take});
+      in.push_back(owner[i]);
+    });
+    pid_t failed = 0;
+    if (const int err = read_pieces(part, in, static_cast<uint8_t*>(into), failed))
+      throw FabricError("process_vm_readv: " + where() + ": reading " + std::to_string(n) + " bytes from process " +
+                        std::to_string(failed) + " failed: " + std::strerror(err));
+  }
+  bool locate(size_t offset, size_t n, std::vector<Piece>& out) const override {
+    if (withdrawn || pieces.empty() || offset > bytes || n > bytes - offset) return false;
+    for_range(offset, n, [&](size_t i, size_t from, size_t take) {
+      out.push_back(Piece{owner[i], reinterpret_cast<uint64_t>(pieces[i].iov_base) + from, take});
+    });
+    return true;
+  }
+  // Reads `part` (part[i] in process in[i]) to `into`, one read per run of pieces in one process; the errno of a
+  // read that failed, and its process in `failed`.
+  static int read_pieces(std::span<const iovec> part, std::span<const pid_t> in, uint8_t* into, pid_t& failed) {
+    for (size_t a = 0, b = 0; a < part.size(); a = b) {
+      size_t run = 0;
+      for (b = a; b < part.size() && in[b] == in[a]; ++b) run += part[b].iov_len;
+      if (const int err = read_peer_memory(in[a], part.subspan(a, b - a), into)) {
+        failed = in[a];
+        return err;
+      }
+      into += run;
+    }
+    return 0;
+  }
+
+ private:
+  // Calls f(piece, offset in it, bytes) for each piece that bytes [offset, offset + n) of the message cover.
+  template <typename F>
+  void for_range(size_t offset, size_t n, F&& f) const {
     size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), offset) - starts.begin()) - 1;
     for (size_t at = offset, left = n; left > 0; ++i) {
       const size_t from = at - starts[i], take = std::min(pieces[i].iov_len - from, left);
-      part.push_back(iovec{static_cast<uint8_t*>(pieces[i].iov_base) + from, take});
+      f(i, from, take);
       at += take, left -= take;
     }
-    if (const int err = read_peer_memory(pid, part, static_cast<uint8_t*>(into)))
-      throw FabricError("process_vm_readv: " + where() + ": reading " + std::to_string(n) + " bytes from process " +
-                        std::to_string(pid) + " failed: " + std::strerror(err));
   }
 };
 
@@ -266,6 +302,7 @@ class MpiTransport final : public Transport {
     TransportCaps c;
     c.gather_send = gather_ || single_copy_.on;
     c.consumes_remote = single_copy_.on;
+    c.forwards_pulled = single_copy_.on;
     return c;
   }
   double now() const override { return MPI_Wtime() - t0_; }
@@ -288,7 +325,7 @@ class MpiTransport final : public Transport {
     if (data.bytes > static_cast<size_t>(std::numeric_limits<int>::max()))
       throw FabricError("isend: rank " + std::to_string(rank_) + ", peer " + std::to_string(op.peer) + ": " +
                         std::to_string(data.bytes) + " bytes exceed one MPI message's count");
-    if (data.gathered() && !gather_) {  // gathered for single copy, but going through MPI: made contiguous here
+    if (data.gathered() && (!gather_ || data.gather.pulled)) {  // through MPI: made contiguous here
       op.flat.resize(data.bytes);
       data.copy_to(op.flat.data());
       data = ConstBuf{op.flat.data(), data.bytes, data.phantom_bytes};
@@ -527,18 +564,41 @@ class MpiTransport final : public Transport {
     out->peer = op.peer;
     const uint64_t seq = next_seq_++;
     out->header = {op.tag, data.bytes, data.total(), seq, 0};
-    const auto add = [&](const void* p, size_t n) {
-      const auto at = reinterpret_cast<uint64_t>(p);
+    const int64_t me = single_copy_.pid[rank_];
+    int64_t in = me;  // the process of the pieces added last
+    const auto add = [&](int64_t process, uint64_t at, size_t n) {
       std::vector<uint64_t>& h = out->header;
-      if (h.size() > kDescriptorWords && h[h.size() - 2] + h.back() == at) {  // follows the last piece: one read
-        h.back() += n;
+      if (process != in) {
+        h.push_back(kProcessWord);
+        h.push_back(static_cast<uint64_t>(process));
+        in = process;
+      } else if (h.size() > kDescriptorWords && h[h.size() - 2] + h.back() == at) {
+        h.back() += n;  // follows the last piece: one read
         return;
       }
       h.push_back(at);
       h.push_back(n);
     };
-    if (data.head_bytes()) add(data.ptr, data.head_bytes());
-    for (size_t i = 0; i < data.gather.count; ++i) add(data.gather.rows[i], data.gather.row_bytes);
+    const auto add_here = [&](const void* p, size_t n) { add(me, reinterpret_cast<uint64_t>(p), n); };
+    if (data.head_bytes()) add_here(data.ptr, data.head_bytes());
+    std::vector<RemoteBytes::Piece> located;
+    for (size_t i = 0; i < data.gather.count; ++i) {
+      if (!data.gather.is_pulled(i)) {
+        add_here(data.gather.rows[i], data.gather.row_bytes);
+        continue;
+      }
+      located.clear();
+      const PulledRow& r = data.gather.pulled[i];
+      if (!r.from->locate(r.at, data.gather.row_bytes, located)) {  // cannot be named: copied here, sent from here
+        op.flat.resize(data.bytes);
+        data.copy_to(op.flat.data());
+        out->header.resize(kDescriptorWords);
+        in = me;
+        add_here(op.flat.data(), data.bytes);
+        break;
+      }
+      for (const RemoteBytes::Piece& p : located) add(p.process, p.address, p.bytes);
+    }
     out->header[4] = (out->header.size() - kDescriptorWords) / 2;
     if (out->header.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
       throw FabricError("isend: rank " + std::to_string(rank_) + ", peer " + std::to_string(op.peer) + ": " +
@@ -552,25 +612,31 @@ class MpiTransport final : public Transport {
   }
 
   void read_descriptor(HeldMessage& m, const std::vector<uint64_t>& header) {
-    const size_t pieces = header[4];
+    const size_t pairs = header[4];
     size_t sum = 0;
-    if (pieces * 2 + kDescriptorWords == header.size()) {
-      m.pieces.resize(pieces);
-      m.starts.resize(pieces);
-      for (size_t i = 0; i < pieces; ++i) {
-        m.pieces[i] = iovec{reinterpret_cast<void*>(header[kDescriptorWords + 2 * i]),
-                            static_cast<size_t>(header[kDescriptorWords + 2 * i + 1])};
-        m.starts[i] = sum;
-        sum += m.pieces[i].iov_len;
+    pid_t in = single_copy_.pid[m.src];
+    bool readable = in != 0;  // every piece in a process of this machine
+    if (pairs * 2 + kDescriptorWords == header.size()) {
+      for (size_t i = 0; i < pairs; ++i) {
+        const uint64_t at = header[kDescriptorWords + 2 * i], n = header[kDescriptorWords + 2 * i + 1];
+        if (at == kProcessWord) {
+          in = static_cast<pid_t>(n);
+          readable = readable && n != 0 &&
+                     std::find(single_copy_.pid.begin(), single_copy_.pid.end(), in) != single_copy_.pid.end();
+          continue;
+        }
+        m.pieces.push_back(iovec{reinterpret_cast<void*>(at), static_cast<size_t>(n)});
+        m.starts.push_back(sum);
+        m.owner.push_back(in);
+        sum += n;
       }
     }
-    if (pieces == 0 || sum != m.bytes || !single_copy_.pid[m.src])
+    if (m.pieces.empty() || sum != m.bytes || !readable)
       throw FabricError("rank " + std::to_string(rank_) + ": a single-copy header from rank " + std::to_string(m.src) +
-                        " (tag " + describe_tag(header[0]) + ") describes " + std::to_string(pieces) + " pieces of " +
-                        std::to_string(sum) + " bytes for a message of " + std::to_string(m.bytes) +
-                        (single_copy_.pid[m.src] ? "" : ", from a peer this rank cannot read"));
+                        " (tag " + describe_tag(header[0]) + ") describes " + std::to_string(m.pieces.size()) +
+                        " pieces of " + std::to_string(sum) + " bytes for a message of " + std::to_string(m.bytes) +
+                        (readable ? "" : ", in a process this rank cannot read"));
     m.seq = header[3];
-    m.pid = single_copy_.pid[m.src];
     m.comm = comm_;
     m.ack_tag = ack_tag(m.seq);
   }
@@ -599,11 +665,12 @@ class MpiTransport final : public Transport {
     }
     if (m.settled) throw FabricError("irecv: " + where + ": the message was received twice");
     held_.erase({m.src, m.seq});
-    const int err = read_peer_memory(single_copy_.pid[m.src], m.pieces, static_cast<uint8_t*>(into));
+    pid_t failed = 0;
+    const int err = HeldMessage::read_pieces(m.pieces, m.owner, static_cast<uint8_t*>(into), failed);
     m.settle();  // read or not, the sender is not kept waiting: a failed read fails the run below
     if (err)
       throw FabricError("process_vm_readv: " + where + ": reading " + std::to_string(m.bytes) + " bytes from process " +
-                        std::to_string(single_copy_.pid[m.src]) + " failed: " + std::strerror(err));
+                        std::to_string(failed) + " failed: " + std::strerror(err));
   }
 
   void check(int code, const char* call, int peer, Tag tag) const {
@@ -727,13 +794,13 @@ SingleCopy setup_single_copy(MPI_Comm comm, int rank, int size) {
   for (size_t i = 0; wanted && i < all.size(); i += 3) {
     const auto peer = static_cast<int>(all[i]);
     const auto pid = static_cast<pid_t>(all[i + 1]);
+    sc.pid[static_cast<size_t>(peer)] = pid;
     if (peer == rank) continue;
     uint64_t got = 0;
     const iovec word{reinterpret_cast<void*>(all[i + 2]), sizeof got};
     int e = read_peer_memory(pid, {&word, 1}, reinterpret_cast<uint8_t*>(&got));
     if (!e && got != g_probe_word) e = EIO;
     if (!err) err = e;
-    sc.pid[static_cast<size_t>(peer)] = pid;
   }
   int vote[3] = {wanted ? 0 : 1, err, local_size}, agreed[3] = {0, 0, 0};
   if (MPI_Allreduce(vote, agreed, 3, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)

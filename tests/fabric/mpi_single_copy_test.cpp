@@ -4,8 +4,10 @@
 // with EPLAB_MPI_CMA=0 it checks that the path is off.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/backend.hpp"
@@ -168,6 +170,62 @@ TEST_F(MpiSingleCopy, ConsumeThatPullsReadsASingleCopyMessageInParts) {
           },
           Deadline::after(f, 10));
       EXPECT_EQ(recvs[other].remote, nullptr) << "valid only inside consume";
+    }
+  });
+}
+
+// A forwarder's gather send that names rows of a message it holds pulled (RowGather::pulled, as a hierarchical
+// forwarder's to its local ranks): the receiver reads them from the process that first sent them (here its own,
+// across the two), the rest from the forwarder, in the message's order; a copy to the rank itself reads them too.
+TEST_F(MpiSingleCopy, ForwardedPulledRowsAreReadFromTheirFirstSender) {
+  run([](Fabric& f) {
+    EXPECT_EQ(f.caps().forwards_pulled, !forced_off()) << "rank " << f.rank();
+    if (forced_off()) return;
+    const int me = f.rank(), other = 1 - me;
+    constexpr size_t kRow = 8192, kHead = 64;
+    const auto byte = [](int rank, size_t row, size_t i) { return static_cast<uint8_t>(rank * 71 + row * 13 + i * 3); };
+    // This rank's rows 0..5 at every other slot of `batch`, so that no two lie together: 0..3 sent, 4 and 5 kept.
+    std::vector<uint8_t> batch(12 * kRow), head(kHead, 0xE1);
+    std::vector<const uint8_t*> rows;
+    for (size_t r = 0; r < 6; ++r) {
+      uint8_t* at = batch.data() + 2 * r * kRow;
+      for (size_t i = 0; i < kRow; ++i) at[i] = byte(me, r, i);
+      if (r < 4) rows.push_back(at);
+    }
+    const std::vector<PeerSend> sends{{other, ConstBuf{head.data(), kHead + 4 * kRow, 0, {rows.data(), 4, kRow}}}};
+    std::vector<PeerConsume> recvs{{other, kHead + 4 * kRow, true, true}};
+    // The forwarded message: its own head, then the other's rows 2, 0, 1 (pulled), this rank's row 4, the other's
+    // row 3 (pulled) and this rank's row 5.
+    const std::vector<std::pair<int, size_t>> order{{other, 2}, {other, 0}, {other, 1}, {me, 4}, {other, 3}, {me, 5}};
+    const std::vector<uint8_t> head2(100, 0x3C);
+    std::vector<std::vector<uint8_t>> got(2, std::vector<uint8_t>(head2.size() + order.size() * kRow, 0));
+    f.alltoallv_consume(
+        70, sends, recvs,
+        [&] {
+          const RemoteBytes* held = recvs[0].remote;
+          ASSERT_NE(held, nullptr) << "the other's message is left where it lies";
+          std::vector<const uint8_t*> fwd;
+          std::vector<PulledRow> pulled;
+          for (const auto& [rank, r] : order) {
+            fwd.push_back(rank == me ? batch.data() + 2 * r * kRow : nullptr);
+            pulled.push_back(rank == me ? PulledRow{} : PulledRow{held, kHead + r * kRow});
+          }
+          const ConstBuf msg{head2.data(), got[0].size(), 0, {fwd.data(), fwd.size(), kRow, pulled.data()}};
+          std::vector<Request> reqs{f.irecv(other, 71, MutBuf{got[other].data(), got[other].size()}),
+                                    f.irecv(me, 71, MutBuf{got[me].data(), got[me].size()}), f.isend(other, 71, msg),
+                                    f.isend(me, 71, msg)};
+          f.wait_all(reqs, Deadline::after(f, 10));
+        },
+        Deadline::after(f, 10));
+    for (int from = 0; from < 2; ++from) {  // the message rank `from` forwarded: its rows are `from`'s
+      const std::vector<uint8_t>& m = got[from];
+      EXPECT_TRUE(std::equal(head2.begin(), head2.end(), m.begin())) << "rank " << me << " from " << from;
+      size_t wrong = 0;
+      for (size_t j = 0; j < order.size(); ++j) {
+        const int rank = order[j].first == 1 - me ? 1 - from : from;  // `order` as rank `from` built it
+        for (size_t i = 0; i < kRow; ++i) wrong += m[head2.size() + j * kRow + i] != byte(rank, order[j].second, i);
+      }
+      EXPECT_EQ(wrong, 0u) << "rank " << me << " from " << from;
     }
   });
 }
