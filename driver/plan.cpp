@@ -113,9 +113,10 @@ bool resolve_phantom(const RunConfig& cfg, const Caps& caps) {
   return phantom;
 }
 
-// Hierarchical's rounds on wall-clock backends (EngineOptions::rail_rounds): from the tokens per rank and the rows
-// of the wider codec, or EPLAB_RAIL_ROUNDS, which every rank of a run must be given alike.
-int rail_rounds(const RunConfig& cfg, const MoeShape& shape, const Codec& d, const Codec& c) {
+// Hierarchical's rounds on wall-clock backends (EngineOptions::rail_rounds): from the tokens per rank, the rows
+// of the wider codec and whether ranks are processes, or EPLAB_RAIL_ROUNDS, which every rank of a run must be
+// given alike.
+int rail_rounds(const RunConfig& cfg, const MoeShape& shape, const Codec& d, const Codec& c, bool processes) {
   if (const char* env = std::getenv("EPLAB_RAIL_ROUNDS"); env && *env) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
@@ -124,7 +125,8 @@ int rail_rounds(const RunConfig& cfg, const MoeShape& shape, const Codec& d, con
                        ", got '" + std::string(env) + "'");
     return static_cast<int>(n);
   }
-  return rail_rounds_for(cfg.tokens, std::max(d.row_bytes(shape.hidden), c.row_bytes(shape.hidden)));
+  return rail_rounds_for(cfg.tokens, std::max(d.row_bytes(shape.hidden), c.row_bytes(shape.hidden)),
+                         processes ? kProcessRailRoundBytes : kRailRoundBytes);
 }
 
 }  // namespace
@@ -184,7 +186,7 @@ RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
   eopts.timeout_s = cfg.timeout_s;
   eopts.layout_cache = cfg.layout_cache;
   const auto d = create_codec(dcodec), c = create_codec(ccodec);
-  eopts.rail_rounds = rail_rounds(cfg, shape, *d, *c);
+  eopts.rail_rounds = rail_rounds(cfg, shape, *d, *c, !backend.in_process());
   return RunSetup{
       .cluster = spec,
       .topo = topo,

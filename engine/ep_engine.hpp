@@ -64,11 +64,15 @@ struct EngineOptions {
 };
 
 // The rail rounds (EngineOptions::rail_rounds) that keep a source's rows to one node in a round, of row_bytes
-// each, at about kRailRoundBytes at most. A run sets them from its tokens per rank, the same on every rank.
+// each, at about round_bytes at most. A run sets them from its tokens per rank, the same on every rank:
+// kRailRoundBytes where ranks are threads of one process, kProcessRailRoundBytes where they are processes, which
+// pay more for each exchange they wait for (16 processes on 2 cores: about 5 ms a round, docs/architecture.md),
+// so they take fewer rounds for more memory.
 constexpr double kRailRoundBytes = 8.0 * (1 << 20);
+constexpr double kProcessRailRoundBytes = 64.0 * (1 << 20);
 constexpr int kMaxRailRounds = 64;
-inline int rail_rounds_for(long tokens, size_t row_bytes) {
-  const double rounds = std::ceil(static_cast<double>(tokens) * static_cast<double>(row_bytes) / kRailRoundBytes);
+inline int rail_rounds_for(long tokens, size_t row_bytes, double round_bytes = kRailRoundBytes) {
+  const double rounds = std::ceil(static_cast<double>(tokens) * static_cast<double>(row_bytes) / round_bytes);
   return static_cast<int>(std::clamp(rounds, 1.0, static_cast<double>(kMaxRailRounds)));
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/backend.hpp"
@@ -126,6 +127,26 @@ TEST(MemoryGuard, RefusesWhatDoesNotFitNamingTheEstimateTheMemoryAndTheWayOut) {
     EXPECT_NE(msg.find(part), std::string::npos) << part << " missing from: " << msg;
   EXPECT_NO_THROW(check_run_memory(emu_config(256, "bf16"), run, 24e9));
   EXPECT_NO_THROW(check_run_memory(c, run, 0));  // available memory unknown: no guess
+}
+
+// Ranks that are processes pay more for each exchange, so hierarchical moves their payload in rail rounds 8
+// times as large (kProcessRailRoundBytes): DeepSeek-V3's bf16 rows (14336 bytes) from 4096 tokens in one round
+// where emu takes 7, from 16384 in 4 where emu takes 28. The estimate holds the larger rounds.
+TEST(MemoryGuard, RanksThatAreProcessesHoldLargerRailRounds) {
+  const std::vector<std::string> built = backend_names();
+  if (std::find(built.begin(), built.end(), "mpi") == built.end() || !create_backend("mpi")->unavailable().empty())
+    GTEST_SKIP() << "mpi backend not built";
+  for (const auto& [tokens, threads, processes] : {std::tuple{4096, 7, 1}, std::tuple{16384, 28, 4}}) {
+    RunConfig c = emu_config(tokens, "bf16");
+    const RunSetup on_emu = resolve_run(c, *create_backend("emu"));
+    c.backend = "mpi";
+    const RunSetup on_mpi = resolve_run(c, *create_backend("mpi"));
+    EXPECT_EQ(on_emu.engine.rail_rounds, threads) << tokens;
+    EXPECT_EQ(on_mpi.engine.rail_rounds, processes) << tokens;
+    RunSetup emu_rounds = on_mpi;
+    emu_rounds.engine.rail_rounds = threads;
+    EXPECT_GT(estimate_run_memory(c, on_mpi).rows_bytes, estimate_run_memory(c, emu_rounds).rows_bytes) << tokens;
+  }
 }
 
 TEST(MemoryGuard, PhantomRunsNeedNoGuard) {
