@@ -155,7 +155,8 @@ case $case_name in
       "payload mismatch: rank 2 -> rank 3, phase dispatch, step 0, layer 1 .*checksum differs" \
       run --backend $backend "${two[@]}" --algorithm hierarchical
     # Hierarchical's rail hop between nodes (ranks 0 and 2 share local index 0), which emu reads where its source
-    # holds it: the flipped byte is in the source's batch row, and the ledger still sees it.
+    # holds it: the flipped byte is in the source's batch row, and the ledger still sees it. mpi's forwarder reads
+    # only the message's metadata and forwards its rows unread (RowGather::pulled); its ledger reads them to check.
     EPLAB_TEST_FLIP_PAYLOAD_BYTE=0,2,2,0,1 expect_run 4 \
       "payload mismatch: rank 0 -> rank 2, phase dispatch, step 0, layer 1 .*checksum differs" \
       run --backend $backend "${two[@]}" --algorithm hierarchical
