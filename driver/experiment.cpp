@@ -175,9 +175,6 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
   if (resume && cfg.stop_after_steps > 0 && cfg.stop_after_steps <= resume->steps_done)
     throw EplabError("--stop-after-steps " + std::to_string(cfg.stop_after_steps) + ": the checkpoint '" + cfg.resume +
                      "' has " + std::to_string(resume->steps_done) + " steps done already");
-  if (cfg.combine_out == "bf16" && (cfg.mode != "inference" || cfg.overlap != "none"))
-    throw EplabError("--combine-out bf16 is for inference without --overlap (mode '" + cfg.mode + "', overlap '" +
-                     cfg.overlap + "'): training's backward pass and two micro-batches keep the fp32 output");
   if (cfg.overlap == "tbo") {
     // The composition adds modeled durations; wall-clock phases on a real-byte backend do not add that way.
     if (!run.caps.modeled_time)
@@ -297,7 +294,7 @@ nlohmann::json run_experiment(const RunConfig& cfg, const ProgressFn& progress) 
     step_records.push_back(std::move(r.steps));
   }
   nlohmann::json report = build_report(in, records, vr);
-  if (cfg.combine_out != "fp32") report["codec"]["combine_out"] = cfg.combine_out;  // only when not the default
+  if (run.out_bf16) report["codec"]["combine_out"] = "bf16";  // only where the output is not fp32
   add_step_report(report, in, step_records, timeline.link_summary());
   if (overlap) add_overlap_report(report, in, *overlap, R);
   if (!cfg.timeline.empty()) {

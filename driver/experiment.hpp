@@ -30,9 +30,10 @@ struct RunConfig {
   std::string algorithm = "hierarchical";
   std::string dispatch_codec;  // empty: the model's
   std::string combine_codec;   // empty: the model's
-  // Combine's output type on real bytes: "fp32", or "bf16" as DeepEP's combine returns it (each token's fp32
-  // sum rounded once; the verification reference rounds its sum the same way). Half the output's memory.
-  std::string combine_out = "fp32";
+  // Combine's output type on real bytes: "bf16" as DeepEP's combine returns it (each token's fp32 sum rounded
+  // once; the verification reference rounds its sum the same way), half the memory of "fp32". "auto": bf16
+  // where the run allows it (inference without --overlap), fp32 otherwise (RunSetup::out_bf16).
+  std::string combine_out = "auto";
   std::string transform = "scale";
   std::string payload = "auto";  // real | phantom | auto (phantom where time is modeled, real elsewhere)
   int steps = 1;

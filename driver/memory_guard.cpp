@@ -71,7 +71,7 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   // (driver/rank_program.cpp).
   // --combine-out bf16 halves the output, and the batch's rows live in it where they take at most 2 bytes an
   // element.
-  const double out_elem = cfg.combine_out == "bf16" ? 2.0 : 4.0;
+  const double out_elem = run.out_bf16 ? 2.0 : 4.0;
   const bool wire_batch = d.kept == d.wire && (algo == "flat" || algo == "hierarchical");
   const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo" && d.wire <= out_elem * H;
   e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * out_elem;

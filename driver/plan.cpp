@@ -178,6 +178,11 @@ RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
   if (cfg.mode != "inference" && cfg.mode != "training")
     throw EplabError("--mode must be inference or training, got '" + cfg.mode + "'");
   create_algorithm(cfg.algorithm);  // fail early on an unknown name
+  // Training's backward pass and two micro-batches keep the fp32 output.
+  const bool bf16_allowed = cfg.mode == "inference" && cfg.overlap == "none";
+  if (cfg.combine_out == "bf16" && !bf16_allowed)
+    throw EplabError("--combine-out bf16 is for inference without --overlap (mode '" + cfg.mode + "', overlap '" +
+                     cfg.overlap + "'): training's backward pass and two micro-batches keep the fp32 output");
   EngineOptions eopts;
   eopts.algorithm = cfg.algorithm;
   eopts.dispatch_codec = dcodec;
@@ -199,6 +204,7 @@ RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
       .phantom = phantom,
       .verify = cfg.verify && !phantom,
       .lossless = d->lossless() && c->lossless(),
+      .out_bf16 = !phantom && (cfg.combine_out == "bf16" || (cfg.combine_out == "auto" && bf16_allowed)),
       // Combine may re-encode a partial sum once on its way back (hierarchical), hence the factor 2.
       .tolerance = 2.0 * (d->error_bound_for(shape.hidden) + 2.0 * c->error_bound_for(shape.hidden)) + 1e-6,
       // Weights are fp8 where the model's wire format is (DeepSeek-V3), bf16 otherwise.

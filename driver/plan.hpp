@@ -34,6 +34,7 @@ struct RunSetup {
   bool phantom = false;     // sizes only, no real bytes
   bool verify = false;      // check delivery and combine (real bytes only)
   bool lossless = true;     // both codecs
+  bool out_bf16 = false;    // combine's output is bf16 (RunConfig::combine_out resolved; real bytes only)
   double tolerance = 0;     // largest combine error a lossy codec may cause
   double expert_bytes = 0;  // one expert's weights (migration)
   EngineOptions engine;

@@ -417,7 +417,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   const bool wire_batch = !phantom && engine.takes_wire_batch();
   // --combine-out bf16: the output is bf16 ([tokens x hidden] of 2 bytes, in out's storage), written by
   // EpEngine::combine_bf16; the batch's rows still fit in it where a row takes at most 2 bytes an element.
-  const bool out_bf16 = !phantom && cfg.combine_out == "bf16";
+  const bool out_bf16 = run.out_bf16;
   const size_t out_elem_bytes = out_bf16 ? 2 : sizeof(float);
   const bool batch_in_out = wire_batch && cfg.mode != "training" && !steps.two_batch() &&
                             engine.context().dispatch_row_bytes <= out_elem_bytes * shape.hidden;

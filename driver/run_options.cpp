@@ -108,10 +108,11 @@ const std::vector<RunOption>& run_options() {
       // New options go at the end: options are numbered by their place here (the fuzz seeds name them so).
       opt(text<C>("combine_out", member(&C::combine_out),
                   [](const std::string& v) {
-                    if (v != "fp32" && v != "bf16") throw EplabError("expected fp32 or bf16, got '" + v + "'");
+                    if (v != "auto" && v != "fp32" && v != "bf16")
+                      throw EplabError("expected auto, fp32 or bf16, got '" + v + "'");
                   }),
-          "combine's output on real bytes: fp32 | bf16 (as DeepEP returns it: each sum rounded once, half the "
-          "memory; inference without --overlap)"),
+          "combine's output on real bytes: bf16 (as DeepEP returns it: each sum rounded once, half the memory of "
+          "fp32; inference without --overlap) | fp32 | auto (default: bf16 where allowed, else fp32)"),
       opt(text<C>("transport", member(&C::transport)),
           "real: staged (threads, default) | nccl (mpirun -n N, one rank per GPU) | cuda-ipc (mpirun -n N, "
           "ranks sharing GPUs), docs/gpu.md; mpi: mpi (default) | verbs (RDMA writes over ibverbs, docs/verbs.md)"),

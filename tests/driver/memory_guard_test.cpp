@@ -35,9 +35,11 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   for (int i = 0; i < 8; ++i) miss *= (240.0 - i) / (256.0 - i);
   EXPECT_DOUBLE_EQ(e.rows_per_rank, 1024.0 * 16 * (1 - miss));
   EXPECT_NEAR(e.rows_per_rank / 1024, 6.52, 0.01);
-  // The batch as bf16 rows (14336 bytes) in the tail of the combined output's fp32 buffer.
-  EXPECT_DOUBLE_EQ(e.batch_bytes, 1024.0 * 7168 * 4);
-  RunConfig tr = c;  // training keeps the batch's rows for the backward pass: a buffer of their own
+  // The batch as bf16 rows (14336 bytes) in the combined output's buffer, bf16 for inference (RunSetup::out_bf16).
+  ASSERT_TRUE(run.out_bf16);
+  EXPECT_DOUBLE_EQ(e.batch_bytes, 1024.0 * 7168 * 2);
+  // Training keeps the batch's rows for the backward pass, a buffer of their own, and the output in fp32.
+  RunConfig tr = c;
   tr.mode = "training";
   EXPECT_DOUBLE_EQ(estimate_run_memory(tr, resolve_run(tr, *create_backend("emu"))).batch_bytes,
                    1024.0 * 14336 + 1024.0 * 7168 * 4);
@@ -94,18 +96,19 @@ TEST(MemoryGuard, EstimateFollowsTheLayoutBoundAndTheRowFormat) {
   EXPECT_DOUBLE_EQ(estimate_run_memory(f8, flat8).rows_bytes, e.rows_per_rank * 14336 + round_rows * 7392);
   flat8.caps.consume_in_place = false;
   EXPECT_DOUBLE_EQ(estimate_run_memory(f8, flat8).rows_bytes, e.rows_per_rank * 14336 + round_rows * 14336);
-  // --combine-out bf16: the output takes 2 bytes an element, and the bf16 batch fills it.
+  // --combine-out fp32: the output takes 4 bytes an element, and the bf16 batch lies in its tail.
   RunConfig fb = f;
-  fb.combine_out = "bf16";
-  EXPECT_DOUBLE_EQ(estimate_run_memory(fb, resolve_run(fb, *create_backend("emu"))).batch_bytes, 1024.0 * 7168 * 2);
+  fb.combine_out = "fp32";
+  EXPECT_DOUBLE_EQ(estimate_run_memory(fb, resolve_run(fb, *create_backend("emu"))).batch_bytes, 1024.0 * 7168 * 4);
+  fb.combine_out = "bf16";     // as the default for inference
   fb.dispatch_codec = "fp32";  // fp32 rows do not fit in a bf16 output: a buffer of their own
   EXPECT_DOUBLE_EQ(estimate_run_memory(fb, resolve_run(fb, *create_backend("emu"))).batch_bytes,
                    1024.0 * 7168 * 4 + 1024.0 * 7168 * 2);
-  // Algorithms that read the batch as fp32 hold it so.
+  // Algorithms that read the batch as fp32 hold it so, beside the output.
   RunConfig l = c;
   l.algorithm = "low-latency";
   EXPECT_DOUBLE_EQ(estimate_run_memory(l, resolve_run(l, *create_backend("emu"))).batch_bytes,
-                   2.0 * 1024 * 7168 * 4);
+                   1024.0 * 7168 * 4 + 1024.0 * 7168 * 2);
   // A codec that does not encode rows on its own is held in fp32 after dispatch.
   const RunConfig z = emu_config(1024, "bf16+zstd");
   EXPECT_GT(estimate_run_memory(z, resolve_run(z, *create_backend("emu"))).rows_bytes, e.rows_bytes);

@@ -177,7 +177,8 @@ TEST(RailRounds, GiveTheSameBits) {
 }
 
 // --combine-out bf16 end to end: every algorithm verifies against the reference rounded the same way, bit for bit
-// in fp32 on the wire (the same sums, rounded once on both sides), and says so in the report; training refuses it.
+// in fp32 on the wire (the same sums, rounded once on both sides), and says so in the report; it is the default
+// (auto) for inference, training refuses it and keeps fp32 by default.
 TEST(CombineOutBf16, EveryAlgorithmVerifiesAgainstTheRoundedReference) {
   for (const char* algo : {"flat", "hierarchical", "low-latency", "allgather"}) {
     RunConfig c;
@@ -198,8 +199,10 @@ TEST(CombineOutBf16, EveryAlgorithmVerifiesAgainstTheRoundedReference) {
     c.dispatch_codec = c.combine_codec = "bf16";
     r = run_experiment(c);
     EXPECT_TRUE(r["verified"].get<bool>()) << algo << ": " << r["verification"].dump();
+    c.combine_out = "auto";  // the default: bf16 for inference
+    EXPECT_EQ(run_experiment(c)["codec"]["combine_out"], "bf16") << algo;
     c.combine_out = "fp32";
-    EXPECT_FALSE(run_experiment(c)["codec"].contains("combine_out")) << "the default adds no key";
+    EXPECT_FALSE(run_experiment(c)["codec"].contains("combine_out")) << "an fp32 output adds no key";
   }
   RunConfig t;
   t.backend = "emu";
@@ -216,6 +219,10 @@ TEST(CombineOutBf16, EveryAlgorithmVerifiesAgainstTheRoundedReference) {
   } catch (const EplabError& e) {
     EXPECT_NE(std::string(e.what()).find("--combine-out bf16"), std::string::npos) << e.what();
   }
+  t.combine_out = "auto";  // the default: training keeps the fp32 output
+  nlohmann::json r = run_experiment(t);
+  EXPECT_TRUE(r["verified"].get<bool>()) << r["verification"].dump();
+  EXPECT_FALSE(r["codec"].contains("combine_out"));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -239,10 +239,12 @@ TEST_P(SimAlgorithms, PhantomAndRealPayloadSimulateTheSameRun) {
     c.payload = "real";
     auto real = run_experiment(c);
     EXPECT_TRUE(real["verified"].get<bool>());
-    // What differs by design: the payload, verification, and whether migration and the layout cache are timed
-    // (real bytes carry no modeled weights).
+    // What differs by design: the payload, verification, combine's output type (bf16 on real bytes, for
+    // inference), and whether migration and the layout cache are timed (real bytes carry no modeled weights).
+    EXPECT_EQ(real["codec"].value("combine_out", "fp32"), std::string(mode) == "inference" ? "bf16" : "fp32");
     for (auto* r : {&phantom, &real}) {
       for (const char* k : {"payload", "verified", "verification", "wall_s"}) r->erase(k);
+      (*r)["codec"].erase("combine_out");
       (*r)["migration"].erase("timed");
       (*r)["layout_cache"].erase("timed");
     }
