@@ -1,6 +1,6 @@
-// The MPI transport: eplab's messages travel on a communicator duplicated for each launch, so nothing of an
-// earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow for eplab's
-// 64-bit tags, so a header (tag, real and modeled size) goes first and the bytes follow. Between processes of
+// The MPI transport: eplab's messages travel on a communicator duplicated for each launch and never freed, so
+// nothing of an earlier launch (a late message, a failure notice) reaches a later one. MPI tags are too narrow for
+// eplab's 64-bit tags, so a header (tag, real and modeled size) goes first and the bytes follow. Between processes of
 // one machine the bytes of a message of 4096 bytes or more move with one copy that eplab makes itself (single
 // copy, below); otherwise they follow as a second MPI message sent from the caller's buffer as it is. MPI's
 // non-overtaking order per sender pairs each header with its bytes. The receiver reads the header and takes the
@@ -76,6 +76,13 @@ std::string mpi_text(int code) {
 // and with one gone it can wait forever (seen here when survivors reached it right after the exit); under
 // `mpirun --enable-recovery`, which a GPU failure on mpi requires, mpirun accepts an exit without it.
 bool g_peer_exited = false;
+
+// Every launch's communicator, kept until MPI_Finalize. A launch can end with messages of its own still on the
+// way (a withdrawal whose send was read meanwhile, an acknowledgment or a failure notice that nobody waits for
+// any more). Freed, its communicator's context id could go to the next launch's, where OpenMPI's per-peer
+// sequence numbers would take such a late message for one of the new launch's, and hold the real one back as
+// out of order, for good (a message lost under load in fabric_conformance_mpi_cma_all).
+std::vector<MPI_Comm> g_launch_comms;
 
 // MPI is initialized once per process, on first use, and finalized at exit (unless a peer exited, above).
 void ensure_mpi() {
@@ -851,7 +858,7 @@ void launch_mpi_process(const Topology& topo, const LaunchOptions& opts, const s
   MPI_Comm comm;
   if (MPI_Comm_dup(MPI_COMM_WORLD, &comm) != MPI_SUCCESS) throw EplabError(backend + ": MPI_Comm_dup failed");
   MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
-  const std::shared_ptr<void> free_comm(nullptr, [&comm](void*) { MPI_Comm_free(&comm); });
+  g_launch_comms.push_back(comm);  // never freed (above)
   std::unique_ptr<MpiAddOn> add_on;
   if (hooks.setup) {
     ProcessGroup group(comm);
