@@ -115,9 +115,12 @@ int main(int argc, char** argv) {
               "{\"ranks\": %d, \"split\": \"even split of the same total bytes\", "
               "\"dispatch_bytes_per_rank\": %lld, \"combine_bytes_per_rank\": %lld, \"activation_bytes\": %.0f, "
               "\"reps\": %d, \"warmup_reps\": 1, \"best_s\": %.9g, \"best_dispatch_s\": %.9g, "
-              "\"best_combine_s\": %.9g, \"median_s\": %.9g, \"best_GBps\": %.6g, \"median_GBps\": %.6g}\n",
+              "\"best_combine_s\": %.9g, \"median_s\": %.9g, \"best_GBps\": %.6g, \"median_GBps\": %.6g, "
+              "\"totals_s\": [",
               n, dispatch_b, combine_b, bytes, reps, best, best_d, best_c, median, bytes / best / 1e9,
               bytes / median / 1e9);
+      for (int rep = 0; rep < reps; ++rep) fprintf(f, "%s%.9g", rep ? ", " : "", total[rep]);  // sorted
+      fprintf(f, "]}\n");
       fclose(f);
     }
   }
