@@ -415,7 +415,7 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   // live in the tail of the output's buffer, one buffer for both, unless training keeps the batch for the
   // backward pass or two micro-batches interleave dispatch and combine.
   const bool wire_batch = !phantom && engine.takes_wire_batch();
-  // --combine-out bf16: the output is bf16 ([tokens x hidden] of 2 bytes, in out's storage), written by
+  // A bf16 output (RunSetup::out_bf16): [tokens x hidden] of 2 bytes, in out's storage, written by
   // EpEngine::combine_bf16; the batch's rows still fit in it where a row takes at most 2 bytes an element.
   const bool out_bf16 = run.out_bf16;
   const size_t out_elem_bytes = out_bf16 ? 2 : sizeof(float);
