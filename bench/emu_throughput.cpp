@@ -331,7 +331,8 @@ int main(int argc, char** argv) {
       "GB/s = activation bytes per layer (dispatch received + combine sent, summed over ranks) / (dispatch +\n"
       "combine time, slowest rank); MPI_Alltoallv moves the emu run's bytes per rank, an even split of the\n"
       "same total bytes over the 16 destinations (the report has no per-pair matrix), in two runs of %d\n"
-      "repetitions, after the first eplab run and after the last; x columns use the median of both runs'.\neplab runs one untimed warm-up call first (it sizes and faults in the buffers kept for the run, as\n"
+      "repetitions, after the first eplab run and after the last; x columns use the median of both runs'.\n"
+      "eplab runs one untimed warm-up call first (it sizes and faults in the buffers kept for the run, as\n"
       "MPI_Alltoallv's program warms up untimed); \"warm layer\" is the median of timed calls 2..%d and \"first "
       "layer\"\ntimed call 1, each a whole layer (dispatch + expert compute + combine), so the warm GB/s is a lower "
       "bound\non warm dispatch + combine. emu and mpi rows: hierarchical (the default), then flat\n",
