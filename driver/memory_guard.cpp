@@ -65,9 +65,9 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   const RowCost d = row_cost(run.dispatch_codec, run.shape.hidden);
   const RowCost c = row_cost(run.combine_codec, run.shape.hidden);
   const bool wire_rows = d.kept == d.wire && c.kept == c.wire;  // both codecs encode rows on their own
-  // Each rank's batch and its combined output (fp32, or bf16 below). Flat and hierarchical take the batch as the dispatch
-  // codec's rows when it encodes rows on their own (EpEngine::takes_wire_batch), else it is fp32 activations;
-  // the rows live in the output's buffer unless training keeps them or two micro-batches interleave
+  // Each rank's batch and its combined output (fp32, or bf16 below). Flat and hierarchical take the batch as the
+  // dispatch codec's rows when it encodes rows on their own (EpEngine::takes_wire_batch), else it is fp32
+  // activations; the rows live in the output's buffer unless training keeps them or two micro-batches interleave
   // (driver/rank_program.cpp).
   // A bf16 output (RunSetup::out_bf16, the default for inference) halves it, and the batch's rows live in it
   // where they take at most 2 bytes an element.
