@@ -1,6 +1,7 @@
 // Dispatch + combine throughput of eplab's emu backend (16 ranks as threads) and mpi backend (16 processes under
 // mpirun), beside a plain MPI_Alltoallv moving the same total bytes (bench_mpi_alltoallv) and this machine's
-// single-core memcpy, all measured in one run; hidden 7168, bf16 on the wire. Prints a table and writes JSON.
+// memcpy, on one core and on every core at once, all measured in one run; hidden 7168, bf16 on the wire. Prints
+// a table and writes JSON.
 //   bench_emu_throughput [TOKENS_PER_RANK [OUT.json]]   (default 2048 tokens, bench/results/emu_throughput.json)
 // The eplab command and bench_mpi_alltoallv are taken from this program's own directory (build/bin).
 // eplab makes one untimed warm-up call before its first timed call, which sizes and faults in the buffers it
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +26,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "driver/experiment.hpp"
@@ -65,6 +68,41 @@ double memcpy_GBps() {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, n / s / 1e9);
     a[rep] = b[n - 1 - rep];  // keep the copies observable
+  }
+  return best;
+}
+
+// memcpy on every core at once, each over buffers of its own (256 MiB, less with many cores): the rate at which
+// this machine's memory takes copies, the ceiling of a dispatch that copies each byte once. Best of 5, each
+// repetition timed from the common start to the last copy's end.
+double memcpy_all_cores_GBps(unsigned cores) {
+  const size_t n = std::max<size_t>(size_t{64} << 20, (size_t{512} << 20) / cores);
+  std::vector<std::vector<char>> from(cores), to(cores);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    std::atomic<unsigned> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    std::vector<double> end_s(cores);
+    std::chrono::steady_clock::time_point t0;
+    for (unsigned i = 0; i < cores; ++i)
+      threads.emplace_back([&, i] {
+        if (rep == 0) {  // faulted in once, by the thread that copies them
+          from[i].assign(n, 1);
+          to[i].assign(n, 0);
+        }
+        ready.fetch_add(1);
+        while (!go.load()) {
+        }
+        std::memcpy(to[i].data(), from[i].data(), n);
+        end_s[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        from[i][rep] = to[i][n - 1 - rep];  // keep the copies observable
+      });
+    while (ready.load() < cores) std::this_thread::yield();
+    t0 = std::chrono::steady_clock::now();
+    go.store(true);
+    for (std::thread& t : threads) t.join();
+    best = std::max(best, static_cast<double>(n) * cores / *std::max_element(end_s.begin(), end_s.end()) / 1e9);
   }
   return best;
 }
@@ -265,6 +303,8 @@ int main(int argc, char** argv) {
 
   // One after another, never side by side: each of them alone wants every core and most of the memory.
   const double mc = memcpy_GBps();
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const double mc_all = memcpy_all_cores_GBps(cores);
   const double ck = checksum_GBps();
   std::string emu_why, flat_why;
   const std::optional<nlohmann::json> emu = emu_run(c, emu_why);
@@ -272,8 +312,14 @@ int main(int argc, char** argv) {
   // this machine during the eplab runs meets its figures too; its rows take every repetition of both.
   std::vector<nlohmann::json> a2a_runs;
   std::string a2a_why = "no emu run to take the bytes from";
-  if (emu)
-    if (auto r = mpi_alltoallv(*emu, bin, tmp, "_first", a2a_why)) a2a_runs.push_back(std::move(*r));
+  std::vector<std::string> a2a_failed;  // the runs that failed, and why: their repetitions are not in the rows
+  if (emu) {
+    if (auto r = mpi_alltoallv(*emu, bin, tmp, "_first", a2a_why)) {
+      a2a_runs.push_back(std::move(*r));
+    } else {
+      a2a_failed.push_back("after the first eplab run: " + a2a_why);
+    }
+  }
   eplab::RunConfig flat_c = c;
   flat_c.algorithm = "flat";
   const std::optional<nlohmann::json> emu_flat = emu_run(flat_c, flat_why);
@@ -283,7 +329,8 @@ int main(int argc, char** argv) {
   // warm dispatch + combine rate. The first call's layer is shown apart.
   const auto figures = [](const std::string& prefix, const std::string& mean_name,
                           const std::optional<nlohmann::json>& r, const std::string& why) {
-    if (!r) return std::vector<Figure>{{mean_name, why}, {prefix + ", warm layer", why}, {prefix + ", first layer", why}};
+    if (!r)
+      return std::vector<Figure>{{mean_name, why}, {prefix + ", warm layer", why}, {prefix + ", first layer", why}};
     return std::vector<Figure>{eplab_figure(mean_name, *r), warm_layer(prefix, *r), first_layer(prefix, *r)};
   };
   const std::vector<Figure> hier = figures("eplab emu", "eplab emu, mean of calls", emu, emu_why);
@@ -296,8 +343,13 @@ int main(int argc, char** argv) {
   std::vector<Figure> rows = {mean, mpi_backend(c, "eplab mpi, mean of calls", "", bin, tmp, mpi_report)};
   nlohmann::json mpi_flat_report;
   const Figure mpi_flat_mean = mpi_backend(flat_c, "eplab mpi flat, mean", "_flat", bin, tmp, mpi_flat_report);
-  if (bytes_of)
-    if (auto r = mpi_alltoallv(*bytes_of, bin, tmp, "_last", a2a_why)) a2a_runs.push_back(std::move(*r));
+  if (bytes_of) {
+    if (auto r = mpi_alltoallv(*bytes_of, bin, tmp, "_last", a2a_why)) {
+      a2a_runs.push_back(std::move(*r));
+    } else {
+      a2a_failed.push_back("after the last eplab run: " + a2a_why);
+    }
+  }
   for (auto& f : alltoallv_figures(a2a_runs, a2a_why)) rows.push_back(f);
   rows.push_back(first_call);
   rows.push_back(warm);
@@ -315,6 +367,9 @@ int main(int argc, char** argv) {
   Figure memcpy_row{"memcpy, one core", ""};  // 1 GB at the measured rate: GBps() reads the memcpy figure
   memcpy_row.bytes = 1e9;
   memcpy_row.time_s = 1 / mc;
+  Figure memcpy_all_row{"memcpy, all " + std::to_string(cores) + " cores at once", ""};
+  memcpy_all_row.bytes = 1e9;
+  memcpy_all_row.time_s = 1 / mc_all;
 
   const double emu_bytes = mean.ran() ? mean.bytes : flat_mean.bytes;
   const Figure& first = rows[4];
@@ -325,8 +380,8 @@ int main(int argc, char** argv) {
   std::printf(
       "GB/s = activation bytes per layer (dispatch received + combine sent, summed over ranks) / (dispatch +\n"
       "combine time, slowest rank); MPI_Alltoallv moves the emu run's bytes per rank, an even split of the\n"
-      "same total bytes over the 16 destinations (the report has no per-pair matrix), in two runs of %d\n"
-      "repetitions, after the first eplab run and after the last; x columns use the median of both runs'.\n"
+      "same total bytes over the 16 destinations (the report has no per-pair matrix), in runs of %d\n"
+      "repetitions after the first eplab run and after the last; x columns use the median of their repetitions.\n"
       "eplab runs one untimed warm-up call first (it sizes and faults in the buffers kept for the run, as\n"
       "MPI_Alltoallv's program warms up untimed); \"warm layer\" is the median of timed calls 2..%d and \"first "
       "layer\"\ntimed call 1, each a whole layer (dispatch + expert compute + combine), so the warm GB/s is a lower "
@@ -334,20 +389,27 @@ int main(int argc, char** argv) {
       kAlltoallvReps, c.steps);
   std::printf("%-28s %10s %10s %10s %9s %8s %11s %9s\n", "figure", "dispatch s", "combine s", "total s", "GB/layer",
               "GB/s", "x alltoallv", "x memcpy");
-  const std::vector<const Figure*> table = {&rows[0],       &warm_row,       &first,    &flat_mean, &flat_warm,
-                                            &flat_first,    &rows[1],        &mpi_warm, &mpi_first, &mpi_flat_mean,
-                                            &mpi_flat_warm, &mpi_flat_first, &rows[2],  &rows[3],   &memcpy_row};
+  const std::vector<const Figure*> table = {&rows[0],   &warm_row,      &first,         &flat_mean,
+                                            &flat_warm, &flat_first,    &rows[1],       &mpi_warm,
+                                            &mpi_first, &mpi_flat_mean, &mpi_flat_warm, &mpi_flat_first,
+                                            &rows[2],   &rows[3],       &memcpy_row,    &memcpy_all_row};
   for (const Figure* f : table) {
     if (!f->ran()) {
       std::printf("%-28s not run (%s)\n", f->name.c_str(), f->why.c_str());
       continue;
     }
-    const bool is_memcpy = f == &memcpy_row;
+    const bool is_memcpy = f == &memcpy_row || f == &memcpy_all_row;
     std::printf("%-28s %10s %10s %10s %9s %8.2f %11s %9.3f\n", f->name.c_str(), cell(f->dispatch_s, "%.3f").c_str(),
                 cell(f->combine_s, "%.3f").c_str(), cell(is_memcpy ? NAN : f->time_s, "%.3f").c_str(),
                 cell(is_memcpy ? NAN : f->bytes / 1e9, "%.3f").c_str(), f->GBps(),
                 cell(a2a.ran() ? f->GBps() / a2a.GBps() : NAN, "%.3f").c_str(), f->GBps() / mc);
   }
+  std::printf(
+      "memcpy on all cores at once: what this machine's memory moves by copying, the bound of a dispatch,\n"
+      "which copies each row once (combine reads its rows and writes only the sums, and can go somewhat faster)\n");
+  if (a2a.ran())
+    for (const std::string& f : a2a_failed)
+      std::printf("MPI_Alltoallv's run %s (its repetitions are left out)\n", f.c_str());
   // The report's bytes per rank are means over ranks and calls; MPI_Alltoallv gets each rounded to a whole byte.
   std::printf("payload checksum, one core: %.2f GB/s (%.2fx memcpy); a verifying run hashes each message twice "
               "(sender, receiver); this table's runs do not verify\n",
@@ -385,6 +447,7 @@ int main(int argc, char** argv) {
        "(dispatch received + combine sent activation bytes per layer, summed over ranks) / (dispatch + combine "
        "time of the slowest rank)"},
       {"memcpy_one_core_GBps", mc},
+      {"memcpy_all_cores", {{"cores", cores}, {"GBps", mc_all}}},
       {"payload_checksum_one_core_GBps", ck},
       {"warm_calls", kWarmCalls},
       {"emu", figure_json(rows[0])},
