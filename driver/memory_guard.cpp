@@ -65,15 +65,13 @@ MemoryEstimate estimate_run_memory(const RunConfig& cfg, const RunSetup& run) {
   const RowCost d = row_cost(run.dispatch_codec, run.shape.hidden);
   const RowCost c = row_cost(run.combine_codec, run.shape.hidden);
   const bool wire_rows = d.kept == d.wire && c.kept == c.wire;  // both codecs encode rows on their own
-  // Each rank's batch and its combined output (fp32, or bf16 below). Flat and hierarchical take the batch as the
-  // dispatch codec's rows when it encodes rows on their own (EpEngine::takes_wire_batch), else it is fp32
-  // activations; the rows live in the output's buffer unless training keeps them or two micro-batches interleave
-  // (driver/rank_program.cpp).
-  // A bf16 output (RunSetup::out_bf16, the default for inference) halves it, and the batch's rows live in it
-  // where they take at most 2 bytes an element.
+  // Each rank's batch and its combined output (fp32, or bf16 where RunSetup::out_bf16, the default for inference).
+  // Flat and hierarchical take the batch as the dispatch codec's rows when it encodes rows on their own
+  // (EpEngine::takes_wire_batch), else it is fp32 activations; the rows may live in the output's buffer
+  // (batch_in_output).
   const double out_elem = run.out_bf16 ? 2.0 : 4.0;
   const bool wire_batch = d.kept == d.wire && (algo == "flat" || algo == "hierarchical");
-  const bool batch_in_out = wire_batch && cfg.mode != "training" && cfg.overlap != "tbo" && d.wire <= out_elem * H;
+  const bool batch_in_out = batch_in_output(cfg, wire_batch, d.wire, out_elem * H);
   e.batch_bytes = (batch_in_out ? 0.0 : T * (wire_batch ? d.wire : H * 4.0)) + T * H * out_elem;
   // The handle's rows per received row: the last stage receives rows straight into the handle's rows buffer,
   // which expert compute overwrites with its outputs where they are no smaller (EngineContext::map_rows; a

@@ -145,6 +145,10 @@ MoeShape config_model(const RunConfig& cfg) {
   return shape;
 }
 
+bool batch_in_output(const RunConfig& cfg, bool wire_batch, double row_bytes, double out_row_bytes) {
+  return wire_batch && cfg.mode != "training" && cfg.overlap != "tbo" && row_bytes <= out_row_bytes;
+}
+
 RunSetup resolve_run(const RunConfig& cfg, const Backend& backend) {
   if (cfg.nodes < 0 || cfg.gpus_per_node < 0) throw EplabError("--nodes and --gpus-per-node must be positive");
   const ClusterSpec spec = config_cluster(cfg);

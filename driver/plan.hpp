@@ -46,6 +46,13 @@ struct RunSetup {
 // Throws EplabError naming the option for a bad configuration.
 RunSetup resolve_run(const RunConfig& cfg, const Backend& backend);
 
+// Whether a rank's batch, taken as the dispatch codec's wire rows (EpEngine::takes_wire_batch), lives in the tail
+// of its output's buffer, one buffer for both: dispatch has sent every row when it returns and only combine writes
+// the output, after it, unless training keeps the batch for the backward pass or two micro-batches (--overlap tbo)
+// interleave dispatch and combine; and a row must take no more bytes than an output row. The rank program places
+// the batch by it, and the memory guard counts it.
+bool batch_in_output(const RunConfig& cfg, bool wire_batch, double row_bytes, double out_row_bytes);
+
 // The cluster and the model the config names (preset or file), with its positive overrides applied (nodes and
 // GPUs per node; hidden size and experts). resolve_run checks the overrides first.
 ClusterSpec config_cluster(const RunConfig& cfg);

@@ -410,17 +410,15 @@ RankResult run_rank_body(Fabric& f, const RankInputs& in, PayloadLedger* ledger,
   std::vector<float> x, partials, out, ref, x_slice, got;
   std::vector<uint8_t> ref_bf16;
   // Wire rows of the batch where dispatch takes them (x stays empty); the verification reference then makes
-  // each slice's fp32 activations again from the seed, as the batch was made. Dispatch has sent every row
-  // (copied into its messages) when it returns, and only combine writes the output, after it: so the rows
-  // live in the tail of the output's buffer, one buffer for both, unless training keeps the batch for the
-  // backward pass or two micro-batches interleave dispatch and combine.
+  // each slice's fp32 activations again from the seed, as the batch was made. The rows live in the tail of the
+  // output's buffer where batch_in_output says so.
   const bool wire_batch = !phantom && engine.takes_wire_batch();
   // A bf16 output (RunSetup::out_bf16): [tokens x hidden] of 2 bytes, in out's storage, written by
-  // EpEngine::combine_bf16; the batch's rows still fit in it where a row takes at most 2 bytes an element.
+  // EpEngine::combine_bf16.
   const bool out_bf16 = run.out_bf16;
   const size_t out_elem_bytes = out_bf16 ? 2 : sizeof(float);
-  const bool batch_in_out = wire_batch && cfg.mode != "training" && !steps.two_batch() &&
-                            engine.context().dispatch_row_bytes <= out_elem_bytes * shape.hidden;
+  const bool batch_in_out = batch_in_output(cfg, wire_batch, static_cast<double>(engine.context().dispatch_row_bytes),
+                                            static_cast<double>(out_elem_bytes * shape.hidden));
   // Floats of out's storage for an output of `tokens` rows.
   const auto out_floats = [&](int tokens) {
     return (static_cast<size_t>(tokens) * shape.hidden * out_elem_bytes + sizeof(float) - 1) / sizeof(float);

@@ -572,8 +572,7 @@ void EngineContext::sum_rows(std::span<const RowsIn> ins, int tokens, int first,
   std::vector<float> acc(to_bf16 ? H : 0), dec(combine_bf16 ? 0 : H);
   for (int t = 0, stretch_end = 0; t < n; ++t) {
     if (pulls && t == stretch_end) {  // the next stretch: as many tokens as fit, at least one
-      stretch_end = t + 1;
-      while (stretch_end < n && (begin[stretch_end + 1] - begin[t]) * rb <= in_rows.stretch_bytes()) ++stretch_end;
+      stretch_end = in_rows.stretch_end(begin.data(), t, n);
       for (size_t i = 0; i < ins.size(); ++i)
         if (in_rows.pulled(i))
           while (end_row[i] < ins[i].ids->size() && (*ins[i].ids)[end_row[i]] < first + stretch_end) ++end_row[i];

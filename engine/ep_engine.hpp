@@ -152,6 +152,14 @@ class RowStretches {
   // pages, so smaller reads cost more than the cache saves (16 x 4096 flat: 1 MiB stretches of 15 inputs gained
   // nothing, 4 MiB took a quarter off combine).
   size_t stretch_bytes() const;
+  // Where the stretch that starts at item `from` of a run ends, item i holding rows [begin[i], begin[i + 1]): as
+  // many items as fit in stretch_bytes(), at least one, none at or past `end`.
+  template <class Index>
+  int stretch_end(const Index* begin, int from, int end) const {
+    int e = from + 1;
+    while (e < end && static_cast<size_t>(begin[e + 1] - begin[from]) * rb_ <= stretch_bytes()) ++e;
+    return e;
+  }
   // Reads rows [end of the last stretch, end[i]) of every pulled input i (end[i] of the others is not read).
   void advance(std::span<const size_t> end);
   // Reads input i's first `rows` rows into a buffer of its own; it is then read as a local one.

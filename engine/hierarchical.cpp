@@ -851,10 +851,7 @@ class Hierarchical : public Algorithm {
       }
     }
     const auto next_stretch = [&](int r) {
-      stretch_end = r + 1;
-      while (stretch_end < round_end &&
-             static_cast<size_t>(st.fwd_map_begin[stretch_end + 1] - st.fwd_map_begin[r]) * rb <= inbox.stretch_bytes())
-        ++stretch_end;
+      stretch_end = inbox.stretch_end(st.fwd_map_begin.data(), r, round_end);
       for (int m = st.fwd_map_begin[r]; m < st.fwd_map_begin[stretch_end]; ++m)
         want[st.fwd_map[m].first] = std::max(want[st.fwd_map[m].first], static_cast<size_t>(st.fwd_map[m].second) + 1);
       inbox.advance(want);

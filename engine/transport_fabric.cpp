@@ -406,16 +406,21 @@ void TransportFabric::wait_all(std::span<Request> reqs, Deadline d) {
   }
 }
 
+bool TransportFabric::takes_flip(int peer, Tag tag) {
+  if (!flip_armed_ || flipped_ || !PayloadFlip::from_environment().matches(peer, rank_, tag)) return false;
+  flipped_ = true;
+  return true;
+}
+
 void TransportFabric::received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes,
                                const RowGather& gather) {
-  if (flip_armed_ && !flipped_ && total_bytes > 0 && PayloadFlip::from_environment().matches(peer, rank_, tag)) {
+  if (total_bytes > 0 && takes_flip(peer, tag)) {
     if (total_bytes > bytes)
       --total_bytes;  // phantom bytes: the message arrives one byte short, its real bytes untouched
     else if (gather.bytes() > 0)  // the message's last byte is its last row's, where the sender holds it
       const_cast<uint8_t*>(gather.rows[gather.count - 1])[gather.row_bytes - 1] ^= 0x01;
     else
       static_cast<uint8_t*>(data)[bytes - 1] ^= 0x01;
-    flipped_ = true;
   }
   if (ledger_) ledger_->received(peer, tag, phase_, ConstBuf{data, bytes, total_bytes - bytes, gather});
   if (tally_) tally_->received(peer, rank_, tag, total_bytes);
@@ -564,8 +569,7 @@ void TransportFabric::alltoallv_consume(Tag tag, std::span<const PeerSend> sends
     if (const auto* op = static_cast<const RecvOp*>(rreqs[i].state())) {
       recvs[i].remote = op->msg.remote;
       if (op->msg.remote && op->bytes > 0) {
-        const bool flip = flip_armed_ && !flipped_ && PayloadFlip::from_environment().matches(op->peer, rank_, tag);
-        flipped_ = flipped_ || flip;
+        const bool flip = takes_flip(op->peer, tag);
         if (ledger_ || flip) {
           ledgered[i] = std::make_unique<LedgeredRemote>(*op->msg.remote, op->bytes, flip);
           recvs[i].remote = ledgered[i].get();

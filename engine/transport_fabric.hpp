@@ -209,6 +209,9 @@ class TransportFabric final : public Fabric {
   // A receive of `bytes` real bytes at `data` completed (with `gather`, a consumed gather send: its rows where
   // they lie, as in a ConstBuf): the test hook's flip, then the ledger and the tally.
   void received(int peer, Tag tag, void* data, size_t bytes, size_t total_bytes, const RowGather& gather = {});
+  // Whether the message from `peer` with `tag` takes the test hook's one flip (PayloadFlip): the first that
+  // matches, on the rank it names.
+  bool takes_flip(int peer, Tag tag);
 };
 
 // Launches every rank of `topo` on its own OS thread over one Domain on a WallClock, and joins them:
