@@ -5,11 +5,12 @@
 // transport could reach on this machine.
 //   bench_cross_process_copy [ROWS_PER_PROCESS [PROCESSES [ROUNDS]]]   (default 4096 16 10)
 // Each process holds ROWS rows of 14336 bytes (a bf16 row of DeepSeek-V3); in each round every process copies its
-// slice (ROWS / PROCESSES rows) of every process's rows, its own included, into a private buffer, as a dispatch
+// slice (ROWS / PROCESSES rows) of every process's rows, its own included, into a buffer of its own, as a dispatch
 // would. Sources are memfd mappings (memcpy) or private memory with transparent huge pages (process_vm_readv);
-// destinations are private with huge pages. process_vm_readv reads the rows as one piece per row (as the mpi
-// backend's gathered sends name them) and as one piece per slice. A round's rate is every process's bytes over
-// the time from the first process's start to the last one's end; the first round includes faulting in.
+// destinations are private with huge pages, or (shared to shared) memfd mappings too. process_vm_readv reads the rows
+// as one piece per row (as the mpi backend's gathered sends name them) and as one piece per slice. A round's rate is
+// every process's bytes over the time from the first process's start to the last one's end; the first round includes
+// faulting in.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -36,12 +37,14 @@ constexpr size_t kRowBytes = 14336;
 constexpr int kMaxProcesses = 64;
 constexpr int kMaxRounds = 100;
 
-enum class Way { kSharedMemcpy, kVmReadvRows, kVmReadvSlices };
+enum class Way { kSharedMemcpy, kSharedToShared, kVmReadvRows, kVmReadvSlices };
 
 const char* name(Way w) {
   switch (w) {
     case Way::kSharedMemcpy:
       return "memcpy from a shared mapping";
+    case Way::kSharedToShared:
+      return "memcpy, shared to shared";
     case Way::kVmReadvRows:
       return "process_vm_readv, a piece a row";
     default:
@@ -72,6 +75,14 @@ bool barrier(Board& b, int at, int processes) {
   return true;
 }
 
+// A shared memory file of `bytes`, mapped here; null when it cannot be made. `fd` is its descriptor.
+void* map_shared(size_t bytes, int& fd) {
+  fd = memfd_create("eplab-bench-rows", 0);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) return nullptr;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
 void* map_private(size_t bytes) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return nullptr;
@@ -82,16 +93,10 @@ void* map_private(size_t bytes) {
 // One process of a measurement: returns its exit status.
 int process_body(Board& b, Way way, int me, int processes, int rounds, size_t slice_rows) {
   const size_t slice = slice_rows * kRowBytes, bytes = slice * processes;
-  uint8_t* rows = nullptr;
-  if (way == Way::kSharedMemcpy) {
-    b.fd[me] = memfd_create("eplab-bench-rows", 0);
-    if (b.fd[me] < 0 || ftruncate(b.fd[me], static_cast<off_t>(bytes)) != 0) return 2;
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, b.fd[me], 0);
-    rows = p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
-  } else {
-    rows = static_cast<uint8_t*>(map_private(bytes));
-  }
-  auto* into = static_cast<uint8_t*>(map_private(bytes));
+  const bool shared = way == Way::kSharedMemcpy || way == Way::kSharedToShared;
+  auto* rows = static_cast<uint8_t*>(shared ? map_shared(bytes, b.fd[me]) : map_private(bytes));
+  int into_fd = -1;
+  auto* into = static_cast<uint8_t*>(way == Way::kSharedToShared ? map_shared(bytes, into_fd) : map_private(bytes));
   if (!rows || !into) return 2;
   std::memset(rows, me + 1, bytes);
   std::memset(into, 0, bytes);
@@ -99,7 +104,7 @@ int process_body(Board& b, Way way, int me, int processes, int rounds, size_t sl
   b.rows[me] = reinterpret_cast<uintptr_t>(rows);
   if (!barrier(b, 0, processes)) return 6;
   std::vector<const uint8_t*> peer(static_cast<size_t>(processes), nullptr);
-  if (way == Way::kSharedMemcpy)
+  if (shared)
     for (int p = 0; p < processes; ++p) {
       const std::string path = "/proc/" + std::to_string(b.pid[p]) + "/fd/" + std::to_string(b.fd[p]);
       const int fd = open(path.c_str(), O_RDONLY);
@@ -118,7 +123,7 @@ int process_body(Board& b, Way way, int me, int processes, int rounds, size_t sl
       const int p = (me + k) % processes;
       uint8_t* to = into + static_cast<size_t>(p) * slice;
       const uintptr_t from = b.rows[p] + static_cast<size_t>(me) * slice;
-      if (way == Way::kSharedMemcpy) {
+      if (shared) {
         std::memcpy(to, peer[static_cast<size_t>(p)] + static_cast<size_t>(me) * slice, slice);
         continue;
       }
@@ -202,7 +207,7 @@ int main(int argc, char** argv) {
       "all processes together\n",
       processes, slice_rows, kRowBytes, rounds);
   bool ok = true;
-  for (Way w : {Way::kSharedMemcpy, Way::kVmReadvRows, Way::kVmReadvSlices})
+  for (Way w : {Way::kSharedMemcpy, Way::kSharedToShared, Way::kVmReadvRows, Way::kVmReadvSlices})
     ok = measure(w, processes, rounds, slice_rows) && ok;
   return ok ? 0 : 1;
 }
