@@ -58,25 +58,12 @@ double checksum_GBps() {
   return best;
 }
 
-double memcpy_GBps() {
-  const size_t n = size_t{256} << 20;
-  std::vector<char> a(n, 1), b(n, 0);
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::memcpy(b.data(), a.data(), n);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, n / s / 1e9);
-    a[rep] = b[n - 1 - rep];  // keep the copies observable
-  }
-  return best;
-}
-
-// memcpy on every core at once, each over buffers of its own (256 MiB, less with many cores): the rate at which
-// this machine's memory takes copies, the ceiling of a dispatch that copies each byte once. Best of 5, each
-// repetition timed from the common start to the last copy's end.
-double memcpy_all_cores_GBps(unsigned cores) {
-  const size_t n = std::max<size_t>(size_t{64} << 20, (size_t{512} << 20) / cores);
+// memcpy on `cores` cores at once, each over buffers of its own (256 MiB; with more than two cores, 512 MiB
+// shared among them and at least 64 MiB each), in GB/s all together. On one core the table's yardstick; on every
+// core the rate at which this machine's memory takes copies, the ceiling of a dispatch that copies each byte once.
+// Best of 5, each repetition timed from the common start to the last copy's end.
+double memcpy_GBps(unsigned cores) {
+  const size_t n = std::clamp<size_t>((size_t{512} << 20) / cores, size_t{64} << 20, size_t{256} << 20);
   std::vector<std::vector<char>> from(cores), to(cores);
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
@@ -302,9 +289,9 @@ int main(int argc, char** argv) {
   const fs::path tmp = tmpl;
 
   // One after another, never side by side: each of them alone wants every core and most of the memory.
-  const double mc = memcpy_GBps();
+  const double mc = memcpy_GBps(1);
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const double mc_all = memcpy_all_cores_GBps(cores);
+  const double mc_all = memcpy_GBps(cores);
   const double ck = checksum_GBps();
   std::string emu_why, flat_why;
   const std::optional<nlohmann::json> emu = emu_run(c, emu_why);
@@ -313,13 +300,13 @@ int main(int argc, char** argv) {
   std::vector<nlohmann::json> a2a_runs;
   std::string a2a_why = "no emu run to take the bytes from";
   std::vector<std::string> a2a_failed;  // the runs that failed, and why: their repetitions are not in the rows
-  if (emu) {
-    if (auto r = mpi_alltoallv(*emu, bin, tmp, "_first", a2a_why)) {
+  const auto run_a2a = [&](const nlohmann::json& bytes_from, const std::string& when) {
+    if (auto r = mpi_alltoallv(bytes_from, bin, tmp, "_" + when, a2a_why))
       a2a_runs.push_back(std::move(*r));
-    } else {
-      a2a_failed.push_back("after the first eplab run: " + a2a_why);
-    }
-  }
+    else
+      a2a_failed.push_back("after the " + when + " eplab run: " + a2a_why);
+  };
+  if (emu) run_a2a(*emu, "first");
   eplab::RunConfig flat_c = c;
   flat_c.algorithm = "flat";
   const std::optional<nlohmann::json> emu_flat = emu_run(flat_c, flat_why);
@@ -343,13 +330,7 @@ int main(int argc, char** argv) {
   std::vector<Figure> rows = {mean, mpi_backend(c, "eplab mpi, mean of calls", "", bin, tmp, mpi_report)};
   nlohmann::json mpi_flat_report;
   const Figure mpi_flat_mean = mpi_backend(flat_c, "eplab mpi flat, mean", "_flat", bin, tmp, mpi_flat_report);
-  if (bytes_of) {
-    if (auto r = mpi_alltoallv(*bytes_of, bin, tmp, "_last", a2a_why)) {
-      a2a_runs.push_back(std::move(*r));
-    } else {
-      a2a_failed.push_back("after the last eplab run: " + a2a_why);
-    }
-  }
+  if (bytes_of) run_a2a(*bytes_of, "last");
   for (auto& f : alltoallv_figures(a2a_runs, a2a_why)) rows.push_back(f);
   rows.push_back(first_call);
   rows.push_back(warm);
@@ -363,13 +344,15 @@ int main(int argc, char** argv) {
                                             : Figure{"eplab mpi flat, warm layer", mpi_flat_mean.why};
   const Figure mpi_flat_first = mpi_flat_ran ? first_layer("eplab mpi flat", mpi_flat_report)
                                              : Figure{"eplab mpi flat, first layer", mpi_flat_mean.why};
-  const Figure& a2a = rows[3];                // the median: eplab's times are means over calls, not a best
-  Figure memcpy_row{"memcpy, one core", ""};  // 1 GB at the measured rate: GBps() reads the memcpy figure
-  memcpy_row.bytes = 1e9;
-  memcpy_row.time_s = 1 / mc;
-  Figure memcpy_all_row{"memcpy, all " + std::to_string(cores) + " cores at once", ""};
-  memcpy_all_row.bytes = 1e9;
-  memcpy_all_row.time_s = 1 / mc_all;
+  const Figure& a2a = rows[3];  // the median: eplab's times are means over calls, not a best
+  const auto rate_row = [](std::string name, double GBps) {  // 1 GB at the rate: GBps() reads it back
+    Figure f{std::move(name), ""};
+    f.bytes = 1e9;
+    f.time_s = 1 / GBps;
+    return f;
+  };
+  const Figure memcpy_row = rate_row("memcpy, one core", mc);
+  const Figure memcpy_all_row = rate_row("memcpy, all " + std::to_string(cores) + " cores at once", mc_all);
 
   const double emu_bytes = mean.ran() ? mean.bytes : flat_mean.bytes;
   const Figure& first = rows[4];
